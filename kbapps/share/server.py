@@ -1,0 +1,85 @@
+"""The share's HTTP routes that touch files: download (Range/ETag/HEAD) and readdir.
+
+``build_share_router`` returns a ``kbtransport.routing.Router`` so the node integration
+can add its other routes (nodeinfo, find, prv, web) to the same table. Wrong node ids
+answer 404 here; routing requests to other nodes is the node's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from kbapps.share.paths import ShareDir, SharePathError
+from kbtransport.http import Request, Response, error_response, json_response
+from kbtransport.ranges import file_response
+from kbtransport.routing import Match, Router
+
+__all__ = ("EtagLookup", "FileExtra", "build_share_router")
+
+#: ``(relative path, stat of the open file) -> quoted SHA-1 ETag or None``. The lookup
+#: must answer None when the file changed since it was hashed (SPEC §6: never serve
+#: changed bytes under an old SHA-1), e.g. by comparing size and mtime_ns.
+EtagLookup = Callable[[str, os.stat_result], str | None]
+#: ``(relative path, size) -> extra JSON fields`` for a readdir file entry (e.g. "prv").
+FileExtra = Callable[[str, int], dict[str, object]]
+
+
+def build_share_router(
+    share: ShareDir,
+    node_id: str,
+    *,
+    etag_for: EtagLookup | None = None,
+    file_extra: FileExtra | None = None,
+) -> Router:
+    """Return a router serving ``share`` as node ``node_id``.
+
+    Routes:
+        ``GET, HEAD /ID/download/PATH``: the file's bytes, with Range, ETag, HEAD.
+        ``GET /ID/api/readdir/PATH``: ``{"success": true, "files": [...], "dirs": [...]}``.
+
+    Args:
+        share: the shared directory.
+        node_id: this share's node id; other ids answer 404.
+        etag_for: gives the quoted SHA-1 of a file when it is indexed and unchanged.
+        file_extra: adds fields to each readdir file entry.
+    """
+    router = Router()
+
+    async def download(request: Request, match: Match) -> Response:
+        if match.params["node_id"] != node_id:
+            return error_response(404, "Unknown node id")
+        try:
+            shared = share.open_file(match.rest)
+        except SharePathError as exc:
+            return error_response(exc.status, str(exc))
+        etag = etag_for(shared.relpath, shared.stat) if etag_for is not None else None
+        return file_response(
+            request,
+            shared.file,
+            shared.stat.st_size,
+            name=match.rest[-1],
+            etag=etag,
+        )
+
+    async def readdir(request: Request, match: Match) -> Response:
+        if match.params["node_id"] != node_id:
+            return error_response(404, "Unknown node id")
+        try:
+            listing = share.list_dir(match.rest)
+        except SharePathError as exc:
+            return error_response(exc.status, str(exc))
+        payload = listing.to_json()
+        if file_extra is not None:
+            base = "/".join(s for s in match.rest if s)
+            for entry in payload["files"]:
+                name = str(entry["name"])
+                rel = f"{base}/{name}" if base else name
+                size = entry["size"]
+                assert isinstance(size, int)
+                entry.update(file_extra(rel, size))
+        return json_response(200, {"success": True, **payload})
+
+    router.add(("GET", "HEAD"), "/{node_id}/download/{path*}", download)
+    router.add(("GET",), "/{node_id}/api/readdir/{path*}", readdir)
+    return router
