@@ -217,6 +217,12 @@ class _Connection:
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
         assert isinstance(event, h11.Request), event
+        # h11 bounds only heads that arrive in pieces; a head that came whole in one
+        # read is measured here, so the limit holds however the bytes were chunked.
+        head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        if head_size > config.max_head_bytes:
+            await self.send_error(431, _peer_error_text(431))
+            return None
         try:
             body = await self.read_body(event)
             return self.build_request(event, body)
