@@ -118,19 +118,27 @@ class _Conn:
             ) from exc
 
     async def next_event(self) -> h11.Event:
-        with map_exceptions(READ_ERRORS):
-            while True:
-                event = self.h11.next_event()
-                if event is h11.NEED_DATA:
-                    try:
-                        data = await self.receive(64 * 1024)
-                    except ReadError as exc:
-                        if not isinstance(exc.__cause__, anyio.EndOfStream):
-                            raise
-                        data = b""
-                    self.h11.receive_data(data)
-                    continue
-                return cast(h11.Event, event)
+        eof = False
+        try:
+            with map_exceptions(READ_ERRORS):
+                while True:
+                    event = self.h11.next_event()
+                    if event is h11.NEED_DATA:
+                        try:
+                            data = await self.receive(64 * 1024)
+                        except ReadError as exc:
+                            if not isinstance(exc.__cause__, anyio.EndOfStream):
+                                raise
+                            data, eof = b"", True
+                        self.h11.receive_data(data)
+                        continue
+                    return cast(h11.Event, event)
+        except PeerProtocolError as exc:
+            if eof:
+                # h11 reports a message cut short by EOF as a protocol error; for the
+                # caller it is a connection that closed early.
+                raise ReadError(f"connection closed early: {exc}") from exc
+            raise
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):

@@ -1,0 +1,179 @@
+"""The h11+anyio HTTP client against our server on 127.0.0.1 (and a few raw servers)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import ByteStream
+from transport_helpers import loopback_server
+
+from kbtransport.errors import ConnectError, PeerProtocolError, ReadError, TransportTimeout
+from kbtransport.http import Request, Response, StreamBody, json_response
+from kbtransport.http_client import ClientConfig, HttpClient
+from kbtransport.http_server import ServerConfig
+from kbtransport.listener import BoundAddress, ListenConfig, serve_tcp
+from kbtransport.ranges import file_response
+
+pytestmark = pytest.mark.anyio
+
+BIG = bytes(range(251)) * 12_000  # ~3 MB, not a multiple of any read size
+
+
+def make_app(tmp_path: Path, seen: list[tuple[str, int]]):  # type: ignore[no-untyped-def]
+    big = tmp_path / "big.bin"
+    big.write_bytes(BIG)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield str(i).encode() * 1000
+
+    async def app(request: Request) -> Response:
+        if request.client is not None:
+            seen.append((request.path, request.client[1]))
+        if request.path == "/big":
+            return file_response(request, big.open("rb"), len(BIG), name="big.bin")
+        if request.path == "/chunked":
+            return Response(status=200, body=StreamBody(chunks=chunks()))
+        if request.path == "/slow":
+            await anyio.sleep(30)
+        if request.path == "/redirect":
+            return Response(status=302, headers=(("Location", "/big"),))
+        return json_response(200, {"path": request.path, "body": request.body.decode()})
+
+    return app
+
+
+EXPECTED_CHUNKED = b"".join(str(i).encode() * 1000 for i in range(50))
+
+
+@pytest.mark.parametrize("raw_sockets", [True, False], ids=["raw-socket", "anyio-stream"])
+async def test_get_range_head_chunked_and_keep_alive(tmp_path: Path, raw_sockets: bool) -> None:
+    seen: list[tuple[str, int]] = []
+    async with loopback_server(make_app(tmp_path, seen)) as bound:
+        base = f"http://127.0.0.1:{bound.port}"
+        with anyio.fail_after(20):
+            async with HttpClient(ClientConfig(raw_sockets=raw_sockets)) as client:
+                async with client.stream("GET", base + "/big") as response:
+                    assert response.status == 200
+                    assert response.content_length == len(BIG)
+                    sizes = []
+                    parts = []
+                    async for chunk in response.iter_bytes():
+                        sizes.append(len(chunk))
+                        parts.append(chunk)
+                assert b"".join(parts) == BIG
+                assert max(sizes) <= 1024 * 1024
+                response, body = await client.request(
+                    "GET", base + "/big", headers=[("Range", "bytes=1000-1999")]
+                )
+                assert response.status == 206
+                assert body == BIG[1000:2000]
+                assert response.header("Content-Range") == f"bytes 1000-1999/{len(BIG)}"
+                response, body = await client.request("HEAD", base + "/big")
+                assert (response.status, body, response.content_length) == (200, b"", len(BIG))
+                response, body = await client.request("GET", base + "/chunked")
+                assert body == EXPECTED_CHUNKED
+                response, body = await client.request("POST", base + "/echo", body=b"hi")
+                assert response.status == 200
+                assert b'"body":"hi"' in body
+    # Every request after the first reused the first connection.
+    assert len({port for _, port in seen}) == 1
+    assert [path for path, _ in seen] == ["/big", "/big", "/big", "/chunked", "/echo"]
+
+
+async def test_redirects_are_not_followed(tmp_path: Path) -> None:
+    async with loopback_server(make_app(tmp_path, [])) as bound, HttpClient() as client:
+        response, _ = await client.request("GET", f"http://127.0.0.1:{bound.port}/redirect")
+    assert response.status == 302
+    assert response.header("location") == "/big"
+
+
+async def test_read_timeout(tmp_path: Path) -> None:
+    async with (
+        loopback_server(make_app(tmp_path, [])) as bound,
+        HttpClient(ClientConfig(read_timeout=0.3)) as client,
+    ):
+        with anyio.fail_after(10), pytest.raises(TransportTimeout):
+            await client.request("GET", f"http://127.0.0.1:{bound.port}/slow")
+
+
+async def test_connection_refused(tmp_path: Path) -> None:
+    async with loopback_server(make_app(tmp_path, [])) as bound:
+        port = bound.port
+    async with HttpClient() as client:
+        with anyio.fail_after(10), pytest.raises(ConnectError, match="cannot connect"):
+            await client.request("GET", f"http://127.0.0.1:{port}/")
+
+
+async def test_bad_urls_are_connect_errors() -> None:
+    async with HttpClient() as client:
+        for url in ("ftp://x/", "http:///nohost", "http://x:99999/", "not a url"):
+            with pytest.raises(ConnectError):
+                await client.request("GET", url)
+
+
+async def test_body_limit(tmp_path: Path) -> None:
+    async with (
+        loopback_server(make_app(tmp_path, [])) as bound,
+        HttpClient() as client,
+        client.stream("GET", f"http://127.0.0.1:{bound.port}/big") as response,
+    ):
+        with anyio.fail_after(10), pytest.raises(PeerProtocolError):
+            await response.read(max_bytes=1000)
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 10, ReadError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", ReadError),
+        (b"NOT HTTP AT ALL\r\n\r\n", PeerProtocolError),
+        (b"", ReadError),
+    ],
+    ids=["short-body", "short-chunked", "garbage", "silent-close"],
+)
+async def test_broken_servers(reply: bytes, error: type[Exception]) -> None:
+    async def handler(stream: ByteStream) -> None:
+        await stream.receive()
+        await stream.send(reply)
+        await stream.aclose()
+
+    async with anyio.create_task_group() as tg:
+        bound: BoundAddress = await tg.start(
+            serve_tcp, handler, ListenConfig(host="127.0.0.1", port=0)
+        )
+        async with HttpClient() as client:
+            with anyio.fail_after(10), pytest.raises(error):
+                await client.request("GET", f"http://127.0.0.1:{bound.port}/")
+        tg.cancel_scope.cancel()
+
+
+async def test_stale_pooled_connection_is_retried(tmp_path: Path) -> None:
+    seen: list[tuple[str, int]] = []
+    config = ServerConfig(idle_timeout=0.1)
+    async with loopback_server(make_app(tmp_path, seen), config) as bound, HttpClient() as client:
+        url = f"http://127.0.0.1:{bound.port}/a"
+        first, _ = await client.request("GET", url)
+        await anyio.sleep(0.5)  # the server drops the idle connection meanwhile
+        with anyio.fail_after(10):
+            second, _body = await client.request("GET", url)
+    assert (first.status, second.status) == (200, 200)
+    assert len({port for _, port in seen}) == 2
+
+
+async def test_https_with_a_test_certificate(
+    tmp_path: Path, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+) -> None:
+    async with loopback_server(make_app(tmp_path, []), ssl_context=server_ssl) as bound:
+        url = f"https://127.0.0.1:{bound.port}/big"
+        with anyio.fail_after(20):
+            async with HttpClient(ClientConfig(ssl_context=client_ssl)) as client:
+                _response, body = await client.request("GET", url)
+            assert body == BIG
+            async with HttpClient(ClientConfig(ssl_context=ssl.create_default_context())) as c:
+                with pytest.raises(ConnectError):
+                    await c.request("GET", url)
