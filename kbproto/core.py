@@ -11,13 +11,25 @@ from __future__ import annotations
 from typing import Protocol
 
 from kbproto.actions import Action
+from kbproto.events import Event
 from kbproto.ids import LinkId
 
 __all__ = ("NodeCore",)
 
 
 class NodeCore(Protocol):
-    """Inputs are bytes per link and ``now``; outputs are drained events and actions."""
+    """Inputs are bytes per link and ``now``; outputs are drained events and actions.
+
+    Call ``start(now)`` once before anything else (a node with a parent emits its
+    first ``Dial`` then). After every call, drain ``next_event()`` then ``next_action()``
+    until both return None (``kbproto.pump.drain`` does exactly that), then re-read
+    ``get_timer()``. No method raises for anything a peer sent; only misuse by the
+    caller raises ``LocalProtocolError``.
+    """
+
+    def start(self, now: float) -> None:
+        """Begin: a node configured with a parent queues ``Dial`` (drain actions after)."""
+        ...
 
     def link_opened(self, link_id: LinkId, now: float, *, dialed: bool = False) -> None:
         """A link is up: accepted from a child, or (``dialed``) the parent dial succeeded."""
@@ -43,7 +55,7 @@ class NodeCore(Protocol):
         """Fire every deadline due at ``now``; a no-op if called early."""
         ...
 
-    def next_event(self) -> object | None:
+    def next_event(self) -> Event | None:
         """Pop the next app-facing event, or None when there is none."""
         ...
 

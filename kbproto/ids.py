@@ -17,10 +17,12 @@ from typing import NewType, Protocol
 __all__ = (
     "IdSource",
     "LinkId",
+    "LookupId",
     "NodeId",
     "RequestId",
     "SeededIdSource",
     "Sha1",
+    "StreamId",
     "is_node_id",
     "is_sha1",
 )
@@ -33,6 +35,11 @@ Sha1 = NewType("Sha1", str)
 LinkId = NewType("LinkId", int)
 #: A per-link request/stream number chosen by the side that opens the request.
 RequestId = NewType("RequestId", int)
+#: A node-local handle the core gives the app for one proxied request stream (the
+#: stream's wire number differs on every hop); never sent on the wire.
+StreamId = NewType("StreamId", int)
+#: A node-local handle the core gives the app for one pending find; never on the wire.
+LookupId = NewType("LookupId", int)
 
 _NODE_ID_RE = re.compile(r"[0-9a-f]{12}")
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")

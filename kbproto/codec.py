@@ -1,0 +1,211 @@
+"""Encode messages to frames and decode frame payloads to messages (protocol.md §3).
+
+Strategy
+--------
+Control messages are compact JSON objects: ``{"type": "<TYPE>", <field>: <value>...}``
+with exactly the fields of the message class, in class order, no whitespace, UTF-8
+(not ASCII-escaped). Tuples travel as arrays; ``NodeInfo`` and ``FindResult`` as
+objects. Data frames carry the stream number in 4 bytes and the body raw.
+
+Decoding is strict: duplicate keys, unknown or missing keys, floats, ``NaN``, lone
+surrogates, nesting the schema does not have and values out of range are all errors.
+The codec only checks JSON *shape*; the message constructors check values, and the
+codec turns their ``ValueError``/``TypeError`` into ``RemoteProtocolError``. So
+``decode`` returns a valid message or raises a ``ProtocolError``, nothing else (the
+fuzz harness holds it to that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import Any
+
+from kbproto.errors import RemoteProtocolError
+from kbproto.framing import KIND_CONTROL, KIND_DATA, encode_frame
+from kbproto.messages import (
+    Challenge,
+    Credit,
+    Data,
+    End,
+    Error,
+    Find,
+    FindReply,
+    FindResult,
+    HubIndexUpdate,
+    IndexAck,
+    Message,
+    NodeInfo,
+    Open,
+    Ping,
+    Register,
+    Reset,
+    Response,
+    Resync,
+    ShareIndexUpdate,
+    Welcome,
+)
+
+__all__ = ("decode", "encode", "encode_data")
+
+_STREAM = struct.Struct("!I")
+_HEADER_AND_STREAM = struct.Struct("!BBII")
+
+#: Wire type name -> message class, for every control message.
+_CONTROL: dict[str, type[Any]] = {
+    cls.TYPE: cls
+    for cls in (
+        Challenge,
+        Register,
+        Welcome,
+        Error,
+        Ping,
+        ShareIndexUpdate,
+        HubIndexUpdate,
+        IndexAck,
+        Resync,
+        Find,
+        FindReply,
+        Open,
+        Response,
+        End,
+        Credit,
+        Reset,
+    )
+}
+#: The field names of each class, in order (computed once; ``fields()`` is slow).
+_FIELDS: dict[type[Any], tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls))
+    for cls in (*_CONTROL.values(), NodeInfo, FindResult)
+}
+
+
+def _plain(value: object) -> object:
+    """A message value as JSON-ready data (nested dataclasses become dicts)."""
+    if isinstance(value, NodeInfo | FindResult):
+        return {name: _plain(getattr(value, name)) for name in _FIELDS[type(value)]}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def encode(message: Message) -> bytes:
+    """Return the whole frame (header included) that carries ``message``."""
+    if isinstance(message, Data):
+        return encode_data(message.stream, message.data)
+    body: dict[str, object] = {"type": message.TYPE}
+    for name in _FIELDS[type(message)]:
+        body[name] = _plain(getattr(message, name))
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return encode_frame(KIND_CONTROL, payload.encode("utf-8"))
+
+
+def encode_data(stream: int, data: bytes) -> bytes:
+    """Return a data frame for ``stream`` without building a ``Data`` (the hot path).
+
+    The caller guarantees ``1 <= len(data) <= MAX_DATA_CHUNK``.
+    """
+    return _HEADER_AND_STREAM.pack(1, KIND_DATA, 4 + len(data), stream) + data
+
+
+def decode(kind: int, payload: bytes) -> Message:
+    """Return the message carried by one frame's payload.
+
+    Raises:
+        RemoteProtocolError: the payload is not a valid message.
+    """
+    if kind == KIND_DATA:
+        if len(payload) < 5:
+            raise RemoteProtocolError("data frame shorter than 5 bytes")
+        (stream,) = _STREAM.unpack_from(payload)
+        data: Data = _build(Data, {"stream": stream, "data": payload[4:]})
+        return data
+    try:
+        obj = json.loads(
+            payload.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except RemoteProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError is
+        # deep nesting; ValueError is also CPython's cap on huge integer literals.
+        raise RemoteProtocolError(f"control frame is not JSON: {exc}") from None
+    if b"\\u" in payload and _has_surrogate(obj):
+        raise RemoteProtocolError("control frame holds a lone surrogate")
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("control frame is not a JSON object")
+    name = obj.pop("type", None)
+    cls = _CONTROL.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {name!r}")
+    message: Message = _build(cls, obj)
+    return message
+
+
+def _build(cls: type[Any], fields: dict[str, Any]) -> Any:
+    """Construct ``cls`` from decoded JSON ``fields``, checking the key set."""
+    expected = _FIELDS.get(cls, ())
+    if cls is not Data and set(fields) != set(expected):
+        missing = sorted(set(expected) - set(fields))
+        extra = sorted(set(fields) - set(expected))
+        raise RemoteProtocolError(
+            f"{cls.__name__}: missing fields {missing}, unknown fields {extra}"
+        )
+    try:
+        values = {key: _convert(key, value) for key, value in fields.items()}
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise RemoteProtocolError(f"invalid {cls.__name__}: {exc}") from None
+
+
+def _convert(key: str, value: Any) -> Any:
+    """Turn JSON arrays into tuples and the two nested objects into their classes."""
+    if key == "info":
+        if not isinstance(value, dict):
+            raise TypeError("info must be an object")
+        return _build(NodeInfo, value)
+    if key == "results":
+        if not isinstance(value, list):
+            raise TypeError("results must be an array")
+        items = []
+        for item in value:
+            if not isinstance(item, dict):
+                raise TypeError("each result must be an object")
+            items.append(_build(FindResult, item))
+        return tuple(items)
+    if isinstance(value, list):
+        return tuple(_convert("", item) for item in value)
+    if isinstance(value, dict):
+        raise TypeError(f"{key or 'value'} must not be an object")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise RemoteProtocolError("duplicate key in control frame")
+    return result
+
+
+def _no_float(text: str) -> Any:
+    raise RemoteProtocolError(f"non-integer number {text[:20]!r} in control frame")
+
+
+def _has_surrogate(obj: object) -> bool:
+    """True if any string in ``obj`` holds a lone surrogate (not valid UTF-8)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if any("\ud800" <= c <= "\udfff" for c in item):
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+    return False

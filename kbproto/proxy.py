@@ -1,0 +1,543 @@
+"""Proxy streams: HTTP-like requests to any node id, with credit flow control (SPEC §5).
+
+Strategy
+--------
+A request for node X becomes a *stream*. At the node where it starts (the *origin*,
+e.g. the hub whose HTTP server got ``GET /X/download/f``) the app calls
+``open_request``; the core sends ``Open`` toward X along ``_Node.route`` (down to the
+child whose subtree holds X, else up). Every hub on the way is a *relay*: it opens a
+new stream on the next link and pairs the two. At X (the *target*) the app gets
+``RequestReceived`` and answers with a response head, body data and an end. Either
+end, or any relay, may ``Reset``; a reset travels hop by hop to both ends, and so does
+the loss of any link on the way (502), a requester going away (499) or a timeout (504).
+
+Flow control is per stream and per hop, like HTTP/2's but simpler (only responses
+carry bodies): the requester side of each hop announces a window in ``Open`` and
+returns ``Credit`` as it consumes. A relay grants its upstream hop only what it has
+forwarded downstream, so the bytes a relay buffers for one stream never exceed the
+window it announced (``Limits.stream_window``), whatever the file size and however
+slow the client. Credit is returned in batches of a quarter window, to keep ``Credit``
+frames rare. The origin's app returns credit explicitly (``grant_credit``) as its
+client drains; the target's app may send ``send_capacity`` bytes and hears of more
+through ``StreamWritable``.
+
+Wire stream numbers are per link (odd from the dialer, even from the acceptor, always
+increasing), so a number below the highest seen that is not open belongs to a stream
+that just closed: frames for it are dropped (they raced the close). A number never
+used is a protocol error. The app only sees node-local ``StreamId`` handles.
+
+Deadlines: a stream must see its response head within ``request_timeout`` and then
+some frame at least every ``stream_idle_timeout``; activity only updates a timestamp,
+and the single deadline per stream is re-armed lazily when it fires.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import TYPE_CHECKING
+
+from kbproto.codec import encode, encode_data
+from kbproto.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
+from kbproto.events import (
+    RequestReceived,
+    ResponseData,
+    ResponseEnded,
+    ResponseStarted,
+    StreamReset,
+    StreamWritable,
+)
+from kbproto.ids import LinkId, StreamId, is_node_id
+from kbproto.messages import MAX_CREDIT, MAX_ID, Credit, Data, End, Open, Reset, Response
+
+if TYPE_CHECKING:
+    from kbproto._node import _Node
+    from kbproto.link import Link
+
+__all__ = ("StreamRole", "Streams")
+
+
+class StreamRole(enum.Enum):
+    """What this node is for one stream."""
+
+    #: The app opened it and consumes the response.
+    ORIGIN = "origin"
+    #: The app serves it.
+    TARGET = "target"
+    #: A hub in between; invisible to the app.
+    RELAY = "relay"
+
+
+class _Stream:
+    __slots__ = (
+        "buffer",
+        "buffered",
+        "ended",
+        "head",
+        "head_due",
+        "in_link",
+        "in_wire",
+        "last",
+        "out_link",
+        "out_wire",
+        "pending_grant",
+        "recv_window",
+        "role",
+        "send_credit",
+        "sid",
+    )
+
+    def __init__(self, sid: StreamId, role: StreamRole, now: float, head_due: float) -> None:
+        self.sid = sid
+        self.role = role
+        self.in_link: LinkId | None = None
+        self.in_wire = 0
+        self.out_link: LinkId | None = None
+        self.out_wire = 0
+        self.send_credit = 0
+        self.recv_window = 0
+        self.buffer: deque[bytes] = deque()
+        self.buffered = 0
+        self.pending_grant = 0
+        self.head = False
+        self.ended = False
+        self.last = now
+        self.head_due = head_due
+
+
+class Streams:
+    """Every open stream at one node (see the module docstring)."""
+
+    def __init__(self, node: _Node) -> None:
+        self._node = node
+        self._streams: dict[StreamId, _Stream] = {}
+        self._wire: dict[tuple[LinkId, int], _Stream] = {}
+        self._next_sid = 1
+
+    def __len__(self) -> int:
+        """Number of open streams (all roles)."""
+        return len(self._streams)
+
+    def buffered_bytes(self) -> int:
+        """Body bytes relays hold right now, over all streams."""
+        return sum(s.buffered for s in self._streams.values())
+
+    def max_buffered(self) -> int:
+        """The most body bytes buffered for any one stream right now."""
+        return max((s.buffered for s in self._streams.values()), default=0)
+
+    def role(self, sid: StreamId) -> StreamRole | None:
+        """The role of open stream ``sid``, or None if it is not open."""
+        stream = self._streams.get(sid)
+        return stream.role if stream is not None else None
+
+    # --- app commands -----------------------------------------------------------------
+
+    def open_request(
+        self,
+        target: str,
+        method: str,
+        path: str,
+        headers: tuple[tuple[str, str], ...],
+        now: float,
+    ) -> StreamId:
+        node = self._node
+        if not is_node_id(target):
+            raise LocalProtocolError(f"not a node id: {target!r}")
+        dest = node.route(target, None)
+        if dest == "self":
+            raise LocalProtocolError("the target is this node: serve the request locally")
+        stream = self._new(StreamRole.ORIGIN, now)
+        try:
+            message = Open(
+                stream=1,
+                target=target,  # type: ignore[arg-type]
+                method=method,
+                path=path,
+                headers=headers,
+                credit=node.limits.stream_window,
+            )
+        except (TypeError, ValueError) as exc:
+            self._forget(stream)
+            raise LocalProtocolError(f"bad request: {exc}") from None
+        if dest is None:
+            self._fail(stream, 404, f"unknown node {target}")
+        elif len(self._streams) > node.limits.max_open_streams:
+            self._fail(stream, 503, "too many open streams")
+        elif not self._open_out(stream, dest, message):
+            self._fail(stream, 503, "the next hop has too many open streams")
+        return stream.sid
+
+    def grant_credit(self, sid: StreamId, amount: int, now: float) -> None:
+        stream = self._app_stream(sid, StreamRole.ORIGIN)
+        if stream is None:
+            return
+        if not isinstance(amount, int) or amount < 1:
+            raise LocalProtocolError("credit must be a positive integer")
+        if stream.recv_window + amount > MAX_CREDIT:
+            raise LocalProtocolError("credit window would exceed 2**31 - 1 bytes")
+        stream.recv_window += amount
+        stream.last = now
+        self._send_out(stream, Credit(stream=stream.out_wire, credit=amount))
+
+    def respond(
+        self, sid: StreamId, status: int, headers: tuple[tuple[str, str], ...], now: float
+    ) -> None:
+        stream = self._app_stream(sid, StreamRole.TARGET)
+        if stream is None:
+            return
+        if stream.head:
+            raise LocalProtocolError("respond() was already called for this stream")
+        try:
+            message = Response(stream=stream.in_wire, status=status, headers=headers)
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"bad response: {exc}") from None
+        stream.head = True
+        stream.last = now
+        self._send_in(stream, message)
+
+    def send_data(self, sid: StreamId, data: bytes, now: float) -> None:
+        stream = self._app_stream(sid, StreamRole.TARGET)
+        if stream is None:
+            return
+        if not stream.head:
+            raise LocalProtocolError("send_data() before respond()")
+        if len(data) > stream.send_credit:
+            raise LocalProtocolError(
+                f"send_data() of {len(data)} bytes with only {stream.send_credit} of credit"
+            )
+        stream.send_credit -= len(data)
+        stream.last = now
+        self._forward(stream, data)
+
+    def end_stream(self, sid: StreamId, now: float) -> None:
+        stream = self._app_stream(sid, StreamRole.TARGET)
+        if stream is None:
+            return
+        if not stream.head:
+            raise LocalProtocolError("end_stream() before respond()")
+        link = self._node.links[stream.in_link]  # type: ignore[index]
+        self._node.send_bulk(link, encode(End(stream=stream.in_wire)))
+        self._close(stream)
+
+    def reset_stream(self, sid: StreamId, now: float, reason: str = "cancelled") -> None:
+        stream = self._app_stream(sid, None)
+        if stream is None:
+            return
+        if stream.role is StreamRole.ORIGIN:
+            self._send_out(stream, Reset(stream=stream.out_wire, status=499, reason=reason))
+        else:
+            self._send_in(stream, Reset(stream=stream.in_wire, status=502, reason=reason))
+        self._close(stream)
+
+    def send_capacity(self, sid: StreamId) -> int:
+        stream = self._streams.get(sid)
+        if stream is None or stream.role is not StreamRole.TARGET:
+            return 0
+        return stream.send_credit
+
+    # --- receive path -----------------------------------------------------------------
+
+    def on_message(
+        self, link: Link, message: Open | Response | Data | End | Credit | Reset, now: float
+    ) -> None:
+        if isinstance(message, Open):
+            self._on_open(link, message, now)
+            return
+        stream = self._wire.get((link.link_id, message.stream))
+        if stream is None:
+            self._check_stale(link, message.stream)
+            return
+        stream.last = now
+        from_responder = stream.out_link == link.link_id and stream.out_wire == message.stream
+        if from_responder:
+            self._from_responder(stream, message)
+        elif isinstance(message, Credit):
+            if stream.send_credit + message.credit > MAX_CREDIT:
+                raise RemoteProtocolError("credit window over 2**31 - 1 bytes")
+            stream.send_credit += message.credit
+            if stream.role is StreamRole.TARGET:
+                self._node.emit(StreamWritable(stream_id=stream.sid, capacity=stream.send_credit))
+            else:
+                self._pump(stream)
+        elif isinstance(message, Reset):
+            if stream.role is StreamRole.TARGET:
+                self._node.emit(
+                    StreamReset(stream_id=stream.sid, status=message.status, reason=message.reason)
+                )
+            else:
+                self._send_out(
+                    stream,
+                    Reset(stream=stream.out_wire, status=message.status, reason=message.reason),
+                )
+            self._close(stream)
+        else:
+            raise RemoteProtocolError(f"{type(message).__name__} from the requesting side")
+
+    def _from_responder(
+        self, stream: _Stream, message: Response | Data | End | Credit | Reset
+    ) -> None:
+        node = self._node
+        origin = stream.role is StreamRole.ORIGIN
+        if isinstance(message, Response):
+            if stream.head:
+                raise RemoteProtocolError("second response head on one stream")
+            stream.head = True
+            if origin:
+                node.emit(
+                    ResponseStarted(
+                        stream_id=stream.sid, status=message.status, headers=message.headers
+                    )
+                )
+            else:
+                self._send_in(
+                    stream,
+                    Response(stream=stream.in_wire, status=message.status, headers=message.headers),
+                )
+        elif isinstance(message, Data):
+            if not stream.head:
+                raise RemoteProtocolError("data before the response head")
+            size = len(message.data)
+            if size > stream.recv_window:
+                raise LimitExceeded(
+                    f"{size} bytes of data with only {stream.recv_window} of credit",
+                    "stream_window",
+                )
+            stream.recv_window -= size
+            if origin:
+                node.emit(ResponseData(stream_id=stream.sid, data=message.data))
+            else:
+                stream.buffer.append(message.data)
+                stream.buffered += size
+                self._pump(stream)
+        elif isinstance(message, End):
+            if not stream.head:
+                raise RemoteProtocolError("end before the response head")
+            if origin:
+                node.emit(ResponseEnded(stream_id=stream.sid))
+                self._close(stream)
+            else:
+                stream.ended = True
+                self._pump(stream)
+        elif isinstance(message, Reset):
+            if origin:
+                node.emit(
+                    StreamReset(stream_id=stream.sid, status=message.status, reason=message.reason)
+                )
+            else:
+                self._send_in(
+                    stream,
+                    Reset(stream=stream.in_wire, status=message.status, reason=message.reason),
+                )
+            self._close(stream)
+        else:
+            raise RemoteProtocolError("credit from the responding side")
+
+    def _on_open(self, link: Link, message: Open, now: float) -> None:
+        node = self._node
+        if message.stream % 2 != (0 if link.dialed else 1):
+            raise RemoteProtocolError(f"stream {message.stream} has the wrong parity")
+        if message.stream <= link.highest_peer_stream:
+            raise RemoteProtocolError(f"stream {message.stream} reuses a number")
+        link.highest_peer_stream = message.stream
+        if link.peer_streams >= node.limits.max_streams_per_link:
+            raise LimitExceeded(
+                f"more than {node.limits.max_streams_per_link} open streams on one link",
+                "max_streams_per_link",
+            )
+        dest = node.route(message.target, link)
+        if dest is None or len(self._streams) >= node.limits.max_open_streams:
+            status, reason = (
+                (404, f"unknown node {message.target}")
+                if dest is None
+                else (503, "too many open streams")
+            )
+            node.send(link, Reset(stream=message.stream, status=status, reason=reason))
+            return
+        role = StreamRole.TARGET if dest == "self" else StreamRole.RELAY
+        stream = self._new(role, now)
+        stream.in_link = link.link_id
+        stream.in_wire = message.stream
+        stream.send_credit = message.credit
+        self._wire[(link.link_id, message.stream)] = stream
+        link.peer_streams += 1
+        if dest == "self":
+            node.emit(
+                RequestReceived(
+                    stream_id=stream.sid,
+                    method=message.method,
+                    path=message.path,
+                    headers=message.headers,
+                    capacity=stream.send_credit,
+                )
+            )
+            return
+        node.trace(
+            now, "stream", link, f"relay {message.method} {message.path} to {message.target}"
+        )
+        if not self._open_out(stream, dest, message):
+            self._send_in(stream, Reset(stream=stream.in_wire, status=503, reason="next hop busy"))
+            self._close(stream)
+
+    def _check_stale(self, link: Link, wire: int) -> None:
+        ours = wire % 2 == (1 if link.dialed else 0)
+        if ours and wire < link.next_stream:
+            return
+        if not ours and wire <= link.highest_peer_stream:
+            return
+        raise RemoteProtocolError(f"frame for stream {wire}, which was never opened")
+
+    # --- timers and link loss ---------------------------------------------------------
+
+    def on_timer(self, sid: StreamId, now: float) -> None:
+        stream = self._streams.get(sid)
+        if stream is None:  # pragma: no cover - closing a stream cancels its deadline
+            return
+        idle = self._node.timeouts.stream_idle_timeout
+        due = stream.head_due if not stream.head else stream.last + idle
+        if due > now:
+            self._node.deadlines.set(("stream", sid), due)
+            return
+        self._node.trace(now, "timer", None, f"stream {sid} timed out")
+        reason = "timed out waiting for the response" if not stream.head else "stream idle too long"
+        self._fail(stream, 504, reason)
+
+    def link_lost(self, link: Link, now: float) -> None:
+        link_id = link.link_id
+        peer = link.peer_id or "peer"
+        for stream in list(self._streams.values()):
+            # Forget the dead side first, so the reset goes only to the live side.
+            if stream.out_link == link_id:
+                self._wire.pop((link_id, stream.out_wire), None)
+                stream.out_link = None
+                self._fail(stream, 502, f"link to {peer} lost")
+            elif stream.in_link == link_id:
+                self._wire.pop((link_id, stream.in_wire), None)
+                stream.in_link = None
+                self._fail(stream, 499, "requester went away")
+
+    # --- internals --------------------------------------------------------------------
+
+    def _new(self, role: StreamRole, now: float) -> _Stream:
+        sid = StreamId(self._next_sid)
+        self._next_sid += 1
+        head_due = now + self._node.timeouts.request_timeout
+        stream = _Stream(sid, role, now, head_due)
+        self._streams[sid] = stream
+        self._node.deadlines.set(("stream", sid), head_due)
+        return stream
+
+    def _open_out(self, stream: _Stream, link: Link, message: Open) -> bool:
+        """Open the next hop of ``stream`` on ``link``; False if the peer's limit is hit."""
+        if link.our_streams >= link.peer_max_streams:
+            return False
+        wire = link.next_stream
+        if wire > MAX_ID:
+            return False  # 2**31 streams on one link: the link should be recycled
+        link.next_stream += 2
+        link.our_streams += 1
+        stream.out_link = link.link_id
+        stream.out_wire = wire
+        stream.recv_window = self._node.limits.stream_window
+        self._wire[(link.link_id, wire)] = stream
+        self._node.send(
+            link,
+            Open(
+                stream=wire,
+                target=message.target,
+                method=message.method,
+                path=message.path,
+                headers=message.headers,
+                credit=stream.recv_window,
+            ),
+        )
+        return True
+
+    def _app_stream(self, sid: StreamId, role: StreamRole | None) -> _Stream | None:
+        """The open stream ``sid`` for an app command; None if it already closed."""
+        stream = self._streams.get(sid)
+        if stream is None:
+            if not isinstance(sid, int) or not 1 <= sid < self._next_sid:
+                raise LocalProtocolError(f"no such stream {sid!r}")
+            return None  # closed by the peer or a timeout; the app will see the event
+        if stream.role is StreamRole.RELAY or (role is not None and stream.role is not role):
+            raise LocalProtocolError(
+                f"stream {sid} is not a {role.value if role else 'app'} stream"
+            )
+        return stream
+
+    def _send_in(self, stream: _Stream, message: Response | Reset) -> None:
+        link = self._node.links.get(stream.in_link) if stream.in_link is not None else None
+        if link is not None:
+            self._node.send(link, message)
+
+    def _send_out(self, stream: _Stream, message: Credit | Reset) -> None:
+        link = self._node.links.get(stream.out_link) if stream.out_link is not None else None
+        if link is not None:
+            self._node.send(link, message)
+
+    def _forward(self, stream: _Stream, data: bytes) -> None:
+        """Queue ``data`` toward the requester in frames of at most ``data_chunk``."""
+        link = self._node.links[stream.in_link]  # type: ignore[index]
+        chunk = self._node.limits.data_chunk
+        view = memoryview(data)
+        for start in range(0, len(data), chunk):
+            self._node.send_bulk(
+                link, encode_data(stream.in_wire, bytes(view[start : start + chunk]))
+            )
+
+    def _pump(self, stream: _Stream) -> None:
+        """Relay: move buffered bytes on as credit allows; return credit upstream."""
+        buffer = stream.buffer
+        while buffer and stream.send_credit > 0:
+            piece = buffer[0]
+            take = min(len(piece), stream.send_credit)
+            if take == len(piece):
+                buffer.popleft()
+            else:
+                buffer[0] = piece[take:]
+                piece = piece[:take]
+            stream.send_credit -= take
+            stream.buffered -= take
+            stream.pending_grant += take
+            self._forward(stream, piece)
+        window = self._node.limits.stream_window
+        if stream.pending_grant and (stream.pending_grant >= window // 4 or stream.ended):
+            if not stream.ended:
+                self._send_out(stream, Credit(stream=stream.out_wire, credit=stream.pending_grant))
+                stream.recv_window += stream.pending_grant
+            stream.pending_grant = 0
+        if stream.ended and not buffer:
+            link = self._node.links[stream.in_link]  # type: ignore[index]
+            self._node.send_bulk(link, encode(End(stream=stream.in_wire)))
+            self._close(stream)
+
+    def _fail(self, stream: _Stream, status: int, reason: str) -> None:
+        """Abort ``stream`` at this node: tell the app and reset every remaining hop."""
+        if stream.role is StreamRole.RELAY:
+            self._send_in(stream, Reset(stream=stream.in_wire, status=status, reason=reason))
+        else:
+            self._node.emit(StreamReset(stream_id=stream.sid, status=status, reason=reason))
+        if stream.role is not StreamRole.TARGET:
+            self._send_out(stream, Reset(stream=stream.out_wire, status=status, reason=reason))
+        else:
+            self._send_in(stream, Reset(stream=stream.in_wire, status=status, reason=reason))
+        self._close(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        del self._streams[stream.sid]
+        self._node.deadlines.cancel(("stream", stream.sid))
+
+    def _close(self, stream: _Stream) -> None:
+        node = self._node
+        self._forget(stream)
+        if stream.in_link is not None:
+            self._wire.pop((stream.in_link, stream.in_wire), None)
+            link = node.links.get(stream.in_link)
+            if link is not None:
+                link.peer_streams -= 1
+        if stream.out_link is not None:
+            self._wire.pop((stream.out_link, stream.out_wire), None)
+            link = node.links.get(stream.out_link)
+            if link is not None:
+                link.our_streams -= 1

@@ -1,0 +1,333 @@
+"""Lookup routing: answering finds from the subtree, then asking up (SPEC §5 "Lookup").
+
+Strategy
+--------
+A find starts at a node (from its app, or from a peer's ``Find``) and becomes one
+``_Pending`` record with a deadline. The node answers what it can itself:
+
+* a share: its own file, if it holds the content;
+* a hub: every direct share child holding it (path and size are in the hub's index),
+  and one ``Find(up=False)`` per child *hub* whose subtree holds it.
+
+Only if that yields nothing, and the find came from below (the app, or a child's
+``Find(up=True)``), does the node ask its parent with ``Find(up=True)``; the parent
+searches its subtree except the asker's branch, then its own parent. A find that came
+down from a parent only ever goes further down. So a find climbs, then descends, and
+never revisits a link: loops and duplicates are impossible by construction, with no
+need to remember seen query ids.
+
+Each hop gives its sub-queries 80 % of its own remaining time (``ttl_ms``), so replies
+from below arrive before the hop's own deadline, which then answers with whatever it
+has. Relaying a reply, a node appends itself ``(node_id, listen_url)`` to every
+result's ``hops``: at the asking node, ``hops`` lists the hubs between the share and
+it, nearest the share first.
+
+Bounds: finds the peer has pending at us per link (``max_lookups_per_link``, a
+``LimitExceeded`` on the link), finds pending at this node (``max_pending_lookups``:
+over it, a peer gets an empty answer and the app a ``LookupFailed``), our own
+sub-queries per link (the peer's announced limit: over it, that branch is skipped),
+and results per reply (``MAX_RESULTS``, and the frame cap).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kbproto.codec import encode
+from kbproto.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
+from kbproto.events import LookupFailed, LookupResolved
+from kbproto.ids import LinkId, LookupId, NodeId, is_node_id, is_sha1
+from kbproto.messages import MAX_ID, MAX_RESULTS, Find, FindReply, FindResult
+
+if TYPE_CHECKING:
+    from kbproto._node import _Node
+    from kbproto.link import Link
+
+__all__ = ("Lookups",)
+
+#: A sub-query gets this share of the time its parent query has left.
+_TTL_SHARE = 0.8
+
+
+class _Pending:
+    """One find in progress at this node."""
+
+    __slots__ = (
+        "deadline",
+        "from_link",
+        "key",
+        "lookup_id",
+        "query",
+        "raw",
+        "results",
+        "seen",
+        "sha1",
+        "share_id",
+        "waiting",
+    )
+
+    def __init__(self, key: int, sha1: str, share_id: NodeId | None, deadline: float) -> None:
+        self.key = key
+        self.sha1 = sha1
+        self.raw = bytes.fromhex(sha1)
+        self.share_id = share_id
+        self.deadline = deadline
+        self.results: list[FindResult] = []
+        self.seen: set[tuple[str, str]] = set()
+        self.waiting: set[tuple[LinkId, int]] = set()
+        self.from_link: LinkId | None = None
+        self.query = 0
+        self.lookup_id: LookupId | None = None
+
+    def add(self, result: FindResult) -> None:
+        """Keep ``result`` unless it is a duplicate or the reply is full."""
+        key = (result.kbshare_id, result.path)
+        if key not in self.seen and len(self.results) < MAX_RESULTS:
+            self.seen.add(key)
+            self.results.append(result)
+
+
+class Lookups:
+    """Every pending find at one node (see the module docstring)."""
+
+    def __init__(self, node: _Node) -> None:
+        self._node = node
+        self._pending: dict[int, _Pending] = {}
+        self._out: dict[tuple[LinkId, int], int] = {}
+        self._incoming: dict[tuple[LinkId, int], int] = {}
+        self._next_key = 0
+        self._next_lookup = 0
+
+    def __len__(self) -> int:
+        """Number of finds pending at this node."""
+        return len(self._pending)
+
+    def find(self, sha1: str, now: float, share_id: str | None = None) -> LookupId:
+        """Start a find for the app; the answer is ``LookupResolved`` or ``LookupFailed``."""
+        if not is_sha1(sha1):
+            raise LocalProtocolError(f"not a sha1: {sha1!r}")
+        if share_id is not None and not is_node_id(share_id):
+            raise LocalProtocolError(f"not a node id: {share_id!r}")
+        lookup_id = LookupId(self._next_lookup)
+        self._next_lookup += 1
+        sid = NodeId(share_id) if share_id is not None else None
+        if len(self._pending) >= self._node.limits.max_pending_lookups:
+            self._node.emit(
+                LookupFailed(
+                    lookup_id=lookup_id, sha1=sha1, share_id=sid, reason="too many pending finds"
+                )
+            )
+            return lookup_id
+        pending = self._new(sha1, sid, now + self._node.timeouts.lookup_timeout)
+        pending.lookup_id = lookup_id
+        self._node.trace(now, "lookup", None, f"find {sha1} share={share_id} as #{lookup_id}")
+        self._begin(pending, None, allow_up=True, now=now)
+        return lookup_id
+
+    def on_find(self, link: Link, message: Find, now: float) -> None:
+        """A peer asks us; see the module docstring for where it goes next."""
+        node = self._node
+        if message.up == link.dialed:
+            direction = "up" if message.up else "down"
+            raise RemoteProtocolError(f"a find going {direction} arrived from the wrong side")
+        key = (link.link_id, message.query)
+        if key in self._incoming:
+            raise RemoteProtocolError(f"find {message.query} is already pending on this link")
+        if link.peer_lookups >= node.limits.max_lookups_per_link:
+            raise LimitExceeded(
+                f"more than {node.limits.max_lookups_per_link} finds pending on one link",
+                "max_lookups_per_link",
+            )
+        if len(self._pending) >= node.limits.max_pending_lookups:
+            node.send(link, FindReply(query=message.query, results=()))
+            return
+        ttl = min(message.ttl_ms / 1000.0, node.timeouts.lookup_timeout)
+        pending = self._new(message.sha1, message.share_id, now + ttl)
+        pending.from_link = link.link_id
+        pending.query = message.query
+        self._incoming[key] = pending.key
+        link.peer_lookups += 1
+        self._begin(pending, link, allow_up=message.up, now=now)
+
+    def on_reply(self, link: Link, message: FindReply, now: float) -> None:
+        """An answer to one of our sub-queries."""
+        key = self._out.pop((link.link_id, message.query), None)
+        if key is None:
+            if message.query >= link.next_query:
+                raise RemoteProtocolError(f"reply to find {message.query} that was never sent")
+            return  # a late answer to a find we already finished
+        link.our_lookups -= 1
+        pending = self._pending.get(key)
+        if pending is None:  # pragma: no cover - finishing a find pops its sub-queries
+            return
+        pending.waiting.discard((link.link_id, message.query))
+        for result in message.results:
+            if pending.share_id is None or result.kbshare_id == pending.share_id:
+                pending.add(result)
+        if not pending.waiting:
+            self._finish(pending, now)
+
+    def on_timer(self, key: int, now: float) -> None:
+        """A find's deadline passed: answer with what we have."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            self._node.trace(now, "timer", None, f"find {pending.sha1} deadline")
+            self._finish(pending, now, timed_out=True)
+
+    def link_lost(self, link: Link, now: float) -> None:
+        """``link`` closed: its sub-queries count as empty answers; its finds are dropped."""
+        link_id = link.link_id
+        for out_key, key in list(self._out.items()):
+            if out_key[0] == link_id:
+                del self._out[out_key]
+                pending = self._pending.get(key)
+                if pending is not None:
+                    pending.waiting.discard(out_key)
+                    if not pending.waiting and pending.from_link != link_id:
+                        self._finish(pending, now)
+        for in_key, key in list(self._incoming.items()):
+            if in_key[0] == link_id:
+                pending = self._pending.get(key)
+                if pending is not None:
+                    self._drop(pending)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _new(self, sha1: str, share_id: NodeId | None, deadline: float) -> _Pending:
+        key = self._next_key
+        self._next_key += 1
+        pending = _Pending(key, sha1, share_id, deadline)
+        self._pending[key] = pending
+        self._node.deadlines.set(("lookup", key), deadline)
+        return pending
+
+    def _begin(
+        self, pending: _Pending, came_from: Link | None, *, allow_up: bool, now: float
+    ) -> None:
+        node = self._node
+        share_id = pending.share_id
+        if node.share_index is not None:
+            if share_id is None or share_id == node.node_id:
+                entry = node.share_index.representative(pending.raw)
+                if entry is not None:
+                    pending.add(
+                        FindResult(
+                            kbshare_id=node.node_id,
+                            share_url=node.info.listen_url,
+                            path=entry[0],
+                            size=entry[1],
+                            hops=(),
+                        )
+                    )
+        else:
+            hub = node.hub_index
+            assert hub is not None
+            for link_id in hub.holders(pending.raw):
+                link = node.links.get(link_id)
+                if link is None or link is came_from or link.peer is None:
+                    continue
+                peer = link.peer
+                if peer.node_type == "leaf":
+                    if share_id is None or share_id == peer.node_id:
+                        entry = hub.share_entry(link_id, pending.raw)
+                        assert entry is not None
+                        pending.add(
+                            FindResult(
+                                kbshare_id=peer.node_id,
+                                share_url=peer.listen_url,
+                                path=entry[0],
+                                size=entry[1],
+                                hops=(),
+                            )
+                        )
+                elif share_id is None or hub.child_reaches(link_id, share_id):
+                    self._ask(pending, link, up=False, now=now)
+        if (
+            not pending.results
+            and not pending.waiting
+            and allow_up
+            and (share_id is None or not node.in_subtree(share_id))
+            and node.parent is not None
+            and node.parent.is_up
+        ):
+            self._ask(pending, node.parent, up=True, now=now)
+        if not pending.waiting:
+            self._finish(pending, now)
+
+    def _ask(self, pending: _Pending, link: Link, *, up: bool, now: float) -> None:
+        if link.our_lookups >= link.peer_max_lookups:
+            self._node.trace(now, "lookup", link, "peer's find limit reached: branch skipped")
+            return
+        query = link.next_query
+        link.next_query = (query + 1) % (MAX_ID + 1)
+        link.our_lookups += 1
+        ttl_ms = max(0, int((pending.deadline - now) * 1000 * _TTL_SHARE))
+        self._node.send(
+            link,
+            Find(query=query, sha1=pending.sha1, share_id=pending.share_id, up=up, ttl_ms=ttl_ms),
+        )
+        self._out[(link.link_id, query)] = pending.key
+        pending.waiting.add((link.link_id, query))
+
+    def _drop(self, pending: _Pending) -> None:
+        """Forget ``pending`` and its open sub-queries."""
+        node = self._node
+        del self._pending[pending.key]
+        node.deadlines.cancel(("lookup", pending.key))
+        for out_key in pending.waiting:
+            if self._out.pop(out_key, None) is not None:
+                link = node.links.get(out_key[0])
+                if link is not None:
+                    link.our_lookups -= 1
+        pending.waiting.clear()
+        if pending.from_link is not None:
+            in_key = (pending.from_link, pending.query)
+            del self._incoming[in_key]
+            link = node.links.get(pending.from_link)
+            if link is not None:
+                link.peer_lookups -= 1
+
+    def _finish(self, pending: _Pending, now: float, *, timed_out: bool = False) -> None:
+        node = self._node
+        from_link = node.links.get(pending.from_link) if pending.from_link is not None else None
+        self._drop(pending)
+        if pending.lookup_id is not None:
+            if pending.results:
+                node.emit(
+                    LookupResolved(
+                        lookup_id=pending.lookup_id,
+                        sha1=pending.sha1,
+                        share_id=pending.share_id,
+                        results=tuple(pending.results),
+                    )
+                )
+            else:
+                node.emit(
+                    LookupFailed(
+                        lookup_id=pending.lookup_id,
+                        sha1=pending.sha1,
+                        share_id=pending.share_id,
+                        reason="timed out" if timed_out else "not found",
+                        timed_out=timed_out,
+                    )
+                )
+            return
+        if from_link is None:
+            return
+        hop = ((node.node_id, node.info.listen_url),)
+        results = [
+            FindResult(
+                kbshare_id=r.kbshare_id,
+                share_url=r.share_url,
+                path=r.path,
+                size=r.size,
+                hops=r.hops + hop,
+            )
+            for r in pending.results
+            if len(r.hops) < 64
+        ]
+        reply = FindReply(query=pending.query, results=tuple(results))
+        # Long paths can push a full reply over the frame cap: halve until it fits.
+        while len(encode(reply)) > node.limits.max_control_frame:
+            reply = FindReply(query=pending.query, results=reply.results[: len(reply.results) // 2])
+        node.send(from_link, reply)

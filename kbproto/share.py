@@ -1,0 +1,110 @@
+"""``ShareCore``: the protocol core of a share (SPEC §3.1 and §5).
+
+Strategy
+--------
+A share joins its parent hub (if it has one), reports its index (a full sync in
+acknowledged batches, then coalesced changes), answers finds for its own files before
+asking up, serves requests addressed to it (``RequestReceived`` -> ``respond`` /
+``send_data`` / ``end_stream``), and can itself open requests to any node id through
+its parent. The share's app owns the files, hashing and HTTP; it tells the core what
+the index holds with ``set_files``/``put_file``/``remove_file``.
+
+Example::
+
+    share = ShareCore(ShareConfig(name="lab data", listen_url="http://s:2000",
+                                  parent_url="http://hub:3240"),
+                      signer=signer, ids=SeededIdSource(2))
+    share.set_files([(sha1, "data/file1.dat", 1234)], now)
+    share.start(now)                       # queues Dial("http://hub:3240")
+    share.link_opened(LinkId(1), now, dialed=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kbproto._common import _CoreCommon
+from kbproto._node import _Node
+from kbproto.auth import Signer
+from kbproto.config import ShareConfig
+from kbproto.ids import IdSource
+from kbproto.trace import TraceSink
+
+__all__ = ("ShareCore",)
+
+
+class ShareCore(_CoreCommon):
+    """The sans-IO share (satisfies ``kbproto.core.NodeCore``).
+
+    Args:
+        config: who the share is, its parent (or None), limits and timeouts.
+        signer: signs the registration with the parent.
+        ids: backoff jitter.
+        trace: optional sink for trace records.
+    """
+
+    def __init__(
+        self,
+        config: ShareConfig,
+        *,
+        signer: Signer,
+        ids: IdSource,
+        trace: TraceSink | None = None,
+    ) -> None:
+        if not isinstance(config, ShareConfig):
+            raise TypeError("ShareCore needs a ShareConfig")
+        self._node = _Node(config, signer=signer, verifier=None, ids=ids, trace=trace)
+
+    def set_files(self, entries: Iterable[tuple[str, str, int]], now: float) -> None:
+        """Replace the whole index with ``(sha1, path, size)`` entries.
+
+        Only the differences are reported to the parent. Drain actions after calling.
+
+        Raises:
+            LocalProtocolError: a malformed entry (the index is left partly updated).
+        """
+        index = self._node.share_index
+        assert index is not None
+        new: dict[str, tuple[str, int]] = {}
+        for sha1, path, size in entries:
+            new[path] = (sha1, size)
+        for path in index.paths():
+            if path not in new:
+                index.remove(path)
+        for path, (sha1, size) in new.items():
+            index.put(sha1, path, size)
+        self._node.flush_index()
+
+    def put_file(self, sha1: str, path: str, size: int, now: float) -> None:
+        """Add or replace the file at ``path``. Drain actions after calling.
+
+        Raises:
+            LocalProtocolError: malformed sha1, path or size.
+        """
+        index = self._node.share_index
+        assert index is not None
+        index.put(sha1, path, size)
+        self._node.flush_index()
+
+    def remove_file(self, path: str, now: float) -> None:
+        """Forget the file at ``path`` (no-op if unknown). Drain actions after calling."""
+        index = self._node.share_index
+        assert index is not None
+        index.remove(path)
+        self._node.flush_index()
+
+    def file_count(self) -> int:
+        """Number of indexed files."""
+        index = self._node.share_index
+        assert index is not None
+        return len(index)
+
+    def lookup_local(self, sha1: str) -> tuple[str, int] | None:
+        """``(path, size)`` this share reports for ``sha1``, or None."""
+        index = self._node.share_index
+        assert index is not None
+        try:
+            raw = bytes.fromhex(sha1)
+        except ValueError:
+            return None
+        return index.representative(raw)
