@@ -29,6 +29,7 @@ from typing import cast
 import anyio
 import h11
 from anyio.abc import ByteStream
+from anyio.streams.tls import TLSStream
 
 from kbtransport.errors import (
     CONNECT_ERRORS,
@@ -337,13 +338,22 @@ class HttpClient:
                 if url.secure:
                     if self._ssl_context is None:
                         self._ssl_context = default_ssl_context()
-                    stream = await anyio.connect_tcp(
-                        url.host,
-                        url.port,
-                        ssl_context=self._ssl_context,
-                        tls_hostname=url.host,
-                        tls_standard_compatible=False,
-                    )
+                    transport: ByteStream
+                    if self.config.raw_sockets:
+                        transport = await open_raw_tcp(url.host, url.port)
+                    else:
+                        transport = await anyio.connect_tcp(url.host, url.port)
+                    try:
+                        stream = await TLSStream.wrap(
+                            transport,
+                            hostname=url.host,
+                            ssl_context=self._ssl_context,
+                            standard_compatible=False,
+                        )
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await transport.aclose()
+                        raise
                 elif self.config.raw_sockets:
                     stream = await open_raw_tcp(url.host, url.port)
                 else:

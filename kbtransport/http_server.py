@@ -85,7 +85,7 @@ class ServerConfig:
         max_body_bytes: request bodies (JSON commands); uploads are not a kbucket route.
         header_timeout: a request head must complete this soon after its first byte.
         idle_timeout: keep-alive connections idle this long are closed.
-        body_timeout: the longest wait for one piece of a request body.
+        body_timeout: the longest a whole request body may take to arrive.
         write_timeout: the longest a single write may block (a client that stops
             reading is dropped after it).
         file_chunk_size: read size when a file cannot go out by ``sendfile``.
@@ -246,21 +246,23 @@ class _Connection:
             )
         parts: list[bytes] = []
         size = 0
-        while True:
-            try:
-                with anyio.fail_after(self.config.body_timeout):
+        try:
+            # One deadline for the whole body, so a trickling client cannot hold the
+            # connection longer than body_timeout whatever its pace.
+            with anyio.fail_after(self.config.body_timeout):
+                while True:
                     event = await self.next_event()
-            except TimeoutError as exc:
-                raise TransportTimeout("request body not received in time") from exc
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    raise _HttpError(413, f"Request body larger than {limit} bytes")
-                parts.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
-            else:
-                raise ReadError("connection closed during the request body")
+                    if isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > limit:
+                            raise _HttpError(413, f"Request body larger than {limit} bytes")
+                        parts.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        return b"".join(parts)
+                    else:
+                        raise ReadError("connection closed during the request body")
+        except TimeoutError as exc:
+            raise TransportTimeout("request body not received in time") from exc
 
     def build_request(self, head: h11.Request, body: bytes) -> Request:
         target = bytes(head.target)
@@ -340,7 +342,8 @@ class _Connection:
         head_only = request.method == "HEAD" or response.status in (204, 304)
         try:
             if isinstance(body, bytes):
-                await self.send_head(response, None if response.status == 204 else len(body))
+                no_length = response.status in (204, 304)
+                await self.send_head(response, None if no_length else len(body))
                 if not head_only and body:
                     await self.send(self.conn.send(h11.Data(data=body)) or b"")
             elif isinstance(body, FileBody):

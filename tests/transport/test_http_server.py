@@ -258,3 +258,13 @@ async def test_slowloris_is_dropped_while_another_client_is_served() -> None:
                 assert parse_raw_responses(data)[0].status == 200
         (response,) = parse_raw_responses(b"".join(received))
         assert response.status == 408
+
+
+async def test_trickling_body_is_dropped_after_body_timeout() -> None:
+    config = ServerConfig(body_timeout=0.3)
+    async with memory_server(echo_app, config) as client:
+        # Announces 10 bytes, sends 1: only the body deadline can end this before 5 s.
+        data = await raw_http(
+            client, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\na", timeout=5
+        )
+    assert data == b""
