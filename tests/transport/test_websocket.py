@@ -49,9 +49,7 @@ def echo_server(results: list[object], max_message_bytes: int = 1 << 20):  # typ
     return app
 
 
-async def manual_client(
-    stream: ByteStream, first_frames: bytes
-) -> tuple[WebSocketLink, Connection]:
+async def manual_client(stream: ByteStream, first_frames: bytes) -> WebSocketLink:
     """Handshake by hand, sending ``first_frames`` in the same write as the request."""
     handshake = WSConnection(ConnectionType.CLIENT)
     request = handshake.send(Request(host="x", target="/ws"))
@@ -63,9 +61,7 @@ async def manual_client(
     assert head.startswith(b"HTTP/1.1 101 ")
     key = request.split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0]
     assert accept_key(key) in head
-    return WebSocketLink(stream, Connection(ConnectionType.CLIENT, trailing_data=rest)), Connection(
-        ConnectionType.CLIENT
-    )
+    return WebSocketLink(stream, Connection(ConnectionType.CLIENT, trailing_data=rest))
 
 
 async def test_upgrade_hands_trailing_data_to_the_websocket() -> None:
@@ -73,7 +69,7 @@ async def test_upgrade_hands_trailing_data_to_the_websocket() -> None:
     framer = Connection(ConnectionType.CLIENT)
     early = framer.send(BytesMessage(data=b"sent with the handshake"))
     async with memory_server(echo_server(results)) as client:
-        link, _ = await manual_client(client, early)
+        link = await manual_client(client, early)
         with anyio.fail_after(5):
             assert await link.receive() == b"hello from server"
             assert await link.receive() == b"echo:sent with the handshake"
@@ -93,7 +89,7 @@ async def test_ping_is_answered_with_pong() -> None:
     framer = Connection(ConnectionType.CLIENT)
     ping = framer.send(Ping(payload=b"are you there"))
     async with memory_server(echo_server([])) as client:
-        _link, _ = await manual_client(client, ping)
+        await manual_client(client, ping)
         reader = Connection(ConnectionType.CLIENT)
         events: list[object] = []
         with anyio.fail_after(5):
@@ -198,3 +194,27 @@ def test_websocket_url() -> None:
     assert websocket_url("http://h:1/p") == "ws://h:1/p"
     assert websocket_url("https://h/p") == "wss://h/p"
     assert websocket_url("ws://h") == "ws://h"
+
+
+async def test_concurrent_send_and_receive_tasks() -> None:
+    async with loopback_server(echo_server([])) as bound:
+        with anyio.fail_after(20):
+            link = await connect_websocket(f"ws://127.0.0.1:{bound.port}/ws")
+            assert await link.receive() == b"hello from server"
+            received: list[bytes] = []
+
+            async def sender() -> None:
+                for i in range(200):
+                    await link.send(i.to_bytes(2, "big") * (1 + i * 50))
+                    if i % 50 == 0:
+                        await link.ping(b"k")
+
+            async def receiver() -> None:
+                for _ in range(200):
+                    received.append(await link.receive())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender)
+                tg.start_soon(receiver)
+            await link.aclose()
+    assert received == [b"echo:" + i.to_bytes(2, "big") * (1 + i * 50) for i in range(200)]
