@@ -156,7 +156,9 @@ def main() -> int:
 
     if shutil.which("nginx") is None and args.install_nginx:
         subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], check=True)
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="kbbench-"))
     share = work / "share"
@@ -197,9 +199,7 @@ def main() -> int:
             nport = free_port()
             conf = ndir / "nginx.conf"
             conf.write_text(NGINX_CONF.format(dir=ndir, port=nport, root=share))
-            procs["nginx"] = subprocess.Popen(
-                [nginx, "-p", str(ndir), "-c", str(conf)], text=True
-            )
+            procs["nginx"] = subprocess.Popen([nginx, "-p", str(ndir), "-c", str(conf)], text=True)
             wait_port(nport)
             urls["nginx"] = f"http://127.0.0.1:{nport}/big.bin"
         pport = free_port()
@@ -281,7 +281,14 @@ def main() -> int:
                 else:
                     target = "-" if mode.endswith("discard") else str(out)
                     result = subprocess.run(
-                        [sys.executable, "-c", CLIENT_CODE, urls["ours"], target, mode.split("-")[0]],
+                        [
+                            sys.executable,
+                            "-c",
+                            CLIENT_CODE,
+                            urls["ours"],
+                            target,
+                            mode.split("-")[0],
+                        ],
                         capture_output=True,
                         text=True,
                         check=True,
