@@ -237,7 +237,7 @@ def ensure_kbucket_dir(directory: Path) -> bool:
         created = False
     except OSError as exc:
         raise SetupError(f"{path}: cannot create directory: {exc.strerror or exc}") from None
-    if not path.is_dir() or path.is_symlink():
+    if not path.is_dir():
         raise SetupError(f"{path}: exists but is not a directory")
     try:
         mode = stat.S_IMODE(path.stat().st_mode)

@@ -55,6 +55,7 @@ from kbapps.config import (
     save_config,
 )
 from kbapps.keys import NodeSigner, load_or_create_signer
+from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.ids import NodeId
 
 __all__ = (
@@ -209,6 +210,47 @@ class NodeSetup:
     def url_scheme(self) -> Literal["http", "https"]:
         """``https`` when the hub serves TLS, else ``http``."""
         return "https" if self.tls is not None else "http"
+
+    def core_config(
+        self,
+        port: int,
+        *,
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> HubConfig | ShareConfig:
+        """The kbproto configuration for this node once it is bound to ``port``.
+
+        A ``HubConfig`` for a hub, a ``ShareConfig`` for a share, with ``listen_url``
+        expanded by ``listen_url_for``; ``limits``/``timeouts`` default to kbproto's.
+        """
+        c = self.config
+        listen_url = self.listen_url_for(port)
+        limits = limits if limits is not None else Limits()
+        timeouts = timeouts if timeouts is not None else Timeouts()
+        if self.kind == "hub":
+            return HubConfig(
+                name=c.name,
+                description=c.description,
+                owner=c.owner,
+                owner_email=c.owner_email,
+                listen_url=listen_url,
+                passcode=self.passcode,
+                parent_url=self.parent_url,
+                parent_passcode=self.parent_passcode,
+                limits=limits,
+                timeouts=timeouts,
+            )
+        return ShareConfig(
+            name=c.name,
+            description=c.description,
+            owner=c.owner,
+            owner_email=c.owner_email,
+            listen_url=listen_url,
+            parent_url=self.parent_url,
+            parent_passcode=self.parent_passcode,
+            limits=limits,
+            timeouts=timeouts,
+        )
 
     def listen_url_for(self, port: int) -> str:
         """The URL others use to reach this node, once it is bound to ``port``.

@@ -625,3 +625,50 @@ def test_first_free_port_skips_taken_ports() -> None:
         assert first_free_port("127.0.0.1", PortPolicy(0, 0)) == 0
     # Once released the same port is free again (SO_REUSEADDR, as the listener uses).
     assert first_free_port("127.0.0.1", PortPolicy(taken, taken)) == taken
+
+
+# --- handing over to the core ----------------------------------------------------------
+
+
+def test_core_config_for_a_share_and_a_hub(share_dir: Path, tmp_path: Path) -> None:
+    from kbproto.config import HubConfig, ShareConfig, Timeouts
+
+    share, _ = run(share_dir, answers=SHARE_ANSWERS, parent_hub_passcode="pw")
+    config = share.core_config(2004)
+    assert isinstance(config, ShareConfig)
+    assert (config.name, config.description, config.owner, config.owner_email) == (
+        "My data",
+        "Spike sorting recordings",
+        "Ada Lovelace",
+        "ada@example.org",
+    )
+    assert config.listen_url == "http://localhost:2004"
+    assert (config.parent_url, config.parent_passcode) == (None, "pw")
+    hub_dir = tmp_path / "hub"
+    hub_dir.mkdir()
+    hub, _ = run(
+        hub_dir,
+        "hub",
+        auto=True,
+        scientific_research="yes",
+        passcode="sesame",
+        parent_hub="http://top.example.org",
+        listen_url="http://me.example.org:3240",
+    )
+    short = Timeouts(heartbeat_interval=1.0, heartbeat_timeout=3.0)
+    hub_config = hub.core_config(3240, timeouts=short)
+    assert isinstance(hub_config, HubConfig)
+    assert hub_config.passcode == "sesame"
+    assert hub_config.parent_url == "http://top.example.org"
+    assert hub_config.listen_url == "http://me.example.org:3240"
+    assert hub_config.timeouts == short
+
+
+def test_kbucket_dir_may_be_a_symlink_to_a_directory(share_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "keys-elsewhere"
+    elsewhere.mkdir()
+    (share_dir / ".kbucket").symlink_to(elsewhere)
+    setup, _ = run(share_dir, auto=True, scientific_research="yes", confirm_share="yes")
+    assert (elsewhere / "private.pem").is_file()
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
+    assert setup.node_id == run(share_dir, auto=True)[0].node_id
