@@ -300,8 +300,13 @@ class _Invalid(Exception):
     """An answer failed its check; the text says why (shown before asking again)."""
 
 
+#: Format characters that scripts need inside words (Persian, Indic, emoji sequences);
+#: every other format character (bidi overrides above all) could disguise a name.
+_ALLOWED_FORMAT = frozenset("\u200c\u200d")
+
+
 def _no_controls(value: str, what: str) -> None:
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in value):
+    if any(unicodedata.category(c) in ("Cc", "Cf") and c not in _ALLOWED_FORMAT for c in value):
         raise _Invalid(f"{what} must not contain control characters")
 
 

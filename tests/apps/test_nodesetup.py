@@ -268,6 +268,13 @@ def test_control_characters_and_overlong_lines_reasked(share_dir: Path) -> None:
     assert setup.config.name == "ok"
 
 
+def test_bidi_override_refused_but_joiners_allowed(share_dir: Path) -> None:
+    answers = "evil\u202egnp.exe\nمی\u200cخواهم\nyes\n\n\n\nyes\n\n\n"
+    setup, lines = run(share_dir, answers=answers)
+    assert "  the name must not contain control characters" in lines
+    assert setup.config.name == "می\u200cخواهم"
+
+
 def test_listen_url_and_hub_url_reasked(share_dir: Path) -> None:
     answers = (
         "d\nyes\n\n\n\nyes\nftp://x\nhttp://\nhttp://x:99999\nhttp://a b\n"
