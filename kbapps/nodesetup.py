@@ -417,6 +417,7 @@ class _Question:
     check: Callable[[str], str]
     default: str  # used when nothing is saved; "" = none
     yes_no: bool = False
+    default_source: str = ""  # where a default came from, for --auto errors
 
 
 def _questions(kind: NodeType, directory: Path, environ: Mapping[str, str]) -> list[_Question]:
@@ -476,6 +477,7 @@ def _questions(kind: NodeType, directory: Path, environ: Mapping[str, str]) -> l
                 "--parent-hub",
                 _check_parent,
                 environ.get("KBUCKET_URL", "").strip() or ".",
+                default_source="$KBUCKET_URL" if environ.get("KBUCKET_URL", "").strip() else "",
             ),
         ]
     return [
@@ -616,7 +618,10 @@ def _answer_all(
             try:
                 answer = question.check(candidate)
             except _Invalid as exc:
-                where = f"{question.key} in {config_path}" if stored else question.key
+                if stored:
+                    where = f"{question.key} in {config_path}"
+                else:
+                    where = question.default_source or question.key
                 raise SetupError(f"--auto: {where}: {exc}; pass {question.option}") from None
         else:
             answer = prompter.ask(question, stored or question.default)

@@ -170,6 +170,18 @@ def test_hub_default_comes_from_kbucket_url(share_dir: Path) -> None:
     assert setup3.parent_url is None
 
 
+def test_invalid_kbucket_url_default_is_named_under_auto(share_dir: Path) -> None:
+    error = fails(
+        share_dir,
+        env={"KBUCKET_URL": "not a url"},
+        auto=True,
+        scientific_research="yes",
+        confirm_share="yes",
+    )
+    assert error.message.startswith("--auto: $KBUCKET_URL: the hub url must not contain spaces")
+    assert error.message.endswith("pass --parent-hub")
+
+
 def test_given_options_answer_their_prompts(share_dir: Path) -> None:
     setup, lines = run(
         share_dir,
