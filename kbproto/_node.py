@@ -220,7 +220,9 @@ class _Node:
                     break
                 self._dispatch(link, decode(*frame), now)
         except ProtocolError as exc:
-            if not link.closed:
+            # The state machine may already say CLOSED; what matters is whether we
+            # have said goodbye yet (the link is still in the table).
+            if self.links.get(link_id) is link:
                 code = "limit" if isinstance(exc, LimitExceeded) else "protocol"
                 self.fail_link(link, now, code, str(exc))
 
@@ -538,9 +540,10 @@ class _Node:
     def _close(
         self, link: Link, now: float, reason: str, *, hangup: bool, timed_out: bool = False
     ) -> None:
-        role = "parent" if link.dialed else ("child" if link.is_up else "pending")
-        peer_id = link.peer_id if link.is_up else None
-        was_child = link.is_up and not link.dialed
+        # ``peer`` is set only once a registration was accepted (or Welcome arrived).
+        was_child = not link.dialed and link.peer is not None
+        role = "parent" if link.dialed else ("child" if was_child else "pending")
+        peer_id = link.peer_id
         link.machine.close()
         while link.has_output():
             self._actions.append(

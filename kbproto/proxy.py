@@ -514,14 +514,13 @@ class Streams:
 
     def _fail(self, stream: _Stream, status: int, reason: str) -> None:
         """Abort ``stream`` at this node: tell the app and reset every remaining hop."""
-        if stream.role is StreamRole.RELAY:
-            self._send_in(stream, Reset(stream=stream.in_wire, status=status, reason=reason))
-        else:
+        if stream.role is not StreamRole.RELAY:
             self._node.emit(StreamReset(stream_id=stream.sid, status=status, reason=reason))
-        if stream.role is not StreamRole.TARGET:
-            self._send_out(stream, Reset(stream=stream.out_wire, status=status, reason=reason))
-        else:
+        # A side whose link is gone (or was never opened) has no one to tell.
+        if stream.in_link is not None:
             self._send_in(stream, Reset(stream=stream.in_wire, status=status, reason=reason))
+        if stream.out_link is not None:
+            self._send_out(stream, Reset(stream=stream.out_wire, status=status, reason=reason))
         self._close(stream)
 
     def _forget(self, stream: _Stream) -> None:

@@ -14,7 +14,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,8 +35,14 @@ from kbproto import (
     Timeouts,
     Transmit,
 )
+from kbproto.auth import node_id_from_public_pem
+from kbproto.codec import decode, encode
+from kbproto.framing import FrameBuffer
+from kbproto.handshake import transcript
+from kbproto.messages import Challenge, Message, NodeInfo, Register
 
 Core = HubCore | ShareCore
+M = TypeVar("M")
 App = Callable[["Net", str, Event], None]
 
 
@@ -161,6 +167,7 @@ class Net:
     dial_refused: set[str] = field(default_factory=set)
     transmitted: dict[str, list[tuple[LinkId, bytes]]] = field(default_factory=dict)
     next_link: int = 1
+    raw: dict[str, RawPeer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -262,6 +269,9 @@ class Net:
             if self._deliveries:
                 progressed = True
                 target, link, data = self._deliveries.popleft()
+                if target in self.raw:
+                    self.raw[target].arrived(data)
+                    continue
                 receiver = self.cores.get(target)
                 if receiver is not None and (target, link) in self.pipes:
                     if data is None:
@@ -305,12 +315,17 @@ class Net:
             if pipe is not None and not pipe.blackhole:
                 self._deliveries.append((pipe.peer, pipe.peer_link, None))
 
-    def connect_raw(self, target: str) -> LinkId:
-        """Open a link from a raw test peer to ``target``; returns the target's link id."""
+    def connect_raw(self, target: str, *, seed: int = 77) -> RawPeer:
+        """Open a link from a hand-driven test peer to hub ``target``."""
         link = LinkId(self.next_link)
         self.next_link += 1
+        name = f"raw{link}"
+        peer = RawPeer(self, target, link, Ed25519Signer(seed))
+        self.raw[name] = peer
+        self.pipes[(target, link)] = _Pipe(name, link)
         self.cores[target].link_opened(link, self.now)
-        return link
+        self.pump()
+        return peer
 
     # --- faults and time --------------------------------------------------------------
 
@@ -413,3 +428,75 @@ def consumer(received: dict[int, bytearray], *, auto_credit: bool = True) -> App
                 net.cores[name].grant_credit(event.stream_id, len(event.data), net.now)
 
     return app
+
+
+class RawPeer:
+    """A hand-driven child on one link of a hub: sends any bytes, decodes the replies."""
+
+    def __init__(self, net: Net, target: str, link: LinkId, signer: Ed25519Signer) -> None:
+        self.net = net
+        self.target = target
+        self.link = link
+        self.signer = signer
+        self.frames = FrameBuffer()
+        self.messages: list[Message] = []
+        self.closed = False
+
+    def arrived(self, data: bytes | None) -> None:
+        if data is None:
+            self.closed = True
+            return
+        self.frames.feed(data)
+        while (frame := self.frames.next_frame()) is not None:
+            self.messages.append(decode(*frame))
+
+    def send_bytes(self, data: bytes) -> None:
+        if (self.target, self.link) in self.net.pipes:
+            self.net.cores[self.target].receive_data(self.link, data, self.net.now)
+        self.net.pump()
+
+    def send(self, message: Message) -> None:
+        self.send_bytes(encode(message))
+
+    def of(self, kind: type[M]) -> list[M]:
+        return [m for m in self.messages if isinstance(m, kind)]
+
+    def info(self, **changes: str) -> NodeInfo:
+        values = {
+            "node_id": node_id_from_public_pem(self.signer.public_pem),
+            "node_type": "leaf",
+            "name": "raw",
+            "description": "",
+            "owner": "",
+            "owner_email": "",
+            "listen_url": "http://raw:1",
+            "public_key": self.signer.public_pem,
+            "scientific_research": "yes",
+            "confirm_share": "yes",
+        }
+        values.update(changes)
+        return NodeInfo(**values)  # type: ignore[arg-type]
+
+    def register_message(
+        self,
+        *,
+        info: NodeInfo | None = None,
+        passcode: str = "",
+        nonce: str | None = None,
+        signer: Ed25519Signer | None = None,
+    ) -> Register:
+        (challenge,) = self.of(Challenge)
+        info = info or self.info()
+        signer = signer or self.signer
+        data = transcript(nonce or challenge.nonce, challenge.node_id, "ed25519", info)
+        return Register(
+            info=info,
+            scheme="ed25519",
+            signature=signer.sign(data).hex(),
+            passcode=passcode,
+            max_streams=8,
+            max_lookups=8,
+        )
+
+    def join(self, **kwargs: object) -> None:
+        self.send(self.register_message(**kwargs))  # type: ignore[arg-type]

@@ -1,0 +1,365 @@
+"""Codec and framing: pinned bytes, round trips, chunking invariance, malformed input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kbproto.messages
+from kbproto.codec import decode, encode
+from kbproto.errors import LimitExceeded, ProtocolError, RemoteProtocolError
+from kbproto.framing import KIND_CONTROL, KIND_DATA, FrameBuffer, encode_frame
+from kbproto.ids import NodeId
+from kbproto.messages import (
+    Challenge,
+    Credit,
+    Data,
+    End,
+    Error,
+    Find,
+    FindReply,
+    FindResult,
+    HubIndexUpdate,
+    IndexAck,
+    Message,
+    NodeInfo,
+    Open,
+    Ping,
+    Register,
+    Reset,
+    Response,
+    Resync,
+    ShareIndexUpdate,
+    Welcome,
+)
+
+SHA = "a" * 40
+NODE = NodeId(NodeId("0123456789ab"))
+#: The message classes, untyped: for building deliberately invalid messages.
+_M: Any = kbproto.messages
+INFO = NodeInfo(
+    node_id=NODE,
+    node_type="leaf",
+    name="n",
+    description="d",
+    owner="o",
+    owner_email="e@x",
+    listen_url="http://x:1",
+    public_key="PEM",
+    scientific_research="yes",
+    confirm_share="yes",
+)
+RESULT = FindResult(
+    kbshare_id=NODE,
+    share_url="http://s",
+    path="a/b.dat",
+    size=3,
+    hops=((NODE, "http://h"),),
+)
+SAMPLES: list[Message] = [
+    Challenge(nonce="ab" * 32, node_id=NODE, max_streams=4, max_lookups=5),
+    Register(
+        info=INFO, scheme="ed25519", signature="00ff", passcode="p", max_streams=1, max_lookups=2
+    ),
+    Welcome(info=INFO),
+    Error(code="protocol", reason="bad ünïcode"),
+    Ping(),
+    ShareIndexUpdate(seq=3, reset=True, put=((SHA, "p/q", 9),), drop=("b" * 40,)),
+    HubIndexUpdate(
+        seq=0,
+        reset=False,
+        content_put=(SHA,),
+        content_drop=(),
+        nodes_put=(NODE,),
+        nodes_drop=(),
+    ),
+    IndexAck(seq=7),
+    Resync(expected=2),
+    Find(query=1, sha1=SHA, share_id=None, up=True, ttl_ms=1000),
+    Find(query=2, sha1=SHA, share_id=NODE, up=False, ttl_ms=0),
+    FindReply(query=1, results=(RESULT,)),
+    Open(
+        stream=3,
+        target=NODE,
+        method="GET",
+        path="/x/download/a",
+        headers=(("Range", "bytes=0-1"),),
+        credit=10,
+    ),
+    Response(stream=3, status=206, headers=(("Content-Range", "bytes 0-1/9"),)),
+    Data(stream=3, data=b"\x00\x01"),
+    End(stream=3),
+    Credit(stream=3, credit=100),
+    Reset(stream=3, status=499, reason="gone"),
+]
+
+
+def _decode_all(data: bytes) -> list[Message]:
+    buffer = FrameBuffer()
+    buffer.feed(data)
+    out = []
+    while (frame := buffer.next_frame()) is not None:
+        out.append(decode(*frame))
+    return out
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: Message) -> None:
+    assert _decode_all(encode(message)) == [message]
+
+
+def test_pinned_bytes() -> None:
+    assert encode(IndexAck(seq=7)) == b'\x01\x01\x00\x00\x00\x1c{"type":"index_ack","seq":7}'
+    assert encode(Data(stream=3, data=b"hi")) == b"\x01\x02\x00\x00\x00\x06\x00\x00\x00\x03hi"
+    assert encode(ShareIndexUpdate(seq=0, reset=True, put=((SHA, "f", 1),), drop=()))[6:] == (
+        b'{"type":"share_index","seq":0,"reset":true,"put":[["'
+        + SHA.encode()
+        + b'","f",1]],"drop":[]}'
+    )
+    assert (
+        encode(Credit(stream=5, credit=4096))[6:] == b'{"type":"credit","stream":5,"credit":4096}'
+    )
+
+
+@given(st.binary(min_size=0, max_size=200), st.lists(st.integers(1, 50), max_size=30))
+@settings(max_examples=200)
+def test_any_chunking_gives_the_same_frames(noise: bytes, cuts: list[int]) -> None:
+    stream = b"".join(encode(m) for m in SAMPLES) + noise
+    whole = FrameBuffer()
+    whole.feed(stream)
+    expected: list[object] = []
+    try:
+        while (frame := whole.next_frame()) is not None:
+            expected.append(frame)
+    except ProtocolError as exc:
+        expected.append(type(exc))
+    pieces = FrameBuffer()
+    got: list[object] = []
+    pos = 0
+    failed = False
+    for cut in [*cuts, len(stream)]:
+        if failed:
+            break
+        pieces.feed(stream[pos : pos + cut])
+        pos += cut
+        try:
+            while (frame := pieces.next_frame()) is not None:
+                got.append(frame)
+        except ProtocolError as exc:
+            got.append(type(exc))
+            failed = True
+    if not failed and pos < len(stream):
+        pieces.feed(stream[pos:])
+        try:
+            while (frame := pieces.next_frame()) is not None:
+                got.append(frame)
+        except ProtocolError as exc:
+            got.append(type(exc))
+    assert got == expected
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=150)
+def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    for kind in (KIND_CONTROL, KIND_DATA):
+        with contextlib.suppress(ProtocolError):
+            decode(kind, data)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+        max_leaves=12,
+    ),
+    st.sampled_from([cls.TYPE for cls in {type(m) for m in SAMPLES} if cls is not Data]),
+)
+@settings(max_examples=150)
+def test_arbitrary_json_shapes_are_rejected_cleanly(value: object, kind: str) -> None:
+    body = value if isinstance(value, dict) else {"x": value}
+    body = {"type": kind, **body}
+    with contextlib.suppress(ProtocolError):
+        decode(KIND_CONTROL, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        (b"[]", "not a JSON object"),
+        (b"\xff", "not JSON"),
+        (b'{"type":"ping","type":"ping"}', "duplicate key"),
+        (b'{"type":"index_ack","seq":1.5}', "non-integer"),
+        (b'{"type":"index_ack","seq":NaN}', "non-integer"),
+        (b'{"type":"nope"}', "unknown message type"),
+        (b'{"type":"index_ack"}', "missing fields ['seq']"),
+        (b'{"type":"index_ack","seq":1,"x":2}', "unknown fields ['x']"),
+        (b'{"type":"index_ack","seq":-1}', "seq must be in"),
+        (b'{"type":"index_ack","seq":true}', "seq must be an integer"),
+        (b'{"type":"error","code":"x","reason":"\\ud800"}', "lone surrogate"),
+        (b'{"type":"welcome","info":[]}', "info must be an object"),
+        (b'{"type":"find_reply","query":1,"results":{}}', "results must be an array"),
+        (b'{"type":"find_reply","query":1,"results":[1]}', "each result must be an object"),
+        (b'{"type":"resync","expected":{}}', "must not be an object"),
+        (b"[" * 100000 + b"]" * 100000, "not JSON"),
+        (b'{"type":"index_ack","seq":' + b"9" * 5000 + b"}", "not JSON"),
+    ],
+)
+def test_malformed_control_payloads(payload: bytes, needle: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(KIND_CONTROL, payload)
+    assert needle in str(info.value)
+
+
+def test_short_data_frame() -> None:
+    with pytest.raises(RemoteProtocolError, match="shorter than 5"):
+        decode(KIND_DATA, b"\x00\x00\x00\x01")
+
+
+def test_frame_buffer_errors_are_sticky() -> None:
+    buffer = FrameBuffer()
+    buffer.feed(b"\x02\x01\x00\x00\x00\x00")
+    with pytest.raises(RemoteProtocolError, match="unsupported protocol version 2"):
+        buffer.next_frame()
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        buffer.next_frame()
+    other = FrameBuffer()
+    other.feed(b"\x01\x09\x00\x00\x00\x00")
+    with pytest.raises(RemoteProtocolError, match="unknown frame kind 9"):
+        other.next_frame()
+    data = FrameBuffer()
+    data.feed(b"\x01\x02\x00\x01\x00\x05")
+    with pytest.raises(LimitExceeded) as info:
+        data.next_frame()
+    assert info.value.limit == "max_frame_size"
+
+
+def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
+    frame = encode(Data(stream=1, data=b"x" * 60000))
+    buffer = FrameBuffer()
+    for i in range(len(frame)):
+        buffer.feed(frame[i : i + 1])
+        if i < len(frame) - 1:
+            assert buffer.next_frame() is None
+    assert len(buffer) == len(frame)
+    assert buffer.next_frame() == (KIND_DATA, frame[6:])
+    assert len(buffer) == 0
+
+
+@pytest.mark.parametrize(
+    ("build", "needle"),
+    [
+        (
+            lambda: _M.Challenge(nonce="zz", node_id=NODE, max_streams=1, max_lookups=1),
+            "64 lowercase hex",
+        ),
+        (
+            lambda: _M.Register(
+                info=INFO, scheme="x", signature="zz", passcode="", max_streams=1, max_lookups=1
+            ),
+            "hex",
+        ),
+        (
+            lambda: _M.Register(
+                info=1, scheme="x", signature="00", passcode="", max_streams=1, max_lookups=1
+            ),
+            "NodeInfo",
+        ),
+        (lambda: _M.Welcome(info=1), "NodeInfo"),
+        (lambda: _M.ShareIndexUpdate(seq=0, reset=1, put=(), drop=()), "boolean"),
+        (
+            lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=((SHA, "p"),), drop=()),
+            "(sha1, path, size)",
+        ),
+        (lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=((SHA, "a\x00", 1),), drop=()), "NUL"),
+        (lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=(), drop=(SHA,) * 4097), "more than"),
+        (
+            lambda: _M.ShareIndexUpdate(
+                seq=0, reset=True, put=((SHA, "p", 1),) * 2048, drop=(SHA,) * 2049
+            ),
+            "at most",
+        ),
+        (
+            lambda: _M.HubIndexUpdate(
+                seq=0, reset=1, content_put=(), content_drop=(), nodes_put=(), nodes_drop=()
+            ),
+            "boolean",
+        ),
+        (
+            lambda: _M.HubIndexUpdate(
+                seq=0,
+                reset=True,
+                content_put=(SHA,) * 2048,
+                content_drop=(SHA,) * 2049,
+                nodes_put=(),
+                nodes_drop=(),
+            ),
+            "at most",
+        ),
+        (
+            lambda: _M.HubIndexUpdate(
+                seq=0, reset=True, content_put=(), content_drop=(), nodes_put=("x",), nodes_drop=()
+            ),
+            "12 lowercase",
+        ),
+        (lambda: _M.Find(query=0, sha1=SHA, share_id=None, up=1, ttl_ms=0), "boolean"),
+        (lambda: _M.FindReply(query=0, results=(1,)), "FindResult"),
+        (
+            lambda: _M.FindResult(kbshare_id=NODE, share_url="", path="p", size=1, hops=((NODE,),)),
+            "pair",
+        ),
+        (
+            lambda: _M.Open(stream=1, target=NODE, method="get", path="/", headers=(), credit=0),
+            "upper-case",
+        ),
+        (
+            lambda: _M.Open(stream=1, target=NODE, method="GET", path="x", headers=(), credit=0),
+            "start with /",
+        ),
+        (
+            lambda: _M.Open(
+                stream=1, target=NODE, method="GET", path="/", headers=(("a",),), credit=0
+            ),
+            "pair",
+        ),
+        (
+            lambda: _M.Open(
+                stream=1, target=NODE, method="GET", path="/", headers=(("a", "b\r\n"),), credit=0
+            ),
+            "CR",
+        ),
+        (lambda: _M.Data(stream=1, data="x"), "bytes"),
+        (lambda: _M.Data(stream=1, data=b""), "1 to"),
+        (
+            lambda: _M.NodeInfo(
+                node_id=NODE,
+                node_type="x",
+                name="",
+                description="",
+                owner="",
+                owner_email="",
+                listen_url="",
+                public_key="P",
+                scientific_research="",
+                confirm_share="",
+            ),
+            "node_type",
+        ),
+        (lambda: _M.Error(code="", reason=""), "must not be empty"),
+        (lambda: _M.Error(code=1, reason=""), "must be a string"),
+        (lambda: _M.Error(code="x", reason="r" * 5000), "longer than"),
+        (lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=[], drop=()), "tuple"),
+    ],
+)
+def test_invalid_messages_cannot_exist(build: object, needle: str) -> None:
+    with pytest.raises((TypeError, ValueError)) as info:
+        build()  # type: ignore[operator]
+    assert needle in str(info.value)
+
+
+def test_encode_frame_header() -> None:
+    assert encode_frame(KIND_CONTROL, b"{}") == b"\x01\x01\x00\x00\x00\x02{}"
