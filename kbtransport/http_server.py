@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
@@ -92,6 +92,9 @@ class ServerConfig:
         use_sendfile: allow ``sendfile`` on plain TCP sockets (asyncio backend).
         cors: add SPEC §4's CORS headers and answer OPTIONS preflights.
         server_name: the ``Server`` header.
+        streaming_prefixes: raw target prefixes (e.g. ``"/_proxy/"``) whose request
+            bodies are handed to the app unbuffered as ``Request.body_stream`` (no
+            ``max_body_bytes`` limit: the app bounds what it keeps).
     """
 
     max_head_bytes: int = 16 * 1024
@@ -104,6 +107,7 @@ class ServerConfig:
     use_sendfile: bool = True
     cors: bool = True
     server_name: str = "kbucket"
+    streaming_prefixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_head_bytes", "max_body_bytes", "file_chunk_size"):
@@ -182,10 +186,14 @@ class _Connection:
             if request is None:
                 return
             response = await self.call_app(request)
+            if request.body_stream is not None:
+                await _aclose_iterable(request.body_stream)
             if isinstance(response.body, WebSocketAccept):
                 await self.upgrade(request, response.body)
                 return
             await self.send_response(request, response)
+            if self.conn.their_state is h11.SEND_BODY:
+                await self.drain_body()
             if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
                 self.conn.start_next_cycle()
             else:
@@ -224,6 +232,8 @@ class _Connection:
             await self.send_error(431, _peer_error_text(431))
             return None
         try:
+            if self.is_streaming(event):
+                return self.build_request(event, b"", self.stream_body())
             body = await self.read_body(event)
             return self.build_request(event, body)
         except _HttpError as exc:
@@ -264,7 +274,54 @@ class _Connection:
         except TimeoutError as exc:
             raise TransportTimeout("request body not received in time") from exc
 
-    def build_request(self, head: h11.Request, body: bytes) -> Request:
+    async def drain_body(self) -> None:
+        """Discard a streamed body the app left unread, up to ``max_body_bytes``.
+
+        Closing with unread input makes the kernel reset the connection, which can
+        destroy the response in flight; a bounded drain (as nginx's lingering close)
+        avoids that, and keeps the connection if the body ends within the bound.
+        """
+        left = self.config.max_body_bytes
+        with anyio.move_on_after(self.config.body_timeout):
+            while left >= 0:
+                try:
+                    event = await self.next_event()
+                except TransportError:
+                    return
+                if isinstance(event, h11.Data):
+                    left -= len(event.data)
+                else:
+                    return
+
+    def is_streaming(self, head: h11.Request) -> bool:
+        prefixes = self.config.streaming_prefixes
+        return bool(prefixes) and head.target.startswith(tuple(p.encode() for p in prefixes))
+
+    async def stream_body(self) -> AsyncIterator[bytes]:
+        """Yield the request body as it arrives (each read bounded by ``body_timeout``)."""
+        if self.conn.they_are_waiting_for_100_continue:
+            await self.send(
+                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            )
+        while True:
+            try:
+                with anyio.fail_after(self.config.body_timeout):
+                    event = await self.next_event()
+            except TimeoutError as exc:
+                raise TransportTimeout("request body stalled") from exc
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise ReadError("connection closed during the request body")
+
+    def build_request(
+        self,
+        head: h11.Request,
+        body: bytes,
+        body_stream: AsyncIterator[bytes] | None = None,
+    ) -> Request:
         target = bytes(head.target)
         method = head.method.decode("ascii", "replace").upper()
         try:
@@ -295,6 +352,7 @@ class _Connection:
             body=body,
             http_version=head.http_version.decode("ascii"),
             client=self.client,
+            body_stream=body_stream,
         )
 
     async def call_app(self, request: Request) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,14 +11,20 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import ByteStream
-from transport_helpers import loopback_server
 
-from kbtransport.errors import ConnectError, PeerProtocolError, ReadError, TransportTimeout
+from kbtransport.errors import (
+    ConnectError,
+    PeerProtocolError,
+    ReadError,
+    TransportTimeout,
+    WriteError,
+)
 from kbtransport.http import Request, Response, StreamBody, json_response
 from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.http_server import ServerConfig
 from kbtransport.listener import BoundAddress, ListenConfig, serve_tcp
 from kbtransport.ranges import file_response
+from tests.transport.transport_helpers import loopback_server
 
 pytestmark = pytest.mark.anyio
 
@@ -177,3 +185,78 @@ async def test_https_with_a_test_certificate(
             async with HttpClient(ClientConfig(ssl_context=ssl.create_default_context())) as c:
                 with pytest.raises(ConnectError):
                     await c.request("GET", url)
+
+
+def upload_app(seen: list[int]):  # type: ignore[no-untyped-def]
+    """Hashes streamed bodies under /up/; /up/ignore answers without reading."""
+
+    async def app(request: Request) -> Response:
+        assert request.client is not None
+        seen.append(request.client[1])
+        if request.path == "/up/ignore":
+            return json_response(200, {"ignored": True})
+        if request.body_stream is None:
+            return json_response(200, {"buffered": len(request.body)})
+        digest = hashlib.sha1()
+        size = 0
+        async for chunk in request.body_stream:
+            digest.update(chunk)
+            size += len(chunk)
+        return json_response(200, {"size": size, "sha1": digest.hexdigest()})
+
+    return app
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["content-length", "chunked"])
+async def test_streamed_upload_to_a_streaming_route(announce: bool) -> None:
+    payload = bytes(range(256)) * 4096 * 20  # 20 MiB, far above max_body_bytes
+    seen: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 1 << 20):
+            yield payload[start : start + (1 << 20)]
+
+    async def small() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"s" * 300
+
+    config = ServerConfig(streaming_prefixes=("/up/",), max_body_bytes=1000)
+    async with loopback_server(upload_app(seen), config) as bound, HttpClient() as client:
+        base = f"http://127.0.0.1:{bound.port}"
+        with anyio.fail_after(30):
+            _, body = await client.request(
+                "POST",
+                base + "/up/file",
+                body=chunks(),
+                content_length=len(payload) if announce else None,
+            )
+            assert json.loads(body) == {
+                "size": len(payload),
+                "sha1": hashlib.sha1(payload).hexdigest(),
+            }
+            # Outside the streaming prefix the usual limit still holds.
+            response, _ = await client.request("POST", base + "/other", body=b"x" * 1001)
+            assert response.status == 413
+            # A small body the app leaves unread is drained by the server.
+            response, body = await client.request(
+                "POST", base + "/up/ignore", body=small(), content_length=900
+            )
+            assert json.loads(body) == {"ignored": True}
+            _, body = await client.request("POST", base + "/x", body=b"abc")
+            assert json.loads(body) == {"buffered": 3}
+    # The 413 closed the first connection; the drained "/up/ignore" body kept the
+    # second one alive for the next request.
+    assert len(seen) == 3
+    assert seen[1] == seen[2]
+
+
+async def test_streamed_upload_length_mismatch_is_a_write_error() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    config = ServerConfig(streaming_prefixes=("/up/",))
+    async with loopback_server(upload_app([]), config) as bound, HttpClient() as client:
+        with anyio.fail_after(10), pytest.raises(WriteError):
+            await client.request(
+                "POST", f"http://127.0.0.1:{bound.port}/up/f", body=chunks(), content_length=10
+            )

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from transport_helpers import memory_server
 
 from kbtransport.http import Request, Response, StreamBody, error_response, json_response
 from kbtransport.http_server import ServerConfig
 from kbtransport.testing import parse_raw_responses, raw_http
+from tests.transport.transport_helpers import memory_server
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import pytest
-from transport_helpers import memory_server
 
 from kbtransport.http import FileBody, Request, Response
 from kbtransport.ranges import (
@@ -17,6 +16,7 @@ from kbtransport.ranges import (
     parse_range,
 )
 from kbtransport.testing import parse_raw_responses, raw_http
+from tests.transport.transport_helpers import memory_server
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 ETAG = '"' + "a" * 40 + '"'

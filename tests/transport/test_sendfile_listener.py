@@ -8,7 +8,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from transport_helpers import loopback_server
 
 from kbtransport import http_server
 from kbtransport.http import FileBody, Request, Response, json_response
@@ -16,6 +15,7 @@ from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.listener import ListenConfig
 from kbtransport.ranges import file_response
 from kbtransport.testing import parse_raw_responses, raw_http
+from tests.transport.transport_helpers import loopback_server
 
 pytestmark = pytest.mark.anyio
 

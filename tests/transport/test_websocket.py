@@ -7,7 +7,6 @@ import ssl
 import anyio
 import pytest
 from anyio.abc import ByteStream
-from transport_helpers import loopback_server, memory_server
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Ping, Pong, Request
@@ -22,6 +21,7 @@ from kbtransport.websocket import (
     connect_websocket,
     websocket_url,
 )
+from tests.transport.transport_helpers import loopback_server, memory_server
 
 pytestmark = pytest.mark.anyio
 
