@@ -247,3 +247,29 @@ async def test_allowed_paths_over_a_socket(share: ShareDir) -> None:
         }
         sub = json.loads((await fetch(bound.port, f"/{NODE}/api/readdir/sub".encode())).body)
         assert [f["name"] for f in sub["files"]] == ["a b+c%.txt", "file.txt", "link_in"]
+
+
+@pytest.mark.anyio
+async def test_readdir_file_extra_hook_and_wrong_node(share: ShareDir) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def extra(relpath: str, size: int) -> dict[str, object]:
+        calls.append((relpath, size))
+        return {"prv": {"original_path": relpath.rsplit("/", 1)[-1], "original_size": size}}
+
+    router = build_share_router(share, NODE, file_extra=extra)
+    async with anyio.create_task_group() as tg:
+        bound: BoundAddress = await tg.start(
+            serve_http, router.app, ListenConfig(host="127.0.0.1", port=0)
+        )
+        sub = await fetch(bound.port, f"/{NODE}/api/readdir/sub/".encode())
+        wrong = await fetch(bound.port, b"/ffffffffffff/api/readdir/")
+        tg.cancel_scope.cancel()
+    files = json.loads(sub.body)["files"]
+    assert files[1] == {
+        "name": "file.txt",
+        "size": 6,
+        "prv": {"original_path": "file.txt", "original_size": 6},
+    }
+    assert calls == [("sub/a b+c%.txt", 8), ("sub/file.txt", 6), ("sub/link_in", 1024)]
+    assert wrong.status == 404
