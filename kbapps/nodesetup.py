@@ -755,12 +755,13 @@ def setup_node(
         port_value: int | None = int(answers.pop("listen_port"))
     else:
         port_value = options.port if options.port is not None else base.listen_port
-    for field_name, value in (
-        ("passcode", base.passcode),
-        ("parent_hub_passcode", base.parent_hub_passcode),
+    for field_name, given, value in (
+        ("passcode", passcode_opt, base.passcode),
+        ("parent_hub_passcode", parent_passcode_opt, base.parent_hub_passcode),
     ):
         try:
-            _check_passcode(value)
+            if given is None:  # a saved (maybe hand-edited) passcode that will be used
+                _check_passcode(value)
         except _Invalid as exc:
             raise SetupError(f"{config_path}: {field_name}: {exc}") from None
     config = base.with_answers(
@@ -776,8 +777,9 @@ def setup_node(
         port = PortPolicy(*SHARE_PORT_RANGE)
     else:
         port = PortPolicy(port_value, port_value)
-    tls = _tls_files(port_value or 0, options, kbdir) if kind == "hub" else None
+    # Saved before the TLS check: answers stay valid while a certificate is fixed.
     save_config(root, config)
+    tls = _tls_files(port_value or 0, options, kbdir) if kind == "hub" else None
     parent = config.parent_hub_url
     return NodeSetup(
         kind=kind,

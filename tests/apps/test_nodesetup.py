@@ -444,6 +444,8 @@ def test_saved_passcode_too_long_is_reported(share_dir: Path) -> None:
     (share_dir / ".kbucket" / "kbnode.json").write_text(json.dumps(data))
     error = fails(share_dir, auto=True)
     assert "parent_hub_passcode: the passcode must be at most 200" in error.message
+    setup, _ = run(share_dir, auto=True, parent_hub_passcode="fixed")  # an option replaces it
+    assert setup.parent_passcode == "fixed"
 
 
 def test_missing_directory_exit_2(tmp_path: Path) -> None:
@@ -563,6 +565,7 @@ def test_https_port_without_certificate_is_exit_2(tmp_path: Path) -> None:
     assert info.value.exit_code == 2
     assert "HTTPS is on (port 10443 ends in 443)" in info.value.message
     assert "cert.pem is missing" in info.value.message
+    assert saved(tmp_path)["listen_port"] == 10443  # answers kept while the cert is fixed
 
 
 def test_https_port_with_certificate_in_kbucket_tls(tmp_path: Path, ca: trustme.CA) -> None:
