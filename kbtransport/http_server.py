@@ -367,6 +367,14 @@ class _Connection:
             )
         try:
             return await self.app(request)
+        except TransportTimeout as exc:
+            # An upstream the app called timed out and the app did not say what to
+            # answer: that is a gateway timeout (SPEC §4 504).
+            _log.info("upstream timeout on %s %r: %s", request.method, request.target, exc)
+            return error_response(504, "Upstream timed out")
+        except TransportError as exc:
+            _log.info("upstream failure on %s %r: %s", request.method, request.target, exc)
+            return error_response(502, "Upstream failed")
         except Exception:
             # An app bug must cost one request, not the server; the traceback goes to
             # the log (never to the client, which could leak paths).

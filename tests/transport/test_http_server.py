@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from kbtransport.errors import ConnectError, TransportTimeout
 from kbtransport.http import Request, Response, StreamBody, error_response, json_response
 from kbtransport.http_server import ServerConfig
 from kbtransport.testing import parse_raw_responses, raw_http
@@ -268,3 +269,19 @@ async def test_trickling_body_is_dropped_after_body_timeout() -> None:
             client, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\na", timeout=5
         )
     assert data == b""
+
+
+async def test_unhandled_transport_errors_in_the_app_become_502_and_504() -> None:
+    async def app(request: Request) -> Response:
+        if request.path == "/timeout":
+            raise TransportTimeout("upstream slow")
+        raise ConnectError("upstream down")
+
+    async with memory_server(app) as client:
+        data = await raw_http(
+            client,
+            b"GET /timeout HTTP/1.1\r\nHost: x\r\n\r\n" + GET_CLOSE,
+        )
+    timeout, down = parse_raw_responses(data)
+    assert (timeout.status, down.status) == (504, 502)
+    assert json.loads(down.body) == {"success": False, "error": "Upstream failed"}
