@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import anyio
+import h11
 from anyio.abc import ByteStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
@@ -42,8 +43,10 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from kbtransport.errors import (
+    CONNECT_ERRORS,
     READ_ERRORS,
     WRITE_ERRORS,
     ConnectError,
@@ -198,7 +201,8 @@ class WebSocketLink:
                 with map_exceptions(READ_ERRORS):
                     data = await self._stream.receive(_READ_SIZE)
             except ReadError as exc:
-                self._closed = WebSocketClosed(1006, str(exc))
+                if self._closed is None:  # keep a local close's code if there was one
+                    self._closed = WebSocketClosed(1006, str(exc))
                 await self._close_stream()
                 raise self._closed from exc
             self._conn.receive_data(data)
@@ -345,15 +349,12 @@ async def _client_handshake(
                     f"websocket upgrade to {url.host}:{url.port}{url.target} refused"
                     + (f" (HTTP {status})" if status else "")
                 )
-        with map_exceptions(READ_ERRORS):
-            try:
-                data = await stream.receive(_READ_SIZE)
-            except Exception as exc:
-                raise ConnectError(f"websocket handshake failed: {exc!r}") from exc
+        with map_exceptions(CONNECT_ERRORS):
+            data = await stream.receive(_READ_SIZE)
         received += len(data)
         if received > _MAX_HANDSHAKE_BYTES:
             raise ConnectError("websocket handshake response too large")
         try:
             ws.receive_data(data)
-        except Exception as exc:
+        except (WsRemoteProtocolError, h11.RemoteProtocolError) as exc:
             raise ConnectError(f"websocket handshake failed: {exc}") from exc

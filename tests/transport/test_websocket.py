@@ -11,9 +11,10 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Ping, Pong, Request
 
-from kbtransport.errors import ConnectError, PeerProtocolError
+from kbtransport.errors import ConnectError, PeerProtocolError, TransportTimeout
 from kbtransport.http import Request as HttpRequest
 from kbtransport.http import Response, WebSocketAccept, error_response
+from kbtransport.listener import BoundAddress, ListenConfig, serve_tcp
 from kbtransport.websocket import (
     WebSocketClosed,
     WebSocketLink,
@@ -218,3 +219,30 @@ async def test_concurrent_send_and_receive_tasks() -> None:
                 tg.start_soon(receiver)
             await link.aclose()
     assert received == [b"echo:" + i.to_bytes(2, "big") * (1 + i * 50) for i in range(200)]
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (None, TransportTimeout),  # accepts TCP, never answers
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", ConnectError),
+        (b"garbage\r\n\r\n", ConnectError),
+        (b"", ConnectError),  # closes at once
+    ],
+    ids=["silent", "not-101", "garbage", "closed"],
+)
+async def test_dial_against_broken_servers(reply: bytes | None, error: type[Exception]) -> None:
+    async def handler(stream: ByteStream) -> None:
+        await stream.receive()
+        if reply is None:
+            await anyio.sleep(30)
+        await stream.send(reply or b"")
+        await stream.aclose()
+
+    async with anyio.create_task_group() as tg:
+        bound: BoundAddress = await tg.start(
+            serve_tcp, handler, ListenConfig(host="127.0.0.1", port=0)
+        )
+        with anyio.fail_after(10), pytest.raises(error):
+            await connect_websocket(f"ws://127.0.0.1:{bound.port}/", timeout=0.5)
+        tg.cancel_scope.cancel()
