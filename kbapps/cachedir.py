@@ -1,0 +1,54 @@
+"""Where the per-user caches live (SPEC §3.3).
+
+The hash cache of ``kb-prv-create`` and the download cache of ``kb-prv-download`` share
+one directory: ``$KBUCKET_CACHE_DIR`` if it is set, else the platform's user cache
+directory, ``$XDG_CACHE_HOME/kbucket`` or ``~/.cache/kbucket`` on Linux. A share keeps
+its own caches inside its ``.kbucket/`` instead (SPEC §2.3).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ("CACHE_DIR_ENV", "ensure_user_cache_dir", "user_cache_dir")
+
+#: Environment variable that overrides the cache directory (the original Python
+#: client used the same name).
+CACHE_DIR_ENV = "KBUCKET_CACHE_DIR"
+
+
+def user_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Return the per-user cache directory, without creating it.
+
+    Args:
+        env: the environment to read (defaults to ``os.environ``); tests pass a dict.
+
+    Returns:
+        ``$KBUCKET_CACHE_DIR`` if set and non-empty; else ``$XDG_CACHE_HOME/kbucket``
+        if ``XDG_CACHE_HOME`` is an absolute path (the XDG spec says to ignore a
+        relative one); else ``~/.cache/kbucket``.
+    """
+    env = os.environ if env is None else env
+    override = env.get(CACHE_DIR_ENV, "")
+    if override:
+        return Path(override).expanduser()
+    xdg = env.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "kbucket"
+    home = env.get("HOME", "")
+    base = Path(home) if home else Path.home()
+    return base / ".cache" / "kbucket"
+
+
+def ensure_user_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Return the per-user cache directory, creating it (mode 0700) if needed.
+
+    Raises:
+        OSError: if it cannot be created (for example, a read-only home).
+    """
+    path = user_cache_dir(env)
+    # 0700: cached content and the list of files a user hashed are private.
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
