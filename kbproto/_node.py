@@ -265,9 +265,8 @@ class _Node:
         while self._ready:
             link_id = next(iter(self._ready))
             del self._ready[link_id]
-            link = self.links.get(link_id)
-            if link is None or not link.has_output():
-                continue
+            # Closing a link removes it from ``_ready``; only links with output are in it.
+            link = self.links[link_id]
             data = link.take(self.limits.transmit_bytes)
             if link.has_output():
                 self._ready[link_id] = None

@@ -127,7 +127,7 @@ def test_pinned_bytes() -> None:
 
 
 @given(st.binary(min_size=0, max_size=200), st.lists(st.integers(1, 50), max_size=30))
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_any_chunking_gives_the_same_frames(noise: bytes, cuts: list[int]) -> None:
     stream = b"".join(encode(m) for m in SAMPLES) + noise
     whole = FrameBuffer()
@@ -164,7 +164,7 @@ def test_any_chunking_gives_the_same_frames(noise: bytes, cuts: list[int]) -> No
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     for kind in (KIND_CONTROL, KIND_DATA):
         with contextlib.suppress(ProtocolError):
@@ -179,7 +179,7 @@ def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     ),
     st.sampled_from([cls.TYPE for cls in {type(m) for m in SAMPLES} if cls is not Data]),
 )
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_arbitrary_json_shapes_are_rejected_cleanly(value: object, kind: str) -> None:
     body = value if isinstance(value, dict) else {"x": value}
     body = {"type": kind, **body}
