@@ -29,7 +29,10 @@ from kbproto.timers import Deadlines
 from kbproto.trace import ListTraceSink
 from tests.helpers import CryptoVerifier, Ed25519Signer, Net
 
-_ANY: Any = None
+
+def _wrong(config: object) -> Any:
+    """Hide a deliberately wrong config type from mypy."""
+    return config
 
 
 @pytest.mark.parametrize(
@@ -85,13 +88,13 @@ def test_share_config_validation_and_core_types() -> None:
     signer = Ed25519Signer(1)
     with pytest.raises(TypeError):
         HubCore(
-            _ANY or ShareConfig(name="x"),
+            _wrong(ShareConfig(name="x")),
             signer=signer,
             verifier=CryptoVerifier(),
             ids=SeededIdSource(1),
-        )  # type: ignore[arg-type]
+        )
     with pytest.raises(TypeError):
-        ShareCore(_ANY or HubConfig(name="x"), signer=signer, ids=SeededIdSource(1))  # type: ignore[arg-type]
+        ShareCore(_wrong(HubConfig(name="x")), signer=signer, ids=SeededIdSource(1))
 
 
 def test_actions_validate() -> None:
