@@ -33,6 +33,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from kbapps.output import UsageError
+
 __all__ = (
     "CONFIG_FILE_NAME",
     "KBUCKET_DIR_NAME",
@@ -79,21 +81,18 @@ _KNOWN_FIELDS = frozenset(
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
 
 
-class SetupError(Exception):
+class SetupError(UsageError):
     """A node cannot be set up; the command prints ``message`` and exits ``exit_code``.
 
-    Exit codes: 1 when the user declined (``no`` to a yes/no question), 2 for bad input
-    (a corrupt file, an invalid option, a missing certificate, stdin closed).
+    A ``UsageError``, so ``kbapps.output.run_command`` reports it as one
+    ``Error: ...`` line. Exit codes: 1 when the user declined (``no`` to a yes/no
+    question), 2 for bad input (a corrupt file, an invalid option, a missing
+    certificate, stdin closed).
 
     Attributes:
         message: one line for the user, naming the file or option at fault.
         exit_code: the process exit code the command should use.
     """
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
 
 
 def _frozen_extra(extra: Mapping[str, Any]) -> Mapping[str, Any]:

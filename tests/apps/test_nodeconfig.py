@@ -185,3 +185,17 @@ def test_config_is_frozen_and_validated() -> None:
         NodeConfig(node_type="hub", extra={"name": "x"})
     with pytest.raises(TypeError, match="name"):
         NodeConfig(node_type="hub", name=3)  # type: ignore[arg-type]
+
+
+def test_setup_error_is_reported_by_run_command() -> None:
+    import io
+
+    from kbapps.output import UsageError, run_command
+
+    def body() -> int:
+        raise SetupError("kbnode.json: broken", exit_code=1)
+
+    err = io.StringIO()
+    assert issubclass(SetupError, UsageError)
+    assert run_command(body, stream=err) == 1
+    assert err.getvalue() == "Error: kbnode.json: broken\n"
