@@ -691,48 +691,52 @@ def hash_files(
                 cache = None
         fresh.clear()
 
-    index_of = {listed[i][0]: i for i in unique}
-    parallel = (
-        nworkers > 1
-        and hasattr(os, "fork")
-        and (len(small) >= PARALLEL_MIN_FILES or small_bytes >= PARALLEL_MIN_BYTES)
-    )
-    if parallel:
-        small_results: Iterator[HashResult] = _hash_small_parallel(small, listed, nworkers)
-    else:
-        buffer = bytearray(BUFFER_SIZE)
-        small_results = (
-            _result_from_record(_hash_one_record(i, listed[i][0], buffer), listed) for i in small
+    try:
+        index_of = {listed[i][0]: i for i in unique}
+        parallel = (
+            nworkers > 1
+            and hasattr(os, "fork")
+            and (len(small) >= PARALLEL_MIN_FILES or small_bytes >= PARALLEL_MIN_BYTES)
         )
-    for result in small_results:
-        yield from finish(result, index_of[result.path])
-
-    if big:
-        # Bytes are reported as they stream (a 10 GiB file must move the bar);
-        # finish() then reports the rest of the file's size.
-        if len(big) == 1 or nworkers == 1:
-            buffer = bytearray(BUFFER_SIZE)
-            for i in big:
-                path, given = listed[i]
-                moved = [0]
-
-                def count(n: int, moved: list[int] = moved) -> None:
-                    moved[0] += n
-                    report(0, n)
-
-                try:
-                    key, digest = hash_file(path, buffer=buffer, on_bytes=count)
-                    result = HashResult(path, key, digest)
-                except OSError as exc:
-                    result = HashResult(path, given, None, _error_text(exc))
-                yield from finish(result, i, moved[0])
+        if parallel:
+            small_results: Iterator[HashResult] = _hash_small_parallel(small, listed, nworkers)
         else:
-            threaded = _hash_big_threaded(
-                big, listed, min(nworkers, len(big)), lambda n: report(0, n)
+            buffer = bytearray(BUFFER_SIZE)
+            small_results = (
+                _result_from_record(_hash_one_record(i, listed[i][0], buffer), listed)
+                for i in small
             )
-            for result, moved_bytes in threaded:
-                yield from finish(result, index_of[result.path], moved_bytes)
-    flush()
+        for result in small_results:
+            yield from finish(result, index_of[result.path])
+
+        if big:
+            # Bytes are reported as they stream (a 10 GiB file must move the bar);
+            # finish() then reports the rest of the file's size.
+            if len(big) == 1 or nworkers == 1:
+                buffer = bytearray(BUFFER_SIZE)
+                for i in big:
+                    path, given = listed[i]
+                    moved = [0]
+
+                    def count(n: int, moved: list[int] = moved) -> None:
+                        moved[0] += n
+                        report(0, n)
+
+                    try:
+                        key, digest = hash_file(path, buffer=buffer, on_bytes=count)
+                        result = HashResult(path, key, digest)
+                    except OSError as exc:
+                        result = HashResult(path, given, None, _error_text(exc))
+                    yield from finish(result, i, moved[0])
+            else:
+                threaded = _hash_big_threaded(
+                    big, listed, min(nworkers, len(big)), lambda n: report(0, n)
+                )
+                for result, moved_bytes in threaded:
+                    yield from finish(result, index_of[result.path], moved_bytes)
+    finally:
+        # Also when the caller stops early: what was hashed is still worth keeping.
+        flush()
 
 
 def _tail(result: HashResult) -> tuple[FileKey, FileDigest | None, str | None, bool]:

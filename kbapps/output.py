@@ -224,7 +224,7 @@ class Progress:
             # hasher forks its worker processes; we refresh from update() instead.
             self._rich = RichProgress(
                 *columns,
-                console=Console(file=self._stream),
+                console=Console(file=self._stream, force_terminal=True),
                 auto_refresh=False,
                 transient=False,
             )

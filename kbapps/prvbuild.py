@@ -172,7 +172,10 @@ def scan_directory(
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if not _inside(target, root_real):
-                        warn(f"skipping {_show(shown)}: symlink points outside {root}")
+                        warn(
+                            f"skipping {_show(shown)}: symlink points outside {root}"
+                            " or into a hidden entry"
+                        )
                         continue
                     st = os.stat(entry.path)
                 else:

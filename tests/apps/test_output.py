@@ -1,0 +1,120 @@
+"""kbapps.output and kbapps.cachedir: one-line errors, progress display, cache location."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+from kbapps.cachedir import ensure_user_cache_dir, user_cache_dir
+from kbapps.output import Progress, UsageError, format_bytes, run_command
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(body: object) -> tuple[int, str]:
+    stream = io.StringIO()
+    code = run_command(body, stream=stream)  # type: ignore[arg-type]
+    return code, stream.getvalue()
+
+
+def test_run_command_maps_outcomes_to_one_line_and_an_exit_code() -> None:
+    def usage() -> None:
+        raise UsageError("bad\ninput", exit_code=2)
+
+    def missing() -> None:
+        raise FileNotFoundError(2, "No such file or directory", "x.dat")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    def bug() -> None:
+        raise ValueError("oops")
+
+    assert _run(lambda: 0) == (0, "")
+    assert _run(lambda: None) == (0, "")
+    assert _run(lambda: 3) == (3, "")
+    assert _run(usage) == (2, "Error: bad input\n")
+    assert _run(missing) == (1, "Error: x.dat: No such file or directory\n")
+    assert _run(interrupted) == (130, "Error: interrupted\n")
+    assert _run(bug) == (1, "Error: internal error: ValueError: oops\n")
+
+
+def test_progress_log_mode_prints_milestones_only_after_the_delay() -> None:
+    clock = FakeClock()
+    stream = io.StringIO()
+    with Progress(
+        "Hashing", total_files=10, total_bytes=1000, stream=stream, tty=False, clock=clock
+    ) as progress:
+        progress.update(1, 100)  # inside the delay: silent
+        assert stream.getvalue() == ""
+        clock.now = 1.0
+        for _ in range(9):
+            progress.update(1, 100)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "Hashing: 20% (2/10 files, 200 B of 1.0 kB)"
+    assert lines[-2] == "Hashing: 90% (9/10 files, 900 B of 1.0 kB)"
+    assert lines[-1] == "Hashing: done (10/10 files, 1.0 kB of 1.0 kB) in 1.0 s"
+    assert len(lines) == 9
+
+
+def test_progress_quick_job_prints_nothing() -> None:
+    stream = io.StringIO()
+    with Progress("Hashing", total_files=2, stream=stream, tty=False, clock=FakeClock()) as p:
+        p.update(2, 0)
+    assert stream.getvalue() == ""
+
+
+def test_progress_terminal_mode_draws_a_rich_bar() -> None:
+    clock = FakeClock()
+    stream = io.StringIO()
+    with Progress(
+        "Hashing", total_files=4, total_bytes=4000, stream=stream, tty=True, clock=clock
+    ) as progress:
+        clock.now = 1.0
+        progress.update(2, 2000)
+        assert "2/4 files" in stream.getvalue()
+        progress.update(2, 2000)  # within 0.1 s of the last draw: not drawn yet
+        assert "4/4 files" not in stream.getvalue()
+    text = stream.getvalue()
+    assert "Hashing" in text
+    assert "4/4 files" in text  # the final draw at close shows completion
+
+
+def test_format_bytes() -> None:
+    assert [format_bytes(n) for n in (0, 999, 1000, 1_500_000, 2 * 10**12, 5 * 10**15)] == [
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "1.5 MB",
+        "2.0 TB",
+        "5000.0 TB",
+    ]
+
+
+def test_user_cache_dir_precedence(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    assert user_cache_dir({"HOME": home}) == Path(home, ".cache", "kbucket")
+    assert user_cache_dir({"HOME": home, "XDG_CACHE_HOME": "relative"}) == Path(
+        home, ".cache", "kbucket"
+    )
+    assert user_cache_dir({"HOME": home, "XDG_CACHE_HOME": "/xdg"}) == Path("/xdg/kbucket")
+    env = {"HOME": home, "XDG_CACHE_HOME": "/xdg", "KBUCKET_CACHE_DIR": str(tmp_path / "kb")}
+    assert user_cache_dir(env) == tmp_path / "kb"
+    made = ensure_user_cache_dir(env)
+    assert made.is_dir()
+    assert made.stat().st_mode & 0o777 == 0o700
+
+
+def test_user_cache_dir_defaults_to_the_real_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBUCKET_CACHE_DIR", "/some/where")
+    assert user_cache_dir() == Path("/some/where")
+    assert sys.stderr is not None
