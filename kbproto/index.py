@@ -57,7 +57,9 @@ class ShareIndex:
 
     def __init__(self, on_change: Callable[[bytes], None]) -> None:
         self._by_path: dict[str, tuple[bytes, int]] = {}
-        self._paths: dict[bytes, set[str]] = {}
+        # Paths per content id: a str for the usual single path, a set for duplicates
+        # (a set per entry would triple the memory of a million-file share).
+        self._paths: dict[bytes, str | set[str]] = {}
         self._rep: dict[bytes, tuple[str, int]] = {}
         self._on_change = on_change
 
@@ -86,18 +88,24 @@ class ShareIndex:
         """
         if not is_sha1(sha1):
             raise LocalProtocolError(f"not a sha1: {sha1!r}")
-        if not isinstance(path, str) or not path or len(path) > MAX_PATH or "\x00" in path:
+        if type(path) is not str or not path or len(path) > MAX_PATH or "\x00" in path:
             raise LocalProtocolError(f"bad share path {path!r}")
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+        if type(size) is not int or not 0 <= size <= MAX_SIZE:
             raise LocalProtocolError(f"bad file size {size!r}")
-        raw = _raw(sha1)
+        raw = bytes.fromhex(sha1)
         old = self._by_path.get(path)
-        if old == (raw, size):
-            return
         if old is not None:
+            if old == (raw, size):
+                return
             self.remove(path)
         self._by_path[path] = (raw, size)
-        self._paths.setdefault(raw, set()).add(path)
+        current = self._paths.get(raw)
+        if current is None:
+            self._paths[raw] = path
+        elif isinstance(current, str):
+            self._paths[raw] = {current, path}
+        else:
+            current.add(path)
         self._refresh(raw)
 
     def remove(self, path: str) -> None:
@@ -106,10 +114,13 @@ class ShareIndex:
         if old is None:
             return
         raw = old[0]
-        paths = self._paths[raw]
-        paths.discard(path)
-        if not paths:
+        current = self._paths[raw]
+        if isinstance(current, str):
             del self._paths[raw]
+        else:
+            current.discard(path)
+            if len(current) == 1:
+                self._paths[raw] = next(iter(current))
         self._refresh(raw)
 
     def paths(self) -> list[str]:
@@ -121,7 +132,7 @@ class ShareIndex:
         if paths is None:
             new = None
         else:
-            path = min(paths)
+            path = paths if isinstance(paths, str) else min(paths)
             new = (path, self._by_path[path][1])
         if self._rep.get(raw) == new:
             return

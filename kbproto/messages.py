@@ -29,6 +29,7 @@ Messages by phase:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -112,6 +113,9 @@ MAX_SIZE = 2**63 - 1
 MAX_CREDIT = 2**31 - 1
 #: The two kinds of node (SPEC §2.3 ``node_type``).
 NODE_TYPES = ("leaf", "hub")
+
+_SHA1_RE = re.compile(r"[0-9a-f]{40}")
+_NODE_ID_RE = re.compile(r"[0-9a-f]{12}")
 
 
 def _text(name: str, value: object, limit: int, *, empty: bool = True) -> None:
@@ -332,14 +336,21 @@ class ShareIndexUpdate:
             > MAX_BATCH_ENTRIES
         ):
             raise ValueError(f"an index message holds at most {MAX_BATCH_ENTRIES} entries")
+        # Inlined checks: a full sync validates millions of entries.
+        sha1_ok = _SHA1_RE.fullmatch
         for entry in self.put:
-            if not isinstance(entry, tuple) or len(entry) != 3:
+            if type(entry) is not tuple or len(entry) != 3:
                 raise TypeError("each put entry must be (sha1, path, size)")
-            _sha1("sha1", entry[0])
-            _path("path", entry[1])
-            _int("size", entry[2], 0, MAX_SIZE)
+            sha1, path, size = entry
+            if type(sha1) is not str or sha1_ok(sha1) is None:
+                raise ValueError("sha1 must be 40 lowercase hex digits")
+            if type(path) is not str or not path or len(path) > MAX_PATH or "\x00" in path:
+                raise ValueError(f"path must be 1 to {MAX_PATH} characters without NUL")
+            if type(size) is not int or not 0 <= size <= MAX_SIZE:
+                raise ValueError(f"size must be an integer in [0, {MAX_SIZE}]")
         for sha1 in self.drop:
-            _sha1("sha1", sha1)
+            if type(sha1) is not str or sha1_ok(sha1) is None:
+                raise ValueError("sha1 must be 40 lowercase hex digits")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -366,9 +377,10 @@ class HubIndexUpdate:
         for name in ("content_put", "content_drop", "nodes_put", "nodes_drop"):
             items = _tuple(name, getattr(self, name), MAX_BATCH_ENTRIES)
             total += len(items)
-            check = _sha1 if name.startswith("content") else _node_id
+            pattern = _SHA1_RE if name.startswith("content") else _NODE_ID_RE
             for item in items:
-                check(name, item)
+                if type(item) is not str or pattern.fullmatch(item) is None:
+                    raise ValueError(f"{name} holds a malformed id")
         if total > MAX_BATCH_ENTRIES:
             raise ValueError(f"an index message holds at most {MAX_BATCH_ENTRIES} entries")
 

@@ -304,7 +304,7 @@ def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
             lambda: _M.HubIndexUpdate(
                 seq=0, reset=True, content_put=(), content_drop=(), nodes_put=("x",), nodes_drop=()
             ),
-            "12 lowercase",
+            "malformed id",
         ),
         (lambda: _M.Find(query=0, sha1=SHA, share_id=None, up=1, ttl_ms=0), "boolean"),
         (lambda: _M.FindReply(query=0, results=(1,)), "FindResult"),
