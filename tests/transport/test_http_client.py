@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import trustme
 from anyio.abc import ByteStream
 
 from kbtransport.errors import (
@@ -24,6 +25,7 @@ from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.http_server import ServerConfig
 from kbtransport.listener import BoundAddress, ListenConfig, serve_tcp
 from kbtransport.ranges import file_response
+from kbtransport.websocket import connect_websocket
 from tests.transport.transport_helpers import loopback_server
 
 pytestmark = pytest.mark.anyio
@@ -260,3 +262,24 @@ async def test_streamed_upload_length_mismatch_is_a_write_error() -> None:
             await client.request(
                 "POST", f"http://127.0.0.1:{bound.port}/up/f", body=chunks(), content_length=10
             )
+
+
+async def test_https_trusts_ssl_cert_file(
+    tmp_path: Path,
+    server_ssl: ssl.SSLContext,
+    ca: trustme.CA,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    async with loopback_server(make_app(tmp_path, []), ssl_context=server_ssl) as bound:
+        with anyio.fail_after(20):
+            # No context given: the default one must pick the CA up from SSL_CERT_FILE.
+            async with HttpClient() as client:
+                response, _ = await client.request("GET", f"https://127.0.0.1:{bound.port}/a")
+            assert response.status == 200
+            # TLS is verified the same way for wss: the handshake gets as far as HTTP
+            # (this app has no websocket route, so the upgrade itself is refused).
+            with pytest.raises(ConnectError, match="refused"):
+                await connect_websocket(f"wss://127.0.0.1:{bound.port}/ws")
