@@ -26,8 +26,10 @@ class Limits:
     Attributes:
         max_control_frame: largest control frame accepted (bytes); 1 MiB holds any
             legal message.
-        data_chunk: largest data frame we send; 16 KiB keeps a control frame at most
-            one small frame away from the head of the line.
+        data_chunk: largest data frame body we send. 64 KiB halves the per-frame cost
+            of 16 KiB (measured: ~140 vs ~90 MB/s through two relays in one process),
+            and a control frame still waits at most one ``transmit_bytes`` batch,
+            because the outbox always puts control frames first.
         stream_window: initial and maximum credit per stream per hop (bytes): the bound
             on buffered body bytes per stream per hop. 256 KiB keeps a 10 ms RTT link
             near 25 MB/s per stream; tests shrink it below the file size.
@@ -46,7 +48,7 @@ class Limits:
     """
 
     max_control_frame: int = DEFAULT_MAX_CONTROL_FRAME
-    data_chunk: int = 16384
+    data_chunk: int = 65536
     stream_window: int = 256 * 1024
     max_streams_per_link: int = 1024
     max_lookups_per_link: int = 1024
