@@ -7,6 +7,11 @@ no event loop and no wall clock, so the same seed gives the same run byte for by
 
 from __future__ import annotations
 
+from kbproto.sim.apps import DownloadRecord as DownloadRecord
+from kbproto.sim.apps import FileStore as FileStore
+from kbproto.sim.apps import LookupRecord as LookupRecord
+from kbproto.sim.apps import SimApp as SimApp
+from kbproto.sim.apps import sha1_hex as sha1_hex
 from kbproto.sim.clock import SimClock as SimClock
 from kbproto.sim.faults import Crash as Crash
 from kbproto.sim.faults import Fault as Fault
@@ -17,6 +22,9 @@ from kbproto.sim.faults import KillLink as KillLink
 from kbproto.sim.faults import Partition as Partition
 from kbproto.sim.faults import Restart as Restart
 from kbproto.sim.faults import Slow as Slow
+from kbproto.sim.identity import SimSigner as SimSigner
+from kbproto.sim.identity import SimVerifier as SimVerifier
+from kbproto.sim.identity import sim_node_id as sim_node_id
 from kbproto.sim.network import CoreFactory as CoreFactory
 from kbproto.sim.network import NodeApp as NodeApp
 from kbproto.sim.network import NullApp as NullApp
@@ -24,25 +32,47 @@ from kbproto.sim.network import SimFailure as SimFailure
 from kbproto.sim.network import SimLink as SimLink
 from kbproto.sim.network import SimNetwork as SimNetwork
 from kbproto.sim.network import SimNode as SimNode
+from kbproto.sim.topology import NodeSpec as NodeSpec
+from kbproto.sim.topology import SimWorld as SimWorld
+from kbproto.sim.topology import Topology as Topology
+from kbproto.sim.topology import build_world as build_world
+from kbproto.sim.topology import chain as chain
+from kbproto.sim.topology import star as star
+from kbproto.sim.topology import tree as tree
 from kbproto.sim.tracelog import TraceLog as TraceLog
 
 __all__ = (
     "CoreFactory",
     "Crash",
+    "DownloadRecord",
     "Fault",
     "FaultPlan",
+    "FileStore",
     "HalfOpen",
     "Heal",
     "KillLink",
+    "LookupRecord",
     "NodeApp",
+    "NodeSpec",
     "NullApp",
     "Partition",
     "Restart",
+    "SimApp",
     "SimClock",
     "SimFailure",
     "SimLink",
     "SimNetwork",
     "SimNode",
+    "SimSigner",
+    "SimVerifier",
+    "SimWorld",
     "Slow",
+    "Topology",
     "TraceLog",
+    "build_world",
+    "chain",
+    "sha1_hex",
+    "sim_node_id",
+    "star",
+    "tree",
 )

@@ -50,6 +50,7 @@ from kbproto.errors import ProtocolError
 from kbproto.events import Event
 from kbproto.framing import FrameBuffer
 from kbproto.ids import LinkId, SeededIdSource
+from kbproto.messages import Message
 from kbproto.pump import drain
 from kbproto.sim.clock import SimClock
 from kbproto.sim.faults import (
@@ -361,6 +362,11 @@ class SimNetwork:
         self._cuts: list[frozenset[str]] = []
         self._stalled: dict[int, SimLink] = {}
         self._invariants: list[Callable[[SimNetwork], None]] = []
+        #: Nodes drained during the current step (per-step invariants check only these).
+        self.touched: list[SimNode] = []
+        #: Called with ``(link end, message)`` for every message a core sends (only
+        #: with ``trace_frames``): wire-level invariants hook in here.
+        self.frame_observers: list[Callable[[SimLink, Message], None]] = []
         self._quiescent_checks: list[Callable[[SimNetwork], None]] = []
         #: Steps taken so far (one heap item each).
         self.steps = 0
@@ -502,6 +508,7 @@ class SimNetwork:
             if self._same_time_steps > MAX_STEPS_AT_ONE_TIME:
                 self.fail(f"{MAX_STEPS_AT_ONE_TIME} steps without the clock moving")
         self.steps += 1
+        self.touched.clear()
         if kind == _FLOW:
             assert isinstance(payload, SimLink)
             self._flow(payload)
@@ -527,9 +534,22 @@ class SimNetwork:
         return True
 
     def run_until(
-        self, predicate: Callable[[], bool], timeout: float, *, max_steps: int = 2_000_000
+        self,
+        predicate: Callable[[], bool],
+        timeout: float,
+        *,
+        max_steps: int = 2_000_000,
+        poll: int = 1,
     ) -> None:
         """Step until ``predicate()`` holds.
+
+        Args:
+            predicate: checked before the first step and then every ``poll`` steps
+                (an expensive whole-network predicate can be polled less often; the
+                run then stops up to ``poll - 1`` steps late, deterministically).
+            timeout: simulated seconds allowed.
+            max_steps: steps allowed.
+            poll: steps between predicate checks.
 
         Raises:
             SimFailure: simulated time would pass ``now + timeout``, ``max_steps`` steps
@@ -537,7 +557,7 @@ class SimNetwork:
         """
         deadline = self.clock.now + timeout
         start = self.steps
-        while not predicate():
+        while (self.steps - start) % poll or not predicate():
             due = self.next_due()
             if due is None:
                 self.fail("run_until: nothing left to happen and the predicate is false")
@@ -623,6 +643,7 @@ class SimNetwork:
     def _drain(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
+        self.touched.append(node)
         node._draining = True
         try:
             drained = drain(core, lambda event: self._on_event(node, event))
@@ -751,6 +772,13 @@ class SimNetwork:
             while (frame := frames.next_frame()) is not None:
                 message = decode(*frame)
                 self.trace.add(self.clock.now, end.node, "tx", end.link_id, summarize(message))
+                for observe in self.frame_observers:
+                    try:
+                        observe(end, message)
+                    except SimFailure:
+                        raise
+                    except AssertionError as exc:
+                        self.fail(f"wire invariant failed on {end.node}:{end.link_id}: {exc}")
         except ProtocolError as exc:
             self.fail(f"{end.node} sent a malformed frame on link {end.link_id}: {exc}")
 

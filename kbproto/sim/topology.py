@@ -1,0 +1,380 @@
+"""Topology builders (star, chain, tree) and ``SimWorld``: a network of real cores.
+
+Strategy
+--------
+A ``Topology`` is plain data: which nodes exist, which are hubs or shares, who is whose
+parent, and when each starts (joins are staggered, hubs before their children, as
+they would be brought up by hand). ``build_world`` turns one into running nodes on a
+``SimNetwork``: each node gets a ``HubCore`` or ``ShareCore`` with a ``SimSigner`` of
+its name (so node ids are stable across runs and restarts), a per-node seeded
+``IdSource``, and a ``SimApp``. ``SimWorld`` then answers the questions scenario
+tests ask: node ids, the subtree of a hub, which shares hold a content id, and the
+*oracle* for what a find at a given hub must return.
+
+The find oracle follows SPEC §5 and ``kbproto.routing``: a node answers from its own
+subtree when any share there holds the content, and only otherwise asks its parent,
+which answers from *its* subtree. So a find at hub H returns exactly the live, joined
+holders in the subtree of the lowest ancestor-or-self of H whose subtree holds the
+content (for the root: every holder in the network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
+from kbproto.hub import HubCore
+from kbproto.ids import NodeId
+from kbproto.share import ShareCore
+from kbproto.sim.apps import FileStore, SimApp
+from kbproto.sim.identity import SimSigner, SimVerifier, sim_node_id
+from kbproto.sim.network import SimNetwork, SimNode
+
+__all__ = ("NodeSpec", "SimWorld", "Topology", "build_world", "chain", "star", "tree")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    """One node of a topology."""
+
+    name: str
+    kind: str
+    parent: str | None
+    start_at: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hub", "share"):
+            raise ValueError(f"node kind must be 'hub' or 'share', not {self.kind!r}")
+        if self.kind == "share" and self.parent is None:
+            raise ValueError(f"share {self.name} needs a parent hub")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Nodes in start order; every parent appears before its children."""
+
+    nodes: tuple[NodeSpec, ...]
+
+    def __post_init__(self) -> None:
+        seen: dict[str, NodeSpec] = {}
+        for spec in self.nodes:
+            if spec.name in seen:
+                raise ValueError(f"duplicate node {spec.name}")
+            if spec.parent is not None:
+                parent = seen.get(spec.parent)
+                if parent is None or parent.kind != "hub":
+                    raise ValueError(f"{spec.name}: parent {spec.parent} is not an earlier hub")
+            seen[spec.name] = spec
+
+    def spec(self, name: str) -> NodeSpec:
+        """The spec of node ``name`` (KeyError if there is none)."""
+        return self._index()[0][name]
+
+    def _index(self) -> tuple[dict[str, NodeSpec], dict[str, list[str]]]:
+        # Built once, lazily: the dataclass is frozen, so cache through object.__setattr__.
+        cached: tuple[dict[str, NodeSpec], dict[str, list[str]]] | None = getattr(
+            self, "_cache", None
+        )
+        if cached is None:
+            specs = {s.name: s for s in self.nodes}
+            children: dict[str, list[str]] = {s.name: [] for s in self.nodes}
+            for s in self.nodes:
+                if s.parent is not None:
+                    children[s.parent].append(s.name)
+            cached = (specs, children)
+            object.__setattr__(self, "_cache", cached)
+        return cached
+
+    @property
+    def hubs(self) -> list[str]:
+        """Hub names in start order."""
+        return [s.name for s in self.nodes if s.kind == "hub"]
+
+    @property
+    def shares(self) -> list[str]:
+        """Share names in start order."""
+        return [s.name for s in self.nodes if s.kind == "share"]
+
+    def children(self, name: str) -> list[str]:
+        """Direct children of ``name``."""
+        return list(self._index()[1][name])
+
+    def subtree(self, name: str) -> list[str]:
+        """``name`` and everything below it, parents first."""
+        children = self._index()[1]
+        out = [name]
+        for node in out:
+            out.extend(children[node])
+        return out
+
+    def ancestors(self, name: str) -> list[str]:
+        """``name``'s parent, grandparent... up to the root."""
+        specs = self._index()[0]
+        out: list[str] = []
+        parent = specs[name].parent
+        while parent is not None:
+            out.append(parent)
+            parent = specs[parent].parent
+        return out
+
+    def depth(self) -> int:
+        """Hub-to-hub edges on the longest root-to-leaf hub path."""
+        return max((len(self.ancestors(h)) for h in self.hubs), default=0)
+
+
+def star(shares: int, *, stagger: float = 0.01) -> Topology:
+    """One hub ``h0`` with ``shares`` shares ``s0``.. under it."""
+    nodes = [NodeSpec(name="h0", kind="hub", parent=None, start_at=0.0)]
+    nodes += [
+        NodeSpec(name=f"s{i}", kind="share", parent="h0", start_at=0.1 + i * stagger)
+        for i in range(shares)
+    ]
+    return Topology(tuple(nodes))
+
+
+def chain(hubs: int, *, shares: int = 1, stagger: float = 0.05) -> Topology:
+    """Hubs ``h0`` <- ``h1`` <- ... (each the child of the previous), shares under the last."""
+    if hubs < 1:
+        raise ValueError("a chain needs at least one hub")
+    nodes = [
+        NodeSpec(name=f"h{i}", kind="hub", parent=f"h{i - 1}" if i else None, start_at=i * stagger)
+        for i in range(hubs)
+    ]
+    base = hubs * stagger
+    nodes += [
+        NodeSpec(name=f"s{i}", kind="share", parent=f"h{hubs - 1}", start_at=base + i * stagger)
+        for i in range(shares)
+    ]
+    return Topology(tuple(nodes))
+
+
+def tree(
+    depth: int,
+    fanout: int,
+    *,
+    hubs: int | None = None,
+    shares_per_leaf: int = 0,
+    shares: int = 0,
+    stagger: float = 0.01,
+) -> Topology:
+    """A hub tree ``depth`` hub-edges deep, built breadth first, with shares.
+
+    Args:
+        depth: hub levels below the root (``depth=0`` is a lone root hub).
+        fanout: child hubs per hub.
+        hubs: stop adding hubs at this many (breadth first), if given; the tree must
+            still reach ``depth``.
+        shares_per_leaf: shares under every hub that has no child hub.
+        shares: extra shares spread round-robin over *every* hub (so a find also
+            meets shares sitting next to child hubs).
+        stagger: seconds between consecutive starts.
+    """
+    if depth < 0 or fanout < 1:
+        raise ValueError("depth must be >= 0 and fanout >= 1")
+    names: list[tuple[str, str | None, int]] = [("h0", None, 0)]
+    level_start = 0
+    for level in range(1, depth + 1):
+        parents = [n for n in names[level_start:] if n[2] == level - 1]
+        level_start = len(names)
+        for parent_name, _p, _l in parents:
+            for _ in range(fanout):
+                if hubs is not None and len(names) >= hubs:
+                    break
+                names.append((f"h{len(names)}", parent_name, level))
+    if hubs is not None and len(names) != hubs:
+        raise ValueError(f"depth {depth} and fanout {fanout} cannot hold {hubs} hubs")
+    if max(level for _n, _p, level in names) != depth:
+        raise ValueError(f"{hubs} hubs do not reach depth {depth}")
+    t = 0.0
+    nodes: list[NodeSpec] = []
+    for name, parent, _level in names:
+        nodes.append(NodeSpec(name=name, kind="hub", parent=parent, start_at=t))
+        t += stagger
+    hub_names = [n for n, _p, _l in names]
+    has_child = {p for _n, p, _l in names if p is not None}
+    count = 0
+    for hub in hub_names:
+        if hub not in has_child:
+            for _ in range(shares_per_leaf):
+                nodes.append(NodeSpec(name=f"s{count}", kind="share", parent=hub, start_at=t))
+                count += 1
+                t += stagger
+    for i in range(shares):
+        hub = hub_names[i % len(hub_names)]
+        nodes.append(NodeSpec(name=f"s{count}", kind="share", parent=hub, start_at=t))
+        count += 1
+        t += stagger
+    return Topology(tuple(nodes))
+
+
+def _address(name: str) -> str:
+    return f"http://{name}.sim:3240"
+
+
+@dataclass
+class SimWorld:
+    """A topology running on a network: nodes, apps, ids and the find oracle."""
+
+    network: SimNetwork
+    topology: Topology
+    nodes: dict[str, SimNode] = field(default_factory=dict)
+    apps: dict[str, SimApp] = field(default_factory=dict)
+    ids: dict[str, NodeId] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def core(self, name: str) -> HubCore | ShareCore:
+        """The current core of ``name`` (AssertionError if it is not running)."""
+        core = self.nodes[name].core
+        assert isinstance(core, HubCore | ShareCore), f"{name} is not running"
+        return core
+
+    def hub(self, name: str) -> HubCore:
+        """The current ``HubCore`` of hub ``name``."""
+        core = self.core(name)
+        assert isinstance(core, HubCore)
+        return core
+
+    def store(self, name: str) -> FileStore:
+        """The file store of share ``name``."""
+        store = self.apps[name].store
+        assert store is not None
+        return store
+
+    def live(self, name: str) -> bool:
+        """True if ``name`` runs and every hub from it to the root runs and is joined."""
+        for node in [name, *self.topology.ancestors(name)]:
+            sim = self.nodes[node]
+            if not sim.alive:
+                return False
+            if self.topology.spec(node).parent is not None and not self.apps[node].joined:
+                return False
+        return True
+
+    def all_joined(self) -> bool:
+        """Every node with a parent is up and joined."""
+        return all(
+            self.nodes[s.name].alive and (s.parent is None or self.apps[s.name].joined)
+            for s in self.topology.nodes
+        )
+
+    def holders(self, sha1: str, within: str | None = None) -> list[str]:
+        """Sorted node ids of live, joined shares (under ``within``, if given) holding it."""
+        names = self.topology.subtree(within) if within is not None else self.topology.shares
+        return sorted(
+            self.ids[n]
+            for n in names
+            if self.topology.spec(n).kind == "share" and self.live(n) and self.store(n).holds(sha1)
+        )
+
+    def expected_find(self, at: str, sha1: str) -> list[str]:
+        """What a find for ``sha1`` at hub ``at`` must return (see the module docstring)."""
+        for hub in [at, *self.topology.ancestors(at)]:
+            found = self.holders(sha1, within=hub)
+            if found:
+                return found
+            if not self.live(hub):
+                return []
+        return []
+
+    def expected_content_count(self, hub: str) -> int:
+        """Distinct content ids the live shares in ``hub``'s subtree hold."""
+        ids: set[str] = set()
+        for name in self.topology.subtree(hub):
+            if self.topology.spec(name).kind == "share" and self.live(name):
+                ids.update(self.store(name).sha1s())
+        return len(ids)
+
+    def indexes_converged(self) -> bool:
+        """Every live node's reports are acknowledged, and every live hub's
+        ``content_count`` and known node ids match its live subtree."""
+        for spec in self.topology.nodes:
+            if not self.live(spec.name):
+                continue
+            if spec.parent is not None and not self.apps[spec.name].synced:
+                return False
+            if spec.kind == "hub":
+                hub = self.hub(spec.name)
+                if hub.content_count() != self.expected_content_count(spec.name):
+                    return False
+                if not all(
+                    hub.knows_node(self.ids[n])
+                    for n in self.topology.subtree(spec.name)
+                    if self.live(n)
+                ):
+                    return False
+        return True
+
+
+def build_world(
+    network: SimNetwork,
+    topology: Topology,
+    files: Mapping[str, Mapping[str, bytes]] | Callable[[str], Mapping[str, bytes]],
+    *,
+    limits: Limits | None = None,
+    timeouts: Timeouts | None = None,
+    credit_delay: float = 0.0,
+) -> SimWorld:
+    """Add every node of ``topology`` to ``network`` with real cores and ``SimApp``s.
+
+    Args:
+        network: the network to populate (nothing starts before the first step).
+        topology: which nodes, parents and start times.
+        files: each share's files (path -> bytes), by name or from a function.
+        limits: limits for every core (default ``Limits()``).
+        timeouts: timeouts for every core (default ``Timeouts()``).
+        credit_delay: every app's client-side credit delay.
+    """
+    limits = limits if limits is not None else Limits()
+    timeouts = timeouts if timeouts is not None else Timeouts()
+    world = SimWorld(network=network, topology=topology)
+    verifier = SimVerifier()
+    for spec in topology.nodes:
+        name = spec.name
+        parent_url = _address(spec.parent) if spec.parent is not None else None
+        if spec.kind == "hub":
+            hub_config = HubConfig(
+                name=name,
+                listen_url=_address(name),
+                parent_url=parent_url,
+                limits=limits,
+                timeouts=timeouts,
+            )
+
+            def make_hub(node: SimNode, config: HubConfig = hub_config) -> HubCore:
+                return HubCore(
+                    config,
+                    signer=SimSigner(node.name),
+                    verifier=verifier,
+                    ids=node.id_source(),
+                    trace=node.trace_sink,
+                )
+
+            app = SimApp(credit_delay=credit_delay)
+            node = network.add_node(
+                name, make_hub, app, address=_address(name), start_at=spec.start_at
+            )
+        else:
+            share_files = files(name) if callable(files) else files.get(name, {})
+            share_config = ShareConfig(
+                name=name,
+                listen_url=_address(name),
+                parent_url=parent_url,
+                limits=limits,
+                timeouts=timeouts,
+            )
+
+            def make_share(node: SimNode, config: ShareConfig = share_config) -> ShareCore:
+                return ShareCore(
+                    config, signer=SimSigner(node.name), ids=node.id_source(), trace=node.trace_sink
+                )
+
+            app = SimApp(FileStore(share_files), credit_delay=credit_delay)
+            node = network.add_node(
+                name, make_share, app, address=_address(name), start_at=spec.start_at
+            )
+        world.nodes[name] = node
+        world.apps[name] = app
+        world.ids[name] = sim_node_id(name)
+        world.names[world.ids[name]] = name
+    return world
