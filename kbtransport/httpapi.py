@@ -1,0 +1,291 @@
+"""The HTTP routes every node serves the same way (SPEC §4), over a running ``Node``.
+
+``build_node_app(node, local)`` returns the node's whole HTTP app:
+
+* a websocket upgrade on any path: a child link (the core refuses it on a share);
+* ``GET /find/SHA1[/NAME]`` and ``GET /ID/api/find/SHA1[/NAME]``: ``Node.find``, answered
+  with SPEC's JSON (``urls`` best first: the share's own URL, each hub between the share
+  and this node, then this node; each ``BASE/ID/download/PATH``, PATH URL-encoded);
+* ``GET, HEAD /sha1/SHA1``: the content from wherever it is (this share's own file
+  through ``local``, else a proxied request to a share holding it);
+* ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, anything else to ``local``;
+* ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
+  and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
+  node, 502 a node on the way failed, 504 timed out;
+* everything else (``/``, ``/web/...``): ``local``.
+
+CORS headers and OPTIONS preflights are added by the HTTP server (``ServerConfig.cors``).
+``own_node_app(node, local)`` is the part serving this node's own id; a ``Node`` uses it
+for requests that reach it through the tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+from kbproto.errors import LocalProtocolError
+from kbproto.events import LookupResolved
+from kbproto.ids import is_node_id, is_sha1
+from kbproto.messages import FindResult, NodeInfo
+from kbtransport.http import (
+    App,
+    Request,
+    Response,
+    StreamBody,
+    WebSocketAccept,
+    error_response,
+    json_response,
+)
+from kbtransport.node import (
+    Node,
+    ProxyResponse,
+    StreamResetError,
+    request_from_target,
+)
+
+__all__ = (
+    "FORWARDED_HEADERS",
+    "build_node_app",
+    "find_payload",
+    "node_info_json",
+    "own_node_app",
+    "proxied_response",
+)
+
+#: Request headers passed on to the node that serves a proxied request: what download
+#: semantics need (Range, conditionals, content negotiation). Anything else stays here.
+FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
+#: Statuses a reset may carry that are also fit for our HTTP answer.
+_RESET_STATUSES = frozenset({404, 502, 503, 504})
+#: Response headers not copied from a proxied response (framing, hop-by-hop, ours).
+_DROP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+        "access-control-allow-origin",
+        "access-control-expose-headers",
+    }
+)
+#: Largest websocket message accepted from a child; kbproto frames are at most 1 MiB.
+_MAX_LINK_MESSAGE = 16 * 1024 * 1024
+
+
+def node_info_json(info: NodeInfo) -> dict[str, object]:
+    """The ``info`` object of nodeinfo (public fields only; never a private key)."""
+    return {
+        "node_id": info.node_id,
+        "node_type": info.node_type,
+        "name": info.name,
+        "description": info.description,
+        "owner": info.owner,
+        "owner_email": info.owner_email,
+        "listen_url": info.listen_url,
+        "public_key": info.public_key,
+    }
+
+
+def _download_tail(result: FindResult) -> str:
+    return f"/{result.kbshare_id}/download/{quote(result.path, safe='/')}"
+
+
+def find_payload(answer: LookupResolved, own_url: str) -> dict[str, object]:
+    """SPEC §4's find answer for ``answer`` asked at the node whose URL is ``own_url``.
+
+    ``urls`` is best first: every result's share URL, then the hubs in between by
+    distance from the share, then this node's own URL; duplicates and empty base URLs
+    (a node that has none) are left out.
+    """
+    chains: list[list[str]] = []
+    for result in answer.results:
+        tail = _download_tail(result)
+        bases = [result.share_url, *(url for _, url in result.hops)]
+        chains.append([base.rstrip("/") + tail for base in bases if base])
+    urls: list[str] = []
+    depth = max((len(chain) for chain in chains), default=0)
+    for level in range(depth):
+        for chain in chains:
+            if level < len(chain) and chain[level] not in urls:
+                urls.append(chain[level])
+    if own_url:
+        for result in answer.results:
+            url = own_url.rstrip("/") + _download_tail(result)
+            if url not in urls:
+                urls.append(url)
+    first = answer.results[0]
+    return {
+        "success": True,
+        "found": True,
+        "size": first.size,
+        "urls": urls,
+        "results": [
+            {"kbshare_id": r.kbshare_id, "size": r.size, "path": r.path} for r in answer.results
+        ],
+    }
+
+
+def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in request.headers
+        if name.decode("latin-1") in FORWARDED_HEADERS
+    )
+
+
+def proxied_response(response: ProxyResponse, method: str) -> Response:
+    """Turn a ``ProxyResponse`` into a streamed ``Response`` for our HTTP server.
+
+    The body is streamed as it arrives; if the stream is reset mid-body the iterator
+    raises ``StreamResetError`` (a ``ReadError``), so the server cuts the connection
+    and the client sees an incomplete body. When the client goes away, the server
+    closes the iterator, which resets the stream at every hop.
+    """
+    headers = tuple((n, v) for n, v in response.headers if n.lower() not in _DROP_HEADERS)
+    length = response.content_length
+    status = response.status
+    if method == "HEAD" or status in (204, 304) or status < 200:
+        # No body follows (the target sent none); make sure the stream is finished.
+        async def closing() -> AsyncIterator[bytes]:
+            await response.aclose()
+            nothing: tuple[bytes, ...] = ()
+            for chunk in nothing:  # an async generator with no items
+                yield chunk
+
+        if status in (204, 304):
+            return Response(status=status, headers=headers, body=StreamBody(chunks=closing()))
+        return Response(
+            status=status, headers=headers, body=StreamBody(chunks=closing(), length=length)
+        )
+    return Response(
+        status=status,
+        headers=headers,
+        body=StreamBody(chunks=response.iter_chunks(), length=length),
+    )
+
+
+def own_node_app(node: Node, local: App) -> App:
+    """The app for requests addressed to ``node`` itself: nodeinfo here, else ``local``."""
+
+    async def app(request: Request) -> Response:
+        segments = request.segments
+        if (
+            len(segments) in (3, 4)
+            and segments[1:3] == ("api", "nodeinfo")
+            and (len(segments) == 3 or segments[3] == "")
+        ):
+            if request.method not in ("GET", "HEAD"):
+                return error_response(405, f"Method {request.method} not allowed here")
+            return await _nodeinfo(node)
+        return await local(request)
+
+    return app
+
+
+async def _nodeinfo(node: Node) -> Response:
+    snap = await node.snapshot()
+    payload: dict[str, object] = {"success": True, "info": node_info_json(snap.info)}
+    if snap.parent_info is not None:
+        payload["parent_hub_info"] = node_info_json(snap.parent_info)
+    if node.is_hub:
+        hubs: dict[str, object] = {}
+        leaves: dict[str, object] = {}
+        for child in snap.children:
+            entry = {"name": child.name, "listen_url": child.listen_url}
+            (hubs if child.node_type == "hub" else leaves)[child.node_id] = entry
+        payload["child_hubs"] = hubs
+        payload["child_leaf_nodes"] = leaves
+    return json_response(200, payload)
+
+
+def build_node_app(node: Node, local: App) -> App:
+    """The node's whole HTTP app (see the module docstring)."""
+    own = own_node_app(node, local)
+    own_url = node.info.listen_url
+
+    async def find(sha1: str, share_id: str | None) -> Response:
+        sha1 = sha1.lower()
+        if not is_sha1(sha1):
+            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+        try:
+            answer = await node.find(sha1, share_id=share_id)
+        except LocalProtocolError as exc:
+            return error_response(400, str(exc))
+        if not isinstance(answer, LookupResolved) or not answer.results:
+            return json_response(200, {"success": True, "found": False})
+        return json_response(200, find_payload(answer, own_url))
+
+    async def proxy(request: Request, node_id: str) -> Response:
+        target = request.target.decode("ascii")
+        try:
+            response = await node.open_request(node_id, request.method, target, _forwarded(request))
+        except StreamResetError as exc:
+            status = exc.status if exc.status in _RESET_STATUSES else 502
+            return error_response(status, exc.reason)
+        except LocalProtocolError as exc:
+            return error_response(400, f"Cannot route this request: {exc}")
+        return proxied_response(response, request.method)
+
+    async def by_sha1(request: Request, sha1: str) -> Response:
+        sha1 = sha1.lower()
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, f"Method {request.method} not allowed here")
+        if not is_sha1(sha1):
+            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+        answer = await node.find(sha1)
+        if not isinstance(answer, LookupResolved) or not answer.results:
+            return error_response(404, "Content not found")
+        headers = _forwarded(request)
+        last = error_response(502, "No source could serve the content")
+        # Our own copy first, then the others in the order the find gave them.
+        results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
+        for result in results:
+            path = _download_tail(result)
+            if result.kbshare_id == node.node_id:
+                return await own(request_from_target(request.method, path, headers))
+            try:
+                response = await node.open_request(result.kbshare_id, request.method, path, headers)
+            except StreamResetError as exc:
+                status = exc.status if exc.status in _RESET_STATUSES else 502
+                last = error_response(status, exc.reason)
+                continue
+            if response.status >= 500:
+                await response.aclose()
+                last = error_response(502, f"Share answered {response.status}")
+                continue
+            return proxied_response(response, request.method)
+        return last
+
+    async def app(request: Request) -> Response:
+        if request.wants_websocket:
+            return Response(
+                status=101,
+                body=WebSocketAccept(
+                    handler=node.serve_websocket, max_message_bytes=_MAX_LINK_MESSAGE
+                ),
+            )
+        segments = request.segments
+        first = segments[0] if segments else ""
+        if first == "find" and len(segments) >= 2:
+            if request.method != "GET":
+                return error_response(405, f"Method {request.method} not allowed here")
+            return await find(segments[1], None)
+        if first == "sha1" and len(segments) == 2:
+            return await by_sha1(request, segments[1])
+        if is_node_id(first):
+            if len(segments) >= 4 and segments[1:3] == ("api", "find"):
+                if request.method != "GET":
+                    return error_response(405, f"Method {request.method} not allowed here")
+                return await find(segments[3], first)
+            if first == node.node_id:
+                return await own(request)
+            return await proxy(request, first)
+        return await local(request)
+
+    return app
