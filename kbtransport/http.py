@@ -126,10 +126,15 @@ class StreamBody:
             time, so memory stays bounded by the producer.
         length: the exact total length (sent as ``Content-Length``), or None for
             chunked transfer coding.
+        on_close: awaited exactly once when the server is done with the body: sent,
+            not sent (HEAD, 304) or cut short. Use it to release what feeds the
+            chunks (an upstream response): an async generator that was never started
+            does not run its ``finally`` when closed.
     """
 
     chunks: AsyncIterable[bytes]
     length: int | None = None
+    on_close: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

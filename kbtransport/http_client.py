@@ -279,6 +279,7 @@ class HttpResponse:
             self._release(reuse=False)
             if conn is not None:
                 await conn.aclose()
+        await self._client._close_pending()
 
 
 class HttpClient:
@@ -392,17 +393,33 @@ class HttpClient:
         Raises:
             ConnectError, TransportTimeout, ReadError, WriteError, PeerProtocolError.
         """
-        parsed = parse_url(url)
-        if parsed.scheme not in ("http", "https"):
-            raise ConnectError(f"not an http(s) URL: {url}")
-        response = await self._send_request(
-            method.upper(), parsed, url, headers, body, content_length
+        response = await self.open(
+            method, url, headers=headers, body=body, content_length=content_length
         )
         try:
             yield response
         finally:
             await response.aclose()
-            await self._close_pending()
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes | AsyncIterable[bytes] = b"",
+        content_length: int | None = None,
+    ) -> HttpResponse:
+        """Like ``stream``, but returns the response; the caller must ``aclose()`` it.
+
+        For relaying a body beyond the current scope, e.g. a proxy answering with
+        ``StreamBody(chunks=upstream.iter_bytes(), length=upstream.content_length,
+        on_close=upstream.aclose)``.
+        """
+        parsed = parse_url(url)
+        if parsed.scheme not in ("http", "https"):
+            raise ConnectError(f"not an http(s) URL: {url}")
+        return await self._send_request(method.upper(), parsed, url, headers, body, content_length)
 
     async def request(
         self,

@@ -433,6 +433,12 @@ class _Connection:
                 body.file.close()
             elif isinstance(body, StreamBody):
                 await _aclose_iterable(body.chunks)
+                if body.on_close is not None:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await body.on_close()
+                        except Exception:
+                            _log.exception("StreamBody.on_close failed")
 
     async def send_stream(self, chunks: AsyncIterable[bytes]) -> None:
         async for chunk in chunks:

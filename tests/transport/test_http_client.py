@@ -283,3 +283,55 @@ async def test_https_trusts_ssl_cert_file(
             # (this app has no websocket route, so the upgrade itself is refused).
             with pytest.raises(ConnectError, match="refused"):
                 await connect_websocket(f"wss://127.0.0.1:{bound.port}/ws")
+
+
+async def test_relay_a_response_through_a_second_server(tmp_path: Path) -> None:
+    """The proxy pattern: open upstream, answer with its status and a StreamBody."""
+    relays_closed: list[bool] = []
+
+    async with loopback_server(make_app(tmp_path, [])) as origin, HttpClient() as upstream:
+
+        async def relay_app(request: Request) -> Response:
+            headers = [("Range", r)] if (r := request.header("range")) else []
+            response = await upstream.open(
+                request.method, f"http://127.0.0.1:{origin.port}{request.path}", headers=headers
+            )
+
+            async def done() -> None:
+                await response.aclose()
+                relays_closed.append(True)
+
+            passed = [
+                (k, response.header(k) or "")
+                for k in ("Content-Range", "Accept-Ranges", "Content-Type")
+                if response.header(k)
+            ]
+            return Response(
+                status=response.status,
+                headers=tuple(passed),
+                body=StreamBody(
+                    chunks=response.iter_bytes(), length=response.content_length, on_close=done
+                ),
+            )
+
+        async with loopback_server(relay_app) as proxy, HttpClient() as client:
+            base = f"http://127.0.0.1:{proxy.port}"
+            with anyio.fail_after(30):
+                _, body = await client.request("GET", base + "/big")
+                assert body == BIG
+                response, body = await client.request(
+                    "GET", base + "/big", headers=[("Range", "bytes=-5")]
+                )
+                assert (response.status, body) == (206, BIG[-5:])
+                assert response.header(
+                    "content-range"
+                ) == f"bytes {len(BIG) - 5}-/{len(BIG)}".replace("-/", f"-{len(BIG) - 1}/")
+                response, body = await client.request("HEAD", base + "/big")
+                assert (response.status, response.content_length, body) == (200, len(BIG), b"")
+                # A client that goes away mid-body closes the relay (and its upstream).
+                async with client.stream("GET", base + "/big") as response:
+                    async for _chunk in response.iter_bytes():
+                        break
+                while len(relays_closed) < 4:
+                    await anyio.sleep(0.01)
+    assert relays_closed == [True] * 4
