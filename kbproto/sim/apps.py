@@ -66,26 +66,30 @@ class FileStore:
     """
 
     def __init__(self, files: Mapping[str, bytes] | None = None) -> None:
-        self.files: dict[str, bytes] = dict(files or {})
+        # Read-only after construction (``SimApp.set_files`` builds a new store), so
+        # the hashes are computed once.
+        self.files: dict[str, bytes] = dict(sorted((files or {}).items()))
+        self._sha1: dict[str, str] = {path: sha1_hex(data) for path, data in self.files.items()}
+        self._first: dict[str, str] = {}
+        for path, sha1 in self._sha1.items():
+            self._first.setdefault(sha1, path)
 
     def entries(self) -> list[tuple[str, str, int]]:
         """``(sha1, path, size)`` for every file, sorted by path (what ``set_files`` takes)."""
-        return [(sha1_hex(data), path, len(data)) for path, data in sorted(self.files.items())]
+        return [(self._sha1[path], path, len(data)) for path, data in self.files.items()]
 
     def sha1s(self) -> list[str]:
         """Every distinct content id held, sorted."""
-        return sorted({sha1_hex(data) for data in self.files.values()})
+        return sorted(self._first)
 
     def holds(self, sha1: str) -> bool:
         """True if some file has content ``sha1``."""
-        return any(sha1_hex(data) == sha1 for data in self.files.values())
+        return sha1 in self._first
 
     def by_sha1(self, sha1: str) -> tuple[str, bytes] | None:
         """The first file (by path) with content ``sha1``, or None."""
-        for path, data in sorted(self.files.items()):
-            if sha1_hex(data) == sha1:
-                return path, data
-        return None
+        path = self._first.get(sha1)
+        return (path, self.files[path]) if path is not None else None
 
 
 @dataclass(slots=True)

@@ -544,9 +544,11 @@ class SimNetwork:
         """Step until ``predicate()`` holds.
 
         Args:
-            predicate: checked before the first step and then every ``poll`` steps
-                (an expensive whole-network predicate can be polled less often; the
-                run then stops up to ``poll - 1`` steps late, deterministically).
+            predicate: checked before the first step, then every ``poll`` steps and
+                whenever nothing but timers is scheduled (an expensive whole-network
+                predicate can be polled less often; the run then stops up to
+                ``poll - 1`` steps late, deterministically, and never sleeps through
+                an idle stretch with it unchecked).
             timeout: simulated seconds allowed.
             max_steps: steps allowed.
             poll: steps between predicate checks.
@@ -557,7 +559,7 @@ class SimNetwork:
         """
         deadline = self.clock.now + timeout
         start = self.steps
-        while (self.steps - start) % poll or not predicate():
+        while ((self.steps - start) % poll and self._pending) or not predicate():
             due = self.next_due()
             if due is None:
                 self.fail("run_until: nothing left to happen and the predicate is false")

@@ -27,8 +27,10 @@ from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.hub import HubCore
 from kbproto.ids import NodeId
 from kbproto.share import ShareCore
+from kbproto.sim import invariants
 from kbproto.sim.apps import FileStore, SimApp
 from kbproto.sim.identity import SimSigner, SimVerifier, sim_node_id
+from kbproto.sim.invariants import StepCheck
 from kbproto.sim.network import SimNetwork, SimNode
 
 __all__ = ("NodeSpec", "SimWorld", "Topology", "build_world", "chain", "star", "tree")
@@ -218,10 +220,18 @@ class SimWorld:
 
     network: SimNetwork
     topology: Topology
+    limits: Limits
     nodes: dict[str, SimNode] = field(default_factory=dict)
     apps: dict[str, SimApp] = field(default_factory=dict)
     ids: dict[str, NodeId] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    #: The per-step invariant check, once ``install_invariants`` ran.
+    step_check: StepCheck | None = None
+
+    def install_invariants(self) -> StepCheck:
+        """Register ``kbproto.sim.invariants`` on the network with this world's limits."""
+        self.step_check = invariants.install(self.network, self.limits)
+        return self.step_check
 
     def core(self, name: str) -> HubCore | ShareCore:
         """The current core of ``name`` (AssertionError if it is not running)."""
@@ -327,7 +337,7 @@ def build_world(
     """
     limits = limits if limits is not None else Limits()
     timeouts = timeouts if timeouts is not None else Timeouts()
-    world = SimWorld(network=network, topology=topology)
+    world = SimWorld(network=network, topology=topology, limits=limits)
     verifier = SimVerifier()
     for spec in topology.nodes:
         name = spec.name

@@ -17,7 +17,6 @@ from kbproto.sim import (
     SimWorld,
     Topology,
     build_world,
-    invariants,
     sha1_hex,
 )
 
@@ -77,7 +76,7 @@ def make_world(
         timeouts=timeouts if timeouts is not None else TIMEOUTS,
         credit_delay=credit_delay,
     )
-    invariants.install(net, limits)
+    world.install_invariants()
     return world
 
 
