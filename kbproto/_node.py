@@ -230,7 +230,7 @@ class _Node:
         link = self.links.get(link_id)
         if link is None:
             return
-        self._close(link, now, "closed by peer", hangup=True)
+        self._close(link, now, "closed by peer")
 
     def close_link(self, link_id: LinkId, now: float, reason: str) -> None:
         link = self.links.get(link_id)
@@ -326,7 +326,7 @@ class _Node:
         """Say goodbye on ``link`` with an ``Error`` frame, then hang up and clean up."""
         self._trace(now, "error", link.link_id, f"{code}: {reason}")
         link.queue_control(encode(Error(code=code, reason=reason[:4096])))
-        self._close(link, now, reason, hangup=True, timed_out=timed_out)
+        self._close(link, now, reason, timed_out=timed_out)
 
     def trace(self, now: float, category: str, link: Link | None, detail: str) -> None:
         """Hand one record to the trace sink."""
@@ -358,9 +358,10 @@ class _Node:
             drop: list[str] = []
             for key in keys:
                 rep = self.share_index.representative(key)
+                # A key removed since it was queued is dropped, even in a reset batch
+                # (the parent ignores drops of entries it does not hold).
                 if rep is None:
-                    if not reset:
-                        drop.append(key.hex())
+                    drop.append(key.hex())
                 else:
                     put.append((key.hex(), rep[0], rep[1]))
             return ShareIndexUpdate(seq=seq, reset=reset, put=tuple(put), drop=tuple(drop))
@@ -374,14 +375,9 @@ class _Node:
             # Node ids are 12 ASCII bytes, content ids 20 raw bytes: the length tells.
             if len(key) == 12:
                 node = NodeId(key.decode())
-                if hub.has_node(node):
-                    nput.append(node)
-                elif not reset:
-                    ndrop.append(node)
-            elif hub.has_content(key):
-                cput.append(key.hex())
-            elif not reset:
-                cdrop.append(key.hex())
+                (nput if hub.has_node(node) else ndrop).append(node)
+            else:
+                (cput if hub.has_content(key) else cdrop).append(key.hex())
         return HubIndexUpdate(
             seq=seq,
             reset=reset,
@@ -443,7 +439,7 @@ class _Node:
             reason = f"peer closed the link: {message.reason}"
             if was_registering and link.dialed:
                 self.emit(JoinRefused(link_id=link.link_id, reason=message.reason))
-            self._close(link, now, reason, hangup=True)
+            self._close(link, now, reason)
 
     def _on_challenge(self, link: Link, message: Challenge) -> None:
         link.nonce = message.nonce
@@ -533,12 +529,10 @@ class _Node:
                 self.fail_link(
                     link, now, "timeout", f"no frame from peer for {silent:g} s", timed_out=True
                 )
-        elif not link.is_up:  # "hs"
+        else:  # "hs": cancelled when the handshake finishes, so it is still pending
             self.fail_link(link, now, "timeout", "handshake timed out", timed_out=True)
 
-    def _close(
-        self, link: Link, now: float, reason: str, *, hangup: bool, timed_out: bool = False
-    ) -> None:
+    def _close(self, link: Link, now: float, reason: str, *, timed_out: bool = False) -> None:
         # ``peer`` is set only once a registration was accepted (or Welcome arrived).
         was_child = not link.dialed and link.peer is not None
         role = "parent" if link.dialed else ("child" if was_child else "pending")
@@ -548,8 +542,7 @@ class _Node:
             self._actions.append(
                 Transmit(link_id=link.link_id, data=link.take(self.limits.transmit_bytes))
             )
-        if hangup:
-            self._actions.append(Hangup(link_id=link.link_id, reason=reason))
+        self._actions.append(Hangup(link_id=link.link_id, reason=reason))
         del self.links[link.link_id]
         self._ready.pop(link.link_id, None)
         for kind in ("hs", "ping", "rx"):

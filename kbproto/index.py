@@ -158,19 +158,18 @@ def _add(table: dict[bytes, int | list[int]], key: bytes, link: int) -> bool:
 
 
 def _discard(table: dict[bytes, int | list[int]], key: bytes, link: int) -> bool:
-    """Forget ``key`` via ``link``; True if ``key`` is no longer reachable at all."""
-    current = table.get(key)
-    if current is None:
-        return False
+    """Forget ``key`` via ``link``; True if ``key`` is no longer reachable at all.
+
+    The caller knows ``key`` was recorded via ``link`` (the per-child sets and maps
+    mirror this table), so the entry is there and holds ``link``.
+    """
+    current = table[key]
     if isinstance(current, int):
-        if current != link:
-            return False
         del table[key]
         return True
-    if link in current:
-        current.remove(link)
-        if len(current) == 1:
-            table[key] = current[0]
+    current.remove(link)
+    if len(current) == 1:
+        table[key] = current[0]
     return False
 
 
@@ -254,14 +253,11 @@ class HubIndex:
 
     def share_entry(self, link: int, raw: bytes) -> tuple[str, int] | None:
         """``(path, size)`` of ``raw`` at the direct share child on ``link``."""
-        child = self._children.get(link)
-        return child.files.get(raw) if child is not None else None
+        return self._children[link].files.get(raw)
 
     def child_reaches(self, link: int, node_id: str) -> bool:
         """True if the child on ``link`` is ``node_id`` or has it below."""
-        child = self._children.get(link)
-        if child is None:
-            return False
+        child = self._children[link]
         return child.node_id == node_id or node_id.encode() in child.nodes
 
     def add_child(self, link: int, node_id: NodeId, *, is_hub: bool) -> None:
@@ -272,9 +268,7 @@ class HubIndex:
 
     def drop_child(self, link: int) -> None:
         """The child on ``link`` left: drop everything it brought."""
-        child = self._children.pop(link, None)
-        if child is None:
-            return
+        child = self._children.pop(link)
         self._clear(link, child)
         if _discard(self._node_where, child.node_id.encode(), link):
             self._on_node(child.node_id.encode())

@@ -118,10 +118,6 @@ class Streams:
         """Number of open streams (all roles)."""
         return len(self._streams)
 
-    def buffered_bytes(self) -> int:
-        """Body bytes relays hold right now, over all streams."""
-        return sum(s.buffered for s in self._streams.values())
-
     def max_buffered(self) -> int:
         """The most body bytes buffered for any one stream right now."""
         return max((s.buffered for s in self._streams.values()), default=0)
@@ -390,9 +386,7 @@ class Streams:
     # --- timers and link loss ---------------------------------------------------------
 
     def on_timer(self, sid: StreamId, now: float) -> None:
-        stream = self._streams.get(sid)
-        if stream is None:  # pragma: no cover - closing a stream cancels its deadline
-            return
+        stream = self._streams[sid]  # closing a stream cancels its deadline
         idle = self._node.timeouts.stream_idle_timeout
         due = stream.head_due if not stream.head else stream.last + idle
         if due > now:
@@ -429,11 +423,10 @@ class Streams:
 
     def _open_out(self, stream: _Stream, link: Link, message: Open) -> bool:
         """Open the next hop of ``stream`` on ``link``; False if the peer's limit is hit."""
-        if link.our_streams >= link.peer_max_streams:
-            return False
         wire = link.next_stream
-        if wire > MAX_ID:
-            return False  # 2**31 streams on one link: the link should be recycled
+        # Past 2**31 streams on one link the numbers run out: refuse like a busy peer.
+        if link.our_streams >= link.peer_max_streams or wire > MAX_ID:
+            return False
         link.next_stream += 2
         link.our_streams += 1
         stream.out_link = link.link_id
@@ -466,15 +459,14 @@ class Streams:
             )
         return stream
 
+    # A stream's ``in_link``/``out_link`` always name open links: ``link_lost`` clears
+    # them before the link's streams are failed.
+
     def _send_in(self, stream: _Stream, message: Response | Reset) -> None:
-        link = self._node.links.get(stream.in_link) if stream.in_link is not None else None
-        if link is not None:
-            self._node.send(link, message)
+        self._node.send(self._node.links[stream.in_link], message)  # type: ignore[index]
 
     def _send_out(self, stream: _Stream, message: Credit | Reset) -> None:
-        link = self._node.links.get(stream.out_link) if stream.out_link is not None else None
-        if link is not None:
-            self._node.send(link, message)
+        self._node.send(self._node.links[stream.out_link], message)  # type: ignore[index]
 
     def _forward(self, stream: _Stream, data: bytes) -> None:
         """Queue ``data`` toward the requester in frames of at most ``data_chunk``."""
@@ -531,12 +523,8 @@ class Streams:
         node = self._node
         self._forget(stream)
         if stream.in_link is not None:
-            self._wire.pop((stream.in_link, stream.in_wire), None)
-            link = node.links.get(stream.in_link)
-            if link is not None:
-                link.peer_streams -= 1
+            del self._wire[(stream.in_link, stream.in_wire)]
+            node.links[stream.in_link].peer_streams -= 1
         if stream.out_link is not None:
-            self._wire.pop((stream.out_link, stream.out_wire), None)
-            link = node.links.get(stream.out_link)
-            if link is not None:
-                link.our_streams -= 1
+            del self._wire[(stream.out_link, stream.out_wire)]
+            node.links[stream.out_link].our_streams -= 1

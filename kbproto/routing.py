@@ -157,9 +157,7 @@ class Lookups:
                 raise RemoteProtocolError(f"reply to find {message.query} that was never sent")
             return  # a late answer to a find we already finished
         link.our_lookups -= 1
-        pending = self._pending.get(key)
-        if pending is None:  # pragma: no cover - finishing a find pops its sub-queries
-            return
+        pending = self._pending[key]  # finishing a find removes its sub-queries from _out
         pending.waiting.discard((link.link_id, message.query))
         for result in message.results:
             if pending.share_id is None or result.kbshare_id == pending.share_id:
@@ -169,27 +167,25 @@ class Lookups:
 
     def on_timer(self, key: int, now: float) -> None:
         """A find's deadline passed: answer with what we have."""
-        pending = self._pending.get(key)
-        if pending is not None:
-            self._node.trace(now, "timer", None, f"find {pending.sha1} deadline")
-            self._finish(pending, now, timed_out=True)
+        pending = self._pending[key]  # finishing a find cancels its deadline
+        self._node.trace(now, "timer", None, f"find {pending.sha1} deadline")
+        self._finish(pending, now, timed_out=True)
 
     def link_lost(self, link: Link, now: float) -> None:
         """``link`` closed: its sub-queries count as empty answers; its finds are dropped."""
         link_id = link.link_id
+        # First forget the finds that came in on the link (no one to answer), then
+        # count the link's open sub-queries as empty answers.
+        for in_key, key in list(self._incoming.items()):
+            if in_key[0] == link_id:
+                self._drop(self._pending[key])
         for out_key, key in list(self._out.items()):
             if out_key[0] == link_id:
                 del self._out[out_key]
-                pending = self._pending.get(key)
-                if pending is not None:
-                    pending.waiting.discard(out_key)
-                    if not pending.waiting and pending.from_link != link_id:
-                        self._finish(pending, now)
-        for in_key, key in list(self._incoming.items()):
-            if in_key[0] == link_id:
-                pending = self._pending.get(key)
-                if pending is not None:
-                    self._drop(pending)
+                pending = self._pending[key]
+                pending.waiting.discard(out_key)
+                if not pending.waiting:
+                    self._finish(pending, now)
 
     # --- internals --------------------------------------------------------------------
 
@@ -275,10 +271,10 @@ class Lookups:
         del self._pending[pending.key]
         node.deadlines.cancel(("lookup", pending.key))
         for out_key in pending.waiting:
-            if self._out.pop(out_key, None) is not None:
-                link = node.links.get(out_key[0])
-                if link is not None:
-                    link.our_lookups -= 1
+            # ``waiting`` mirrors ``_out``, and ``link_lost`` clears a dead link's
+            # sub-queries first, so the link is still open.
+            del self._out[out_key]
+            node.links[out_key[0]].our_lookups -= 1
         pending.waiting.clear()
         if pending.from_link is not None:
             in_key = (pending.from_link, pending.query)
@@ -312,8 +308,7 @@ class Lookups:
                     )
                 )
             return
-        if from_link is None:
-            return
+        assert from_link is not None  # link_lost drops the finds of a closing link
         hop = ((node.node_id, node.info.listen_url),)
         results = [
             FindResult(

@@ -353,6 +353,25 @@ def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
         (lambda: _M.Error(code=1, reason=""), "must be a string"),
         (lambda: _M.Error(code="x", reason="r" * 5000), "longer than"),
         (lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=[], drop=()), "tuple"),
+        (lambda: _M.Find(query=0, sha1="x", share_id=None, up=True, ttl_ms=0), "40 lowercase"),
+        (lambda: _M.Find(query=0, sha1=SHA, share_id="x", up=True, ttl_ms=0), "12 lowercase"),
+        (
+            lambda: _M.FindResult(kbshare_id=NODE, share_url="", path="a\x00", size=1, hops=()),
+            "NUL",
+        ),
+        (
+            lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=(("x", "p", 1),), drop=()),
+            "40 lowercase",
+        ),
+        (
+            lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=((SHA, "", 1),), drop=()),
+            "without NUL",
+        ),
+        (
+            lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=((SHA, "p", -1),), drop=()),
+            "size must",
+        ),
+        (lambda: _M.ShareIndexUpdate(seq=0, reset=True, put=(), drop=("x",)), "40 lowercase"),
     ],
 )
 def test_invalid_messages_cannot_exist(build: object, needle: str) -> None:

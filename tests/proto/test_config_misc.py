@@ -25,9 +25,10 @@ from kbproto import (
 )
 from kbproto.events import ChildJoined, LinkClosed
 from kbproto.messages import Open
+from kbproto.messages import ShareIndexUpdate as ShareUpdate
 from kbproto.timers import Deadlines
 from kbproto.trace import ListTraceSink
-from tests.helpers import CryptoVerifier, Ed25519Signer, Net
+from tests.helpers import CryptoVerifier, Ed25519Signer, Net, sha1_of
 
 
 def _wrong(config: object) -> Any:
@@ -197,3 +198,246 @@ def test_find_limited_to_the_hub_itself_does_not_go_up() -> None:
     assert net.of("B", LookupFailed)[0].reason == "not found"
     assert net.of("A", ChildJoined)
     assert hub.link_ids() != ()
+
+
+def test_share_index_rejects_bad_entries_and_handles_duplicates() -> None:
+    from kbproto import LocalProtocolError
+
+    net = Net()
+    net.add_hub("H")
+    share = net.add_share("S", parent="H")
+    sha = "ab" * 20
+    for args in (("zz", "p", 1), (sha, "", 1), (sha, "a\x00", 1), (sha, "p", -1), (sha, "p", True)):
+        with pytest.raises(LocalProtocolError):
+            share.put_file(*args, net.now)  # type: ignore[arg-type]
+    for path in ("c", "b", "a"):
+        share.put_file(sha, path, 1, net.now)
+    share.remove_file("b", net.now)  # three paths -> two: still a set
+    share.remove_file("a", net.now)  # two -> one
+    net.pump()
+    assert share.lookup_local(sha) == ("c", 1)
+    share.set_files([("cd" * 20, "d", 2)], net.now)  # drops "c"
+    net.pump()
+    assert share.lookup_local(sha) is None
+    assert net.cores["H"].content_count() == 1  # type: ignore[union-attr]
+    assert share.pending_bytes(share.parent_link) == 0  # type: ignore[arg-type]
+
+
+def test_same_content_and_nodes_under_two_children() -> None:
+    from kbproto.messages import HubIndexUpdate
+
+    net = Net()
+    hub = net.add_hub("H")
+    sha = "ab" * 20
+    node = NodeId("aaaaaaaaaaaa")
+    peers = [net.connect_raw("H", seed=s) for s in (1, 2)]
+    for peer in peers:
+        peer.join(info=peer.info(node_type="hub", confirm_share=""))
+        message = HubIndexUpdate(
+            seq=0,
+            reset=True,
+            content_put=(sha,),
+            content_drop=(),
+            nodes_put=(node, peer.info().node_id),
+            nodes_drop=(),
+        )
+        peer.send(message)
+        peer.send(
+            HubIndexUpdate(
+                seq=1,
+                reset=False,
+                content_put=(sha,),
+                content_drop=(),
+                nodes_put=(node,),
+                nodes_drop=(),
+            )
+        )
+    assert hub.content_count() == 1
+    peers[0].send(
+        HubIndexUpdate(
+            seq=2,
+            reset=False,
+            content_put=(),
+            content_drop=(sha,),
+            nodes_put=(),
+            nodes_drop=(node,),
+        )
+    )
+    assert hub.content_count() == 1
+    assert hub.knows_node(node)
+    net.cores["H"].receive_eof(peers[1].link, net.now)
+    net.pump()
+    assert hub.content_count() == 0
+    assert not hub.knows_node(node)
+
+
+def test_same_content_on_two_shares_survives_a_path_change() -> None:
+    net = Net()
+    hub = net.add_hub("H")
+    one = net.add_share("S1", parent="H", files={"a": b"x"})
+    net.add_share("S2", parent="H", files={"b": b"x"})
+    one.put_file(sha1_of(b"x"), "a2", 1, net.now)
+    one.remove_file("a", net.now)
+    net.pump()
+    hub.find(sha1_of(b"x"), net.now)
+    net.pump()
+    from kbproto.events import LookupResolved
+
+    assert sorted(r.path for r in net.of("H", LookupResolved)[0].results) == ["a2", "b"]
+    net.crash("S2")
+    assert hub.content_count() == 1
+
+
+def test_frames_after_a_goodbye_in_the_same_chunk_are_ignored() -> None:
+    from kbproto.codec import encode
+    from kbproto.messages import Error, Ping
+
+    net = Net()
+    net.add_hub("H")
+    peer = net.connect_raw("H")
+    peer.join()
+    peer.send_bytes(encode(Error(code="shutdown", reason="bye")) + encode(Ping()))
+    assert net.of("H", LinkClosed)[0].reason == "peer closed the link: bye"
+
+
+def test_drain_without_a_handler_drops_events() -> None:
+    hub = HubCore(
+        HubConfig(name="h"),
+        signer=Ed25519Signer(1),
+        verifier=CryptoVerifier(),
+        ids=SeededIdSource(1),
+    )
+    hub.start(0.0)
+    hub.link_opened(LinkId(1), 0.0)
+    hub.receive_eof(LinkId(1), 0.0)
+    drained = drain(hub)
+    assert [type(a) for a in drained.actions] == [Transmit, Hangup]
+    assert hub.next_event() is None
+
+
+def test_root_hub_request_to_unknown_node_fails_at_once() -> None:
+    from kbproto.events import StreamReset
+
+    net = Net()
+    hub = net.add_hub("H")
+    sid = hub.open_request("ffffffffffff", "GET", "/x", now=net.now)
+    net.pump()
+    assert net.of("H", StreamReset) == [
+        StreamReset(stream_id=sid, status=404, reason="unknown node ffffffffffff")
+    ]
+
+
+def test_relay_refuses_when_the_next_hop_is_full() -> None:
+    from kbproto.events import StreamReset
+
+    net = Net()
+    net.add_hub("H")
+    origin = net.add_share("T", parent="H")
+    peer = net.connect_raw("H")
+    peer.join()  # announces max_streams=8
+    target = peer.info().node_id
+    for i in range(9):
+        origin.open_request(target, "GET", f"/{i}", now=net.now)
+    net.pump()
+    (reset,) = net.of("T", StreamReset)
+    assert (reset.status, reset.reason) == (503, "next hop busy")
+
+
+def test_link_loss_fails_only_its_own_streams_and_finds() -> None:
+    from kbproto.events import LookupFailed, StreamReset
+    from kbproto.messages import HubIndexUpdate
+
+    net = Net()
+    hub = net.add_hub("H")
+    peers = [net.connect_raw("H", seed=s) for s in (1, 2)]
+    for peer in peers:
+        peer.join(info=peer.info(node_type="hub", confirm_share=""))
+        peer.send(
+            HubIndexUpdate(
+                seq=0,
+                reset=True,
+                content_put=("ab" * 20,),
+                content_drop=(),
+                nodes_put=(),
+                nodes_drop=(),
+            )
+        )
+        hub.open_request(peer.info().node_id, "GET", "/", now=net.now)
+    hub.find("ab" * 20, net.now)
+    # A find from the first peer that waits on the second.
+    from kbproto.messages import Find
+
+    peers[0].send(Find(query=0, sha1="ab" * 20, share_id=None, up=True, ttl_ms=1000))
+    net.pump()
+    hub.receive_eof(peers[0].link, net.now)
+    net.pump()
+    assert len(net.of("H", StreamReset)) == 1
+    assert hub.open_streams() == 1
+    assert not net.of("H", LookupFailed)  # still waiting for the second peer
+    hub.receive_eof(peers[1].link, net.now)
+    net.pump()
+    assert net.of("H", LookupFailed)[0].reason == "not found"
+    assert hub.pending_lookups() == 0
+    assert hub.open_streams() == 0
+
+
+def test_peer_find_limit_skips_the_branch() -> None:
+    from kbproto.events import LookupFailed
+    from kbproto.messages import HubIndexUpdate
+
+    net = Net()
+    hub = net.add_hub("H")
+    peer = net.connect_raw("H")
+    peer.join(info=peer.info(node_type="hub", confirm_share=""))  # max_lookups=8
+    peer.send(
+        HubIndexUpdate(
+            seq=0,
+            reset=True,
+            content_put=("ab" * 20,),
+            content_drop=(),
+            nodes_put=(),
+            nodes_drop=(),
+        )
+    )
+    for _ in range(9):
+        hub.find("ab" * 20, net.now)
+    net.pump()
+    assert [e.reason for e in net.of("H", LookupFailed)] == ["not found"]
+
+
+def test_a_node_reachable_two_ways_stays_known_until_both_go() -> None:
+    from kbproto.messages import HubIndexUpdate
+
+    net = Net()
+    hub = net.add_hub("H")
+    upper = net.connect_raw("H", seed=1)
+    upper.join(info=upper.info(node_type="hub", confirm_share=""))
+    lower = net.connect_raw("H", seed=2)
+    lower_id = lower.info().node_id
+    # The first child hub still reports the second one below it (a stale view)...
+    upper.send(
+        HubIndexUpdate(
+            seq=0, reset=True, content_put=(), content_drop=(), nodes_put=(lower_id,), nodes_drop=()
+        )
+    )
+    # ...while the second joins directly (a share that moved).
+    lower.join()
+    lower.send(ShareUpdate(seq=0, reset=True, put=(("ab" * 20, "p", 1),), drop=()))
+    upper.send(
+        HubIndexUpdate(
+            seq=1,
+            reset=False,
+            content_put=("ab" * 20,),
+            content_drop=(),
+            nodes_put=(),
+            nodes_drop=(),
+        )
+    )
+    hub.receive_eof(lower.link, net.now)
+    net.pump()
+    assert hub.knows_node(lower_id)
+    assert hub.content_count() == 1
+    hub.receive_eof(upper.link, net.now)
+    net.pump()
+    assert not hub.knows_node(lower_id)
+    assert hub.content_count() == 0
