@@ -335,3 +335,17 @@ async def test_relay_a_response_through_a_second_server(tmp_path: Path) -> None:
                 while len(relays_closed) < 4:
                     await anyio.sleep(0.01)
     assert relays_closed == [True] * 4
+
+
+async def test_connect_timeout_covers_the_tls_handshake() -> None:
+    async def silent(stream: ByteStream) -> None:
+        await anyio.sleep(30)  # accepts TCP, never speaks TLS
+
+    async with anyio.create_task_group() as tg:
+        bound: BoundAddress = await tg.start(
+            serve_tcp, silent, ListenConfig(host="127.0.0.1", port=0)
+        )
+        async with HttpClient(ClientConfig(connect_timeout=0.3)) as client:
+            with anyio.fail_after(10), pytest.raises(TransportTimeout, match="connecting"):
+                await client.request("GET", f"https://127.0.0.1:{bound.port}/")
+        tg.cancel_scope.cancel()
