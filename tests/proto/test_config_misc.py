@@ -209,7 +209,7 @@ def test_share_index_rejects_bad_entries_and_handles_duplicates() -> None:
     sha = "ab" * 20
     for args in (("zz", "p", 1), (sha, "", 1), (sha, "a\x00", 1), (sha, "p", -1), (sha, "p", True)):
         with pytest.raises(LocalProtocolError):
-            share.put_file(*args, net.now)  # type: ignore[arg-type]
+            share.put_file(*args, net.now)
     for path in ("c", "b", "a"):
         share.put_file(sha, path, 1, net.now)
     share.remove_file("b", net.now)  # three paths -> two: still a set
