@@ -312,7 +312,12 @@ def summarize(obj: object) -> str:
         if isinstance(value, bytes):
             parts.append(f"{f.name}=<{len(value)}b>")
         elif isinstance(value, tuple):
-            parts.append(f"{f.name}=#{len(value)}")
+            shares = [getattr(item, "kbshare_id", None) for item in value]
+            if value and all(isinstance(share, str) for share in shares):
+                # Find results: which shares answered matters, so show them.
+                parts.append(f"{f.name}=[{','.join(str(s) for s in shares)}]")
+            else:
+                parts.append(f"{f.name}=#{len(value)}")
         elif is_dataclass(value):
             node_id = getattr(value, "node_id", None)
             parts.append(f"{f.name}={node_id if node_id is not None else type(value).__name__}")
