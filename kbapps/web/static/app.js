@@ -21,7 +21,7 @@ const API_TIMEOUT_MS = 60000;
 // listing is virtualized, so only the rows near the viewport exist in the DOM.
 const ROW_HEIGHT = 36;
 // Rows rendered above and below the viewport, so small scrolls need no re-render.
-const OVERSCAN = 30;
+const OVERSCAN = 20;
 // Bounds of a client-side .prvdir (SPEC §2.2 requires 100,000 files to work).
 const PRVDIR_MAX_FILES = 200000;
 const PRVDIR_MAX_DIRS = 50000;
@@ -675,7 +675,9 @@ class FileTable {
       });
     };
     this.element.addEventListener("scroll", onChange, { passive: true });
-    window.addEventListener("resize", onChange, { passive: true });
+    // Observing the box itself (not window "resize") leaves nothing behind when the
+    // table is replaced by the next view.
+    new ResizeObserver(onChange).observe(this.element);
   }
 
   setRows(rows) {
