@@ -106,6 +106,7 @@ class _Node:
         ids: IdSource,
         trace: TraceSink | None,
     ) -> None:
+        """Build the engine; see ``HubCore``/``ShareCore`` for the arguments."""
         self.config = config
         self.limits = config.limits
         self.timeouts = config.timeouts
@@ -128,15 +129,26 @@ class _Node:
             confirm_share="" if self.is_hub else "yes",
         )
         self.node_id: NodeId = self.info.node_id
+        # Every open link, by the driver's id. A link leaves this table exactly once,
+        # in ``_close``; everything keyed by link id elsewhere is cleaned up there.
         self.links: dict[LinkId, Link] = {}
+        # The link to our parent from the moment we dial it (not only once joined):
+        # its loss, in any state, is what schedules the next redial.
         self.parent: Link | None = None
         self.parent_info: NodeInfo | None = None
         self.deadlines = Deadlines()
         self._events: deque[Event] = deque()
+        # Dial/Hangup, and the last bytes of a link being closed: these must come
+        # out before anything else so a Hangup always follows its link's goodbye.
         self._actions: deque[Action] = deque()
+        # Links with queued frames, oldest first (a dict is an ordered set); a link
+        # with more output than one Transmit goes to the back: round-robin fairness.
         self._ready: dict[LinkId, None] = {}
         self._started = False
+        # At most one Dial is in flight; the driver answers it with
+        # link_opened(dialed=True) or dial_failed (core.py).
         self._dialing = False
+        # Consecutive failed joins: the backoff exponent, reset by Welcome.
         self._attempt = 0
         self.hub_index: HubIndex | None = None
         self.share_index: ShareIndex | None = None
@@ -149,6 +161,8 @@ class _Node:
             )
         else:
             self.share_index = ShareIndex(self._changed)
+        # What we still owe our parent about our index (share files, or the hub's
+        # reachable content and node ids); idle until we join.
         self.uplink = UplinkSync(
             self._uplink_keys,
             self._uplink_build,
@@ -163,6 +177,7 @@ class _Node:
     # --- driver-facing ----------------------------------------------------------------
 
     def start(self, now: float) -> None:
+        """Begin: dial the parent if there is one (``_CoreCommon.start``)."""
         if self._started:
             raise LocalProtocolError("start() was already called")
         self._started = True
@@ -170,6 +185,7 @@ class _Node:
             self._dial(now)
 
     def link_opened(self, link_id: LinkId, now: float, *, dialed: bool = False) -> None:
+        """A link is up; a hub challenges an accepted child, a share refuses it."""
         if link_id in self.links:
             raise LocalProtocolError(f"link {link_id} is already open")
         if dialed:
@@ -177,6 +193,9 @@ class _Node:
                 raise LocalProtocolError("link_opened(dialed=True) without a pending Dial")
             self._dialing = False
         link = Link(link_id, dialed=dialed, now=now, max_control=self.limits.max_control_frame)
+        # Every link gets the same three timers from birth: the handshake must finish,
+        # we ping at every interval, and the peer must be heard from within the
+        # heartbeat timeout (which is what finds half-open links).
         self.links[link_id] = link
         self._trace(now, "link", link_id, "dialed parent" if dialed else "accepted")
         if dialed:
@@ -200,6 +219,7 @@ class _Node:
         self.deadlines.set(("rx", link_id), now + self.timeouts.heartbeat_timeout)
 
     def dial_failed(self, now: float, reason: str) -> None:
+        """The pending dial failed: schedule the next one with backoff."""
         if not self._dialing:
             raise LocalProtocolError("dial_failed() without a pending Dial")
         self._dialing = False
@@ -207,10 +227,13 @@ class _Node:
         self._schedule_redial(now)
 
     def receive_data(self, link_id: LinkId, data: bytes, now: float) -> None:
+        """Parse, decode and dispatch every complete frame; a protocol error ends the link."""
         link = self.links.get(link_id)
         if link is None:
             # Bytes still in flight after we hung up: nothing to do with them.
             return
+        # Any bytes at all prove the peer is alive, even half a frame: a slow link
+        # carrying one large frame must not look silent.
         link.last_rx = now
         try:
             link.frames.feed(data)
@@ -227,21 +250,25 @@ class _Node:
                 self.fail_link(link, now, code, str(exc))
 
     def receive_eof(self, link_id: LinkId, now: float) -> None:
+        """The peer went away: close the link and fail what depended on it."""
         link = self.links.get(link_id)
         if link is None:
             return
         self._close(link, now, "closed by peer")
 
     def close_link(self, link_id: LinkId, now: float, reason: str) -> None:
+        """Close a link on the app's request, with an ``Error(shutdown)`` goodbye."""
         link = self.links.get(link_id)
         if link is None:
             raise LocalProtocolError(f"link {link_id} is not open")
         self.fail_link(link, now, "shutdown", reason)
 
     def get_timer(self) -> float | None:
+        """The earliest armed deadline, or None."""
         return self.deadlines.earliest()
 
     def handle_timer(self, now: float) -> None:
+        """Fire every due deadline by kind (redial, lookup, stream, or a link timer)."""
         for key in self.deadlines.pop_due(now):
             assert isinstance(key, tuple)
             kind = key[0]
@@ -257,9 +284,11 @@ class _Node:
                     self._link_timer(kind, link, now)
 
     def next_event(self) -> Event | None:
+        """Pop the next app-facing event."""
         return self._events.popleft() if self._events else None
 
     def next_action(self) -> Action | None:
+        """Pop the next action: queued Dial/Hangup first, then one link's outbox."""
         if self._actions:
             return self._actions.popleft()
         while self._ready:
@@ -274,6 +303,7 @@ class _Node:
         return None
 
     def pending_bytes(self, link_id: LinkId) -> int:
+        """Bytes still queued in ``link_id``'s outbox (0 for unknown links)."""
         link = self.links.get(link_id)
         return link.pending_bytes() if link is not None else 0
 
@@ -335,15 +365,18 @@ class _Node:
     # --- index ------------------------------------------------------------------------
 
     def _changed(self, key: bytes) -> None:
+        """An index key changed locally: the uplink reports it at the next flush."""
         self.uplink.changed(key)
 
     def _uplink_keys(self) -> list[bytes]:
+        """Every key a full sync must send (content ids, then node ids for a hub)."""
         if self.share_index is not None:
             return self.share_index.keys()
         assert self.hub_index is not None
         return self.hub_index.content_keys() + self.hub_index.node_keys()
 
     def _uplink_cost(self, key: bytes) -> int:
+        """The worst-case encoded size of one key's index entry."""
         if self.share_index is not None:
             rep = self.share_index.representative(key)
             # Worst case: every path character escaped as \u00XX by the JSON encoder.
@@ -353,6 +386,7 @@ class _Node:
     def _uplink_build(
         self, reset: bool, seq: int, keys: list[bytes]
     ) -> ShareIndexUpdate | HubIndexUpdate:
+        """One index message for ``keys``, from their state *now* (put if present, else drop)."""
         if self.share_index is not None:
             put: list[tuple[str, str, int]] = []
             drop: list[str] = []
@@ -407,6 +441,7 @@ class _Node:
     # --- receive dispatch -------------------------------------------------------------
 
     def _dispatch(self, link: Link, message: Message, now: float) -> None:
+        """Move the state machine for ``message``, then hand it to the part that owns it."""
         was_registering = link.state in (LinkState.DIALED, LinkState.REGISTERING)
         link.machine.process(_INPUT[type(message)])
         if isinstance(message, Data | Open | Response | End | Credit | Reset):
@@ -442,6 +477,7 @@ class _Node:
             self._close(link, now, reason)
 
     def _on_challenge(self, link: Link, message: Challenge) -> None:
+        """Child side: sign the transcript and register."""
         link.nonce = message.nonce
         link.peer_max_streams = message.max_streams
         link.peer_max_lookups = message.max_lookups
@@ -460,6 +496,12 @@ class _Node:
         )
 
     def _on_register(self, link: Link, message: Register, now: float) -> None:
+        """Parent side: check the registration, then welcome or refuse the child.
+
+        The checks that need no hub state are in ``handshake.check_registration``;
+        the ones here depend on who else is connected. A refused child gets one
+        ``Error(refused, reason)`` and the link closes; nothing it sent is kept.
+        """
         assert self.hub_index is not None
         assert isinstance(self.config, HubConfig)
         assert self.verifier is not None
@@ -493,6 +535,7 @@ class _Node:
         self.flush_index()
 
     def _on_welcome(self, link: Link, message: Welcome, now: float) -> None:
+        """Child side: joined; start the full index sync."""
         link.peer = message.info
         self.parent_info = message.info
         self._attempt = 0
@@ -504,6 +547,12 @@ class _Node:
         self.flush_index()
 
     def _on_index(self, link: Link, message: ShareIndexUpdate | HubIndexUpdate, now: float) -> None:
+        """Parent side: apply an index batch (or ask for a resync), acknowledge it.
+
+        Every batch is acknowledged, even one ignored while waiting for a reset: the
+        child's window counts messages, not accepted messages. Applying a batch may
+        change what this hub can reach, so our own uplink is flushed too.
+        """
         assert self.hub_index is not None
         if isinstance(message, HubIndexUpdate) and self.node_id in message.nodes_put:
             raise RemoteProtocolError("cycle: this hub is inside the child's subtree")
@@ -517,6 +566,7 @@ class _Node:
     # --- timers, closing, redial ------------------------------------------------------
 
     def _link_timer(self, kind: str, link: Link, now: float) -> None:
+        """A per-link deadline fired: send a ping, or close a silent or stuck link."""
         if kind == "ping":
             self.send(link, Ping())
             self.deadlines.set(("ping", link.link_id), now + self.timeouts.heartbeat_interval)
@@ -533,6 +583,12 @@ class _Node:
             self.fail_link(link, now, "timeout", "handshake timed out", timed_out=True)
 
     def _close(self, link: Link, now: float, reason: str, *, timed_out: bool = False) -> None:
+        """Flush the outbox, hang up, forget the link and fail everything that used it.
+
+        Order matters: the link leaves ``links`` before streams and lookups are told,
+        so nothing they do can send on it; ``LinkClosed`` comes before the stream and
+        lookup failures it causes, so an app sees the cause first.
+        """
         # ``peer`` is set only once a registration was accepted (or Welcome arrived).
         was_child = not link.dialed and link.peer is not None
         role = "parent" if link.dialed else ("child" if was_child else "pending")
@@ -570,6 +626,7 @@ class _Node:
             self.flush_index()
 
     def _dial(self, now: float) -> None:
+        """Ask the driver to dial the parent."""
         url = self.config.parent_url
         assert url is not None
         self._dialing = True
@@ -577,9 +634,11 @@ class _Node:
         self._actions.append(Dial(address=url))
 
     def _schedule_redial(self, now: float) -> None:
+        """Arm the next dial: capped exponential backoff with jitter in [0.5, 1]."""
         delay = min(self.timeouts.reconnect_max, self.timeouts.reconnect_min * 2**self._attempt)
         self._attempt = min(self._attempt + 1, 32)
         self.deadlines.set(("redial",), now + delay * self.ids.uniform(0.5, 1.0))
 
     def _trace(self, now: float, category: str, link_id: LinkId | None, detail: str) -> None:
+        """Hand one record to the trace sink."""
         self.tracer.record(TraceRecord(now=now, category=category, link_id=link_id, detail=detail))

@@ -191,6 +191,7 @@ def _convert(key: str, value: Any) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Reject objects with a repeated key (JSON allows them; we do not)."""
     result = dict(pairs)
     if len(result) != len(pairs):
         raise RemoteProtocolError("duplicate key in control frame")
@@ -198,6 +199,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _no_float(text: str) -> Any:
+    """Reject every non-integer number: no field is a float."""
     raise RemoteProtocolError(f"non-integer number {text[:20]!r} in control frame")
 
 

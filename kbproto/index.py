@@ -49,6 +49,7 @@ __all__ = ("HubIndex", "ShareIndex", "UplinkSync")
 
 
 def _raw(sha1: str) -> bytes:
+    """A content id as its 20 raw bytes."""
     return bytes.fromhex(sha1)
 
 
@@ -128,6 +129,7 @@ class ShareIndex:
         return list(self._by_path)
 
     def _refresh(self, raw: bytes) -> None:
+        """Recompute the representative of ``raw`` and report it if it changed."""
         paths = self._paths.get(raw)
         if paths is None:
             new = None
@@ -174,6 +176,7 @@ def _discard(table: dict[bytes, int | list[int]], key: bytes, link: int) -> bool
 
 
 def _links(table: dict[bytes, int | list[int]], key: bytes) -> list[int]:
+    """The links ``key`` is reachable through."""
     current = table.get(key)
     if current is None:
         return []
@@ -274,6 +277,7 @@ class HubIndex:
             self._on_node(child.node_id.encode())
 
     def _clear(self, link: int, child: _Child) -> None:
+        """Drop everything the child on ``link`` reported."""
         for raw in child.files if not child.is_hub else child.content:
             if _discard(self._where, raw, link):
                 self._on_content(raw)
@@ -316,6 +320,7 @@ class HubIndex:
         return None
 
     def _apply_share(self, link: int, child: _Child, message: ShareIndexUpdate) -> None:
+        """Apply a share child's puts and drops."""
         files = child.files
         for sha1, path, size in message.put:
             raw = _raw(sha1)
@@ -332,6 +337,7 @@ class HubIndex:
                 self._on_content(raw)
 
     def _apply_hub(self, link: int, child: _Child, message: HubIndexUpdate) -> None:
+        """Apply a child hub's content and node changes."""
         content = child.content
         for sha1 in message.content_put:
             raw = _raw(sha1)

@@ -137,16 +137,19 @@ def _int(name: str, value: object, low: int, high: int) -> None:
 
 
 def _node_id(name: str, value: object) -> None:
+    """Check a node id."""
     if not is_node_id(value):
         raise ValueError(f"{name} must be 12 lowercase hex digits")
 
 
 def _sha1(name: str, value: object) -> None:
+    """Check a content id."""
     if not is_sha1(value):
         raise ValueError(f"{name} must be 40 lowercase hex digits")
 
 
 def _tuple(name: str, value: object, limit: int) -> tuple[object, ...]:
+    """Check ``value`` is a tuple of at most ``limit`` items and return it."""
     if not isinstance(value, tuple):
         raise TypeError(f"{name} must be a tuple")
     if len(value) > limit:
@@ -174,6 +177,7 @@ def _headers(value: object) -> None:
 
 
 def _hops(value: object) -> None:
+    """Check a hub chain: ``(node_id, listen_url)`` pairs."""
     for item in _tuple("hops", value, MAX_HOPS):
         if not isinstance(item, tuple) or len(item) != 2:
             raise TypeError("each hop must be a (node_id, listen_url) pair")

@@ -87,6 +87,13 @@ class _Stream:
         "sid",
     )
 
+    # Field meanings: ``in_*`` is the hop toward the requester (TARGET, RELAY);
+    # ``out_*`` the hop toward the responder (ORIGIN, RELAY). ``send_credit`` is
+    # what we may still send toward the requester; ``recv_window`` what the
+    # responder may still send us. A relay holds ``buffered`` bytes in ``buffer``
+    # and owes ``pending_grant`` bytes of credit upstream (returned in batches).
+    # Invariant for a relay: recv_window + buffered + pending_grant == window.
+
     def __init__(self, sid: StreamId, role: StreamRole, now: float, head_due: float) -> None:
         self.sid = sid
         self.role = role
@@ -137,6 +144,7 @@ class Streams:
         headers: tuple[tuple[str, str], ...],
         now: float,
     ) -> StreamId:
+        """Origin: open a stream toward ``target`` (see ``_CoreCommon.open_request``)."""
         node = self._node
         if not is_node_id(target):
             raise LocalProtocolError(f"not a node id: {target!r}")
@@ -165,6 +173,7 @@ class Streams:
         return stream.sid
 
     def grant_credit(self, sid: StreamId, amount: int, now: float) -> None:
+        """Origin: the app consumed ``amount`` bytes; let the responder send as many more."""
         stream = self._app_stream(sid, StreamRole.ORIGIN)
         if stream is None:
             return
@@ -179,6 +188,7 @@ class Streams:
     def respond(
         self, sid: StreamId, status: int, headers: tuple[tuple[str, str], ...], now: float
     ) -> None:
+        """Target: send the response head."""
         stream = self._app_stream(sid, StreamRole.TARGET)
         if stream is None:
             return
@@ -193,6 +203,7 @@ class Streams:
         self._send_in(stream, message)
 
     def send_data(self, sid: StreamId, data: bytes, now: float) -> None:
+        """Target: send body bytes within the credit the requester granted."""
         stream = self._app_stream(sid, StreamRole.TARGET)
         if stream is None:
             return
@@ -207,6 +218,7 @@ class Streams:
         self._forward(stream, data)
 
     def end_stream(self, sid: StreamId, now: float) -> None:
+        """Target: the body is complete; ``End`` goes behind the queued data."""
         stream = self._app_stream(sid, StreamRole.TARGET)
         if stream is None:
             return
@@ -217,6 +229,7 @@ class Streams:
         self._close(stream)
 
     def reset_stream(self, sid: StreamId, now: float, reason: str = "cancelled") -> None:
+        """Origin or target: abort the stream; the reset travels every hop."""
         stream = self._app_stream(sid, None)
         if stream is None:
             return
@@ -227,6 +240,7 @@ class Streams:
         self._close(stream)
 
     def send_capacity(self, sid: StreamId) -> int:
+        """Target: bytes ``send_data`` accepts now (0 once closed)."""
         stream = self._streams.get(sid)
         if stream is None or stream.role is not StreamRole.TARGET:
             return 0
@@ -237,6 +251,7 @@ class Streams:
     def on_message(
         self, link: Link, message: Open | Response | Data | End | Credit | Reset, now: float
     ) -> None:
+        """Route one stream message from ``link`` to the stream it belongs to."""
         if isinstance(message, Open):
             self._on_open(link, message, now)
             return
@@ -273,6 +288,7 @@ class Streams:
     def _from_responder(
         self, stream: _Stream, message: Response | Data | End | Credit | Reset
     ) -> None:
+        """Response, data, end or reset from the side that serves the stream."""
         node = self._node
         origin = stream.role is StreamRole.ORIGIN
         if isinstance(message, Response):
@@ -330,6 +346,7 @@ class Streams:
             raise RemoteProtocolError("credit from the responding side")
 
     def _on_open(self, link: Link, message: Open, now: float) -> None:
+        """A peer opens a stream: serve it here, relay it on, or refuse it."""
         node = self._node
         if message.stream % 2 != (0 if link.dialed else 1):
             raise RemoteProtocolError(f"stream {message.stream} has the wrong parity")
@@ -341,6 +358,7 @@ class Streams:
                 f"more than {node.limits.max_streams_per_link} open streams on one link",
                 "max_streams_per_link",
             )
+        # Refusing one stream (404 or 503) is not the peer's fault: the link stays.
         dest = node.route(message.target, link)
         if dest is None or len(self._streams) >= node.limits.max_open_streams:
             status, reason = (
@@ -376,6 +394,7 @@ class Streams:
             self._close(stream)
 
     def _check_stale(self, link: Link, wire: int) -> None:
+        """A frame for a closed stream is dropped; for a never-used number it is an error."""
         ours = wire % 2 == (1 if link.dialed else 0)
         if ours and wire < link.next_stream:
             return
@@ -386,6 +405,7 @@ class Streams:
     # --- timers and link loss ---------------------------------------------------------
 
     def on_timer(self, sid: StreamId, now: float) -> None:
+        """A stream deadline fired: re-arm if there was activity, else fail it with 504."""
         stream = self._streams[sid]  # closing a stream cancels its deadline
         idle = self._node.timeouts.stream_idle_timeout
         due = stream.head_due if not stream.head else stream.last + idle
@@ -397,6 +417,7 @@ class Streams:
         self._fail(stream, 504, reason)
 
     def link_lost(self, link: Link, now: float) -> None:
+        """Fail every stream that used ``link``, resetting the other side of relays."""
         link_id = link.link_id
         peer = link.peer_id or "peer"
         for stream in list(self._streams.values()):
@@ -413,6 +434,7 @@ class Streams:
     # --- internals --------------------------------------------------------------------
 
     def _new(self, role: StreamRole, now: float) -> _Stream:
+        """Create a stream with a fresh app handle and its response deadline."""
         sid = StreamId(self._next_sid)
         self._next_sid += 1
         head_due = now + self._node.timeouts.request_timeout
@@ -463,9 +485,11 @@ class Streams:
     # them before the link's streams are failed.
 
     def _send_in(self, stream: _Stream, message: Response | Reset) -> None:
+        """Send toward the requester."""
         self._node.send(self._node.links[stream.in_link], message)  # type: ignore[index]
 
     def _send_out(self, stream: _Stream, message: Credit | Reset) -> None:
+        """Send toward the responder."""
         self._node.send(self._node.links[stream.out_link], message)  # type: ignore[index]
 
     def _forward(self, stream: _Stream, data: bytes) -> None:
@@ -493,6 +517,9 @@ class Streams:
             stream.buffered -= take
             stream.pending_grant += take
             self._forward(stream, piece)
+        # Credit goes back upstream only for bytes already sent on: that is what
+        # bounds the relay's buffer by one window. A quarter-window batch keeps
+        # Credit frames rare without stalling the sender (it still has 3/4 left).
         window = self._node.limits.stream_window
         if stream.pending_grant and (stream.pending_grant >= window // 4 or stream.ended):
             if not stream.ended:
@@ -516,10 +543,12 @@ class Streams:
         self._close(stream)
 
     def _forget(self, stream: _Stream) -> None:
+        """Drop the handle and its deadline."""
         del self._streams[stream.sid]
         self._node.deadlines.cancel(("stream", stream.sid))
 
     def _close(self, stream: _Stream) -> None:
+        """Forget the stream and release its per-link counters and wire numbers."""
         node = self._node
         self._forget(stream)
         if stream.in_link is not None:

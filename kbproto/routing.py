@@ -190,6 +190,7 @@ class Lookups:
     # --- internals --------------------------------------------------------------------
 
     def _new(self, sha1: str, share_id: NodeId | None, deadline: float) -> _Pending:
+        """Register a pending find with its deadline."""
         key = self._next_key
         self._next_key += 1
         pending = _Pending(key, sha1, share_id, deadline)
@@ -200,6 +201,7 @@ class Lookups:
     def _begin(
         self, pending: _Pending, came_from: Link | None, *, allow_up: bool, now: float
     ) -> None:
+        """Answer locally, ask child hubs below, or ask the parent (module docstring)."""
         node = self._node
         share_id = pending.share_id
         if node.share_index is not None:
@@ -238,6 +240,9 @@ class Lookups:
                         )
                 elif share_id is None or hub.child_reaches(link_id, share_id):
                     self._ask(pending, link, up=False, now=now)
+        # Up only when nothing was found or asked below, only for finds that came
+        # from below (or our app), and, for a share-limited find, only when that
+        # share is not in our subtree: it cannot be anywhere else.
         if (
             not pending.results
             and not pending.waiting
@@ -251,6 +256,7 @@ class Lookups:
             self._finish(pending, now)
 
     def _ask(self, pending: _Pending, link: Link, *, up: bool, now: float) -> None:
+        """Send one sub-query on ``link`` with 80 % of the remaining time."""
         if link.our_lookups >= link.peer_max_lookups:
             self._node.trace(now, "lookup", link, "peer's find limit reached: branch skipped")
             return
@@ -284,6 +290,7 @@ class Lookups:
                 link.peer_lookups -= 1
 
     def _finish(self, pending: _Pending, now: float, *, timed_out: bool = False) -> None:
+        """Answer the app or the asking link with what was found, appending our hop."""
         node = self._node
         from_link = node.links.get(pending.from_link) if pending.from_link is not None else None
         self._drop(pending)
@@ -309,6 +316,7 @@ class Lookups:
                 )
             return
         assert from_link is not None  # link_lost drops the finds of a closing link
+        # Relaying a reply, we become one more hub between the share and the asker.
         hop = ((node.node_id, node.info.listen_url),)
         results = [
             FindResult(

@@ -210,6 +210,10 @@ def tree(
     return Topology(tuple(nodes))
 
 
+#: Stateless, so one verifier serves every hub.
+_VERIFIER = SimVerifier()
+
+
 def _address(name: str) -> str:
     return f"http://{name}.sim:3240"
 
@@ -225,8 +229,71 @@ class SimWorld:
     apps: dict[str, SimApp] = field(default_factory=dict)
     ids: dict[str, NodeId] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    credit_delay: float = 0.0
     #: The per-step invariant check, once ``install_invariants`` ran.
     step_check: StepCheck | None = None
+
+    def add_node(self, spec: NodeSpec, files: Mapping[str, bytes] | None = None) -> SimNode:
+        """Add one hub or share (its parent must already be in the world).
+
+        Args:
+            spec: name, kind, parent and start time (absolute; clamped to now).
+            files: the share's files (path -> bytes); ignored for hubs.
+
+        Raises:
+            ValueError: a duplicate name, or a parent that is not a hub here.
+        """
+        self.topology = Topology((*self.topology.nodes, spec))
+        name = spec.name
+        parent_url = _address(spec.parent) if spec.parent is not None else None
+        limits, timeouts = self.limits, self.timeouts
+        verifier = _VERIFIER
+        if spec.kind == "hub":
+            hub_config = HubConfig(
+                name=name,
+                listen_url=_address(name),
+                parent_url=parent_url,
+                limits=limits,
+                timeouts=timeouts,
+            )
+
+            def make_hub(node: SimNode, config: HubConfig = hub_config) -> HubCore:
+                return HubCore(
+                    config,
+                    signer=SimSigner(node.name),
+                    verifier=verifier,
+                    ids=node.id_source(),
+                    trace=node.trace_sink,
+                )
+
+            app = SimApp(credit_delay=self.credit_delay)
+            node = self.network.add_node(
+                name, make_hub, app, address=_address(name), start_at=spec.start_at
+            )
+        else:
+            share_config = ShareConfig(
+                name=name,
+                listen_url=_address(name),
+                parent_url=parent_url,
+                limits=limits,
+                timeouts=timeouts,
+            )
+
+            def make_share(node: SimNode, config: ShareConfig = share_config) -> ShareCore:
+                return ShareCore(
+                    config, signer=SimSigner(node.name), ids=node.id_source(), trace=node.trace_sink
+                )
+
+            app = SimApp(FileStore(files or {}), credit_delay=self.credit_delay)
+            node = self.network.add_node(
+                name, make_share, app, address=_address(name), start_at=spec.start_at
+            )
+        self.nodes[name] = node
+        self.apps[name] = app
+        self.ids[name] = sim_node_id(name)
+        self.names[self.ids[name]] = name
+        return node
 
     def install_invariants(self) -> StepCheck:
         """Register ``kbproto.sim.invariants`` on the network with this world's limits."""
@@ -335,56 +402,18 @@ def build_world(
         timeouts: timeouts for every core (default ``Timeouts()``).
         credit_delay: every app's client-side credit delay.
     """
-    limits = limits if limits is not None else Limits()
-    timeouts = timeouts if timeouts is not None else Timeouts()
-    world = SimWorld(network=network, topology=topology, limits=limits)
-    verifier = SimVerifier()
+    world = SimWorld(
+        network=network,
+        topology=Topology(()),
+        limits=limits if limits is not None else Limits(),
+        timeouts=timeouts if timeouts is not None else Timeouts(),
+        credit_delay=credit_delay,
+    )
     for spec in topology.nodes:
-        name = spec.name
-        parent_url = _address(spec.parent) if spec.parent is not None else None
-        if spec.kind == "hub":
-            hub_config = HubConfig(
-                name=name,
-                listen_url=_address(name),
-                parent_url=parent_url,
-                limits=limits,
-                timeouts=timeouts,
-            )
-
-            def make_hub(node: SimNode, config: HubConfig = hub_config) -> HubCore:
-                return HubCore(
-                    config,
-                    signer=SimSigner(node.name),
-                    verifier=verifier,
-                    ids=node.id_source(),
-                    trace=node.trace_sink,
-                )
-
-            app = SimApp(credit_delay=credit_delay)
-            node = network.add_node(
-                name, make_hub, app, address=_address(name), start_at=spec.start_at
-            )
-        else:
-            share_files = files(name) if callable(files) else files.get(name, {})
-            share_config = ShareConfig(
-                name=name,
-                listen_url=_address(name),
-                parent_url=parent_url,
-                limits=limits,
-                timeouts=timeouts,
-            )
-
-            def make_share(node: SimNode, config: ShareConfig = share_config) -> ShareCore:
-                return ShareCore(
-                    config, signer=SimSigner(node.name), ids=node.id_source(), trace=node.trace_sink
-                )
-
-            app = SimApp(FileStore(share_files), credit_delay=credit_delay)
-            node = network.add_node(
-                name, make_share, app, address=_address(name), start_at=spec.start_at
-            )
-        world.nodes[name] = node
-        world.apps[name] = app
-        world.ids[name] = sim_node_id(name)
-        world.names[world.ids[name]] = name
+        share_files = (
+            (files(spec.name) if callable(files) else files.get(spec.name, {}))
+            if spec.kind == "share"
+            else {}
+        )
+        world.add_node(spec, share_files)
     return world
