@@ -11,11 +11,15 @@ through the SPEC §4 routes, plus one small route the node must add:
     search. All of that is handled in the browser; the node always serves the same
     ``index.html``.
 
-Serving, for the node's HTTP app::
+Serving, with kbtransport's route table (what the hub and share apps should do)::
+
+    add_web_routes(router, node_id=my_id, node_type="hub")   # or "leaf"
+
+or by hand, for any other HTTP app::
 
     reply = web_response(request_path, node_id=my_id, node_type="hub")
     if reply is not None:
-        headers = response_headers(reply.content_type, len(reply.body))
+        headers = response_headers(reply.content_type)   # plus Content-Length
         ...  # 200 with reply.body (HEAD: headers only)
 
 ``web_response`` answers ``/``, ``/web``, ``/web/``, every shipped ``/web/NAME`` and
@@ -33,11 +37,15 @@ import json
 from importlib import resources
 from typing import NamedTuple
 
+from kbtransport.http import Request, Response, error_response
+from kbtransport.routing import Match, Router
+
 __all__ = (
     "CONFIG_ROUTE",
     "CONTENT_SECURITY_POLICY",
     "SHIPPED_FILES",
     "StaticFile",
+    "add_web_routes",
     "config_json",
     "response_headers",
     "static_file",
@@ -133,18 +141,44 @@ def web_response(path: str, *, node_id: str, node_type: str) -> StaticFile | Non
     return None
 
 
-def response_headers(content_type: str, content_length: int) -> tuple[tuple[str, str], ...]:
+def response_headers(content_type: str) -> tuple[tuple[str, str], ...]:
     """Return the headers every web-interface response should carry.
 
-    ``no-cache`` makes browsers revalidate, so a node upgrade never mixes an old
-    ``app.js`` with a new ``index.html``; ``nosniff`` keeps JSON and text from being run
-    as script; ``no-referrer`` keeps page URLs (node ids, paths) off other sites' logs.
+    ``Content-Length`` is not among them (kbtransport's server adds it). ``no-cache``
+    makes browsers revalidate, so a node upgrade never mixes an old ``app.js`` with a new
+    ``index.html``; ``nosniff`` keeps JSON and text from being run as script;
+    ``no-referrer`` keeps page URLs (node ids, paths) out of other sites' logs.
     """
     return (
         ("Content-Type", content_type),
-        ("Content-Length", str(content_length)),
         ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
         ("X-Content-Type-Options", "nosniff"),
         ("Referrer-Policy", "no-referrer"),
         ("Cache-Control", "no-cache"),
     )
+
+
+def add_web_routes(router: Router, *, node_id: str, node_type: str) -> None:
+    """Register ``GET``/``HEAD`` ``/``, ``/web`` and ``/web/...`` on a kbtransport router.
+
+    Args:
+        router: the node's route table; add these after the SPEC §4 API routes or
+            before, they do not overlap (``web`` is never a 12-hex node id).
+        node_id: the serving node's id (for ``/web/config.json``).
+        node_type: ``"hub"`` or ``"leaf"``.
+
+    Raises:
+        ValueError: if ``node_id`` or ``node_type`` is malformed (checked now, not on
+            the first request).
+    """
+    config_json(node_id, node_type)
+
+    async def serve(request: Request, match: Match) -> Response:
+        reply = web_response(request.path, node_id=node_id, node_type=node_type)
+        if reply is None:
+            return error_response(404, "No such page of the web interface")
+        return Response(status=200, headers=response_headers(reply.content_type), body=reply.body)
+
+    router.add(("GET", "HEAD"), "/", serve)
+    # "/web/{rest*}" also matches "/web" itself (an empty rest).
+    router.add(("GET", "HEAD"), "/web/{rest*}", serve)

@@ -277,8 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, *, head: bool) -> None:
         self.send_response(status)
-        for name, value in web.response_headers(content_type, len(body)):
+        for name, value in web.response_headers(content_type):
             self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
         self.send_header("Access-Control-Allow-Origin", "*")
         self.end_headers()
         if not head:
