@@ -8,6 +8,7 @@ straight from the test (SHA-1s computed here with hashlib).
 from __future__ import annotations
 
 import hashlib
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ class Tree:
         *,
         listen_url: str | None = None,
         parent_passcode: str = "",
+        client_ssl: ssl.SSLContext | None = None,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -153,7 +155,11 @@ class Tree:
 
         handle = await self._stack.enter_async_context(
             serve_node(
-                make, router, ListenConfig(host="127.0.0.1", port=0), hooks=self.lines.hooks(name)
+                make,
+                router,
+                ListenConfig(host="127.0.0.1", port=0),
+                hooks=self.lines.hooks(name),
+                client_ssl=client_ssl,
             )
         )
         files = []
