@@ -1,7 +1,7 @@
 """Fixtures for the browser tests: headless Chromium, and a network serving the web UI.
 
 The browser is Debian's ``/usr/bin/chromium`` (``scripts/setup-tests.sh`` installs it),
-driven by Playwright for Python, launched once per test session with an empty profile.
+driven by Playwright for Python, launched once per test module with an empty profile.
 """
 
 from __future__ import annotations
@@ -218,9 +218,14 @@ def _run_network(base: Path) -> Iterator[WebNetwork]:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
-    """One headless Chromium for the whole session, with a new empty profile."""
+    """One headless Chromium per test module, with a new empty profile.
+
+    Per module, not per session: Playwright's sync API runs an asyncio loop in the main
+    thread while it is open, and anyio/asyncio tests collected after a browser module
+    would fail with "Cannot run the event loop while another loop is running".
+    """
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/setup-tests.sh"
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as playwright:
