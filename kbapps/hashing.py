@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kbproto.ids import Sha1
 from kbproto.prv import FCS_HEAD_BYTES
@@ -53,7 +53,6 @@ __all__ = (
     "BIG_FILE_BYTES",
     "BUFFER_SIZE",
     "HASH_CACHE_FILENAME",
-    "PARALLEL_MIN_BYTES",
     "PARALLEL_MIN_FILES",
     "RACY_WINDOW_NS",
     "FileChangedError",
@@ -61,9 +60,11 @@ __all__ = (
     "FileKey",
     "HashCache",
     "HashResult",
+    "RawResult",
     "default_workers",
     "hash_file",
     "hash_files",
+    "hash_records",
 )
 
 #: Read size, chosen by measurement: 64 KiB stays in L2 next to the page being copied
@@ -72,11 +73,9 @@ BUFFER_SIZE = 64 * 1024
 #: Files at least this big are hashed by threads (hashlib releases the GIL on big
 #: updates) with byte-level progress; smaller ones are batched to processes.
 BIG_FILE_BYTES = 4 * 1024 * 1024
-#: Below this many small files (and ``PARALLEL_MIN_BYTES``), forking is not worth it:
-#: 500 files of 4 KiB take ~10 ms in one process.
+#: Below this many files, forking is not worth it: 500 files of 4 KiB take ~10 ms in
+#: one process (big files among them still get threads).
 PARALLEL_MIN_FILES = 500
-#: ... unless they add up to this many bytes (~50 ms of hashing).
-PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 #: A file whose mtime is this close to the time we hashed it is not cached (see above).
 RACY_WINDOW_NS = 2_000_000_000
 #: Name of the per-user cache database inside ``kbapps.cachedir.user_cache_dir()``.
@@ -323,25 +322,45 @@ class HashCache:
     def lookup_many(self, keys: Iterable[FileKey]) -> dict[FileKey, FileDigest]:
         """Return the cached digests of those ``keys`` that are present and fresh.
 
-        Batched: one query per device and 500 inodes, ~1 µs per key.
+        Batched: one query per device and 500 inodes.
         """
-        by_device: dict[int, dict[int, FileKey]] = {}
+        wanted = list(keys)
+        raw = self.lookup_raw(wanted)
+        return {
+            key: FileDigest(Sha1(raw[key][0]), Sha1(raw[key][1]), key.size)
+            for key in wanted
+            if key in raw
+        }
+
+    def lookup_raw(
+        self, keys: Iterable[tuple[int, int, int, int]]
+    ) -> dict[tuple[int, int, int, int], tuple[str, str]]:
+        """Like ``lookup_many`` with plain tuples: ``(dev, ino, size, mtime_ns)`` ->
+        ``(sha1, head_sha1)``. For hot loops, where building ``FileKey`` and
+        ``FileDigest`` objects costs more than the lookup itself."""
+        by_device: dict[int, dict[int, tuple[int, int, int, int]]] = {}
         for key in keys:
-            by_device.setdefault(key.device, {})[_i64(key.inode)] = key
-        found: dict[FileKey, FileDigest] = {}
+            inode = key[1]
+            wanted = by_device.get(key[0])
+            if wanted is None:
+                wanted = by_device[key[0]] = {}
+            # st_ino is unsigned 64-bit; SQLite integers are signed.
+            wanted[inode if inode < 1 << 63 else inode - (1 << 64)] = key
+        found: dict[tuple[int, int, int, int], tuple[str, str]] = {}
+        execute = self._db.execute
         for device, wanted in by_device.items():
             inodes = list(wanted)
             for start in range(0, len(inodes), _LOOKUP_CHUNK):
                 chunk = inodes[start : start + _LOOKUP_CHUNK]
-                rows = self._db.execute(
+                rows = execute(
                     "SELECT ino, size, mtime_ns, sha1, head_sha1 FROM file_sha1"
                     f" WHERE dev = ? AND ino IN ({','.join('?' * len(chunk))})",
                     (_i64(device), *chunk),
                 )
                 for ino, size, mtime_ns, sha1, head in rows:
                     key = wanted[ino]
-                    if key.size == size and key.mtime_ns == mtime_ns:
-                        found[key] = FileDigest(Sha1(sha1.hex()), Sha1(head.hex()), size)
+                    if key[2] == size and key[3] == mtime_ns:
+                        found[key] = (sha1.hex(), head.hex())
         return found
 
     def store_many(
@@ -384,74 +403,139 @@ class HashCache:
 
 
 # --- many files ------------------------------------------------------------------------
+#
+# The work is cut into chunks of consecutive items (files of one directory stay
+# together). With several workers, the chunk numbers are written into a pipe up front
+# and every process (the parent and its forked children) claims the next chunk by
+# reading 4 bytes from it: reads of at most PIPE_BUF bytes are atomic, so this is a
+# lock-free work queue that balances itself (the parent, busy with results, simply
+# claims fewer chunks). A chunk is: stat the files whose key is unknown, one batched
+# cache lookup, hash the misses, store them in the cache (each process has its own
+# connection), and report one record per file.
 
-_Item = tuple[str, FileKey]
-#: What a child sends per file: (index, sha1, head_sha1, size, dev, ino, size, mtime_ns)
-#: on success, (index, None, error text) on failure. Plain tuples marshal fast.
-_Record = tuple[object, ...]
-
-
-def _hash_one_record(index: int, path: str, buffer: bytearray) -> _Record:
-    try:
-        key, digest = hash_file(path, buffer=buffer)
-    except OSError as exc:
-        return (index, None, _error_text(exc))
-    return (
-        index,
-        digest.sha1,
-        digest.head_sha1,
-        digest.size,
-        key.device,
-        key.inode,
-        key.size,
-        key.mtime_ns,
-    )
-
-
-def _result_from_record(record: _Record, items: Sequence[_Item]) -> HashResult:
-    index = record[0]
-    assert isinstance(index, int)
-    path, given = items[index]
-    if record[1] is None:
-        return HashResult(path, given, None, str(record[2]))
-    sha1, head, size, dev, ino, ksize, mtime = record[1:]
-    return HashResult(
-        path,
-        FileKey(dev, ino, ksize, mtime),  # type: ignore[arg-type]
-        FileDigest(Sha1(str(sha1)), Sha1(str(head)), size),  # type: ignore[arg-type]
-    )
+_Item = tuple[str, "FileKey | None"] | tuple[str, "FileKey | None", Any, Any]
+#: Records, plain tuples so they marshal fast:
+#: ``(index, "ok", sha1, head, size, dev, ino, key size, mtime_ns, cached)``,
+#: ``(index, "err", reason)``, ``(index, "big", dev, ino, size, mtime_ns)`` for a big file
+#: left to the parent (threads, byte progress), and ``(-1, "warn", message)``.
+_Record = tuple[Any, ...]
+_CHUNK = struct.Struct("!I")
+#: Chunk size bounds: small enough for smooth progress and balance, and few enough
+#: chunk numbers to fit in a pipe's buffer (64 KiB = 16384 numbers) without blocking.
+_MIN_CHUNK_FILES = 64
+_MAX_CHUNKS = 8192
 
 
-def _child_main(wfd: int, indices: Sequence[int], items: Sequence[_Item]) -> None:
-    buffer = bytearray(BUFFER_SIZE)
-    batch: list[_Record] = []
-    with os.fdopen(wfd, "wb", buffering=0) as pipe:
+class _ChunkWorker:
+    """Processes chunks in one process, with its own buffer and cache connection."""
 
-        def flush() -> None:
-            blob = marshal.dumps(batch)
-            pipe.write(_FRAME.pack(len(blob)) + blob)
-            batch.clear()
+    def __init__(self, items: Sequence[_Item], cache: HashCache | None, defer_big: bool) -> None:
+        self.items = items
+        self.cache = cache
+        self.defer_big = defer_big
+        self.buffer = bytearray(BUFFER_SIZE)
 
+    def _cache_failed(self, exc: sqlite3.Error, out: list[_Record]) -> None:
+        out.append((-1, "warn", f"hash cache unusable, continuing without it: {exc}"))
+        self.cache = None
+
+    def process(self, indices: Iterable[int]) -> list[_Record]:
+        # Plain tuples throughout: this loop runs once per file, and a NamedTuple costs
+        # ten times a tuple to build. FileKey compares and hashes like its tuple.
+        out: list[_Record] = []
+        keyed: list[tuple[int, str, tuple[int, int, int, int]]] = []
+        items = self.items
         for index in indices:
-            batch.append(_hash_one_record(index, items[index][0], buffer))
-            if len(batch) >= _RESULTS_PER_MESSAGE:
-                flush()
-        if batch:
-            flush()
+            item = items[index]  # (path, key, ...): longer tuples are fine
+            path, given = item[0], item[1]
+            if given is None:
+                try:
+                    st = os.stat(path)
+                except OSError as exc:
+                    out.append((index, "err", _error_text(exc)))
+                    continue
+                keyed.append((index, path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)))
+            else:
+                keyed.append((index, path, given))
+        found: dict[tuple[int, int, int, int], tuple[str, str]] = {}
+        if self.cache is not None:
+            try:
+                found = self.cache.lookup_raw([key for _, _, key in keyed])
+            except sqlite3.Error as exc:
+                self._cache_failed(exc, out)
+        fresh: list[tuple[FileKey, FileDigest]] = []
+        done: dict[tuple[int, int, int, int], _Record] = {}  # hard links: hash once
+        for index, path, key in keyed:
+            hit = found.get(key)
+            if hit is not None:
+                out.append((index, "ok", hit[0], hit[1], key[2], *key, True))
+                continue
+            if self.defer_big and key[2] >= BIG_FILE_BYTES:
+                out.append((index, "big", *key))
+                continue
+            same = done.get(key)
+            if same is not None:
+                out.append((index, *same[1:]))
+                continue
+            try:
+                real_key, digest = hash_file(path, buffer=self.buffer)
+            except OSError as exc:
+                out.append((index, "err", _error_text(exc)))
+                continue
+            record = (index, "ok", *digest, *real_key, False)
+            done[key] = record
+            out.append(record)
+            fresh.append((real_key, digest))
+        if fresh and self.cache is not None:
+            try:
+                self.cache.store_many(fresh)
+            except sqlite3.Error as exc:
+                self._cache_failed(exc, out)
+        return out
+
+
+def _claim(queue_fd: int) -> int | None:
+    data = os.read(queue_fd, _CHUNK.size)
+    if len(data) < _CHUNK.size:
+        return None  # the queue is empty (its writer is closed)
+    return int(_CHUNK.unpack(data)[0])
+
+
+def _child_main(
+    queue_fd: int, result_fd: int, worker: _ChunkWorker, chunks: Sequence[range]
+) -> None:
+    with os.fdopen(result_fd, "wb", buffering=0) as pipe:
+        while (chunk := _claim(queue_fd)) is not None:
+            blob = marshal.dumps(worker.process(chunks[chunk]))
+            pipe.write(_FRAME.pack(len(blob)) + blob)
 
 
 class _Child:
-    """One forked hashing process and the read end of its result pipe."""
+    """One forked worker process and the read end of its result pipe."""
 
-    def __init__(self, indices: Sequence[int], items: Sequence[_Item]) -> None:
-        self.indices = indices
+    def __init__(
+        self,
+        queue_fd: int,
+        items: Sequence[_Item],
+        cache_path: Path | None,
+        racy_window_ns: int,
+        chunks: Sequence[range],
+    ) -> None:
         rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child; coverage does not follow
             code = 0
             try:
                 os.close(rfd)
-                _child_main(wfd, indices, items)
+                cache = None
+                if cache_path is not None:
+                    # Never use the parent's connection across fork: open our own.
+                    try:
+                        cache = HashCache(cache_path, racy_window_ns=racy_window_ns)
+                    except (OSError, sqlite3.Error):
+                        cache = None
+                worker = _ChunkWorker(items, cache, defer_big=True)
+                _child_main(queue_fd, wfd, worker, chunks)
             except BaseException:
                 code = 1
             # _exit: never run the parent's atexit handlers or flush its stdio twice.
@@ -461,7 +545,6 @@ class _Child:
         self.pid = pid
         self.rfd = rfd
         self.pending = bytearray()
-        self.done: set[int] = set()
         self.eof = False
 
     def drain(self, block: bool) -> list[_Record]:
@@ -486,9 +569,7 @@ class _Child:
                     break
                 blob = bytes(self.pending[_FRAME.size : _FRAME.size + length])
                 del self.pending[: _FRAME.size + length]
-                batch = marshal.loads(blob)
-                records.extend(batch)
-                self.done.update(record[0] for record in batch)
+                records.extend(marshal.loads(blob))
         return records
 
     def close(self, kill: bool) -> None:
@@ -501,48 +582,73 @@ class _Child:
             os.waitpid(self.pid, 0)
 
 
-def _hash_small_parallel(
-    order: Sequence[int], items: Sequence[_Item], workers: int
-) -> Iterator[HashResult]:
-    # Static interleaved split: share k gets order[k::workers]. The parent keeps share
-    # 0 and forks one child per other share; it polls the children between files.
-    shares = [order[k::workers] for k in range(workers)]
+def _chunks(count: int) -> list[range]:
+    size = max(_MIN_CHUNK_FILES, -(-count // _MAX_CHUNKS))
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _run_chunks(
+    items: Sequence[_Item], cache: HashCache | None, workers: int
+) -> Iterator[list[_Record]]:
+    """Yield batches of records for every item, using ``workers`` processes."""
+    chunks = _chunks(len(items))
+    parent = _ChunkWorker(items, cache, defer_big=True)
+    if workers <= 1 or len(chunks) < 2 or not hasattr(os, "fork"):
+        for indices in chunks:
+            yield parent.process(indices)
+        return
+    queue_r, queue_w = os.pipe()
     children: list[_Child] = []
     ok = False
     try:
-        for share in shares[1:]:
-            children.append(_Child(share, items))
-        buffer = bytearray(BUFFER_SIZE)
-        for count, index in enumerate(shares[0]):
-            yield _result_from_record(_hash_one_record(index, items[index][0], buffer), items)
-            if count % 64 == 63:
-                for child in children:
-                    for record in child.drain(block=False):
-                        yield _result_from_record(record, items)
+        payload = b"".join(_CHUNK.pack(n) for n in range(len(chunks)))
+        view = memoryview(payload)
+        while view:  # fits in the pipe buffer (<= 32 KiB), so this never blocks
+            view = view[os.write(queue_w, view) :]
+        os.close(queue_w)
+        queue_w = -1
+        cache_path = cache.path if cache is not None else None
+        racy = cache.racy_window_ns if cache is not None else RACY_WINDOW_NS
+        for _ in range(min(workers, len(chunks)) - 1):
+            children.append(_Child(queue_r, items, cache_path, racy, chunks))
+        seen = bytearray(len(items))  # which items got a record, for crash recovery
+        while (chunk := _claim(queue_r)) is not None:
+            records = parent.process(chunks[chunk])
+            for child in children:
+                records += child.drain(block=False)
+            for record in records:
+                if record[0] >= 0:
+                    seen[record[0]] = 1
+            yield records
         for child in children:
             while not child.eof:
-                for record in child.drain(block=True):
-                    yield _result_from_record(record, items)
-            # A child that died early (killed, out of memory) leaves work undone:
-            # finish it here rather than fail.
-            for index in child.indices:
-                if index not in child.done:
-                    record = _hash_one_record(index, items[index][0], buffer)
-                    yield _result_from_record(record, items)
+                records = child.drain(block=True)
+                for record in records:
+                    if record[0] >= 0:
+                        seen[record[0]] = 1
+                yield records
+        # A child that died (killed, out of memory) leaves items without a record:
+        # do them here rather than fail.
+        missing = [index for index, flag in enumerate(seen) if not flag]
+        if missing:
+            yield parent.process(missing)
         ok = True
     finally:
+        if queue_w >= 0:
+            os.close(queue_w)
+        os.close(queue_r)
         for child in children:
             child.close(kill=not ok)
 
 
 def _hash_big_threaded(
-    order: Sequence[int],
-    items: Sequence[_Item],
+    order: Sequence[tuple[str, FileKey]],
     workers: int,
     on_bytes: Callable[[int], None],
 ) -> Iterator[tuple[HashResult, int]]:
-    # Threads pull indices from a shared iterator; the generator's own thread reports
-    # progress (callbacks never run on worker threads) and yields finished results.
+    # Threads pull items from a shared iterator; the generator's own thread reports
+    # progress (callbacks never run on worker threads) and yields finished results
+    # with the number of bytes already reported for each.
     lock = threading.Lock()
     pending = iter(order)
     finished: list[tuple[HashResult, int]] = []
@@ -552,7 +658,6 @@ def _hash_big_threaded(
 
     def work() -> None:
         buffer = bytearray(BUFFER_SIZE)
-
         streamed = [0]
 
         def count(n: int) -> None:
@@ -563,10 +668,10 @@ def _hash_big_threaded(
 
         while not stop.is_set():
             with lock:
-                index = next(pending, None)
-            if index is None:
+                item = next(pending, None)
+            if item is None:
                 return
-            path, given = items[index]
+            path, given = item
             streamed[0] = 0
             try:
                 key, digest = hash_file(path, buffer=buffer, on_bytes=count)
@@ -599,8 +704,108 @@ def _hash_big_threaded(
             thread.join()
 
 
+_NO_KEY = (0, 0, 0, 0)
+
+#: One result of ``hash_records``, a plain tuple: ``(index, sha1, head_sha1, size,
+#: key, cached, error)``. On success ``error`` is None; on failure ``sha1`` and
+#: ``head_sha1`` are None and ``error`` says why. ``key`` is a ``(dev, ino, size,
+#: mtime_ns)`` tuple (equal to the ``FileKey`` of the same values).
+RawResult = tuple[int, Sha1 | None, Sha1 | None, int, tuple[int, int, int, int], bool, str | None]
+
+
+def hash_records(
+    items: Sequence[_Item],
+    *,
+    cache: HashCache | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Generator[list[RawResult], None, None]:
+    """``hash_files`` for bulk callers: yield batches of ``RawResult`` tuples.
+
+    Same arguments and behaviour as ``hash_files``, except that ``items`` must be a
+    sequence (results name items by index), whose tuples may carry two more fields of
+    the caller's (so a scanner's own records can be passed as they are), and results
+    come as plain tuples in batches, which saves building three objects per file.
+    """
+    nworkers = default_workers() if workers is None else max(1, workers)
+    # Forking pays off only for many files; threads for big files need no minimum.
+    processes = nworkers if len(items) >= PARALLEL_MIN_FILES else 1
+    report = on_progress or (lambda files, nbytes: None)
+    warn = on_warning or (lambda message: None)
+    warned = False
+    big: list[tuple[int, FileKey]] = []
+
+    for records in _run_chunks(items, cache, processes):
+        batch: list[RawResult] = []
+        nbytes = 0
+        for record in records:
+            kind = record[1]
+            if kind == "ok":
+                index, _, sha1, head, size, dev, ino, ksize, mtime, cached = record
+                batch.append((index, sha1, head, size, (dev, ino, ksize, mtime), cached, None))
+                nbytes += size
+            elif kind == "err":
+                index = record[0]
+                given = items[index][1]
+                batch.append((index, None, None, 0, given or _NO_KEY, False, record[2]))
+            elif kind == "big":
+                big.append((record[0], FileKey(*record[2:])))
+            elif not warned:  # "warn": report the first cache failure only
+                warned = True
+                warn(str(record[2]))
+        if batch:
+            report(len(batch), nbytes)
+            yield batch
+
+    if not big:
+        return
+    fresh: list[tuple[FileKey, FileDigest]] = []
+    index_of = {items[index][0]: index for index, _ in big}
+
+    def finish(result: HashResult, moved: int) -> list[RawResult]:
+        index = index_of[result.path]
+        digest = result.digest
+        report(1, (digest.size if digest else 0) - moved)
+        if digest is None:
+            return [(index, None, None, 0, result.key, False, result.error)]
+        fresh.append((result.key, digest))
+        return [(index, digest.sha1, digest.head_sha1, digest.size, result.key, False, None)]
+
+    try:
+        # Bytes are reported as they stream (a 10 GiB file must move the bar), and
+        # the rest of each file's size when it is done.
+        if len(big) == 1 or nworkers == 1:
+            buffer = bytearray(BUFFER_SIZE)
+            for index, given in big:
+                path = items[index][0]
+                moved = [0]
+
+                def count(n: int, moved: list[int] = moved) -> None:
+                    moved[0] += n
+                    report(0, n)
+
+                try:
+                    key, digest = hash_file(path, buffer=buffer, on_bytes=count)
+                    result = HashResult(path, key, digest)
+                except OSError as exc:
+                    result = HashResult(path, given, None, _error_text(exc))
+                yield finish(result, moved[0])
+        else:
+            order = [(items[index][0], given) for index, given in big]
+            threads = min(nworkers, len(big))
+            for result, moved_bytes in _hash_big_threaded(order, threads, lambda n: report(0, n)):
+                yield finish(result, moved_bytes)
+    finally:
+        if fresh and cache is not None:
+            try:
+                cache.store_many(fresh)
+            except sqlite3.Error as exc:
+                warn(f"hash cache unusable, continuing without it: {exc}")
+
+
 def hash_files(
-    items: Iterable[tuple[str, FileKey]],
+    items: Iterable[tuple[str, FileKey | None]],
     *,
     cache: HashCache | None = None,
     workers: int | None = None,
@@ -610,134 +815,33 @@ def hash_files(
     """Hash many files, using the cache and every core; yield one result per item.
 
     Args:
-        items: ``(path, key)`` pairs; the key is the caller's ``stat`` of the path
-            (``FileKey.from_stat``), used for the cache lookup and for planning.
-        cache: where to look digests up first and store new ones; None for none.
-        workers: processes (small files) or threads (big files) to use; default
-            ``default_workers()``.
+        items: ``(path, key)`` pairs. ``key`` is the caller's ``stat`` of the path
+            (``FileKey.from_stat``), or None to let the workers ``stat`` it, which
+            spreads that cost over all cores too.
+        cache: where to look digests up first and store new ones (each worker process
+            opens its own connection to ``cache.path``); None for no cache.
+        workers: processes to use (and threads for big files); default
+            ``default_workers()``. Fewer than ``PARALLEL_MIN_FILES`` items are done in
+            this process.
         on_progress: called from the iterating thread with ``(files, bytes)`` done
             since the previous call, cached files included.
         on_warning: called with a message if the cache fails (it is then ignored).
 
     Yields:
-        One ``HashResult`` per item, in no particular order: cached ones first.
-        A file that cannot be read gives a result with ``error`` set; iteration
-        goes on, so the caller decides whether that is fatal. Closing the generator
-        early stops the workers.
+        One ``HashResult`` per item, in no particular order. A file that cannot be
+        read gives a result with ``error`` set (and, if it could not even be
+        ``stat``-ed and no key was given, a key of zeros); iteration goes on, so the
+        caller decides whether that is fatal. Closing the generator early stops the
+        workers; digests computed so far are still stored in the cache.
     """
     listed = list(items)
-    nworkers = default_workers() if workers is None else max(1, workers)
-    report = on_progress or (lambda files, nbytes: None)
-    warn = on_warning or (lambda message: None)
-
-    found: dict[FileKey, FileDigest] = {}
-    if cache is not None:
-        try:
-            found = cache.lookup_many(key for _, key in listed)
-        except sqlite3.Error as exc:
-            warn(f"hash cache unusable, continuing without it: {exc}")
-            cache = None
-    todo: list[int] = []
-    ready: list[HashResult] = []
-    ready_bytes = 0
-    for index, (path, key) in enumerate(listed):
-        digest = found.get(key)
-        if digest is not None:
-            ready.append(HashResult(path, key, digest, None, True))
-            ready_bytes += key.size
-        else:
-            todo.append(index)
-    if ready:
-        report(len(ready), ready_bytes)  # one call, not one per file
-        yield from ready
-        del ready
-
-    # Hard links and symlinked duplicates share a key: hash each key once.
-    first_of: dict[FileKey, int] = {}
-    copies: dict[int, list[int]] = {}
-    unique: list[int] = []
-    for index in todo:
-        key = listed[index][1]
-        owner = first_of.setdefault(key, index)
-        if owner == index:
-            unique.append(index)
-        else:
-            copies.setdefault(owner, []).append(index)
-
-    big = [i for i in unique if listed[i][1].size >= BIG_FILE_BYTES]
-    small = [i for i in unique if listed[i][1].size < BIG_FILE_BYTES]
-    small_bytes = sum(listed[i][1].size for i in small)
-
-    fresh: list[tuple[FileKey, FileDigest]] = []
-
-    def finish(result: HashResult, index: int, streamed: int = 0) -> Iterator[HashResult]:
-        if result.digest is not None:
-            fresh.append((result.key, result.digest))
-        for extra in (index, *copies.get(index, ())):
-            path, given = listed[extra]
-            out = result if extra == index else HashResult(path, *_tail(result))
-            report(1, given.size - (streamed if extra == index else 0))
-            yield out
-        if cache is not None and len(fresh) >= 5000:
-            flush()
-
-    def flush() -> None:
-        nonlocal cache
-        if cache is not None and fresh:
-            try:
-                cache.store_many(fresh)
-            except sqlite3.Error as exc:
-                warn(f"hash cache unusable, continuing without it: {exc}")
-                cache = None
-        fresh.clear()
-
+    batches = hash_records(
+        listed, cache=cache, workers=workers, on_progress=on_progress, on_warning=on_warning
+    )
     try:
-        index_of = {listed[i][0]: i for i in unique}
-        parallel = (
-            nworkers > 1
-            and hasattr(os, "fork")
-            and (len(small) >= PARALLEL_MIN_FILES or small_bytes >= PARALLEL_MIN_BYTES)
-        )
-        if parallel:
-            small_results: Iterator[HashResult] = _hash_small_parallel(small, listed, nworkers)
-        else:
-            buffer = bytearray(BUFFER_SIZE)
-            small_results = (
-                _result_from_record(_hash_one_record(i, listed[i][0], buffer), listed)
-                for i in small
-            )
-        for result in small_results:
-            yield from finish(result, index_of[result.path])
-
-        if big:
-            # Bytes are reported as they stream (a 10 GiB file must move the bar);
-            # finish() then reports the rest of the file's size.
-            if len(big) == 1 or nworkers == 1:
-                buffer = bytearray(BUFFER_SIZE)
-                for i in big:
-                    path, given = listed[i]
-                    moved = [0]
-
-                    def count(n: int, moved: list[int] = moved) -> None:
-                        moved[0] += n
-                        report(0, n)
-
-                    try:
-                        key, digest = hash_file(path, buffer=buffer, on_bytes=count)
-                        result = HashResult(path, key, digest)
-                    except OSError as exc:
-                        result = HashResult(path, given, None, _error_text(exc))
-                    yield from finish(result, i, moved[0])
-            else:
-                threaded = _hash_big_threaded(
-                    big, listed, min(nworkers, len(big)), lambda n: report(0, n)
-                )
-                for result, moved_bytes in threaded:
-                    yield from finish(result, index_of[result.path], moved_bytes)
+        for batch in batches:
+            for index, sha1, head, size, key, cached, error in batch:
+                digest = None if sha1 is None or head is None else FileDigest(sha1, head, size)
+                yield HashResult(listed[index][0], FileKey(*key), digest, error, cached)
     finally:
-        # Also when the caller stops early: what was hashed is still worth keeping.
-        flush()
-
-
-def _tail(result: HashResult) -> tuple[FileKey, FileDigest | None, str | None, bool]:
-    return result.key, result.digest, result.error, result.cached
+        batches.close()

@@ -234,7 +234,7 @@ class Progress:
         self._rich.update(
             self._task,
             completed=self.nbytes if self.total_bytes else self.files,
-            files=self._files_text(),
+            files=self._files_text() if self.total_bytes else self._summary(),
         )
         self._rich.refresh()
 
@@ -260,6 +260,8 @@ class Progress:
         text = self._files_text()
         if self.total_bytes:
             text += f", {format_bytes(self.nbytes)} of {format_bytes(self.total_bytes)}"
+        elif self.nbytes:
+            text += f", {format_bytes(self.nbytes)}"
         return text
 
     def close(self, success: bool = True) -> None:

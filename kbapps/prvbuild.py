@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kbapps.hashing import FileKey, HashCache, HashResult, hash_files
+from kbapps.hashing import FileKey, HashCache, HashResult, hash_files, hash_records
 from kbproto.errors import LocalProtocolError
 from kbproto.ids import Sha1
 from kbproto.prv import Prv, PrvDir, PrvLimits, is_valid_entry_name
@@ -51,19 +51,20 @@ class PrvBuildError(Exception):
 
 
 class ScannedFile(NamedTuple):
-    """One regular file found by ``scan_directory`` (a NamedTuple: one per file).
+    """One regular file found by ``scan_directory`` (a NamedTuple: one per file; its
+    first two fields make it a ``hash_records`` item as it is).
 
     Attributes:
+        path: a path to open it by (the scanned root joined with its relative path).
+        key: its ``stat`` identity if the scan took one (symlinks), else None.
         dir_index: index of its directory in ``TreeScan.dirs``.
         name: its entry name.
-        path: a path to open it by (the scanned root joined with its relative path).
-        key: its ``stat`` identity, for the hash cache.
     """
 
+    path: str
+    key: FileKey | None
     dir_index: int
     name: str
-    path: str
-    key: FileKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +96,6 @@ class TreeScan:
     dirs: tuple[ScannedDir, ...]
     files: tuple[ScannedFile, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        """The sum of the sizes of all files."""
-        return sum(f.key.size for f in self.files)
-
 
 def _inside(target: str, root_real: str) -> bool:
     if target == root_real:
@@ -116,19 +112,16 @@ def _show(name: str) -> str:
     return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\n", "\\n")
 
 
-def scan_directory(
-    root: str,
-    *,
-    on_warning: Warn | None = None,
-    exclude: frozenset[tuple[int, int]] = frozenset(),
-) -> TreeScan:
+def scan_directory(root: str, *, on_warning: Warn | None = None) -> TreeScan:
     """Walk ``root`` and list the directories and files a ``.prvdir`` would hold.
+
+    Regular files are recognised from the directory entry's type, without a ``stat``
+    (that is left to the hashing workers, so it runs on every core); symlinks are
+    resolved and ``stat``-ed here, since their target decides what they are.
 
     Args:
         root: the directory.
         on_warning: called with one line per skipped entry.
-        exclude: ``(st_dev, st_ino)`` of files to leave out (the output file, when it
-            is written inside the tree).
 
     Returns:
         The ``TreeScan``.
@@ -164,47 +157,55 @@ def scan_directory(
             name = entry.name
             if name[0] == ".":
                 continue
-            shown = f"{relbase}/{name}" if relbase else name
-            if not is_valid_entry_name(name):
-                warn(f"skipping {_show(shown)}: a .prvdir cannot hold this name")
+            # The file system already excludes "/" and NUL; check the rest only when
+            # the name could fail (the regex costs more than the whole test below).
+            if (not name.isascii() or "\\" in name) and not is_valid_entry_name(name):
+                warn(f"skipping {_show(_rel(relbase, name))}: a .prvdir cannot hold this name")
                 continue
             try:
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if not _inside(target, root_real):
                         warn(
-                            f"skipping {_show(shown)}: symlink points outside {root}"
-                            " or into a hidden entry"
+                            f"skipping {_show(_rel(relbase, name))}: symlink points outside"
+                            f" {root} or into a hidden entry"
                         )
                         continue
                     st = os.stat(entry.path)
+                    if stat.S_ISREG(st.st_mode):
+                        append_file(ScannedFile(entry.path, FileKey.from_stat(st), dir_index, name))
+                        continue
+                elif entry.is_file(follow_symlinks=False):
+                    append_file(ScannedFile(entry.path, None, dir_index, name))
+                    continue
                 else:
                     st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                warn(f"skipping {_show(shown)}: it vanished or is a broken symlink")
+                warn(f"skipping {_show(_rel(relbase, name))}: it vanished or is a broken symlink")
                 continue
             except OSError as exc:
-                raise PrvBuildError(f"cannot read {_show(shown)}: {exc.strerror}") from None
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
-                if (st.st_dev, st.st_ino) in exclude:
-                    continue
-                append_file(ScannedFile(dir_index, name, entry.path, FileKey.from_stat(st)))
-            elif stat.S_ISDIR(mode):
+                raise PrvBuildError(
+                    f"cannot read {_show(_rel(relbase, name))}: {exc.strerror}"
+                ) from None
+            if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) in ancestors:
-                    warn(f"skipping {_show(shown)}: symlink loop")
+                    warn(f"skipping {_show(_rel(relbase, name))}: symlink loop")
                     continue
                 subdirs.append((name, entry.path, st))
             else:
-                warn(f"skipping {_show(shown)}: not a regular file or directory")
+                warn(f"skipping {_show(_rel(relbase, name))}: not a regular file or directory")
         if subdirs and depth + 1 > _MAX_DEPTH:
             raise PrvBuildError(
                 f"{_show(shown_dir)}: directories nested deeper than {_MAX_DEPTH} levels"
             )
         for name, path, st in subdirs:
-            dirs.append(ScannedDir(dir_index, name, f"{relbase}/{name}" if relbase else name))
+            dirs.append(ScannedDir(dir_index, name, _rel(relbase, name)))
             stack.append((len(dirs) - 1, path, depth + 1, ancestors | {(st.st_dev, st.st_ino)}))
     return TreeScan(root, tuple(dirs), tuple(files))
+
+
+def _rel(base: str, name: str) -> str:
+    return f"{base}/{name}" if base else name
 
 
 def _check_result(result: HashResult, shown: str) -> None:
@@ -219,6 +220,7 @@ def build_prvdir(
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
     on_warning: Warn | None = None,
+    exclude: frozenset[tuple[int, int]] = frozenset(),
 ) -> PrvDir:
     """Hash the files of a scan and assemble its ``.prvdir``.
 
@@ -228,6 +230,8 @@ def build_prvdir(
         workers: passed to ``hash_files``.
         on_progress: ``(files, bytes)`` deltas, for a progress bar.
         on_warning: for cache problems.
+        exclude: ``(st_dev, st_ino)`` of files to leave out (the output file, when it
+            is written inside the tree).
 
     Returns:
         The tree, every ``original_path`` relative to the scanned directory.
@@ -235,39 +239,38 @@ def build_prvdir(
     Raises:
         PrvBuildError: if a file cannot be read (the message names it).
     """
-    by_path = {f.path: f for f in scan.files}
-    digests: dict[str, Prv] = {}
-    results = hash_files(
-        ((f.path, f.key) for f in scan.files),
+    files_of: list[dict[str, Prv]] = [{} for _ in scan.dirs]
+    dirs = scan.dirs
+    scanned = scan.files
+    batches = hash_records(
+        scanned,
         cache=cache,
         workers=workers,
         on_progress=on_progress,
         on_warning=on_warning,
     )
     try:
-        for result in results:
-            scanned = by_path[result.path]
-            base = scan.dirs[scanned.dir_index].relpath
-            relpath = f"{base}/{scanned.name}" if base else scanned.name
-            _check_result(result, relpath)
-            digest = result.digest
-            assert digest is not None
-            digests[result.path] = Prv(
-                sha1=digest.sha1, size=digest.size, head_sha1=digest.head_sha1, path=relpath
-            )
+        for batch in batches:
+            for index, sha1, head, size, key, _, error in batch:
+                entry = scanned[index]
+                base = dirs[entry.dir_index].relpath
+                relpath = f"{base}/{entry.name}" if base else entry.name
+                if sha1 is None or head is None:
+                    raise PrvBuildError(f"cannot read {_show(relpath)}: {error}")
+                if exclude and (key[0], key[1]) in exclude:
+                    continue
+                files_of[entry.dir_index][entry.name] = Prv(
+                    sha1=sha1, size=size, head_sha1=head, path=relpath
+                )
     finally:
-        results.close()
+        batches.close()
     # Bottom-up: children come after their parent in scan.dirs.
-    files_of: list[dict[str, Prv]] = [{} for _ in scan.dirs]
-    for f in scan.files:
-        files_of[f.dir_index][f.name] = digests[f.path]
-    subdirs_of: list[dict[str, PrvDir]] = [{} for _ in scan.dirs]
-    for index in range(len(scan.dirs) - 1, -1, -1):
+    subdirs_of: list[dict[str, PrvDir]] = [{} for _ in dirs]
+    for index in range(len(dirs) - 1, -1, -1):
         node = PrvDir(files=files_of[index], dirs=subdirs_of[index])
         if index == 0:
             return node
-        entry = scan.dirs[index]
-        subdirs_of[entry.parent][entry.name] = node
+        subdirs_of[dirs[index].parent][dirs[index].name] = node
     raise AssertionError("unreachable: a scan always holds its root")  # pragma: no cover
 
 

@@ -97,12 +97,14 @@ def run(path: str, out: str | None) -> None:
             except OSError:
                 pass
             try:
-                scan = scan_directory(path, on_warning=output.warning, exclude=exclude)
-                with output.Progress(
-                    "Hashing", total_files=len(scan.files), total_bytes=scan.total_bytes
-                ) as progress:
+                scan = scan_directory(path, on_warning=output.warning)
+                with output.Progress("Hashing", total_files=len(scan.files)) as progress:
                     tree = build_prvdir(
-                        scan, cache=cache, on_progress=progress.update, on_warning=output.warning
+                        scan,
+                        cache=cache,
+                        on_progress=progress.update,
+                        on_warning=output.warning,
+                        exclude=exclude,
                     )
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
