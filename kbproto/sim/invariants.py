@@ -32,6 +32,7 @@ from kbproto.sim.network import SimLink, SimNetwork, SimNode
 
 __all__ = (
     "StepCheck",
+    "check_all_nodes",
     "check_no_leaks",
     "check_timers_not_past",
     "check_tree",
@@ -85,6 +86,12 @@ class StepCheck:
             buffered = _check_node(node, self.limits)
             if buffered > self.max_buffered_seen:
                 self.max_buffered_seen = buffered
+
+
+def check_all_nodes(network: SimNetwork, limits: Limits) -> None:
+    """The per-step checks on every node (not only the ones the last step touched)."""
+    for node in network.nodes.values():
+        _check_node(node, limits)
 
 
 class _WireCheck:
