@@ -840,9 +840,16 @@ async def _pump(
                         received += len(chunk)
                         batch.append(chunk)
                         pending += len(chunk)
-                        if pending >= limit:
+                        # Hand the batch over as soon as the writer can take it, so a
+                        # slow source's bytes reach the disk (and survive Ctrl+C) at
+                        # once; while the writer is busy, batches grow up to the limit.
+                        try:
+                            sender.send_nowait(batch)
+                        except anyio.WouldBlock:
+                            if pending < limit:
+                                continue
                             await sender.send(batch)
-                            batch, pending = [], 0
+                        batch, pending = [], 0
                 except TransportError as exc:
                     # The source failed part-way: what did arrive is still written (and
                     # hashed), so the next source continues after it with a Range.
