@@ -208,6 +208,9 @@ def test_ten_thousand_entries_stay_responsive(watched: Watched, web_network: Web
     expect(page.locator("table.files td.name a", has_text="f00000.dat")).to_have_count(0)
     # The page still answers: a frame renders and the filter narrows 10,000 rows to one.
     assert page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r(true)))")
+    page.get_by_placeholder("Filter names").fill("no such name")
+    expect(page.locator("table.files")).to_contain_text("No names match the filter.")
+    expect(page.locator("table.files tr.row")).to_have_count(0)
     page.get_by_placeholder("Filter names").fill("f04321")
     expect(page.locator("table.files tr.row")).to_have_count(1)
     expect(page.locator("table.files tr.row")).to_contain_text("f04321.dat")

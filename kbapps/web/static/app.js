@@ -687,6 +687,13 @@ class FileTable {
   }
 
   update(force) {
+    if (!this.rows.length) {
+      this.start = 0;
+      this.end = 0;
+      this.tbody.replaceChildren(h("tr", { class: "no-match" },
+        h("td", { colspan: "4", class: "muted", text: "No names match the filter." })));
+      return;
+    }
     const headHeight = this.head.offsetHeight;
     const viewTop = Math.max(0, this.element.scrollTop - headHeight);
     const viewHeight = this.element.clientHeight || 800;
