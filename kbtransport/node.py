@@ -592,7 +592,10 @@ class Node:
         elif isinstance(event, StreamWritable):
             tgt = self._streams.get(event.stream_id)
             if isinstance(tgt, _Target):
-                tgt.capacity = event.capacity
+                # The live value, not ``event.capacity``: events are dispatched after the
+                # whole batch of inputs, so sends applied in that batch already used
+                # some of the credit the event reports.
+                tgt.capacity = self._core.send_capacity(event.stream_id)
                 tgt.signal.set()
         elif isinstance(event, RequestReceived):
             target = _Target(event.stream_id, event.capacity)
@@ -695,9 +698,18 @@ class Node:
 
         def send(now: float) -> None:
             st.inflight -= len(data)
-            if st.reset is None:
+            if st.reset is not None:
+                return
+            try:
                 self._core.send_data(sid, data, now)
-                st.capacity = self._core.send_capacity(sid)
+            except LocalProtocolError:
+                # Our own accounting bug must cost this stream, never a corrupt body.
+                _log.exception("send_data refused on stream %s", sid)
+                st.reset = StreamReset(stream_id=sid, status=502, reason="internal error")
+                st.signal.set()
+                self._core.reset_stream(sid, now, "internal error")
+                return
+            st.capacity = self._core.send_capacity(sid)
 
         self.driver.post(send)
         # Let the driver run before producing more (a file read never starves it).

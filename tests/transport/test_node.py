@@ -210,6 +210,29 @@ async def test_find_urls_downloads_ranges_and_routes_through_two_hubs(tmp_path: 
             assert await handle.node.open_streams() == 0
 
 
+async def test_concurrent_downloads_share_the_links(tmp_path: Path) -> None:
+    async with network(tmp_path) as net, HttpClient() as client:
+        tail = f"/{net.s.node.node_id}/download/data/big%20file.dat"
+        results: dict[int, bytes] = {}
+
+        async def fetch(index: int, start: int) -> None:
+            headers = [("Range", f"bytes={start}-")]
+            response, body = await client.request(
+                "GET", net.t.local_url + tail, headers=headers, max_body_bytes=BIG + 1
+            )
+            assert response.status == 206
+            results[index] = body
+
+        starts = [0, 1, 777_777, 2_000_000]
+        async with anyio.create_task_group() as tg:
+            for index, start in enumerate(starts):
+                tg.start_soon(fetch, index, start)
+        for index, start in enumerate(starts):
+            assert results[index] == net.big[start:]
+        for handle in (net.a, net.b, net.s, net.t):
+            await wait_until(lambda h=handle: _no_streams(h), what="streams closed")
+
+
 async def test_cors_preflight_and_websocket_upgrade_path(tmp_path: Path) -> None:
     async with network(tmp_path) as net:
         stream = await anyio.connect_tcp("127.0.0.1", net.a.port)
@@ -342,3 +365,26 @@ async def test_hub_over_tls_serves_a_child_over_wss_and_a_client_over_https(
 
 def _client_config(context: ssl.SSLContext) -> ClientConfig:
     return ClientConfig(ssl_context=context)
+
+
+async def test_target_capacity_is_read_from_the_core_not_from_a_stale_event() -> None:
+    # Events are dispatched after a whole batch of inputs; a send applied in the same
+    # batch already used part of the credit a StreamWritable reports. The serving side
+    # must take the live value, or it would over-send (regression: a proxied download
+    # was cut with "send_data() ... with only 0 of credit").
+    from kbproto import ShareConfig, ShareCore
+    from kbproto.events import StreamWritable
+    from kbproto.ids import StreamId
+    from kbtransport.node import Node, _Target
+
+    core = ShareCore(
+        ShareConfig(name="s", listen_url="http://s:1"),
+        signer=Ed25519Signer(5),
+        ids=SeededIdSource("s"),
+    )
+    node = Node(core)
+    sid = StreamId(7)
+    target = _Target(sid, capacity=0)
+    node._streams[sid] = target
+    node._on_event(StreamWritable(stream_id=sid, capacity=1 << 20))
+    assert target.capacity == core.send_capacity(sid) == 0
