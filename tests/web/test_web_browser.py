@@ -263,6 +263,23 @@ def test_search_by_prv_file_and_not_found(
         "download", "params.json"
     )
 
+    # A .prv dropped anywhere on the page is searched for too.
+    readme = web_network.share_dir / "README.txt"
+    page.evaluate(
+        """(text) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([text], 'README.txt.prv', { type: 'application/json' }));
+            document.querySelector('main').dispatchEvent(
+                new DragEvent('drop', { bubbles: true, cancelable: true, dataTransfer: dt }));
+        }""",
+        expected_prv(readme, "README.txt").decode(),
+    )
+    expect(page.locator("h1 .node-name")).to_have_text("Find “README.txt”")
+    expect(page).to_have_url(
+        f"{web_network.hub_url}/?find={hashlib.sha1(readme.read_bytes()).hexdigest()}"
+        "&name=README.txt"
+    )
+
     missing = hashlib.sha1(b"nobody has this").hexdigest()
     page.get_by_label("SHA-1 to find, or drop a .prv file").fill(missing)
     page.get_by_role("button", name="Find", exact=True).click()
