@@ -878,9 +878,9 @@ function setupNavigation() {
     const link = event.target instanceof Element ? event.target.closest("a[data-nav]") : null;
     if (!link || event.defaultPrevented || event.button !== 0 ||
         event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
-    event.preventDefault();
     const url = new URL(link.href);
     if (url.origin !== location.origin) return;
+    event.preventDefault();
     history.pushState(null, "", url.pathname + url.search);
     render();
     window.scrollTo(0, 0);
