@@ -281,8 +281,9 @@ class SimApp:
 
     def set_files(self, node: SimNode, files: Mapping[str, bytes]) -> None:
         """Replace the store's files and tell the core (only differences travel)."""
+        # ``synced`` is left alone: a change that reports nothing new (same content
+        # ids) brings no new ``IndexSynced``; convergence is judged at the hubs.
         self.store = FileStore(files)
-        self.synced = False
         store = self.store
 
         def run(core: object, now: float) -> None:

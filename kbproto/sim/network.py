@@ -603,8 +603,12 @@ class SimNetwork:
         """
         deadline = self.clock.now + timeout
         start = self.steps
-        while not (self._pending == 0 and not self._apps_busy()):
+        while True:
             due = self.next_due()
+            # Quiescent: nothing but future timers is scheduled and no app waits.
+            if self._pending == 0 and (due is None or due > self.clock.now):
+                if not self._apps_busy():
+                    break
             if due is None:
                 self.fail("run_until_quiescent: an app is busy but nothing is scheduled")
             if due > deadline:
@@ -956,4 +960,9 @@ class SimNetwork:
 
     def set_slow(self, name: str, delay: float) -> None:
         """Delay everything ``name`` processes from now on by ``delay`` seconds."""
-        self.nodes[name].slow = delay
+        node = self.nodes[name]
+        node.slow = delay
+        if node.alive and node.timer is not None:
+            # Re-arm the pending timer with the new delay.
+            timer, node.timer = node.timer, None
+            self._set_timer(node, timer)

@@ -1,0 +1,1 @@
+"""Fuzz harnesses for kbproto (see ``fuzz/README.md``); not shipped."""
