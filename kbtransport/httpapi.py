@@ -33,7 +33,6 @@ from kbtransport.http import (
     Request,
     Response,
     StreamBody,
-    WebSocketAccept,
     error_response,
     json_response,
 )
@@ -74,8 +73,6 @@ _DROP_HEADERS = frozenset(
         "access-control-expose-headers",
     }
 )
-#: Largest websocket message accepted from a child; kbproto frames are at most 1 MiB.
-_MAX_LINK_MESSAGE = 16 * 1024 * 1024
 
 
 def node_info_json(info: NodeInfo) -> dict[str, object]:
@@ -264,14 +261,11 @@ def build_node_app(node: Node, local: App) -> App:
 
     async def app(request: Request) -> Response:
         if request.wants_websocket:
-            return Response(
-                status=101,
-                body=WebSocketAccept(
-                    handler=node.serve_websocket, max_message_bytes=_MAX_LINK_MESSAGE
-                ),
-            )
+            return Response(status=101, body=node.websocket_accept(request))
         segments = request.segments
         first = segments[0] if segments else ""
+        if first == "_kblink" and len(segments) == 2 and request.method == "POST":
+            return await node.attach_uplink(segments[1], request.body_stream)
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")

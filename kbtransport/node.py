@@ -45,6 +45,7 @@ driver. Example (what ``kbucket-host`` does, in short)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections import deque
@@ -93,6 +94,15 @@ from kbtransport.http import (
 from kbtransport.http_server import ServerConfig
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
 from kbtransport.routing import Router
+from kbtransport.uplink import (
+    UPLINK_HEADER,
+    UPLINK_PREFIX,
+    UPLINK_SUBPROTOCOL,
+    UplinkClientLink,
+    UplinkRegistry,
+    new_token,
+    uplink_url,
+)
 from kbtransport.websocket import WebSocketLink, connect_websocket
 
 __all__ = (
@@ -390,6 +400,8 @@ class Node:
         hooks: console callbacks.
         client_ssl: TLS context for ``wss`` parents (system store if None).
         high_water: per-link back-pressure bound (``NodeDriver``).
+        uplink: as a child, offer to send link bytes in a POST (``kbtransport.uplink``:
+            no websocket masking on the bulk direction); the parent may decline.
     """
 
     def __init__(
@@ -402,8 +414,11 @@ class Node:
         client_ssl: ssl.SSLContext | None = None,
         dial_timeout: float = 10.0,
         high_water: int | None = None,
+        uplink: bool = True,
     ) -> None:
         self._core = core
+        self._use_uplink = uplink
+        self._uplinks = UplinkRegistry()
         self.hooks = hooks if hooks is not None else NodeHooks()
         self._client_ssl = client_ssl
         self._dial_timeout = dial_timeout
@@ -441,16 +456,76 @@ class Node:
             task_status.started()
 
     async def _dial_websocket(self, address: str) -> LinkTransport:
-        return await connect_websocket(
+        if not self._use_uplink:
+            return await connect_websocket(
+                address,
+                ssl_context=self._client_ssl,
+                timeout=self._dial_timeout,
+                max_message_bytes=_MAX_LINK_MESSAGE,
+            )
+        token = new_token()
+        ws = await connect_websocket(
             address,
+            headers=[(UPLINK_HEADER, token)],
+            subprotocols=[UPLINK_SUBPROTOCOL],
             ssl_context=self._client_ssl,
             timeout=self._dial_timeout,
             max_message_bytes=_MAX_LINK_MESSAGE,
         )
+        if ws.subprotocol != UPLINK_SUBPROTOCOL:
+            return ws  # the parent declined: a plain websocket link
+        try:
+            return await UplinkClientLink.open(
+                ws,
+                uplink_url(address, token),
+                ssl_context=self._client_ssl,
+                timeout=self._dial_timeout,
+            )
+        except BaseException:
+            await ws.aclose()
+            raise
 
     async def serve_websocket(self, link: WebSocketLink) -> None:
         """Carry an accepted websocket as a child link until it ends."""
         await self.driver.serve_link(link)
+
+    def websocket_accept(self, request: Request) -> WebSocketAccept:
+        """How to accept a child's websocket upgrade ``request`` (uplink if offered)."""
+        token = request.header(UPLINK_HEADER)
+        offered = [p.strip() for p in (request.header("sec-websocket-protocol") or "").split(",")]
+        uplink = (
+            self._uplinks.expect(token)
+            if token is not None and UPLINK_SUBPROTOCOL in offered
+            else None
+        )
+        if uplink is None:
+            return WebSocketAccept(
+                handler=self.serve_websocket, max_message_bytes=_MAX_LINK_MESSAGE
+            )
+        registry = self._uplinks
+
+        async def handler(ws: WebSocketLink) -> None:
+            uplink.ws = ws
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(uplink.watch)
+                    await self.driver.serve_link(uplink)
+                    tg.cancel_scope.cancel()
+            finally:
+                registry.forget(uplink.token)
+                await uplink.aclose()
+
+        return WebSocketAccept(
+            handler=handler, subprotocol=UPLINK_SUBPROTOCOL, max_message_bytes=_MAX_LINK_MESSAGE
+        )
+
+    async def attach_uplink(self, token: str, body: AsyncIterator[bytes] | None) -> Response:
+        """Serve ``POST /_kblink/<token>``: the body carries that child's link bytes."""
+        uplink = self._uplinks.take(token)
+        if uplink is None or body is None:
+            return error_response(404, "No websocket link waits for this uplink")
+        await uplink.feed(body)
+        return Response(status=200)
 
     # --- app commands -----------------------------------------------------------------
 
@@ -532,6 +607,10 @@ class Node:
     async def can_route(self, node_id: str) -> bool:
         """True if a request for ``node_id`` has somewhere to go (self, below, or up)."""
         return await self.driver.call(lambda now: self._core.can_route(node_id))
+
+    def uplink_count(self) -> int:
+        """Child links whose upward bytes arrive by POST (``kbtransport.uplink``)."""
+        return len(self._uplinks)
 
     async def open_streams(self) -> int:
         """Streams open in the core, all roles (0 when idle: nothing leaked)."""
@@ -872,6 +951,7 @@ async def serve_node(
     client_ssl: ssl.SSLContext | None = None,
     dialer: Callable[[str], Awaitable[LinkTransport]] | None = None,
     dial_timeout: float = 10.0,
+    uplink: bool = True,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -888,6 +968,7 @@ async def serve_node(
         client_ssl: TLS context for dialing a ``https`` parent (system store if None).
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
+        uplink: offer the parent the POST uplink (``kbtransport.uplink``).
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -911,8 +992,14 @@ async def serve_node(
                 return error_response(503, "Node is starting")
         return await holder[0](request)
 
+    # Uplink POST bodies last as long as their link: they must be streamed.
+    server = server_config if server_config is not None else ServerConfig()
+    if UPLINK_PREFIX not in server.streaming_prefixes:
+        server = dataclasses.replace(
+            server, streaming_prefixes=(*server.streaming_prefixes, UPLINK_PREFIX)
+        )
     async with anyio.create_task_group() as tg:
-        address: BoundAddress = await tg.start(serve_http, app, listen, server_config)
+        address: BoundAddress = await tg.start(serve_http, app, listen, server)
         if hooks.on_listening is not None:
             hooks.on_listening(address)
         the_core = core if isinstance(core, HubCore | ShareCore) else core(address)
@@ -923,6 +1010,7 @@ async def serve_node(
             hooks=hooks,
             client_ssl=client_ssl,
             dial_timeout=dial_timeout,
+            uplink=uplink,
         )
         node.request_app = own_node_app(node, local_app)
         holder.append(build_node_app(node, local_app))

@@ -136,6 +136,7 @@ class Tree:
         listen_url: str | None = None,
         parent_passcode: str = "",
         client_ssl: ssl.SSLContext | None = None,
+        uplink: bool = True,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -160,6 +161,7 @@ class Tree:
                 ListenConfig(host="127.0.0.1", port=0),
                 hooks=self.lines.hooks(name),
                 client_ssl=client_ssl,
+                uplink=uplink,
             )
         )
         files = []
