@@ -156,9 +156,11 @@ def main() -> int:
     parser.add_argument("--only", choices=["big", "tree", "cached"], action="append")
     args = parser.parse_args()
 
-    kb = shutil.which("kb-prv-create")
-    if kb is None:
-        print("kb-prv-create is not installed (python3 -m pip install .)", file=sys.stderr)
+    # The console script installed beside this interpreter, not whatever is first on
+    # PATH: a pyenv shim there is a bash script that costs ~0.1 s per run by itself.
+    kb = str(Path(sys.executable).parent / "kb-prv-create")
+    if not Path(kb).exists():
+        print(f"{kb} is not installed (python3 -m pip install .)", file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="kbbench-", dir=args.dir))
     try:

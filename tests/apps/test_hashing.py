@@ -214,13 +214,13 @@ def test_hash_files_big_files_use_threads_with_byte_progress(
     files[str(small)] = b"tiny"
     progress: list[tuple[int, int]] = []
     thread_names: set[str] = set()
-    real_hash_file = hashing.hash_file
+    real_open = hashing._open_for_hashing
 
-    def spy(*args: object, **kwargs: object) -> tuple[FileKey, FileDigest]:
+    def spy(path: str) -> int:
         thread_names.add(threading.current_thread().name)
-        return real_hash_file(*args, **kwargs)  # type: ignore[arg-type]
+        return real_open(path)
 
-    monkeypatch.setattr(hashing, "hash_file", spy)
+    monkeypatch.setattr(hashing, "_open_for_hashing", spy)
     results = list(
         hash_files(
             _items([Path(p) for p in files]),
@@ -292,13 +292,13 @@ def test_hash_files_hard_links_are_hashed_once(
     b = tmp_path / "b"
     os.link(a, b)
     calls: list[str] = []
-    real = hashing.hash_file
+    real = hashing._open_for_hashing
 
-    def spy(path: str, **kwargs: object) -> tuple[FileKey, FileDigest]:
+    def spy(path: str) -> int:
         calls.append(str(path))
-        return real(path, **kwargs)  # type: ignore[arg-type]
+        return real(path)
 
-    monkeypatch.setattr(hashing, "hash_file", spy)
+    monkeypatch.setattr(hashing, "_open_for_hashing", spy)
     results = list(hash_files(_items([a, b]), workers=1))
     assert len(calls) == 1
     assert {r.path for r in results} == {str(a), str(b)}
