@@ -137,6 +137,9 @@ MAX_SOURCES = 32
 _MAX_ERROR_BODY = 4096
 #: Sidecar files are tiny JSON objects; anything bigger is not ours.
 _MAX_SIDECAR_BYTES = 4096
+#: Received chunks (each at most ``ClientConfig.read_size``, 1 MiB) queued for the
+#: writer thread: bounds the memory a fast source can fill while the disk is slow.
+_QUEUED_CHUNKS = 8
 #: Read size when hashing a file from disk: the measured best for SHA-1 (perf-baselines §1).
 _DISK_READ = 64 * 1024
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
@@ -812,16 +815,32 @@ async def _pump(
 ) -> int:
     """Stream the body into the part, hashing and writing in a worker thread.
 
+    The receiving loop queues each chunk (a bounded queue: back-pressure when the disk
+    or the hash is slower than the network); the writer takes everything queued at
+    once, up to ``batch_bytes``, and hashes and writes it in one thread hop. Bytes thus
+    reach the disk as soon as the writer is free, so a stalled source's bytes are kept
+    (and survive Ctrl+C), and batches grow only while the writer is busy.
+
     Returns the number of bytes received. Raises what the transfer raised.
     """
-    sender, receiver = anyio.create_memory_object_stream[list[bytes]](1)
+    sender, receiver = anyio.create_memory_object_stream[bytes](_QUEUED_CHUNKS)
     failure: list[BaseException] = []
     received = 0
+    limit = options.batch_bytes
 
     async def consume() -> None:
         try:
             async with receiver:
-                async for batch in receiver:
+                async for first in receiver:
+                    batch = [first]
+                    size = len(first)
+                    while size < limit:
+                        try:
+                            chunk = receiver.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                        batch.append(chunk)
+                        size += len(chunk)
                     n = await anyio.to_thread.run_sync(part.write_batch, batch)
                     reporter.add(nbytes=n)
         except Exception as exc:
@@ -832,30 +851,14 @@ async def _pump(
         tg.start_soon(consume)
         try:
             async with sender:
-                batch: list[bytes] = []
-                pending = 0
-                limit = options.batch_bytes
                 try:
                     async for chunk in response.iter_bytes():
                         received += len(chunk)
-                        batch.append(chunk)
-                        pending += len(chunk)
-                        # Hand the batch over as soon as the writer can take it, so a
-                        # slow source's bytes reach the disk (and survive Ctrl+C) at
-                        # once; while the writer is busy, batches grow up to the limit.
-                        try:
-                            sender.send_nowait(batch)
-                        except anyio.WouldBlock:
-                            if pending < limit:
-                                continue
-                            await sender.send(batch)
-                        batch, pending = [], 0
+                        await sender.send(chunk)
                 except TransportError as exc:
                     # The source failed part-way: what did arrive is still written (and
                     # hashed), so the next source continues after it with a Range.
                     failure.append(exc)
-                if batch:
-                    await sender.send(batch)
         except Exception as exc:
             failure.append(exc)
             tg.cancel_scope.cancel()
@@ -1145,6 +1148,17 @@ async def download_prv(
     job = _Job(prv=prv, label=label, target=target, part=target.with_name(target.name + ".part"))
     cache = ContentCache(options.cache_dir) if options.cache_dir is not None else None
     reporter = _Reporter(emit, on_progress, options.progress_interval, prv.size, 1)
+    present: set[str] = set()
+    if prv.size:
+        present = await anyio.to_thread.run_sync(
+            lambda: _present([(label, target, prv)], options.hash_cache_path)
+        )
+    if present:
+        # OUT already holds this content (re-running a finished command): keep it.
+        reporter.add(files=1, nbytes=prv.size)
+        result = DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="present")
+        emit(_done_event(result, label))
+        return result
     own = client is None
     http = client if client is not None else make_http_client(options)
     try:
@@ -1285,7 +1299,10 @@ async def download_prvdir(
         except BadInputError as exc:
             fail(rel, prv.sha1, exc)
 
-    present = await anyio.to_thread.run_sync(_present, planned, options.hash_cache_path)
+    # On the event loop's thread, not a worker thread: for many small files
+    # hash_files forks worker processes, and forking is only safe from the thread
+    # that owns the process (nothing else runs on the loop yet).
+    present = _present(planned, options.hash_cache_path)
     partial_dir = root / PARTIAL_DIRNAME
     jobs: dict[str, _Job] = {}
     for rel, target, prv in planned:

@@ -507,3 +507,16 @@ def test_out_file_for_a_prvdir_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(BadInputError):
         download_dir(tree_of({"a": b"a"}), tmp_path / "f", options("http://h", tmp_path))
+
+
+def test_an_out_already_holding_the_content_is_kept(net: FakeNetwork, tmp_path: Path) -> None:
+    data = content(SIZE, 60)
+    net.add(data, ["good"])
+    out = tmp_path / "out.dat"
+    out.write_bytes(data)
+    result = download(prv_of(data), out, options(net.base, tmp_path))
+    assert result.origin == "present"
+    assert net.requests() == []  # not even a find
+    out.write_bytes(content(SIZE, 61))  # same size, other bytes: fetched again
+    assert download(prv_of(data), out, options(net.base, tmp_path)).origin == "network"
+    assert out.read_bytes() == data

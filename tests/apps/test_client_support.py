@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import socket
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -271,15 +272,19 @@ class FakeNetwork:
 
 
 @contextmanager
-def fake_network(root: Path) -> Iterator[FakeNetwork]:
-    """Run a ``FakeNetwork`` on 127.0.0.1 (any free port) until the block ends."""
+def fake_network(root: Path, ssl_context: ssl.SSLContext | None = None) -> Iterator[FakeNetwork]:
+    """Run a ``FakeNetwork`` on 127.0.0.1 (any free port) until the block ends.
+
+    With ``ssl_context`` it serves HTTPS, and ``base`` is an ``https://`` URL.
+    """
     blobs = root / "blobs"
     blobs.mkdir()
     network = FakeNetwork(root=blobs)
-    listen = ListenConfig(host="127.0.0.1", port=0)
+    listen = ListenConfig(host="127.0.0.1", port=0, ssl_context=ssl_context)
     with anyio.from_thread.start_blocking_portal() as portal:
         future, bound = portal.start_task(serve_http, network.router().app, listen)
-        network.base = f"http://127.0.0.1:{bound.port}"
+        scheme = "https" if ssl_context is not None else "http"
+        network.base = f"{scheme}://127.0.0.1:{bound.port}"
         try:
             yield network
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import trustme
 
 from kbapps.cli import prv_download
 from kbproto.prv import PrvDir
@@ -290,6 +292,29 @@ def test_prvdir_partial_failure_exit_code(
     assert run.returncode == 1
     assert "gone.dat" in run.stderr
     assert (tmp_path / "out" / "ok.dat").read_bytes() == ok
+
+
+def test_https_hub_and_source_verified_with_ssl_cert_file(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    data = content(200_000, 14)
+    write_prv(tmp_path / "f.prv", data)
+    with fake_network(tmp_path, ssl_context=server_context) as network:
+        network.add(data, ["good"])
+        untrusted = kb(env, tmp_path / "f.prv", tmp_path / "o", "--hub", network.base)
+        assert untrusted.returncode == 3
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        trusted_env = {**env, "SSL_CERT_FILE": str(ca_file)}
+        run = kb(trusted_env, tmp_path / "f.prv", tmp_path / "o", "--hub", network.base)
+        assert run.returncode == 0, run.stderr
+        assert network.base.startswith("https://")
+        assert f"from {network.base}/good/" in run.stderr
+    assert (tmp_path / "o").read_bytes() == data
 
 
 def test_help_exits_0(env: dict[str, str]) -> None:
