@@ -100,16 +100,18 @@ def find_payload(answer: LookupResolved, own_url: str) -> dict[str, object]:
     distance from the share, then this node's own URL; duplicates and empty base URLs
     (a node that has none) are left out.
     """
+    # chains[i][d]: result i's URL at distance d from its share ("" if that node has no
+    # listen URL); URLs are listed by distance, so every direct source comes first.
     chains: list[list[str]] = []
     for result in answer.results:
         tail = _download_tail(result)
         bases = [result.share_url, *(url for _, url in result.hops)]
-        chains.append([base.rstrip("/") + tail for base in bases if base])
+        chains.append([base.rstrip("/") + tail if base else "" for base in bases])
     urls: list[str] = []
     depth = max((len(chain) for chain in chains), default=0)
     for level in range(depth):
         for chain in chains:
-            if level < len(chain) and chain[level] not in urls:
+            if level < len(chain) and chain[level] and chain[level] not in urls:
                 urls.append(chain[level])
     if own_url:
         for result in answer.results:
