@@ -1,0 +1,173 @@
+"""The share's own HTTP routes (SPEC §4, "on a share"), backed by its ``FileIndex``.
+
+``ShareApp.router`` serves, for this share's node id only (other ids answer 404; the
+node runtime routes them through the tree before they get here):
+
+* ``GET, HEAD /ID/download/PATH`` (``kbapps.share.server``) with ``ETag`` = the quoted
+  SHA-1 when the file is indexed and unchanged;
+* ``GET /ID/api/readdir/PATH``, each file entry with ``prv`` (the SPEC §2.1 object)
+  when the file is indexed and unchanged, and without it otherwise;
+* ``GET /ID/prv/PATH``: the file's ``.prv``, byte for byte as ``kb-prv-create`` writes
+  it (``original_path`` = the file name); 404 if the file is not indexed or changed;
+* ``GET, HEAD /ID/sha1/SHA1``: this share's own copy of content ``SHA1`` (Range,
+  ETag), which the runtime's ``/sha1/SHA1`` should use for local content (also
+  ``ShareApp.content_response``).
+
+Every SHA-1 handed out goes through ``FileIndex.current``: the open file's ``fstat``
+(device, inode, size, mtime, ctime) must equal the stamp recorded when it was hashed,
+and the entry must be outside the racy window, so a file changed after it was hashed
+is never served or described under its old SHA-1 (SPEC §6). When a route meets a
+changed file it calls ``on_stale`` (the command connects ``Indexer.request_rescan``),
+so the change reaches the index and the hub without waiting for the next walk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from kbapps.share.index import FileIndex, IndexEntry, stamp_of
+from kbapps.share.paths import ShareDir, SharePathError
+from kbapps.share.server import build_share_router
+from kbproto.ids import is_sha1
+from kbproto.prv import serialize_prv
+from kbtransport.http import Request, Response, error_response
+from kbtransport.ranges import file_response
+from kbtransport.routing import Match, Router
+
+__all__ = ("ShareApp", "build_share_app")
+
+
+class ShareApp:
+    """The local routes of one share (see the module docstring).
+
+    Args:
+        share: the shared directory (path safety lives there).
+        index: the share's index.
+        node_id: this share's node id.
+        on_stale: called (no arguments, on the event loop) when a route finds an
+            indexed file changed; must not block.
+
+    Attributes:
+        router: the route table; the command may add more routes (web pages) to it.
+    """
+
+    def __init__(
+        self,
+        share: ShareDir,
+        index: FileIndex,
+        node_id: str,
+        *,
+        on_stale: Callable[[], None] | None = None,
+    ) -> None:
+        self.share = share
+        self.index = index
+        self.node_id = node_id
+        self._on_stale = on_stale
+        self.router: Router = build_share_router(
+            share, node_id, etag_for=self.etag_for, file_extra=self.file_extra
+        )
+        self.router.add(("GET",), "/{node_id}/prv/{path*}", self._prv)
+        self.router.add(("GET", "HEAD"), "/{node_id}/sha1/{sha1}", self._sha1)
+
+    def _current(self, relpath: str, st: os.stat_result) -> IndexEntry | None:
+        """``index.current``, and ``on_stale`` when the file changed since hashed (not
+        merely racy: the indexer already waits for those)."""
+        entry = self.index.current(relpath, st)
+        if entry is None and self._on_stale is not None:
+            known = self.index.get(relpath)
+            if known is not None and known.stamp != stamp_of(st):
+                self._on_stale()
+        return entry
+
+    # --- hooks of build_share_router -------------------------------------------------
+
+    def etag_for(self, relpath: str, st: os.stat_result) -> str | None:
+        """The quoted SHA-1 of the open file ``relpath`` if indexed and unchanged."""
+        entry = self._current(relpath, st)
+        return f'"{entry.sha1}"' if entry is not None else None
+
+    def file_extra(self, relpath: str, size: int) -> dict[str, object]:
+        """``{"prv": {...}}`` for a readdir entry if indexed and unchanged, else ``{}``."""
+        if self.index.get(relpath) is None:
+            return {}
+        try:
+            st = os.stat(self.share.root / relpath)
+        except OSError:
+            return {}
+        entry = self._current(relpath, st)
+        if entry is None:
+            return {}
+        return {"prv": entry.prv().to_json_object()}
+
+    # --- routes ----------------------------------------------------------------------
+
+    async def _prv(self, request: Request, match: Match) -> Response:
+        if match.params["node_id"] != self.node_id:
+            return error_response(404, "Unknown node id")
+        try:
+            real, _ = self.share.resolve(match.rest)
+        except SharePathError as exc:
+            return error_response(exc.status, str(exc))
+        relpath = "/".join(match.rest)
+        if self.index.get(relpath) is None:
+            return error_response(404, "File not indexed yet")
+        try:
+            st = os.stat(real)
+        except OSError:
+            return error_response(404, "No such file in this share")
+        entry = self._current(relpath, st)
+        if entry is None:
+            return error_response(404, "File changed since it was indexed; not indexed yet")
+        return Response(
+            status=200,
+            headers=(("Content-Type", "application/json"),),
+            body=serialize_prv(entry.prv()),
+        )
+
+    async def _sha1(self, request: Request, match: Match) -> Response:
+        if match.params["node_id"] != self.node_id:
+            return error_response(404, "Unknown node id")
+        return await self.content_response(request, match.params["sha1"])
+
+    async def content_response(self, request: Request, sha1: str) -> Response:
+        """Serve this share's own copy of ``sha1`` (GET or HEAD, with Range and ETag).
+
+        Tries each indexed path holding it and serves the first whose open file is
+        still the version hashed; never a changed file (SPEC §6).
+
+        Returns:
+            200/206/304/416 with the bytes; 400 for a malformed SHA-1; 404 if no
+            unchanged copy is here.
+        """
+        sha1 = sha1.lower()
+        if not is_sha1(sha1):
+            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+        for relpath in self.index.paths_for(sha1):
+            try:
+                shared = self.share.open_file(tuple(relpath.split("/")))
+            except SharePathError:
+                continue  # gone or unsafe now: the next walk forgets it
+            entry = self._current(relpath, shared.stat)
+            if entry is None or entry.sha1 != sha1:
+                shared.file.close()
+                continue
+            return file_response(
+                request,
+                shared.file,
+                shared.stat.st_size,
+                name=relpath.rsplit("/", 1)[-1],
+                etag=f'"{sha1}"',
+            )
+        return error_response(404, "Content not found on this share")
+
+
+def build_share_app(
+    share: ShareDir,
+    index: FileIndex,
+    node_id: str,
+    *,
+    on_stale: Callable[[], None] | None = None,
+) -> ShareApp:
+    """Return the ``ShareApp`` of ``share`` (its ``router`` goes to ``serve_node``)."""
+    return ShareApp(share, index, node_id, on_stale=on_stale)

@@ -1,0 +1,434 @@
+"""kbapps.share.indexer: walk rules, first scan, restart without re-hashing, live deltas."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kbapps.hashing import FileKey, HashResult, hash_files
+from kbapps.share.index import INDEX_FILENAME, FileIndex
+from kbapps.share.indexer import Indexer, IndexerConfig, IndexerHooks, walk_share
+
+MS = 1_000_000
+#: Short timings so changes show within a fraction of a second (the defaults are 2 s).
+FAST = IndexerConfig(min_interval=0.05, max_interval=0.2, settle=0.1, workers=1)
+RACY_NS = 50 * MS
+#: Bound on every wait for the indexer; generous for a loaded 2-core machine.
+WAIT = 20.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def sha1_of(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+@dataclass
+class Sink:
+    """Records what the indexer advertises, like a ShareCore would hold it."""
+
+    files: dict[str, tuple[str, int]] = field(default_factory=dict)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def set_files(self, entries: Iterable[tuple[str, str, int]]) -> None:
+        self.files = {path: (sha1, size) for sha1, path, size in entries}
+        self.calls.append(("set", str(len(self.files))))
+
+    async def put_file(self, sha1: str, path: str, size: int) -> None:
+        self.files[path] = (sha1, size)
+        self.calls.append(("put", path, sha1))
+
+    async def remove_file(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.calls.append(("remove", path))
+
+    def calls_for(self, path: str) -> list[tuple[str, ...]]:
+        return [c for c in self.calls if len(c) > 1 and c[1] == path]
+
+
+class CountingHasher:
+    """The real hasher, counting every path it is asked to read."""
+
+    def __init__(self, before: Callable[[str], None] | None = None) -> None:
+        self.paths: list[str] = []
+        self.lock = threading.Lock()
+        self.before = before
+
+    def __call__(
+        self, items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
+    ) -> Iterator[HashResult]:
+        with self.lock:
+            self.paths.extend(path for path, _ in items)
+        if self.before is not None:
+            for path, _ in items:
+                self.before(path)
+        return hash_files(items, workers=1, on_progress=on_progress)
+
+    def names(self) -> list[str]:
+        return sorted(os.path.basename(p) for p in self.paths)
+
+
+@dataclass
+class Running:
+    indexer: Indexer
+    index: FileIndex
+    sink: Sink
+    warnings: list[str]
+    done: list[int]
+
+
+@asynccontextmanager
+async def running(
+    root: Path,
+    *,
+    hasher: Callable[..., Iterator[HashResult]] | None = None,
+    config: IndexerConfig = FAST,
+    db: Path | None = None,
+) -> AsyncIterator[Running]:
+    warnings: list[str] = []
+    done: list[int] = []
+    index = FileIndex(db, racy_window_ns=RACY_NS, on_warning=warnings.append)
+    indexer = Indexer(
+        root,
+        index,
+        config=config,
+        hooks=IndexerHooks(on_warning=warnings.append, on_initial_done=done.append),
+        hasher=hasher,
+    )
+    sink = Sink()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(indexer.run, sink)
+        with anyio.fail_after(WAIT):
+            await indexer.initial_done.wait()
+        yield Running(indexer, index, sink, warnings, done)
+        tg.cancel_scope.cancel()
+    index.close()
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    with anyio.fail_after(WAIT):
+        while not check():
+            await anyio.sleep(0.02)
+
+
+def make_share(root: Path) -> dict[str, bytes]:
+    files = {
+        "top.bin": bytes(range(256)) * 8,
+        "empty.txt": b"",
+        "sub/a.dat": b"alpha\n",
+        "sub/deeper/b.dat": b"beta" * 1000,
+        "sub/twin.dat": b"alpha\n",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / ".kbucket").mkdir()
+    (root / ".kbucket" / "private.pem").write_bytes(b"secret")
+    (root / ".hidden.dat").write_bytes(b"hidden")
+    (root / "sub" / ".git").mkdir()
+    (root / "sub" / ".git" / "config").write_bytes(b"hidden")
+    return files
+
+
+# --- the walk ------------------------------------------------------------------------
+
+
+def test_walk_rules(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    files = make_share(root)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"outside")
+    (root / "link_out").symlink_to(outside)
+    (root / "link_in").symlink_to("top.bin")
+    (root / "link_kb").symlink_to(root / ".kbucket" / "private.pem")
+    (root / "dirlink").symlink_to("sub/deeper")
+    (root / "sub" / "loop").symlink_to("..")
+    (root / "dangling").symlink_to(tmp_path / "missing")
+    (root / "bad\\name").write_bytes(b"x")
+    (root / "ctl\x01name").write_bytes(b"x")
+    os.mkfifo(root / "fifo")
+    warnings: list[str] = []
+    found = walk_share(root, on_warning=warnings.append)
+    expected = set(files) | {"link_in", "dirlink/b.dat"}
+    assert set(found) == expected
+    assert found["link_in"] == found["top.bin"]  # the target's stamp
+    assert found["top.bin"].size == 2048
+    text = "\n".join(warnings)
+    for name in ("link_out", "link_kb", "sub/loop", "fifo", "bad\\name", "ctl\\x01name"):
+        assert name in text, name
+    assert "sub/loop: symlink loop" in text
+    assert str(tmp_path) not in text
+
+
+def test_walk_depth_limit_and_missing_root(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    deep = root.joinpath(*["d"] * 64)
+    deep.mkdir(parents=True)
+    (deep.parent / "ok.txt").write_bytes(b"63 directories deep: 64 segments")
+    (deep / "too_deep.txt").write_bytes(b"65 segments: cannot be served")
+    warnings: list[str] = []
+    found = walk_share(root, on_warning=warnings.append)
+    assert list(found) == ["/".join(["d"] * 63 + ["ok.txt"])]
+    assert any("deeper than 64" in w for w in warnings)
+    with pytest.raises(FileNotFoundError):
+        walk_share(tmp_path / "missing")
+
+
+# --- first scan and restart ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_initial_scan_advertises_every_servable_file(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    files = make_share(root)
+    os.mkfifo(root / "fifo")
+    async with running(root) as run:
+        expected = {rel: (sha1_of(data), len(data)) for rel, data in files.items()}
+        assert run.sink.files == expected
+        assert run.sink.calls[0][0] == "set"
+        assert run.done == [len(files)]
+        assert len(run.index) == len(files)
+        entry = run.index.get("sub/deeper/b.dat")
+        assert entry is not None
+        assert entry.head_sha1 == sha1_of(files["sub/deeper/b.dat"][:1000])
+        assert run.index.paths_for(sha1_of(b"alpha\n")) in (
+            ("sub/a.dat", "sub/twin.dat"),
+            ("sub/twin.dat", "sub/a.dat"),
+        )
+        assert any("fifo" in w for w in run.warnings)
+
+
+@pytest.mark.anyio
+async def test_restart_does_not_rehash_unchanged_files(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    files = make_share(root)
+    db = tmp_path / INDEX_FILENAME
+    first = CountingHasher()
+    async with running(root, hasher=first, db=db) as run:
+        advertised = dict(run.sink.files)
+    assert first.names() == sorted(os.path.basename(p) for p in files)
+
+    # Same files: the second start reads none of them and advertises the same index.
+    second = CountingHasher()
+    async with running(root, hasher=second, db=db) as run:
+        assert run.sink.files == advertised
+        assert run.sink.calls[0] == ("set", str(len(files)))
+    assert second.paths == []
+
+    # One changed while stopped: only that one is read again, and it is not
+    # advertised under its old SHA-1 meanwhile.
+    (root / "sub" / "a.dat").write_bytes(b"alpha, edited\n")
+    third = CountingHasher()
+    async with running(root, hasher=third, db=db) as run:
+        assert run.sink.files["sub/a.dat"] == (sha1_of(b"alpha, edited\n"), 14)
+        set_call = run.sink.calls[0]
+        assert set_call == ("set", str(len(files) - 1))
+    assert third.names() == ["a.dat"]
+
+
+# --- changes while running -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_add_modify_remove_while_running(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    make_share(root)
+    async with running(root) as run:
+        sink = run.sink
+        (root / "new").mkdir()
+        (root / "new" / "added.dat").write_bytes(b"added later")
+        (root / ".new-hidden").write_bytes(b"never")
+        await eventually(lambda: "new/added.dat" in sink.files)
+        assert sink.files["new/added.dat"] == (sha1_of(b"added later"), 11)
+
+        seen = len(sink.calls_for("top.bin"))
+        (root / "top.bin").write_bytes(b"rewritten")
+        await eventually(lambda: sink.files.get("top.bin", ("", 0))[0] == sha1_of(b"rewritten"))
+        # The old SHA-1 was withdrawn as soon as the change was seen, then the new one put.
+        assert [c[0] for c in sink.calls_for("top.bin")[seen:]] == ["remove", "put"]
+
+        (root / "sub" / "twin.dat").unlink()
+        await eventually(lambda: "sub/twin.dat" not in sink.files)
+        assert run.index.get("sub/twin.dat") is None
+        assert run.index.paths_for(sha1_of(b"alpha\n")) == ("sub/a.dat",)
+        assert all(not path.startswith(".") for path in sink.files)
+
+
+@pytest.mark.anyio
+async def test_requested_rescan_runs_before_the_interval(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    make_share(root)
+    slow = IndexerConfig(min_interval=3600.0, max_interval=3600.0, settle=0.1, workers=1)
+    async with running(root, config=slow) as run:
+        walks = run.indexer.walks
+        (root / "late.dat").write_bytes(b"late")
+        run.indexer.request_rescan()
+        await eventually(lambda: "late.dat" in run.sink.files)
+        assert run.indexer.walks == walks + 1
+
+
+@pytest.mark.anyio
+async def test_file_being_written_is_never_advertised_with_a_torn_digest(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    target = root / "growing.log"
+    states: set[str] = set()
+    content = b""
+    async with running(root) as run:
+        for i in range(40):
+            content += f"line {i} ".encode() * 200
+            target.write_bytes(content)
+            states.add(sha1_of(content))
+            await anyio.sleep(0.015)
+        final = sha1_of(content)
+        await eventually(lambda: run.sink.files.get("growing.log", ("", 0))[0] == final)
+        puts = [c[2] for c in run.sink.calls_for("growing.log") if c[0] == "put"]
+        assert puts
+        assert set(puts) <= states
+        entry = run.index.get("growing.log")
+        assert entry is not None
+        assert entry.size == len(content)
+
+
+@pytest.mark.anyio
+async def test_change_between_walk_and_hash_is_not_recorded(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    victim = root / "victim.dat"
+    victim.write_bytes(b"version one")
+    changed: list[str] = []
+
+    def rewrite_once(path: str) -> None:
+        if path.endswith("victim.dat") and not changed:
+            changed.append(path)
+            # A different size: the stamp the walk took no longer matches.
+            Path(path).write_bytes(b"version two, longer")
+
+    hasher = CountingHasher(before=rewrite_once)
+    async with running(root, hasher=hasher) as run:
+        await eventually(lambda: "victim.dat" in run.sink.files)
+        assert run.sink.files["victim.dat"] == (sha1_of(b"version two, longer"), 19)
+        puts = [c for c in run.sink.calls_for("victim.dat") if c[0] == "put"]
+        assert len(puts) == 1
+    assert hasher.names().count("victim.dat") >= 2
+
+
+@pytest.mark.anyio
+async def test_unreadable_file_warns_once_and_is_retried_when_it_changes(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "ok.dat").write_bytes(b"fine")
+    (root / "locked.dat").write_bytes(b"locked")
+    attempts: list[str] = []
+
+    def failing(
+        items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
+    ) -> Iterator[HashResult]:
+        keep = []
+        for path, key in items:
+            if path.endswith("locked.dat") and Path(path).read_bytes() == b"locked":
+                attempts.append(path)
+                assert key is not None
+                yield HashResult(path, key, None, "Permission denied")
+            else:
+                keep.append((path, key))
+        yield from hash_files(keep, workers=1, on_progress=on_progress)
+
+    async with running(root, hasher=failing) as run:
+        assert set(run.sink.files) == {"ok.dat"}
+        walks = run.indexer.walks
+        await eventually(lambda: run.indexer.walks >= walks + 3)
+        assert len(attempts) == 1
+        assert [w for w in run.warnings if "locked.dat" in w] == [
+            "cannot read locked.dat: Permission denied"
+        ]
+        (root / "locked.dat").write_bytes(b"unlocked")
+        await eventually(lambda: "locked.dat" in run.sink.files)
+        assert run.sink.files["locked.dat"] == (sha1_of(b"unlocked"), 8)
+
+
+@pytest.mark.anyio
+async def test_directory_renamed_inside_the_share_is_not_rehashed(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    make_share(root)
+    hasher = CountingHasher()
+    async with running(root, hasher=hasher) as run:
+        before = len(hasher.paths)
+        old = dict(run.sink.files)
+        (root / "sub").rename(root / "moved")
+        await eventually(lambda: "moved/deeper/b.dat" in run.sink.files)
+        await eventually(lambda: "sub/a.dat" not in run.sink.files)
+        assert run.sink.files["moved/deeper/b.dat"] == old["sub/deeper/b.dat"]
+        assert not any(p.startswith("sub/") for p in run.sink.files)
+        assert len(hasher.paths) == before
+
+
+@pytest.mark.anyio
+async def test_many_files_use_worker_processes_while_the_loop_runs(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    for d in range(6):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(110):
+            (root / f"d{d}" / f"f{i}.txt").write_bytes(f"{d}/{i}".encode())
+    config = IndexerConfig(
+        min_interval=0.05, max_interval=0.2, settle=0.1, workers=2, batch_files=600
+    )
+    progress: list[tuple[int, int]] = []
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0.005)
+
+    index = FileIndex(None, racy_window_ns=RACY_NS)
+    indexer = Indexer(
+        root,
+        index,
+        config=config,
+        hooks=IndexerHooks(on_hash_progress=lambda f, b: progress.append((f, b))),
+    )
+    sink = Sink()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        tg.start_soon(indexer.run, sink)
+        with anyio.fail_after(WAIT):
+            await indexer.initial_done.wait()
+        tg.cancel_scope.cancel()
+    assert len(sink.files) == 660
+    assert sink.files["d5/f109.txt"] == (sha1_of(b"5/109"), 5)
+    assert sum(f for f, _ in progress) == 660
+    assert ticks > 1  # the event loop kept running while hashing
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="min_interval"):
+        IndexerConfig(min_interval=0)
+    with pytest.raises(ValueError, match="cpu_fraction"):
+        IndexerConfig(cpu_fraction=0)
+    with pytest.raises(ValueError, match="settle"):
+        IndexerConfig(settle=-1)
+    with pytest.raises(ValueError, match="batch"):
+        IndexerConfig(batch_files=0)
+    with pytest.raises(ValueError, match="workers"):
+        IndexerConfig(workers=0)
+    with pytest.raises(ValueError, match="racy window"):
+        Indexer(tmp_path, FileIndex(None), config=IndexerConfig(settle=0.5))
