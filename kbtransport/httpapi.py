@@ -21,7 +21,6 @@ for requests that reach it through the tree.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from kbproto.errors import LocalProtocolError
@@ -147,26 +146,38 @@ def proxied_response(response: ProxyResponse, method: str) -> Response:
     closes the iterator, which resets the stream at every hop.
     """
     headers = tuple((n, v) for n, v in response.headers if n.lower() not in _DROP_HEADERS)
-    length = response.content_length
     status = response.status
-    if method == "HEAD" or status in (204, 304) or status < 200:
-        # No body follows (the target sent none); make sure the stream is finished.
-        async def closing() -> AsyncIterator[bytes]:
-            await response.aclose()
-            nothing: tuple[bytes, ...] = ()
-            for chunk in nothing:  # an async generator with no items
-                yield chunk
-
-        if status in (204, 304):
-            return Response(status=status, headers=headers, body=StreamBody(chunks=closing()))
-        return Response(
-            status=status, headers=headers, body=StreamBody(chunks=closing(), length=length)
-        )
+    empty = method == "HEAD" or status in (204, 304) or status < 200
+    length = None if status in (204, 304) else response.content_length
     return Response(
         status=status,
         headers=headers,
-        body=StreamBody(chunks=response.iter_chunks(), length=length),
+        body=StreamBody(chunks=_ProxyBody(response, empty), length=length),
     )
+
+
+class _ProxyBody:
+    """A proxied body for the HTTP server: iterates the stream, and ``aclose`` (which
+    the server calls however the response ended) resets the stream if it is not
+    finished, even when iteration never started (a client gone before the first byte,
+    or a HEAD answered from the head alone)."""
+
+    def __init__(self, response: ProxyResponse, empty: bool) -> None:
+        self._response = response
+        self._chunks = None if empty else response.iter_chunks()
+
+    def __aiter__(self) -> _ProxyBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._chunks is None:
+            raise StopAsyncIteration
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        if self._chunks is not None:
+            await self._chunks.aclose()
+        await self._response.aclose()
 
 
 def own_node_app(node: Node, local: App) -> App:

@@ -49,7 +49,7 @@ import dataclasses
 import logging
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
@@ -79,7 +79,7 @@ from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import NodeInfo
 from kbproto.share import ShareCore
-from kbtransport.driver import LinkTransport, NodeDriver
+from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver
 from kbtransport.env import AnyioClock, Clock
 from kbtransport.errors import ReadError, TransportError, TransportTimeout
 from kbtransport.http import (
@@ -319,7 +319,7 @@ class ProxyResponse:
         """True once the body ended or the stream was reset."""
         return self._st.ended or self._st.reset is not None
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
         """Yield the body as it arrives; return credit as the consumer asks for more.
 
         Raises:
@@ -450,10 +450,20 @@ class Node:
 
         ``await task_group.start(node.run)`` returns once the core has started.
         """
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            await tg.start(self.driver.run)
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self.driver.run)
+                task_status.started()
+        finally:
+            # Nobody waits forever on a node that stopped.
+            for wait in self._lookups.values():
+                wait.done.set()
+            self._lookups.clear()
+            for sid, st in self._streams.items():
+                st.reset = StreamReset(stream_id=sid, status=502, reason="node stopped")
+                st.signal.set()
+            self._streams.clear()
 
     async def _dial_websocket(self, address: str) -> LinkTransport:
         if not self._use_uplink:
@@ -549,7 +559,8 @@ class Node:
 
         await self.driver.call(start)
         await wait.done.wait()
-        assert wait.answer is not None
+        if wait.answer is None:
+            raise DriverStopped("the node stopped")
         return wait.answer
 
     async def open_request(

@@ -32,8 +32,9 @@ FAST = Timeouts(
     heartbeat_timeout=1.5,
     handshake_timeout=3.0,
     lookup_timeout=3.0,
-    request_timeout=5.0,
-    stream_idle_timeout=5.0,
+    request_timeout=10.0,
+    # Long, so a test can tell a reset that travelled from one that timed out.
+    stream_idle_timeout=30.0,
     reconnect_min=0.1,
     reconnect_max=0.5,
 )

@@ -350,6 +350,19 @@ async def test_uplink_post_for_an_unknown_token_is_404(tmp_path: Path) -> None:
         assert json.loads(body)["success"] is False
 
 
+async def test_client_gone_before_the_first_byte_resets_the_stream(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        sid = net.s.node.node_id
+        for _ in range(3):
+            stream = await anyio.connect_tcp("127.0.0.1", net.t.port)
+            await stream.send(
+                f"GET /{sid}/download/data/big%20file.dat HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            await stream.aclose()  # gone at once: the body was never read
+        for handle in (net.t, net.a, net.b, net.s):
+            await wait_until(lambda h=handle: _no_streams(h), what="stream reset")
+
+
 async def test_wrong_passcode_is_refused_with_one_line(tmp_path: Path) -> None:
     write_file(tmp_path / "s" / "a.dat", 100, 3)
     async with tree() as t:
