@@ -1,0 +1,189 @@
+"""Option parsing shared by ``kbucket-host`` and ``kbucket-hub`` (internal).
+
+Every SPEC §3.1/§3.2 prompt has an option; the typer application turns the command
+line into ``SetupOptions`` and ``RunOptions`` and hands them to
+``kbapps.noderun.run_node``. Usage errors become one ``Error:`` line (exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kbapps import output
+
+if TYPE_CHECKING:
+    import typer
+
+    from kbapps.config import NodeType
+
+__all__ = ("main_for", "make_app")
+
+_HOST_HELP = (
+    "Share the directory DIR (default: the current directory) on the kbucket network: "
+    "asks the set-up questions on the first run (or takes them from the options), "
+    "indexes the files (SHA-1, remembered in DIR/.kbucket/), serves them over HTTP and "
+    "joins the parent hub if one is given. Runs until Ctrl+C."
+)
+_HUB_HELP = (
+    "Run a kbucket hub in the directory DIR (default: the current directory): children "
+    "(shares and hubs) join it, and it answers finds and proxies downloads for the "
+    "whole network. HTTPS/WSS when the port ends in 443 or --tls-cert is given. Runs "
+    "until Ctrl+C."
+)
+
+
+def make_app(kind: NodeType) -> typer.Typer:
+    """The typer application of ``kbucket-host`` (``"leaf"``) or ``kbucket-hub``."""
+    import typer
+
+    from kbapps.noderun import RunOptions, run_node
+    from kbapps.nodesetup import SetupOptions
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    noun = "share" if kind == "leaf" else "hub"
+
+    directory_arg = typer.Argument(".", metavar="DIR", help=f"The {noun}'s directory.")
+    name_opt = typer.Option(None, "--name", help=f"Name for this {noun}.")
+    research_opt = typer.Option(
+        None, "--scientific-research", metavar="yes", help="Answer the research question."
+    )
+    description_opt = typer.Option(None, "--description", help=f"Brief description of the {noun}.")
+    owner_opt = typer.Option(None, "--owner", help="Owner's full name.")
+    email_opt = typer.Option(None, "--owner-email", help="Owner's email.")
+    listen_url_opt = typer.Option(
+        None,
+        "--listen-url",
+        metavar="URL",
+        help="URL others use to reach this node ('.' = http://localhost:PORT).",
+    )
+    parent_opt = typer.Option(
+        None, "--parent-hub", metavar="URL", help="Parent hub to join ('.' = none)."
+    )
+    parent_pass_opt = typer.Option(
+        None, "--parent-hub-passcode", help="Passcode the parent hub requires."
+    )
+    port_help = (
+        "Listen port (0 = any free port; default: the first free port from 2000 to 2999)."
+        if kind == "leaf"
+        else "Listen port (0 = any free port; default 3240; a port ending in 443 serves HTTPS)."
+    )
+    port_opt = typer.Option(None, "--port", metavar="N", help=port_help)
+    host_opt = typer.Option(None, "--host", metavar="ADDR", help="Bind address (default 0.0.0.0).")
+    auto_opt = typer.Option(
+        False, "--auto", help="Ask nothing: use the options, then saved answers, then defaults."
+    )
+    heartbeat_opt = typer.Option(
+        None,
+        "--heartbeat-timeout",
+        metavar="SECONDS",
+        help="Silence after which a parent or child link is dropped (default 30).",
+    )
+
+    confirm_opt = typer.Option(
+        None,
+        "--confirm-share",
+        metavar="yes",
+        help="Answer the question about sharing everything under DIR.",
+    )
+    passcode_opt = typer.Option(
+        None, "--passcode", help="Passcode children must present (empty = open)."
+    )
+    tls_cert_opt = typer.Option(
+        None, "--tls-cert", metavar="FILE", help="TLS certificate (PEM): serve HTTPS."
+    )
+    tls_key_opt = typer.Option(None, "--tls-key", metavar="FILE", help="TLS private key (PEM).")
+
+    if kind == "leaf":
+
+        @app.command(help=_HOST_HELP)
+        def host(
+            directory: str = directory_arg,
+            name: str | None = name_opt,
+            scientific_research: str | None = research_opt,
+            description: str | None = description_opt,
+            owner: str | None = owner_opt,
+            owner_email: str | None = email_opt,
+            confirm_share: str | None = confirm_opt,
+            listen_url: str | None = listen_url_opt,
+            parent_hub: str | None = parent_opt,
+            parent_hub_passcode: str | None = parent_pass_opt,
+            port: int | None = port_opt,
+            bind_host: str | None = host_opt,
+            auto: bool = auto_opt,
+            heartbeat_timeout: float | None = heartbeat_opt,
+        ) -> int:
+            options = SetupOptions(
+                name=name,
+                scientific_research=scientific_research,
+                description=description,
+                owner=owner,
+                owner_email=owner_email,
+                confirm_share=confirm_share,
+                listen_url=listen_url,
+                parent_hub=parent_hub,
+                parent_hub_passcode=parent_hub_passcode,
+                port=port,
+                host=bind_host,
+                auto=auto,
+            )
+            return run_node(
+                "leaf", directory, options, RunOptions(heartbeat_timeout=heartbeat_timeout)
+            )
+
+    else:
+
+        @app.command(help=_HUB_HELP)
+        def hub(
+            directory: str = directory_arg,
+            name: str | None = name_opt,
+            scientific_research: str | None = research_opt,
+            description: str | None = description_opt,
+            owner: str | None = owner_opt,
+            owner_email: str | None = email_opt,
+            listen_url: str | None = listen_url_opt,
+            parent_hub: str | None = parent_opt,
+            parent_hub_passcode: str | None = parent_pass_opt,
+            passcode: str | None = passcode_opt,
+            tls_cert: Path | None = tls_cert_opt,
+            tls_key: Path | None = tls_key_opt,
+            port: int | None = port_opt,
+            bind_host: str | None = host_opt,
+            auto: bool = auto_opt,
+            heartbeat_timeout: float | None = heartbeat_opt,
+        ) -> int:
+            options = SetupOptions(
+                name=name,
+                scientific_research=scientific_research,
+                description=description,
+                owner=owner,
+                owner_email=owner_email,
+                listen_url=listen_url,
+                parent_hub=parent_hub,
+                parent_hub_passcode=parent_hub_passcode,
+                passcode=passcode,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                port=port,
+                host=bind_host,
+                auto=auto,
+            )
+            return run_node(
+                "hub", directory, options, RunOptions(heartbeat_timeout=heartbeat_timeout)
+            )
+
+    return app
+
+
+def main_for(kind: NodeType, prog: str, argv: list[str] | None) -> int:
+    """Run ``kbucket-host``/``kbucket-hub`` on ``argv``; return the exit code."""
+    from kbapps.cli._args import via_typer
+
+    args = sys.argv[1:] if argv is None else argv
+    # Console lines must reach a reading process as they happen, even through a pipe.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+    return output.run_command(lambda: via_typer(make_app(kind), args, prog))

@@ -1,0 +1,353 @@
+"""Running a node: what ``kbucket-host`` and ``kbucket-hub`` do after their options.
+
+Strategy
+--------
+``run_node`` is the whole life of a node process, in the order the user sees it:
+
+1. ``kbapps.nodesetup.setup_node``: ``.kbucket/``, keys, the SPEC §3.1/§3.2 questions
+   (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
+   ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 or 2.
+2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
+   routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
+   interface (``kbapps.web``) on the same router.
+3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
+   policy (a share's default is the first free port from 2000 to 2999: only a real
+   bind can tell, without a race), the core is built for the port actually bound
+   (``--port 0``), and ``NodeHooks`` print the SPEC console lines as they happen.
+4. SIGINT/SIGTERM cancel everything; the process exits 0 with no traceback.
+
+Console lines go to stdout, one ``print`` each, flushed (stdout is made line-buffered
+by the commands), so a parent process reading a pipe sees every line as it happens.
+Warnings (unreadable files, ...) go to stderr.
+
+The SPEC lines (exact prefixes)::
+
+    kbucket-share is running http on port <N>      (kbucket-hub ... http|https ...)
+    Connecting to parent hub: <url>
+    Starting indexing...                            (shares)
+    Connected to parent hub: <hub name>
+    Web interface: <url>
+    Indexed <n> files.                              (shares)
+
+plus, for a share, ``Hashed <k> files; <u> unchanged since the last run.`` right
+after ``Indexed``, and for a hub one line per child joining or leaving.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import anyio
+
+from kbapps import output
+from kbapps.config import NodeType
+from kbapps.keys import CryptoVerifier
+from kbapps.nodesetup import NodeSetup, SetupOptions, setup_node
+from kbapps.output import UsageError
+from kbproto.config import HubConfig, ShareConfig, Timeouts
+from kbproto.hub import HubCore
+from kbproto.messages import NodeInfo
+from kbproto.share import ShareCore
+from kbtransport.env import SystemIdSource
+from kbtransport.errors import ConnectError
+from kbtransport.listener import BoundAddress, ListenConfig
+from kbtransport.node import NodeHandle, NodeHooks, serve_node
+from kbtransport.routing import Router
+
+__all__ = (
+    "RunOptions",
+    "heartbeat_timeouts",
+    "run_node",
+)
+
+#: Exit code when no port of the policy could be bound.
+_EXIT_BIND = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """Options of the running node that are not set-up answers.
+
+    Attributes:
+        heartbeat_timeout: seconds of silence after which a peer (parent or child) is
+            declared dead (SPEC §5: 30 s by default, "configurable"); None = default.
+    """
+
+    heartbeat_timeout: float | None = None
+
+
+def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
+    """kbproto ``Timeouts`` with ``heartbeat_timeout`` (pings at a third of it).
+
+    The other timers are scaled down with a short heartbeat, so a test network that
+    asks for 2 s also redials and times requests out quickly.
+
+    Raises:
+        UsageError: not a positive number.
+    """
+    if heartbeat_timeout is None:
+        return Timeouts()
+    if not heartbeat_timeout > 0 or heartbeat_timeout > 3600:
+        raise UsageError("--heartbeat-timeout: give a number of seconds from 0 to 3600")
+    base = Timeouts()
+    scale = min(1.0, heartbeat_timeout / base.heartbeat_timeout)
+    return Timeouts(
+        heartbeat_interval=heartbeat_timeout / 3,
+        heartbeat_timeout=heartbeat_timeout,
+        handshake_timeout=max(1.0, base.handshake_timeout * scale),
+        lookup_timeout=max(1.0, base.lookup_timeout * scale),
+        request_timeout=max(2.0, base.request_timeout * scale),
+        stream_idle_timeout=max(4.0, base.stream_idle_timeout * scale),
+        reconnect_min=min(base.reconnect_min, max(0.1, heartbeat_timeout / 10)),
+        reconnect_max=max(1.0, base.reconnect_max * scale),
+    )
+
+
+class _Console:
+    """One flushed line per event on stdout (the SPEC console lines)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def line(self, text: str) -> None:
+        # One line whatever a peer's name holds (names come from the network).
+        text = " ".join(text.splitlines())
+        try:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # nobody reads our console any more: keep serving
+
+
+def _child_word(info: NodeInfo) -> str:
+    return "hub" if info.node_type == "hub" else "share"
+
+
+def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
+    noun = "share" if setup.kind == "leaf" else "hub"
+
+    def listening(bound: BoundAddress) -> None:
+        console.line(f"kbucket-{noun} is running {setup.url_scheme} on port {bound.port}")
+
+    def joined(info: NodeInfo) -> None:
+        console.line(f"Child {_child_word(info)} joined: {info.name} ({info.node_id})")
+
+    def left(info: NodeInfo, reason: str) -> None:
+        console.line(f"Child {_child_word(info)} left: {info.name} ({info.node_id}): {reason}")
+
+    return NodeHooks(
+        on_listening=listening,
+        on_dial=lambda url: console.line(f"Connecting to parent hub: {url}"),
+        on_dial_failed=lambda url, reason: console.line(
+            f"Cannot reach parent hub {url}: {reason} (retrying)"
+        ),
+        on_parent_connected=lambda info: console.line(f"Connected to parent hub: {info.name}"),
+        on_parent_lost=lambda reason: console.line(f"Lost the parent hub: {reason} (reconnecting)"),
+        on_join_refused=lambda reason: console.line(f"Parent hub refused this node: {reason}"),
+        on_child_joined=joined,
+        on_child_left=left,
+    )
+
+
+def _make_core(
+    setup: NodeSetup, timeouts: Timeouts
+) -> Callable[[BoundAddress], HubCore | ShareCore]:
+    def make(bound: BoundAddress) -> HubCore | ShareCore:
+        config = setup.core_config(bound.port, timeouts=timeouts)
+        if isinstance(config, HubConfig):
+            return HubCore(
+                config, signer=setup.signer, verifier=CryptoVerifier(), ids=SystemIdSource()
+            )
+        assert isinstance(config, ShareConfig)
+        return ShareCore(config, signer=setup.signer, ids=SystemIdSource())
+
+    return make
+
+
+def _web_url(setup: NodeSetup, port: int) -> str:
+    return setup.listen_url_for(port) + "/"
+
+
+async def _serve(
+    setup: NodeSetup,
+    router: Router,
+    timeouts: Timeouts,
+    console: _Console,
+    started: Callable[[NodeHandle], object],
+) -> None:
+    """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"."""
+    ssl_context = setup.tls.server_context() if setup.tls is not None else None
+    hooks = _hooks(setup, console)
+    bound = False
+
+    def on_listening(address: BoundAddress) -> None:
+        nonlocal bound
+        bound = True
+        assert hooks.on_listening is not None
+        hooks.on_listening(address)
+
+    live_hooks = NodeHooks(
+        on_listening=on_listening,
+        on_dial=hooks.on_dial,
+        on_dial_failed=hooks.on_dial_failed,
+        on_parent_connected=hooks.on_parent_connected,
+        on_parent_lost=hooks.on_parent_lost,
+        on_join_refused=hooks.on_join_refused,
+        on_child_joined=hooks.on_child_joined,
+        on_child_left=hooks.on_child_left,
+    )
+    last_error = ""
+    for port in setup.port.candidates():
+        listen = ListenConfig(host=setup.host, port=port, ssl_context=ssl_context)
+        failed = False
+        try:
+            await _serve_once(setup, router, timeouts, listen, live_hooks, started)
+        except* ConnectError as group:
+            if bound:
+                raise
+            failed = True
+            last_error = str(group.exceptions[0])
+        if not failed:
+            return
+    if setup.port.first == setup.port.last:
+        raise UsageError(last_error or "cannot listen", _EXIT_BIND)
+    raise UsageError(
+        f"no free port from {setup.port.first} to {setup.port.last} on {setup.host}"
+        " (pass --port N, or --port 0 for any free port)",
+        _EXIT_BIND,
+    )
+
+
+async def _serve_once(
+    setup: NodeSetup,
+    router: Router,
+    timeouts: Timeouts,
+    listen: ListenConfig,
+    hooks: NodeHooks,
+    started: Callable[[NodeHandle], object],
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with (
+            serve_node(_make_core(setup, timeouts), router, listen, hooks=hooks) as handle,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    handle.stop()
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(stop_on_signal)
+            result = started(handle)
+            if result is not None:
+                assert callable(result)
+                tg.start_soon(result)
+            await handle.wait()
+            tg.cancel_scope.cancel()
+
+
+def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+    from kbapps.share.app import build_share_app
+    from kbapps.share.index import FileIndex
+    from kbapps.share.indexer import Indexer, IndexerHooks
+    from kbapps.share.paths import ShareDir
+    from kbapps.web import add_web_routes
+
+    index = FileIndex.for_share(setup.kbucket_dir, on_warning=output.warning)
+    hashed = 0
+    hashed_initial: list[int] = []
+
+    def hash_start(files: int, nbytes: int) -> None:
+        nonlocal hashed
+        hashed += files
+        if not hashed_initial:
+            console.line(f"Hashing {files} files ({output.format_bytes(nbytes)})...")
+
+    def initial_done(count: int) -> None:
+        hashed_initial.append(hashed)
+        console.line(f"Indexed {count} files.")
+        console.line(
+            f"Hashed {hashed} files; {max(0, count - hashed)} unchanged since the last run."
+        )
+
+    indexer = Indexer(
+        setup.directory,
+        index,
+        hooks=IndexerHooks(
+            on_hash_start=hash_start,
+            on_initial_done=initial_done,
+            on_warning=output.warning,
+        ),
+    )
+    app = build_share_app(
+        ShareDir(setup.directory), index, setup.node_id, on_stale=indexer.request_rescan
+    )
+    add_web_routes(app.router, node_id=setup.node_id, node_type="leaf")
+
+    def started(handle: NodeHandle) -> Callable[[], object]:
+        console.line("Starting indexing...")
+        console.line(f"Web interface: {_web_url(setup, handle.port)}")
+
+        async def index_forever() -> None:
+            await indexer.run(handle)
+
+        return index_forever
+
+    try:
+        anyio.run(_serve, setup, app.router, timeouts, console, started)
+    finally:
+        index.close()
+
+
+def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+    from kbapps.web import add_web_routes
+
+    router = Router()
+    add_web_routes(router, node_id=setup.node_id, node_type="hub")
+
+    def started(handle: NodeHandle) -> None:
+        console.line(f"Web interface: {_web_url(setup, handle.port)}")
+
+    anyio.run(_serve, setup, router, timeouts, console, started)
+
+
+def run_node(
+    kind: NodeType,
+    directory: str,
+    options: SetupOptions,
+    run: RunOptions | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """Set up and run the node in ``directory`` until SIGINT/SIGTERM; return 0.
+
+    Args:
+        kind: ``"leaf"`` (kbucket-host) or ``"hub"`` (kbucket-hub).
+        directory: the node directory.
+        options: the set-up answers given as options.
+        run: options of the running node.
+        stdin: where prompts read answers (``sys.stdin``).
+        stdout: prompts and console lines (``sys.stdout``).
+
+    Raises:
+        UsageError: set-up failed (exit 1 for a "no", 2 for bad input), or no port
+            could be bound (exit 1).
+    """
+    run = run if run is not None else RunOptions()
+    timeouts = heartbeat_timeouts(run.heartbeat_timeout)
+    out = stdout if stdout is not None else sys.stdout
+    setup = setup_node(
+        directory, kind, options, stdin=stdin if stdin is not None else sys.stdin, stdout=out
+    )
+    console = _Console(out)
+    if kind == "leaf":
+        _run_share(setup, timeouts, console)
+    else:
+        _run_hub(setup, timeouts, console)
+    return 0
