@@ -28,6 +28,9 @@ from kbtransport.listener import BoundAddress as BoundAddress
 from kbtransport.listener import ListenConfig as ListenConfig
 from kbtransport.listener import serve_http as serve_http
 from kbtransport.listener import serve_tcp as serve_tcp
+from kbtransport.node import NodeHandle as NodeHandle
+from kbtransport.node import NodeHooks as NodeHooks
+from kbtransport.node import serve_node as serve_node
 from kbtransport.ranges import file_response as file_response
 from kbtransport.routing import Router as Router
 from kbtransport.websocket import WebSocketClosed as WebSocketClosed
@@ -44,6 +47,8 @@ __all__ = (
     "HttpClient",
     "HttpResponse",
     "ListenConfig",
+    "NodeHandle",
+    "NodeHooks",
     "PeerProtocolError",
     "ReadError",
     "Request",
@@ -65,5 +70,6 @@ __all__ = (
     "map_exceptions",
     "serve_http",
     "serve_http_connection",
+    "serve_node",
     "serve_tcp",
 )
