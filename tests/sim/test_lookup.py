@@ -85,7 +85,7 @@ def test_changed_files_are_agreed_on_within_one_heartbeat(seed: int) -> None:
     rng = random.Random(10_000 + seed)
     pool = content_pool(rng, 30)
     files = share_files(rng, SMALL_TREE.shares, pool)
-    world = make_world(seed, SMALL_TREE, files, trace_frames=False)
+    world = make_world(seed, SMALL_TREE, files, plan=LIGHT_CHUNKING, trace_frames=False)
     settle(world)
     share = rng.choice(SMALL_TREE.shares)
     before = dict(files[share])

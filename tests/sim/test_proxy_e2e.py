@@ -87,7 +87,7 @@ def test_download_through_three_hubs_is_exact_and_bounded(seed: int) -> None:
     assert world.apps["s0"].served == 2
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", range(10))
 def test_unknown_path_and_missing_node_answer_cleanly(seed: int) -> None:
     rng = random.Random(seed)
     world, _data, _limits = _setup(seed, rng, size=5000, credit_delay=0.0)
