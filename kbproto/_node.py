@@ -269,7 +269,8 @@ class _Node:
 
     def handle_timer(self, now: float) -> None:
         """Fire every due deadline by kind (redial, lookup, stream, or a link timer)."""
-        for key in self.deadlines.pop_due(now):
+        # One key at a time: firing one may cancel another due key (see pop_next_due).
+        while (key := self.deadlines.pop_next_due(now)) is not None:
             assert isinstance(key, tuple)
             kind = key[0]
             if kind == "redial":

@@ -8,7 +8,7 @@ under a key. The driver asks ``earliest()`` (the core's ``get_timer()``) and cal
 core back at that time; the core pops the due keys and acts on them.
 
 A binary heap with lazy deletion keeps ``set``/``cancel`` O(log n): a cancelled or
-re-armed key leaves a stale heap entry that ``pop_due``/``earliest`` skip. Ties are
+re-armed key leaves a stale heap entry that ``pop_next_due``/``earliest`` skip. Ties are
 broken by insertion order, so runs are deterministic. Stale entries are bounded: the
 heap is rebuilt when it holds more than twice the live keys.
 """
@@ -65,13 +65,17 @@ class Deadlines:
             heapq.heappop(heap)
         return None
 
-    def pop_due(self, now: float) -> list[Hashable]:
-        """Disarm and return every key due at or before ``now``, earliest first."""
-        due: list[Hashable] = []
+    def pop_next_due(self, now: float) -> Hashable | None:
+        """Disarm and return the earliest key due at or before ``now``, or None.
+
+        One key at a time, not a batch: acting on one key may cancel another that is
+        also due (a link timeout closes that link's streams), and a cancelled key must
+        not fire.
+        """
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, _, key = heapq.heappop(heap)
             if self._when.get(key) == when:
                 del self._when[key]
-                due.append(key)
-        return due
+                return key
+        return None

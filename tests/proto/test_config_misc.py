@@ -126,12 +126,18 @@ def test_deadlines() -> None:
     deadlines.cancel("b")
     deadlines.cancel("nope")
     assert deadlines.earliest() == 5.0
-    assert deadlines.pop_due(4.9) == []
-    assert deadlines.pop_due(5.0) == ["a"]
+    assert deadlines.pop_next_due(4.9) is None
+    assert deadlines.pop_next_due(5.0) == "a"
+    assert deadlines.pop_next_due(5.0) is None
     assert deadlines.earliest() is None
     for i in range(200):  # many re-arms: the heap is compacted, order kept
         deadlines.set("c", float(i))
-    assert deadlines.pop_due(1000.0) == ["c"]
+    deadlines.set("d", 999.0)
+    deadlines.set("e", 2.0)
+    deadlines.cancel("e")  # cancelled while due: never returned
+    assert deadlines.pop_next_due(1000.0) == "c"
+    assert deadlines.pop_next_due(1000.0) == "d"
+    assert deadlines.pop_next_due(1000.0) is None
 
 
 def test_drain_hands_events_first_and_returns_actions_in_order() -> None:
