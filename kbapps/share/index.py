@@ -154,36 +154,35 @@ def _row(entry: IndexEntry) -> tuple[object, ...]:
     )
 
 
-def _int(value: object) -> int:
-    if type(value) is not int:
-        raise _Unreadable("a row holds a value of the wrong kind")
-    return value
+#: Rows this module would never write; any of them means the file is not ours or was
+#: damaged, and the whole index is rebuilt. Checked in SQL (one scan in C), so loading
+#: 100,000 rows stays a fraction of a second.
+_BAD_ROWS = (
+    "SELECT count(*) FROM files WHERE typeof(path) != 'text' OR path = ''"
+    " OR substr(path, 1, 1) = '/' OR typeof(dev) != 'integer' OR typeof(ino) != 'integer'"
+    " OR typeof(size) != 'integer' OR size < 0 OR typeof(mtime_ns) != 'integer'"
+    " OR typeof(ctime_ns) != 'integer' OR typeof(hashed_ns) != 'integer'"
+    " OR typeof(sha1) != 'blob' OR length(sha1) != 20"
+    " OR typeof(head_sha1) != 'blob' OR length(head_sha1) != 20"
+)
+_LOAD = (
+    "SELECT path, dev, ino, size, mtime_ns, ctime_ns, lower(hex(sha1)),"
+    " lower(hex(head_sha1)), hashed_ns FROM files"
+)
 
 
-def _digest(value: object) -> Sha1:
-    if type(value) is not bytes or len(value) != 20:
-        raise _Unreadable("a row holds a malformed digest")
-    return Sha1(value.hex())
-
-
-def _entry(row: tuple[object, ...]) -> IndexEntry:
-    path, dev, ino, size, mtime, ctime, sha1, head, hashed = row
-    if type(path) is not str or not path or path.startswith("/"):
-        raise _Unreadable("a row holds a malformed path")
-    nbytes = _int(size)
-    if nbytes < 0:
-        raise _Unreadable("a row holds a negative size")
-    return IndexEntry(
-        path,
-        _u64(_int(dev)),
-        _u64(_int(ino)),
-        nbytes,
-        _int(mtime),
-        _int(ctime),
-        _digest(sha1),
-        _digest(head),
-        _int(hashed),
-    )
+def _load(db: sqlite3.Connection) -> list[IndexEntry]:
+    (bad,) = db.execute(_BAD_ROWS).fetchone()
+    if bad:
+        raise _Unreadable(f"{bad} malformed rows")
+    new = tuple.__new__  # 4x cheaper than the NamedTuple constructor, per row
+    entries: list[IndexEntry] = []
+    append = entries.append
+    for row in db.execute(_LOAD):
+        if row[1] < 0 or row[2] < 0:
+            row = (row[0], _u64(row[1]), _u64(row[2]), *row[3:])
+        append(new(IndexEntry, row))
+    return entries
 
 
 class FileIndex:
@@ -250,8 +249,11 @@ class FileIndex:
                 )
                 self._db = None
                 return
-        for entry in rows:
-            self._put_mem(entry)
+        by_path = self._by_path
+        by_sha1 = self._by_sha1
+        for entry in rows:  # paths are unique (primary key): no old entries to drop
+            by_path[entry.path] = entry
+            by_sha1.setdefault(entry.sha1, {})[entry.path] = None
 
     @staticmethod
     def _connect(path: Path) -> tuple[sqlite3.Connection, list[IndexEntry]]:
@@ -274,13 +276,7 @@ class FileIndex:
                 )
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 db.execute("COMMIT")
-            rows = [
-                _entry(row)
-                for row in db.execute(
-                    "SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha1, head_sha1,"
-                    " hashed_ns FROM files"
-                )
-            ]
+            rows = _load(db)
         except BaseException:
             db.close()
             raise

@@ -150,7 +150,7 @@ def test_malformed_row_is_rebuilt(tmp_path: Path) -> None:
     warnings: list[str] = []
     index = FileIndex(db, on_warning=warnings.append)
     assert len(warnings) == 1
-    assert "malformed digest" in warnings[0]
+    assert "1 malformed rows" in warnings[0]
     assert len(index) == 0
     assert index.persistent
 
