@@ -606,9 +606,9 @@ class SimNetwork:
         while True:
             due = self.next_due()
             # Quiescent: nothing but future timers is scheduled and no app waits.
-            if self._pending == 0 and (due is None or due > self.clock.now):
-                if not self._apps_busy():
-                    break
+            idle = self._pending == 0 and (due is None or due > self.clock.now)
+            if idle and not self._apps_busy():
+                break
             if due is None:
                 self.fail("run_until_quiescent: an app is busy but nothing is scheduled")
             if due > deadline:

@@ -1,5 +1,8 @@
 """Scenario (e): partition then heal, and recovery after crashes.
 
+Also: crashed nodes restart with fresh cores and rejoin without leftovers, and a slow
+hub plus skewed node clocks change timing only, never results.
+
 A random node (hub or share) and everything under it are cut off from the rest.
 Short cuts (under the heartbeat timeout) only delay bytes: nothing is dropped and the
 indexes stay right. Long cuts make both sides give up the link; the hubs outside then
@@ -15,7 +18,8 @@ import random
 
 import pytest
 
-from kbproto.sim import Crash, Restart, SimWorld, sha1_hex, tree
+from kbproto.config import Limits
+from kbproto.sim import Crash, Restart, SimWorld, Slow, chain, sha1_hex, tree
 from tests.sim.scenarios import (
     LIGHT_CHUNKING,
     SEEDS,
@@ -101,4 +105,31 @@ def test_crash_and_restart_rejoins_without_leftovers(seed: int) -> None:
     _finds_agree(
         ["h0", rng.choice(TOPOLOGY.hubs)], world, [sha1_hex(d) for d in rng.sample(pool, 3)]
     )
+    net.run_until_quiescent()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_slow_hub_and_skewed_clocks_change_nothing_but_timing(seed: int) -> None:
+    rng = random.Random(2000 + seed)
+    topology = chain(3, shares=1)
+    data = rng.randbytes(rng.randint(10_000, 30_000))
+    net_files = {"s0": {"big.bin": data}}
+    world = make_world(
+        seed, topology, net_files, limits=Limits(stream_window=4096, data_chunk=1024)
+    )
+    net = world.network
+    # Cores compare only times they were given, so a constant skew must not matter.
+    net.clock.set_offset("h2", rng.choice([1000.0, -5.0]))
+    net.clock.set_offset("s0", rng.uniform(-50.0, 50.0))
+    net.apply_fault(Slow(node="h1", delay=rng.uniform(0.05, 0.5)))
+    settle(world)
+    s0 = world.ids["s0"]
+    record = world.apps["h0"].download(world.nodes["h0"], s0, f"/{s0}/download/big.bin")
+    net.run_until(lambda: record.done, timeout=120)
+    assert record.ended
+    assert bytes(record.body) == data
+    lookup = find_all(world, "h0", [sha1_hex(data)])[0]
+    assert lookup.share_ids == [s0]
+    net.run_for(3 * TIMEOUTS.heartbeat_timeout)  # a slow hub is not a dead hub
+    assert all(not app.closed for app in world.apps.values())
     net.run_until_quiescent()

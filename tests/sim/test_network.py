@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
@@ -351,6 +351,7 @@ def test_clock_skew_is_seen_by_the_node_only() -> None:
         net.clock.advance_to(0.0)
 
 
+@settings(derandomize=True, max_examples=200)
 @given(
     data=st.binary(max_size=300),
     seed=st.integers(0, 2**32),
