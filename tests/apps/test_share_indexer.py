@@ -432,3 +432,35 @@ def test_config_validation(tmp_path: Path) -> None:
         IndexerConfig(workers=0)
     with pytest.raises(ValueError, match="racy window"):
         Indexer(tmp_path, FileIndex(None), config=IndexerConfig(settle=0.5))
+
+
+@pytest.mark.anyio
+async def test_stopping_does_not_wait_for_a_batch_being_hashed(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "big.dat").write_bytes(b"pretend this takes an hour to hash")
+    entered = threading.Event()
+    release = threading.Event()
+
+    def stuck(
+        items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
+    ) -> Iterator[HashResult]:
+        entered.set()
+        release.wait(WAIT)  # a hash that outlives the node's shutdown
+        on_progress(1, 1)  # raises: the indexer has stopped
+        yield from hash_files(items, workers=1)
+
+    index = FileIndex(None, racy_window_ns=RACY_NS)
+    indexer = Indexer(root, index, config=FAST, hasher=stuck)
+    try:
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(indexer.run, Sink())
+                while not entered.is_set():
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        # Cancelled while the worker thread is still inside the hasher.
+        assert not release.is_set()
+    finally:
+        release.set()
+    assert index.get("big.dat") is None
