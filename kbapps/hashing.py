@@ -11,12 +11,18 @@ are in ``/shared/reference/perf-baselines.md`` and ``docs/benchmarks.md``:
   buffer leaves the 1 MiB L2 cache, the kernel's copy out of the page cache gets three
   times dearer. One buffer per worker, reused, so no allocation per chunk.
 * **Small files: processes, not threads.** For files of a few KiB the per-file work
-  (open, fstat, read, close, Python) dominates and holds the GIL, so two threads run 2x
-  *slower* than one. Instead we ``fork`` worker processes (cheap: nothing is re-imported)
-  and the parent hashes a share itself; each child streams its results back over a pipe
-  in batches. The split is static and interleaved, so similar files spread evenly.
-* **Big files: threads.** hashlib releases the GIL for large updates, so two threads
-  hash two big files at nearly twice the speed of one, and report progress as they go.
+  (stat, open, fstat, read, close, Python) dominates and holds the GIL, so two threads
+  run 2x *slower* than one. Instead we ``fork`` worker processes (cheap: nothing is
+  re-imported). The items are cut into chunks whose numbers go into a pipe; every
+  process, the parent included, claims the next chunk by reading 4 bytes from it, so
+  the load balances itself. A worker ``stat``-s the files whose key it was not given
+  (so the walk's dominant cost is spread too), looks the chunk up in the cache with
+  one query, hashes the misses, stores them through its own SQLite connection and
+  streams its results back over a pipe.
+* **Big files: threads.** Workers hand files of ``BIG_FILE_BYTES`` or more back to the
+  parent, which hashes them with threads (hashlib releases the GIL for large updates,
+  so two threads hash two big files at nearly twice the speed of one) and reports
+  their bytes as they stream, so a progress bar moves during a 10 GiB file.
 * **The cache.** A SQLite table maps ``(device, inode)`` to ``(size, mtime_ns, sha1,
   head_sha1)`` (SPEC §3.3). A lookup hits only if size and mtime also match, so an
   edited file is re-hashed; keying rows by ``(device, inode)`` means a file rewritten
@@ -24,9 +30,10 @@ are in ``/shared/reference/perf-baselines.md`` and ``docs/benchmarks.md``:
   it is hashed but not cached: a second write within the same mtime tick (1-2 s on
   some file systems) could otherwise leave a stale digest under an unchanged key.
 
-The share indexer reuses this module: ``hash_file`` for one path, ``hash_files`` for a
-batch of ``(path, FileKey)`` items with a progress callback, and ``HashCache`` with a
-database path of its own inside ``.kbucket/``.
+The share indexer reuses this module: ``hash_file`` for one path; ``hash_files`` for a
+batch of ``(path, FileKey or None)`` items with progress and warning callbacks, or
+``hash_records`` for the same as batches of plain tuples (cheaper per file); and
+``HashCache`` with a database path of its own inside ``.kbucket/``.
 """
 
 from __future__ import annotations

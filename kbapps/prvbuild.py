@@ -3,7 +3,9 @@
 Two steps, so a command can show a progress bar with known totals:
 
 1. ``scan_directory`` walks the tree once with ``os.scandir`` and an explicit stack (no
-   recursion limit), ``stat``-ing each entry. Names starting with ``.`` are skipped;
+   recursion limit). Regular files are known from the directory entry's type; their
+   ``stat`` is left to the hashing workers, so it runs on every core. Directories and
+   symlinks are ``stat``-ed here. Names starting with ``.`` are skipped;
    symlinks are followed only when their target resolves inside the directory, not
    through a dot-name, and (for directories) is not one of the link's own ancestors,
    so there are no loops; special files (FIFOs, sockets, devices) and names a
@@ -14,7 +16,7 @@ Two steps, so a command can show a progress bar with known totals:
    relative to the directory, never absolute.
 
 Everything is linear in the number of entries: 100,000 files is a list of 100,000
-tuples, one batched cache lookup and one pass to assemble.
+tuples, batched cache lookups (500 files a query) and one pass to assemble.
 """
 
 from __future__ import annotations
