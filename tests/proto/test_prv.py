@@ -113,7 +113,7 @@ def test_serialize_prv_is_json_dumps_indent_4(prv: Prv) -> None:
     assert serialize_prv(prv) == expected.encode("utf-8")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(prvdirs)
 def test_serialize_prvdir_is_json_dumps_indent_4_sorted(tree: PrvDir) -> None:
     expected = json.dumps(_json_of(tree), indent=4, ensure_ascii=False) + "\n"
@@ -140,7 +140,7 @@ def test_prv_round_trip(prv: Prv) -> None:
     assert parse_document(serialize_prv(prv)) == prv
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(prvdirs)
 def test_prvdir_round_trip(tree: PrvDir) -> None:
     assert parse_prvdir(serialize_prvdir(tree)) == tree
@@ -292,7 +292,7 @@ def test_a_prv_is_not_mistaken_for_an_empty_prvdir() -> None:
         parse_prvdir(json.dumps(_prv_obj()))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_give_a_protocol_error_or_a_model(data: bytes) -> None:
     try:
@@ -311,7 +311,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.fixed_dictionaries(
         {},
