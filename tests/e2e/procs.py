@@ -200,6 +200,7 @@ class Procs:
         parent: Node | None = None,
         env: dict[str, str] | None = None,
         wait_joined: bool = True,
+        port: int = 0,
     ) -> Node:
         """Start a node with ``--auto --port 0`` on 127.0.0.1 and wait until it runs
         (and, with a parent, until it joined; a share also until it indexed)."""
@@ -212,7 +213,7 @@ class Procs:
             "--scientific-research",
             "yes",
             "--port",
-            "0",
+            str(port),
             "--host",
             "127.0.0.1",
             "--heartbeat-timeout",
