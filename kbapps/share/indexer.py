@@ -466,42 +466,48 @@ class Indexer:
         settle_ns = int(self.config.settle * 1e9)
         window = index.racy_window_ns
         tombstones = self._tombstones
+        pending = self._pending
+        # Pass 1 over the index: vanished, changed, unchanged (trusted: nothing to do;
+        # racy: re-hash once the window is over). Both passes run once per file on
+        # every walk, hence the inlined tests (``IndexEntry.racy``) and no stamp
+        # objects built per file.
+        unchanged: set[str] = set()
         for entry in index.entries():
-            stamp = found.get(entry.path)
+            path = entry.path
+            stamp = found.get(path)
+            newest = max(entry.mtime_ns, entry.ctime_ns)
+            trusted = not (entry.hashed_ns - window < newest <= entry.hashed_ns + window)
             if stamp is None:
-                plan.removes.append(entry.path)
-                if index.trusted(entry):
+                plan.removes.append(path)
+                if trusted:
                     if len(tombstones) >= _MAX_TOMBSTONES:
                         tombstones.clear()
                     tombstones[entry.stamp] = entry
-            elif stamp != entry[1:6]:  # a slice: no FileStamp built per file
-                plan.removes.append(entry.path)
-        removed = set(plan.removes)
-        pending = self._pending
+            elif stamp != entry[1:6]:
+                plan.removes.append(path)
+            else:
+                unchanged.add(path)
+                if trusted:
+                    continue
+                if now_ns >= newest + window:
+                    plan.hash_now.append((path, stamp))
+                else:
+                    pending[path] = (stamp, mono + (newest + window - now_ns) / 1e9)
         for path in [p for p in pending if p not in found]:
             del pending[path]
-        for path in [p for p in self._failed if found.get(p) != self._failed[p]]:
-            del self._failed[path]
-        for path, stamp in found.items():
-            newest = max(stamp.mtime_ns, stamp.ctime_ns)
-            if path not in removed:
-                known = index.get(path)
-                if known is not None:
-                    if index.trusted(known):
-                        continue
-                    # Racy: hash again once a same-tick write can no longer hide.
-                    if now_ns >= newest + window:
-                        plan.hash_now.append((path, stamp))
-                    else:
-                        pending[path] = (stamp, mono + (newest + window - now_ns) / 1e9)
-                    continue
-            if path in self._failed:
+        failed = self._failed
+        for path in [p for p in failed if found.get(p) != failed[p]]:
+            del failed[path]
+        # Pass 2 over the new and changed paths only.
+        for path in [p for p in found if p not in unchanged]:
+            stamp = found[path]
+            if path in failed:
                 continue
             old = tombstones.pop(stamp, None)
             if old is not None:
                 plan.reuse.append(old._replace(path=path))
                 continue
-            age = now_ns - newest
+            age = now_ns - max(stamp.mtime_ns, stamp.ctime_ns)
             seen = pending.get(path)
             if age >= settle_ns or (seen is not None and seen[0] == stamp and seen[1] <= mono):
                 pending.pop(path, None)
