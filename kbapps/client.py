@@ -50,10 +50,12 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import re
 import sqlite3
 import ssl
 import stat
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,7 +141,7 @@ _MAX_ERROR_BODY = 4096
 _MAX_SIDECAR_BYTES = 4096
 #: Received chunks (each at most ``ClientConfig.read_size``, 1 MiB) queued for the
 #: writer thread: bounds the memory a fast source can fill while the disk is slow.
-_QUEUED_CHUNKS = 8
+_QUEUED_CHUNKS = 16
 #: Read size when hashing a file from disk: the measured best for SHA-1 (perf-baselines §1).
 _DISK_READ = 64 * 1024
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
@@ -224,7 +226,7 @@ class ClientOptions:
             the client falls back to a hub.
         read_timeout: the longest silence tolerated from a source or the hub.
         concurrency: files downloaded at once for a ``.prvdir``.
-        batch_bytes: received bytes handed to the hashing/writing thread at a time.
+        batch_bytes: progress is reported every this many bytes written.
         progress_interval: the least time between two ``progress`` events.
         ssl_context: TLS context for https hubs and sources (system store if None).
     """
@@ -810,63 +812,94 @@ def _check_response(response: HttpResponse, offset: int, prv: Prv) -> None:
         raise _SourceError(f"announced {length} bytes, expected {prv.size - offset}")
 
 
+class _Writer:
+    """A thread that hashes and appends the chunks handed to it, for one transfer.
+
+    Measured on this machine (1 GiB over loopback, interleaved runs): a dedicated
+    thread fed through a ``SimpleQueue`` beat both hashing/writing inline on the event
+    loop (~1.2-1.9x) and one ``anyio.to_thread`` hop per batch (~1.5-2x), whose
+    per-hop cost dominates at loopback speeds. hashlib and ``writev`` release the GIL,
+    so receiving and hashing+writing run on both cores at once.
+
+    Only the loop calls ``put``/``close``; only the thread touches the part until
+    ``close`` returns. At most ``max_chunks`` chunks wait (bounded memory).
+    """
+
+    def __init__(self, part: _PartFile, max_chunks: int) -> None:
+        self._part = part
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # None: stop
+        self._room = threading.Semaphore(max_chunks)
+        #: Bytes hashed and written so far (written by the thread, read by the loop).
+        self.written = 0
+        #: The first error the thread met; it then discards what it is given.
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kb-download-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            try:
+                # One chunk at a time, hashed then written at once while it is still
+                # in the CPU cache: batching several into one writev measured slower.
+                if self.error is None:
+                    self.written += self._part.write_batch((chunk,))
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self._room.release()
+
+    async def put(self, chunk: bytes) -> None:
+        """Queue ``chunk``; waits (off the loop) only while ``max_chunks`` are queued."""
+        if not chunk:
+            return
+        if not self._room.acquire(blocking=False):
+            await anyio.to_thread.run_sync(self._room.acquire)
+        self._queue.put(chunk)
+
+    async def close(self) -> None:
+        """Let the thread write what is queued, then stop it and wait for it."""
+        self._queue.put(None)
+        with anyio.CancelScope(shield=True):
+            # Shielded: after Ctrl+C the part must not be closed under the thread.
+            await anyio.to_thread.run_sync(self._thread.join)
+
+
 async def _pump(
     response: HttpResponse, part: _PartFile, options: ClientOptions, reporter: _Reporter
 ) -> int:
-    """Stream the body into the part, hashing and writing in a worker thread.
+    """Stream the body into the part through a ``_Writer`` thread.
 
-    The receiving loop queues each chunk (a bounded queue: back-pressure when the disk
-    or the hash is slower than the network); the writer takes everything queued at
-    once, up to ``batch_bytes``, and hashes and writes it in one thread hop. Bytes thus
-    reach the disk as soon as the writer is free, so a stalled source's bytes are kept
-    (and survive Ctrl+C), and batches grow only while the writer is busy.
-
-    Returns the number of bytes received. Raises what the transfer raised.
+    Returns the number of bytes received. Raises what the transfer raised; bytes that
+    arrived before a transport failure are still written (and hashed), so the next
+    source continues after them with a Range.
     """
-    sender, receiver = anyio.create_memory_object_stream[bytes](_QUEUED_CHUNKS)
-    failure: list[BaseException] = []
+    writer = _Writer(part, _QUEUED_CHUNKS)
     received = 0
-    limit = options.batch_bytes
-
-    async def consume() -> None:
-        try:
-            async with receiver:
-                async for first in receiver:
-                    batch = [first]
-                    size = len(first)
-                    while size < limit:
-                        try:
-                            chunk = receiver.receive_nowait()
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                        batch.append(chunk)
-                        size += len(chunk)
-                    n = await anyio.to_thread.run_sync(part.write_batch, batch)
-                    reporter.add(nbytes=n)
-        except Exception as exc:
-            failure.append(exc)
-            tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        try:
-            async with sender:
-                try:
-                    async for chunk in response.iter_bytes():
-                        received += len(chunk)
-                        await sender.send(chunk)
-                except TransportError as exc:
-                    # The source failed part-way: what did arrive is still written (and
-                    # hashed), so the next source continues after it with a Range.
-                    failure.append(exc)
-        except Exception as exc:
-            failure.append(exc)
-            tg.cancel_scope.cancel()
-    for problem in failure:
-        if isinstance(problem, _SourceError):
-            raise problem  # wrong bytes matter more than a broken connection
-    if failure:
-        raise failure[0]
+    reported = 0
+    step = options.batch_bytes
+    transport_error: TransportError | None = None
+    try:
+        async for chunk in response.iter_bytes():
+            received += len(chunk)
+            await writer.put(chunk)
+            if writer.error is not None:
+                break  # wrong bytes: stop reading this source now
+            if writer.written - reported >= step:
+                done = writer.written
+                reporter.add(nbytes=done - reported)
+                reported = done
+    except TransportError as exc:
+        transport_error = exc
+    finally:
+        await writer.close()
+    reporter.add(nbytes=writer.written - reported)
+    if writer.error is not None:
+        raise writer.error  # wrong bytes matter more than a broken connection
+    if transport_error is not None:
+        raise transport_error
     return received
 
 
