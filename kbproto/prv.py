@@ -452,17 +452,17 @@ def serialize_prvdir(prvdir: PrvDir) -> bytes:
 
 
 def _load_object(data: bytes | str, limits: PrvLimits) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray | memoryview | str):
+        raise PrvFormatError("", "document must be bytes or text")
     if len(data) > limits.max_bytes:
         raise PrvFormatError("", f"document is larger than {limits.max_bytes} bytes")
-    if isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, str):
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PrvFormatError("", f"not UTF-8 text (byte {exc.start})") from None
-    elif isinstance(data, str):
-        text = data
     else:
-        raise PrvFormatError("", "document must be bytes or text")
+        text = data
     # A byte-order mark is not JSON, but editors on some systems add one.
     text = text.removeprefix("\ufeff")
     try:
@@ -482,20 +482,20 @@ def _prv_from_object(obj: object) -> Prv:
     # Errors name fields relative to this object; callers inside a .prvdir prefix them.
     if not isinstance(obj, dict):
         raise PrvFormatError("", "must be a JSON object")
-    # Fast path: let the model validate; only on failure work out which field is bad.
+    # Let the model validate (its checks are the same); only when it refuses, go
+    # field by field to name the culprit.
     fcs = obj.get("original_fcs")
-    if type(fcs) is str and fcs.startswith(FCS_PREFIX) and "prv_version" in obj:
-        try:
-            return Prv(
-                sha1=obj.get("original_checksum"),  # type: ignore[arg-type]
-                size=obj.get("original_size"),  # type: ignore[arg-type]
-                head_sha1=Sha1(fcs[len(FCS_PREFIX) :]),
-                path=obj.get("original_path"),  # type: ignore[arg-type]
-                version=obj["prv_version"],
-            )
-        except LocalProtocolError:
-            pass  # the field-by-field checks below name the culprit
-    values: list[object] = []
+    head = fcs[len(FCS_PREFIX) :] if type(fcs) is str and fcs.startswith(FCS_PREFIX) else None
+    try:
+        return Prv(
+            sha1=obj.get("original_checksum"),  # type: ignore[arg-type]
+            size=obj.get("original_size"),  # type: ignore[arg-type]
+            head_sha1=head,  # type: ignore[arg-type]
+            path=obj.get("original_path"),  # type: ignore[arg-type]
+            version=obj.get("prv_version"),  # type: ignore[arg-type]
+        )
+    except LocalProtocolError:
+        pass
     for key, check in (
         ("original_checksum", _check_sha1),
         ("original_size", _check_size),
@@ -507,24 +507,12 @@ def _prv_from_object(obj: object) -> Prv:
             raise PrvFormatError(key, "missing")
         value = obj[key]
         if check is None:  # original_fcs
-            if not isinstance(value, str) or not value.startswith(FCS_PREFIX):
-                problem: str | None = f'must be "{FCS_PREFIX}" followed by a SHA-1'
-            else:
-                value = value[len(FCS_PREFIX) :]
-                problem = _check_sha1(value) and f'must be "{FCS_PREFIX}" followed by a SHA-1'
-        else:
-            problem = check(value)
-        if problem is not None:
+            ok = isinstance(value, str) and value.startswith(FCS_PREFIX)
+            if not ok or _check_sha1(value[len(FCS_PREFIX) :]) is not None:
+                raise PrvFormatError(key, f'must be "{FCS_PREFIX}" followed by a SHA-1')
+        elif (problem := check(value)) is not None:
             raise PrvFormatError(key, problem)
-        values.append(value)
-    sha1, size, head, path, version = values
-    return Prv(
-        sha1=Sha1(str(sha1)),
-        size=size,  # type: ignore[arg-type]  # checked by _check_size above
-        head_sha1=Sha1(str(head)),
-        path=str(path),
-        version=str(version),
-    )
+    raise AssertionError("the model refused fields that all passed its checks")  # pragma: no cover
 
 
 def parse_prv(data: bytes | str, *, limits: PrvLimits = _DEFAULT_LIMITS) -> Prv:

@@ -157,6 +157,21 @@ def test_deep_and_wide_trees_round_trip_without_recursion() -> None:
     assert parse_prvdir(serialize_prvdir(wide)).count() == (20_000, 0)
 
 
+def test_equality_and_repr_are_structural_and_iterative() -> None:
+    prv = make_prv(sha1=SHA_A, size=1, head_sha1=SHA_A, path="x")
+    shared = PrvDir(files={"f": prv})
+    one = PrvDir(dirs={"a": shared, "b": PrvDir(files={"g": prv})})
+    same = PrvDir(dirs={"a": shared, "b": PrvDir(files={"g": prv})})
+    other = PrvDir(dirs={"a": shared, "b": PrvDir(files={"h": prv})})
+    assert one == same
+    assert one != other
+    assert one != PrvDir(dirs={"a": shared})
+    assert one != "not a tree"
+    assert repr(one) == "PrvDir(<2 files, 2 dirs>)"
+    with pytest.raises(TypeError):
+        hash(one)
+
+
 def test_iter_files_and_count() -> None:
     prv = make_prv(sha1=SHA_A, size=1, head_sha1=SHA_A, path="x")
     tree = PrvDir(
@@ -214,6 +229,7 @@ _DROP = object()
         (b"[1, 2]", "", "must be a JSON object"),
         (b"[" * 100_000, "", "nested too deeply"),
         (b"1" * 5000, "", "not usable JSON"),
+        (12345, "", "must be bytes or text"),
         (_prv_obj(original_checksum=_DROP), "original_checksum", "missing"),
         (_prv_obj(original_checksum="abc"), "original_checksum", "40 lowercase hex"),
         (_prv_obj(original_checksum=SHA_A.upper()), "original_checksum", "40 lowercase"),
@@ -235,11 +251,11 @@ _DROP = object()
     ],
 )
 def test_bad_prv_names_the_field(
-    document: bytes | dict[str, object], field: str, problem: str
+    document: bytes | int | dict[str, object], field: str, problem: str
 ) -> None:
-    data = document if isinstance(document, bytes) else json.dumps(document).encode()
+    data = json.dumps(document).encode() if isinstance(document, dict) else document
     with pytest.raises(PrvFormatError) as info:
-        parse_prv(data)
+        parse_prv(data)  # type: ignore[arg-type]  # ints are bad input too
     assert info.value.field == field
     assert problem in str(info.value)
     assert isinstance(info.value, RemoteProtocolError)
@@ -265,6 +281,7 @@ def test_bad_prv_names_the_field(
             'dirs["d"].files["x"].original_size',
         ),
         ({"files": {"x": "not an object"}, "dirs": {}}, 'files["x"]'),
+        ({"files": {"ok": _prv_obj()}, "dirs": {".x": {"files": {}, "dirs": {}}}}, 'dirs[".x"]'),
     ],
 )
 def test_bad_prvdir_names_the_field(document: dict[str, object], field: str) -> None:
