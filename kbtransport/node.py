@@ -401,7 +401,9 @@ class Node:
         client_ssl: TLS context for ``wss`` parents (system store if None).
         high_water: per-link back-pressure bound (``NodeDriver``).
         uplink: as a child, offer to send link bytes in a POST (``kbtransport.uplink``:
-            no websocket masking on the bulk direction); the parent may decline.
+            no websocket masking on the bulk direction); the parent may decline. Off by
+            default: measured here it saved little CPU at the share and cost the hub
+            more (64 KiB server reads), see ``kbtransport.uplink``.
     """
 
     def __init__(
@@ -414,7 +416,7 @@ class Node:
         client_ssl: ssl.SSLContext | None = None,
         dial_timeout: float = 10.0,
         high_water: int | None = None,
-        uplink: bool = True,
+        uplink: bool = False,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -962,7 +964,7 @@ async def serve_node(
     client_ssl: ssl.SSLContext | None = None,
     dialer: Callable[[str], Awaitable[LinkTransport]] | None = None,
     dial_timeout: float = 10.0,
-    uplink: bool = True,
+    uplink: bool = False,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -979,7 +981,7 @@ async def serve_node(
         client_ssl: TLS context for dialing a ``https`` parent (system store if None).
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
-        uplink: offer the parent the POST uplink (``kbtransport.uplink``).
+        uplink: offer the parent the POST uplink (``kbtransport.uplink``); off by default.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.

@@ -14,6 +14,12 @@ the websocket carries nothing upward but its own control frames. The token is 12
 random bits, known only to the two ends (inside TLS for ``wss``), and is valid for one
 pending link; the link's own kbproto handshake still authenticates the child. A parent
 without uplink support ignores the offer, and the link stays a plain websocket.
+
+Measured (256 MiB through one hub, separate processes, curl client, busy 2-core box):
+the hub spent about 1.4x the CPU of a plain websocket link (the server reads a POST
+body 64 KiB at a time, each read a trip through h11 and the driver inbox) while the
+share saved only ~10%, so children do not offer it by default (``serve_node(...,
+uplink=True)`` turns it on). Every parent accepts it.
 """
 
 from __future__ import annotations

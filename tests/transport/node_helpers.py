@@ -137,7 +137,7 @@ class Tree:
         listen_url: str | None = None,
         parent_passcode: str = "",
         client_ssl: ssl.SSLContext | None = None,
-        uplink: bool = True,
+        uplink: bool = False,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
