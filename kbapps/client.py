@@ -27,10 +27,11 @@ byte has been hashed. The rules, in the order a download applies them:
 * **Nothing wrong is ever at OUT.** Bytes go to ``OUT.part``; ``OUT`` appears only by an
   atomic rename after the SHA-1 and size matched. On failure OUT is untouched.
 * **Speed** (perf-baselines §3; ``docs/benchmarks.md``). ``HttpClient`` reads up to
-  1 MiB per ``recv`` from a raw socket. Received chunks are grouped into batches of a few
-  MiB that a worker thread hashes and writes with ``os.writev`` while the event loop
-  keeps receiving: hashlib and ``writev`` release the GIL, so receiving, hashing and
-  writing overlap on two cores. At most two batches are in flight (bounded memory).
+  1 MiB per ``recv`` from a raw socket; the event loop only receives and queues each
+  chunk, and one dedicated writer thread hashes it and appends it with ``os.writev``
+  while the next chunk arrives. hashlib and ``writev`` release the GIL, so receiving
+  and hashing+writing overlap on two cores. At most 16 chunks wait (bounded memory).
+  Small bodies (up to 256 KiB) skip the thread: starting one would cost more.
 * **Directories.** A ``.prvdir`` is fanned out over a few concurrent workers sharing one
   HTTP client; files already present with the right content are skipped (the per-user
   hash cache of ``kbapps.hashing`` makes that check cheap), identical contents are
@@ -142,6 +143,8 @@ _MAX_SIDECAR_BYTES = 4096
 #: Received chunks (each at most ``ClientConfig.read_size``, 1 MiB) queued for the
 #: writer thread: bounds the memory a fast source can fill while the disk is slow.
 _QUEUED_CHUNKS = 16
+#: Bodies up to this size are hashed and written on the event loop (no thread).
+_INLINE_BYTES = 256 * 1024
 #: Read size when hashing a file from disk: the measured best for SHA-1 (perf-baselines §1).
 _DISK_READ = 64 * 1024
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
@@ -876,6 +879,15 @@ async def _pump(
     arrived before a transport failure are still written (and hashed), so the next
     source continues after them with a Range.
     """
+    length = response.content_length
+    if length is not None and length <= _INLINE_BYTES:
+        # A small body: a thread would cost more than it saves (a .prvdir of 100,000
+        # small files would start 100,000 threads).
+        received = 0
+        async for chunk in response.iter_bytes():
+            received += len(chunk)
+            reporter.add(nbytes=part.write_batch((chunk,)))
+        return received
     writer = _Writer(part, _QUEUED_CHUNKS)
     received = 0
     reported = 0

@@ -38,6 +38,7 @@ from tests.apps.test_client_support import (
     prv_of,
 )
 
+#: Above kbapps.client's inline limit (256 KiB): bodies go through the writer thread.
 SIZE = 300_000
 
 
@@ -143,6 +144,20 @@ def test_falls_back_in_order_and_lists_each_failure(net: FakeNetwork, tmp_path: 
     assert leftovers(tmp_path) == ["blobs", "cache", "out.dat"]  # no .part left
 
 
+def test_sources_announcing_the_wrong_length_or_range_are_dropped(
+    net: FakeNetwork, tmp_path: Path
+) -> None:
+    data = content(SIZE, 17)
+    net.add(data, ["shortlen", "badrange", "good"])
+    result = download(prv_of(data), tmp_path / "out.dat", options(net.base, tmp_path))
+    errors = [f.error for f in result.failures]
+    assert errors == [
+        f"announced {SIZE - 1} bytes, expected {SIZE}",
+        f"sent range 1-{SIZE - 1}/{SIZE}, asked for 0-{SIZE - 1}/{SIZE}",
+    ]
+    assert (tmp_path / "out.dat").read_bytes() == data
+
+
 def test_every_source_failing_lists_them_all_and_writes_nothing(
     net: FakeNetwork, tmp_path: Path
 ) -> None:
@@ -189,20 +204,23 @@ def test_wrong_bytes_never_replace_an_existing_out(net: FakeNetwork, tmp_path: P
     assert out.read_bytes() == b"the user's previous file"
 
 
-def test_cut_source_is_continued_by_the_next_with_a_range(net: FakeNetwork, tmp_path: Path) -> None:
-    data = content(SIZE, 4)
+@pytest.mark.parametrize("size", [SIZE, 100_000])  # through the writer thread, and inline
+def test_cut_source_is_continued_by_the_next_with_a_range(
+    net: FakeNetwork, tmp_path: Path, size: int
+) -> None:
+    data = content(size, 4)
     sha1 = net.add(data, ["cut", "norange", "good"])
     out = tmp_path / "out.dat"
     result = download(prv_of(data), out, options(net.base, tmp_path))
     assert out.read_bytes() == data
-    half = SIZE // 2
+    half = size // 2
     assert result.resumed_from == half
     assert "body bytes missing" in result.failures[0].error
     assert "ignored the Range" in result.failures[1].error
     (good,) = net.requests("good")
     assert good.range == f"bytes={half}-"
     assert good.status == 206
-    assert good.body_bytes == SIZE - half
+    assert good.body_bytes == size - half
     assert good.sha1 == sha1
 
 
@@ -520,3 +538,22 @@ def test_an_out_already_holding_the_content_is_kept(net: FakeNetwork, tmp_path: 
     out.write_bytes(content(SIZE, 61))  # same size, other bytes: fetched again
     assert download(prv_of(data), out, options(net.base, tmp_path)).origin == "network"
     assert out.read_bytes() == data
+
+
+def test_prvdir_resumes_its_partial_files(net: FakeNetwork, tmp_path: Path) -> None:
+    data = content(SIZE, 70)
+    net.serve_sha1 = False
+    sha1 = net.add(data, ["cut"])
+    out = tmp_path / "out"
+    tree = tree_of({"big.dat": data})
+    first = download_dir(tree, out, options(net.base, tmp_path))
+    assert first.exit_code == 3
+    partial = out / client.PARTIAL_DIRNAME / f"{sha1}.part"
+    assert partial.read_bytes() == data[: SIZE // 2]
+    net.sources[sha1] = ["good"]
+    second = download_dir(tree, out, options(net.base, tmp_path))
+    assert second.exit_code == 0
+    assert (out / "big.dat").read_bytes() == data
+    (good,) = net.requests("good")
+    assert good.range == f"bytes={SIZE // 2}-"
+    assert leftovers(out) == ["big.dat"]

@@ -16,6 +16,8 @@ Routes (``SHA1`` is a content id the network was given with ``add``):
 - ``GET /wrongtail/SHA1``: the right bytes except the last one.
 - ``GET /cut/SHA1``: announces the whole length, sends half, closes.
 - ``GET /norange/SHA1``: always 200 with the whole body, ignoring Range.
+- ``GET /shortlen/SHA1``: 200 with one byte less than the content.
+- ``GET /badrange/SHA1``: 206 with ``bytes 1-END/SIZE`` whatever was asked.
 - ``GET /slow/SHA1``: sends 64 KiB, then nothing (the client's read timeout fires).
 - ``GET /missing/SHA1``: 404 with SPEC's error JSON.
 - ``GET /sha1/SHA1``: the bytes, with Range (the hub's fallback route).
@@ -233,6 +235,13 @@ class FakeNetwork:
                     )
                 elif route_as == "norange":
                     response = Response(status=200, body=data)
+                elif route_as == "shortlen":
+                    response = Response(status=200, body=data[:-1])
+                elif route_as == "badrange":
+                    wrong = f"bytes 1-{size - 1}/{size}"  # whatever was asked for
+                    response = Response(
+                        status=206, headers=(("Content-Range", wrong),), body=data[1:]
+                    )
                 elif route_as == "cut":
                     half = data[: size // 2]
 
@@ -262,6 +271,8 @@ class FakeNetwork:
             "wrongtail",
             "badetag",
             "norange",
+            "shortlen",
+            "badrange",
             "cut",
             "slow",
             "missing",
