@@ -26,9 +26,16 @@ import sys
 from fuzz._reader import ByteReader
 from kbproto.config import Limits, Timeouts
 from kbproto.sim import (
+    Crash,
     DownloadRecord,
     FaultPlan,
+    HalfOpen,
+    Heal,
+    KillLink,
+    Partition,
+    Restart,
     SimNetwork,
+    Slow,
     build_world,
     sha1_hex,
     tree,
@@ -76,19 +83,19 @@ def TestOneInput(data: bytes) -> None:  # the name atheris looks for
         other = names[reader.byte() % len(names)]
         node = net.node(name)
         if code == 0:
-            net.crash(name, silent=bool(reader.byte() & 1))
+            net.apply_fault(Crash(node=name, silent=bool(reader.byte() & 1)))
         elif code == 1 and not node.alive:
-            net.restart(name)
+            net.apply_fault(Restart(node=name))
         elif code == 2:
-            net.kill_link(name, other)
+            net.apply_fault(KillLink(a=name, b=other))
         elif code == 3:
-            net.half_open(name, other)
+            net.apply_fault(HalfOpen(a=name, b=other))
         elif code == 4 and TOPOLOGY.spec(name).parent is not None:
-            net.partition(TOPOLOGY.subtree(name))
+            net.apply_fault(Partition(nodes=tuple(TOPOLOGY.subtree(name))))
         elif code == 5:
-            net.heal()
+            net.apply_fault(Heal())
         elif code == 6:
-            net.set_slow(name, (reader.byte() % 8) * 0.25)
+            net.apply_fault(Slow(node=name, delay=(reader.byte() % 8) * 0.25))
         elif code == 7 and name in TOPOLOGY.shares and node.alive:
             world.apps[name].set_files(node, _files(name, reader.byte()))
         elif code == 8 and name in TOPOLOGY.hubs and node.alive:
@@ -108,12 +115,14 @@ def TestOneInput(data: bytes) -> None:  # the name atheris looks for
                 assert bytes(record.body) == content, record.path
             else:
                 assert bytes(record.body) == content[: len(record.body)], record.path
-    # Lift every fault; the network must settle and agree with the oracle.
+    # Lift every fault; the network must settle and agree with the oracle. A half-open
+    # link looks healthy until heartbeats give up on it, so first let that happen.
     net.heal()
     for name in names:
         net.set_slow(name, 0.0)
         if not net.node(name).alive:
             net.restart(name)
+    net.run_for(TIMEOUTS.heartbeat_timeout + TIMEOUTS.heartbeat_interval)
     net.run_until(
         lambda: world.all_joined() and world.indexes_converged(),
         timeout=5 * TIMEOUTS.reconnect_max,

@@ -190,6 +190,8 @@ class NetworkMachine(RuleBasedStateMachine):
         for name, node in list(net.nodes.items()):
             if not node.alive:
                 net.restart(name)
+        # Links to silently crashed nodes look healthy until heartbeats give up.
+        net.run_for(TIMEOUTS.heartbeat_timeout + TIMEOUTS.heartbeat_interval)
         net.run_until(
             lambda: world.all_joined() and world.indexes_converged(),
             timeout=4 * TIMEOUTS.reconnect_max,
