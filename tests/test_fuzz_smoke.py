@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import fuzz_codec, fuzz_framing, fuzz_hub, fuzz_sim
+from fuzz import fuzz_codec, fuzz_framing, fuzz_http, fuzz_hub, fuzz_prv, fuzz_sim
 from fuzz._reader import ByteReader
 from kbproto import codec
 from kbproto.errors import ProtocolError
@@ -30,6 +30,8 @@ HARNESSES: dict[str, tuple[Callable[[bytes], None], int, int]] = {
     "framing": (fuzz_framing.TestOneInput, 300, 600),
     "hub": (fuzz_hub.TestOneInput, 150, 500),
     "sim": (fuzz_sim.TestOneInput, 6, 80),
+    "http": (fuzz_http.TestOneInput, 240, 300),
+    "prv": (fuzz_prv.TestOneInput, 600, 300),
 }
 
 
@@ -86,6 +88,15 @@ def test_harnesses_catch_violations(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fuzz_codec, "encode", broken)
     with pytest.raises((AssertionError, ProtocolError)):
         fuzz_codec.TestOneInput(_corpus("codec")[0])
+
+
+def test_http_harness_catches_violations() -> None:
+    # The HTTP harness must notice a leaked secret, a 500 and a garbled response.
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"
+    fuzz_http.check_output(b"GET / HTTP/1.1", ok, (b"SECRET",))
+    for out in (ok + b"SECRET", ok.replace(b"200 OK", b"500 Oops"), b"garbage"):
+        with pytest.raises(AssertionError):
+            fuzz_http.check_output(b"GET / HTTP/1.1", out, (b"SECRET",))
 
 
 def test_byte_reader_is_total() -> None:
