@@ -64,6 +64,8 @@ UPLINK_PREFIX = "/_kblink/"
 #: Chunks of the POST body queued at the parent before its reader waits: a few
 #: 64 KiB server reads, so back-pressure reaches the child's TCP connection quickly.
 _QUEUE = 8
+#: Most bytes joined into one ``receive`` from chunks already queued.
+_JOIN_LIMIT = 1024 * 1024
 #: How long a parent waits for the POST of a link that was upgraded with a token.
 _ATTACH_TIMEOUT = 10.0
 #: Pending tokens a parent remembers at most (a peer cannot grow the table unbounded).
@@ -198,7 +200,20 @@ class UplinkServerLink:
             raise ReadError("uplink closed") from exc
         if not data:
             raise ReadError("uplink closed")
-        return data
+        # Join what is already queued: one driver step for several server reads.
+        parts = [data]
+        size = len(data)
+        while size < _JOIN_LIMIT:
+            try:
+                more = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if not more:
+                self._end()
+                break
+            parts.append(more)
+            size += len(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def feed(self, body: AsyncIterator[bytes]) -> None:
         """Run the POST: move its body chunks into the link until either ends."""
