@@ -229,7 +229,7 @@ class ClientOptions:
             the client falls back to a hub.
         read_timeout: the longest silence tolerated from a source or the hub.
         concurrency: files downloaded at once for a ``.prvdir``.
-        batch_bytes: progress is reported every this many bytes written.
+        progress_bytes: progress is reported every this many bytes written.
         progress_interval: the least time between two ``progress`` events.
         ssl_context: TLS context for https hubs and sources (system store if None).
     """
@@ -240,14 +240,14 @@ class ClientOptions:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     concurrency: int = 4
-    batch_bytes: int = 4 * 1024 * 1024
+    progress_bytes: int = 4 * 1024 * 1024
     progress_interval: float = 0.5
     ssl_context: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("ClientOptions.concurrency must be at least 1")
-        if self.batch_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+        if self.progress_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("ClientOptions sizes and timeouts must be positive")
 
 
@@ -891,7 +891,7 @@ async def _pump(
     writer = _Writer(part, _QUEUED_CHUNKS)
     received = 0
     reported = 0
-    step = options.batch_bytes
+    step = options.progress_bytes
     transport_error: TransportError | None = None
     try:
         async for chunk in response.iter_bytes():

@@ -132,13 +132,13 @@ def test_exit_1_not_found(net: FakeNetwork, env: dict[str, str], tmp_path: Path)
     ],
 )
 def test_exit_2_bad_prv_names_file_and_field(
-    env: dict[str, str], tmp_path: Path, text: str, field: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, field: str
 ) -> None:
+    # In-process (main() is what the console script calls): these need no server.
     bad = tmp_path / "bad.prv"
     bad.write_text(text)
-    run = kb(env, bad, tmp_path / "out")
-    assert run.returncode == 2
-    (line,) = run.stderr.splitlines()
+    assert prv_download.main([str(bad), str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("Error: ")
     assert str(bad) in line
     assert field in line
@@ -153,14 +153,19 @@ def test_exit_2_bad_prv_names_file_and_field(
         ("f.prv", "out", "--bogus"),
     ],
 )
-def test_exit_2_bad_arguments(env: dict[str, str], tmp_path: Path, args: tuple[str, ...]) -> None:
+def test_exit_2_bad_arguments(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+) -> None:
     write_prv(tmp_path / "f.prv", b"abc")
-    run = subprocess.run(
-        command(*args), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 2
-    assert len(run.stderr.splitlines()) == 1
-    assert run.stderr.startswith("Error: ")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KBUCKET_CACHE_DIR", str(tmp_path / "cache"))
+    assert prv_download.main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("Error: ")
 
 
 def test_exit_3_hub_unreachable(env: dict[str, str], tmp_path: Path) -> None:
