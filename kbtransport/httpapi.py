@@ -39,6 +39,7 @@ from kbtransport.node import (
     Node,
     ProxyResponse,
     StreamResetError,
+    discard_response,
     request_from_target,
 )
 
@@ -252,22 +253,32 @@ def build_node_app(node: Node, local: App) -> App:
         if not isinstance(answer, LookupResolved) or not answer.results:
             return error_response(404, "Content not found")
         headers = _forwarded(request)
-        last = error_response(502, "No source could serve the content")
-        # Our own copy first, then the others in the order the find gave them.
+        last = error_response(404, "Content not found")
+        # Our own copy first, then the others in the order the find gave them. Each share
+        # is asked for the content by SHA-1 (``/ID/sha1/SHA1``), not by path: a share
+        # serves that only while its file is unchanged since hashing (SPEC §6), and
+        # answers 404 otherwise, in which case the next source is tried.
         results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
         for result in results:
-            path = _download_tail(result)
+            target = f"/{result.kbshare_id}/sha1/{sha1}"
             if result.kbshare_id == node.node_id:
-                return await own(request_from_target(request.method, path, headers))
+                local_response = await own(request_from_target(request.method, target, headers))
+                if local_response.status != 404:
+                    return local_response
+                await discard_response(local_response)
+                continue
             try:
-                response = await node.open_request(result.kbshare_id, request.method, path, headers)
+                response = await node.open_request(
+                    result.kbshare_id, request.method, target, headers
+                )
             except StreamResetError as exc:
                 status = exc.status if exc.status in _RESET_STATUSES else 502
                 last = error_response(status, exc.reason)
                 continue
-            if response.status >= 500:
+            if response.status == 404 or response.status >= 500:
                 await response.aclose()
-                last = error_response(502, f"Share answered {response.status}")
+                if response.status >= 500:
+                    last = error_response(502, f"Share answered {response.status}")
                 continue
             return proxied_response(response, request.method)
         return last

@@ -115,6 +115,7 @@ __all__ = (
     "NodeSnapshot",
     "ProxyResponse",
     "StreamResetError",
+    "discard_response",
     "request_from_target",
     "serve_node",
 )
@@ -758,7 +759,7 @@ class Node:
             _log.exception("serving %s %r failed", event.method, event.path)
         finally:
             if response is not None:
-                await _close_body(response)
+                await discard_response(response)
             self._streams.pop(sid, None)
             if not st.finished and st.reset is None:
                 self.driver.post(lambda now: self._core.reset_stream(sid, now, "serving failed"))
@@ -819,7 +820,7 @@ class Node:
         sid = st.sid
         body = response.body
         if isinstance(body, WebSocketAccept):
-            await _close_body(response)
+            await discard_response(response)
             response = error_response(400, "websocket upgrades are not proxied")
             body = response.body
         no_body = request_method == "HEAD" or response.status in (204, 304)
@@ -882,15 +883,21 @@ async def _not_found_app(request: Request) -> Response:
     return error_response(404, "No such route")
 
 
-async def _close_body(response: Response) -> None:
+async def discard_response(response: Response) -> None:
+    """Release a response that will not be sent: close its file, or close its chunk
+    source and await its ``on_close``, as the server would have after sending it."""
     body = response.body
     if isinstance(body, FileBody):
         body.file.close()
     elif isinstance(body, StreamBody):
-        aclose = getattr(body.chunks, "aclose", None)
-        if aclose is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await aclose()
+        with anyio.CancelScope(shield=True):
+            aclose = getattr(body.chunks, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            if body.on_close is not None:
+                with contextlib.suppress(Exception):
+                    await body.on_close()
 
 
 # --- serve_node ---------------------------------------------------------------------------

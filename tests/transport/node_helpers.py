@@ -16,10 +16,12 @@ from pathlib import Path
 
 import anyio
 
+from kbapps.share.app import build_share_app
+from kbapps.share.index import FileIndex, IndexEntry
 from kbapps.share.paths import ShareDir
-from kbapps.share.server import build_share_router
 from kbproto import HubConfig, HubCore, Limits, SeededIdSource, ShareConfig, ShareCore, Timeouts
 from kbproto.auth import node_id_from_public_pem
+from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
@@ -142,7 +144,8 @@ class Tree:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
         node_id = node_id_from_public_pem(signer.public_pem)
-        router = build_share_router(ShareDir(root), node_id)
+        index = _index_of(root)
+        router = build_share_app(ShareDir(root), index, node_id).router
 
         def make(bound: BoundAddress) -> ShareCore:
             config = ShareConfig(
@@ -165,14 +168,34 @@ class Tree:
                 uplink=uplink,
             )
         )
-        files = []
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
-                rel = path.relative_to(root).as_posix()
-                files.append((sha1_file(path), rel, path.stat().st_size))
-        await handle.set_files(files)
+        await handle.set_files([(e.sha1, e.path, e.size) for e in index.entries()])
         self.handles[name] = handle
         return handle
+
+
+def _index_of(root: Path) -> FileIndex:
+    """An in-memory share index of every file under ``root`` (no dot-names), trusted at once."""
+    index = FileIndex(None, racy_window_ns=0)
+    entries = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+            st = path.stat()
+            head = hashlib.sha1(path.read_bytes()[:1000]).hexdigest()
+            entries.append(
+                IndexEntry(
+                    path.relative_to(root).as_posix(),
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    Sha1(sha1_file(path)),
+                    Sha1(head),
+                    0,
+                )
+            )
+    index.apply(entries)
+    return index
 
 
 @asynccontextmanager
