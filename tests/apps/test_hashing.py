@@ -334,3 +334,23 @@ def test_closing_hash_files_early_stops_the_workers(tmp_path: Path) -> None:
     for pid in children:
         with open(f"/proc/{pid}/stat") as handle:
             assert handle.read().split()[2] != "Z"
+
+
+def test_a_worker_that_dies_leaves_its_work_to_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files: dict[str, bytes] = {}
+    for i in range(2 * PARALLEL_MIN_FILES):
+        path = tmp_path / f"f{i}"
+        files[str(path)] = b"%d" % i
+        path.write_bytes(files[str(path)])
+
+    def crash(queue_fd: int, *args: object) -> None:
+        assert hashing._claim(queue_fd) is not None  # take a chunk off the queue...
+        raise MemoryError("simulated death of a worker")  # ...and die without results
+
+    # The forked child runs the patched function; the chunk it took is done by the
+    # parent, and every item still gets exactly one result.
+    monkeypatch.setattr(hashing, "_child_main", crash)
+    results = list(hash_files(_items([Path(p) for p in files]), workers=2))
+    _check(results, files)
