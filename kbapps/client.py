@@ -422,7 +422,7 @@ async def _error_text(response: HttpResponse) -> str:
         obj = json.loads(body)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
             return f"HTTP {response.status}: {_short(obj['error'])}"
-    except (TransportError, ValueError):
+    except (TransportError, ValueError, RecursionError):
         pass
     return f"HTTP {response.status} {response.reason}".rstrip()
 
@@ -444,7 +444,7 @@ async def find_content(client: HttpClient, hub_url: str, sha1: str) -> FindResul
         raise HubUnreachableError(f"cannot reach hub {hub_url}: {exc}") from None
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
         raise HubUnreachableError(f"hub {hub_url} sent a find answer that is not JSON") from None
     if not isinstance(obj, dict) or obj.get("success") is not True:
         error = obj.get("error") if isinstance(obj, dict) else None
@@ -527,7 +527,7 @@ class _PartFile:
             with open(self.sidecar, "rb") as handle:
                 data = handle.read(_MAX_SIDECAR_BYTES + 1)
             obj = json.loads(data)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         return (
             isinstance(obj, dict)

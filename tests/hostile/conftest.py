@@ -53,6 +53,10 @@ class Net:
         from the share, proxied through the hub and by a find at the hub."""
         for node in (self.hub, self.share):
             assert node.proc.popen.poll() is None, f"{node.proc.name} died: {node.proc.stderr()}"
+            # A handler that failed is logged with a traceback: none may have been.
+            assert node.proc.stderr_path is not None
+            logged = node.proc.stderr_path.read_text(errors="replace")
+            assert "Traceback" not in logged, logged[-3000:]
         sid = self.share.node_id
         assert http_get(f"{self.share.url}/{sid}/download/normal.txt") == (200, NORMAL)
         assert http_get(f"{self.hub.url}/{sid}/download/normal.txt") == (200, NORMAL)

@@ -3,7 +3,7 @@
 - in a ``.prv``/``.prvdir`` given to ``kb-prv-find`` and ``kb-prv-download``: one
   ``Error:`` line naming the file, exit 2, no traceback;
 - in a hub's answer to a client (a hostile hub): the client fails cleanly (no
-  traceback, no hang) with a non-zero exit, and a normal hub still works for it after;
+  traceback, no hang) with exit 3 (no usable hub), and a real hub still works after;
 - in a control frame sent to a running hub: see ``test_websocket_attacks``.
 """
 
@@ -31,12 +31,9 @@ def _run(
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=procs_env)
 
 
-def _assert_clean_failure(result: subprocess.CompletedProcess[str], code: int | None) -> None:
+def _assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> None:
     assert "Traceback" not in result.stderr + result.stdout, result.stderr[-2000:]
-    if code is None:
-        assert result.returncode not in (0,), result
-    else:
-        assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.returncode == code, (result.returncode, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines, "no error message"
     assert len(lines[-1]) < 500
@@ -101,11 +98,16 @@ def test_deep_json_from_a_hostile_hub(net: Net, tmp_path: Path, hostile_hub: int
     )
     assert got.returncode == 0, got.stderr
     hub = f"http://127.0.0.1:{hostile_hub}"
+    # Regression: the client raised RecursionError ("internal error", exit 1); a hub
+    # that answers garbage is an unusable hub: exit 3, one line naming it.
     found = _run(net.procs.env, *command("kb-prv-find", str(prv), "--hub", hub))
-    _assert_clean_failure(found, None)
+    _assert_clean_failure(found, 3)
+    assert "internal error" not in found.stderr
+    assert hub in found.stderr
     out = tmp_path / "out.bin"
     got = _run(net.procs.env, *command("kb-prv-download", str(prv), str(out), "--hub", hub))
-    _assert_clean_failure(got, None)
+    _assert_clean_failure(got, 3)
+    assert "internal error" not in got.stderr
     assert not out.exists()
     # The same client against the real hub still works.
     got = _run(net.procs.env, *command("kb-prv-download", str(prv), str(out), "--hub", net.hub.url))
