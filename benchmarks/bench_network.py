@@ -1,0 +1,640 @@
+"""Network benchmark: share serving, downloads direct and proxied, finds at a hub.
+
+Not part of the test run. Everything runs on 127.0.0.1 with real processes
+(``kbucket-host``, ``kbucket-hub``, ``kb-prv-download``), every wait is bounded, and
+every process started here is stopped at the end (SIGTERM, bounded wait, SIGKILL).
+
+In ONE run, with interleaved repeats (one of each variant per round, after a warm-up
+round), median [min-max] and ratios computed from the same round:
+
+(i)   curl fetching a 1 GiB file from a ``kbucket-host`` share, from nginx (sendfile,
+      one worker; installed with ``apt-get install -y nginx-light`` if missing) and from
+      ``python -m http.server``. Target: share >= 0.9x nginx throughput.
+(ii)  ``kb-prv-download`` (find, SHA-1 verify, write; whole process) straight from the
+      share, next to ``curl -o`` of the same URL. Target >= 0.2x curl.
+(iii) ``kb-prv-download`` through one hub from a share whose own listen URL is
+      unreachable (``--listen-url http://127.0.0.1:9``). Target >= 0.5x (ii).
+(iv)  ``GET /find/SHA1`` at that hub, which holds the index of ``--find-shares`` real
+      shares x ``--files-per-share`` files (default 10 x 3,000 = 30,000 entries, i.e.
+      10,000 shares x 3 files), measured with ``wrk --latency`` (1, 16, 64 connections,
+      rotating through 1,000 known SHA-1s) next to a bare h11+anyio server answering a
+      constant JSON. Targets: finds/s >= 0.8x bare, p50 < 1 ms at one connection.
+
+Usage: python benchmarks/bench_network.py [--rounds 3] [--size-mib 1024]
+       [--wrk-seconds 5] [--wrk-repeats 3] [--dir DIR]
+Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UNREACHABLE = "http://127.0.0.1:9"
+BIG = "big.bin"
+
+# The bare reference for (iv): h11 on anyio (asyncio backend, like our nodes), keep-alive,
+# one constant JSON body of the same shape and about the same size as a find answer.
+BARE_SERVER = r"""
+import sys, anyio, h11
+
+BODY = (b'{"success":true,"found":true,"size":1024,"urls":["http://127.0.0.1:9/'
+        + b"0" * 12 + b'/download/d000/f00000.dat"],"results":[{"kbshare_id":"'
+        + b"0" * 12 + b'","size":1024,"path":"d000/f00000.dat"}]}')
+HEADERS = [("content-type", "application/json"), ("content-length", str(len(BODY)))]
+
+async def handle(stream):
+    conn = h11.Connection(h11.SERVER)
+    async with stream:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                continue
+            if isinstance(event, h11.EndOfMessage):
+                out = conn.send(h11.Response(status_code=200, headers=HEADERS))
+                out += conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage())
+                try:
+                    await stream.send(out)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+                continue
+            return  # ConnectionClosed or anything else: done with this connection
+
+async def main():
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    print(listener.extra(anyio.abc.SocketAttribute.local_port), flush=True)
+    await listener.serve(handle)
+
+anyio.run(main)
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+error_log {dir}/error.log;
+pid {dir}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {dir}/tmp;
+    proxy_temp_path {dir}/tmp;
+    fastcgi_temp_path {dir}/tmp;
+    uwsgi_temp_path {dir}/tmp;
+    scgi_temp_path {dir}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+# wrk: rotate through the paths in PATHS (one per line), one per request.
+WRK_LUA = """
+local paths = {}
+for line in io.lines("%s") do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+MODULES = {
+    "kbucket-host": "kbapps.cli.host",
+    "kbucket-hub": "kbapps.cli.hub",
+    "kb-prv-download": "kbapps.cli.prv_download",
+}
+
+
+def command(name: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", MODULES[name], *args]
+
+
+def fmt(values: list[float], digits: int = 0) -> str:
+    med = statistics.median(values)
+    return f"{med:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Procs:
+    """Started processes; ``close`` stops every one of them."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.all: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        out = (self.logs / f"{name}.out").open("wb")
+        err = (self.logs / f"{name}.err").open("wb")
+        popen = subprocess.Popen(
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+        )
+        self.all.append((name, popen))
+        return popen
+
+    def wait_line(self, name: str, pattern: str, timeout: float = 120.0) -> re.Match[str]:
+        regex = re.compile(pattern, re.MULTILINE)
+        path = self.logs / f"{name}.out"
+        popen = dict(self.all)[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = regex.search(path.read_text(errors="replace"))
+            if m:
+                return m
+            if popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        err = (self.logs / f"{name}.err").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{name}: no line {pattern!r} (exit {popen.poll()}); stderr: {err}")
+
+    def close(self) -> None:
+        for name, popen in reversed(self.all):
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+        for _, popen in reversed(self.all):
+            try:
+                popen.wait(15)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(10)
+
+
+def node_args(name: str, port: int, listen_url: str, parent: str) -> list[str]:
+    return [
+        "--auto",
+        "--name",
+        name,
+        "--scientific-research",
+        "yes",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--listen-url",
+        listen_url,
+        "--parent-hub",
+        parent,
+    ]
+
+
+def make_big(path: Path, size_mib: int) -> str:
+    if not path.exists() or path.stat().st_size != size_mib << 20:
+        block = os.urandom(1 << 20)
+        with path.open("wb") as f:
+            for i in range(size_mib):
+                f.write(block[i % 4096 :] + block[: i % 4096])
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_small_share(directory: Path, index: int, files: int) -> list[str]:
+    """``files`` distinct 1 KiB files in folders of 500; their SHA-1s."""
+    sha1s = []
+    for j in range(files):
+        sub = directory / f"d{j // 500:03d}"
+        if j % 500 == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        data = (f"kbucket benchmark share {index} file {j}\n".encode() * 40)[:1024]
+        (sub / f"f{j:05d}.dat").write_bytes(data)
+        sha1s.append(hashlib.sha1(data).hexdigest())
+    return sha1s
+
+
+def parse_wrk(text: str) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) from ``wrk --latency`` output."""
+
+    def ms(value: str) -> float:
+        m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+        if not m:
+            raise ValueError(value)
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    if "Non-2xx" in text or "Socket errors" in text:
+        raise RuntimeError(f"wrk saw errors:\n{text}")
+    return rps, p50, p99
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--find-shares", type=int, default=10)
+    parser.add_argument("--files-per-share", type=int, default=3000)
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--wrk-repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["downloads", "finds"], default=None)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], check=True)
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="kbbench-net-"))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # nginx workers run unprivileged and must read the share
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    # The environment may set PYTHONDONTWRITEBYTECODE=1: give every Python process a
+    # bytecode cache so kb-prv-download's start-up is what a user sees.
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "KBUCKET_URL")
+    }
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    env["PYTHONPATH"] = str(ROOT)
+    env["KBUCKET_CACHE_DIR"] = str(work / "user-cache")
+
+    load_before = os.getloadavg()
+    print(
+        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
+        f"load average at start {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
+        flush=True,
+    )
+    procs = Procs(logs)
+    try:
+        downloads = args.only in (None, "downloads")
+        finds = args.only in (None, "finds")
+        hub_port = free_port()
+        hub_url = f"http://127.0.0.1:{hub_port}"
+        (work / "hub").mkdir(exist_ok=True)
+        procs.start(
+            "hub",
+            command(
+                "kbucket-hub", str(work / "hub"), *node_args("bench-hub", hub_port, hub_url, ".")
+            ),
+            env,
+        )
+        procs.wait_line("hub", r"kbucket-hub is running http on port")
+
+        if downloads:
+            share = work / "share"
+            share.mkdir(exist_ok=True)
+            share.chmod(0o755)
+            print("Writing and hashing the big file ...", file=sys.stderr, flush=True)
+            big_sha1 = make_big(share / BIG, args.size_mib)
+            size = args.size_mib << 20
+            # The firewalled share holds the same content (a hard link: same page cache).
+            hidden = work / "hidden"
+            hidden.mkdir(exist_ok=True)
+            if not (hidden / BIG).exists():
+                os.link(share / BIG, hidden / BIG)
+            share_port = free_port()
+            share_url = f"http://127.0.0.1:{share_port}"
+            procs.start(
+                "share",
+                command(
+                    "kbucket-host",
+                    str(share),
+                    *node_args("bench-share", share_port, share_url, "."),
+                    "--confirm-share",
+                    "yes",
+                ),
+                env,
+            )
+            procs.start(
+                "hidden",
+                command(
+                    "kbucket-host",
+                    str(hidden),
+                    *node_args("bench-hidden", free_port(), UNREACHABLE, hub_url),
+                    "--confirm-share",
+                    "yes",
+                ),
+                env,
+            )
+            for name in ("share", "hidden"):
+                procs.wait_line(name, r"^Indexed \d+ files\.$", timeout=300)
+            procs.wait_line("hidden", r"^Connected to parent hub: ")
+            share_id = json.loads((share / ".kbucket" / "kbnode.json").read_text())["node_id"]
+            prv = work / "big.prv"
+            with urllib.request.urlopen(f"{share_url}/{share_id}/prv/{BIG}", timeout=30) as r:
+                prv.write_bytes(r.read())
+            assert json.loads(prv.read_bytes())["original_checksum"] == big_sha1
+
+            ndir = work / "nginx"
+            (ndir / "tmp").mkdir(parents=True, exist_ok=True)
+            nport = free_port()
+            (ndir / "nginx.conf").write_text(NGINX_CONF.format(dir=ndir, port=nport, root=share))
+            procs.start("nginx", [nginx, "-p", str(ndir), "-c", str(ndir / "nginx.conf")], env)
+            pport = free_port()
+            procs.start(
+                "pyhttp",
+                [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(pport)],
+                env,
+                cwd=share,
+            )
+            wait_port(nport)
+            wait_port(pport)
+            pids = {name: p.pid for name, p in procs.all}
+
+            def cpu_of(name: str) -> float:
+                pid = pids[name]
+                if name != "nginx":
+                    return cpu_seconds(pid)
+                kids = subprocess.run(
+                    ["pgrep", "-P", str(pid)], capture_output=True, text=True
+                ).stdout
+                return sum(cpu_seconds(p) for p in [pid, *map(int, kids.split())])
+
+            fetch = {
+                "share (kbucket-host)": ("share", f"{share_url}/{share_id}/download/{BIG}"),
+                "nginx": ("nginx", f"http://127.0.0.1:{nport}/{BIG}"),
+                "python -m http.server": ("pyhttp", f"http://127.0.0.1:{pport}/{BIG}"),
+            }
+            out = work / "out.bin"
+            cache = work / "dl-cache"
+
+            def clean() -> None:
+                for p in (out, out.with_name(out.name + ".part")):
+                    p.unlink(missing_ok=True)
+                shutil.rmtree(cache, ignore_errors=True)
+
+            def kb_download(hub: str, check: bool) -> float:
+                clean()
+                start = time.perf_counter()
+                done = subprocess.run(
+                    command("kb-prv-download", str(prv), str(out), "--hub", hub, "--json"),
+                    capture_output=True,
+                    text=True,
+                    env={**env, "KBUCKET_CACHE_DIR": str(cache)},
+                    timeout=600,
+                )
+                wall = time.perf_counter() - start
+                if done.returncode != 0 or out.stat().st_size != size:
+                    raise RuntimeError(
+                        f"kb-prv-download via {hub}: {done.returncode} {done.stderr[-2000:]}"
+                    )
+                events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+                if check:
+                    assert make_big(out, args.size_mib) == big_sha1
+                    urls = [e["url"] for e in events if e.get("event") == "source"]
+                    print(
+                        f"  sources via {hub}: {urls}",
+                        file=sys.stderr,
+                    )
+                return wall
+
+            walls: dict[str, list[float]] = {k: [] for k in fetch}
+            cpus: dict[str, list[float]] = {k: [] for k in fetch}
+            dl: dict[str, list[float]] = {"curl -o": [], "direct": [], "proxied": []}
+            hub_cpu: list[float] = []
+            hidden_cpu: list[float] = []
+            for round_no in range(args.rounds + 1):  # round 0 warms up (and checks bytes)
+                print(f"download round {round_no}", file=sys.stderr, flush=True)
+                for label, (name, url) in fetch.items():
+                    before = cpu_of(name)
+                    start = time.perf_counter()
+                    got = subprocess.run(
+                        ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", url],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        timeout=300,
+                    )
+                    wall = time.perf_counter() - start
+                    assert int(got.stdout) == size, (label, got.stdout)
+                    if round_no:
+                        walls[label].append(wall)
+                        cpus[label].append(cpu_of(name) - before)
+                clean()
+                start = time.perf_counter()
+                subprocess.run(
+                    ["curl", "-s", "-o", str(out), fetch["share (kbucket-host)"][1]],
+                    check=True,
+                    timeout=300,
+                )
+                curl_o = time.perf_counter() - start
+                direct = kb_download(share_url, check=round_no == 0)
+                h0, s0 = cpu_of("hub"), cpu_of("hidden")
+                proxied = kb_download(hub_url, check=round_no == 0)
+                if round_no:
+                    dl["curl -o"].append(curl_o)
+                    dl["direct"].append(direct)
+                    dl["proxied"].append(proxied)
+                    hub_cpu.append(cpu_of("hub") - h0)
+                    hidden_cpu.append(cpu_of("hidden") - s0)
+            clean()
+
+            mb = size / 1e6
+            gib = size / (1 << 30)
+            print(f"\n### (i) curl -o /dev/null, {args.size_mib} MiB file, {args.rounds} rounds\n")
+            print("| server | MB/s | wall s | server CPU s per GiB | throughput ratio to nginx |")
+            print("|---|---|---|---|---|")
+            for label in fetch:
+                ratio = [n / w for n, w in zip(walls["nginx"], walls[label], strict=True)]
+                print(
+                    f"| {label} | {fmt([mb / w for w in walls[label]])} | {fmt(walls[label], 3)} "
+                    f"| {fmt([c / gib for c in cpus[label]], 2)} | {fmt(ratio, 2)} |"
+                )
+            print(
+                f"\n### (ii)/(iii) writing the {args.size_mib} MiB file (whole process), "
+                f"{args.rounds} rounds\n"
+            )
+            print("| client | MB/s | wall s | ratio | target |")
+            print("|---|---|---|---|---|")
+            r_direct = [c / d for c, d in zip(dl["curl -o"], dl["direct"], strict=True)]
+            r_proxy = [d / p for d, p in zip(dl["direct"], dl["proxied"], strict=True)]
+            print(
+                f"| curl -o OUT (from the share) | {fmt([mb / w for w in dl['curl -o']])} "
+                f"| {fmt(dl['curl -o'], 3)} | 1 | |"
+            )
+            print(
+                f"| kb-prv-download, direct from the share | {fmt([mb / w for w in dl['direct']])} "
+                f"| {fmt(dl['direct'], 3)} | {fmt(r_direct, 2)} x curl -o | >= 0.2 |"
+            )
+            print(
+                "| kb-prv-download through one hub (share unreachable) "
+                f"| {fmt([mb / w for w in dl['proxied']])} "
+                f"| {fmt(dl['proxied'], 3)} | {fmt(r_proxy, 2)} x direct | >= 0.5 |"
+            )
+            print(
+                "\nDuring the proxied downloads: "
+                f"hub CPU {fmt([c / gib for c in hub_cpu], 2)} s per GiB, "
+                f"hidden share CPU {fmt([c / gib for c in hidden_cpu], 2)} s per GiB."
+            )
+
+        if finds:
+            find_hub_finds(args, work, env, procs, hub_url, logs)
+    finally:
+        procs.close()
+        load_after = os.getloadavg()
+        print(
+            "\nLoad average at the end: "
+            f"{load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}"
+        )
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def find_hub_finds(
+    args: argparse.Namespace,
+    work: Path,
+    env: dict[str, str],
+    procs: Procs,
+    hub_url: str,
+    logs: Path,
+) -> None:
+    print("Creating the small-file shares ...", file=sys.stderr, flush=True)
+    sha1s: list[tuple[str, str]] = []
+    for i in range(args.find_shares):
+        d = work / f"small{i:02d}"
+        if (d / ".sha1s").exists():
+            names = json.loads((d / ".sha1s").read_text())
+        else:
+            names = make_small_share(d, i, args.files_per_share)
+            (d / ".sha1s").write_text(json.dumps(names))
+        sha1s += [(s, f"small{i:02d}") for s in names]
+    for i in range(args.find_shares):
+        name = f"small{i:02d}"
+        procs.start(
+            name,
+            command(
+                "kbucket-host",
+                str(work / name),
+                *node_args(name, free_port(), UNREACHABLE, hub_url),
+                "--confirm-share",
+                "yes",
+            ),
+            env,
+        )
+    for i in range(args.find_shares):
+        procs.wait_line(f"small{i:02d}", r"^Indexed \d+ files\.$", timeout=300)
+        procs.wait_line(f"small{i:02d}", r"^Connected to parent hub: ")
+    # 1,000 known SHA-1s spread over all shares, every one checked findable at the hub.
+    step = max(1, len(sha1s) // 1000)
+    sample = [s for s, _ in sha1s[::step]][:1000]
+    deadline = time.monotonic() + 120
+    for sha1 in sample:
+        while True:
+            with urllib.request.urlopen(f"{hub_url}/find/{sha1}", timeout=10) as r:
+                if json.loads(r.read())["found"]:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{sha1} not findable at the hub after 120 s")
+            time.sleep(0.2)
+    paths = work / "paths.txt"
+    paths.write_text("".join(f"/find/{s}\n" for s in sample))
+    lua = work / "rotate.lua"
+    lua.write_text(WRK_LUA % paths)
+
+    procs.start("bare", [sys.executable, "-c", BARE_SERVER], env)
+    bare_port = int(procs.wait_line("bare", r"^(\d+)$").group(1))
+    targets = {
+        "hub /find (kbucket-hub)": hub_url,
+        "bare h11+anyio, constant JSON": f"http://127.0.0.1:{bare_port}",
+    }
+    pids = {name: p.pid for name, p in procs.all}
+    cpu_name = {"hub /find (kbucket-hub)": "hub", "bare h11+anyio, constant JSON": "bare"}
+    conns = [1, 16, 64]
+    res: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+    for rep in range(args.wrk_repeats + 1):  # repeat 0 warms up
+        print(f"wrk repeat {rep}", file=sys.stderr, flush=True)
+        for c in conns:
+            for label, url in targets.items():
+                secs = 1 if rep == 0 else args.wrk_seconds
+                before = cpu_seconds(pids[cpu_name[label]])
+                done = subprocess.run(
+                    [
+                        "wrk",
+                        "-t1",
+                        f"-c{c}",
+                        f"-d{secs}s",
+                        "--latency",
+                        "--timeout",
+                        "5s",
+                        "-s",
+                        str(lua),
+                        url + "/",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=secs + 30,
+                    check=True,
+                )
+                cpu = cpu_seconds(pids[cpu_name[label]]) - before
+                rps, p50, p99 = parse_wrk(done.stdout)
+                if rep:
+                    res.setdefault((label, c), []).append((rps, p50, p99, cpu / (rps * secs) * 1e6))
+    entries = args.find_shares * args.files_per_share
+    print(
+        f"\n### (iv) finds at one hub holding {entries:,} index entries "
+        f"({args.find_shares} shares x {args.files_per_share:,} files), "
+        f"wrk -t1 -d{args.wrk_seconds}s, "
+        f"{args.wrk_repeats} interleaved repeats\n"
+    )
+    print("| server | conns | req/s | p50 ms | p99 ms | server CPU µs/req | req/s ratio hub/bare |")
+    print("|---|---|---|---|---|---|---|")
+    for c in conns:
+        hub = res[("hub /find (kbucket-hub)", c)]
+        bare_r = res[("bare h11+anyio, constant JSON", c)]
+        ratio = [h[0] / b[0] for h, b in zip(hub, bare_r, strict=True)]
+        for label in targets:
+            rows = res[(label, c)]
+            print(
+                f"| {label} | {c} | {fmt([r[0] for r in rows])} | {fmt([r[1] for r in rows], 3)} "
+                f"| {fmt([r[2] for r in rows], 3)} | {fmt([r[3] for r in rows])} "
+                f"| {fmt(ratio, 2) if label.startswith('hub') else ''} |"
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
