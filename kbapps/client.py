@@ -5,7 +5,9 @@ Strategy
 A ``.prv`` names bytes by SHA-1 and size; nothing a source says is trusted until every
 byte has been hashed. The rules, in the order a download applies them:
 
-* **Local first.** A file of size 0 needs no network. Then the per-user content cache
+* **Local first.** A file of size 0 needs no network; an OUT that already holds the
+  content (size, then SHA-1 through the per-user hash cache) is kept as it is. Then
+  the per-user content cache
   (``<cache dir>/content/ab/<sha1>``), copied out *with* hashing, so a corrupted cache
   entry is dropped rather than installed. Then an existing ``OUT.part`` whose sidecar
   (``OUT.part.json``: expected SHA-1 and size) matches is resumed: its prefix is
@@ -25,7 +27,9 @@ byte has been hashed. The rules, in the order a download applies them:
   When a mismatch is found at the end of a download that was *resumed*, the prefix may
   be the culprit, so the same source is tried once more from byte 0 before it is blamed.
 * **Nothing wrong is ever at OUT.** Bytes go to ``OUT.part``; ``OUT`` appears only by an
-  atomic rename after the SHA-1 and size matched. On failure OUT is untouched.
+  atomic rename after the SHA-1 and size matched. On failure OUT is untouched. The
+  installed file then enters the content cache by a hard link (a copy across file
+  systems); the cache has no size limit yet.
 * **Speed** (perf-baselines §3; ``docs/benchmarks.md``). ``HttpClient`` reads up to
   1 MiB per ``recv`` from a raw socket; the event loop only receives and queues each
   chunk, and one dedicated writer thread hashes it and appends it with ``os.writev``
@@ -40,8 +44,9 @@ byte has been hashed. The rules, in the order a download applies them:
 
 Events (``on_event``) are plain JSON-ready dicts, one per happening, with an ``"event"``
 key: ``source`` (a URL is tried), ``progress`` (rate-limited), ``done`` (a file is in
-place), ``error`` (a source failed, or with ``"fatal": true`` a file failed) and, for a
-``.prvdir``, ``finished``. ``kb-prv-download --json`` prints them as JSON Lines.
+place), ``error`` (a source failed, or with ``"fatal": true`` a file failed),
+``warning`` (the hub's size disagrees with the ``.prv``) and, for a ``.prvdir``,
+``finished``. ``kb-prv-download --json`` prints them as JSON Lines.
 """
 
 from __future__ import annotations
