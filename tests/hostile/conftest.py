@@ -86,3 +86,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield Net(procs, hub, share, work, hashlib.sha1(NORMAL).hexdigest())
     finally:
         procs.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """A ``Procs`` whose processes are all stopped when the test ends."""
+    started = Procs(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
