@@ -218,6 +218,24 @@ class _WrongBytes(_SourceError):
     """The bytes on disk do not hash to what the ``.prv`` says (internal)."""
 
 
+class _Unreachable(_SourceError):
+    """No response at all: connect refused or timed out, or no answer (internal)."""
+
+
+#: Origins (scheme, host, port) that gave no response during this run. A share
+#: behind a firewall advertises a URL nobody can reach; once it failed, the other
+#: files of a ``.prvdir`` try it last instead of waiting out a connect timeout each.
+_DeadOrigins = set[tuple[str, str, int]]
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    try:
+        parsed = parse_url(url)
+    except ConnectError:
+        return ("", url, 0)
+    return (parsed.scheme, parsed.host, parsed.port)
+
+
 # --- options and results ---------------------------------------------------------------
 
 
@@ -929,15 +947,18 @@ async def _fetch(
 ) -> int:
     offset = part.offset
     headers = [("Range", f"bytes={offset}-")] if offset else []
+    answered = False
     try:
         async with client.stream("GET", url, headers=headers) as response:
+            answered = True
             if response.status in (200, 206):
                 _check_response(response, offset, part.prv)
             else:
                 raise _SourceError(await _error_text(response))
             received = await _pump(response, part, options, reporter)
     except TransportError as exc:
-        raise _SourceError(_short(str(exc)) or type(exc).__name__) from None
+        text = _short(str(exc)) or type(exc).__name__
+        raise (_SourceError(text) if answered else _Unreachable(text)) from None
     if part.offset != part.prv.size:
         raise _SourceError(f"body ended after {part.offset} of {part.prv.size} bytes")
     return received
@@ -951,8 +972,11 @@ async def _download_from_sources(
     reporter: _Reporter,
     emit: EventSink,
     label: str,
+    dead: _DeadOrigins,
 ) -> tuple[str, int, int, list[SourceFailure]]:
     """Try ``sources`` in order until the part verifies: ``(url, resumed_from, bytes, failures)``.
+
+    Sources on an origin in ``dead`` go last; origins that give no response are added.
 
     Raises:
         DownloadFailedError: every source failed (the failures are listed).
@@ -960,7 +984,9 @@ async def _download_from_sources(
     failures: list[SourceFailure] = []
     transferred = 0
     prv = part.prv
-    for url in sources:
+    ordered = [u for u in sources if _origin(u) not in dead]
+    ordered += [u for u in sources if _origin(u) in dead]
+    for url in ordered:
         retried = False
         while True:
             start = part.offset
@@ -973,6 +999,8 @@ async def _download_from_sources(
             except _SourceError as exc:
                 message = str(exc)
                 wrong = isinstance(exc, _WrongBytes)
+                if isinstance(exc, _Unreachable):
+                    dead.add(_origin(url))
                 if wrong and start > 0 and not retried:
                     # The resumed prefix may be what is wrong: give this source one
                     # more try from byte 0 before blaming it.
@@ -1024,6 +1052,7 @@ async def _fetch_job(
     cache: ContentCache | None,
     reporter: _Reporter,
     emit: EventSink,
+    dead: _DeadOrigins,
 ) -> DownloadResult:
     """Get ``job.prv``'s content to ``job.target``: empty, cache, part, then network."""
     prv = job.prv
@@ -1083,7 +1112,7 @@ async def _fetch_job(
             )
         sources = download_sources(found, options.hub_url, prv.sha1)
         url, start, transferred, failures = await _download_from_sources(
-            client, sources, part, options, reporter, emit, job.label
+            client, sources, part, options, reporter, emit, job.label, dead
         )
         try:
             await anyio.to_thread.run_sync(part.install, job.target)
@@ -1212,7 +1241,7 @@ async def download_prv(
     own = client is None
     http = client if client is not None else make_http_client(options)
     try:
-        result = await _fetch_job(job, http, options, cache, reporter, emit)
+        result = await _fetch_job(job, http, options, cache, reporter, emit, set())
     except ClientError as exc:
         emit(_error_event(label, prv.sha1, exc))
         raise
@@ -1378,12 +1407,13 @@ async def download_prvdir(
     queue = list(jobs.values())
     queue.reverse()  # pop() from the end keeps the .prvdir's order
     stop = anyio.Event()
+    dead: _DeadOrigins = set()
 
     async def worker(http: HttpClient) -> None:
         while queue and not stop.is_set():
             job = queue.pop()
             try:
-                result = await _fetch_job(job, http, options, cache, reporter, emit)
+                result = await _fetch_job(job, http, options, cache, reporter, emit, dead)
             except ClientError as exc:
                 fail(job.label, job.prv.sha1, exc)
                 for rel, _target in job.copies:

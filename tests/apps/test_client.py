@@ -557,3 +557,20 @@ def test_prvdir_resumes_its_partial_files(net: FakeNetwork, tmp_path: Path) -> N
     (good,) = net.requests("good")
     assert good.range == f"bytes={SIZE // 2}-"
     assert leftovers(out) == ["big.dat"]
+
+
+def test_prvdir_tries_an_unreachable_origin_last_after_it_failed(
+    net: FakeNetwork, tmp_path: Path
+) -> None:
+    port = closed_port()
+    files = {f"f{i}.dat": content(2000, 80 + i) for i in range(4)}
+    for name, data in files.items():
+        net.add(data, [f"http://127.0.0.1:{port}/0123456789ab/download/{name}", "good"])
+    events: list[dict[str, Any]] = []
+    opts = options(net.base, tmp_path, concurrency=1)
+    result = download_dir(tree_of(files), tmp_path / "out", opts, events)
+    assert result.exit_code == 0
+    tried = [e["url"] for e in events if e["event"] == "source"]
+    # The firewalled share's URL costs one failure, not one per file.
+    assert sum(f":{port}/" in url for url in tried) == 1
+    assert len(tried) == 5
