@@ -48,7 +48,11 @@ def test_module_has_complete_tuple_all(path: Path) -> None:
     tree = ast.parse(path.read_text())
     declared = _declared_all(tree)
     assert isinstance(declared, ast.Tuple), "public module needs a tuple __all__"
-    names = [elt.value for elt in declared.elts if isinstance(elt, ast.Constant)]
+    names = [
+        elt.value
+        for elt in declared.elts
+        if isinstance(elt, ast.Constant) and isinstance(elt.value, str)
+    ]
     assert len(names) == len(declared.elts), "__all__ holds only string literals"
     defined = {
         node.name
