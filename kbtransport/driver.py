@@ -401,8 +401,9 @@ class NodeDriver:
                 deadline = math.inf
             else:
                 deadline = anyio.current_time() + (timer - self._clock.now())
-            with anyio.CancelScope(deadline=deadline):
-                await inbox.wait()
+            if not len(inbox):  # queued inputs need no wait (and no cancel scope)
+                with anyio.CancelScope(deadline=deadline):
+                    await inbox.wait()
             # (a) call the core: every queued input, then the timer if due.
             now = self._clock.now()
             # Bound one step, so a flood of inputs cannot starve the timer.
@@ -416,7 +417,10 @@ class NodeDriver:
                 self._core.handle_timer(self._clock.now())
             # (b) + (c) drain events and actions.
             self._flush()
-            await anyio.lowlevel.checkpoint()
+            if len(inbox):
+                # More inputs queued: yield here so other tasks run between steps (an
+                # empty inbox yields in ``inbox.wait`` instead, saving a loop pass).
+                await anyio.lowlevel.checkpoint()
 
     def _apply(self, item: _Item, now: float) -> None:
         core = self._core

@@ -561,7 +561,8 @@ class Node:
             return lookup_id
 
         await self.driver.call(start)
-        await wait.done.wait()
+        if not wait.done.is_set():  # usually answered in the same driver step
+            await wait.done.wait()
         if wait.answer is None:
             raise DriverStopped("the node stopped")
         return wait.answer
