@@ -262,7 +262,8 @@ def _error_text(exc: OSError) -> str:
 
 # --- the cache -------------------------------------------------------------------------
 
-_SCHEMA_VERSION = 1
+#: 2 added the ``dir_files`` table (per-directory fragments, see ``kbapps.prvbuild``).
+_SCHEMA_VERSION = 2
 #: SQLite allows 32766 host parameters; 500 keeps each statement small.
 _LOOKUP_CHUNK = 500
 
@@ -310,11 +311,19 @@ class HashCache:
         if version != _SCHEMA_VERSION:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DROP TABLE IF EXISTS file_sha1")
+            db.execute("DROP TABLE IF EXISTS dir_files")
             db.execute(
                 "CREATE TABLE file_sha1 (dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
                 " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
                 " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL,"
                 " PRIMARY KEY (dev, ino)) WITHOUT ROWID"
+            )
+            # One row per directory ever described: the digest of its files' keys and
+            # names, and the finished JSON text of its "files" entries.
+            db.execute(
+                "CREATE TABLE dir_files (scope TEXT NOT NULL, relpath TEXT NOT NULL,"
+                " digest BLOB NOT NULL, fragment TEXT NOT NULL,"
+                " PRIMARY KEY (scope, relpath)) WITHOUT ROWID"
             )
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -333,6 +342,31 @@ class HashCache:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def has_files(self) -> bool:
+        """Return whether any file digest is stored (a fresh cache has none, and
+        then lookups can be skipped altogether)."""
+        return self._db.execute("SELECT 1 FROM file_sha1 LIMIT 1").fetchone() is not None
+
+    def load_fragments(self, scope: str) -> dict[str, tuple[bytes, str]]:
+        """Return every stored directory fragment of ``scope`` (a tree's real path):
+        ``relpath -> (digest, fragment)``. One query, for a whole tree."""
+        return {
+            relpath: (digest, fragment)
+            for relpath, digest, fragment in self._db.execute(
+                "SELECT relpath, digest, fragment FROM dir_files WHERE scope = ?", (scope,)
+            )
+        }
+
+    def store_fragments(self, scope: str, rows: Iterable[tuple[str, bytes, str]]) -> int:
+        """Remember directory fragments ``(relpath, digest, fragment)`` of ``scope``,
+        replacing older ones, in one transaction; return how many. The caller keeps
+        out directories holding a file inside the racy window."""
+        listed = [(scope, relpath, digest, fragment) for relpath, digest, fragment in rows]
+        if listed:
+            with self._transaction():
+                self._db.executemany("INSERT OR REPLACE INTO dir_files VALUES (?, ?, ?, ?)", listed)
+        return len(listed)
 
     def lookup(self, key: FileKey) -> FileDigest | None:
         """Return the cached digest for ``key``, or None if absent or stale."""
@@ -457,9 +491,17 @@ _MAX_CHUNKS = 8192
 class _ChunkWorker:
     """Processes chunks in one process, with its own buffer and cache connection."""
 
-    def __init__(self, items: Sequence[_Item], cache: HashCache | None, defer_big: bool) -> None:
+    def __init__(
+        self,
+        items: Sequence[_Item],
+        cache: HashCache | None,
+        defer_big: bool,
+        lookups: bool = True,
+    ) -> None:
         self.items = items
         self.cache = cache
+        #: False when the cache held no digest when the run began: nothing to find.
+        self.lookups = lookups
         self.defer_big = defer_big
         self.buffer = bytearray(BUFFER_SIZE)
         self.view = memoryview(self.buffer)
@@ -489,7 +531,7 @@ class _ChunkWorker:
             else:
                 keyed.append((index, path, given))
         found: dict[tuple[int, int, int, int], tuple[str, str]] = {}
-        if self.cache is not None:
+        if self.cache is not None and self.lookups:
             try:
                 found = self.cache.lookup_raw([key for _, _, key in keyed])
             except sqlite3.Error as exc:
@@ -571,6 +613,7 @@ class _Child:
         cache_path: Path | None,
         racy_window_ns: int,
         chunks: Sequence[range],
+        lookups: bool,
     ) -> None:
         rfd, wfd = os.pipe()
         pid = os.fork()
@@ -585,7 +628,7 @@ class _Child:
                         cache = HashCache(cache_path, racy_window_ns=racy_window_ns)
                     except (OSError, sqlite3.Error):
                         cache = None
-                worker = _ChunkWorker(items, cache, defer_big=True)
+                worker = _ChunkWorker(items, cache, defer_big=True, lookups=lookups)
                 _child_main(queue_fd, wfd, worker, chunks)
             except BaseException:
                 code = 1
@@ -643,7 +686,11 @@ def _run_chunks(
 ) -> Iterator[list[_Record]]:
     """Yield batches of records for every item, using ``workers`` processes."""
     chunks = _chunks(len(items))
-    parent = _ChunkWorker(items, cache, defer_big=True)
+    lookups = True
+    if cache is not None:
+        with contextlib.suppress(sqlite3.Error):  # the lookups will fail and say so
+            lookups = cache.has_files()
+    parent = _ChunkWorker(items, cache, defer_big=True, lookups=lookups)
     if workers <= 1 or len(chunks) < 2 or not hasattr(os, "fork"):
         try:
             for indices in chunks:
@@ -668,7 +715,7 @@ def _run_chunks(
         cache_path = cache.path if cache is not None else None
         racy = cache.racy_window_ns if cache is not None else RACY_WINDOW_NS
         for _ in range(min(workers, len(chunks)) - 1):
-            children.append(_Child(queue_r, items, cache_path, racy, chunks))
+            children.append(_Child(queue_r, items, cache_path, racy, chunks, lookups))
         seen = bytearray(len(items))  # which items got a record, for crash recovery
         while (chunk := _claim(queue_r)) is not None:
             records = parent.process(chunks[chunk])

@@ -65,8 +65,8 @@ def run(path: str, out: str | None) -> None:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
             without OUT, unreadable file) or an unwritable OUT (exit 1).
     """
-    from kbapps.prvbuild import PrvBuildError, build_prv, build_prvdir, scan_directory
-    from kbproto.prv import serialize_prv, serialize_prvdir
+    from kbapps.prvbuild import PrvBuildError, build_prv, build_prvdir_bytes, scan_directory
+    from kbproto.prv import serialize_prv
 
     try:
         st = os.stat(path)
@@ -99,7 +99,7 @@ def run(path: str, out: str | None) -> None:
             try:
                 scan = scan_directory(path, on_warning=output.warning)
                 with output.Progress("Hashing", total_files=len(scan.files)) as progress:
-                    tree = build_prvdir(
+                    data = build_prvdir_bytes(
                         scan,
                         cache=cache,
                         on_progress=progress.update,
@@ -108,7 +108,7 @@ def run(path: str, out: str | None) -> None:
                     )
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
-            _write_atomically(out, serialize_prvdir(tree))
+            _write_atomically(out, data)
         else:
             try:
                 with output.Progress("Hashing", total_files=1, total_bytes=st.st_size) as progress:

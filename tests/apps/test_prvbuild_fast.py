@@ -1,0 +1,235 @@
+"""``build_prvdir_bytes``: byte-identical to the model serializer, and its
+per-directory fragment cache is reused only while a directory is unchanged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kbapps import prvbuild
+from kbapps.hashing import HashCache
+from kbapps.prvbuild import build_prvdir, build_prvdir_bytes, files_fragment, scan_directory
+from kbproto.ids import Sha1
+from kbproto.prv import Prv, PrvDir, serialize_prvdir
+
+HOUR_NS = 3600 * 10**9
+
+
+def _model_bytes(root: Path) -> bytes:
+    return serialize_prvdir(build_prvdir(scan_directory(str(root)), workers=1))
+
+
+def _age(root: Path) -> None:
+    past = time.time_ns() - HOUR_NS
+    for item in root.rglob("*"):
+        os.utime(item, ns=(past, past))
+
+
+# --- the serializer ------------------------------------------------------------------
+
+_NAME = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="/\\\x00"),
+    min_size=1,
+    max_size=12,
+).filter(lambda name: not name.startswith(".") and len(name.encode()) <= 255)
+_HEX = st.text(alphabet="0123456789abcdef", min_size=40, max_size=40)
+
+
+@given(
+    depth=st.integers(0, 4),
+    names=st.lists(_NAME, min_size=1, max_size=4, unique=True),
+    files=st.dictionaries(_NAME, st.tuples(_HEX, _HEX, st.integers(0, 2**63 - 1)), max_size=5),
+)
+def test_files_fragment_matches_the_model_serializer(
+    depth: int, names: list[str], files: dict[str, tuple[str, str, int]]
+) -> None:
+    path = names[:depth] + ["x"] * max(0, depth - len(names))
+    relbase = "/".join(path)
+    prefix = f"{relbase}/" if relbase else ""
+    leaf = PrvDir(
+        files={
+            name: Prv(sha1=Sha1(sha1), head_sha1=Sha1(head), size=size, path=prefix + name)
+            for name, (sha1, head, size) in files.items()
+        }
+    )
+    tree = leaf
+    for name in reversed(path):
+        tree = PrvDir(dirs={name: tree})
+    entries = sorted((name, sha1, head, size) for name, (sha1, head, size) in files.items())
+    fragment = files_fragment(depth, relbase, entries)
+    text = serialize_prvdir(tree).decode()
+    i1 = " " * (8 * depth + 4)
+    expected = f'"files": {{\n{fragment}\n{i1}}}' if files else '"files": {}'
+    assert f"{i1}{expected}," in text
+    assert text.count('"original_checksum"') == len(files)
+
+
+@pytest.fixture
+def scratch() -> Generator[Path, None, None]:
+    path = Path(tempfile.mkdtemp(prefix="kbfast-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+_TREE = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["a", "b", "é ü", 'q"t', "a b"]), max_size=3),
+        st.sampled_from(["f", "g.dat", "ñ", "x y", "'", "<&>", "z" * 30]),
+        st.binary(max_size=2500),
+    ),
+    max_size=15,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tree=_TREE)
+def test_random_trees_serialize_byte_for_byte_like_the_models(
+    tree: list[tuple[list[str], str, bytes]],
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="kbfast-"))
+    try:
+        (root / "empty" / "deeper").mkdir(parents=True)
+        for parts, name, data in tree:
+            folder = root.joinpath(*parts)
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / name).is_dir():
+                (folder / name).write_bytes(data)
+        expected = _model_bytes(root)
+        assert build_prvdir_bytes(scan_directory(str(root)), workers=1) == expected
+        cache = HashCache(root / ".cache" / "c.db", racy_window_ns=0)
+        try:
+            for _ in range(2):  # filling the fragment cache, then served from it
+                assert build_prvdir_bytes(scan_directory(str(root)), cache=cache) == expected
+        finally:
+            cache.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the fragment cache --------------------------------------------------------------
+
+
+class _Counting:
+    """Wraps ``hash_records`` to record which files each run sent to hashing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        real = prvbuild.hash_records  # type: ignore[attr-defined]
+
+        def spy(items: Sequence[Any], **kwargs: Any) -> Any:
+            self.names.extend(item[0].rsplit("/", 2)[-2] + "/" + item[3] for item in items)
+            return real(items, **kwargs)
+
+        monkeypatch.setattr(prvbuild, "hash_records", spy)
+
+    def take(self) -> list[str]:
+        names, self.names = sorted(self.names), []
+        return names
+
+
+def _make(root: Path) -> None:
+    for folder in ("d1", "d2", "d3"):
+        (root / folder).mkdir()
+        for i in range(4):
+            (root / folder / f"f{i}").write_bytes(f"{folder} {i}".encode())
+    _age(root)
+
+
+def _run(root: Path, cache: HashCache, seen: _Counting) -> tuple[bytes, list[str]]:
+    """One fast run, checked against the models; returns its bytes and the files it
+    sent to hashing."""
+    data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, workers=1)
+    hashed = seen.take()
+    assert data == _model_bytes(root)
+    seen.take()
+    return data, hashed
+
+
+def test_unchanged_directories_are_served_from_their_fragment(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
+    seen = _Counting(monkeypatch)
+    with HashCache(scratch / "c.db") as cache:
+        first, hashed = _run(root, cache, seen)
+        assert len(hashed) == 12
+        assert set(cache.load_fragments(os.path.realpath(root))) == {"d1", "d2", "d3"}
+        # Nothing hashed, nothing even looked up per file.
+        assert _run(root, cache, seen) == (first, [])
+
+        # One file rewritten (same size, new mtime): only its directory is redone.
+        (root / "d2" / "f1").write_bytes(b"d2 X")
+        _age(root / "d2")
+        changed, hashed = _run(root, cache, seen)
+        assert changed != first
+        assert hashed == [f"d2/f{i}" for i in range(4)]
+        assert _run(root, cache, seen) == (changed, [])
+
+        # A file added, then one removed.
+        (root / "d3" / "new").write_bytes(b"new")
+        _age(root / "d3")
+        assert _run(root, cache, seen)[1] == [*(f"d3/f{i}" for i in range(4)), "d3/new"]
+        (root / "d1" / "f0").unlink()
+        assert _run(root, cache, seen)[1] == [f"d1/f{i}" for i in range(1, 4)]
+        # A file renamed keeps its inode, size and mtime; its name changes the digest.
+        (root / "d1" / "f1").rename(root / "d1" / "renamed")
+        assert _run(root, cache, seen)[1] == ["d1/f2", "d1/f3", "d1/renamed"]
+        assert _run(root, cache, seen)[1] == []
+
+
+def test_a_directory_with_a_racy_file_is_not_remembered(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
+    (root / "d1" / "fresh").write_bytes(b"just written")  # inside the racy window
+    seen = _Counting(monkeypatch)
+    with HashCache(scratch / "c.db") as cache:
+        _run(root, cache, seen)
+        assert set(cache.load_fragments(os.path.realpath(root))) == {"d2", "d3"}
+        hashed = _run(root, cache, seen)[1]
+        assert hashed == ["d1/f0", "d1/f1", "d1/f2", "d1/f3", "d1/fresh"]
+
+
+def test_the_output_file_inside_the_tree_stays_out_of_fragments(scratch: Path) -> None:
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
+    out = root / "d1" / "out.prvdir"
+    out.write_bytes(b"old")
+    _age(root)
+    st_out = out.stat()
+    exclude = frozenset({(st_out.st_dev, st_out.st_ino)})
+    with HashCache(scratch / "c.db") as cache:
+        for _ in range(2):
+            data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, exclude=exclude)
+            assert b"out.prvdir" not in data
+            assert data == serialize_prvdir(
+                build_prvdir(scan_directory(str(root)), exclude=exclude)
+            )
+
+
+def test_a_vanished_file_is_named_even_when_its_directory_was_cached(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
+    with HashCache(scratch / "c.db") as cache:
+        _run(root, cache, _Counting(monkeypatch))
+        scan = scan_directory(str(root))
+        (root / "d2" / "f3").unlink()  # after the scan: stat fails, hashing names it
+        with pytest.raises(prvbuild.PrvBuildError, match="d2/f3"):
+            build_prvdir_bytes(scan, cache=cache)
