@@ -204,6 +204,30 @@ class Procs:
     ) -> Node:
         """Start a node with ``--auto --port 0`` on 127.0.0.1 and wait until it runs
         (and, with a parent, until it joined; a share also until it indexed)."""
+        return self.launch(
+            kind,
+            directory,
+            *args,
+            name=name,
+            parent=parent,
+            env=env,
+            wait_joined=wait_joined,
+            port=port,
+        )()
+
+    def launch(
+        self,
+        kind: str,
+        directory: Path,
+        *args: str,
+        name: str | None = None,
+        parent: Node | None = None,
+        env: dict[str, str] | None = None,
+        wait_joined: bool = True,
+        port: int = 0,
+    ) -> Callable[[], Node]:
+        """Start a node as ``node`` does; the returned function waits until it is ready
+        (so several nodes can start at once)."""
         directory.mkdir(parents=True, exist_ok=True)
         label = name or directory.name
         argv = [
@@ -225,13 +249,17 @@ class Procs:
             argv += ["--parent-hub", parent.url]
         proc = self.start(label, command(kind, str(directory), *argv, *args), env=env)
         noun = "share" if kind == "kbucket-host" else "hub"
-        m = proc.wait_line(rf"kbucket-{noun} is running (https?) on port (\d+)$")
-        node = Node(proc, int(m.group(2)), directory, m.group(1))
-        if parent is not None and wait_joined:
-            proc.wait_line(r"Connected to parent hub: ")
-        if kind == "kbucket-host":
-            proc.wait_line(r"Indexed \d+ files\.$")
-        return node
+
+        def ready() -> Node:
+            m = proc.wait_line(rf"kbucket-{noun} is running (https?) on port (\d+)$")
+            node = Node(proc, int(m.group(2)), directory, m.group(1))
+            if parent is not None and wait_joined:
+                proc.wait_line(r"Connected to parent hub: ")
+            if kind == "kbucket-host":
+                proc.wait_line(r"Indexed \d+ files\.$")
+            return node
+
+        return ready
 
     def close(self) -> None:
         """Stop every process still running (SIGTERM, then SIGKILL)."""

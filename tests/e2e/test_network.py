@@ -69,9 +69,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         (work / "T").mkdir()
         (work / "T" / "t.txt").write_text("a file of share T\n")
         a = procs.node("kbucket-hub", work / "A", name="hub-A")
-        b = procs.node("kbucket-hub", work / "B", name="hub-B", parent=a)
+        # B and T start together; S as soon as B listens.
+        b = procs.launch("kbucket-hub", work / "B", name="hub-B", parent=a, wait_joined=False)()
+        t_ready = procs.launch("kbucket-host", work / "T", name="share-T", parent=a)
         s = procs.node("kbucket-host", s_dir, "--listen-url", UNREACHABLE, name="share-S", parent=b)
-        t = procs.node("kbucket-host", work / "T", name="share-T", parent=a)
+        b.proc.wait_line(r"Connected to parent hub: hub-A$")
+        t = t_ready()
         yield Net(procs, a, b, s, t, big, sha1_of(big), secret, work)
     finally:
         procs.close()
