@@ -48,7 +48,7 @@ from kbapps.config import NodeType
 from kbapps.keys import CryptoVerifier
 from kbapps.nodesetup import NodeSetup, SetupOptions, setup_node
 from kbapps.output import UsageError
-from kbproto.config import HubConfig, ShareConfig, Timeouts
+from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.hub import HubCore
 from kbproto.messages import NodeInfo
 from kbproto.share import ShareCore
@@ -139,6 +139,21 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
     def left(info: NodeInfo, reason: str) -> None:
         console.line(f"Child {_child_word(info)} left: {info.name} ({info.node_id}): {reason}")
 
+    refused = False
+
+    def refused_line(reason: str) -> None:
+        nonlocal refused
+        refused = True
+        console.line(f"Parent hub refused this node: {reason}")
+
+    def lost(reason: str) -> None:
+        nonlocal refused
+        if refused:
+            # The link closes after every refusal: the refusal line said it all.
+            refused = False
+            return
+        console.line(f"Lost the parent hub: {reason} (reconnecting)")
+
     return NodeHooks(
         on_listening=listening,
         on_dial=lambda url: console.line(f"Connecting to parent hub: {url}"),
@@ -146,8 +161,8 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
             f"Cannot reach parent hub {url}: {reason} (retrying)"
         ),
         on_parent_connected=lambda info: console.line(f"Connected to parent hub: {info.name}"),
-        on_parent_lost=lambda reason: console.line(f"Lost the parent hub: {reason} (reconnecting)"),
-        on_join_refused=lambda reason: console.line(f"Parent hub refused this node: {reason}"),
+        on_parent_lost=lost,
+        on_join_refused=refused_line,
         on_child_joined=joined,
         on_child_left=left,
     )
@@ -166,6 +181,39 @@ def _make_core(
         return ShareCore(config, signer=setup.signer, ids=SystemIdSource())
 
     return make
+
+
+#: Connections kept for HTTP clients, on top of a hub's child links.
+_CLIENT_CONNECTIONS = 1024
+
+
+def _connection_capacity(setup: NodeSetup) -> int:
+    """How many connections the listener serves at once, and the descriptors for them.
+
+    A child's websocket holds a listener slot for as long as it is joined, so a hub
+    with ``max_children`` children (1000 by default) and the listener's default of
+    1024 slots had room for only 24 HTTP clients at once: the rest waited in the
+    kernel's backlog (found by the issue 6 load test). A hub gets room for its children
+    plus ``_CLIENT_CONNECTIONS``; the soft descriptor limit is raised toward the hard
+    one to match (each connection is one descriptor, plus files being served).
+    """
+    import resource
+
+    wanted = _CLIENT_CONNECTIONS
+    if setup.kind == "hub":
+        wanted += Limits().max_children
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + _CLIENT_CONNECTIONS // 2  # files served and everything else
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the old limit; serve fewer at once rather than fail
+    if soft != resource.RLIM_INFINITY:
+        wanted = max(64, min(wanted, soft - _CLIENT_CONNECTIONS // 2))
+    return wanted
 
 
 def _web_url(setup: NodeSetup, port: int) -> str:
@@ -201,8 +249,11 @@ async def _serve(
         on_child_left=hooks.on_child_left,
     )
     last_error = ""
+    max_connections = _connection_capacity(setup)
     for port in setup.port.candidates():
-        listen = ListenConfig(host=setup.host, port=port, ssl_context=ssl_context)
+        listen = ListenConfig(
+            host=setup.host, port=port, ssl_context=ssl_context, max_connections=max_connections
+        )
         failed = False
         try:
             await _serve_once(setup, router, timeouts, listen, live_hooks, started)
@@ -266,7 +317,8 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         nonlocal hashed
         hashed += files
         if not hashed_initial:
-            console.line(f"Hashing {files} files ({output.format_bytes(nbytes)})...")
+            noun = "file" if files == 1 else "files"
+            console.line(f"Hashing {files} {noun} ({output.format_bytes(nbytes)})...")
 
     def initial_done(count: int) -> None:
         hashed_initial.append(hashed)

@@ -239,3 +239,41 @@ def test_no_to_the_research_question_exits_1_without_sharing(procs: Procs, tmp_p
     proc.wait_line(r"\? Are you sharing this data")
     assert not proc.has_line(r"kbucket-share is running")
     assert "Traceback" not in proc.stderr()
+
+
+def test_wrong_passcode_is_one_refusal_line_and_the_share_keeps_serving(
+    procs: Procs, tmp_path: Path
+) -> None:
+    hub = procs.node("kbucket-hub", tmp_path / "H", "--passcode", "open-sesame", name="locked")
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "x.txt").write_text("x\n")
+    share = procs.node(
+        "kbucket-host",
+        tmp_path / "S",
+        "--parent-hub-passcode",
+        "wrong",
+        name="intruder",
+        parent=hub,
+        wait_joined=False,
+    )
+    m = share.proc.wait_line(r"Parent hub refused this node: (.+)$")
+    assert "passcode" in m.group(1)
+    assert not share.proc.has_line(r"Lost the parent hub")
+    assert not share.proc.has_line(r"Connected to parent hub")
+    assert not hub.proc.has_line(r"Child share joined")
+    # Refused, it still serves its own files.
+    import urllib.request
+
+    with urllib.request.urlopen(f"{share.url}/{share.node_id}/download/x.txt", timeout=10) as r:
+        assert r.read() == b"x\n"
+    assert share.proc.stop() == 0
+    # With the right passcode (saved from the option), it joins.
+    again = procs.node(
+        "kbucket-host",
+        tmp_path / "S",
+        "--parent-hub-passcode",
+        "open-sesame",
+        name="intruder",
+        parent=hub,
+    )
+    hub.proc.wait_line(rf"Child share joined: intruder \({again.node_id}\)$")
