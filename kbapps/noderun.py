@@ -313,9 +313,13 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
     hashed = 0
     hashed_initial: list[int] = []
 
+    bar: list[output.Progress] = []
+
     def hash_start(files: int, nbytes: int) -> None:
         nonlocal hashed
         hashed += files
+        # A bar on a terminal, milestone lines otherwise (SPEC §3), on stderr.
+        bar.append(output.Progress("Hashing", total_files=files, total_bytes=nbytes))
         if not hashed_initial:
             noun = "file" if files == 1 else "files"
             console.line(f"Hashing {files} {noun} ({output.format_bytes(nbytes)})...")
@@ -332,6 +336,8 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         index,
         hooks=IndexerHooks(
             on_hash_start=hash_start,
+            on_hash_progress=lambda files, nbytes: bar[-1].update(files, nbytes) if bar else None,
+            on_hash_end=lambda: bar.pop().close() if bar else None,
             on_initial_done=initial_done,
             on_warning=output.warning,
         ),
