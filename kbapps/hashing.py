@@ -173,11 +173,17 @@ def default_workers() -> int:
 
 
 def _hash_fd(
-    fd: int, buffer: bytearray, view: memoryview, on_bytes: Callable[[int], None] | None
+    fd: int,
+    buffer: bytearray,
+    view: memoryview,
+    on_bytes: Callable[[int], None] | None,
+    before: os.stat_result | None = None,
 ) -> tuple[str, str, int, int, int, int, int]:
     # Returns (sha1, head_sha1, bytes hashed, dev, ino, size, mtime_ns) as plain values:
     # this runs once per file, and for 4 KiB files Python overhead is half the cost.
-    before = os.fstat(fd)
+    # ``before``: the caller's fstat of fd, if it took one.
+    if before is None:
+        before = os.fstat(fd)
     if not stat.S_ISREG(before.st_mode):
         raise OSError(f"not a regular file (mode {stat.filemode(before.st_mode)})")
     size = before.st_size
@@ -512,7 +518,59 @@ class _ChunkWorker:
         out.append((-1, "warn", f"hash cache unusable, continuing without it: {exc}"))
         self.cache = None
 
-    def process(self, indices: Iterable[int]) -> list[_Record]:
+    def _process_unkeyed(self, indices: Iterable[int]) -> list[_Record]:
+        # Nothing to look up (the cache was empty, or there is none): skip the stat
+        # taken for the lookup key and let the fstat of the open file give the key.
+        # This loop is the whole cost of a first run over many small files.
+        out: list[_Record] = []
+        append = out.append
+        items, buffer, view, fresh = self.items, self.buffer, self.view, self.fresh
+        store = self.cache is not None
+        defer_big = self.defer_big
+        for index in indices:
+            path = items[index][0]
+            try:
+                fd = _open_for_hashing(path)
+            except OSError as exc:
+                append((index, "err", _error_text(exc)))
+                continue
+            try:
+                before = os.fstat(fd)
+                if defer_big and before.st_size >= BIG_FILE_BYTES and stat.S_ISREG(before.st_mode):
+                    append(
+                        (index, "big", before.st_dev, before.st_ino, before.st_size,
+                         before.st_mtime_ns)
+                    )  # fmt: skip
+                    continue
+                sha1, head, total, dev, ino, size, mtime_ns = _hash_fd(
+                    fd, buffer, view, None, before
+                )
+            except OSError as exc:
+                append((index, "err", _error_text(exc)))
+                continue
+            finally:
+                os.close(fd)
+            append((index, "ok", sha1, head, total, dev, ino, size, mtime_ns, False))
+            if store:
+                fresh.append((dev, ino, size, mtime_ns, sha1, head, total))
+        if len(fresh) >= _STORE_BATCH:
+            self.flush(out)
+        return out
+
+    def process(self, indices: Sequence[int]) -> list[_Record]:
+        """Return the records of the items at ``indices``."""
+        if not self.lookups or self.cache is None:
+            # Items whose key was given keep the path below (it hashes hard links once).
+            items = self.items
+            unkeyed = [index for index in indices if items[index][1] is None]
+            out = self._process_unkeyed(unkeyed)
+            if len(unkeyed) == len(indices):
+                return out
+            unkeyed_set = set(unkeyed)
+            return out + self._process_keyed(i for i in indices if i not in unkeyed_set)
+        return self._process_keyed(indices)
+
+    def _process_keyed(self, indices: Iterable[int]) -> list[_Record]:
         # Plain tuples throughout: this loop runs once per file, and a NamedTuple costs
         # ten times a tuple to build. FileKey compares and hashes like its tuple.
         out: list[_Record] = []
