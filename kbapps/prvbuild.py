@@ -428,27 +428,36 @@ def build_prvdir_bytes(
         if entry is not None:
             # Stat every file (the cost of the bare walk) and compare with the digest
             # the fragment was stored under.
-            keyed: list[tuple[str, int, int, int, int]] = []
-            given: list[ScannedFile] = []
+            # Plain tuples here: this is the whole cost of a cached re-run.
+            stat_keys: list[tuple[int, int, int, int]] = []
+            stat_ = os.stat
             try:
                 for scanned in listed:
                     known_key = scanned.key
                     if known_key is None:
-                        st = os.stat(scanned.path)
-                        known_key = FileKey(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-                    given.append(scanned._replace(key=known_key))
-                    if (known_key[0], known_key[1]) not in exclude:
-                        keyed.append((scanned.name, *known_key))
+                        st = stat_(scanned.path)
+                        stat_keys.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                    else:
+                        stat_keys.append(known_key)
             except OSError:
-                given = listed  # let the hashing report it, with its usual message
+                pass  # let the hashing report it, with its usual message
             else:
+                keyed = [
+                    (scanned.name, *key)
+                    for scanned, key in zip(listed, stat_keys, strict=True)
+                    if not exclude or (key[0], key[1]) not in exclude
+                ]
                 keyed.sort()
                 if _dir_digest(keyed) == entry[0]:
                     fragments[index] = entry[1]
                     hit_files += len(listed)
-                    hit_bytes += sum(item[3] for item in keyed)
+                    hit_bytes += sum([item[3] for item in keyed])
                     continue
-            listed = given
+                # Changed: hand the stat_keys over, so the workers look every file up.
+                listed = [
+                    scanned._replace(key=FileKey(*key))
+                    for scanned, key in zip(listed, stat_keys, strict=True)
+                ]
         missed.append(index)
         todo.extend(listed)
     if hit_files:
