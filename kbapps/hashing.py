@@ -29,6 +29,10 @@ are in ``/shared/reference/perf-baselines.md`` and ``docs/benchmarks.md``:
   many times keeps one row. A file modified less than ``RACY_WINDOW_NS`` before we read
   it is hashed but not cached: a second write within the same mtime tick (1-2 s on
   some file systems) could otherwise leave a stale digest under an unchanged key.
+  When the cache holds no digest at all when a run starts (a first run), workers skip
+  the lookups and the ``stat`` taken for the lookup key: the ``fstat`` of the open
+  file gives the key. The same database holds ``kbapps.prvbuild``'s per-directory
+  ``.prvdir`` fragments (``load_fragments``/``store_fragments``).
 
 The share indexer reuses this module: ``hash_file`` for one path; ``hash_files`` for a
 batch of ``(path, FileKey or None)`` items with progress and warning callbacks, or

@@ -13,7 +13,10 @@ Two steps, so a command can show a progress bar with known totals:
    error naming it.
 2. ``build_prvdir`` hashes what the scan found with ``kbapps.hashing`` (cache, all
    cores) and assembles the tree bottom-up. Every ``original_path`` is the file's path
-   relative to the directory, never absolute.
+   relative to the directory, never absolute. ``build_prvdir_bytes`` (what
+   ``kb-prv-create`` uses) returns the same document as bytes, written straight from
+   the digests, and reuses each unchanged directory's text from the hash cache (see
+   the notes above it).
 
 Everything is linear in the number of entries: 100,000 files is a list of 100,000
 tuples, batched cache lookups (500 files a query) and one pass to assemble.
