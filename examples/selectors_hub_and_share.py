@@ -16,12 +16,20 @@ in-memory files. Once the hub's index holds them, the hub's app runs a find and
 prints the answer. kbproto frames are self-delimiting, so here they travel on bare
 TCP; kbtransport carries the very same bytes inside WebSocket messages.
 
-Run: ``python examples/selectors_hub_and_share.py`` (exit status 0 on success).
+With ``--hub http://HOST:PORT`` only the share core runs, in the same loop, and joins
+a real ``kbucket-hub``: ``WebSocketDriver`` wraps its link in a WebSocket with wsproto
+(sans-IO as well). Once the hub acknowledges the index, a plain HTTP GET asks the hub's
+``/find/SHA1`` and prints the JSON answer; the exit status is 0 if it lists this share.
+
+Run: ``python examples/selectors_hub_and_share.py [--hub URL]`` (exit status 0 on success).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import http.client
+import json
 import selectors
 import socket
 import sys
@@ -32,6 +40,18 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+)
+from wsproto.utilities import RemoteProtocolError
 
 from kbproto import (
     Dial,
@@ -47,7 +67,15 @@ from kbproto import (
     Transmit,
     drain,
 )
-from kbproto.events import ChildJoined, LinkClosed, LookupFailed, LookupResolved, ParentConnected
+from kbproto.events import (
+    ChildJoined,
+    IndexSynced,
+    JoinRefused,
+    LinkClosed,
+    LookupFailed,
+    LookupResolved,
+    ParentConnected,
+)
 
 #: Give up (exit 1) if the whole exchange takes longer than this.
 DEADLINE_SECONDS = 15.0
@@ -124,14 +152,30 @@ class Driver:
         drained = drain(self.core, self.on_event)
         for action in drained.actions:
             if isinstance(action, Transmit):
-                self.outbox[action.link_id] += action.data
-                self._want_write(action.link_id)
+                self.send(action.link_id, action.data)
             elif isinstance(action, Dial):
                 self._dial(action.address)
             else:
                 assert isinstance(action, Hangup)
-                self.closing.add(action.link_id)
-                self._want_write(action.link_id)
+                self.hangup(action.link_id)
+
+    # How core bytes meet the socket. Here: bare TCP; ``WebSocketDriver`` overrides these.
+    def send(self, link: LinkId, data: bytes) -> None:
+        self.outbox[link] += data
+        self._want_write(link)
+
+    def hangup(self, link: LinkId) -> None:
+        self.closing.add(link)
+        self._want_write(link)
+
+    def connected(self, link: LinkId) -> None:
+        self.core.link_opened(link, time.monotonic(), dialed=True)
+
+    def received(self, link: LinkId, data: bytes) -> None:
+        self.core.receive_data(link, data, time.monotonic())
+
+    def closed(self, link: LinkId) -> None:
+        self.core.receive_eof(link, time.monotonic())
 
     def _new_link(self, sock: socket.socket) -> LinkId:
         self.next_link += 1
@@ -168,8 +212,7 @@ class Driver:
             sock.close()
             self.core.dial_failed(time.monotonic(), f"connect failed: errno {error}")
         else:
-            link = self._new_link(sock)
-            self.core.link_opened(link, time.monotonic(), dialed=True)
+            self.connected(self._new_link(sock))
         self.pump()
 
     def on_ready(self, link: LinkId, mask: int) -> None:
@@ -184,10 +227,10 @@ class Driver:
             except OSError:
                 data = b""
             if data:
-                self.core.receive_data(link, data, time.monotonic())
+                self.received(link, data)
             else:
                 self._drop(link)
-                self.core.receive_eof(link, time.monotonic())
+                self.closed(link)
             self.pump()
 
     def _flush(self, link: LinkId, sock: socket.socket) -> None:
@@ -197,7 +240,7 @@ class Driver:
         except OSError:
             # A failed write is reported to the core as the link's end (rule 11).
             self._drop(link)
-            self.core.receive_eof(link, time.monotonic())
+            self.closed(link)
             self.pump()
             return
         del pending[:sent]
@@ -221,7 +264,109 @@ class Driver:
         self.pump()
 
 
-def main() -> int:
+class WebSocketDriver(Driver):
+    """A share's driver whose links are WebSocket client connections (to a real hub).
+
+    A real ``kbucket-hub`` carries kbproto's bytes inside binary WebSocket messages.
+    wsproto is sans-IO like kbproto, so the same loop drives both: socket bytes go
+    into wsproto, its messages' payloads into the core, and each ``Transmit`` goes out
+    as one binary message. The core sees the link only once the upgrade is accepted.
+    """
+
+    def __init__(
+        self, name: str, core: HubCore | ShareCore, selector: selectors.BaseSelector, host: str
+    ) -> None:
+        super().__init__(name, core, selector)
+        self.host = host
+        self.ws: dict[LinkId, WSConnection] = {}
+        self.opened: set[LinkId] = set()
+
+    def connected(self, link: LinkId) -> None:
+        ws = self.ws[link] = WSConnection(ConnectionType.CLIENT)
+        # Any path with an Upgrade reaches the hub's link endpoint.
+        super().send(link, ws.send(Request(host=self.host, target="/")))
+
+    def send(self, link: LinkId, data: bytes) -> None:
+        ws = self.ws.get(link)
+        if ws is not None and ws.state is ConnectionState.OPEN:
+            super().send(link, ws.send(Message(data=data)))
+
+    def hangup(self, link: LinkId) -> None:
+        ws = self.ws.get(link)
+        if ws is not None and ws.state is ConnectionState.OPEN:
+            super().send(link, ws.send(CloseConnection(code=1000)))
+        super().hangup(link)
+
+    def received(self, link: LinkId, data: bytes) -> None:
+        ws = self.ws.get(link)
+        if ws is None:
+            return  # already closing: late bytes are dropped
+        ws.receive_data(data)
+        try:
+            events = list(ws.events())
+        except RemoteProtocolError as exc:
+            # Broken WebSocket framing ends the link (one line, no traceback).
+            print(f"share: bad websocket data from the hub: {exc}", file=sys.stderr)
+            super().hangup(link)
+            self.closed(link)
+            return
+        for event in events:
+            if isinstance(event, AcceptConnection):
+                self.opened.add(link)
+                self.core.link_opened(link, time.monotonic(), dialed=True)
+            elif isinstance(event, BytesMessage):
+                # kbproto frames are self-delimiting: a message fragment may go in as is.
+                self.core.receive_data(link, bytes(event.data), time.monotonic())
+            elif isinstance(event, Ping):
+                super().send(link, ws.send(event.response()))
+            elif isinstance(event, CloseConnection | RejectConnection):
+                if (
+                    isinstance(event, CloseConnection)
+                    and ws.state is ConnectionState.REMOTE_CLOSING
+                ):
+                    super().send(link, ws.send(event.response()))
+                super().hangup(link)
+                self.closed(link)
+                return
+
+    def closed(self, link: LinkId) -> None:
+        # Report each link's end once: as a link's end if the core saw it open (the
+        # upgrade was accepted), else as a failed dial (the core will dial again).
+        if self.ws.pop(link, None) is None:
+            return
+        if link in self.opened:
+            self.opened.discard(link)
+            self.core.receive_eof(link, time.monotonic())
+        else:
+            self.core.dial_failed(time.monotonic(), "websocket upgrade failed")
+
+
+def turn(
+    selector: selectors.BaseSelector,
+    drivers: tuple[Driver, ...],
+    give_up: float,
+    listener: socket.socket | None = None,
+) -> None:
+    """One turn of the loop: wait for a socket or the earliest core timer, dispatch."""
+    timers = [t for d in drivers if (t := d.core.get_timer()) is not None]
+    wait = min([give_up, *timers]) - time.monotonic()
+    for key, mask in selector.select(timeout=max(0.0, wait)):
+        driver, link = key.data
+        if link == "listener":
+            assert listener is not None
+            driver.on_accept(listener)
+        elif link is None:
+            driver.on_connect(key.fileobj)
+        else:
+            driver.on_ready(link, mask)
+    now = time.monotonic()
+    for driver in drivers:
+        timer = driver.core.get_timer()
+        if timer is not None and timer <= now:
+            driver.on_timer()
+
+
+def hub_and_share() -> int:
     selector = selectors.DefaultSelector()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -288,21 +433,7 @@ def main() -> int:
             hub.pump()
             asked = True
             continue
-        timers = [t for t in (hub.core.get_timer(), share.core.get_timer()) if t is not None]
-        wait = min([give_up, *timers]) - now
-        for key, mask in selector.select(timeout=max(0.0, wait)):
-            driver, link = key.data
-            if link == "listener":
-                driver.on_accept(listener)
-            elif link is None:
-                driver.on_connect(key.fileobj)
-            else:
-                driver.on_ready(link, mask)
-        now = time.monotonic()
-        for driver in (hub, share):
-            timer = driver.core.get_timer()
-            if timer is not None and timer <= now:
-                driver.on_timer()
+        turn(selector, (hub, share), give_up, listener)
 
     event = answer[0]
     if isinstance(event, LookupFailed):
@@ -319,6 +450,83 @@ def main() -> int:
     listener.close()
     selector.close()
     return 0
+
+
+def join_real_hub(hub_url: str) -> int:
+    """Only the share core, in the same loop, joined to a real ``kbucket-hub``."""
+    parts = urlsplit(hub_url)
+    if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        print(f"--hub wants http://HOST:PORT, not {hub_url!r}", file=sys.stderr)
+        return 2
+    selector = selectors.DefaultSelector()
+    core = ShareCore(
+        ShareConfig(name="selectors share", parent_url=hub_url),
+        signer=Ed25519Signer(),
+        ids=SeededIdSource("selectors share"),
+    )
+    share = WebSocketDriver("share", core, selector, host=parts.netloc)
+    print(f"share {core.node_id} joining {hub_url}")
+    synced: list[IndexSynced] = []
+    refused: list[str] = []
+
+    def share_app(event: Event) -> None:
+        if isinstance(event, ParentConnected):
+            print(f"share: connected to parent hub: {event.info.name}")
+        elif isinstance(event, IndexSynced):
+            print(f"share: the hub acknowledged {event.entries} index entries")
+            synced.append(event)
+        elif isinstance(event, JoinRefused):
+            refused.append(event.reason)
+        elif isinstance(event, LinkClosed):
+            print(f"share: link closed: {event.reason}")
+
+    share.on_event = share_app
+    now = time.monotonic()
+    core.set_files(
+        [(hashlib.sha1(data).hexdigest(), path, len(data)) for path, data in FILES.items()], now
+    )
+    core.start(now)
+    share.pump()
+
+    # Until the hub has acknowledged the whole index, keep the share's link served.
+    give_up = time.monotonic() + DEADLINE_SECONDS
+    while not synced:
+        if refused or time.monotonic() > give_up:
+            print(f"gave up: {refused[0] if refused else 'not joined in time'}", file=sys.stderr)
+            return 1
+        turn(selector, (share,), give_up)
+
+    # The index is at the hub, so the hub answers from it without asking the share: a
+    # blocking GET here (the loop pauses) is fine. Any HTTP client would do.
+    wanted = hashlib.sha1(FILES["data/readme.txt"]).hexdigest()
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=DEADLINE_SECONDS)
+    try:
+        conn.request("GET", f"/find/{wanted}")
+        response = conn.getresponse()
+        body = response.read(READ_SIZE)  # bounded: a find answer is small
+    finally:
+        conn.close()
+    print(f"GET {hub_url}/find/{wanted} -> {response.status}")
+    print(body.decode(errors="replace"))
+    answer = json.loads(body) if response.status == 200 else {}
+    ours = [r for r in answer.get("results", []) if r.get("kbshare_id") == core.node_id]
+    # Say goodbye properly: a WebSocket close frame, flushed by the loop, then the socket.
+    for link in list(share.socks):
+        share.hangup(link)
+    while share.socks and time.monotonic() < give_up:
+        turn(selector, (share,), give_up)
+    selector.close()
+    return 0 if ours else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the hub and the share in one loop, or (``--hub URL``) only the share."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--hub", metavar="URL", help="join this real kbucket-hub (http://HOST:PORT) instead"
+    )
+    args = parser.parse_args(argv)
+    return join_real_hub(args.hub) if args.hub else hub_and_share()
 
 
 if __name__ == "__main__":
