@@ -37,7 +37,6 @@ from urllib.parse import parse_qsl, unquote
 
 import anyio
 import h11
-import sniffio
 from anyio.abc import ByteStream, SocketAttribute
 from wsproto import ConnectionType
 from wsproto.connection import Connection as WsConnection
@@ -594,14 +593,10 @@ def _peer_address(stream: ByteStream) -> tuple[str, int] | None:
 
 def _asyncio_transport(stream: ByteStream) -> asyncio.Transport | None:
     """The asyncio transport under a plain anyio TCP stream, else None (TLS, memory...)."""
-    try:
-        if sniffio.current_async_library() != "asyncio":
-            return None
-    except sniffio.AsyncLibraryNotFoundError:
-        return None
     # anyio keeps the transport in a private attribute of its asyncio SocketStream; we
     # check the exact module so a wrapper (TLSStream) or another stream type is never
-    # mistaken for it, and fall back to read+send otherwise.
+    # mistaken for it, and fall back to read+send otherwise. (A stream of that module
+    # exists only on the asyncio backend, so no separate backend check is needed.)
     if type(stream).__module__ != "anyio._backends._asyncio":
         return None
     transport = getattr(stream, "_transport", None)
