@@ -1,13 +1,13 @@
-"""A test-only stand-in for a kbucket network's HTTP side, for the browser tests.
+"""A test-only stand-in for a kbucket network's HTTP side, used only by ``test_web_ui_states.py``.
 
-**It stands in until the real hub and share processes exist.** The browser tests need
-nodes that serve the web interface and the SPEC §4 routes; while the protocol cores,
-kbtransport's server and the ``kbucket-hub``/``kbucket-host`` commands are being built,
-this module provides them: one stdlib ``http.server`` per node on 127.0.0.1 (port 0, in
-a thread), serving
+The browser tests' ``web_network`` fixture (``conftest.py``) runs REAL ``kbucket-hub`` and
+``kbucket-host`` processes. This module remains for the UI states real processes show only
+transiently (a file listed before the share has hashed it), which a test cannot hold still
+against a real share. It serves, with one stdlib ``http.server`` per node on 127.0.0.1
+(port 0, in a thread):
 
-- the shipped web interface through :mod:`kbapps.web` (``/``, ``/web/...``, and the
-  ``/web/config.json`` route the integration must add), with the CSP header;
+- the shipped web interface through :mod:`kbapps.web` (``/``, ``/web/...``,
+  ``/web/config.json``), with the CSP header;
 - ``GET /ID/api/nodeinfo``, ``/ID/api/readdir/PATH``, ``/ID/download/PATH``,
   ``/ID/prv/PATH`` and ``/find/SHA1`` in SPEC §4's JSON shapes, built from REAL
   directories: real listings (dot-names hidden), real bytes, and real SHA-1 ``.prv``
@@ -16,11 +16,6 @@ a thread), serving
 Shortcut: every node's server answers for every node of the network (a real node routes
 such requests through the tree, SPEC §4). Nothing else about routing, websockets or
 indexing is imitated.
-
-Once the real commands exist, the ``web_network`` fixture in ``conftest.py`` must start
-real ``kbucket-hub`` and ``kbucket-host`` processes instead (see its docstring); only the
-tests in ``test_ui_states.py`` keep using this module, for UI states that real processes
-show only transiently (files not yet indexed, broken answers).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Fixtures for the browser tests: headless Chromium, and a network serving the web UI.
 
+The network (``web_network``) is real ``kbucket-hub`` and ``kbucket-host`` processes on
+127.0.0.1, started once per session with ``tests/e2e/procs.py``.
+
 The browser is Debian's ``/usr/bin/chromium`` (``scripts/setup-tests.sh`` installs it),
 driven by Playwright for Python, launched once per test module with an empty profile.
 """
@@ -11,6 +14,7 @@ import json
 import os
 import random
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.web._spec_backend import SpecNetwork, SpecNode
+from tests.e2e.procs import LINE_TIMEOUT, Procs, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -49,11 +53,6 @@ EVIL_SHARE_NAME = "<img src=x onerror=alert(1)>"
 #: folder "<b>x<" holding the file "b>.dat". Both halves must show as literal text.
 EVIL_FILE_PATH = "<b>x</b>.dat"
 EVIL_FLAT_NAME = "<img src=y onerror=alert(4)>.dat"
-
-
-def _node_id(label: str) -> str:
-    # Fixed ids keep the screenshots identical from run to run.
-    return hashlib.sha1(label.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,6 @@ def build_share_dir(root: Path) -> None:
     _write(root / "recordings" / "10", b"ten\n")
     _write(root / "recordings" / "données.csv", b"a,b\n1,2\n")
     _write(root / "recordings" / ".hidden", b"never listed\n")
-    _write(root / ".kbucket" / "kbnode.json", b"{}\n")
     many = root / "many"
     many.mkdir()
     for i in range(MANY):
@@ -139,83 +137,122 @@ def expected_prvdir(directory: Path) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def web_network() -> Iterator[WebNetwork]:
+def web_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNetwork]:
     """A hub, a child hub and two shares on 127.0.0.1, serving the web interface.
 
-    FOR NOW this runs the stand-in of ``tests/web/_spec_backend.py``. Once the commands
-    exist it must start real processes instead, keeping this fixture's signature:
+    Real processes, started once per session (``tests/e2e/procs.py`` starts and stops them):
 
-    1. ``kbucket-hub HUBDIR --auto --name "KBucket demo hub" --scientific-research yes
-       --description ... --owner ... --owner-email ... --port 0 --host 127.0.0.1``;
-       read its ``Web interface: <url>`` line for ``hub_url``;
+    1. ``kbucket-hub HUB --auto --name "KBucket demo hub" ... --port 0 --host 127.0.0.1``;
+       ``hub_url`` is ``http://127.0.0.1:PORT`` from its ``is running ... on port`` line;
     2. the child hub the same way with ``--parent-hub <hub_url>``;
     3. ``kbucket-host SHAREDIR --auto --name "Spike sorting examples" --confirm-share yes
-       --scientific-research yes ... --port 0 --host 127.0.0.1 --parent-hub <hub_url>``
-       (the evil share with ``--parent-hub <child hub url>`` and ``--name`` /
-       ``--description`` / ``--owner`` set to the HTML payloads);
-    4. wait (bounded) for each share's ``Indexed <n> files.`` and for the hub's nodeinfo
-       to list both children; take node ids from each ``DIR/.kbucket/kbnode.json``;
-    5. at teardown send SIGINT, wait with a timeout, then kill what is left.
+       ... --parent-hub <hub_url>``, and the evil share with ``--parent-hub <child hub>``
+       and ``--name`` / ``--description`` / ``--owner`` set to the HTML payloads;
+    4. each start waits (bounded, ``procs.LINE_TIMEOUT`` per line) for ``Connected to
+       parent hub`` and a share's ``Indexed <n> files.``; then the hubs' nodeinfo must
+       list their children (bounded poll); node ids come from ``DIR/.kbucket/kbnode.json``
+       and ``share_url`` is the share's own advertised ``listen_url`` (its nodeinfo);
+    5. at teardown every process gets SIGTERM, a bounded wait, then SIGKILL.
     """
+    work = tmp_path_factory.mktemp("web-procs")
     # The 10,000-file folder is made in RAM when the machine has /dev/shm: on a loaded
     # virtual disk, creating it takes 20 s (2 ms per file) instead of under one.
     with tempfile.TemporaryDirectory(
         prefix="kbucket-web-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     ) as scratch:
-        yield from _run_network(Path(scratch))
+        procs = Procs(work)
+        try:
+            yield _run_network(procs, Path(scratch))
+        finally:
+            procs.close()
 
 
-def _run_network(base: Path) -> Iterator[WebNetwork]:
+def _nodeinfo(url: str, node_id: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/{node_id}/api/nodeinfo", timeout=10) as response:
+        body = json.loads(response.read(1 << 20))
+    assert isinstance(body, dict), body
+    assert body.get("success") is True, body
+    return body
+
+
+def _children(url: str, node_id: str) -> set[str]:
+    body = _nodeinfo(url, node_id)
+    return set(body.get("child_hubs", {})) | set(body.get("child_leaf_nodes", {}))
+
+
+def _run_network(procs: Procs, base: Path) -> WebNetwork:
     share_dir = base / "spike-sorting-examples"
     evil_dir = base / "evil"
     build_share_dir(share_dir)
     build_evil_dir(evil_dir)
-    hub = SpecNode(
-        node_id=_node_id("hub"),
-        node_type="hub",
+    hub = procs.node(
+        "kbucket-hub",
+        base / "hub",
+        "--description",
+        "Top hub of the demo network: finds content and proxies downloads.",
+        "--owner",
+        "Data Services Team",
+        "--owner-email",
+        "data@example.org",
         name="KBucket demo hub",
-        description="Top hub of the demo network: finds content and proxies downloads.",
-        owner="Data Services Team",
-        owner_email="data@example.org",
     )
-    subhub = SpecNode(
-        node_id=_node_id("subhub"),
-        node_type="hub",
+    subhub = procs.node(
+        "kbucket-hub",
+        base / "subhub",
+        "--description",
+        "Hub for the lab's recording machines.",
+        "--owner",
+        "Lab IT",
         name="Lab hub (electrophysiology)",
-        description="Hub for the lab's recording machines.",
-        owner="Lab IT",
-        parent_id=hub.node_id,
+        parent=hub,
     )
-    share = SpecNode(
-        node_id=_node_id("share"),
-        node_type="leaf",
+    # Both shares index at once; each waits for its own "Indexed" line (bounded).
+    share_ready = procs.launch(
+        "kbucket-host",
+        share_dir,
+        "--description",
+        "Raw recordings and ground-truth firings for spike sorting benchmarks.",
+        "--owner",
+        "Ada Lovelace",
+        "--owner-email",
+        "ada@example.org",
         name="Spike sorting examples",
-        description="Raw recordings and ground-truth firings for spike sorting benchmarks.",
-        owner="Ada Lovelace",
-        owner_email="ada@example.org",
-        parent_id=hub.node_id,
-        root=share_dir,
+        parent=hub,
     )
-    evil = SpecNode(
-        node_id=_node_id("evil"),
-        node_type="leaf",
+    evil_ready = procs.launch(
+        "kbucket-host",
+        evil_dir,
+        "--description",
+        "<script>alert(2)</script>",
+        "--owner",
+        '"><svg onload=alert(3)>',
         name=EVIL_SHARE_NAME,
-        description="<script>alert(2)</script>",
-        owner='"><svg onload=alert(3)>',
-        parent_id=subhub.node_id,
-        root=evil_dir,
+        parent=subhub,
     )
-    with SpecNetwork([hub, subhub, share, evil]) as network:
-        yield WebNetwork(
-            hub_url=network.url(hub.node_id),
-            hub_id=hub.node_id,
-            subhub_id=subhub.node_id,
-            share_id=share.node_id,
-            share_url=network.url(share.node_id),
-            share_dir=share_dir,
-            evil_share_id=evil.node_id,
-            evil_share_dir=evil_dir,
-        )
+    share = share_ready()
+    evil = evil_ready()
+    wait_for(
+        lambda: _children(hub.url, hub.node_id) == {subhub.node_id, share.node_id},
+        LINE_TIMEOUT,
+        "the hub to list its child hub and share",
+    )
+    wait_for(
+        lambda: _children(subhub.url, subhub.node_id) == {evil.node_id},
+        LINE_TIMEOUT,
+        "the child hub to list the evil share",
+    )
+    share_url = _nodeinfo(share.url, share.node_id)["info"]["listen_url"]
+    assert isinstance(share_url, str)
+    return WebNetwork(
+        hub_url=hub.url,
+        hub_id=hub.node_id,
+        subhub_id=subhub.node_id,
+        share_id=share.node_id,
+        share_url=share_url,
+        share_dir=share_dir,
+        evil_share_id=evil.node_id,
+        evil_share_dir=evil_dir,
+    )
 
 
 @pytest.fixture(scope="module")

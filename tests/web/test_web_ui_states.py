@@ -3,7 +3,9 @@
 A share lists a file before it has hashed it; the page must say "not yet indexed", offer
 no ``.prv`` for it, and refuse (clearly, naming the file) to build a ``.prvdir`` that
 would be incomplete. With real processes this state lasts only while the share indexes,
-so these tests keep using ``_spec_backend`` on purpose, also after the integration.
+so these tests keep using ``_spec_backend`` on purpose: a real share cannot be held in it
+without a race (a small file is indexed within milliseconds of being listed). Everything
+else in ``tests/web/`` runs against real ``kbucket-hub``/``kbucket-host`` processes.
 """
 
 from __future__ import annotations
