@@ -11,7 +11,7 @@ from kbproto._node import _Node
 from kbproto.actions import Action
 from kbproto.events import Event
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
-from kbproto.messages import NodeInfo
+from kbproto.messages import FindResult, NodeInfo
 from kbproto.proxy import StreamRole
 
 
@@ -136,6 +136,23 @@ class _CoreCommon:
             LocalProtocolError: malformed ``sha1`` or ``share_id``.
         """
         return self._node.lookups.find(sha1, now, share_id)
+
+    def answer_now(
+        self, sha1: str, *, share_id: str | None = None
+    ) -> tuple[FindResult, ...] | None:
+        """The answer ``find`` would give at once, without starting a find; else None.
+
+        A pure query (no state change, no event, no action, no trace): the results
+        ``find`` would resolve with, in the same order, when it would finish without
+        sending any message (a share's own file; a hub's direct share children, with
+        no child hub to ask and no need to ask up); ``()`` when ``find`` would fail at
+        once ("not found"); None when ``find`` would ask a peer, or refuse because too
+        many finds are pending. On None, call ``find``.
+
+        Raises:
+            LocalProtocolError: malformed ``sha1`` or ``share_id``.
+        """
+        return self._node.lookups.answer_now(sha1, share_id)
 
     # --- streams ----------------------------------------------------------------------
 

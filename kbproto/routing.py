@@ -204,11 +204,60 @@ class Lookups:
         """Answer locally, ask child hubs below, or ask the parent (module docstring)."""
         node = self._node
         share_id = pending.share_id
+        for result in self._local_results(pending.raw, share_id, came_from):
+            pending.add(result)
+        for link in self._hubs_to_ask(pending.raw, share_id, came_from):
+            self._ask(pending, link, up=False, now=now)
+        if not pending.results and not pending.waiting and self._goes_up(share_id, allow_up):
+            assert node.parent is not None  # _goes_up checked it
+            self._ask(pending, node.parent, up=True, now=now)
+        if not pending.waiting:
+            self._finish(pending, now)
+
+    def answer_now(self, sha1: str, share_id: str | None = None) -> tuple[FindResult, ...] | None:
+        """The whole answer ``find`` would give at once, or None if it would ask a peer.
+
+        Pure query: no state changes, no events, no trace, no id used. Returns the
+        results ``find`` would resolve with (same results, same order), ``()`` when
+        ``find`` would fail at once with "not found", and None whenever ``find`` would
+        send a sub-query (a child hub holds the content, or the parent must be asked) or
+        refuse for lack of room (``max_pending_lookups``). A caller falls back to
+        ``find`` on None.
+
+        Raises:
+            LocalProtocolError: malformed ``sha1`` or ``share_id`` (as ``find``).
+        """
+        if not is_sha1(sha1):
+            raise LocalProtocolError(f"not a sha1: {sha1!r}")
+        if share_id is not None and not is_node_id(share_id):
+            raise LocalProtocolError(f"not a node id: {share_id!r}")
+        if len(self._pending) >= self._node.limits.max_pending_lookups:
+            return None  # find answers LookupFailed("too many pending finds") then
+        raw = bytes.fromhex(sha1)
+        sid = NodeId(share_id) if share_id is not None else None
+        if self._hubs_to_ask(raw, sid, None):
+            return None
+        results = self._local_results(raw, sid, None)
+        if not results and self._goes_up(sid, allow_up=True):
+            return None
+        return tuple(results)
+
+    def _local_results(
+        self, raw: bytes, share_id: NodeId | None, came_from: Link | None
+    ) -> list[FindResult]:
+        """What this node answers from its own index (no side effects).
+
+        A share: its own file. A hub: each direct share child holding ``raw``, in the
+        index's order, without duplicates and at most ``MAX_RESULTS`` (as
+        ``_Pending.add`` keeps them, so ``answer_now`` and ``find`` agree).
+        """
+        node = self._node
+        results: list[FindResult] = []
         if node.share_index is not None:
             if share_id is None or share_id == node.node_id:
-                entry = node.share_index.representative(pending.raw)
+                entry = node.share_index.representative(raw)
                 if entry is not None:
-                    pending.add(
+                    results.append(
                         FindResult(
                             kbshare_id=node.node_id,
                             share_url=node.info.listen_url,
@@ -217,43 +266,64 @@ class Lookups:
                             hops=(),
                         )
                     )
-        else:
-            hub = node.hub_index
-            assert hub is not None
-            for link_id in hub.holders(pending.raw):
-                link = node.links.get(link_id)
-                if link is None or link is came_from or link.peer is None:
-                    continue
-                peer = link.peer
-                if peer.node_type == "leaf":
-                    if share_id is None or share_id == peer.node_id:
-                        entry = hub.share_entry(link_id, pending.raw)
-                        assert entry is not None
-                        pending.add(
-                            FindResult(
-                                kbshare_id=peer.node_id,
-                                share_url=peer.listen_url,
-                                path=entry[0],
-                                size=entry[1],
-                                hops=(),
-                            )
+            return results
+        hub = node.hub_index
+        assert hub is not None
+        seen: set[tuple[str, str]] = set()
+        for link_id in hub.holders(raw):
+            link = node.links.get(link_id)
+            if link is None or link is came_from or link.peer is None:
+                continue
+            peer = link.peer
+            if peer.node_type == "leaf" and (share_id is None or share_id == peer.node_id):
+                entry = hub.share_entry(link_id, raw)
+                assert entry is not None
+                key = (peer.node_id, entry[0])
+                if key not in seen and len(results) < MAX_RESULTS:
+                    seen.add(key)
+                    results.append(
+                        FindResult(
+                            kbshare_id=peer.node_id,
+                            share_url=peer.listen_url,
+                            path=entry[0],
+                            size=entry[1],
+                            hops=(),
                         )
-                elif share_id is None or hub.child_reaches(link_id, share_id):
-                    self._ask(pending, link, up=False, now=now)
-        # Up only when nothing was found or asked below, only for finds that came
-        # from below (or our app), and, for a share-limited find, only when that
-        # share is not in our subtree: it cannot be anywhere else.
-        if (
-            not pending.results
-            and not pending.waiting
-            and allow_up
+                    )
+        return results
+
+    def _hubs_to_ask(
+        self, raw: bytes, share_id: NodeId | None, came_from: Link | None
+    ) -> list[Link]:
+        """The child hub links whose subtree holds ``raw`` (and ``share_id``), in order."""
+        node = self._node
+        hub = node.hub_index
+        if hub is None:
+            return []
+        links: list[Link] = []
+        for link_id in hub.holders(raw):
+            link = node.links.get(link_id)
+            if link is None or link is came_from or link.peer is None:
+                continue
+            if link.peer.node_type != "leaf" and (
+                share_id is None or hub.child_reaches(link_id, share_id)
+            ):
+                links.append(link)
+        return links
+
+    def _goes_up(self, share_id: NodeId | None, allow_up: bool) -> bool:
+        """Whether a find that found nothing below is asked of the parent.
+
+        Only for finds that came from below (or our app), and, for a share-limited
+        find, only when that share is not in our subtree: it cannot be anywhere else.
+        """
+        node = self._node
+        return (
+            allow_up
             and (share_id is None or not node.in_subtree(share_id))
             and node.parent is not None
             and node.parent.is_up
-        ):
-            self._ask(pending, node.parent, up=True, now=now)
-        if not pending.waiting:
-            self._finish(pending, now)
+        )
 
     def _ask(self, pending: _Pending, link: Link, *, up: bool, now: float) -> None:
         """Send one sub-query on ``link`` with 80 % of the remaining time."""
