@@ -24,28 +24,40 @@ tuples, batched cache lookups (500 files a query) and one pass to assemble.
 
 from __future__ import annotations
 
-import hashlib
-import marshal
 import os
 import sqlite3
 import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from hashlib import sha1 as _sha1
 from json.encoder import encode_basestring
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from kbapps import hashing
 from kbapps.hashing import (
+    BIG_FILE_BYTES,
+    BUFFER_SIZE,
+    PARALLEL_MIN_FILES,
     RACY_WINDOW_NS,
     FileKey,
     HashCache,
     HashResult,
+    default_workers,
     hash_files,
     hash_records,
 )
 from kbproto.errors import LocalProtocolError
 from kbproto.ids import Sha1
-from kbproto.prv import FCS_PREFIX, PRV_VERSION, Prv, PrvDir, PrvLimits, is_valid_entry_name
+from kbproto.prv import (
+    FCS_HEAD_BYTES,
+    FCS_PREFIX,
+    PRV_VERSION,
+    Prv,
+    PrvDir,
+    PrvLimits,
+    is_valid_entry_name,
+)
 
 __all__ = (
     "PrvBuildError",
@@ -338,9 +350,18 @@ def build_prv(
 # costs several microseconds per file; a cached re-run of a big tree must cost little
 # more than listing it. So ``build_prvdir_bytes`` writes the text of each directory's
 # "files" object directly (``files_fragment``, byte-identical to ``serialize_prvdir``,
-# which the tests check on random trees) and keeps it in the hash cache keyed by the
-# directory and a digest of its files' names and (dev, ino, size, mtime_ns): an
-# unchanged directory then costs one ``stat`` per file and a dictionary lookup.
+# which the tests check on random trees) and keeps it in the hash cache's fragment file
+# for the tree (``HashCache.store_fragments``), with the directory's key text (every
+# file's name, dev, ino, size and mtime_ns) and its files' digests: an unchanged
+# directory then costs one ``stat`` per file and a comparison. When a directory did
+# change, the digests stored for the whole tree answer for every file whose key is
+# unchanged (one that moved within the tree too), so only new content is read.
+#
+# The digests of a tree's small files are kept there only, not also as one SQLite row
+# per file: those rows cost ~3-5 µs per file, a fifth of hashing a 4 KiB file. Files
+# of ``BIG_FILE_BYTES`` and up still get their row, and the rows of the database
+# (single files, big files, other callers) are looked up for files of changed
+# directories when it holds any.
 
 _VERSION_TEXT = encode_basestring(PRV_VERSION)
 
@@ -355,15 +376,7 @@ def files_fragment(depth: int, relbase: str, entries: Sequence[tuple[str, str, s
         relbase: the directory's ``/``-separated path relative to the root ("" for it).
         entries: ``(name, sha1, head_sha1, size)``, sorted by name.
     """
-    i2 = " " * (8 * depth + 8)
-    inner = i2 + "    "
-    # The fixed parts of every entry, formatted once per directory.
-    template = (
-        f'{i2}%s: {{\n{inner}"original_checksum": "%s",\n{inner}"original_size": %d,\n'
-        f'{inner}"original_fcs": "{FCS_PREFIX}%s",\n{inner}"original_path": %s,\n'
-        f'{inner}"prv_version": {_VERSION_TEXT}\n{i2}}}'
-    )
-    prefix = f"{relbase}/" if relbase else ""
+    template, prefix = _entry_template(depth, relbase)
     return ",\n".join(
         [
             template % (encode_basestring(name), sha1, size, head, encode_basestring(prefix + name))
@@ -372,12 +385,458 @@ def files_fragment(depth: int, relbase: str, entries: Sequence[tuple[str, str, s
     )
 
 
-def _dir_digest(keyed: list[tuple[str, int, int, int, int]]) -> bytes:
-    # (name, dev, ino, size, mtime_ns), sorted by name. marshal is fast; version 2,
-    # because 3 and up write back-references to objects seen twice, so equal lists
-    # of different objects would give different bytes. A Python upgrade that changed
-    # the format would only cost one re-hash.
-    return hashlib.sha1(marshal.dumps(keyed, 2)).digest()
+def _entry_template(depth: int, relbase: str) -> tuple[str, str]:
+    # The fixed parts of every entry of one directory, formatted once per directory:
+    # (template taking name, sha1, size, head, original_path; prefix of the paths).
+    i2 = " " * (8 * depth + 8)
+    inner = i2 + "    "
+    template = (
+        f'{i2}%s: {{\n{inner}"original_checksum": "%s",\n{inner}"original_size": %d,\n'
+        f'{inner}"original_fcs": "{FCS_PREFIX}%s",\n{inner}"original_path": %s,\n'
+        f'{inner}"prv_version": {_VERSION_TEXT}\n{i2}}}'
+    )
+    return template, (f"{relbase}/" if relbase else "")
+
+
+#: One file's part of a directory's key text: name, then dev, ino, size, mtime_ns.
+#: NUL ends each part: no name holds one, so the text maps back to one listing.
+_KEY_PART = "%s\0%d %d %d %d\0"
+
+_Key = tuple[int, int, int, int]
+
+
+def _key_bytes(text: str) -> bytes:
+    # surrogatepass: a name the file system gave as undecodable bytes still compares.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _stored_digests(known: dict[str, tuple[bytes, bytes, bytes]]) -> dict[_Key, tuple[str, str]]:
+    """Return ``key -> (sha1, head_sha1)`` for every file of a tree's stored fragments
+    (from each directory's key text and digests; see ``_segment_texts``)."""
+    table: dict[_Key, tuple[str, str]] = {}
+    for stored in known.values():
+        try:
+            keys_text, _, digests = stored
+            parts = keys_text.decode("utf-8", "surrogatepass").split("\0")
+            hexes = digests.decode("ascii")
+        except (ValueError, TypeError, AttributeError):
+            continue  # not ours: ignore it
+        for position in range(len(parts) // 2):
+            numbers = parts[2 * position + 1].split(" ")
+            if len(numbers) != 4:
+                break
+            at = 80 * position
+            key = (int(numbers[0]), int(numbers[1]), int(numbers[2]), int(numbers[3]))
+            table[key] = (hexes[at : at + 40], hexes[at + 40 : at + 80])
+    return table
+
+
+def _quiet_only(keys_text: bytes, digests: bytes, limit: int) -> tuple[bytes, bytes]:
+    """Return the key text and digests of a directory without its files modified
+    after ``limit`` (mtime_ns)."""
+    parts = keys_text.decode("utf-8", "surrogatepass").split("\0")
+    hexes = digests.decode("ascii")
+    kept_keys: list[str] = []
+    kept_digests: list[str] = []
+    for position in range(len(parts) // 2):
+        numbers = parts[2 * position + 1]
+        if int(numbers.rsplit(" ", 1)[1]) <= limit:
+            kept_keys.append(f"{parts[2 * position]}\0{numbers}\0")
+            kept_digests.append(hexes[80 * position : 80 * position + 80])
+    return _key_bytes("".join(kept_keys)), "".join(kept_digests).encode("ascii")
+
+
+def _segment_texts(
+    records: Sequence[tuple[Any, ...]], depth: int, relbase: str
+) -> tuple[bytes, bytes, bytes, int]:
+    """Return the ``.prvdir`` entries text, the key text, the digests text (sha1 then
+    head_sha1, 80 hex digits per file) and the newest mtime of records ``(job, name,
+    sha1, head, size, dev, ino, key size, mtime_ns)`` of one directory, in name
+    order."""
+    template, prefix = _entry_template(depth, relbase)
+    text = ",\n".join(
+        [
+            template % (encode_basestring(r[1]), r[2], r[4], r[3], encode_basestring(prefix + r[1]))
+            for r in records
+        ]
+    )
+    keys_text = "".join([_KEY_PART % (r[1], r[5], r[6], r[7], r[8]) for r in records])
+    digests = "".join([r[2] + r[3] for r in records])
+    newest = max([r[8] for r in records], default=0)
+    return text.encode("utf-8"), _key_bytes(keys_text), digests.encode("ascii"), newest
+
+
+# --- hashing the files of changed directories, on every core ---------------------------
+#
+# The files to hash are laid out directory by directory, each directory's files sorted
+# by name, and cut into chunks of consecutive files (a chunk may hold the end of one
+# directory and the start of the next: "segments"). Chunks are claimed from a pipe by
+# the parent and its forked children as in ``kbapps.hashing`` (4-byte chunk numbers,
+# atomic reads), so the load balances itself. A worker turns each segment straight
+# into its finished texts (entries, keys, digests): formatting runs on every core too,
+# and one marshal message per chunk carries it all; the parent only joins texts.
+
+#: Files per chunk: ~1-2 ms of work, few messages, and the last chunk finishes soon.
+_CHUNK_FILES = 128
+#: Never more chunks than this (their numbers must fit in a pipe buffer, see hashing).
+_MAX_CHUNKS = 8192
+#: A file modified less than this before it is read takes the careful read (an fstat
+#: before and after); an older one is read first and fstat-ed once (see ``_segment``).
+_QUIET_NS = RACY_WINDOW_NS
+
+#: A segment: (dir index, first job index, end job index).
+_Segment = tuple[int, int, int]
+#: What a worker reports, as plain tuples (marshal):
+#: ("t", chunk, dir, first, entries text, key text, digests, newest mtime_ns, files,
+#: bytes); ("r", chunk, dir, first, records, files, bytes) for a segment holding big
+#: files (records as for ``_segment_texts``, sha1 None for a big file);
+#: ("e", chunk, dir, name, reason); ("w", chunk, message); ("c", chunk): chunk done.
+_Report = tuple[Any, ...]
+
+
+class _Jobs(NamedTuple):
+    """The files to hash, in directory-then-name order, as parallel lists."""
+
+    paths: list[str]
+    names: list[str]
+    keys: list[_Key | None]
+    dirs: list[int]
+
+
+class _TreeWorker:
+    """Hashes chunks in one process, with its own buffer and cache connection.
+
+    Args:
+        jobs, relpaths, depth, exclude: the work (shared, read-only).
+        cache: looked up for files of changed directories (not written: the tree's
+            digests are stored with its fragments).
+        table: digests stored with the tree's fragments, by key.
+        lookups: whether keys are worth taking (``table`` or the cache holds any).
+    """
+
+    def __init__(
+        self,
+        jobs: _Jobs,
+        relpaths: Sequence[str],
+        depth: Sequence[int],
+        exclude: frozenset[tuple[int, int]],
+        cache: HashCache | None,
+        table: dict[_Key, tuple[str, str]],
+        lookups: bool,
+    ) -> None:
+        self.jobs = jobs
+        self.relpaths = relpaths
+        self.depth = depth
+        self.exclude = exclude
+        self.cache = cache
+        self.table = table
+        self.lookups = lookups
+        self.buffer = bytearray(BUFFER_SIZE)
+        self.view = memoryview(self.buffer)
+
+    def process(self, chunk: int, segments: Sequence[_Segment]) -> list[_Report]:
+        """Return the reports of one chunk, ending with its ("c", chunk)."""
+        out: list[_Report] = []
+        for segment in segments:
+            self._segment(chunk, segment, out)
+        out.append(("c", chunk))
+        return out
+
+    def _lookup(
+        self, chunk: int, first: int, end: int, out: list[_Report]
+    ) -> tuple[list[_Key | None], dict[_Key, tuple[str, str]]]:
+        # Keys (a stat per file the parent did not stat) and their known digests.
+        paths, given = self.jobs.paths, self.jobs.keys
+        keys: list[_Key | None] = []
+        for job in range(first, end):
+            key = given[job]
+            if key is None:
+                try:
+                    st = os.stat(paths[job])
+                except OSError:
+                    keys.append(None)  # the open reports it
+                    continue
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            keys.append(key)
+        table = self.table
+        found = {key: table[key] for key in keys if key is not None and key in table}
+        if self.cache is not None and len(found) < len(keys):
+            try:
+                found.update(
+                    self.cache.lookup_raw([k for k in keys if k is not None and k not in found])
+                )
+            except sqlite3.Error as exc:
+                out.append(("w", chunk, f"hash cache unusable, continuing without it: {exc}"))
+                self.cache = None
+        return keys, found
+
+    def _segment(self, chunk: int, segment: _Segment, out: list[_Report]) -> None:
+        # This loop is the whole cost of a first run over many small files: plain
+        # tuples and local names only.
+        #
+        # A small file is read first and fstat-ed once, after the read: one syscall
+        # fewer than fstat, read, fstat. That is as safe whenever its mtime is older
+        # than _QUIET_NS: a write starts by setting the mtime to the (coarse) clock,
+        # so a write during our read would show a recent mtime in that fstat. Any
+        # other file (recent, big, short read, not regular) is read again the careful
+        # way, as ``kbapps.hashing`` does.
+        dir_index, first, end = segment
+        paths, names = self.jobs.paths, self.jobs.names
+        keys: Sequence[_Key | None] = ()
+        found: dict[_Key, tuple[str, str]] = {}
+        if self.lookups:
+            keys, found = self._lookup(chunk, first, end, out)
+        buffer, view = self.buffer, self.view
+        full = len(buffer)
+        buffers = (buffer,)
+        quiet = time.time_ns() - _QUIET_NS
+        open_ = hashing._open_for_hashing  # looked up here: tests replace it
+        fstat, readv, close, hash_fd, sha1 = os.fstat, os.readv, os.close, hashing._hash_fd, _sha1
+        is_reg = stat.S_ISREG
+        head_bytes = FCS_HEAD_BYTES
+        # (job, name, sha1, head, size, dev, ino, key size, mtime_ns); sha1 None for
+        # a big file left to the parent.
+        records: list[tuple[Any, ...]] = []
+        append = records.append
+        big = False
+        for job in range(first, end):
+            if found:
+                key = keys[job - first]
+                hit = found.get(key) if key is not None else None
+                if hit is not None and key is not None:
+                    dev, ino, ksize, mtime = key
+                    append((job, names[job], hit[0], hit[1], ksize, dev, ino, ksize, mtime))
+                    continue
+            try:
+                fd = open_(paths[job])
+            except OSError as exc:
+                out.append(("e", chunk, dir_index, names[job], hashing._error_text(exc)))
+                return
+            try:
+                try:
+                    n = readv(fd, buffers)
+                except OSError:
+                    n = -1  # a directory or a FIFO swapped in: the fstat says which
+                st = fstat(fd)
+                size = st.st_size
+                mtime = st.st_mtime_ns
+                if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
+                    if n <= head_bytes:
+                        whole = head = sha1(view[:n]).hexdigest()
+                    else:
+                        digest = sha1(view[:head_bytes])
+                        head = digest.hexdigest()
+                        digest.update(view[head_bytes:n])
+                        whole = digest.hexdigest()
+                    append((job, names[job], whole, head, n, st.st_dev, st.st_ino, n, mtime))
+                    continue
+                if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
+                    # Left to the parent: threads, and progress while it streams.
+                    big = True
+                    append((job, names[job], None, None, 0, st.st_dev, st.st_ino, size, mtime))
+                    continue
+                if is_reg(st.st_mode):
+                    os.lseek(fd, 0, os.SEEK_SET)
+                whole, head, total, dev, ino, ksize, mtime = hash_fd(fd, buffer, view, None)
+            except OSError as exc:
+                out.append(("e", chunk, dir_index, names[job], hashing._error_text(exc)))
+                return
+            finally:
+                close(fd)
+            append((job, names[job], whole, head, total, dev, ino, ksize, mtime))
+        if self.exclude:
+            exclude = self.exclude
+            records = [r for r in records if (r[5], r[6]) not in exclude]
+        nbytes = sum([r[4] for r in records])
+        if big:
+            out.append(("r", chunk, dir_index, first, records, end - first, nbytes))
+            return
+        text, keys_text, digests, newest = _segment_texts(
+            records, self.depth[dir_index], self.relpaths[dir_index]
+        )
+        out.append(
+            ("t", chunk, dir_index, first, text, keys_text, digests, newest, end - first, nbytes)
+        )
+
+
+def _cut_chunks(jobs: _Jobs) -> list[list[_Segment]]:
+    # Consecutive files, about _CHUNK_FILES each, split at directory boundaries.
+    count = len(jobs.paths)
+    size = max(_CHUNK_FILES, -(-count // _MAX_CHUNKS))
+    dirs = jobs.dirs
+    chunks: list[list[_Segment]] = []
+    for start in range(0, count, size):
+        end = min(start + size, count)
+        segments: list[_Segment] = []
+        first = start
+        for job in range(start + 1, end):
+            if dirs[job] != dirs[first]:
+                segments.append((dirs[first], first, job))
+                first = job
+        segments.append((dirs[first], first, end))
+        chunks.append(segments)
+    return chunks
+
+
+class _Collected:
+    """What the workers reported, per directory: ``texts[dir]`` holds ``(first job,
+    entries text, key text, digests, newest mtime)`` and ``raw[dir]`` ``(first job,
+    records)`` for segments with big files left to the parent."""
+
+    def __init__(self, report: ProgressCallback, warn: Warn, relpaths: Sequence[str]) -> None:
+        self.texts: dict[int, list[tuple[int, bytes, bytes, bytes, int]]] = {}
+        self.raw: dict[int, list[tuple[int, list[tuple[Any, ...]]]]] = {}
+        self.done: set[int] = set()
+        self.report = report
+        self.warn = warn
+        self.warned = False
+        self.relpaths = relpaths
+
+    def take(self, reports: Sequence[_Report]) -> None:
+        """Record a batch of reports; raise ``PrvBuildError`` for a file that failed."""
+        files = nbytes = 0
+        for item in reports:
+            kind = item[0]
+            if kind == "t":
+                _, _, dir_index, first, text, keys_text, digests, newest, nfiles, size = item
+                self.texts.setdefault(dir_index, []).append(
+                    (first, text, keys_text, digests, newest)
+                )
+                files += nfiles
+                nbytes += size
+            elif kind == "c":
+                self.done.add(item[1])
+            elif kind == "r":
+                _, _, dir_index, first, records, nfiles, size = item
+                self.raw.setdefault(dir_index, []).append((first, records))
+                files += nfiles - sum([1 for r in records if r[2] is None])
+                nbytes += size
+            elif kind == "e":
+                _, _, dir_index, name, reason = item
+                shown = _rel(self.relpaths[dir_index], name)
+                raise PrvBuildError(f"cannot read {_show(shown)}: {reason}")
+            elif not self.warned:  # "w": the first cache failure only
+                self.warned = True
+                self.warn(item[2])
+        if files or nbytes:
+            self.report(files, nbytes)
+
+
+def _hash_jobs(
+    jobs: _Jobs,
+    relpaths: Sequence[str],
+    depth: Sequence[int],
+    exclude: frozenset[tuple[int, int]],
+    cache: HashCache | None,
+    table: dict[_Key, tuple[str, str]],
+    workers: int,
+    collected: _Collected,
+) -> None:
+    """Hash every job into ``collected``, on ``workers`` processes (this one too)."""
+    chunks = _cut_chunks(jobs)
+    lookups = bool(table)
+    if cache is not None and not lookups:
+        try:
+            lookups = cache.has_files()
+        except sqlite3.Error:
+            lookups = True  # the lookups will fail and say so
+    parent = _TreeWorker(jobs, relpaths, depth, exclude, cache, table, lookups)
+    nproc = min(workers, len(chunks)) if len(jobs.paths) >= PARALLEL_MIN_FILES else 1
+    if nproc <= 1 or not hasattr(os, "fork"):
+        for number, segments in enumerate(chunks):
+            collected.take(parent.process(number, segments))
+        return
+    queue_r, queue_w = os.pipe()
+    children: list[hashing._Child] = []
+    cache_path = cache.path if cache is not None and lookups else None
+
+    def body(result_fd: int) -> None:  # pragma: no cover - runs in the child
+        child_cache = None
+        if cache_path is not None:
+            # Never use the parent's connection across fork: open our own.
+            try:
+                child_cache = HashCache(cache_path)
+            except (OSError, sqlite3.Error):
+                child_cache = None
+        worker = _TreeWorker(jobs, relpaths, depth, exclude, child_cache, table, lookups)
+        with os.fdopen(result_fd, "wb", buffering=0) as pipe:
+            while (number := hashing._claim(queue_r)) is not None:
+                hashing._send_frame(pipe, worker.process(number, chunks[number]))
+
+    ok = False
+    try:
+        payload = b"".join([hashing._CHUNK.pack(n) for n in range(len(chunks))])
+        view = memoryview(payload)
+        while view:  # fits in the pipe buffer (<= 32 KiB), so this never blocks
+            view = view[os.write(queue_w, view) :]
+        os.close(queue_w)
+        queue_w = -1
+        for _ in range(nproc - 1):
+            children.append(hashing._Child(body))
+        while (claimed := hashing._claim(queue_r)) is not None:
+            collected.take(parent.process(claimed, chunks[claimed]))
+            for child in children:
+                collected.take(child.drain(block=False))
+        for child in children:
+            while not child.eof:
+                collected.take(child.drain(block=True))
+        # A child that died (killed, out of memory) leaves chunks unreported: do
+        # them here rather than fail.
+        for number, segments in enumerate(chunks):
+            if number not in collected.done:
+                collected.take(parent.process(number, segments))
+        ok = True
+    finally:
+        if queue_w >= 0:
+            os.close(queue_w)
+        os.close(queue_r)
+        for child in children:
+            child.close(kill=not ok)
+
+
+def _finish_raw(
+    jobs: _Jobs,
+    collected: _Collected,
+    depth: Sequence[int],
+    cache: HashCache | None,
+    workers: int,
+) -> None:
+    """Hash the big files the workers left (threads, byte progress, cached as rows
+    of the database) and turn their segments into texts."""
+    big = [
+        (record[0], FileKey(record[5], record[6], record[7], record[8]))
+        for segments in collected.raw.values()
+        for _, records in segments
+        for record in records
+        if record[2] is None
+    ]
+    digests: dict[int, tuple[Any, ...]] = {}
+    job_of = {jobs.paths[job]: job for job, _ in big}
+    results = hash_files(
+        [(jobs.paths[job], key) for job, key in big],
+        cache=cache,
+        workers=workers,
+        on_progress=collected.report,
+        on_warning=collected.warn,
+    )
+    try:
+        for result in results:
+            job = job_of[result.path]
+            digest = result.digest
+            if digest is None:
+                shown = _rel(collected.relpaths[jobs.dirs[job]], jobs.names[job])
+                raise PrvBuildError(f"cannot read {_show(shown)}: {result.error}")
+            digests[job] = (digest.sha1, digest.head_sha1, digest.size, *result.key)
+    finally:
+        results.close()
+    for dir_index, segments in collected.raw.items():
+        for first, records in segments:
+            done = [
+                record if record[2] is not None else (*record[:2], *digests[record[0]])
+                for record in records
+            ]
+            texts = _segment_texts(done, depth[dir_index], collected.relpaths[dir_index])
+            collected.texts.setdefault(dir_index, []).append((first, *texts))
 
 
 def build_prvdir_bytes(
@@ -401,144 +860,131 @@ def build_prvdir_bytes(
     """
     warn = on_warning or (lambda message: None)
     report = on_progress or (lambda files, nbytes: None)
+    nworkers = default_workers() if workers is None else max(1, workers)
     dirs = scan.dirs
     ndirs = len(dirs)
     depth = [0] * ndirs
     for index in range(1, ndirs):  # parents come first
         depth[index] = depth[dirs[index].parent] + 1
+    relpaths = [d.relpath for d in dirs]
     files_of: list[list[ScannedFile]] = [[] for _ in range(ndirs)]
     for scanned in scan.files:
         files_of[scanned.dir_index].append(scanned)
 
     scope = os.path.realpath(scan.root)
-    known: dict[str, tuple[bytes, str]] = {}
-    if cache is not None:
-        try:
-            known = cache.load_fragments(scope)
-        except sqlite3.Error as exc:
-            warn(f"hash cache unusable, continuing without it: {exc}")
-            cache = None
+    known = cache.load_fragments(scope) if cache is not None else {}
 
-    fragments: list[str | None] = [None] * ndirs
-    todo: list[ScannedFile] = []
-    missed: list[int] = []
+    fragments: list[bytes | None] = [None] * ndirs
+    keep: list[tuple[str, bytes, bytes, bytes]] = []  # what the fragment file will hold
+    jobs = _Jobs([], [], [], [])
     hit_files = hit_bytes = 0
+    stat_ = os.stat
     for index in range(ndirs):
         listed = files_of[index]
         if not listed:
             continue
-        entry = known.get(dirs[index].relpath)
-        if entry is not None:
-            # Stat every file (the cost of the bare walk) and compare with the digest
-            # the fragment was stored under.
-            # Plain tuples here: this is the whole cost of a cached re-run.
-            stat_keys: list[tuple[int, int, int, int]] = []
-            stat_ = os.stat
+        listed.sort(key=_name_of)
+        keys: list[_Key | None] = [scanned.key for scanned in listed]
+        stored = known.get(relpaths[index])
+        if stored is not None and stored[1]:  # (an empty fragment: not reusable)
+            # Stat every file (the cost of the bare walk) and compare with the key
+            # text the fragment was stored with. Plain tuples: this loop is the whole
+            # cost of a cached re-run.
             try:
-                for scanned in listed:
-                    known_key = scanned.key
-                    if known_key is None:
+                for position, scanned in enumerate(listed):
+                    if scanned.key is None:
                         st = stat_(scanned.path)
-                        stat_keys.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-                    else:
-                        stat_keys.append(known_key)
+                        keys[position] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             except OSError:
-                pass  # let the hashing report it, with its usual message
+                pass  # the worker reports it, with its usual message
             else:
-                keyed = [
+                kept = [
                     (scanned.name, *key)
-                    for scanned, key in zip(listed, stat_keys, strict=True)
-                    if not exclude or (key[0], key[1]) not in exclude
+                    for scanned, key in zip(listed, keys, strict=True)
+                    if key is not None and (not exclude or (key[0], key[1]) not in exclude)
                 ]
-                keyed.sort()
-                if _dir_digest(keyed) == entry[0]:
-                    fragments[index] = entry[1]
+                if _key_bytes("".join([_KEY_PART % item for item in kept])) == stored[0]:
+                    fragments[index] = stored[1]
+                    keep.append((relpaths[index], *stored))
                     hit_files += len(listed)
-                    hit_bytes += sum([item[3] for item in keyed])
+                    hit_bytes += sum([item[3] for item in kept])
                     continue
-                # Changed: hand the stat_keys over, so the workers look every file up.
-                listed = [
-                    scanned._replace(key=FileKey(*key))
-                    for scanned, key in zip(listed, stat_keys, strict=True)
-                ]
-        missed.append(index)
-        todo.extend(listed)
+        jobs.paths.extend([scanned.path for scanned in listed])
+        jobs.names.extend([scanned.name for scanned in listed])
+        jobs.keys.extend(keys)
+        jobs.dirs.extend([index] * len(listed))
     if hit_files:
         report(hit_files, hit_bytes)
 
-    if todo:
-        # (name, sha1, head, size) and (name, dev, ino, size, mtime_ns) per directory.
-        done: dict[int, list[tuple[str, str, str, int]]] = {index: [] for index in missed}
-        keys: dict[int, list[tuple[str, int, int, int, int]]] = {index: [] for index in missed}
-        batches = hash_records(
-            todo, cache=cache, workers=workers, on_progress=on_progress, on_warning=on_warning
-        )
-        try:
-            for batch in batches:
-                for item, sha1, head, size, key, _, error in batch:
-                    scanned = todo[item]
-                    if sha1 is None or head is None:
-                        base = dirs[scanned.dir_index].relpath
-                        shown = f"{base}/{scanned.name}" if base else scanned.name
-                        raise PrvBuildError(f"cannot read {_show(shown)}: {error}")
-                    if exclude and (key[0], key[1]) in exclude:
-                        continue
-                    done[scanned.dir_index].append((scanned.name, sha1, head, size))
-                    keys[scanned.dir_index].append((scanned.name, *key))
-        finally:
-            batches.close()
+    if jobs.paths:
+        collected = _Collected(report, warn, relpaths)
+        table = _stored_digests(known) if known else {}
+        _hash_jobs(jobs, relpaths, depth, exclude, cache, table, nworkers, collected)
+        if collected.raw:
+            _finish_raw(jobs, collected, depth, cache, nworkers)
         limit = time.time_ns() - (cache.racy_window_ns if cache else RACY_WINDOW_NS)
-        store: list[tuple[str, bytes, str]] = []
-        for index in missed:
-            entries = done[index]
-            entries.sort()
-            relpath = dirs[index].relpath
-            fragment = files_fragment(depth[index], relpath, entries)
+        for index, parts in collected.texts.items():
+            parts.sort(key=_first_of)
+            fragment = b",\n".join([part[1] for part in parts if part[1]])
             fragments[index] = fragment
-            keyed = keys[index]
-            # A file modified within the racy window may change again within the same
-            # mtime tick: its directory's fragment must not be trusted later.
-            if cache is not None and all(item[4] <= limit for item in keyed):
-                keyed.sort()
-                store.append((relpath, _dir_digest(keyed), fragment))
-        if cache is not None and store:
-            try:
-                cache.store_fragments(scope, store)
-            except sqlite3.Error as exc:
-                warn(f"hash cache unusable, continuing without it: {exc}")
+            keys_text = b"".join([part[2] for part in parts])
+            digests = b"".join([part[3] for part in parts])
+            if max([part[4] for part in parts]) <= limit:
+                keep.append((relpaths[index], keys_text, fragment, digests))
+            else:
+                # A file modified within the racy window may change again within the
+                # same mtime tick: its directory's fragment must not be trusted later,
+                # nor its digest; the other files' digests are kept (no fragment).
+                keys_text, digests = _quiet_only(keys_text, digests, limit)
+                keep.append((relpaths[index], keys_text, b"", digests))
+    if cache is not None and (jobs.paths or len(keep) != len(known)):
+        try:
+            cache.store_fragments(scope, keep)
+        except OSError as exc:
+            warn(f"hash cache: cannot store directory fragments: {exc.strerror or exc}")
     return _assemble(dirs, depth, fragments)
 
 
-def _assemble(dirs: Sequence[ScannedDir], depth: list[int], fragments: list[str | None]) -> bytes:
+def _name_of(scanned: ScannedFile) -> str:
+    return scanned.name
+
+
+def _first_of(part: tuple[Any, ...]) -> int:
+    return int(part[0])
+
+
+def _assemble(dirs: Sequence[ScannedDir], depth: list[int], fragments: list[bytes | None]) -> bytes:
     # The same layout and order as serialize_prvdir, from the directory list.
     children: list[list[tuple[str, int]]] = [[] for _ in dirs]
     for index in range(1, len(dirs)):
         children[dirs[index].parent].append((dirs[index].name, index))
-    out: list[str] = []
-    stack: list[int | str] = [0]
+    out: list[bytes] = []
+    stack: list[int | bytes] = [0]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        if not isinstance(item, int):
             out.append(item)
             continue
         indent = " " * (8 * depth[item])
         i1 = indent + "    "
         fragment = fragments[item]
         if fragment:
-            out.append(f'{{\n{i1}"files": {{\n{fragment}\n{i1}}},\n{i1}"dirs": ')
+            out.append(f'{{\n{i1}"files": {{\n'.encode())
+            out.append(fragment)
+            out.append(f'\n{i1}}},\n{i1}"dirs": '.encode())
         else:
-            out.append(f'{{\n{i1}"files": {{}},\n{i1}"dirs": ')
+            out.append(f'{{\n{i1}"files": {{}},\n{i1}"dirs": '.encode())
         subdirs = children[item]
         if not subdirs:
-            out.append("{}\n" + indent + "}")
+            out.append(("{}\n" + indent + "}").encode())
             continue
         subdirs.sort()
         i2 = i1 + "    "
-        stack.append("\n" + i1 + "}\n" + indent + "}")
+        stack.append(("\n" + i1 + "}\n" + indent + "}").encode())
         for position in range(len(subdirs) - 1, -1, -1):
             name, sub = subdirs[position]
             stack.append(sub)
             lead = "{\n" if position == 0 else ",\n"
-            stack.append(lead + i2 + encode_basestring(name) + ": ")
-    out.append("\n")
-    return "".join(out).encode("utf-8")
+            stack.append((lead + i2 + encode_basestring(name) + ": ").encode("utf-8"))
+    out.append(b"\n")
+    return b"".join(out)

@@ -7,15 +7,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbapps import prvbuild
+from kbapps import hashing, prvbuild
 from kbapps.hashing import HashCache
 from kbapps.prvbuild import build_prvdir, build_prvdir_bytes, files_fragment, scan_directory
 from kbproto.ids import Sha1
@@ -32,6 +31,11 @@ def _age(root: Path) -> None:
     past = time.time_ns() - HOUR_NS
     for item in root.rglob("*"):
         os.utime(item, ns=(past, past))
+
+
+def _age_one(path: Path) -> None:
+    past = time.time_ns() - HOUR_NS
+    os.utime(path, ns=(past, past))
 
 
 # --- the serializer ------------------------------------------------------------------
@@ -119,17 +123,18 @@ def test_random_trees_serialize_byte_for_byte_like_the_models(
 
 
 class _Counting:
-    """Wraps ``hash_records`` to record which files each run sent to hashing."""
+    """Wraps the one place the hasher opens files, to record which files each run
+    read (runs use ``workers=1``, so every open happens in this process)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.names: list[str] = []
-        real = prvbuild.hash_records  # type: ignore[attr-defined]
+        real = hashing._open_for_hashing
 
-        def spy(items: Sequence[Any], **kwargs: Any) -> Any:
-            self.names.extend(item[0].rsplit("/", 2)[-2] + "/" + item[3] for item in items)
-            return real(items, **kwargs)
+        def spy(path: str | os.PathLike[str]) -> int:
+            self.names.append("/".join(os.fspath(path).rsplit("/", 2)[-2:]))
+            return real(path)
 
-        monkeypatch.setattr(prvbuild, "hash_records", spy)
+        monkeypatch.setattr(hashing, "_open_for_hashing", spy)
 
     def take(self) -> list[str]:
         names, self.names = sorted(self.names), []
@@ -168,24 +173,34 @@ def test_unchanged_directories_are_served_from_their_fragment(
         # Nothing hashed, nothing even looked up per file.
         assert _run(root, cache, seen) == (first, [])
 
-        # One file rewritten (same size, new mtime): only its directory is redone.
+        # One file rewritten (same size, new mtime): only its directory is redone,
+        # and only that file is read (the others' digests are stored with the tree).
         (root / "d2" / "f1").write_bytes(b"d2 X")
-        _age(root / "d2")
+        _age_one(root / "d2" / "f1")
         changed, hashed = _run(root, cache, seen)
         assert changed != first
-        assert hashed == [f"d2/f{i}" for i in range(4)]
+        assert hashed == ["d2/f1"]
         assert _run(root, cache, seen) == (changed, [])
 
-        # A file added, then one removed.
+        # A file added (only it is read), then one removed (nothing is read).
         (root / "d3" / "new").write_bytes(b"new")
-        _age(root / "d3")
-        assert _run(root, cache, seen)[1] == [*(f"d3/f{i}" for i in range(4)), "d3/new"]
+        _age_one(root / "d3" / "new")
+        assert _run(root, cache, seen)[1] == ["d3/new"]
         (root / "d1" / "f0").unlink()
-        assert _run(root, cache, seen)[1] == [f"d1/f{i}" for i in range(1, 4)]
-        # A file renamed keeps its inode, size and mtime; its name changes the digest.
-        (root / "d1" / "f1").rename(root / "d1" / "renamed")
-        assert _run(root, cache, seen)[1] == ["d1/f2", "d1/f3", "d1/renamed"]
         assert _run(root, cache, seen)[1] == []
+        # A file renamed keeps its inode, size and mtime: its name changes the
+        # directory's text, not its digest.
+        (root / "d1" / "f1").rename(root / "d1" / "renamed")
+        assert _run(root, cache, seen)[1] == []
+        # Moved to another directory of the tree: still known by its key.
+        (root / "d1" / "f2").rename(root / "d3" / "moved")
+        assert _run(root, cache, seen)[1] == []
+        assert set(cache.load_fragments(os.path.realpath(root))) == {"d1", "d2", "d3"}
+        assert _run(root, cache, seen)[1] == []
+        # A directory renamed: its files are still known.
+        (root / "d3").rename(root / "d4")
+        assert _run(root, cache, seen)[1] == []
+        assert set(cache.load_fragments(os.path.realpath(root))) == {"d1", "d2", "d4"}
 
 
 def test_a_directory_with_a_racy_file_is_not_remembered(
@@ -198,9 +213,14 @@ def test_a_directory_with_a_racy_file_is_not_remembered(
     seen = _Counting(monkeypatch)
     with HashCache(scratch / "c.db") as cache:
         _run(root, cache, seen)
-        assert set(cache.load_fragments(os.path.realpath(root))) == {"d2", "d3"}
-        hashed = _run(root, cache, seen)[1]
-        assert hashed == ["d1/f0", "d1/f1", "d1/f2", "d1/f3", "d1/fresh"]
+        stored = cache.load_fragments(os.path.realpath(root))
+        assert {relpath for relpath, entry in stored.items() if entry[1]} == {"d2", "d3"}
+        # Only the racy file is read again: the other files of its directory keep
+        # their digests, their directory only its text.
+        assert _run(root, cache, seen)[1] == ["d1/fresh"]
+        _age_one(root / "d1" / "fresh")
+        assert _run(root, cache, seen)[1] == ["d1/fresh"]
+        assert _run(root, cache, seen)[1] == []
 
 
 def test_the_output_file_inside_the_tree_stays_out_of_fragments(scratch: Path) -> None:
