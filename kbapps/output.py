@@ -162,6 +162,7 @@ class Progress:
         self._last_draw = 0.0
         self._milestone = 0
         self._printed = False
+        self._closed = False
         self._rich: Any = None
         self._task: Any = None
 
@@ -265,7 +266,11 @@ class Progress:
         return text
 
     def close(self, success: bool = True) -> None:
-        """Finish the display (a final line in log mode if anything was printed)."""
+        """Finish the display (a final "done" line in log mode if anything was printed
+        and the job succeeded). Only the first call counts."""
+        if self._closed:
+            return
+        self._closed = True
         if self._rich is not None:
             if success:
                 self._draw_rich()

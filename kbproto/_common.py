@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kbproto._node import _Node
 from kbproto.actions import Action
+from kbproto.config import Limits
 from kbproto.events import Event
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
@@ -89,6 +90,11 @@ class _CoreCommon:
     def info(self) -> NodeInfo:
         """This node's own info (the ``info`` of nodeinfo)."""
         return self._node.info
+
+    @property
+    def limits(self) -> Limits:
+        """The size limits this core was configured with (``stream_window`` etc.)."""
+        return self._node.limits
 
     @property
     def node_id(self) -> NodeId:

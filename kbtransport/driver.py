@@ -75,7 +75,7 @@ _log = logging.getLogger("kbtransport.driver")
 
 #: Queued output (bytes) on one link above which we stop reading it: four default
 #: stream windows, so a few busy downloads never pause a healthy link.
-DEFAULT_HIGH_WATER = 4 * 1024 * 1024
+DEFAULT_HIGH_WATER = 16 * 1024 * 1024
 #: Inputs waiting for the driver before link readers block; each is at most one
 #: websocket message (16 MiB cap, typically 256 KiB), so memory stays bounded.
 DEFAULT_INBOX_SIZE = 256

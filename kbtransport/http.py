@@ -1,11 +1,12 @@
 """HTTP messages as the server hands them to an app, and what an app answers.
 
 An app is ``async (Request) -> Response``. A ``Request`` is parsed once, bounded and
-frozen. A ``Response`` carries one of five bodies: bytes (small, JSON...), a
+frozen. A ``Response`` carries one of six bodies: bytes (small, JSON...), a
 ``StreamBody`` (an async iterator of chunks, length known or chunked), a ``FileBody``
 (an open file, an offset and a length; sent with ``sendfile`` when the connection is a
-plain TCP socket), or a ``WebSocketAccept`` (the app accepts a websocket upgrade and
-gets a ``WebSocketLink``).
+plain TCP socket), a ``WebSocketAccept`` (the app accepts a websocket upgrade and
+gets a ``WebSocketLink``), or a ``RawUpgrade`` (the app accepts an ``Upgrade`` to its
+own protocol and gets the bare byte stream).
 
 Paths: the server splits the raw target's path on ``/`` *before* percent-decoding, so
 ``%2f`` inside a segment stays inside that segment (as a literal ``/``) and can never
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
+    from anyio.abc import ByteStream
+
     from kbtransport.websocket import WebSocketLink
 
 __all__ = (
@@ -29,6 +32,7 @@ __all__ = (
     "App",
     "FileBody",
     "Headers",
+    "RawUpgrade",
     "Request",
     "Response",
     "StreamBody",
@@ -172,6 +176,20 @@ class WebSocketAccept:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RawUpgrade:
+    """Accept ``Upgrade: <protocol>``; the server answers 101 and runs ``handler``.
+
+    Attributes:
+        protocol: the token the request's ``Upgrade`` header must name (else 400).
+        handler: called with the connection's byte stream and the bytes the client
+            sent after its request head; the connection is closed when it returns.
+    """
+
+    protocol: str
+    handler: Callable[[ByteStream, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
     """What an app returns.
 
@@ -180,12 +198,13 @@ class Response:
         headers: extra ``(name, value)`` pairs. The server adds ``Content-Length`` for
             bytes and file bodies (and for streams of known length), the CORS headers,
             ``Date`` and ``Server``; do not set those.
-        body: bytes, a ``StreamBody``, a ``FileBody`` or a ``WebSocketAccept``.
+        body: bytes, a ``StreamBody``, a ``FileBody``, a ``WebSocketAccept`` or a
+            ``RawUpgrade``.
     """
 
     status: int
     headers: tuple[tuple[str, str], ...] = ()
-    body: bytes | StreamBody | FileBody | WebSocketAccept = field(default=b"")
+    body: bytes | StreamBody | FileBody | WebSocketAccept | RawUpgrade = field(default=b"")
 
     def header(self, name: str) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), or None."""

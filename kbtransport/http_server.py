@@ -55,6 +55,7 @@ from kbtransport.http import (
     CORS_HEADERS,
     App,
     FileBody,
+    RawUpgrade,
     Request,
     Response,
     StreamBody,
@@ -69,6 +70,8 @@ _log = logging.getLogger("kbtransport.http")
 
 #: Bytes asked of the stream per receive while reading requests.
 _READ_SIZE = 64 * 1024
+#: Read size for streamed request bodies (a child's uplink carries bulk data).
+_BODY_READ_SIZE = 1024 * 1024
 #: Methods answered by the OPTIONS preflight; the app decides which it really serves.
 _ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 _ALLOW_HEADERS = "Range, If-Range, If-None-Match, Content-Type, Authorization"
@@ -210,6 +213,9 @@ class _Connection:
             if isinstance(response.body, WebSocketAccept):
                 await self.upgrade(request, response.body)
                 return
+            if isinstance(response.body, RawUpgrade):
+                await self.raw_upgrade(request, response.body)
+                return
             await self.send_response(request, response)
             if self.conn.their_state is h11.SEND_BODY:
                 await self.drain_body()
@@ -337,12 +343,24 @@ class _Connection:
             await self.send(
                 self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
             )
+        conn = self.conn
         while True:
-            try:
-                with anyio.fail_after(self.config.body_timeout):
-                    event = await self.next_event()
-            except TimeoutError as exc:
-                raise TransportTimeout("request body stalled") from exc
+            with map_exceptions(READ_ERRORS):
+                event = conn.next_event()
+            if event is h11.NEED_DATA:
+                # Only a read can stall; large reads take asyncio's whole buffer (256 KiB)
+                # at once instead of splitting it into copies.
+                try:
+                    with anyio.fail_after(self.config.body_timeout):
+                        with map_exceptions(READ_ERRORS):
+                            try:
+                                data = await self.stream.receive(_BODY_READ_SIZE)
+                            except anyio.EndOfStream:
+                                data = b""
+                            conn.receive_data(data)
+                except TimeoutError as exc:
+                    raise TransportTimeout("request body stalled") from exc
+                continue
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -552,6 +570,27 @@ class _Connection:
             await accept.handler(link)
         finally:
             await link.aclose()
+
+    async def raw_upgrade(self, request: Request, accept: RawUpgrade) -> None:
+        asked = (request.header("upgrade") or "").strip().lower()
+        # h11 exports the state but leaves it out of ``__all__``.
+        switching = self.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+        if asked != accept.protocol.lower() or not switching:
+            await self.send_error(400, f"Not an Upgrade to {accept.protocol}")
+            return
+        headers = [
+            (b"upgrade", accept.protocol.encode("latin-1")),
+            (b"connection", b"Upgrade"),
+            *self.base_headers,
+        ]
+        try:
+            await self.send(
+                self.conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
+            )
+        except TransportError:
+            return
+        trailing, _closed = self.conn.trailing_data
+        await accept.handler(self.stream, bytes(trailing))
 
 
 async def _aclose_iterable(chunks: AsyncIterable[bytes]) -> None:

@@ -288,8 +288,8 @@ def build_node_app(node: Node, local: App) -> App:
             return Response(status=101, body=node.websocket_accept(request))
         segments = request.segments
         first = segments[0] if segments else ""
-        if first == "_kblink" and len(segments) == 2 and request.method == "POST":
-            return await node.attach_uplink(segments[1], request.body_stream)
+        if first == "_kblink" and len(segments) == 2:
+            return node.uplink_accept(segments[1])
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")

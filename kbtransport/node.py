@@ -45,7 +45,6 @@ driver. Example (what ``kbucket-host`` does, in short)::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import ssl
 from collections import deque
@@ -85,6 +84,7 @@ from kbtransport.errors import ReadError, TransportError, TransportTimeout
 from kbtransport.http import (
     App,
     FileBody,
+    RawUpgrade,
     Request,
     Response,
     StreamBody,
@@ -96,7 +96,7 @@ from kbtransport.listener import BoundAddress, ListenConfig, serve_http
 from kbtransport.routing import Router
 from kbtransport.uplink import (
     UPLINK_HEADER,
-    UPLINK_PREFIX,
+    UPLINK_PROTOCOL,
     UPLINK_SUBPROTOCOL,
     UplinkClientLink,
     UplinkRegistry,
@@ -134,9 +134,6 @@ FindAnswer = LookupResolved | LookupFailed
 _SEND_CHUNK = 256 * 1024
 #: Received body bytes joined into one piece for the consumer: fewer, larger writes.
 _JOIN_LIMIT = 256 * 1024
-#: Credit is returned in batches of this many consumed bytes (or sooner when the
-#: consumer has caught up, so a small window can never stall).
-_GRANT_BATCH = 64 * 1024
 #: Largest websocket message accepted from a peer; kbproto frames are at most 1 MiB,
 #: and a peer's Transmit at most a few hundred KiB.
 _MAX_LINK_MESSAGE = 16 * 1024 * 1024
@@ -328,6 +325,10 @@ class ProxyResponse:
         """
         st = self._st
         node = self._node
+        # Credit goes back in quarter-window batches: while fewer bytes are owed, the
+        # sender still holds three quarters of the window, so it never stalls, and
+        # a fast consumer costs one Credit frame per quarter window, not one per chunk.
+        batch = max(1, node.stream_window // 4)
         owed = 0
         try:
             while True:
@@ -344,7 +345,7 @@ class ProxyResponse:
                     yield data
                     # The consumer came back: those bytes are consumed.
                     owed += len(data)
-                    if owed >= _GRANT_BATCH:
+                    if owed >= batch:
                         node._grant(st, owed)
                         owed = 0
                     continue
@@ -352,10 +353,6 @@ class ProxyResponse:
                     raise StreamResetError(st.reset.status, st.reset.reason)
                 if st.ended:
                     return
-                if owed:
-                    # Caught up: return everything, so any window size keeps flowing.
-                    node._grant(st, owed)
-                    owed = 0
                 await st.signal.wait()
         finally:
             if not self.finished:
@@ -401,10 +398,9 @@ class Node:
         hooks: console callbacks.
         client_ssl: TLS context for ``wss`` parents (system store if None).
         high_water: per-link back-pressure bound (``NodeDriver``).
-        uplink: as a child, offer to send link bytes in a POST (``kbtransport.uplink``:
-            no websocket masking on the bulk direction); the parent may decline. Off by
-            default: measured here it saved little CPU at the share and cost the hub
-            more (64 KiB server reads), see ``kbtransport.uplink``.
+        uplink: as a child, offer to send link bytes on a raw upgraded connection
+            (``kbtransport.uplink``: no websocket masking or framing on the bulk
+            direction); the parent may decline. On by default.
     """
 
     def __init__(
@@ -417,7 +413,7 @@ class Node:
         client_ssl: ssl.SSLContext | None = None,
         dial_timeout: float = 10.0,
         high_water: int | None = None,
-        uplink: bool = False,
+        uplink: bool = True,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -532,13 +528,13 @@ class Node:
             handler=handler, subprotocol=UPLINK_SUBPROTOCOL, max_message_bytes=_MAX_LINK_MESSAGE
         )
 
-    async def attach_uplink(self, token: str, body: AsyncIterator[bytes] | None) -> Response:
-        """Serve ``POST /_kblink/<token>``: the body carries that child's link bytes."""
+    def uplink_accept(self, token: str) -> Response:
+        """Answer ``GET /_kblink/<token>`` (``Upgrade: kbucket-uplink``): from then on the
+        connection carries that child's link bytes (``kbtransport.uplink``)."""
         uplink = self._uplinks.take(token)
-        if uplink is None or body is None:
+        if uplink is None:
             return error_response(404, "No websocket link waits for this uplink")
-        await uplink.feed(body)
-        return Response(status=200)
+        return Response(status=101, body=RawUpgrade(protocol=UPLINK_PROTOCOL, handler=uplink.run))
 
     # --- app commands -----------------------------------------------------------------
 
@@ -658,6 +654,11 @@ class Node:
         return self._core
 
     # --- stream helpers (called by ProxyResponse and serving tasks) -------------------
+
+    @property
+    def stream_window(self) -> int:
+        """Credit this node grants each stream it opens (its core's ``stream_window``)."""
+        return self._core.limits.stream_window
 
     def _grant(self, st: _Origin, amount: int) -> None:
         sid = st.sid
@@ -820,9 +821,9 @@ class Node:
     async def _send_response(self, st: _Target, *, request_method: str, response: Response) -> None:
         sid = st.sid
         body = response.body
-        if isinstance(body, WebSocketAccept):
+        if isinstance(body, WebSocketAccept | RawUpgrade):
             await discard_response(response)
-            response = error_response(400, "websocket upgrades are not proxied")
+            response = error_response(400, "upgrades are not proxied")
             body = response.body
         no_body = request_method == "HEAD" or response.status in (204, 304)
         headers = tuple(
@@ -972,7 +973,7 @@ async def serve_node(
     client_ssl: ssl.SSLContext | None = None,
     dialer: Callable[[str], Awaitable[LinkTransport]] | None = None,
     dial_timeout: float = 10.0,
-    uplink: bool = False,
+    uplink: bool = True,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -989,7 +990,7 @@ async def serve_node(
         client_ssl: TLS context for dialing a ``https`` parent (system store if None).
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
-        uplink: offer the parent the POST uplink (``kbtransport.uplink``); off by default.
+        uplink: offer the parent the raw uplink (``kbtransport.uplink``); on by default.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -1013,12 +1014,7 @@ async def serve_node(
                 return error_response(503, "Node is starting")
         return await holder[0](request)
 
-    # Uplink POST bodies last as long as their link: they must be streamed.
     server = server_config if server_config is not None else ServerConfig()
-    if UPLINK_PREFIX not in server.streaming_prefixes:
-        server = dataclasses.replace(
-            server, streaming_prefixes=(*server.streaming_prefixes, UPLINK_PREFIX)
-        )
     async with anyio.create_task_group() as tg:
         address: BoundAddress = await tg.start(serve_http, app, listen, server)
         if hooks.on_listening is not None:

@@ -1,25 +1,27 @@
-"""A child's link bytes sent upward in a streamed HTTP POST instead of websocket frames.
+"""A child's link bytes sent upward on a raw upgraded connection instead of websocket frames.
 
-Why: a websocket client must mask every frame it sends, and wsproto masks in pure
-Python, so child-to-parent bytes cost about 4 ms of CPU per MiB on *both* ends
+Why: a websocket client must mask every frame it sends, and wsproto masks and parses in
+pure Python, so child-to-parent bytes cost several CPU seconds per GiB on *both* ends
 (perf-baselines §5: ~190 MB/s at best). Proxied downloads flow exactly that way (share
-to hub). So a child that can offers the ``kbucket.uplink`` websocket subprotocol with
-a fresh random token (header ``X-Kbucket-Uplink``); a parent that supports it selects
-the subprotocol, and the child then opens ``POST /_kblink/<token>`` to the same origin
-and writes *all* its link bytes there, as one chunked request body that lasts as long
-as the link. Parent-to-child bytes stay on the websocket (servers do not mask).
+to hub). So a child offers the ``kbucket.uplink`` websocket subprotocol with a fresh
+random token (header ``X-Kbucket-Uplink``); a parent that supports it selects the
+subprotocol, and the child then opens a second connection to the same origin,
+``GET /_kblink/<token>`` with ``Connection: Upgrade`` and ``Upgrade: kbucket-uplink``.
+The parent answers ``101 Switching Protocols`` and from then on that connection carries
+*all* the child's link bytes, raw: the same kbproto frames a websocket message would
+hold, with no HTTP or websocket framing around them. Parent-to-child bytes stay on the
+websocket (servers do not mask).
 
-Ordering is preserved because every child-to-parent byte takes the one POST stream;
-the websocket carries nothing upward but its own control frames. The token is 128
-random bits, known only to the two ends (inside TLS for ``wss``), and is valid for one
-pending link; the link's own kbproto handshake still authenticates the child. A parent
-without uplink support ignores the offer, and the link stays a plain websocket.
+Ordering is preserved because every child-to-parent byte takes the one upgraded
+connection; the websocket carries nothing upward but its own control frames. The token
+is 128 random bits, known only to the two ends (inside TLS for ``wss``/``https``), and
+is valid for one pending link; the link's own kbproto handshake still authenticates
+the child. A parent without uplink support ignores the offer, and the link stays a
+plain websocket. Either connection ending ends the link.
 
-Measured (256 MiB through one hub, separate processes, curl client, busy 2-core box):
-the hub spent about 1.4x the CPU of a plain websocket link (the server reads a POST
-body 64 KiB at a time, each read a trip through h11 and the driver inbox) while the
-share saved only ~10%, so children do not offer it by default (``serve_node(...,
-uplink=True)`` turns it on). Every parent accepts it.
+Measured (256 MiB proxied through one hub, curl client, 2 cores): the share's CPU per
+GiB fell from ~5.6 s (websocket, wsproto masking) to ~2.5 s, the hub's from ~5.5 s to
+~3.5 s (``docs/benchmarks.md``). Children offer it by default.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncIterator
 
 import anyio
 import h11
@@ -35,18 +36,21 @@ from anyio.abc import ByteStream
 
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import (
+    READ_ERRORS,
     WRITE_ERRORS,
+    ConnectError,
     ReadError,
     TransportError,
     WriteError,
     map_exceptions,
 )
-from kbtransport.net import open_stream, parse_url
+from kbtransport.net import Url, open_stream, parse_url
 from kbtransport.websocket import WebSocketLink
 
 __all__ = (
     "UPLINK_HEADER",
     "UPLINK_PREFIX",
+    "UPLINK_PROTOCOL",
     "UPLINK_SUBPROTOCOL",
     "UplinkClientLink",
     "UplinkRegistry",
@@ -59,14 +63,14 @@ __all__ = (
 UPLINK_SUBPROTOCOL = "kbucket.uplink"
 #: The request header carrying the child's token on the websocket upgrade.
 UPLINK_HEADER = "X-Kbucket-Uplink"
-#: Path prefix of the POST carrying the child's bytes (streamed by the server).
+#: Path prefix of the upgrade request that opens the child's upward connection.
 UPLINK_PREFIX = "/_kblink/"
-#: Chunks of the POST body queued at the parent before its reader waits: a few
-#: 64 KiB server reads, so back-pressure reaches the child's TCP connection quickly.
-_QUEUE = 8
-#: Most bytes joined into one ``receive`` from chunks already queued.
-_JOIN_LIMIT = 1024 * 1024
-#: How long a parent waits for the POST of a link that was upgraded with a token.
+#: The ``Upgrade`` token of that request.
+UPLINK_PROTOCOL = "kbucket-uplink"
+#: One read at the parent: asyncio hands over up to 256 KiB per socket read, and a
+#: larger limit takes each whole (anyio splits a buffer larger than the limit by copying).
+_READ_SIZE = 1024 * 1024
+#: How long a parent waits for the upward connection of a link upgraded with a token.
 _ATTACH_TIMEOUT = 10.0
 #: Pending tokens a parent remembers at most (a peer cannot grow the table unbounded).
 MAX_PENDING = 4096
@@ -80,7 +84,7 @@ def new_token() -> str:
 
 
 def uplink_url(parent_url: str, token: str) -> str:
-    """The POST URL for ``token`` at the parent (``ws(s)`` becomes ``http(s)``)."""
+    """The upgrade URL for ``token`` at the parent (``ws(s)`` becomes ``http(s)``)."""
     url = parent_url
     if url.startswith("ws://"):
         url = "http://" + url[5:]
@@ -92,47 +96,67 @@ def uplink_url(parent_url: str, token: str) -> str:
     return f"{scheme}://{host}:{parsed.port}{UPLINK_PREFIX}{token}"
 
 
+async def _upgrade(stream: ByteStream, url: Url) -> None:
+    """Ask for ``Upgrade: kbucket-uplink`` on ``stream`` and read the parent's 101."""
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target=url.target,
+        headers=[
+            ("Host", url.host_header),
+            ("User-Agent", "kbucket"),
+            ("Connection", "Upgrade"),
+            ("Upgrade", UPLINK_PROTOCOL),
+        ],
+    )
+    with map_exceptions(WRITE_ERRORS):
+        await stream.send((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+    while True:
+        with map_exceptions(READ_ERRORS):
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    conn.receive_data(await stream.receive())
+                except anyio.EndOfStream:
+                    conn.receive_data(b"")
+                continue
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                return
+            continue
+        if isinstance(event, h11.Response):
+            raise ConnectError(f"the parent refused the uplink (HTTP {event.status_code})")
+        raise ConnectError("the parent closed the uplink connection during its upgrade")
+
+
 class UplinkClientLink:
-    """The child's side: receive on the websocket, send as chunks of one POST body."""
+    """The child's side: receive on the websocket, send raw on the upgraded connection."""
 
     def __init__(self, ws: WebSocketLink, stream: ByteStream) -> None:
         self._ws = ws
         self._stream = stream
-        self._lock = anyio.Lock()
         self._closed = False
 
     @classmethod
     async def open(
         cls,
         ws: WebSocketLink,
-        post_url: str,
+        upgrade_url: str,
         *,
         ssl_context: ssl.SSLContext | None,
         timeout: float,
     ) -> UplinkClientLink:
-        """Open the POST (head only; the body follows as the link sends).
+        """Open the upward connection (``uplink_url``) and upgrade it.
 
         Raises:
-            ConnectError, TransportTimeout: the POST connection failed.
+            ConnectError, TransportTimeout, ReadError, WriteError, PeerProtocolError:
+                the connection or its upgrade failed.
         """
-        url = parse_url(post_url)
+        url = parse_url(upgrade_url)
         stream = await open_stream(url, timeout=timeout, ssl_context=ssl_context)
-        conn = h11.Connection(h11.CLIENT)
-        head = conn.send(
-            h11.Request(
-                method="POST",
-                target=url.target,
-                headers=[
-                    ("Host", url.host_header),
-                    ("User-Agent", "kbucket"),
-                    ("Content-Type", "application/octet-stream"),
-                    ("Transfer-Encoding", "chunked"),
-                ],
-            )
-        )
         try:
-            with map_exceptions(WRITE_ERRORS), anyio.fail_after(timeout):
-                await stream.send(head or b"")
+            with map_exceptions(READ_ERRORS), anyio.fail_after(timeout):
+                await _upgrade(stream, url)
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await stream.aclose()
@@ -140,31 +164,27 @@ class UplinkClientLink:
         return cls(ws, stream)
 
     async def send(self, data: bytes) -> None:
-        """Send ``data`` as one chunk of the POST body (chunked framing by hand)."""
+        """Send ``data`` upward, as is (kbproto frames carry their own framing)."""
         if self._closed:
             raise WriteError("uplink closed")
-        async with self._lock:
-            with map_exceptions(WRITE_ERRORS):
-                await self._stream.send(b"%x\r\n" % len(data) + data + b"\r\n")
+        with map_exceptions(WRITE_ERRORS):
+            await self._stream.send(data)
 
     async def receive(self) -> bytes:
         """The next message from the parent (on the websocket)."""
         return await self._ws.receive()
 
     async def aclose(self) -> None:
-        """End the POST body (best effort) and close both connections."""
+        """Close both connections (idempotent)."""
         if not self._closed:
             self._closed = True
-            with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
-                async with self._lock:
-                    await self._stream.send(b"0\r\n\r\n")
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._stream.aclose()
         await self._ws.aclose()
 
 
 class UplinkServerLink:
-    """The parent's side: send on the websocket, receive the POST body's chunks.
+    """The parent's side: send on the websocket, receive on the upgraded connection.
 
     ``receive`` also ends when the websocket closes (its reader runs in ``watch``).
     """
@@ -172,12 +192,11 @@ class UplinkServerLink:
     def __init__(self, token: str) -> None:
         self.token = token
         self.ws: WebSocketLink | None = None
-        send, receive = anyio.create_memory_object_stream[bytes](_QUEUE)
-        self._send = send
-        self._receive = receive
-        self.attached = anyio.Event()
-        self._post_scope = anyio.CancelScope()
-        self._ended = False
+        self.claimed = False
+        self._stream: ByteStream | None = None
+        self._early = b""
+        self._attached = anyio.Event()
+        self._ended = anyio.Event()
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` to the child over the websocket."""
@@ -185,81 +204,62 @@ class UplinkServerLink:
         await self.ws.send(data)
 
     async def receive(self) -> bytes:
-        """The next chunk the child sent in its POST.
+        """The next bytes the child sent upward.
 
         Raises:
-            ReadError: the POST ended, the websocket closed, or no POST came in time.
+            ReadError: the upward connection ended, the websocket closed, or the
+                upward connection never came.
         """
-        try:
-            with anyio.fail_after(_ATTACH_TIMEOUT):
-                await self.attached.wait()
-            data = await self._receive.receive()
-        except TimeoutError as exc:
-            raise ReadError("the child's uplink POST never came") from exc
-        except (anyio.EndOfStream, anyio.ClosedResourceError) as exc:
-            raise ReadError("uplink closed") from exc
-        if not data:
+        if not self._attached.is_set():
+            try:
+                with anyio.fail_after(_ATTACH_TIMEOUT):
+                    await self._attached.wait()
+            except TimeoutError as exc:
+                raise ReadError("the child's uplink connection never came") from exc
+        if self._ended.is_set() or self._stream is None:
             raise ReadError("uplink closed")
-        # Join what is already queued: one driver step for several server reads.
-        parts = [data]
-        size = len(data)
-        while size < _JOIN_LIMIT:
-            try:
-                more = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
-            if not more:
-                self._end()
-                break
-            parts.append(more)
-            size += len(more)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if self._early:
+            data, self._early = self._early, b""
+            return data
+        with map_exceptions(READ_ERRORS):
+            return await self._stream.receive(_READ_SIZE)
 
-    async def feed(self, body: AsyncIterator[bytes]) -> None:
-        """Run the POST: move its body chunks into the link until either ends."""
-        self.attached.set()
-        with self._post_scope:
-            try:
-                async for chunk in body:
-                    if chunk:
-                        await self._send.send(chunk)
-            except TransportError:
-                pass
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-        self._end()
+    async def run(self, stream: ByteStream, early: bytes) -> None:
+        """Serve the upgraded connection (``RawUpgrade`` handler) until the link ends.
+
+        ``early``: bytes the child sent right after its request head.
+        """
+        if self._ended.is_set():
+            return
+        self._stream = stream
+        self._early = early
+        self._attached.set()
+        await self._ended.wait()
 
     async def watch(self) -> None:
         """Read the websocket (its control frames; nothing else is expected) until it
         closes, then end the link."""
         assert self.ws is not None
-        try:
+        with contextlib.suppress(TransportError):
             while True:
-                data = await self.ws.receive()
-                if data:  # a child mixing channels loses ordering: its own problem
-                    await self._send.send(data)
-        except (TransportError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+                # Upward bytes belong on the upgraded connection; a child sending
+                # messages here breaks ordering, so they are dropped.
+                await self.ws.receive()
         self._end()
 
     def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                self._send.send_nowait(b"")
-            self._send.close()
-        self._post_scope.cancel()
+        self._ended.set()
+        self._attached.set()
 
     async def aclose(self) -> None:
-        """Close the websocket and stop reading the POST."""
+        """End the link: the upgraded connection closes and the websocket too."""
         self._end()
-        self._receive.close()
         if self.ws is not None:
             await self.ws.aclose()
 
 
 class UplinkRegistry:
-    """Tokens of upgraded links waiting for (or attached to) their POST."""
+    """Tokens of upgraded links waiting for (or attached to) their upward connection."""
 
     def __init__(self) -> None:
         self._links: dict[str, UplinkServerLink] = {}
@@ -278,10 +278,11 @@ class UplinkRegistry:
         return link
 
     def take(self, token: str) -> UplinkServerLink | None:
-        """The link waiting for the POST of ``token`` (once only)."""
+        """Claim the link waiting for the upward connection of ``token`` (once only)."""
         link = self._links.get(token)
-        if link is None or link.attached.is_set():
+        if link is None or link.claimed:
             return None
+        link.claimed = True
         return link
 
     def forget(self, token: str) -> None:

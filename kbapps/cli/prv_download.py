@@ -100,6 +100,7 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
                 )
             )
         except client.ClientError as exc:
+            progress.close(success=False)  # no "done" line for a failed download
             failure: ClientError | None = exc
         else:
             failure = None

@@ -66,6 +66,18 @@ def test_progress_log_mode_prints_milestones_only_after_the_delay() -> None:
     assert len(lines) == 9
 
 
+def test_progress_failed_job_prints_no_done_line() -> None:
+    clock = FakeClock()
+    stream = io.StringIO()
+    with Progress(
+        "Downloading", total_files=1, total_bytes=1000, stream=stream, tty=False, clock=clock
+    ) as progress:
+        clock.now = 1.0
+        progress.update(0, 300)
+        progress.close(success=False)  # the caller saw the failure inside the block
+    assert stream.getvalue() == "Downloading: 30% (0/1 files, 300 B of 1.0 kB)\n"
+
+
 def test_progress_quick_job_prints_nothing() -> None:
     stream = io.StringIO()
     with Progress("Hashing", total_files=2, stream=stream, tty=False, clock=FakeClock()) as p:

@@ -105,7 +105,9 @@ class Tree:
         self._seed += 1
         return Ed25519Signer(self._seed)
 
-    async def hub(self, name: str, parent: str | None = None, *, passcode: str = "") -> NodeHandle:
+    async def hub(
+        self, name: str, parent: str | None = None, *, passcode: str = "", uplink: bool = True
+    ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
 
@@ -124,7 +126,11 @@ class Tree:
 
         handle = await self._stack.enter_async_context(
             serve_node(
-                make, Router(), ListenConfig(host="127.0.0.1", port=0), hooks=self.lines.hooks(name)
+                make,
+                Router(),
+                ListenConfig(host="127.0.0.1", port=0),
+                hooks=self.lines.hooks(name),
+                uplink=uplink,
             )
         )
         self.handles[name] = handle
@@ -139,7 +145,7 @@ class Tree:
         listen_url: str | None = None,
         parent_passcode: str = "",
         client_ssl: ssl.SSLContext | None = None,
-        uplink: bool = False,
+        uplink: bool = True,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None

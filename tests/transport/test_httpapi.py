@@ -89,8 +89,7 @@ async def test_uplink_registry_tokens() -> None:
     assert link is not None
     assert registry.expect(token) is None  # taken
     assert registry.take(token) is link
-    link.attached.set()
-    assert registry.take(token) is None  # one POST per link
+    assert registry.take(token) is None  # one upward connection per link
     registry.forget(token)
     assert len(registry) == 0
     assert uplink_url("wss://hub.example/", token) == f"https://hub.example:443/_kblink/{token}"

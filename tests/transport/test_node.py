@@ -205,8 +205,9 @@ async def test_find_urls_downloads_ranges_and_routes_through_two_hubs(tmp_path: 
         assert f"B: child joined leaf S {sid}" in lines
         assert "S: connected B" in lines
         assert "B: connected A" in lines
-        # Plain websocket links unless a child asks for the uplink.
-        assert a.node.uplink_count() == 0
+        # Every child sends upward on its raw uplink connection (the default).
+        assert a.node.uplink_count() == 2
+        assert b.node.uplink_count() == 1
         # Nothing leaked: every stream is closed at every node.
         for handle in (a, b, s, t):
             assert await handle.node.open_streams() == 0
@@ -319,19 +320,19 @@ async def test_client_gone_mid_download_resets_the_stream_at_every_hop(tmp_path:
         assert body == net.big[:100]
 
 
-async def test_uplink_child_sends_its_bytes_by_post(tmp_path: Path) -> None:
+async def test_uplink_child_sends_its_bytes_upgraded(tmp_path: Path) -> None:
     data = write_file(tmp_path / "s" / "a.dat", 700_000, 5)
     async with tree() as t, HttpClient() as client:
         a = await t.hub("A")
-        b = await t.hub("B", "A")
-        s = await t.share("S", tmp_path / "s", "B", listen_url=UNREACHABLE, uplink=True)
+        b = await t.hub("B", "A", uplink=False)
+        s = await t.share("S", tmp_path / "s", "B", listen_url=UNREACHABLE)
         sha1 = sha1_file(tmp_path / "s" / "a.dat")
 
         async def found() -> bool:
             return bool(getattr(await a.node.find(sha1), "results", ()))
 
         await wait_until(found)
-        assert b.node.uplink_count() == 1  # S -> B by POST; B -> A a plain websocket
+        assert b.node.uplink_count() == 1  # S -> B upgraded; B -> A a plain websocket
         assert a.node.uplink_count() == 0
         response, body = await client.request(
             "GET", f"{a.local_url}/sha1/{sha1}", headers=[("Range", "bytes=100-699999")]
@@ -352,11 +353,13 @@ async def _zero(value: int) -> bool:
     return value == 0
 
 
-async def test_uplink_post_for_an_unknown_token_is_404(tmp_path: Path) -> None:
+async def test_uplink_upgrade_for_an_unknown_token_is_404(tmp_path: Path) -> None:
     async with tree() as t, HttpClient() as client:
         a = await t.hub("A")
         response, body = await client.request(
-            "POST", f"{a.local_url}/_kblink/{'ab' * 16}", body=b"\x01\x01"
+            "GET",
+            f"{a.local_url}/_kblink/{'ab' * 16}",
+            headers=[("Connection", "Upgrade"), ("Upgrade", "kbucket-uplink")],
         )
         assert response.status == 404
         assert json.loads(body)["success"] is False
