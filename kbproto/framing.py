@@ -16,14 +16,17 @@ data frame (a u32 BE stream number, then raw body bytes: no base64). The length 
 checked against the cap for its kind as soon as the 6 header bytes are in, so a peer
 can never make us buffer more than one maximal frame.
 
-``FrameBuffer`` is linear: it never rescans bytes it has consumed, and it compacts its
-buffer once per ``feed`` rather than once per frame. Once it has raised, it stays
-broken (the link is closed anyway).
+``FrameBuffer`` is linear and copies each payload byte once: it keeps the fed chunks
+as they came (no growing buffer to append to and compact), slices a frame that lies
+inside one chunk straight out of it, and joins the pieces of a frame that spans
+chunks. It never rescans bytes it has consumed. Once it has raised, it stays broken
+(the link is closed anyway).
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 from kbproto.errors import LimitExceeded, RemoteProtocolError
 from kbproto.messages import MAX_DATA_CHUNK, PROTOCOL_VERSION
@@ -67,22 +70,22 @@ class FrameBuffer:
     """
 
     def __init__(self, max_control: int = DEFAULT_MAX_CONTROL_FRAME) -> None:
-        self._buf = bytearray()
+        # Unconsumed input, oldest first; ``_pos`` bytes of the first chunk are consumed.
+        self._chunks: deque[bytes] = deque()
         self._pos = 0
+        self._size = 0
         self._max_control = max_control
         self._broken = False
 
     def __len__(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buf) - self._pos
+        return self._size
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
-        if self._pos:
-            # Compact once per feed, not once per frame: keeps parsing linear.
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        if data:
+            self._chunks.append(bytes(data))  # no copy for ``bytes``
+            self._size += len(data)
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """Return the next complete ``(kind, payload)``, or None if more bytes are needed.
@@ -93,10 +96,14 @@ class FrameBuffer:
         """
         if self._broken:
             raise RemoteProtocolError("frame buffer already failed", "protocol")
-        available = len(self._buf) - self._pos
-        if available < HEADER_SIZE:
+        if self._size < HEADER_SIZE:
             return None
-        version, kind, length = _HEADER.unpack_from(self._buf, self._pos)
+        first = self._chunks[0]
+        pos = self._pos
+        if len(first) - pos >= HEADER_SIZE:
+            version, kind, length = _HEADER.unpack_from(first, pos)
+        else:
+            version, kind, length = _HEADER.unpack(self._peek(HEADER_SIZE))
         if version != PROTOCOL_VERSION:
             self._broken = True
             raise RemoteProtocolError(
@@ -114,9 +121,47 @@ class FrameBuffer:
             raise LimitExceeded(
                 f"frame of {length} bytes is over the {cap}-byte cap", "max_frame_size"
             )
-        end = self._pos + HEADER_SIZE + length
-        if len(self._buf) < end:
+        total = HEADER_SIZE + length
+        if self._size < total:
             return None
-        payload = bytes(self._buf[self._pos + HEADER_SIZE : end])
-        self._pos = end
-        return kind, payload
+        self._size -= total
+        if len(first) - pos >= total:
+            # The whole frame lies in the first chunk: one slice, one copy.
+            payload = first[pos + HEADER_SIZE : pos + total]
+            if len(first) == pos + total:
+                self._chunks.popleft()
+                self._pos = 0
+            else:
+                self._pos = pos + total
+            return kind, payload
+        self._take(HEADER_SIZE)
+        return kind, self._take(length)
+
+    def _peek(self, count: int) -> bytes:
+        """The next ``count`` unconsumed bytes (``count`` <= ``len(self)``), not consumed."""
+        out = b""
+        pos = self._pos
+        for chunk in self._chunks:
+            out += chunk[pos : pos + count - len(out)]
+            pos = 0
+            if len(out) == count:
+                break
+        return out
+
+    def _take(self, count: int) -> bytes:
+        """Consume and return the next ``count`` bytes, joined from as many chunks."""
+        parts: list[memoryview] = []
+        chunks = self._chunks
+        while count:
+            chunk = chunks[0]
+            available = len(chunk) - self._pos
+            if available <= count:
+                parts.append(memoryview(chunk)[self._pos :])
+                chunks.popleft()
+                self._pos = 0
+                count -= available
+            else:
+                parts.append(memoryview(chunk)[self._pos : self._pos + count])
+                self._pos += count
+                count = 0
+        return b"".join(parts)
