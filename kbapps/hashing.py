@@ -60,11 +60,11 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from kbproto.ids import Sha1
-from kbproto.prv import FCS_HEAD_BYTES
 
 __all__ = (
     "BIG_FILE_BYTES",
     "BUFFER_SIZE",
+    "FCS_HEAD_BYTES",
     "HASH_CACHE_FILENAME",
     "PARALLEL_MIN_FILES",
     "RACY_WINDOW_NS",
@@ -80,6 +80,9 @@ __all__ = (
     "hash_records",
 )
 
+#: ``kbproto.prv.FCS_HEAD_BYTES`` (a test checks it): ``original_fcs`` covers this many
+#: leading bytes. Repeated so that hashing never imports kbproto.prv (see prvbuild).
+FCS_HEAD_BYTES = 1000
 #: Read size, chosen by measurement: 64 KiB stays in L2 next to the page being copied
 #: (1.3 GB/s); 128 KiB and up fall to 0.8-0.95 GB/s (perf-baselines §1).
 BUFFER_SIZE = 64 * 1024
@@ -305,25 +308,46 @@ class HashCache:
         path: the database file; created with its parent directory if missing.
         racy_window_ns: entries whose mtime is closer than this to the time they are
             stored are not stored (see the module notes).
+        lazy: open the database only when first needed (then the errors below come
+            from that first call instead).
 
     Raises:
         sqlite3.Error: if the database cannot be opened or is not a database.
         OSError: if its directory cannot be created.
     """
 
-    def __init__(self, path: str | Path, *, racy_window_ns: int = RACY_WINDOW_NS) -> None:
+    def __init__(
+        self, path: str | Path, *, racy_window_ns: int = RACY_WINDOW_NS, lazy: bool = False
+    ) -> None:
         self.path = Path(path)
         self.racy_window_ns = racy_window_ns
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        try:
-            self._setup()
-        except BaseException:
-            self._db.close()
-            raise
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        if not lazy:
+            self._connect()
 
-    def _setup(self) -> None:
-        db = self._db
+    def _connect(self) -> sqlite3.Connection:
+        # With lazy=True the database is opened (or created, ~10 ms with its schema)
+        # only when first used: a kb-prv-create of a tree of small files may need it
+        # for nothing (their digests go to the fragment file).
+        if self._conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            try:
+                self._setup(db)
+            except BaseException:
+                db.close()
+                raise
+            self._conn = db
+        return self._conn
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._connect()
+
+    def _setup(self, db: sqlite3.Connection) -> None:
         # WAL: readers never block the writer; NORMAL sync: a crash may lose the last
         # entries (they are re-hashed), never corrupt the file.
         db.execute("PRAGMA journal_mode=WAL")
@@ -346,8 +370,11 @@ class HashCache:
         db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Close the database; later calls raise ``sqlite3.ProgrammingError``."""
+        self._closed = True
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> HashCache:
         return self
@@ -363,6 +390,8 @@ class HashCache:
     def has_files(self) -> bool:
         """Return whether any file digest is stored (a fresh cache has none, and
         then lookups can be skipped altogether)."""
+        if self._conn is None and not self._closed and not self.path.exists():
+            return False  # lazy, and never created: nothing stored, nothing to create
         return self._db.execute("SELECT 1 FROM file_sha1 LIMIT 1").fetchone() is not None
 
     def _fragment_file(self, scope: str) -> Path:

@@ -33,12 +33,12 @@ HELP = (
 )
 
 
-def _open_cache() -> HashCache | None:
+def _open_cache(lazy: bool = False) -> HashCache | None:
     from kbapps.cachedir import ensure_user_cache_dir
     from kbapps.hashing import HASH_CACHE_FILENAME, HashCache
 
     try:
-        return HashCache(ensure_user_cache_dir() / HASH_CACHE_FILENAME)
+        return HashCache(ensure_user_cache_dir() / HASH_CACHE_FILENAME, lazy=lazy)
     except (OSError, sqlite3.Error) as exc:
         output.warning(f"hash cache disabled: {exc}")
         return None
@@ -86,7 +86,9 @@ def run(path: str, out: str | None) -> None:
     else:
         raise UsageError(f"{path} is not a regular file or directory")
 
-    cache = _open_cache()
+    # A tree's small files are remembered in its fragment file: the database is
+    # opened only if needed. A single file uses it at once (and warns here if broken).
+    cache = _open_cache(lazy=is_dir)
     try:
         if is_dir:
             assert out is not None

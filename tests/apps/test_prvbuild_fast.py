@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Generator
@@ -253,3 +255,27 @@ def test_a_vanished_file_is_named_even_when_its_directory_was_cached(
         (root / "d2" / "f3").unlink()  # after the scan: stat fails, hashing names it
         with pytest.raises(prvbuild.PrvBuildError, match="d2/f3"):
             build_prvdir_bytes(scan, cache=cache)
+
+
+# --- start-up ------------------------------------------------------------------------
+
+
+def test_constants_repeated_from_kbproto_prv_are_equal() -> None:
+    from kbproto import prv
+
+    assert prvbuild._PRV_VERSION == prv.PRV_VERSION
+    assert prvbuild._FCS_PREFIX == prv.FCS_PREFIX
+    assert prvbuild._FCS_HEAD_BYTES == hashing.FCS_HEAD_BYTES == prv.FCS_HEAD_BYTES
+    assert prv.PrvLimits().max_depth == prvbuild._MAX_DEPTH
+
+
+def test_the_directory_path_does_not_import_the_models() -> None:
+    # kbproto.prv brings dataclasses, json and re: ~25 ms of every start-up.
+    code = (
+        "import sys, kbapps.cli.prv_create, kbapps.prvbuild;"
+        "print(sorted(m for m in ('kbproto.prv', 'dataclasses', 'json') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
