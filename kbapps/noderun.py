@@ -193,15 +193,16 @@ def _connection_capacity(setup: NodeSetup) -> int:
     A child's websocket holds a listener slot for as long as it is joined, so a hub
     with ``max_children`` children (1000 by default) and the listener's default of
     1024 slots had room for only 24 HTTP clients at once: the rest waited in the
-    kernel's backlog (found by the issue 6 load test). A hub gets room for its children
-    plus ``_CLIENT_CONNECTIONS``; the soft descriptor limit is raised toward the hard
+    kernel's backlog (found by the issue 6 load test). A child holds two connections
+    (its websocket and its uplink, ``kbtransport.uplink``), so a hub gets room for
+    twice its children plus ``_CLIENT_CONNECTIONS``; the soft descriptor limit is raised toward the hard
     one to match (each connection is one descriptor, plus files being served).
     """
     import resource
 
     wanted = _CLIENT_CONNECTIONS
     if setup.kind == "hub":
-        wanted += Limits().max_children
+        wanted += 2 * Limits().max_children
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + _CLIENT_CONNECTIONS // 2  # files served and everything else
     if soft != resource.RLIM_INFINITY and soft < need:
