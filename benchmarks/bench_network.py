@@ -34,14 +34,14 @@ import os
 import re
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from _peers import NGINX_CONF, cpu_seconds, fmt, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE = "http://127.0.0.1:9"
@@ -92,28 +92,6 @@ async def main():
 anyio.run(main)
 """
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-error_log {dir}/error.log;
-pid {dir}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {dir}/tmp;
-    proxy_temp_path {dir}/tmp;
-    fastcgi_temp_path {dir}/tmp;
-    uwsgi_temp_path {dir}/tmp;
-    scgi_temp_path {dir}/tmp;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
-
 # wrk: rotate through the paths in PATHS (one per line), one per request.
 WRK_LUA = """
 local paths = {}
@@ -134,33 +112,6 @@ MODULES = {
 
 def command(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", MODULES[name], *args]
-
-
-def fmt(values: list[float], digits: int = 0) -> str:
-    med = statistics.median(values)
-    return f"{med:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Procs:
