@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import marshal
+import mmap
 import os
 import select
 import sqlite3
@@ -60,6 +61,9 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from kbproto.ids import Sha1
+
+#: Bytes, or a read-only view of some (what ``load_fragments`` returns).
+_Buffer = bytes | memoryview
 
 __all__ = (
     "BIG_FILE_BYTES",
@@ -286,8 +290,12 @@ def _error_text(exc: OSError) -> str:
 _SCHEMA_VERSION = 3
 #: Directory, beside the database, of the per-tree fragment files.
 _FRAGMENT_DIR = "prvdir-fragments"
-#: First bytes of a fragment file (then the CRC-32 of the rest, then a marshal dump).
-_FRAGMENT_MAGIC = b"kbucket-fragments-2\n"
+#: First bytes of a fragment file.
+_FRAGMENT_MAGIC = b"kbucket-fragments-3\n"
+#: A fragment file: the magic, the CRC-32 of everything after this head, the size of
+#: the index (a marshal dump of ``[(relpath, (len keys, len fragment, len digests))]``),
+#: then the index, then every directory's three parts in index order.
+_FRAGMENT_HEAD = struct.Struct(f"!{len(_FRAGMENT_MAGIC)}sII")
 #: SQLite allows 32766 host parameters; 500 keeps each statement small.
 _LOOKUP_CHUNK = 500
 
@@ -398,29 +406,48 @@ class HashCache:
         name = hashlib.sha1(scope.encode("utf-8", "surrogatepass")).hexdigest()
         return self.path.parent / _FRAGMENT_DIR / f"{name}.bin"
 
-    def load_fragments(self, scope: str) -> dict[str, tuple[bytes, bytes, bytes]]:
+    def load_fragments(self, scope: str) -> dict[str, tuple[_Buffer, _Buffer, _Buffer]]:
         """Return the directory fragments stored for ``scope`` (a tree's real path):
-        ``relpath -> (keys, fragment, digests)`` as given to ``store_fragments``, or
-        an empty dict if there are none or the file is damaged (its checksum is
-        checked, so a torn write reads as none)."""
+        ``relpath -> (keys, fragment, digests)`` as given to ``store_fragments`` (as
+        read-only buffers over the file, which compare equal to the bytes), or an
+        empty dict if there are none or the file is damaged (its checksum is checked,
+        so a torn write reads as none)."""
         try:
-            with open(self._fragment_file(scope), "rb") as handle:
-                data = handle.read()
+            fd = os.open(self._fragment_file(scope), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return {}
-        head = len(_FRAGMENT_MAGIC) + 4
-        if data[: len(_FRAGMENT_MAGIC)] != _FRAGMENT_MAGIC or len(data) < head:
+        try:
+            # mmap: nothing is copied; a cached run pastes these bytes into its output.
+            # Stores replace the file by rename, never rewrite it, so the mapping
+            # stays valid.
+            data = memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+        except (OSError, ValueError):  # ValueError: an empty file
             return {}
-        payload = memoryview(data)[head:]
-        if zlib.crc32(payload).to_bytes(4, "big") != data[len(_FRAGMENT_MAGIC) : head]:
+        finally:
+            os.close(fd)
+        head = _FRAGMENT_HEAD.size
+        if len(data) < head or data[: len(_FRAGMENT_MAGIC)] != _FRAGMENT_MAGIC:
+            return {}
+        _, crc, index_size = _FRAGMENT_HEAD.unpack_from(data)
+        if zlib.crc32(data[head:]) != crc:
             return {}
         try:
-            loaded = marshal.loads(payload)
-        except (EOFError, ValueError, TypeError):  # another Python's marshal format
+            index = marshal.loads(data[head : head + index_size])
+            table: dict[str, tuple[_Buffer, _Buffer, _Buffer]] = {}
+            at = head + index_size
+            for relpath, sizes in index:
+                parts = []
+                for size in sizes:
+                    parts.append(data[at : at + size])
+                    at += size
+                table[relpath] = (parts[0], parts[1], parts[2])
+        except (EOFError, ValueError, TypeError):  # not what we write
             return {}
-        return loaded if isinstance(loaded, dict) else {}
+        return table if at == len(data) else {}
 
-    def store_fragments(self, scope: str, rows: Iterable[tuple[str, bytes, bytes, bytes]]) -> int:
+    def store_fragments(
+        self, scope: str, rows: Iterable[tuple[str, _Buffer, _Buffer, _Buffer]]
+    ) -> int:
         """Replace the directory fragments of ``scope`` with ``rows`` (``(relpath,
         keys, fragment, digests)``, opaque to this class); return how many. The caller
         keeps out what must not be trusted later (files inside the racy window).
@@ -435,20 +462,27 @@ class HashCache:
         Raises:
             OSError: if the file cannot be written.
         """
-        table = {relpath: (keys, fragment, digests) for relpath, keys, fragment, digests in rows}
-        payload = marshal.dumps(table)
+        index: list[tuple[str, tuple[int, int, int]]] = []
+        pieces: list[_Buffer] = []
+        for relpath, keys, fragment, digests in rows:
+            index.append((relpath, (len(keys), len(fragment), len(digests))))
+            pieces += (keys, fragment, digests)
+        index_blob = marshal.dumps(index)
+        body = b"".join([index_blob, *pieces])
+        head = _FRAGMENT_HEAD.pack(_FRAGMENT_MAGIC, zlib.crc32(body), len(index_blob))
         target = self._fragment_file(scope)
         target.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as handle:
-                handle.write(_FRAGMENT_MAGIC + zlib.crc32(payload).to_bytes(4, "big") + payload)
+                handle.write(head)
+                handle.write(body)
             os.replace(tmp, target)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return len(table)
+        return len(index)
 
     def lookup(self, key: FileKey) -> FileDigest | None:
         """Return the cached digest for ``key``, or None if absent or stale."""

@@ -41,6 +41,7 @@ from kbapps.hashing import (
     FileKey,
     HashCache,
     HashResult,
+    _Buffer,
     default_workers,
     hash_files,
     hash_records,
@@ -183,6 +184,7 @@ def scan_directory(root: str, *, on_warning: Warn | None = None) -> TreeScan:
         (0, root, 0, frozenset({(root_st.st_dev, root_st.st_ino)}))
     ]
     append_file = files.append
+    new_file = tuple.__new__
     while stack:
         dir_index, dir_path, depth, ancestors = stack.pop()
         relbase = dirs[dir_index].relpath
@@ -203,6 +205,11 @@ def scan_directory(root: str, *, on_warning: Warn | None = None) -> TreeScan:
                 warn(f"skipping {_show(_rel(relbase, name))}: a .prvdir cannot hold this name")
                 continue
             try:
+                if entry.is_file(follow_symlinks=False):
+                    # A regular file, not a symlink: the common case, first and cheap
+                    # (the C constructor of the tuple, not the NamedTuple's __new__).
+                    append_file(new_file(ScannedFile, (entry.path, None, dir_index, name)))
+                    continue
                 if entry.is_symlink():
                     target = os.path.realpath(entry.path)
                     if not _inside(target, root_real):
@@ -215,9 +222,6 @@ def scan_directory(root: str, *, on_warning: Warn | None = None) -> TreeScan:
                     if stat.S_ISREG(st.st_mode):
                         append_file(ScannedFile(entry.path, FileKey.from_stat(st), dir_index, name))
                         continue
-                elif entry.is_file(follow_symlinks=False):
-                    append_file(ScannedFile(entry.path, None, dir_index, name))
-                    continue
                 else:
                     st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -424,16 +428,18 @@ def _key_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _stored_digests(known: dict[str, tuple[bytes, bytes, bytes]]) -> dict[_Key, tuple[str, str]]:
+def _stored_digests(
+    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+) -> dict[_Key, tuple[str, str]]:
     """Return ``key -> (sha1, head_sha1)`` for every file of a tree's stored fragments
     (from each directory's key text and digests; see ``_segment_texts``)."""
     table: dict[_Key, tuple[str, str]] = {}
     for stored in known.values():
         try:
             keys_text, _, digests = stored
-            parts = keys_text.decode("utf-8", "surrogatepass").split("\0")
-            hexes = digests.decode("ascii")
-        except (ValueError, TypeError, AttributeError):
+            parts = str(keys_text, "utf-8", "surrogatepass").split("\0")
+            hexes = str(digests, "ascii")
+        except (ValueError, TypeError):
             continue  # not ours: ignore it
         for position in range(len(parts) // 2):
             numbers = parts[2 * position + 1].split(" ")
@@ -888,15 +894,17 @@ def build_prvdir_bytes(
     scope = os.path.realpath(scan.root)
     known = cache.load_fragments(scope) if cache is not None else {}
 
-    fragments: list[bytes | None] = [None] * ndirs
-    keep: list[tuple[str, bytes, bytes, bytes]] = []  # what the fragment file will hold
-    to_check: list[tuple[int, list[ScannedFile], bytes]] = []
+    fragments: list[_Buffer | None] = [None] * ndirs
+    keep: list[tuple[str, _Buffer, _Buffer, _Buffer]] = []  # what the fragment file will hold
+    to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
     missed: list[int] = []
     for index in range(ndirs):
         listed = files_of[index]
         if not listed:
             continue
-        listed.sort(key=_name_of)
+        # By path: within one directory the same order as by name (one common
+        # prefix), and compared in C without a key function.
+        listed.sort()
         stored = known.get(relpaths[index])
         if stored is not None and stored[1]:  # (an empty fragment: not reusable)
             to_check.append((index, listed, stored[0]))
@@ -952,7 +960,7 @@ def build_prvdir_bytes(
 
 
 def _check_dirs(
-    items: Sequence[tuple[int, list[ScannedFile], bytes]], exclude: frozenset[tuple[int, int]]
+    items: Sequence[tuple[int, list[ScannedFile], _Buffer]], exclude: frozenset[tuple[int, int]]
 ) -> list[tuple[int, bool, int]]:
     """Return, for each ``(dir index, files in name order, stored key text)``, whether
     the directory's key text is unchanged, and its bytes."""
@@ -984,7 +992,7 @@ def _check_dirs(
 
 
 def _check_stored(
-    items: Sequence[tuple[int, list[ScannedFile], bytes]],
+    items: Sequence[tuple[int, list[ScannedFile], _Buffer]],
     exclude: frozenset[tuple[int, int]],
     workers: int,
 ) -> list[tuple[int, bool, int]]:
@@ -1018,20 +1026,18 @@ def _check_stored(
     return mine + theirs
 
 
-def _name_of(scanned: ScannedFile) -> str:
-    return scanned.name
-
-
 def _first_of(part: tuple[Any, ...]) -> int:
     return int(part[0])
 
 
-def _assemble(dirs: Sequence[ScannedDir], depth: list[int], fragments: list[bytes | None]) -> bytes:
+def _assemble(
+    dirs: Sequence[ScannedDir], depth: list[int], fragments: list[_Buffer | None]
+) -> bytes:
     # The same layout and order as serialize_prvdir, from the directory list.
     children: list[list[tuple[str, int]]] = [[] for _ in dirs]
     for index in range(1, len(dirs)):
         children[dirs[index].parent].append((dirs[index].name, index))
-    out: list[bytes] = []
+    out: list[_Buffer] = []
     stack: list[int | bytes] = [0]
     while stack:
         item = stack.pop()
