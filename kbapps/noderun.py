@@ -195,8 +195,9 @@ def _connection_capacity(setup: NodeSetup) -> int:
     1024 slots had room for only 24 HTTP clients at once: the rest waited in the
     kernel's backlog (found by the issue 6 load test). A child holds two connections
     (its websocket and its uplink, ``kbtransport.uplink``), so a hub gets room for
-    twice its children plus ``_CLIENT_CONNECTIONS``; the soft descriptor limit is raised toward the hard
-    one to match (each connection is one descriptor, plus files being served).
+    twice its children plus ``_CLIENT_CONNECTIONS``; the soft descriptor limit is
+    raised toward the hard one to match (each connection is one descriptor, plus files
+    being served).
     """
     import resource
 
