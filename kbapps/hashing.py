@@ -351,6 +351,11 @@ class HashCache:
             self._conn = db
         return self._conn
 
+    def _absent(self) -> bool:
+        # Lazy, and the database was never created: nothing stored, and reading must
+        # not create it.
+        return self._conn is None and not self._closed and not self.path.exists()
+
     @property
     def _db(self) -> sqlite3.Connection:
         return self._connect()
@@ -398,8 +403,8 @@ class HashCache:
     def has_files(self) -> bool:
         """Return whether any file digest is stored (a fresh cache has none, and
         then lookups can be skipped altogether)."""
-        if self._conn is None and not self._closed and not self.path.exists():
-            return False  # lazy, and never created: nothing stored, nothing to create
+        if self._absent():
+            return False
         return self._db.execute("SELECT 1 FROM file_sha1 LIMIT 1").fetchone() is not None
 
     def _fragment_file(self, scope: str) -> Path:
@@ -516,6 +521,8 @@ class HashCache:
             # st_ino is unsigned 64-bit; SQLite integers are signed.
             wanted[inode if inode < 1 << 63 else inode - (1 << 64)] = key
         found: dict[tuple[int, int, int, int], tuple[str, str]] = {}
+        if not by_device or self._absent():
+            return found
         execute = self._db.execute
         for device, wanted in by_device.items():
             inodes = list(wanted)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -279,3 +281,91 @@ def test_the_directory_path_does_not_import_the_models() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+# --- the fragment file and the two-process check ---------------------------------------
+
+
+def test_a_damaged_fragment_file_reads_as_absent(scratch: Path) -> None:
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
+    with HashCache(scratch / "c.db") as cache:
+        expected = _run_plain(root, cache)
+        scope = os.path.realpath(root)
+        (stored,) = (scratch / hashing._FRAGMENT_DIR).iterdir()
+        data = bytearray(stored.read_bytes())
+        data[-5] ^= 0x01  # one bit of the last directory's digests
+        stored.write_bytes(bytes(data))
+        assert cache.load_fragments(scope) == {}
+        stored.write_bytes(bytes(data[:100]))  # torn
+        assert cache.load_fragments(scope) == {}
+        stored.write_bytes(b"")
+        assert cache.load_fragments(scope) == {}
+        assert _run_plain(root, cache) == expected  # rebuilt, and stored again
+        assert set(cache.load_fragments(scope)) == {"d1", "d2", "d3"}
+
+
+def _run_plain(root: Path, cache: HashCache, workers: int = 1) -> bytes:
+    data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, workers=workers)
+    assert data == _model_bytes(root)
+    return data
+
+
+def _many(root: Path, dirs: int = 4, per_dir: int = 200) -> None:
+    for d in range(dirs):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(per_dir):
+            (root / f"d{d}" / f"f{i:03d}").write_bytes(b"%d/%d" % (d, i))
+    _age(root)
+
+
+def test_two_processes_check_and_hash_a_tree(scratch: Path) -> None:
+    root = scratch / "t"
+    _many(root)
+    with HashCache(scratch / "c.db") as cache:
+        _run_plain(root, cache, workers=2)  # hashed by two processes
+        _run_plain(root, cache, workers=2)  # checked by two processes
+        (root / "d3" / "f007").write_bytes(b"changed")  # in the child's half
+        _age_one(root / "d3" / "f007")
+        (root / "d0" / "f100").unlink()  # in the parent's half
+        _run_plain(root, cache, workers=2)
+        _run_plain(root, cache, workers=2)
+
+
+def test_a_checking_child_that_dies_leaves_its_part_to_the_parent(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _many(root)
+    parent = os.getpid()
+    real = prvbuild._check_dirs
+
+    def check(*args: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(3)  # the forked child dies without an answer
+        return real(*args)
+
+    with HashCache(scratch / "c.db") as cache:
+        expected = _run_plain(root, cache, workers=2)
+        monkeypatch.setattr(prvbuild, "_check_dirs", check)
+        seen = _Counting(monkeypatch)
+        data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, workers=2)
+        assert seen.take() == []  # the parent checked everything: nothing was read
+        assert data == expected
+
+
+def test_a_lazy_cache_creates_no_database_until_it_stores(scratch: Path) -> None:
+    path = scratch / "sub" / "c.db"
+    cache = HashCache(path, lazy=True)
+    try:
+        assert not cache.has_files()
+        assert cache.lookup_raw([(1, 2, 3, 4)]) == {}
+        assert not path.exists()
+        assert cache.store_raw([(1, 2, 3, 4, "a" * 40, "b" * 40, 3)], now_ns=10**19) == 1
+        assert path.is_file()
+        assert cache.has_files()
+    finally:
+        cache.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        cache.has_files()
