@@ -32,7 +32,7 @@ import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import NoReturn, cast
 from urllib.parse import parse_qsl, unquote
 
 import anyio
@@ -44,6 +44,7 @@ from wsproto.connection import Connection as WsConnection
 from kbtransport.errors import (
     READ_ERRORS,
     WRITE_ERRORS,
+    ExceptionMapping,
     PeerProtocolError,
     ReadError,
     TransportError,
@@ -143,6 +144,59 @@ class _FileLength:
         return self._length
 
 
+class _IdleWatch:
+    """Closes a connection left idle between requests for ``timeout`` seconds.
+
+    Why not ``move_on_after`` around each wait for a request: a cancel scope with a
+    deadline costs ~10-25 µs to enter and leave (a loop timer armed and cancelled),
+    as much as h11's parsing of a small request, on every request of every
+    keep-alive connection. Here the connection enters one plain scope for its whole
+    life, marks ``since`` when it starts waiting for a request (None again once bytes
+    arrive: a float store per request), and one loop timer, re-armed lazily, checks:
+    when it fires and the connection has been waiting ``timeout`` seconds, it cancels
+    the scope; otherwise it re-arms for ``since + timeout`` (or ``now + timeout``
+    while a request is being served). A connection still closes exactly
+    ``timeout`` after it went idle, with at most one extra timer wake-up per
+    ``timeout``. asyncio only (the loop's ``call_at``); elsewhere the caller falls
+    back to a scope per wait.
+    """
+
+    __slots__ = ("handle", "loop", "scope", "since", "timeout")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.scope = anyio.CancelScope()
+        #: When the connection started waiting for a request; None while serving one.
+        self.since: float | None = None
+        self.handle: asyncio.TimerHandle | None = loop.call_at(loop.time() + timeout, self.fire)
+
+    @classmethod
+    def start(cls, timeout: float) -> _IdleWatch | None:
+        """A watch on the running asyncio loop, or None on another event loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return cls(loop, timeout)
+
+    def fire(self) -> None:
+        since = self.since
+        now = self.loop.time()
+        if since is not None and now - since >= self.timeout:
+            self.handle = None
+            self.scope.cancel()
+            return
+        self.handle = self.loop.call_at((now if since is None else since) + self.timeout, self.fire)
+
+    def stop(self) -> None:
+        """Never fire again (the connection ended or left HTTP)."""
+        self.since = None
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 class _Connection:
     """State of one server connection (not public: use ``serve_http_connection``)."""
 
@@ -154,11 +208,13 @@ class _Connection:
         self.config = config
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_bytes)
         self.client = _peer_address(stream)
+        self.watch: _IdleWatch | None = None
         self.base_headers: list[tuple[bytes, bytes]] = [
             (b"server", config.server_name.encode("latin-1"))
         ]
         if config.cors:
             self.base_headers += [(k.encode(), v.encode()) for k, v in CORS_HEADERS]
+        self.base_block = _validated_block(self.base_headers)
 
     # -- I/O helpers ---------------------------------------------------------------
 
@@ -176,20 +232,26 @@ class _Connection:
             # write into an empty buffer stays under the high-water mark (64 KiB), so
             # it cannot block and needs no deadline (a cancel scope costs ~20 µs,
             # as much as the rest of a small response).
-            with map_exceptions(WRITE_ERRORS):
+            try:
                 await self.stream.send(data)
+            except Exception:
+                _reraise_mapped(WRITE_ERRORS)
             return
         with map_exceptions(WRITE_ERRORS), anyio.fail_after(self.config.write_timeout):
             await self.stream.send(data)
 
     async def receive(self) -> None:
         """One read from the stream into h11 (EOF is handed to h11 as ``b""``)."""
-        with map_exceptions(READ_ERRORS):
-            try:
-                data = await self.stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
+        try:
+            data = await self.stream.receive(_READ_SIZE)
+        except anyio.EndOfStream:
+            data = b""
+        except Exception:
+            _reraise_mapped(READ_ERRORS)
+        try:
             self.conn.receive_data(data)
+        except Exception:
+            _reraise_mapped(READ_ERRORS)
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         with map_exceptions(READ_ERRORS):
@@ -203,6 +265,20 @@ class _Connection:
     # -- the request cycle ---------------------------------------------------------
 
     async def run(self) -> None:
+        watch = _IdleWatch.start(self.config.idle_timeout)
+        self.watch = watch
+        if watch is None:
+            await self.cycle()
+            return
+        # One scope for the whole connection, cancelled only by the idle watch (and
+        # only while the connection waits for a request's first byte).
+        with watch.scope:
+            try:
+                await self.cycle()
+            finally:
+                watch.stop()
+
+    async def cycle(self) -> None:
         while True:
             request = await self.read_request()
             if request is None:
@@ -210,11 +286,14 @@ class _Connection:
             response = await self.call_app(request)
             if request.body_stream is not None:
                 await _aclose_iterable(request.body_stream)
-            if isinstance(response.body, WebSocketAccept):
-                await self.upgrade(request, response.body)
-                return
-            if isinstance(response.body, RawUpgrade):
-                await self.raw_upgrade(request, response.body)
+            if isinstance(response.body, WebSocketAccept | RawUpgrade):
+                # The connection is no longer HTTP: its own protocol watches liveness.
+                if self.watch is not None:
+                    self.watch.stop()
+                if isinstance(response.body, WebSocketAccept):
+                    await self.upgrade(request, response.body)
+                else:
+                    await self.raw_upgrade(request, response.body)
                 return
             await self.send_response(request, response)
             if self.conn.their_state is h11.SEND_BODY:
@@ -229,18 +308,31 @@ class _Connection:
         config = self.config
         if not self.conn.trailing_data[0]:
             # Idle between requests: wait for a first byte, then the head deadline runs.
-            with anyio.move_on_after(config.idle_timeout) as idle:
+            watch = self.watch
+            if watch is not None:
+                # The watch closes the connection if this wait outlasts idle_timeout.
+                watch.since = watch.loop.time()
                 try:
                     await self.receive()
                 except ReadError:
                     return None
-            if idle.cancelled_caught:
-                return None
+                finally:
+                    watch.since = None
+            else:
+                with anyio.move_on_after(config.idle_timeout) as idle:
+                    try:
+                        await self.receive()
+                    except ReadError:
+                        return None
+                if idle.cancelled_caught:
+                    return None
         try:
             # Fast path: the whole head usually came in the first read, and a cancel
             # scope costs as much as h11's parsing (~10 µs): open one only to wait.
-            with map_exceptions(READ_ERRORS):
+            try:
                 event = self.conn.next_event()
+            except Exception:
+                _reraise_mapped(READ_ERRORS)
             if event is h11.NEED_DATA:
                 with anyio.fail_after(config.header_timeout):
                     event = await self.next_event()
@@ -257,15 +349,17 @@ class _Connection:
         assert isinstance(event, h11.Request), event
         # h11 bounds only heads that arrive in pieces; a head that came whole in one
         # read is measured here, so the limit holds however the bytes were chunked.
-        head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        # Walk h11's header list once (each pass costs a Python-level iteration).
+        headers = tuple((bytes(k), bytes(v)) for k, v in event.headers)
+        head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
         if head_size > config.max_head_bytes:
             await self.send_error(431, _peer_error_text(431))
             return None
         try:
             if self.is_streaming(event):
-                return self.build_request(event, b"", self.stream_body())
-            body = await self.read_body(event)
-            return self.build_request(event, body)
+                return self.build_request(event, headers, b"", self.stream_body())
+            body = await self.read_body(headers)
+            return self.build_request(event, headers, body)
         except _HttpError as exc:
             await self.send_error(exc.status, exc.message)
             return None
@@ -275,9 +369,9 @@ class _Connection:
         except (ReadError, TransportTimeout):
             return None
 
-    async def read_body(self, head: h11.Request) -> bytes:
+    async def read_body(self, headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
         limit = self.config.max_body_bytes
-        length = _content_length(head.headers)
+        length = _content_length(headers)
         if length is not None and length > limit:
             raise _HttpError(413, f"Request body larger than {limit} bytes")
         if self.conn.they_are_waiting_for_100_continue:
@@ -285,12 +379,14 @@ class _Connection:
                 self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
             )
         if length == 0 or (
-            length is None and not any(n == b"transfer-encoding" for n, _ in head.headers)
+            length is None and not any(n == b"transfer-encoding" for n, _ in headers)
         ):
             # No body (a GET): h11 has the EndOfMessage ready, so skip the body
             # deadline's cancel scope; bodies take the bounded path below.
-            with map_exceptions(READ_ERRORS):
+            try:
                 event = self.conn.next_event()
+            except Exception:
+                _reraise_mapped(READ_ERRORS)
             if isinstance(event, h11.EndOfMessage):
                 return b""
             raise ReadError(f"unexpected event after a request without a body: {event!r}")
@@ -371,6 +467,7 @@ class _Connection:
     def build_request(
         self,
         head: h11.Request,
+        headers: tuple[tuple[bytes, bytes], ...],
         body: bytes,
         body_stream: AsyncIterator[bytes] | None = None,
     ) -> Request:
@@ -388,10 +485,16 @@ class _Connection:
                 raise _HttpError(400, "Request target must be an absolute path")
             try:
                 # Split first, decode second: an encoded "/" stays inside its segment.
-                segments = tuple(unquote(s, errors="strict") for s in path[1:].split("/"))
-                pairs = parse_qsl(
-                    query, keep_blank_values=True, errors="strict", max_num_fields=256
-                )
+                # (Without a "%" there is nothing to decode: unquote would return each
+                # segment as it is, so skip its call per segment.)
+                if "%" in path:
+                    segments = tuple(unquote(s, errors="strict") for s in path[1:].split("/"))
+                else:
+                    segments = tuple(path[1:].split("/"))
+                if query:
+                    pairs = parse_qsl(
+                        query, keep_blank_values=True, errors="strict", max_num_fields=256
+                    )
             except (UnicodeDecodeError, ValueError):
                 raise _HttpError(400, "Malformed percent-encoding in request target") from None
         return Request(
@@ -400,7 +503,7 @@ class _Connection:
             path=path,
             segments=segments,
             query=tuple(pairs),
-            headers=tuple((bytes(k), bytes(v)) for k, v in head.headers),
+            headers=headers,
             body=body,
             http_version=head.http_version.decode("ascii"),
             client=self.client,
@@ -449,14 +552,23 @@ class _Connection:
         await self.send(self.head_bytes(response, length))
 
     def head_bytes(self, response: Response, length: int | None) -> bytes:
-        headers = list(self.base_headers)
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        # h11 validates every header of every response (twice: building the event and
+        # cleaning it up for sending), the largest cost of a small response. Only the
+        # headers that decide framing and keep-alive go through h11 each time; the
+        # others (ours, the CORS pair, the app's) are validated by h11 once per
+        # distinct set and cached as bytes, then spliced in before the blank line
+        # that ends h11's head. The wire bytes differ only in header order.
+        framing, block = _header_block(response.headers)
+        headers = list(framing)
         if length is not None:
             headers.append((b"content-length", str(length).encode("ascii")))
         event = h11.Response(
             status_code=response.status, headers=headers, reason=_reason(response.status)
         )
-        return self.conn.send(event) or b""
+        head = self.conn.send(event) or b""
+        # h11 ends a head with an empty line; ours goes right before it.
+        assert head.endswith(b"\r\n\r\n"), head
+        return b"".join((head[:-2], self.base_block, block, b"\r\n"))
 
     async def send_response(self, request: Request, response: Response) -> None:
         body = response.body
@@ -591,6 +703,57 @@ class _Connection:
             return
         trailing, _closed = self.conn.trailing_data
         await accept.handler(self.stream, bytes(trailing))
+
+
+#: Response headers h11 must see to frame the body and decide keep-alive.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+#: Most distinct header sets cached (apps mostly answer with a few constant sets;
+#: per-response values such as Content-Range make new ones: the cache then restarts).
+_BLOCK_CACHE_SIZE = 256
+_blocks: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
+
+
+def _validated_block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``headers`` as header lines, after h11's own validation (LocalProtocolError)."""
+    h11.Response(status_code=200, headers=headers)
+    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+
+
+def _header_block(
+    headers: tuple[tuple[str, str], ...],
+) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
+    """Split an app's response headers into framing ones (for h11) and the rest as
+    validated header lines, cached per distinct tuple of headers.
+
+    Raises:
+        h11.LocalProtocolError: a malformed header (as h11 would when sending it).
+    """
+    if type(headers) is not tuple:  # a list from a careless app: make it a key
+        headers = tuple((str(n), str(v)) for n, v in headers)
+    cached = _blocks.get(headers)
+    if cached is not None:
+        return cached
+    framing: list[tuple[bytes, bytes]] = []
+    other: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        pair = (name.encode("latin-1"), value.encode("latin-1"))
+        (framing if pair[0].lower() in _FRAMING else other).append(pair)
+    result = (tuple(framing), _validated_block(other))
+    if len(_blocks) >= _BLOCK_CACHE_SIZE:
+        _blocks.clear()
+    _blocks[headers] = result
+    return result
+
+
+def _reraise_mapped(mapping: ExceptionMapping) -> NoReturn:
+    """Re-raise the exception being handled as ``map_exceptions(mapping)`` would.
+
+    Called from an ``except`` clause, so the translation costs nothing on the path
+    that does not fail (a ``with map_exceptions`` is a generator context manager:
+    a few µs on every call, several times per request).
+    """
+    with map_exceptions(mapping):
+        raise  # the exception our caller is handling
 
 
 async def _aclose_iterable(chunks: AsyncIterable[bytes]) -> None:

@@ -1,0 +1,97 @@
+"""``Node.find`` answers from the core's index without the driver when it can.
+
+Real nodes on 127.0.0.1: hub A with share T directly under it and hub B (share S under
+B). At A, T's content is answered at once (``IMMEDIATE_LOOKUP``), S's content needs B
+(a real find in the core), and both give what the core's own find gives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbproto.events import LookupFailed, LookupResolved
+from kbtransport.driver import DriverStopped
+from kbtransport.http_client import HttpClient
+from kbtransport.node import IMMEDIATE_LOOKUP
+from tests.transport.node_helpers import sha1_file, tree, wait_until, write_file
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_direct_shares_are_answered_at_once_and_the_rest_through_the_driver(
+    tmp_path: Path,
+) -> None:
+    write_file(tmp_path / "t" / "t.dat", 3000, 1)
+    write_file(tmp_path / "s" / "s.dat", 2000, 2)
+    t_sha1 = sha1_file(tmp_path / "t" / "t.dat")
+    s_sha1 = sha1_file(tmp_path / "s" / "s.dat")
+    async with tree() as net, HttpClient() as client:
+        a = await net.hub("A")
+        await net.hub("B", "A")
+        s = await net.share("S", tmp_path / "s", "B")
+        t = await net.share("T", tmp_path / "t", "A")
+
+        async def both_indexed() -> bool:
+            answers = [await a.node.find(x) for x in (t_sha1, s_sha1)]
+            return all(isinstance(x, LookupResolved) for x in answers)
+
+        await wait_until(both_indexed, what="S and T indexed at A")
+
+        # T is a direct share of A and no child hub holds its content: at once.
+        direct = await a.node.find(t_sha1)
+        assert isinstance(direct, LookupResolved)
+        assert direct.lookup_id == IMMEDIATE_LOOKUP
+        assert [(r.kbshare_id, r.path, r.hops) for r in direct.results] == [
+            (t.node.node_id, "t.dat", ())
+        ]
+        # S's content is below hub B: a real find (a lookup id of the core).
+        below = await a.node.find(s_sha1)
+        assert isinstance(below, LookupResolved)
+        assert below.lookup_id != IMMEDIATE_LOOKUP
+        assert [r.kbshare_id for r in below.results] == [s.node.node_id]
+        # A is the top hub: nothing anywhere is "not found" at once, as the core says.
+        missing = await a.node.find("0" * 40)
+        assert isinstance(missing, LookupFailed)
+        assert missing.lookup_id == IMMEDIATE_LOOKUP
+        assert missing.reason == "not found"
+        # A share answers its own file at once, and asks its hub for the others.
+        own = await t.node.find(t_sha1)
+        assert isinstance(own, LookupResolved)
+        assert own.lookup_id == IMMEDIATE_LOOKUP
+        other = await t.node.find(s_sha1)
+        assert isinstance(other, LookupResolved)
+        assert other.lookup_id != IMMEDIATE_LOOKUP
+        # Share-limited: S holds no copy of T's content and S is in A's subtree, so
+        # nothing needs asking ("not found" at once); S's content on S needs B.
+        limited = await a.node.find(t_sha1, share_id=s.node.node_id)
+        assert isinstance(limited, LookupFailed)
+        assert limited.lookup_id == IMMEDIATE_LOOKUP
+        on_s = await a.node.find(s_sha1, share_id=s.node.node_id)
+        assert isinstance(on_s, LookupResolved)
+        assert on_s.lookup_id != IMMEDIATE_LOOKUP
+
+        # The HTTP answer (SPEC §4) is the same JSON either way.
+        response, body = await client.request("GET", f"{a.local_url}/find/{t_sha1}")
+        assert response.status == 200
+        payload = json.loads(body)
+        assert payload["found"] is True
+        assert payload["results"] == [{"kbshare_id": t.node.node_id, "size": 3000, "path": "t.dat"}]
+        assert payload["urls"] == [
+            f"{t.local_url}/{t.node.node_id}/download/t.dat",
+            f"{a.local_url}/{t.node.node_id}/download/t.dat",
+        ]
+        # Nothing was left pending in the core by the shortcut.
+        assert await a.node.driver.call(lambda now: a.node._core.pending_lookups()) == 0
+
+
+async def test_find_on_a_stopped_node_fails_clearly(tmp_path: Path) -> None:
+    async with tree() as net:
+        a = await net.hub("A")
+        node = a.node
+        a.stop()
+        await a.wait()
+        with pytest.raises(DriverStopped):
+            await node.find("0" * 40)
