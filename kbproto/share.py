@@ -27,6 +27,7 @@ from kbproto._common import _CoreCommon
 from kbproto._node import _Node
 from kbproto.auth import Signer
 from kbproto.config import ShareConfig
+from kbproto.errors import LocalProtocolError
 from kbproto.ids import IdSource
 from kbproto.trace import TraceSink
 
@@ -85,6 +86,33 @@ class ShareCore(_CoreCommon):
         assert index is not None
         index.put(sha1, path, size)
         self._node.flush_index()
+
+    def update_files(
+        self,
+        puts: Iterable[tuple[str, str, int]],
+        removes: Iterable[str],
+        now: float,
+    ) -> list[tuple[str, str]]:
+        """Forget ``removes``, then add or replace ``(sha1, path, size)`` ``puts``, and
+        report them to the parent together (one call per batch of a rescan, instead of
+        one per file). Drain actions after calling.
+
+        Returns:
+            The puts refused as ``(path, reason)`` (malformed sha1, path or size); every
+            other change is applied.
+        """
+        index = self._node.share_index
+        assert index is not None
+        for path in removes:
+            index.remove(path)
+        refused: list[tuple[str, str]] = []
+        for sha1, path, size in puts:
+            try:
+                index.put(sha1, path, size)
+            except LocalProtocolError as exc:
+                refused.append((str(path), str(exc)))
+        self._node.flush_index()
+        return refused
 
     def remove_file(self, path: str, now: float) -> None:
         """Forget the file at ``path`` (no-op if unknown). Drain actions after calling."""

@@ -673,6 +673,20 @@ class Node:
         share = self._share()
         await self.driver.call(lambda now: share.remove_file(path, now))
 
+    async def update_files(
+        self, puts: Iterable[tuple[str, str, int]], removes: Iterable[str] = ()
+    ) -> list[tuple[str, str]]:
+        """Share only: forget ``removes``, then add or replace ``(sha1, path, size)``
+        ``puts``, in one driver step (``ShareCore.update_files``).
+
+        Returns:
+            The puts refused as ``(path, reason)``; everything else is applied.
+        """
+        share = self._share()
+        put_list = list(puts)
+        remove_list = list(removes)
+        return await self.driver.call(lambda now: share.update_files(put_list, remove_list, now))
+
     def _share(self) -> ShareCore:
         if not isinstance(self._core, ShareCore):
             raise TypeError("index changes apply to shares only")
@@ -975,6 +989,12 @@ class NodeHandle:
     async def remove_file(self, path: str) -> None:
         """Share only: remove one file from the index."""
         await self.node.remove_file(path)
+
+    async def update_files(
+        self, puts: Iterable[tuple[str, str, int]], removes: Iterable[str] = ()
+    ) -> list[tuple[str, str]]:
+        """Share only: many removes and puts at once (see ``Node.update_files``)."""
+        return await self.node.update_files(puts, removes)
 
     def stop(self) -> None:
         """Stop serving: the listener, every link and the driver are cancelled."""

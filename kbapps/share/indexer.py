@@ -59,7 +59,6 @@ import anyio.to_thread
 from kbapps.hashing import FileKey, HashResult, hash_files
 from kbapps.share.index import FileIndex, FileStamp, IndexEntry, stamp_of
 from kbapps.share.paths import MAX_PATH_BYTES, MAX_SEGMENTS, SharePathError, check_segments
-from kbproto.errors import LocalProtocolError
 
 __all__ = (
     "Hasher",
@@ -86,6 +85,8 @@ _MAX_WARNINGS = 10_000
 #: Digests kept for vanished files, so a directory renamed inside the share (its
 #: files keep their stamps) is not re-hashed; cleared when full (memory bound).
 _MAX_TOMBSTONES = 200_000
+#: Changed files reported to the node per call (one driver step each).
+_REPORT_BATCH = 4096
 
 
 class IndexSink(Protocol):
@@ -97,11 +98,12 @@ class IndexSink(Protocol):
     async def set_files(self, entries: Iterable[tuple[str, str, int]]) -> None:
         """Replace everything advertised (called once, after the first walk)."""
 
-    async def put_file(self, sha1: str, path: str, size: int) -> None:
-        """Advertise (or replace) the file at ``path``."""
-
-    async def remove_file(self, path: str) -> None:
-        """Stop advertising ``path``."""
+    async def update_files(
+        self, puts: Iterable[tuple[str, str, int]], removes: Iterable[str] = ()
+    ) -> list[tuple[str, str]]:
+        """Stop advertising ``removes``, then advertise (or replace) ``puts``; return the
+        puts refused as ``(path, reason)``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -644,22 +646,28 @@ class Indexer:
 
     async def _report(self, sink: IndexSink, puts: list[IndexEntry], removes: list[str]) -> None:
         advertised = self._advertised
-        for path in removes:
-            if advertised.pop(path, None) is not None:
-                await sink.remove_file(path)
+        gone = [path for path in removes if advertised.pop(path, None) is not None]
         trusted = self.index.trusted
-        for entry in puts:
-            if not trusted(entry):
-                continue  # re-hashed (and then reported) once its racy window ends
-            value = (entry.sha1, entry.size)
-            if advertised.get(entry.path) == value:
-                continue
-            try:
-                await sink.put_file(entry.sha1, entry.path, entry.size)
-            except LocalProtocolError as exc:
-                self._warn(f"cannot advertise {_show(entry.path)}: {exc}")
-                continue
-            advertised[entry.path] = value
+        # Re-hashed (and then reported) once its racy window ends; unchanged: nothing.
+        new = [
+            entry
+            for entry in puts
+            if trusted(entry) and advertised.get(entry.path) != (entry.sha1, entry.size)
+        ]
+        # One call per batch, not per file: each call is a round trip to the node.
+        for start in range(0, max(len(new), 1 if gone else 0), _REPORT_BATCH):
+            batch = new[start : start + _REPORT_BATCH]
+            refused = dict(
+                await sink.update_files(
+                    [(e.sha1, e.path, e.size) for e in batch], gone if start == 0 else ()
+                )
+            )
+            for entry in batch:
+                reason = refused.get(entry.path)
+                if reason is not None:
+                    self._warn(f"cannot advertise {_show(entry.path)}: {reason}")
+                else:
+                    advertised[entry.path] = (entry.sha1, entry.size)
 
     def _warn(self, message: str) -> None:
         hook = self.hooks.on_warning

@@ -294,11 +294,8 @@ async def serving(root: Path) -> AsyncIterator[tuple[BoundAddress, Indexer]]:
         async def set_files(self, entries: object) -> None:
             pass
 
-        async def put_file(self, sha1: str, path: str, size: int) -> None:
-            pass
-
-        async def remove_file(self, path: str) -> None:
-            pass
+        async def update_files(self, puts: object, removes: object = ()) -> list[tuple[str, str]]:
+            return []
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(indexer.run, NullSink())

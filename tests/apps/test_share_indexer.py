@@ -45,13 +45,17 @@ class Sink:
         self.files = {path: (sha1, size) for sha1, path, size in entries}
         self.calls.append(("set", str(len(self.files))))
 
-    async def put_file(self, sha1: str, path: str, size: int) -> None:
-        self.files[path] = (sha1, size)
-        self.calls.append(("put", path, sha1))
-
-    async def remove_file(self, path: str) -> None:
-        self.files.pop(path, None)
-        self.calls.append(("remove", path))
+    async def update_files(
+        self, puts: Iterable[tuple[str, str, int]], removes: Iterable[str] = ()
+    ) -> list[tuple[str, str]]:
+        self.calls.append(("update",))
+        for path in removes:
+            self.files.pop(path, None)
+            self.calls.append(("remove", path))
+        for sha1, path, size in puts:
+            self.files[path] = (sha1, size)
+            self.calls.append(("put", path, sha1))
+        return []
 
     def calls_for(self, path: str) -> list[tuple[str, ...]]:
         return [c for c in self.calls if len(c) > 1 and c[1] == path]
@@ -209,6 +213,19 @@ async def test_initial_scan_advertises_every_servable_file(tmp_path: Path) -> No
             ("sub/twin.dat", "sub/a.dat"),
         )
         assert any("fifo" in w for w in run.warnings)
+
+
+@pytest.mark.anyio
+async def test_new_files_reach_the_node_in_batches_not_one_call_each(tmp_path: Path) -> None:
+    root = tmp_path / "share"
+    for i in range(300):
+        sub = root / f"d{i // 100}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}.dat").write_bytes(b"file %d\n" % i)
+    async with running(root) as run:
+        assert len(run.sink.files) == 300
+        updates = run.sink.calls.count(("update",))
+        assert 1 <= updates <= 30, updates  # one per hashing batch, not 300
 
 
 @pytest.mark.anyio

@@ -73,6 +73,24 @@ def test_deltas_reach_the_top_hub() -> None:
     assert share.lookup_local("zz") is None
 
 
+def test_update_files_applies_a_batch_and_names_the_refused_puts() -> None:
+    net = Net()
+    net.add_hub("A")
+    share = net.add_share("S", parent="A", files={"a": b"a"})
+    assert _hub(net, "A") == 1
+    refused = share.update_files(
+        [(B, "b", 1), ("zz", "bad", 1), (C, "c", 2), (B, "", 1)], ["a", "unknown"], net.now
+    )
+    assert [path for path, _ in refused] == ["bad", ""]
+    assert "not a sha1" in refused[0][1]
+    net.pump()
+    assert _hub(net, "A") == 2  # a gone; b and c in
+    assert share.file_count() == 2
+    assert share.lookup_local(A) is None
+    assert share.lookup_local(C) == ("c", 2)
+    assert share.update_files([], [], net.now) == []
+
+
 def test_duplicate_content_reports_the_smallest_path() -> None:
     net = Net()
     net.add_hub("H")
