@@ -44,13 +44,17 @@ def _open_cache(lazy: bool = False) -> HashCache | None:
         return None
 
 
-def _write_atomically(out: str, data: bytes) -> None:
+def _write_atomically(out: str, data: bytes | list[bytes | memoryview]) -> None:
     # Write beside the target and rename, so an interrupted run never leaves a
-    # truncated .prv/.prvdir under the final name.
+    # truncated .prv/.prvdir under the final name. A list is written piece by piece
+    # (a big .prvdir is never joined into one more copy).
     tmp = f"{out}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                handle.writelines(data)
         os.replace(tmp, out)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -65,7 +69,7 @@ def run(path: str, out: str | None) -> None:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
             without OUT, unreadable file) or an unwritable OUT (exit 1).
     """
-    from kbapps.prvbuild import PrvBuildError, build_prv, build_prvdir_bytes, scan_directory
+    from kbapps.prvbuild import PrvBuildError, build_prv, scan_directory, write_prvdir
     from kbproto.prv import serialize_prv
 
     try:
@@ -101,8 +105,9 @@ def run(path: str, out: str | None) -> None:
             try:
                 scan = scan_directory(path, on_warning=output.warning)
                 with output.Progress("Hashing", total_files=len(scan.files)) as progress:
-                    data = build_prvdir_bytes(
+                    write_prvdir(
                         scan,
+                        lambda pieces: _write_atomically(out, pieces),
                         cache=cache,
                         on_progress=progress.update,
                         on_warning=output.warning,
@@ -110,7 +115,6 @@ def run(path: str, out: str | None) -> None:
                     )
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
-            _write_atomically(out, data)
         else:
             try:
                 with output.Progress("Hashing", total_files=1, total_bytes=st.st_size) as progress:
