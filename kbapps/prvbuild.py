@@ -1053,11 +1053,19 @@ def _check_dirs(
         parts: list[str] = []
         append = parts.append
         nbytes = 0
+        first = listed[0]
+        dir_fd = -1
         try:
+            # Names relative to the open directory: the kernel resolves one component
+            # per stat instead of the whole path (~0.3 us of ~2.5 per file here).
+            dir_fd = os.open(
+                first.path[: -len(first.name) - 1] or "/",
+                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+            )
             for scanned in listed:
                 key = scanned.key
                 if key is None:
-                    st = stat_(scanned.path)
+                    st = stat_(scanned.name, dir_fd=dir_fd)
                     dev, ino, size, mtime = st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
                 else:
                     dev, ino, size, mtime = key
@@ -1068,6 +1076,9 @@ def _check_dirs(
         except OSError:
             out.append((index, False, 0))  # hashing reports it, with its usual message
             continue
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
         out.append((index, _key_bytes("".join(parts)) == stored_keys, nbytes))
     return out
 
