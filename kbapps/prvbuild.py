@@ -61,12 +61,15 @@ __all__ = (
     "PrvBuildError",
     "ScannedDir",
     "ScannedFile",
+    "TreePlan",
     "TreeScan",
     "build_prv",
     "build_prvdir",
     "build_prvdir_bytes",
     "files_fragment",
+    "plan_prvdir",
     "scan_directory",
+    "write_planned",
     "write_prvdir",
 )
 
@@ -173,20 +176,45 @@ def scan_directory(root: str, *, on_warning: Warn | None = None) -> TreeScan:
             ``.prvdir`` depth limit.
     """
     warn = on_warning or (lambda message: None)
+    root_real, stack = _start_walk(root)
+    dirs: list[ScannedDir] = [ScannedDir(-1, "", "")]
+    files: list[ScannedFile] = []
+    _walk(root, root_real, stack, dirs, files, warn)
+    return TreeScan(root, tuple(dirs), tuple(files))
+
+
+#: A directory to list: (dir index, path to open, depth, (dev, ino) of it and its
+#: ancestors).
+_StackItem = tuple[int, str, int, frozenset[tuple[int, int]]]
+
+
+def _start_walk(root: str) -> tuple[str, list[_StackItem]]:
+    # The root's real path (symlink targets must stay inside it) and the first item.
     root_real = os.path.realpath(root)
     try:
         root_st = os.stat(root)
     except OSError as exc:
         raise PrvBuildError(f"cannot read {root}: {exc.strerror}") from None
-    dirs: list[ScannedDir] = [ScannedDir(-1, "", "")]
-    files: list[ScannedFile] = []
-    # Stack items: (dir index, path to open, depth, (dev, ino) of it and its ancestors).
-    stack: list[tuple[int, str, int, frozenset[tuple[int, int]]]] = [
-        (0, root, 0, frozenset({(root_st.st_dev, root_st.st_ino)}))
-    ]
+    return root_real, [(0, root, 0, frozenset({(root_st.st_dev, root_st.st_ino)}))]
+
+
+def _walk(
+    root: str,
+    root_real: str,
+    stack: list[_StackItem],
+    dirs: list[ScannedDir],
+    files: list[ScannedFile],
+    warn: Warn,
+    limit: int = -1,
+) -> None:
+    """List the directories on ``stack`` and, depth first, all below them (at most
+    ``limit`` directories if it is not negative): new directories are appended to
+    ``dirs`` (and pushed), regular files to ``files`` (those of one directory one
+    after the other)."""
     append_file = files.append
     new_file = tuple.__new__
-    while stack:
+    while stack and limit != 0:
+        limit -= 1
         dir_index, dir_path, depth, ancestors = stack.pop()
         relbase = dirs[dir_index].relpath
         shown_dir = os.path.join(root, relbase) if relbase else root
@@ -246,7 +274,6 @@ def scan_directory(root: str, *, on_warning: Warn | None = None) -> TreeScan:
         for name, path, st in subdirs:
             dirs.append(ScannedDir(dir_index, name, _rel(relbase, name)))
             stack.append((len(dirs) - 1, path, depth + 1, ancestors | {(st.st_dev, st.st_ino)}))
-    return TreeScan(root, tuple(dirs), tuple(files))
 
 
 def _rel(base: str, name: str) -> str:
@@ -911,53 +938,250 @@ def write_prvdir(
     Raises:
         PrvBuildError: as ``build_prvdir``; and whatever ``write`` raises.
     """
+    nworkers = default_workers() if workers is None else max(1, workers)
+    scope = os.path.realpath(scan.root)
+    known = cache.load_fragments(scope) if cache is not None else {}
+    plan = _plan_from_scan(scan, known, exclude, nworkers)
+    write_planned(
+        plan,
+        write,
+        cache=cache,
+        workers=workers,
+        on_progress=on_progress,
+        on_warning=on_warning,
+        exclude=exclude,
+    )
+
+
+class TreePlan(NamedTuple):
+    """What ``plan_prvdir`` found: the tree, and what is left to hash.
+
+    Attributes:
+        root: the directory as given.
+        dirs: every directory, the root first, parents before their children.
+        pending: for each directory to (re)build, its files in name order.
+        hits: for each unchanged directory (served from its stored fragment), its
+            number of files and of bytes.
+        known: the tree's stored fragments (``HashCache.load_fragments``).
+        total_files: every file of the tree (for a progress bar).
+    """
+
+    root: str
+    dirs: tuple[ScannedDir, ...]
+    pending: dict[int, list[ScannedFile]]
+    hits: dict[int, tuple[int, int]]
+    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]]
+    total_files: int
+
+
+def _plan_from_scan(
+    scan: TreeScan,
+    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    exclude: frozenset[tuple[int, int]],
+    workers: int,
+) -> TreePlan:
+    # Group the files by directory, and check the directories with a stored fragment.
+    files_of: dict[int, list[ScannedFile]] = {}
+    for scanned in scan.files:
+        listed = files_of.get(scanned.dir_index)
+        if listed is None:
+            files_of[scanned.dir_index] = listed = []
+        listed.append(scanned)
+    to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
+    for index, listed in files_of.items():
+        # By path: within one directory the same order as by name (one common
+        # prefix), and compared in C without a key function.
+        listed.sort()
+        stored = known.get(scan.dirs[index].relpath)
+        if stored is not None and stored[1]:  # (an empty fragment: not reusable)
+            to_check.append((index, listed, stored[0]))
+    hits: dict[int, tuple[int, int]] = {}
+    for index, unchanged, nbytes in _check_stored(to_check, exclude, workers):
+        if unchanged:
+            hits[index] = (len(files_of.pop(index)), nbytes)
+    return TreePlan(scan.root, scan.dirs, files_of, hits, known, len(scan.files))
+
+
+def plan_prvdir(
+    root: str,
+    *,
+    cache: HashCache | None = None,
+    workers: int | None = None,
+    on_warning: Warn | None = None,
+    exclude: frozenset[tuple[int, int]] = frozenset(),
+) -> TreePlan:
+    """Scan ``root`` (as ``scan_directory``) and check which directories are
+    unchanged since their fragment was stored: the first half of ``write_prvdir``,
+    so a caller can size a progress bar before hashing starts.
+
+    When the tree has a fragment file (a re-run) of many files, the walk itself is
+    shared with a forked process: each lists and checks half of the root's
+    subdirectories, and only the files of changed directories come back.
+
+    Raises:
+        PrvBuildError: as ``scan_directory``.
+    """
+    warn = on_warning or (lambda message: None)
+    nworkers = default_workers() if workers is None else max(1, workers)
+    known = cache.load_fragments(os.path.realpath(root)) if cache is not None else {}
+    # 80 hex digits of digests per stored file.
+    stored_files = sum([len(entry[2]) for entry in known.values()]) // 80
+    if stored_files < PARALLEL_MIN_FILES or nworkers < 2 or not hasattr(os, "fork"):
+        return _plan_from_scan(scan_directory(root, on_warning=warn), known, exclude, nworkers)
+    root_real, stack = _start_walk(root)
+    dirs: list[ScannedDir] = [ScannedDir(-1, "", "")]
+    files: list[ScannedFile] = []
+    _walk(root, root_real, stack, dirs, files, warn, limit=1)  # the root only
+    if len(stack) < 2:
+        _walk(root, root_real, stack, dirs, files, warn)
+        return _plan_from_scan(TreeScan(root, tuple(dirs), tuple(files)), known, exclude, 1)
+    base = len(dirs)
+    theirs = stack[1::2]
+    mine = stack[0::2]
+
+    def part(
+        items: list[_StackItem], found: list[ScannedFile], emit: Warn
+    ) -> tuple[list[tuple[int, int, int]], list[ScannedFile]]:
+        # Walk, then check every listed directory that has a stored fragment:
+        # ([(dir, files, bytes)] unchanged, [files of the others]).
+        _walk(root, root_real, items, dirs, found, emit)
+        return _check_part(found, dirs, known, exclude)
+
+    def body(result_fd: int) -> None:  # pragma: no cover - runs in the child
+        messages: list[str] = []
+        answer: tuple[Any, ...]
+        try:
+            hits, pending = part(theirs, [], messages.append)
+            answer = (
+                None,
+                messages,
+                [tuple(d) for d in dirs[base:]],
+                hits,
+                [(f.path, tuple(f.key) if f.key else None, f.dir_index, f.name) for f in pending],
+            )
+        except PrvBuildError as exc:
+            answer = (str(exc), messages)
+        with os.fdopen(result_fd, "wb", buffering=0) as pipe:
+            hashing._send_frame(pipe, [answer])
+
+    child = hashing._Child(body)
+    ok = False
+    try:
+        hits, pending = part(mine, files, warn)
+        answers: list[Any] = []
+        while not child.eof:
+            answers.extend(child.drain(block=True))
+        ok = True
+    finally:
+        child.close(kill=not ok)
+    if not answers:  # the child died: walk its half here
+        more_hits, more_pending = part(theirs, [], warn)
+        hits += more_hits
+        pending += more_pending
+    else:
+        (answer,) = answers
+        for message in answer[1]:
+            warn(message)
+        if answer[0] is not None:
+            raise PrvBuildError(answer[0])
+        _, _, their_dirs, their_hits, their_pending = answer
+        shift = len(dirs) - base  # their directories go after ours
+
+        def moved(index: int) -> int:
+            return index if index < base else index + shift
+
+        for parent, name, relpath in their_dirs:
+            dirs.append(ScannedDir(moved(parent), name, relpath))
+        hits += [(moved(index), nfiles, nbytes) for index, nfiles, nbytes in their_hits]
+        pending += [
+            ScannedFile(path, FileKey(*key) if key else None, moved(index), name)
+            for path, key, index, name in their_pending
+        ]
+    pending_of: dict[int, list[ScannedFile]] = {}
+    for scanned in pending:  # each directory's files stay together, in name order
+        listed = pending_of.get(scanned.dir_index)
+        if listed is None:
+            pending_of[scanned.dir_index] = listed = []
+        listed.append(scanned)
+    hit_of = {index: (nfiles, nbytes) for index, nfiles, nbytes in hits}
+    total = len(pending) + sum([nfiles for nfiles, _ in hit_of.values()])
+    return TreePlan(root, tuple(dirs), pending_of, hit_of, known, total)
+
+
+def _check_part(
+    found: list[ScannedFile],
+    dirs: Sequence[ScannedDir],
+    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    exclude: frozenset[tuple[int, int]],
+) -> tuple[list[tuple[int, int, int]], list[ScannedFile]]:
+    """Check the directories of ``found`` (files of one directory one after the
+    other) against their stored fragments; return ``([(dir, files, bytes)]`` of the
+    unchanged ones, the files of the others, each directory's in name order)."""
+    groups: list[list[ScannedFile]] = []
+    for scanned in found:
+        if groups and groups[-1][0].dir_index == scanned.dir_index:
+            groups[-1].append(scanned)
+        else:
+            groups.append([scanned])
+    to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
+    pending: list[ScannedFile] = []
+    by_index: dict[int, list[ScannedFile]] = {}
+    for listed in groups:
+        listed.sort()  # by path: by name within one directory
+        index = listed[0].dir_index
+        stored = known.get(dirs[index].relpath)
+        if stored is not None and stored[1]:
+            to_check.append((index, listed, stored[0]))
+            by_index[index] = listed
+        else:
+            pending += listed
+    hits: list[tuple[int, int, int]] = []
+    for index, unchanged, nbytes in _check_dirs(to_check, exclude):
+        if unchanged:
+            hits.append((index, len(by_index[index]), nbytes))
+        else:
+            pending += by_index[index]
+    return hits, pending
+
+
+def write_planned(
+    plan: TreePlan,
+    write: Callable[[list[_Buffer]], None],
+    *,
+    cache: HashCache | None = None,
+    workers: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_warning: Warn | None = None,
+    exclude: frozenset[tuple[int, int]] = frozenset(),
+) -> None:
+    """``write_prvdir`` for a ``plan_prvdir`` result (same arguments; ``cache`` and
+    ``exclude`` as given to ``plan_prvdir``)."""
     warn = on_warning or (lambda message: None)
     report = on_progress or (lambda files, nbytes: None)
     nworkers = default_workers() if workers is None else max(1, workers)
-    dirs = scan.dirs
+    dirs = plan.dirs
     ndirs = len(dirs)
     depth = [0] * ndirs
     for index in range(1, ndirs):  # parents come first
         depth[index] = depth[dirs[index].parent] + 1
     relpaths = [d.relpath for d in dirs]
-    files_of: list[list[ScannedFile]] = [[] for _ in range(ndirs)]
-    for scanned in scan.files:
-        files_of[scanned.dir_index].append(scanned)
-
-    scope = os.path.realpath(scan.root)
-    known = cache.load_fragments(scope) if cache is not None else {}
+    scope = os.path.realpath(plan.root)
+    known = plan.known
 
     fragments: list[_Buffer | None] = [None] * ndirs
     keep: list[tuple[str, _Buffer, _Buffer, _Buffer]] = []  # what the fragment file will hold
-    to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
-    missed: list[int] = []
-    for index in range(ndirs):
-        listed = files_of[index]
-        if not listed:
-            continue
-        # By path: within one directory the same order as by name (one common
-        # prefix), and compared in C without a key function.
-        listed.sort()
-        stored = known.get(relpaths[index])
-        if stored is not None and stored[1]:  # (an empty fragment: not reusable)
-            to_check.append((index, listed, stored[0]))
-        else:
-            missed.append(index)
     hit_files = hit_bytes = 0
-    for index, unchanged, nbytes in _check_stored(to_check, exclude, nworkers):
-        if unchanged:
-            stored = known[relpaths[index]]
-            fragments[index] = stored[1]
-            keep.append((relpaths[index], *stored))
-            hit_files += len(files_of[index])
-            hit_bytes += nbytes
-        else:
-            missed.append(index)
+    for index, (nfiles, nbytes) in plan.hits.items():
+        stored = known[relpaths[index]]
+        fragments[index] = stored[1]
+        keep.append((relpaths[index], *stored))
+        hit_files += nfiles
+        hit_bytes += nbytes
     if hit_files:
         report(hit_files, hit_bytes)
     jobs = _Jobs([], [], [], [])
-    for index in sorted(missed):
-        listed = files_of[index]
+    for index in sorted(plan.pending):
+        listed = plan.pending[index]
         jobs.paths.extend([scanned.path for scanned in listed])
         jobs.names.extend([scanned.name for scanned in listed])
         jobs.keys.extend([scanned.key for scanned in listed])

@@ -69,7 +69,7 @@ def run(path: str, out: str | None) -> None:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
             without OUT, unreadable file) or an unwritable OUT (exit 1).
     """
-    from kbapps.prvbuild import PrvBuildError, build_prv, scan_directory, write_prvdir
+    from kbapps.prvbuild import PrvBuildError, build_prv, plan_prvdir, write_planned
     from kbproto.prv import serialize_prv
 
     try:
@@ -103,10 +103,10 @@ def run(path: str, out: str | None) -> None:
             except OSError:
                 pass
             try:
-                scan = scan_directory(path, on_warning=output.warning)
-                with output.Progress("Hashing", total_files=len(scan.files)) as progress:
-                    write_prvdir(
-                        scan,
+                plan = plan_prvdir(path, cache=cache, on_warning=output.warning, exclude=exclude)
+                with output.Progress("Hashing", total_files=plan.total_files) as progress:
+                    write_planned(
+                        plan,
                         lambda pieces: _write_atomically(out, pieces),
                         cache=cache,
                         on_progress=progress.update,

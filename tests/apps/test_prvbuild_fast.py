@@ -369,3 +369,93 @@ def test_a_lazy_cache_creates_no_database_until_it_stores(scratch: Path) -> None
         cache.close()
     with pytest.raises(sqlite3.ProgrammingError):
         cache.has_files()
+
+
+# --- the shared walk of a re-run --------------------------------------------------------
+
+
+def _planned(root: Path, cache: HashCache, warnings: list[str] | None = None) -> bytes:
+    """A kb-prv-create run: plan (the walk shared by two processes on a re-run), then
+    write."""
+    emit = warnings.append if warnings is not None else None
+    plan = prvbuild.plan_prvdir(str(root), cache=cache, workers=2, on_warning=emit)
+    pieces: list[Any] = []
+    prvbuild.write_planned(plan, pieces.extend, cache=cache, workers=2, on_warning=emit)
+    assert plan.total_files == len(scan_directory(str(root)).files)
+    return b"".join(pieces)
+
+
+def test_the_shared_walk_gives_the_same_document_and_warnings(scratch: Path) -> None:
+    root = scratch / "t"
+    _many(root, dirs=5, per_dir=150)
+    (root / "d1" / "deep" / "er").mkdir(parents=True)
+    (root / "d1" / "deep" / "er" / "x").write_bytes(b"x")
+    (root / "d2" / "link").symlink_to(root / "d1" / "f001")
+    (root / "d3" / "out").symlink_to("/etc/hostname")
+    (root / "d4" / ".hidden").write_bytes(b"h")
+    os.mkfifo(root / "d0" / "fifo")
+    _age(root)
+    expected_warnings: list[str] = []
+    scan_directory(str(root), on_warning=expected_warnings.append)
+    with HashCache(scratch / "c.db") as cache:
+        assert _planned(root, cache) == _model_bytes(root)  # first run: no fragments
+        for _ in range(2):
+            warnings: list[str] = []
+            assert _planned(root, cache, warnings) == _model_bytes(root)
+            assert sorted(warnings) == sorted(expected_warnings)
+        # Changes on both sides of the split, and a new directory.
+        for folder in ("d0", "d1", "d4"):
+            (root / folder / "f010").write_bytes(b"new " + folder.encode())
+            _age_one(root / folder / "f010")
+        (root / "d3" / "sub").mkdir()
+        (root / "d3" / "sub" / "n").write_bytes(b"n")
+        (root / "d2" / "f100").unlink()
+        assert _planned(root, cache) == _model_bytes(root)
+        assert _planned(root, cache) == _model_bytes(root)
+
+
+def test_an_unreadable_directory_in_the_other_half_is_named(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _many(root)
+    with HashCache(scratch / "c.db") as cache:
+        _planned(root, cache)
+        real = os.scandir
+        parent = os.getpid()
+
+        def scandir(path: Any) -> Any:
+            # Only the forked child fails: its error must come back and be raised.
+            if os.getpid() != parent and os.fspath(path).endswith(("d0", "d1", "d2", "d3")):
+                raise PermissionError(13, "Permission denied")
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+        with pytest.raises(prvbuild.PrvBuildError, match=r"cannot read directory .*/d\d"):
+            prvbuild.plan_prvdir(str(root), cache=cache, workers=2)
+
+
+def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _many(root)
+    parent = os.getpid()
+    real = prvbuild._check_part
+
+    def check(*args: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(*args)
+
+    with HashCache(scratch / "c.db") as cache:
+        expected = _planned(root, cache)
+        monkeypatch.setattr(prvbuild, "_check_part", check)
+        seen = _Counting(monkeypatch)
+        plan = prvbuild.plan_prvdir(str(root), cache=cache, workers=2)
+        assert plan.pending == {}  # everything checked, nothing to read
+        assert len(plan.hits) == 4
+        pieces: list[Any] = []
+        prvbuild.write_planned(plan, pieces.extend, cache=cache, workers=2)
+        assert seen.take() == []
+        assert b"".join(pieces) == expected
