@@ -13,13 +13,21 @@ Two steps, so a command can show a progress bar with known totals:
    error naming it.
 2. ``build_prvdir`` hashes what the scan found with ``kbapps.hashing`` (cache, all
    cores) and assembles the tree bottom-up. Every ``original_path`` is the file's path
-   relative to the directory, never absolute. ``build_prvdir_bytes`` (what
-   ``kb-prv-create`` uses) returns the same document as bytes, written straight from
-   the digests, and reuses each unchanged directory's text from the hash cache (see
-   the notes above it).
+   relative to the directory, never absolute. That is the model; ``kb-prv-create``
+   uses the fast path below (``plan_prvdir`` then ``write_planned``, or
+   ``write_prvdir``/``build_prvdir_bytes`` for a scan), which writes the same bytes
+   straight from the digests (a hypothesis test compares them):
+
+   * the directories that changed are hashed by forked workers that claim chunks of
+     files from a pipe and turn them into finished ``.prvdir`` text themselves;
+   * per tree, one checksummed file in the cache directory keeps every directory's
+     text, the key of each of its files (name, dev, ino, size, mtime_ns) and their
+     digests: an unchanged directory costs one ``stat`` per file and a comparison,
+     and a changed one reads only the files whose key is new;
+   * on a re-run the walk and those checks are shared by two processes.
 
 Everything is linear in the number of entries: 100,000 files is a list of 100,000
-tuples, batched cache lookups (500 files a query) and one pass to assemble.
+tuples, chunks of 128 files and one pass to assemble.
 """
 
 from __future__ import annotations
