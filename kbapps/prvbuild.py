@@ -1042,7 +1042,8 @@ def plan_prvdir(
     _walk(root, root_real, stack, dirs, files, warn, limit=1)  # the root only
     if len(stack) < 2:
         _walk(root, root_real, stack, dirs, files, warn)
-        return _plan_from_scan(TreeScan(root, tuple(dirs), tuple(files)), known, exclude, 1)
+        scan = TreeScan(root, tuple(dirs), tuple(files))
+        return _plan_from_scan(scan, known, exclude, nworkers)
     base = len(dirs)
     theirs = stack[1::2]
     mine = stack[0::2]
