@@ -1198,7 +1198,14 @@ def write_planned(
 
     if jobs.paths:
         collected = _Collected(report, warn, relpaths)
-        table = _stored_digests(known) if known else {}
+        # The stored digests that may answer: those of the changed directories (an
+        # edited, added or renamed file, or one moved between them), or of the whole
+        # tree when a directory is new (its files may come from anywhere).
+        stored_of = {relpaths[index]: known.get(relpaths[index]) for index in plan.pending}
+        if any(entry is None for entry in stored_of.values()):
+            table = _stored_digests(known)
+        else:
+            table = _stored_digests({k: v for k, v in stored_of.items() if v is not None})
         _hash_jobs(jobs, relpaths, depth, exclude, cache, table, nworkers, collected)
         if collected.raw:
             _finish_raw(jobs, collected, depth, cache, nworkers)
