@@ -204,9 +204,10 @@ class Lookups:
         """Answer locally, ask child hubs below, or ask the parent (module docstring)."""
         node = self._node
         share_id = pending.share_id
-        for result in self._local_results(pending.raw, share_id, came_from):
+        results, hubs = self._scan(pending.raw, share_id, came_from)
+        for result in results:
             pending.add(result)
-        for link in self._hubs_to_ask(pending.raw, share_id, came_from):
+        for link in hubs:
             self._ask(pending, link, up=False, now=now)
         if not pending.results and not pending.waiting and self._goes_up(share_id, allow_up):
             assert node.parent is not None  # _goes_up checked it
@@ -233,26 +234,26 @@ class Lookups:
             raise LocalProtocolError(f"not a node id: {share_id!r}")
         if len(self._pending) >= self._node.limits.max_pending_lookups:
             return None  # find answers LookupFailed("too many pending finds") then
-        raw = bytes.fromhex(sha1)
         sid = NodeId(share_id) if share_id is not None else None
-        if self._hubs_to_ask(raw, sid, None):
-            return None
-        results = self._local_results(raw, sid, None)
-        if not results and self._goes_up(sid, allow_up=True):
+        results, hubs = self._scan(bytes.fromhex(sha1), sid, None)
+        if hubs or (not results and self._goes_up(sid, allow_up=True)):
             return None
         return tuple(results)
 
-    def _local_results(
+    def _scan(
         self, raw: bytes, share_id: NodeId | None, came_from: Link | None
-    ) -> list[FindResult]:
-        """What this node answers from its own index (no side effects).
+    ) -> tuple[list[FindResult], list[Link]]:
+        """What this node answers from its own index, and which child hubs to ask.
 
-        A share: its own file. A hub: each direct share child holding ``raw``, in the
-        index's order, without duplicates and at most ``MAX_RESULTS`` (as
-        ``_Pending.add`` keeps them, so ``answer_now`` and ``find`` agree).
+        No side effects. A share: its own file, no hubs. A hub, in one pass over the
+        index's holders of ``raw`` (skipping ``came_from``): each direct share child
+        holding it, without duplicates and at most ``MAX_RESULTS`` (as
+        ``_Pending.add`` keeps them, so ``answer_now`` and ``find`` agree), and each
+        child hub whose subtree holds it (and ``share_id``, if given).
         """
         node = self._node
         results: list[FindResult] = []
+        hubs: list[Link] = []
         if node.share_index is not None:
             if share_id is None or share_id == node.node_id:
                 entry = node.share_index.representative(raw)
@@ -266,7 +267,7 @@ class Lookups:
                             hops=(),
                         )
                     )
-            return results
+            return results, hubs
         hub = node.hub_index
         assert hub is not None
         seen: set[tuple[str, str]] = set()
@@ -275,41 +276,25 @@ class Lookups:
             if link is None or link is came_from or link.peer is None:
                 continue
             peer = link.peer
-            if peer.node_type == "leaf" and (share_id is None or share_id == peer.node_id):
-                entry = hub.share_entry(link_id, raw)
-                assert entry is not None
-                key = (peer.node_id, entry[0])
-                if key not in seen and len(results) < MAX_RESULTS:
-                    seen.add(key)
-                    results.append(
-                        FindResult(
-                            kbshare_id=peer.node_id,
-                            share_url=peer.listen_url,
-                            path=entry[0],
-                            size=entry[1],
-                            hops=(),
+            if peer.node_type == "leaf":
+                if share_id is None or share_id == peer.node_id:
+                    entry = hub.share_entry(link_id, raw)
+                    assert entry is not None
+                    key = (peer.node_id, entry[0])
+                    if key not in seen and len(results) < MAX_RESULTS:
+                        seen.add(key)
+                        results.append(
+                            FindResult(
+                                kbshare_id=peer.node_id,
+                                share_url=peer.listen_url,
+                                path=entry[0],
+                                size=entry[1],
+                                hops=(),
+                            )
                         )
-                    )
-        return results
-
-    def _hubs_to_ask(
-        self, raw: bytes, share_id: NodeId | None, came_from: Link | None
-    ) -> list[Link]:
-        """The child hub links whose subtree holds ``raw`` (and ``share_id``), in order."""
-        node = self._node
-        hub = node.hub_index
-        if hub is None:
-            return []
-        links: list[Link] = []
-        for link_id in hub.holders(raw):
-            link = node.links.get(link_id)
-            if link is None or link is came_from or link.peer is None:
-                continue
-            if link.peer.node_type != "leaf" and (
-                share_id is None or hub.child_reaches(link_id, share_id)
-            ):
-                links.append(link)
-        return links
+            elif share_id is None or hub.child_reaches(link_id, share_id):
+                hubs.append(link)
+        return results, hubs
 
     def _goes_up(self, share_id: NodeId | None, allow_up: bool) -> bool:
         """Whether a find that found nothing below is asked of the parent.

@@ -773,11 +773,20 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+#: Reason phrases by status (an ``HTTPStatus`` lookup per response costs a few µs).
+_REASONS: dict[int, bytes] = {}
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    reason = _REASONS.get(status)
+    if reason is None:
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b""
+        if len(_REASONS) < 1000:  # bounded whatever statuses apps invent
+            _REASONS[status] = reason
+    return reason
 
 
 def _peer_error_text(status: int) -> str:

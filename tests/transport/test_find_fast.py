@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kbproto.events import LookupFailed, LookupResolved
+from kbproto.ids import NodeId
+from kbproto.messages import FindResult
 from kbtransport.driver import DriverStopped
+from kbtransport.http import json_response
 from kbtransport.http_client import HttpClient
+from kbtransport.httpapi import find_payload
 from kbtransport.node import IMMEDIATE_LOOKUP
 from tests.transport.node_helpers import sha1_file, tree, wait_until, write_file
 
@@ -95,3 +102,37 @@ async def test_find_on_a_stopped_node_fails_clearly(tmp_path: Path) -> None:
         await a.wait()
         with pytest.raises(DriverStopped):
             await node.find("0" * 40)
+
+
+@given(st.text(min_size=1, max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_download_urls_quote_paths_as_quote_does(path: str) -> None:
+    """The shortcut for plain paths gives exactly what ``quote(path, safe="/")`` does."""
+    if "\x00" in path:
+        return  # not a valid share path (FindResult refuses it)
+    result = FindResult(kbshare_id=NodeId("a" * 12), share_url="", path=path, size=1, hops=())
+    answer = LookupResolved(
+        lookup_id=IMMEDIATE_LOOKUP, sha1="b" * 40, share_id=None, results=(result,)
+    )
+    payload = find_payload(answer, "http://h:1/")
+    assert payload["urls"] == [f"http://h:1/{'a' * 12}/download/{quote(path, safe='/')}"]
+
+
+async def test_the_find_answer_is_json_response_bytes(tmp_path: Path) -> None:
+    """The hot route encodes with a shared encoder; the bytes are json_response's."""
+    write_file(tmp_path / "t" / "ü dir" / "x.dat", 10, 3)
+    sha1 = sha1_file(tmp_path / "t" / "ü dir" / "x.dat")
+    async with tree() as net, HttpClient() as client:
+        a = await net.hub("A")
+        await net.share("T", tmp_path / "t", "A")
+
+        async def indexed() -> bool:
+            return isinstance(await a.node.find(sha1), LookupResolved)
+
+        await wait_until(indexed, what="T indexed at A")
+        answer = await a.node.find(sha1)
+        assert isinstance(answer, LookupResolved)
+        expected = json_response(200, find_payload(answer, a.node.info.listen_url))
+        response, body = await client.request("GET", f"{a.local_url}/find/{sha1}")
+        assert body == expected.body
+        assert (b"content-type", b"application/json; charset=utf-8") in response.headers
