@@ -257,6 +257,7 @@ class _Harness:
                 passcode="",
                 max_streams=1 + reader.byte() % 8,
                 max_lookups=1 + reader.byte() % 8,
+                heartbeat_timeout_ms=1 + reader.byte() * 1000,
             )
         )
 

@@ -46,6 +46,7 @@ from kbproto.ids import IdSource, LinkId, NodeId
 from kbproto.index import HubIndex, ShareIndex, UplinkSync
 from kbproto.link import Link
 from kbproto.messages import (
+    MAX_TIMEOUT_MS,
     Challenge,
     Credit,
     Data,
@@ -192,7 +193,13 @@ class _Node:
             if not self._dialing:
                 raise LocalProtocolError("link_opened(dialed=True) without a pending Dial")
             self._dialing = False
-        link = Link(link_id, dialed=dialed, now=now, max_control=self.limits.max_control_frame)
+        link = Link(
+            link_id,
+            dialed=dialed,
+            now=now,
+            max_control=self.limits.max_control_frame,
+            ping_interval=self.timeouts.heartbeat_interval,
+        )
         # Every link gets the same three timers from birth: the handshake must finish,
         # we ping at every interval, and the peer must be heard from within the
         # heartbeat timeout (which is what finds half-open links).
@@ -212,6 +219,7 @@ class _Node:
                     node_id=self.node_id,
                     max_streams=self.limits.max_streams_per_link,
                     max_lookups=self.limits.max_lookups_per_link,
+                    heartbeat_timeout_ms=self._heartbeat_timeout_ms,
                 ),
             )
         self.deadlines.set(("hs", link_id), now + self.timeouts.handshake_timeout)
@@ -465,7 +473,7 @@ class _Node:
             self.uplink.resync()
             self.flush_index()
         elif isinstance(message, Challenge):
-            self._on_challenge(link, message)
+            self._on_challenge(link, message, now)
         elif isinstance(message, Register):
             self._on_register(link, message, now)
         elif isinstance(message, Welcome):
@@ -477,11 +485,12 @@ class _Node:
                 self.emit(JoinRefused(link_id=link.link_id, reason=message.reason))
             self._close(link, now, reason)
 
-    def _on_challenge(self, link: Link, message: Challenge) -> None:
+    def _on_challenge(self, link: Link, message: Challenge, now: float) -> None:
         """Child side: sign the transcript and register."""
         link.nonce = message.nonce
         link.peer_max_streams = message.max_streams
         link.peer_max_lookups = message.max_lookups
+        self._pace_pings(link, message.heartbeat_timeout_ms, now)
         scheme = self.signer.scheme.value
         signature = self.signer.sign(transcript(message.nonce, message.node_id, scheme, self.info))
         self.send(
@@ -493,8 +502,24 @@ class _Node:
                 passcode=self.config.parent_passcode,
                 max_streams=self.limits.max_streams_per_link,
                 max_lookups=self.limits.max_lookups_per_link,
+                heartbeat_timeout_ms=self._heartbeat_timeout_ms,
             ),
         )
+
+    @property
+    def _heartbeat_timeout_ms(self) -> int:
+        """Our heartbeat timeout as announced in the handshake."""
+        return min(MAX_TIMEOUT_MS, max(1, round(self.timeouts.heartbeat_timeout * 1000)))
+
+    def _pace_pings(self, link: Link, peer_timeout_ms: int, now: float) -> None:
+        """Ping at least three times per the peer's announced heartbeat timeout, so a
+        peer configured with a shorter timeout than our ping interval never drops us."""
+        interval = min(self.timeouts.heartbeat_interval, peer_timeout_ms / 3000)
+        link.ping_interval = interval
+        key = ("ping", link.link_id)
+        due = self.deadlines.get(key)
+        if due is None or due > now + interval:
+            self.deadlines.set(key, now + interval)
 
     def _on_register(self, link: Link, message: Register, now: float) -> None:
         """Parent side: check the registration, then welcome or refuse the child.
@@ -528,6 +553,7 @@ class _Node:
         link.peer = info
         link.peer_max_streams = message.max_streams
         link.peer_max_lookups = message.max_lookups
+        self._pace_pings(link, message.heartbeat_timeout_ms, now)
         self.hub_index.add_child(link.link_id, info.node_id, is_hub=info.node_type == "hub")
         self.deadlines.cancel(("hs", link.link_id))
         self.send(link, Welcome(info=self.info))
@@ -570,7 +596,7 @@ class _Node:
         """A per-link deadline fired: send a ping, or close a silent or stuck link."""
         if kind == "ping":
             self.send(link, Ping())
-            self.deadlines.set(("ping", link.link_id), now + self.timeouts.heartbeat_interval)
+            self.deadlines.set(("ping", link.link_id), now + link.ping_interval)
         elif kind == "rx":
             due = link.last_rx + self.timeouts.heartbeat_timeout
             if due > now:

@@ -34,9 +34,18 @@ class Link:
         dialed: True if we opened it (toward our parent).
         now: when it opened.
         max_control: the control frame cap for the receive side.
+        ping_interval: seconds between our pings until the peer announces its timeout.
     """
 
-    def __init__(self, link_id: LinkId, *, dialed: bool, now: float, max_control: int) -> None:
+    def __init__(
+        self,
+        link_id: LinkId,
+        *,
+        dialed: bool,
+        now: float,
+        max_control: int,
+        ping_interval: float,
+    ) -> None:
         self.link_id = link_id
         self.dialed = dialed
         self.machine = LinkStateMachine(LinkState.DIALED if dialed else LinkState.ACCEPTED)
@@ -50,6 +59,8 @@ class Link:
         #: Limits the peer announced for what we may open toward it.
         self.peer_max_streams = 1
         self.peer_max_lookups = 1
+        #: Seconds between our pings: ours, or a third of the peer's heartbeat timeout.
+        self.ping_interval = ping_interval
         #: Streams: the dialer uses odd numbers, the acceptor even (no collisions).
         self.next_stream = 1 if dialed else 2
         self.highest_peer_stream = 0

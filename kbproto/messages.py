@@ -51,6 +51,7 @@ __all__ = (
     "MAX_SIGNATURE",
     "MAX_SIZE",
     "MAX_TEXT",
+    "MAX_TIMEOUT_MS",
     "MAX_URL",
     "NODE_TYPES",
     "PROTOCOL_VERSION",
@@ -103,6 +104,8 @@ MAX_RESULTS = 256
 MAX_HOPS = 64
 #: Bytes in one data frame: small enough that control frames interleave quickly.
 MAX_DATA_CHUNK = 65536
+#: Largest heartbeat timeout a node may announce (2**31 - 1 ms, about 24.8 days).
+MAX_TIMEOUT_MS = 2**31 - 1
 #: Query and stream numbers are unsigned 32-bit (data frames carry them in 4 bytes).
 MAX_ID = 2**32 - 1
 #: Sequence numbers stay exact in every JSON implementation (IEEE double mantissa).
@@ -227,7 +230,9 @@ class Challenge:
     ``nonce`` is 32 fresh bytes (hex) from the parent's ``IdSource``; ``node_id`` is
     the parent's own id, bound into the signed transcript so a signature made for one
     hub is useless at another. ``max_streams``/``max_lookups`` are the parent's limits
-    for streams and finds the child may have open on this link at once.
+    for streams and finds the child may have open on this link at once;
+    ``heartbeat_timeout_ms`` is the silence after which the parent drops the link, so
+    the child pings often enough (at most a third of it apart).
     """
 
     TYPE: ClassVar[str] = "challenge"
@@ -235,6 +240,7 @@ class Challenge:
     node_id: NodeId
     max_streams: int
     max_lookups: int
+    heartbeat_timeout_ms: int
 
     def __post_init__(self) -> None:
         _text("nonce", self.nonce, 64, empty=False)
@@ -243,6 +249,7 @@ class Challenge:
         _node_id("node_id", self.node_id)
         _int("max_streams", self.max_streams, 1, 65536)
         _int("max_lookups", self.max_lookups, 1, 65536)
+        _int("heartbeat_timeout_ms", self.heartbeat_timeout_ms, 1, MAX_TIMEOUT_MS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -250,7 +257,8 @@ class Register:
     """Child -> parent: who I am, and proof that I hold my node's private key.
 
     ``signature`` (hex) signs the transcript of ``kbproto.handshake.transcript``:
-    the challenge nonce, both node ids, the scheme and ``info``.
+    the challenge nonce, both node ids, the scheme and ``info``. ``heartbeat_timeout_ms``
+    is the child's own heartbeat timeout, which paces the parent's pings.
     """
 
     TYPE: ClassVar[str] = "register"
@@ -260,6 +268,7 @@ class Register:
     passcode: str
     max_streams: int
     max_lookups: int
+    heartbeat_timeout_ms: int
 
     def __post_init__(self) -> None:
         if not isinstance(self.info, NodeInfo):
@@ -273,6 +282,7 @@ class Register:
         _text("passcode", self.passcode, MAX_TEXT)
         _int("max_streams", self.max_streams, 1, 65536)
         _int("max_lookups", self.max_lookups, 1, 65536)
+        _int("heartbeat_timeout_ms", self.heartbeat_timeout_ms, 1, MAX_TIMEOUT_MS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

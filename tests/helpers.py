@@ -496,6 +496,7 @@ class RawPeer:
             passcode=passcode,
             max_streams=8,
             max_lookups=8,
+            heartbeat_timeout_ms=30_000,
         )
 
     def join(self, **kwargs: object) -> None:

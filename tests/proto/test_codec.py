@@ -62,9 +62,17 @@ RESULT = FindResult(
     hops=((NODE, "http://h"),),
 )
 SAMPLES: list[Message] = [
-    Challenge(nonce="ab" * 32, node_id=NODE, max_streams=4, max_lookups=5),
+    Challenge(
+        nonce="ab" * 32, node_id=NODE, max_streams=4, max_lookups=5, heartbeat_timeout_ms=4000
+    ),
     Register(
-        info=INFO, scheme="ed25519", signature="00ff", passcode="p", max_streams=1, max_lookups=2
+        info=INFO,
+        scheme="ed25519",
+        signature="00ff",
+        passcode="p",
+        max_streams=1,
+        max_lookups=2,
+        heartbeat_timeout_ms=30_000,
     ),
     Welcome(info=INFO),
     Error(code="protocol", reason="bad ünïcode"),
@@ -254,18 +262,38 @@ def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
     ("build", "needle"),
     [
         (
-            lambda: _M.Challenge(nonce="zz", node_id=NODE, max_streams=1, max_lookups=1),
+            lambda: _M.Challenge(
+                nonce="zz", node_id=NODE, max_streams=1, max_lookups=1, heartbeat_timeout_ms=1
+            ),
             "64 lowercase hex",
         ),
         (
+            lambda: _M.Challenge(
+                nonce="ab" * 32, node_id=NODE, max_streams=1, max_lookups=1, heartbeat_timeout_ms=0
+            ),
+            "heartbeat_timeout_ms",
+        ),
+        (
             lambda: _M.Register(
-                info=INFO, scheme="x", signature="zz", passcode="", max_streams=1, max_lookups=1
+                info=INFO,
+                scheme="x",
+                signature="zz",
+                passcode="",
+                max_streams=1,
+                max_lookups=1,
+                heartbeat_timeout_ms=1,
             ),
             "hex",
         ),
         (
             lambda: _M.Register(
-                info=1, scheme="x", signature="00", passcode="", max_streams=1, max_lookups=1
+                info=1,
+                scheme="x",
+                signature="00",
+                passcode="",
+                max_streams=1,
+                max_lookups=1,
+                heartbeat_timeout_ms=1,
             ),
             "NodeInfo",
         ),

@@ -266,7 +266,13 @@ class _RawParent:
 def test_share_resends_everything_on_resync() -> None:
     parent = _RawParent()
     out = parent.send(
-        Challenge(nonce="00" * 32, node_id=NodeId("0123456789ab"), max_streams=4, max_lookups=4)
+        Challenge(
+            nonce="00" * 32,
+            node_id=NodeId("0123456789ab"),
+            max_streams=4,
+            max_lookups=4,
+            heartbeat_timeout_ms=30_000,
+        )
     )
     (register,) = out
     assert isinstance(register, Register)

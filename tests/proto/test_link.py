@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from kbproto import Dial, Hangup, LinkId, LocalProtocolError, SeededIdSource, ShareConfig, ShareCore
-from kbproto.codec import encode
+from kbproto import (
+    Dial,
+    Hangup,
+    LinkId,
+    LocalProtocolError,
+    SeededIdSource,
+    ShareConfig,
+    ShareCore,
+    Timeouts,
+)
+from kbproto.codec import decode, encode
 from kbproto.events import ChildJoined, JoinRefused, LinkClosed, ParentConnected
-from kbproto.framing import KIND_CONTROL, encode_frame
+from kbproto.framing import KIND_CONTROL, FrameBuffer, encode_frame
 from kbproto.ids import NodeId
 from kbproto.messages import Error, Ping, Welcome
 from tests.helpers import FAST, Ed25519Signer, Net, RsaSigner
@@ -104,6 +113,7 @@ def test_unknown_scheme_is_refused() -> None:
         passcode="",
         max_streams=1,
         max_lookups=1,
+        heartbeat_timeout_ms=30_000,
     )
     peer.send(forged)
     assert "unknown signature scheme" in peer.of(Error)[0].reason
@@ -144,13 +154,17 @@ def test_node_cannot_join_itself() -> None:
 def test_children_limit() -> None:
     from tests.helpers import SMALL
 
-    limits = type(SMALL)(max_children=1, stream_window=4096, data_chunk=1024)
+    limits = type(SMALL)(max_children=2, stream_window=4096, data_chunk=1024)
     net = Net()
     net.add_hub("H", limits=limits)
-    net.connect_raw("H", seed=1).join()
-    late = net.connect_raw("H", seed=2)
+    for seed in (1, 2):  # exactly max_children are admitted
+        early = net.connect_raw("H", seed=seed)
+        early.join()
+        assert early.of(Welcome), seed
+    late = net.connect_raw("H", seed=3)
     late.join()
     assert "hub is full" in late.of(Error)[0].reason
+    assert not late.of(Welcome)
 
 
 def test_share_refuses_incoming_links() -> None:
@@ -213,6 +227,42 @@ def test_heartbeats_keep_a_quiet_link_alive() -> None:
     net.advance(60.0)
     assert not net.of("S", LinkClosed)
     assert not net.of("H", LinkClosed)
+
+
+def test_nodes_ping_as_often_as_the_peer_s_heartbeat_timeout_needs() -> None:
+    # The hub drops a link after 3 s of silence; the share would ping only every 20 s
+    # and time out after 60 s. Each side announces its timeout in the handshake and
+    # the other pings at least three times within it, so neither drops the link.
+    net = Net()
+    net.add_hub("H")  # FAST: ping every 1 s, timeout 3 s
+    slow = Timeouts(
+        heartbeat_interval=20.0,
+        heartbeat_timeout=60.0,
+        handshake_timeout=2.0,
+        lookup_timeout=2.0,
+        request_timeout=5.0,
+        stream_idle_timeout=10.0,
+        reconnect_min=0.5,
+        reconnect_max=4.0,
+    )
+    net.add_share("S", parent="H", timeouts=slow)
+    pings_before = _pings_sent(net, "S")
+    net.advance(60.0)
+    assert not net.of("S", LinkClosed)
+    assert not net.of("H", LinkClosed)
+    # Every 1 s (a third of the hub's 3 s), not every 20 s.
+    assert _pings_sent(net, "S") - pings_before >= 59
+
+
+def _pings_sent(net: Net, name: str) -> int:
+    """Ping frames node ``name`` has transmitted so far."""
+    frames = FrameBuffer()
+    for _, data in net.transmitted[name]:
+        frames.feed(data)
+    count = 0
+    while (frame := frames.next_frame()) is not None:
+        count += isinstance(decode(*frame), Ping)
+    return count
 
 
 def test_half_open_link_is_detected_by_both_sides() -> None:
