@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import marshal
-import mmap
 import os
 import select
 import sqlite3
@@ -419,19 +418,14 @@ class HashCache:
         read-only buffers over the file, which compare equal to the bytes), or an
         empty dict if there are none or the file is damaged (its checksum is checked,
         so a torn write reads as none)."""
+        # One read into one buffer, and views into it: a cached run pastes these bytes
+        # into its output without another copy. (Not mmap: a file truncated by
+        # someone else while mapped would kill the process with SIGBUS.)
         try:
-            fd = os.open(self._fragment_file(scope), os.O_RDONLY | os.O_CLOEXEC)
+            with open(self._fragment_file(scope), "rb", buffering=0) as handle:
+                data = memoryview(handle.read())
         except OSError:
             return {}
-        try:
-            # mmap: nothing is copied; a cached run pastes these bytes into its output.
-            # Stores replace the file by rename, never rewrite it, so the mapping
-            # stays valid.
-            data = memoryview(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
-        except (OSError, ValueError):  # ValueError: an empty file
-            return {}
-        finally:
-            os.close(fd)
         head = _FRAGMENT_HEAD.size
         if len(data) < head or data[: len(_FRAGMENT_MAGIC)] != _FRAGMENT_MAGIC:
             return {}
