@@ -420,6 +420,9 @@ class Node:
     ) -> None:
         self._core = core
         self._use_uplink = uplink
+        # Parents whose uplink upgrade failed once (e.g. a proxy in front of them that
+        # passes websockets only): later dials there offer a plain websocket.
+        self._no_uplink: set[str] = set()
         self._uplinks = UplinkRegistry()
         self.hooks = hooks if hooks is not None else NodeHooks()
         self._client_ssl = client_ssl
@@ -468,7 +471,7 @@ class Node:
             self._streams.clear()
 
     async def _dial_websocket(self, address: str) -> LinkTransport:
-        if not self._use_uplink:
+        if not self._use_uplink or address in self._no_uplink:
             return await connect_websocket(
                 address,
                 ssl_context=self._client_ssl,
@@ -493,6 +496,10 @@ class Node:
                 ssl_context=self._client_ssl,
                 timeout=self._dial_timeout,
             )
+        except TransportError:
+            self._no_uplink.add(address)  # the redial goes without it
+            await ws.aclose()
+            raise
         except BaseException:
             await ws.aclose()
             raise

@@ -349,6 +349,27 @@ async def test_uplink_child_sends_its_bytes_upgraded(tmp_path: Path) -> None:
         await wait_until(lambda: _zero(b.node.uplink_count()))
 
 
+async def test_a_parent_that_refuses_the_uplink_upgrade_still_gets_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_file(tmp_path / "s" / "a.dat", 5_000, 9)
+    async with tree() as t, HttpClient() as client:
+        a = await t.hub("A")
+        # As behind a proxy that passes websockets only: the websocket selects the
+        # uplink, but every upgrade of the second connection is answered 404.
+        monkeypatch.setattr(a.node._uplinks, "take", lambda token: None)
+        await t.share("S", tmp_path / "s", "A", listen_url=UNREACHABLE)
+        sha1 = sha1_file(tmp_path / "s" / "a.dat")
+
+        async def found() -> bool:
+            return bool(getattr(await a.node.find(sha1), "results", ()))
+
+        await wait_until(found)  # the redial offers a plain websocket
+        response, body = await client.request("GET", f"{a.local_url}/sha1/{sha1}")
+        assert response.status == 200
+        assert body == data
+
+
 async def _zero(value: int) -> bool:
     return value == 0
 
