@@ -459,3 +459,32 @@ def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
         prvbuild.write_planned(plan, pieces.extend, cache=cache, workers=2)
         assert seen.take() == []
         assert b"".join(pieces) == expected
+
+
+def test_big_files_in_a_tree_are_hashed_by_the_parent_with_byte_progress(scratch: Path) -> None:
+    root = scratch / "t"
+    _many(root, dirs=2, per_dir=300)
+    big = {
+        root / "d0" / "f150.big": os.urandom(hashing.BIG_FILE_BYTES + 3),
+        root / "d1" / "zz.big": os.urandom(hashing.BIG_FILE_BYTES + 4001),
+    }
+    for path, data in big.items():
+        path.write_bytes(data)
+    _age(root)
+    total = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    with HashCache(scratch / "c.db") as cache:
+        for _ in range(2):  # hashed (two workers, the big files left to the parent), then stored
+            moved: list[tuple[int, int]] = []
+
+            def progress(files: int, nbytes: int, moved: list[tuple[int, int]] = moved) -> None:
+                moved.append((files, nbytes))
+
+            data = build_prvdir_bytes(
+                scan_directory(str(root)), cache=cache, workers=2, on_progress=progress
+            )
+            assert data == _model_bytes(root)
+            assert sum(files for files, _ in moved) == 602
+            assert sum(nbytes for _, nbytes in moved) == total
+        # The big files' digests are rows of the database too.
+        keys = [hashing.FileKey.from_stat(path.stat()) for path in big]
+        assert len(cache.lookup_many(keys)) == 2
