@@ -21,7 +21,7 @@ from kbproto.messages import FindResult
 from kbtransport.driver import DriverStopped
 from kbtransport.http import json_response
 from kbtransport.http_client import HttpClient
-from kbtransport.httpapi import find_payload
+from kbtransport.httpapi import find_body, find_payload
 from kbtransport.node import IMMEDIATE_LOOKUP
 from tests.transport.node_helpers import sha1_file, tree, wait_until, write_file
 
@@ -136,3 +136,42 @@ async def test_the_find_answer_is_json_response_bytes(tmp_path: Path) -> None:
         response, body = await client.request("GET", f"{a.local_url}/find/{sha1}")
         assert body == expected.body
         assert (b"content-type", b"application/json; charset=utf-8") in response.headers
+
+
+_texts = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"),
+    min_size=1,
+    max_size=30,
+)
+_urls = st.sampled_from(["", "http://s:1", "http://h:2/", 'http://"q":3'])
+_ids = st.sampled_from([NodeId("a" * 12), NodeId("b" * 12), NodeId("c" * 12)])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _ids,
+            _urls,
+            _texts,
+            st.integers(0, 2**53),
+            st.lists(st.tuples(_ids, _urls), max_size=3),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    _urls,
+)
+@settings(max_examples=300, deadline=None)
+def test_find_body_is_json_response_of_find_payload(
+    rows: list[tuple[NodeId, str, str, int, list[tuple[NodeId, str]]]], own_url: str
+) -> None:
+    results = tuple(
+        FindResult(kbshare_id=sid, share_url=url, path=path, size=size, hops=tuple(hops))
+        for sid, url, path, size, hops in rows
+    )
+    answer = LookupResolved(
+        lookup_id=IMMEDIATE_LOOKUP, sha1="d" * 40, share_id=None, results=results
+    )
+    expected = json_response(200, find_payload(answer, own_url)).body
+    assert find_body(answer, own_url) == expected
+    assert json.loads(expected)["results"][0]["path"] == rows[0][2]
