@@ -46,11 +46,9 @@ batch of ``(path, FileKey or None)`` items with progress and warning callbacks, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import marshal
 import os
 import select
-import sqlite3
 import stat
 import struct
 import threading
@@ -59,9 +57,36 @@ import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kbproto.ids import Sha1
+
+
+class _LazyModule:
+    """Stands for a module until one of its attributes is first used, then imports it
+    and puts it in the importing module's globals in its place.
+
+    For start-up time: ``sqlite3`` (with ``datetime``) and ``hashlib`` (with
+    OpenSSL) cost ~8 ms to import, and a cached ``kb-prv-create`` of a tree needs
+    neither (its fragment file answers).
+    """
+
+    def __init__(self, name: str, namespace: dict[str, Any]) -> None:
+        self._name = name
+        self._namespace = namespace
+
+    def __getattr__(self, attribute: str) -> Any:
+        module = __import__(self._name)
+        self._namespace[self._name] = module
+        return getattr(module, attribute)
+
+
+if TYPE_CHECKING:
+    import hashlib
+    import sqlite3
+else:
+    hashlib = _LazyModule("hashlib", globals())
+    sqlite3 = _LazyModule("sqlite3", globals())
 
 #: Bytes, or a read-only view of some (what ``load_fragments`` returns).
 _Buffer = bytes | memoryview
@@ -292,9 +317,10 @@ _SCHEMA_VERSION = 3
 #: Directory, beside the database, of the per-tree fragment files.
 _FRAGMENT_DIR = "prvdir-fragments"
 #: First bytes of a fragment file.
-_FRAGMENT_MAGIC = b"kbucket-fragments-3\n"
+_FRAGMENT_MAGIC = b"kbucket-fragments-4\n"
 #: A fragment file: the magic, the CRC-32 of everything after this head, the size of
-#: the index (a marshal dump of ``[(relpath, (len keys, len fragment, len digests))]``),
+#: the index (a marshal dump of ``(scope, [(relpath, (len keys, len fragment, len
+#: digests))])``),
 #: then the index, then every directory's three parts in index order.
 _FRAGMENT_HEAD = struct.Struct(f"!{len(_FRAGMENT_MAGIC)}sII")
 #: SQLite allows 32766 host parameters; 500 keeps each statement small.
@@ -409,8 +435,12 @@ class HashCache:
         return self._db.execute("SELECT 1 FROM file_sha1 LIMIT 1").fetchone() is not None
 
     def _fragment_file(self, scope: str) -> Path:
-        name = hashlib.sha1(scope.encode("utf-8", "surrogatepass")).hexdigest()
-        return self.path.parent / _FRAGMENT_DIR / f"{name}.bin"
+        # 64 bits of checksums name the file (no hashlib to import); the file holds
+        # its scope, so two trees whose names collide only evict each other.
+        text = scope.encode("utf-8", "surrogatepass")
+        return (
+            self.path.parent / _FRAGMENT_DIR / f"{zlib.crc32(text):08x}{zlib.adler32(text):08x}.bin"
+        )
 
     def load_fragments(self, scope: str) -> dict[str, tuple[_Buffer, _Buffer, _Buffer]]:
         """Return the directory fragments stored for ``scope`` (a tree's real path):
@@ -433,7 +463,9 @@ class HashCache:
         if zlib.crc32(data[head:]) != crc:
             return {}
         try:
-            index = marshal.loads(data[head : head + index_size])
+            stored_scope, index = marshal.loads(data[head : head + index_size])
+            if stored_scope != scope:
+                return {}
             table: dict[str, tuple[_Buffer, _Buffer, _Buffer]] = {}
             at = head + index_size
             for relpath, sizes in index:
@@ -468,7 +500,7 @@ class HashCache:
         for relpath, keys, fragment, digests in rows:
             index.append((relpath, (len(keys), len(fragment), len(digests))))
             pieces += (keys, fragment, digests)
-        index_blob = marshal.dumps(index)
+        index_blob = marshal.dumps((scope, index))
         crc = zlib.crc32(index_blob)
         for piece in pieces:  # no join: the pieces are ~10 MB for 20,000 files
             crc = zlib.crc32(piece, crc)

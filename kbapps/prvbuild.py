@@ -33,11 +33,9 @@ tuples, chunks of 128 files and one pass to assemble.
 from __future__ import annotations
 
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Callable, Sequence
-from hashlib import sha1 as _sha1
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kbapps import hashing
@@ -56,7 +54,13 @@ from kbapps.hashing import (
 )
 
 if TYPE_CHECKING:
+    import hashlib
+    import sqlite3
+
     from kbproto.prv import Prv, PrvDir
+else:  # imported when first used (see hashing._LazyModule)
+    hashlib = hashing._LazyModule("hashlib", globals())
+    sqlite3 = hashing._LazyModule("sqlite3", globals())
 
 try:
     # The C function behind json.encoder's: importing the json package to reach it
@@ -647,7 +651,8 @@ class _TreeWorker:
         buffers = (buffer,)
         quiet = time.time_ns() - _QUIET_NS
         open_ = hashing._open_for_hashing  # looked up here: tests replace it
-        fstat, readv, close, hash_fd, sha1 = os.fstat, os.readv, os.close, hashing._hash_fd, _sha1
+        fstat, readv, close, hash_fd = os.fstat, os.readv, os.close, hashing._hash_fd
+        sha1 = hashlib.sha1
         is_reg = stat.S_ISREG
         head_bytes = _FCS_HEAD_BYTES
         # (job, name, sha1, head, size, dev, ino, key size, mtime_ns); sha1 None for

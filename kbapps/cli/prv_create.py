@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import stat
 import sys
 from typing import TYPE_CHECKING
@@ -39,7 +38,11 @@ def _open_cache(lazy: bool = False) -> HashCache | None:
 
     try:
         return HashCache(ensure_user_cache_dir() / HASH_CACHE_FILENAME, lazy=lazy)
-    except (OSError, sqlite3.Error) as exc:
+    except Exception as exc:
+        import sqlite3  # only here: a cached run of a tree never needs it (~5 ms)
+
+        if not isinstance(exc, OSError | sqlite3.Error):
+            raise
         output.warning(f"hash cache disabled: {exc}")
         return None
 
@@ -70,7 +73,6 @@ def run(path: str, out: str | None) -> None:
             without OUT, unreadable file) or an unwritable OUT (exit 1).
     """
     from kbapps.prvbuild import PrvBuildError, build_prv, plan_prvdir, write_planned
-    from kbproto.prv import serialize_prv
 
     try:
         st = os.stat(path)
@@ -123,6 +125,8 @@ def run(path: str, out: str | None) -> None:
                     )
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
+            from kbproto.prv import serialize_prv  # here: a directory never needs it
+
             data = serialize_prv(prv)
             if out is None:
                 sys.stdout.buffer.write(data)

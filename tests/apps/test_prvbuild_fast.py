@@ -271,16 +271,34 @@ def test_constants_repeated_from_kbproto_prv_are_equal() -> None:
     assert prv.PrvLimits().max_depth == prvbuild._MAX_DEPTH
 
 
-def test_the_directory_path_does_not_import_the_models() -> None:
-    # kbproto.prv brings dataclasses, json and re: ~25 ms of every start-up.
+def test_a_cached_directory_run_imports_no_model_database_or_openssl(scratch: Path) -> None:
+    # kbproto.prv brings dataclasses, json and re (~25 ms of start-up); sqlite3
+    # brings datetime, hashlib OpenSSL (~8 ms together): a re-run needs none of them.
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
     code = (
-        "import sys, kbapps.cli.prv_create, kbapps.prvbuild;"
-        "print(sorted(m for m in ('kbproto.prv', 'dataclasses', 'json') if m in sys.modules))"
+        "import sys\n"
+        "from kbapps.cli import prv_create\n"
+        "assert prv_create.main(sys.argv[1:]) == 0\n"
+        "heavy = ('kbproto.prv', 'dataclasses', 'json', 'sqlite3', 'hashlib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert done.stdout.strip() == "[]"
+    env = {**os.environ, "KBUCKET_CACHE_DIR": str(scratch / "cache")}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(root), str(scratch / f"{n}.prvdir")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            env=env,
+        )
+        for n in range(2)
+    ]
+    assert runs[0].stdout.strip() == "['hashlib']"  # a first run hashes
+    assert runs[1].stdout.strip() == "[]"
+    assert (scratch / "1.prvdir").read_bytes() == _model_bytes(root)
 
 
 # --- the fragment file and the two-process check ---------------------------------------
