@@ -379,8 +379,17 @@ def build_prv(
     if not stat.S_ISREG(st.st_mode):
         raise PrvBuildError(f"{_show(path)} is not a regular file")
     name = os.path.basename(os.path.normpath(path))
+    key = FileKey.from_stat(st)
+    if cache is not None:
+        # A file of a tree described before: its digest is in that tree's fragments.
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        hit = _enclosing_digests(cache, folder, whole=False, itself=True).get(key)
+        if hit is not None:
+            if on_progress is not None:
+                on_progress(1, st.st_size)
+            return _new_prv(hit[0], st.st_size, hit[1], name, path)
     results = hash_files(
-        [(path, FileKey.from_stat(st))],
+        [(path, key)],
         cache=cache,
         workers=1,
         on_progress=on_progress,
@@ -393,11 +402,44 @@ def build_prv(
     _check_result(result, path)
     digest = result.digest
     assert digest is not None
+    return _new_prv(digest.sha1, digest.size, digest.head_sha1, name, path)
+
+
+def _enclosing_digests(
+    cache: HashCache, directory: str, *, whole: bool, itself: bool
+) -> dict[_Key, tuple[str, str]]:
+    """Return the stored digests (by key) of the files of ``directory`` (a real
+    path) and, if ``whole``, of everything below it, from the nearest tree holding
+    it (``directory`` itself too if ``itself``) that has a fragment file; empty if
+    there is none."""
+    scope = directory
+    while True:
+        known = cache.load_fragments(scope) if itself or scope != directory else {}
+        if known:
+            break
+        parent = os.path.dirname(scope)
+        if parent == scope:
+            return {}
+        scope = parent
+    relpath = os.path.relpath(directory, scope).replace(os.sep, "/")
+    relpath = "" if relpath == "." else relpath
+    prefix = relpath + "/" if relpath else ""
+    return _stored_digests(
+        {
+            key: entry
+            for key, entry in known.items()
+            if key == relpath or (whole and key.startswith(prefix))
+        }
+    )
+
+
+def _new_prv(sha1: str, size: int, head: str, name: str, path: str) -> Prv:
     from kbproto.errors import LocalProtocolError
+    from kbproto.ids import Sha1
     from kbproto.prv import Prv
 
     try:
-        return Prv(sha1=digest.sha1, size=digest.size, head_sha1=digest.head_sha1, path=name)
+        return Prv(sha1=Sha1(sha1), size=size, head_sha1=Sha1(head), path=name)
     except LocalProtocolError:
         raise PrvBuildError(f"{_show(path)}: the file name is not valid UTF-8 text") from None
 
@@ -1207,7 +1249,10 @@ def write_planned(
         # edited, added or renamed file, or one moved between them), or of the whole
         # tree when a directory is new (its files may come from anywhere).
         stored_of = {relpaths[index]: known.get(relpaths[index]) for index in plan.pending}
-        if any(entry is None for entry in stored_of.values()):
+        if not known and cache is not None:
+            # A tree never described: maybe part of one that was (a subdirectory).
+            table = _enclosing_digests(cache, scope, whole=True, itself=False)
+        elif any(entry is None for entry in stored_of.values()):
             table = _stored_digests(known)
         else:
             table = _stored_digests({k: v for k, v in stored_of.items() if v is not None})

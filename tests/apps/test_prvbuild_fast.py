@@ -3,6 +3,7 @@ per-directory fragment cache is reused only while a directory is unchanged."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -506,3 +507,34 @@ def test_big_files_in_a_tree_are_hashed_by_the_parent_with_byte_progress(scratch
         # The big files' digests are rows of the database too.
         keys = [hashing.FileKey.from_stat(path.stat()) for path in big]
         assert len(cache.lookup_many(keys)) == 2
+
+
+def test_a_subtree_or_a_file_of_a_described_tree_is_not_read_again(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    root.mkdir()
+    _make(root)
+    (root / "top").write_bytes(b"top")
+    _age_one(root / "top")
+    seen = _Counting(monkeypatch)
+    with HashCache(scratch / "c.db") as cache:
+        _run(root, cache, seen)  # the whole tree: its small files' digests are stored
+        assert prvbuild.build_prv(str(root / "top"), cache=cache).size == 3
+        assert seen.take() == []  # a file of the tree's root
+        expected = _model_bytes(root / "d2")
+        seen.take()
+        sub = build_prvdir_bytes(scan_directory(str(root / "d2")), cache=cache, workers=1)
+        assert seen.take() == []
+        assert sub == expected
+        prv = prvbuild.build_prv(str(root / "d3" / "f1"), cache=cache)
+        assert seen.take() == []
+        assert prv.sha1 == hashlib.sha1(b"d3 1").hexdigest()
+        assert prv.path == "f1"
+        # A changed file is read, and its new digest is cached as a row.
+        (root / "d3" / "f1").write_bytes(b"d3 !")
+        _age_one(root / "d3" / "f1")
+        assert prvbuild.build_prv(str(root / "d3" / "f1"), cache=cache).sha1 == (
+            hashlib.sha1(b"d3 !").hexdigest()
+        )
+        assert seen.take() == ["d3/f1"]
