@@ -458,10 +458,13 @@ def _new_prv(sha1: str, size: int, head: str, name: str, path: str) -> Prv:
 # unchanged (one that moved within the tree too), so only new content is read.
 #
 # The digests of a tree's small files are kept there only, not also as one SQLite row
-# per file: those rows cost ~3-5 µs per file, a fifth of hashing a 4 KiB file. Files
+# per file: those rows cost ~3-5 µs per file, a fifth of hashing a 4 KiB file. A run
+# over a subdirectory of a tree described before, or over one of its files
+# (``build_prv``), looks them up in the nearest enclosing tree's fragment file. Files
 # of ``BIG_FILE_BYTES`` and up still get their row, and the rows of the database
 # (single files, big files, other callers) are looked up for files of changed
-# directories when it holds any.
+# directories when it holds any. What is not found: a small file hashed only as part
+# of an unrelated tree (another root, not an ancestor) is read once more.
 
 _VERSION_TEXT = encode_basestring(_PRV_VERSION)
 
