@@ -160,12 +160,29 @@ def find_body(answer: LookupResolved, own_url: str) -> bytes:
     their ``repr``, keys keep ``find_payload``'s order (a test compares the bytes).
     """
     results = answer.results
-    urls = ",".join(map(_json_string, _find_urls(answer, own_url)))
-    items = ",".join(
-        f'{{"kbshare_id":{_json_string(r.kbshare_id)},"size":{r.size:d},'
-        f'"path":{_json_string(r.path)}}}'
-        for r in results
-    )
+    if len(results) == 1 and not results[0].hops:
+        # The usual answer at a hub (one direct share) or a share (its own file),
+        # without the general loops: each comprehension is a call of its own, and
+        # every call counts when the code runs cold between requests.
+        only = results[0]
+        tail = _download_tail(only)
+        share = only.share_url.rstrip("/") + tail if only.share_url else ""
+        own = own_url.rstrip("/") + tail if own_url else ""
+        if share and own and own != share:
+            urls = f"{_json_string(share)},{_json_string(own)}"
+        else:
+            urls = _json_string(share or own) if share or own else ""
+        items = (
+            f'{{"kbshare_id":{_json_string(only.kbshare_id)},"size":{only.size:d},'
+            f'"path":{_json_string(only.path)}}}'
+        )
+    else:
+        urls = ",".join(map(_json_string, _find_urls(answer, own_url)))
+        items = ",".join(
+            f'{{"kbshare_id":{_json_string(r.kbshare_id)},"size":{r.size:d},'
+            f'"path":{_json_string(r.path)}}}'
+            for r in results
+        )
     text = (
         f'{{"success":true,"found":true,"size":{results[0].size:d},'
         f'"urls":[{urls}],"results":[{items}]}}'

@@ -175,3 +175,19 @@ def test_find_body_is_json_response_of_find_payload(
     expected = json_response(200, find_payload(answer, own_url)).body
     assert find_body(answer, own_url) == expected
     assert json.loads(expected)["results"][0]["path"] == rows[0][2]
+
+
+@pytest.mark.parametrize("share_url", ["", "http://s:1", "http://s:1/", "http://h:2/"])
+@pytest.mark.parametrize("own_url", ["", "http://s:1", "http://h:2/"])
+@pytest.mark.parametrize("path", ["plain/x.dat", 'we"ird é/ü?#%.dat'])
+def test_find_body_of_one_direct_result(share_url: str, own_url: str, path: str) -> None:
+    """The single-result shortcut gives json_response's bytes for every URL case
+    (no share URL, no own URL, both the same)."""
+    result = FindResult(
+        kbshare_id=NodeId("a" * 12), share_url=share_url, path=path, size=7, hops=()
+    )
+    answer = LookupResolved(
+        lookup_id=IMMEDIATE_LOOKUP, sha1="d" * 40, share_id=None, results=(result,)
+    )
+    expected = json_response(200, find_payload(answer, own_url)).body
+    assert find_body(answer, own_url) == expected
