@@ -286,7 +286,7 @@ class _Connection:
             response = await self.call_app(request)
             if request.body_stream is not None:
                 await _aclose_iterable(request.body_stream)
-            if isinstance(response.body, WebSocketAccept | RawUpgrade):
+            if isinstance(response.body, (WebSocketAccept, RawUpgrade)):
                 # The connection is no longer HTTP: its own protocol watches liveness.
                 if self.watch is not None:
                     self.watch.stop()
