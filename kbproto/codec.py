@@ -105,10 +105,11 @@ def encode(message: Message) -> bytes:
     return encode_frame(KIND_CONTROL, payload.encode("utf-8"))
 
 
-def encode_data(stream: int, data: bytes) -> bytes:
+def encode_data(stream: int, data: bytes | memoryview) -> bytes:
     """Return a data frame for ``stream`` without building a ``Data`` (the hot path).
 
-    The caller guarantees ``1 <= len(data) <= MAX_DATA_CHUNK``.
+    The caller guarantees ``1 <= len(data) <= MAX_DATA_CHUNK``. ``data`` may be a
+    memoryview slice: the frame is then the only copy of those bytes.
     """
     return _HEADER_AND_STREAM.pack(1, KIND_DATA, 4 + len(data), stream) + data
 

@@ -498,9 +498,7 @@ class Streams:
         chunk = self._node.limits.data_chunk
         view = memoryview(data)
         for start in range(0, len(data), chunk):
-            self._node.send_bulk(
-                link, encode_data(stream.in_wire, bytes(view[start : start + chunk]))
-            )
+            self._node.send_bulk(link, encode_data(stream.in_wire, view[start : start + chunk]))
 
     def _pump(self, stream: _Stream) -> None:
         """Relay: move buffered bytes on as credit allows; return credit upstream."""
