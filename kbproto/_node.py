@@ -73,6 +73,9 @@ from kbproto.state import LinkInput, LinkState
 from kbproto.timers import Deadlines
 from kbproto.trace import NullTraceSink, TraceRecord, TraceSink
 
+#: The shortest ping interval a peer's announced heartbeat timeout can ask of us (a
+#: hostile peer announcing 1 ms must not turn our pings into a busy loop).
+_MIN_PING_INTERVAL = 0.5
 #: Which state-machine input each received message is.
 _INPUT: dict[type[Message], LinkInput] = {
     Challenge: LinkInput.CHALLENGE,
@@ -513,8 +516,10 @@ class _Node:
 
     def _pace_pings(self, link: Link, peer_timeout_ms: int, now: float) -> None:
         """Ping at least three times per the peer's announced heartbeat timeout, so a
-        peer configured with a shorter timeout than our ping interval never drops us."""
-        interval = min(self.timeouts.heartbeat_interval, peer_timeout_ms / 3000)
+        peer configured with a shorter timeout than our ping interval never drops us.
+        A peer cannot make us ping more often than every ``_MIN_PING_INTERVAL``."""
+        wanted = max(peer_timeout_ms / 3000, _MIN_PING_INTERVAL)
+        interval = min(self.timeouts.heartbeat_interval, wanted)
         link.ping_interval = interval
         key = ("ping", link.link_id)
         due = self.deadlines.get(key)

@@ -254,6 +254,29 @@ def test_nodes_ping_as_often_as_the_peer_s_heartbeat_timeout_needs() -> None:
     assert _pings_sent(net, "S") - pings_before >= 59
 
 
+def test_a_peer_announcing_a_tiny_heartbeat_timeout_cannot_make_us_ping_in_a_loop() -> None:
+    net = Net()
+    net.add_hub("H")
+    peer = net.connect_raw("H")
+    message = peer.register_message()
+    peer.send(
+        type(message)(
+            info=message.info,
+            scheme=message.scheme,
+            signature=message.signature,
+            passcode=message.passcode,
+            max_streams=8,
+            max_lookups=8,
+            heartbeat_timeout_ms=1,
+        )
+    )
+    pings_before = len(peer.of(Ping))
+    net.advance(2.5)  # within the hub's own 3 s heartbeat timeout: still joined
+    assert not net.of("H", LinkClosed)
+    # At most one ping per 0.5 s (the floor), not one per 0.33 ms.
+    assert len(peer.of(Ping)) - pings_before <= 6
+
+
 def _pings_sent(net: Net, name: str) -> int:
     """Ping frames node ``name`` has transmitted so far."""
     frames = FrameBuffer()
