@@ -350,7 +350,7 @@ def build_node_app(node: Node, local: App) -> App:
         segments = request.segments
         first = segments[0] if segments else ""
         if first == "_kblink" and len(segments) == 2:
-            return node.uplink_accept(segments[1])
+            return node.uplink_accept(request, segments[1])
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")

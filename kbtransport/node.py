@@ -137,6 +137,8 @@ IMMEDIATE_LOOKUP = LookupId(-1)
 _SEND_CHUNK = 256 * 1024
 #: Received body bytes joined into one piece for the consumer: fewer, larger writes.
 _JOIN_LIMIT = 256 * 1024
+#: How long a child offers only plain websockets to a parent whose uplink failed.
+_UPLINK_RETRY = 600.0
 #: Largest websocket message accepted from a peer; kbproto frames are at most 1 MiB,
 #: and a peer's Transmit at most a few hundred KiB.
 _MAX_LINK_MESSAGE = 16 * 1024 * 1024
@@ -420,9 +422,9 @@ class Node:
     ) -> None:
         self._core = core
         self._use_uplink = uplink
-        # Parents whose uplink upgrade failed once (e.g. a proxy in front of them that
-        # passes websockets only): later dials there offer a plain websocket.
-        self._no_uplink: set[str] = set()
+        # Parents whose uplink upgrade failed (e.g. a proxy in front of them that
+        # passes websockets only), and until when dials there offer a plain websocket.
+        self._no_uplink: dict[str, float] = {}
         self._uplinks = UplinkRegistry()
         self.hooks = hooks if hooks is not None else NodeHooks()
         self._client_ssl = client_ssl
@@ -471,7 +473,7 @@ class Node:
             self._streams.clear()
 
     async def _dial_websocket(self, address: str) -> LinkTransport:
-        if not self._use_uplink or address in self._no_uplink:
+        if not self._use_uplink or anyio.current_time() < self._no_uplink.get(address, 0.0):
             return await connect_websocket(
                 address,
                 ssl_context=self._client_ssl,
@@ -497,7 +499,9 @@ class Node:
                 timeout=self._dial_timeout,
             )
         except TransportError:
-            self._no_uplink.add(address)  # the redial goes without it
+            # The redial goes without it; a later one tries again (the failure may
+            # have been a hub restarting between our two connections).
+            self._no_uplink[address] = anyio.current_time() + _UPLINK_RETRY
             await ws.aclose()
             raise
         except BaseException:
@@ -512,18 +516,21 @@ class Node:
         """How to accept a child's websocket upgrade ``request`` (uplink if offered)."""
         token = request.header(UPLINK_HEADER)
         offered = [p.strip() for p in (request.header("sec-websocket-protocol") or "").split(",")]
-        uplink = (
-            self._uplinks.expect(token)
-            if token is not None and UPLINK_SUBPROTOCOL in offered
-            else None
-        )
-        if uplink is None:
+        registry = self._uplinks
+        if token is None or UPLINK_SUBPROTOCOL not in offered or not registry.can_expect(token):
             return WebSocketAccept(
                 handler=self.serve_websocket, max_message_bytes=_MAX_LINK_MESSAGE
             )
-        registry = self._uplinks
 
         async def handler(ws: WebSocketLink) -> None:
+            # The token is registered only once the upgrade succeeded (the server runs
+            # this right after its 101), so a failed upgrade leaves nothing behind. The
+            # child's uplink request needs that 101 and a new connection first; were it
+            # ever to arrive before this line, it would get a 404 and the child would
+            # redial with a plain websocket.
+            uplink = registry.expect(token)
+            if uplink is None:
+                return  # taken meanwhile: the child's uplink gets a 404, it redials plain
             uplink.ws = ws
             try:
                 async with anyio.create_task_group() as tg:
@@ -538,9 +545,12 @@ class Node:
             handler=handler, subprotocol=UPLINK_SUBPROTOCOL, max_message_bytes=_MAX_LINK_MESSAGE
         )
 
-    def uplink_accept(self, token: str) -> Response:
+    def uplink_accept(self, request: Request, token: str) -> Response:
         """Answer ``GET /_kblink/<token>`` (``Upgrade: kbucket-uplink``): from then on the
         connection carries that child's link bytes (``kbtransport.uplink``)."""
+        upgrade = (request.header("upgrade") or "").strip().lower()
+        if request.method != "GET" or upgrade != UPLINK_PROTOCOL:
+            return error_response(400, f"Not an Upgrade to {UPLINK_PROTOCOL}")
         uplink = self._uplinks.take(token)
         if uplink is None:
             return error_response(404, "No websocket link waits for this uplink")

@@ -267,11 +267,20 @@ class UplinkRegistry:
     def __len__(self) -> int:
         return len(self._links)
 
+    def can_expect(self, token: str) -> bool:
+        """True if ``token`` is well formed, free, and there is room for one more."""
+        return (
+            _TOKEN_RE.fullmatch(token) is not None
+            and token not in self._links
+            and len(self._links) < MAX_PENDING
+        )
+
     def expect(self, token: str) -> UplinkServerLink | None:
-        """Register ``token`` (at the upgrade); None if malformed, taken or too many."""
-        if not _TOKEN_RE.fullmatch(token) or token in self._links:
-            return None
-        if len(self._links) >= MAX_PENDING:
+        """Register ``token`` (once its websocket is up); None if ``can_expect`` fails.
+
+        The caller must ``forget`` it when that websocket's link ends.
+        """
+        if not self.can_expect(token):
             return None
         link = UplinkServerLink(token)
         self._links[token] = link

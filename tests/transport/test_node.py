@@ -370,6 +370,33 @@ async def test_a_parent_that_refuses_the_uplink_upgrade_still_gets_the_child(
         assert body == data
 
 
+async def test_a_failed_websocket_upgrade_leaves_no_uplink_token_behind(tmp_path: Path) -> None:
+    token = "c0" * 16
+    async with tree() as t:
+        a = await t.hub("A")
+        # An uplink offer on an upgrade the server refuses (no Sec-WebSocket-Key): 400.
+        stream = await anyio.connect_tcp("127.0.0.1", a.port)
+        raw = await raw_http(
+            stream,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: kbucket.uplink\r\n"
+            b"X-Kbucket-Uplink: " + token.encode() + b"\r\n\r\n",
+        )
+        await stream.aclose()
+        assert b" 400 " in raw.split(b"\r\n", 1)[0]
+        assert a.node.uplink_count() == 0
+        # So the token opens nothing: no 101, no connection parked for ever.
+        stream = await anyio.connect_tcp("127.0.0.1", a.port)
+        raw = await raw_http(
+            stream,
+            b"GET /_kblink/" + token.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: Upgrade, close\r\nUpgrade: kbucket-uplink\r\n\r\n",
+            timeout=5,
+        )
+        await stream.aclose()
+        assert b" 404 " in raw.split(b"\r\n", 1)[0]
+
+
 async def _zero(value: int) -> bool:
     return value == 0
 
