@@ -51,6 +51,8 @@ HEADER_SIZE = 6
 DEFAULT_MAX_CONTROL_FRAME = 1 << 20
 
 _HEADER = struct.Struct("!BBI")
+#: Feeds shorter than this are appended to a small tail chunk instead of queued alone.
+_SMALL_FEED = 4096
 #: A data payload is the 4-byte stream number plus at most one maximal chunk.
 _MAX_DATA_PAYLOAD = 4 + MAX_DATA_CHUNK
 
@@ -71,7 +73,9 @@ class FrameBuffer:
 
     def __init__(self, max_control: int = DEFAULT_MAX_CONTROL_FRAME) -> None:
         # Unconsumed input, oldest first; ``_pos`` bytes of the first chunk are consumed.
-        self._chunks: deque[bytes] = deque()
+        # Small feeds are gathered into a bytearray tail, so a peer trickling bytes
+        # cannot make the per-chunk overhead many times the bytes it sent.
+        self._chunks: deque[bytes | bytearray] = deque()
         self._pos = 0
         self._size = 0
         self._max_control = max_control
@@ -83,9 +87,17 @@ class FrameBuffer:
 
     def feed(self, data: bytes) -> None:
         """Append bytes received from the peer."""
-        if data:
-            self._chunks.append(bytes(data))  # no copy for ``bytes``
-            self._size += len(data)
+        if not data:
+            return
+        chunks = self._chunks
+        if len(data) < _SMALL_FEED and chunks and len(chunks[-1]) < _SMALL_FEED:
+            tail = chunks[-1]
+            if not isinstance(tail, bytearray):
+                tail = chunks[-1] = bytearray(tail)
+            tail += data
+        else:
+            chunks.append(bytes(data))  # no copy for ``bytes``
+        self._size += len(data)
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """Return the next complete ``(kind, payload)``, or None if more bytes are needed.
@@ -127,7 +139,7 @@ class FrameBuffer:
         self._size -= total
         if len(first) - pos >= total:
             # The whole frame lies in the first chunk: one slice, one copy.
-            payload = first[pos + HEADER_SIZE : pos + total]
+            payload = bytes(first[pos + HEADER_SIZE : pos + total])  # no copy for bytes
             if len(first) == pos + total:
                 self._chunks.popleft()
                 self._pos = 0

@@ -410,3 +410,23 @@ def test_invalid_messages_cannot_exist(build: object, needle: str) -> None:
 
 def test_encode_frame_header() -> None:
     assert encode_frame(KIND_CONTROL, b"{}") == b"\x01\x01\x00\x00\x00\x02{}"
+
+
+def test_frame_buffer_fed_in_tiny_pieces_holds_about_the_bytes_it_was_given() -> None:
+    # A peer trickling a 100 kB control frame 2 bytes at a time must not make us keep
+    # one Python object per piece (that was ~20x the bytes).
+    import tracemalloc
+
+    frame = encode_frame(KIND_CONTROL, b'{"type":"ping"' + b" " * 100_000 + b"}")
+    buffer = FrameBuffer()
+    tracemalloc.start()
+    try:
+        for i in range(0, len(frame) - 2, 2):
+            buffer.feed(frame[i : i + 2])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(frame)
+    buffer.feed(frame[len(frame) - 2 + len(frame) % 2 :])
+    assert buffer.next_frame() == (KIND_CONTROL, frame[6:])
+    assert len(buffer) == 0
