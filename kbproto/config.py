@@ -38,10 +38,15 @@ class Limits:
             back once per quarter window). Worst-case buffering is this times the
             streams open at a node; tests shrink it below the file size.
         max_streams_per_link: streams the peer may have open toward us on one link;
-            announced in the handshake so a well-behaved peer never crosses it.
+            announced in the handshake so a well-behaved peer never crosses it. 256
+            streams of one ``stream_window`` each: one peer can make us buffer 1 GiB
+            at most.
         max_lookups_per_link: finds the peer may have pending at us on one link.
         max_pending_lookups: finds pending at this node in total (ours and relayed).
         max_open_streams: streams open at this node in total (all links, all roles).
+            Each buffers at most one ``stream_window`` here, so 512 x 4 MiB bounds a
+            node's stream buffers at 2 GiB (as 8192 x 256 KiB did before the window
+            grew); past it, new requests are refused with 503.
         max_children: children per hub (the original allowed 1000 shares).
         max_index_entries: content ids (or files) one child may report.
         max_nodes_per_child: node ids one child hub may report.
@@ -54,10 +59,10 @@ class Limits:
     max_control_frame: int = DEFAULT_MAX_CONTROL_FRAME
     data_chunk: int = 65536
     stream_window: int = 4 * 1024 * 1024
-    max_streams_per_link: int = 1024
+    max_streams_per_link: int = 256
     max_lookups_per_link: int = 1024
     max_pending_lookups: int = 8192
-    max_open_streams: int = 8192
+    max_open_streams: int = 512
     max_children: int = 1000
     max_index_entries: int = 10_000_000
     max_nodes_per_child: int = 100_000
