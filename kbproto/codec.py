@@ -25,6 +25,7 @@ from typing import Any
 from kbproto.errors import RemoteProtocolError
 from kbproto.framing import KIND_CONTROL, KIND_DATA, encode_frame
 from kbproto.messages import (
+    PROTOCOL_VERSION,
     Challenge,
     Credit,
     Data,
@@ -111,7 +112,7 @@ def encode_data(stream: int, data: bytes | memoryview) -> bytes:
     The caller guarantees ``1 <= len(data) <= MAX_DATA_CHUNK``. ``data`` may be a
     memoryview slice: the frame is then the only copy of those bytes.
     """
-    return _HEADER_AND_STREAM.pack(1, KIND_DATA, 4 + len(data), stream) + data
+    return _HEADER_AND_STREAM.pack(PROTOCOL_VERSION, KIND_DATA, 4 + len(data), stream) + data
 
 
 def decode(kind: int, payload: bytes) -> Message:

@@ -78,7 +78,7 @@ __all__ = (
 )
 
 #: Version byte of every frame; a peer speaking another version loses the link.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Free-text fields (name, description, owner...): generous for a paragraph, small
 #: enough that a registration always fits one frame.
 MAX_TEXT = 4096
