@@ -665,13 +665,9 @@ class _Connection:
         ]
         if accept.subprotocol is not None:
             headers.append((b"sec-websocket-protocol", accept.subprotocol.encode("latin-1")))
-        try:
-            await self.send(
-                self.conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
-            )
-        except TransportError:
+        trailing = await self._switch(headers)
+        if trailing is None:
             return
-        trailing, _closed = self.conn.trailing_data
         link = WebSocketLink(
             self.stream,
             WsConnection(ConnectionType.SERVER, trailing_data=trailing),
@@ -695,14 +691,21 @@ class _Connection:
             (b"connection", b"Upgrade"),
             *self.base_headers,
         ]
+        trailing = await self._switch(headers)
+        if trailing is not None:
+            await accept.handler(self.stream, trailing)
+
+    async def _switch(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """Send ``101 Switching Protocols``; return the bytes the client sent after its
+        request head, or None if the 101 could not be written."""
         try:
             await self.send(
                 self.conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
             )
         except TransportError:
-            return
+            return None
         trailing, _closed = self.conn.trailing_data
-        await accept.handler(self.stream, bytes(trailing))
+        return bytes(trailing)
 
 
 #: Response headers h11 must see to frame the body and decide keep-alive.
