@@ -296,6 +296,9 @@ class NodeDriver:
         self._tg: TaskGroup | None = None
         self._running = False
         self._dial_address = ""
+        #: Driver steps taken (each may change the core). A pure query of the core
+        #: (``answer_now``) gives the same answer while this stays the same.
+        self.steps = 0
 
     # --- public surface -----------------------------------------------------------------
 
@@ -405,6 +408,7 @@ class NodeDriver:
                 with anyio.CancelScope(deadline=deadline):
                     await inbox.wait()
             # (a) call the core: every queued input, then the timer if due.
+            self.steps += 1
             now = self._clock.now()
             # Bound one step, so a flood of inputs cannot starve the timer.
             for _ in range(64):

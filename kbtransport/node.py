@@ -137,6 +137,8 @@ IMMEDIATE_LOOKUP = LookupId(-1)
 _SEND_CHUNK = 256 * 1024
 #: Received body bytes joined into one piece for the consumer: fewer, larger writes.
 _JOIN_LIMIT = 256 * 1024
+#: Immediate find answers kept for the current driver step, at most.
+_ANSWER_CACHE = 4096
 #: How long a child offers only plain websockets to a parent whose uplink failed.
 _UPLINK_RETRY = 600.0
 #: Largest websocket message accepted from a peer; kbproto frames are at most 1 MiB,
@@ -446,6 +448,9 @@ class Node:
             **extra,
         )
         self._lookups: dict[LookupId, _LookupWait] = {}
+        # Immediate find answers, valid for one driver step (see ``find``).
+        self._answers: dict[tuple[str, str | None], FindAnswer] = {}
+        self._answers_step = -1
         self._streams: dict[StreamId, _Origin | _Target] = {}
         self._children: dict[LinkId, NodeInfo] = {}
         self._tg: TaskGroup | None = None
@@ -581,16 +586,31 @@ class Node:
         # between the read and its use, so it sees the core between two driver steps
         # exactly as the driver would. It saves the round trip through the driver (two
         # task switches and an event per find), most of a hub's cost of a find.
+        # The core changes only in driver steps, so an immediate answer stays right
+        # until the next one: repeated finds (a popular file, a find flood) between
+        # two steps are answered from ``_answers`` (at most _ANSWER_CACHE of them).
+        if self._answers_step != self.driver.steps:
+            self._answers.clear()
+            self._answers_step = self.driver.steps
+        key = (sha1, share_id)
+        cached = self._answers.get(key)
+        if cached is not None:
+            return cached
         results = self._core.answer_now(sha1, share_id=share_id)
         if results is not None:
             sid = NodeId(share_id) if share_id is not None else None
+            answer: FindAnswer
             if results:
-                return LookupResolved(
+                answer = LookupResolved(
                     lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, results=results
                 )
-            return LookupFailed(
-                lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, reason="not found"
-            )
+            else:
+                answer = LookupFailed(
+                    lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, reason="not found"
+                )
+            if len(self._answers) < _ANSWER_CACHE:
+                self._answers[key] = answer
+            return answer
         wait = _LookupWait()
 
         def start(now: float) -> LookupId:
