@@ -240,10 +240,10 @@ class _Connection:
         with map_exceptions(WRITE_ERRORS), anyio.fail_after(self.config.write_timeout):
             await self.stream.send(data)
 
-    async def receive(self) -> None:
-        """One read from the stream into h11 (EOF is handed to h11 as ``b""``)."""
+    async def receive(self, size: int = _READ_SIZE) -> None:
+        """One read of at most ``size`` bytes into h11 (EOF is handed to h11 as ``b""``)."""
         try:
-            data = await self.stream.receive(_READ_SIZE)
+            data = await self.stream.receive(size)
         except anyio.EndOfStream:
             data = b""
         except Exception:
@@ -448,12 +448,7 @@ class _Connection:
                 # at once instead of splitting it into copies.
                 try:
                     with anyio.fail_after(self.config.body_timeout):
-                        with map_exceptions(READ_ERRORS):
-                            try:
-                                data = await self.stream.receive(_BODY_READ_SIZE)
-                            except anyio.EndOfStream:
-                                data = b""
-                            conn.receive_data(data)
+                        await self.receive(_BODY_READ_SIZE)
                 except TimeoutError as exc:
                     raise TransportTimeout("request body stalled") from exc
                 continue
