@@ -72,7 +72,13 @@ def run(path: str, out: str | None) -> None:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
             without OUT, unreadable file) or an unwritable OUT (exit 1).
     """
-    from kbapps.prvbuild import PrvBuildError, build_prv, plan_prvdir, write_planned
+    from kbapps.prvbuild import (
+        BuildOptions,
+        PrvBuildError,
+        build_prv,
+        plan_prvdir,
+        write_planned,
+    )
 
     try:
         st = os.stat(path)
@@ -105,24 +111,21 @@ def run(path: str, out: str | None) -> None:
             except OSError:
                 pass
             try:
-                plan = plan_prvdir(path, cache=cache, on_warning=output.warning, exclude=exclude)
+                options = BuildOptions(cache=cache, on_warning=output.warning, exclude=exclude)
+                plan = plan_prvdir(path, options)
                 with output.Progress("Hashing", total_files=plan.total_files) as progress:
                     write_planned(
-                        plan,
-                        lambda pieces: _write_atomically(out, pieces),
-                        cache=cache,
-                        on_progress=progress.update,
-                        on_warning=output.warning,
-                        exclude=exclude,
+                        plan, lambda pieces: _write_atomically(out, pieces), progress.update
                     )
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
         else:
             try:
                 with output.Progress("Hashing", total_files=1, total_bytes=st.st_size) as progress:
-                    prv = build_prv(
-                        path, cache=cache, on_progress=progress.update, on_warning=output.warning
+                    options = BuildOptions(
+                        cache=cache, on_progress=progress.update, on_warning=output.warning
                     )
+                    prv = build_prv(path, options)
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
             from kbproto.prv import serialize_prv  # here: a directory never needs it

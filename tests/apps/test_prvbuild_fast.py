@@ -21,7 +21,15 @@ from hypothesis import strategies as st
 
 from kbapps import hashing, prvbuild
 from kbapps.hashing import HashCache
-from kbapps.prvbuild import build_prvdir, build_prvdir_bytes, files_fragment, scan_directory
+from kbapps.prvbuild import (
+    BuildOptions,
+    _common,
+    _fragments,
+    build_prvdir,
+    build_prvdir_bytes,
+    files_fragment,
+    scan_directory,
+)
 from kbproto.ids import Sha1
 from kbproto.prv import Prv, PrvDir, serialize_prvdir
 
@@ -29,7 +37,7 @@ HOUR_NS = 3600 * 10**9
 
 
 def _model_bytes(root: Path) -> bytes:
-    return serialize_prvdir(build_prvdir(scan_directory(str(root)), workers=1))
+    return serialize_prvdir(build_prvdir(scan_directory(str(root)), BuildOptions(workers=1)))
 
 
 def _age(root: Path) -> None:
@@ -113,11 +121,14 @@ def test_random_trees_serialize_byte_for_byte_like_the_models(
             if not (folder / name).is_dir():
                 (folder / name).write_bytes(data)
         expected = _model_bytes(root)
-        assert build_prvdir_bytes(scan_directory(str(root)), workers=1) == expected
+        assert build_prvdir_bytes(scan_directory(str(root)), BuildOptions(workers=1)) == expected
         cache = HashCache(root / ".cache" / "c.db", racy_window_ns=0)
         try:
             for _ in range(2):  # filling the fragment cache, then served from it
-                assert build_prvdir_bytes(scan_directory(str(root)), cache=cache) == expected
+                assert (
+                    build_prvdir_bytes(scan_directory(str(root)), BuildOptions(cache=cache))
+                    == expected
+                )
         finally:
             cache.close()
     finally:
@@ -157,7 +168,7 @@ def _make(root: Path) -> None:
 def _run(root: Path, cache: HashCache, seen: _Counting) -> tuple[bytes, list[str]]:
     """One fast run, checked against the models; returns its bytes and the files it
     sent to hashing."""
-    data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, workers=1)
+    data = build_prvdir_bytes(scan_directory(str(root)), BuildOptions(cache=cache, workers=1))
     hashed = seen.take()
     assert data == _model_bytes(root)
     seen.take()
@@ -239,10 +250,12 @@ def test_the_output_file_inside_the_tree_stays_out_of_fragments(scratch: Path) -
     exclude = frozenset({(st_out.st_dev, st_out.st_ino)})
     with HashCache(scratch / "c.db") as cache:
         for _ in range(2):
-            data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, exclude=exclude)
+            data = build_prvdir_bytes(
+                scan_directory(str(root)), BuildOptions(cache=cache, exclude=exclude)
+            )
             assert b"out.prvdir" not in data
             assert data == serialize_prvdir(
-                build_prvdir(scan_directory(str(root)), exclude=exclude)
+                build_prvdir(scan_directory(str(root)), BuildOptions(exclude=exclude))
             )
 
 
@@ -257,7 +270,7 @@ def test_a_vanished_file_is_named_even_when_its_directory_was_cached(
         scan = scan_directory(str(root))
         (root / "d2" / "f3").unlink()  # after the scan: stat fails, hashing names it
         with pytest.raises(prvbuild.PrvBuildError, match="d2/f3"):
-            build_prvdir_bytes(scan, cache=cache)
+            build_prvdir_bytes(scan, BuildOptions(cache=cache))
 
 
 # --- start-up ------------------------------------------------------------------------
@@ -266,10 +279,10 @@ def test_a_vanished_file_is_named_even_when_its_directory_was_cached(
 def test_constants_repeated_from_kbproto_prv_are_equal() -> None:
     from kbproto import prv
 
-    assert prvbuild._PRV_VERSION == prv.PRV_VERSION
-    assert prvbuild._FCS_PREFIX == prv.FCS_PREFIX
-    assert prvbuild._FCS_HEAD_BYTES == hashing.FCS_HEAD_BYTES == prv.FCS_HEAD_BYTES
-    assert prv.PrvLimits().max_depth == prvbuild._MAX_DEPTH
+    assert _common.PRV_VERSION == prv.PRV_VERSION
+    assert _common.FCS_PREFIX == prv.FCS_PREFIX
+    assert _common.FCS_HEAD_BYTES == hashing.FCS_HEAD_BYTES == prv.FCS_HEAD_BYTES
+    assert prv.PrvLimits().max_depth == _common.MAX_DEPTH
 
 
 def test_a_cached_directory_run_imports_no_model_database_or_openssl(scratch: Path) -> None:
@@ -326,7 +339,7 @@ def test_a_damaged_fragment_file_reads_as_absent(scratch: Path) -> None:
 
 
 def _run_plain(root: Path, cache: HashCache, workers: int = 1) -> bytes:
-    data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, workers=workers)
+    data = build_prvdir_bytes(scan_directory(str(root)), BuildOptions(cache=cache, workers=workers))
     assert data == _model_bytes(root)
     return data
 
@@ -358,7 +371,7 @@ def test_a_checking_child_that_dies_leaves_its_part_to_the_parent(
     root = scratch / "t"
     _many(root)
     parent = os.getpid()
-    real = prvbuild._check_dirs
+    real = _fragments.check_dirs
 
     def check(*args: Any) -> Any:
         if os.getpid() != parent:
@@ -367,9 +380,9 @@ def test_a_checking_child_that_dies_leaves_its_part_to_the_parent(
 
     with HashCache(scratch / "c.db") as cache:
         expected = _run_plain(root, cache, workers=2)
-        monkeypatch.setattr(prvbuild, "_check_dirs", check)
+        monkeypatch.setattr(_fragments, "check_dirs", check)
         seen = _Counting(monkeypatch)
-        data = build_prvdir_bytes(scan_directory(str(root)), cache=cache, workers=2)
+        data = build_prvdir_bytes(scan_directory(str(root)), BuildOptions(cache=cache, workers=2))
         assert seen.take() == []  # the parent checked everything: nothing was read
         assert data == expected
 
@@ -397,9 +410,9 @@ def _planned(root: Path, cache: HashCache, warnings: list[str] | None = None) ->
     """A kb-prv-create run: plan (the walk shared by two processes on a re-run), then
     write."""
     emit = warnings.append if warnings is not None else None
-    plan = prvbuild.plan_prvdir(str(root), cache=cache, workers=2, on_warning=emit)
+    plan = prvbuild.plan_prvdir(str(root), BuildOptions(cache=cache, workers=2, on_warning=emit))
     pieces: list[Any] = []
-    prvbuild.write_planned(plan, pieces.extend, cache=cache, workers=2, on_warning=emit)
+    prvbuild.write_planned(plan, pieces.extend)
     assert plan.total_files == len(scan_directory(str(root)).files)
     return b"".join(pieces)
 
@@ -451,7 +464,7 @@ def test_an_unreadable_directory_in_the_other_half_is_named(
 
         monkeypatch.setattr(os, "scandir", scandir)
         with pytest.raises(prvbuild.PrvBuildError, match=r"cannot read directory .*/d\d"):
-            prvbuild.plan_prvdir(str(root), cache=cache, workers=2)
+            prvbuild.plan_prvdir(str(root), BuildOptions(cache=cache, workers=2))
 
 
 def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
@@ -460,7 +473,7 @@ def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
     root = scratch / "t"
     _many(root)
     parent = os.getpid()
-    real = prvbuild._check_part
+    real = _fragments.check_part
 
     def check(*args: Any) -> Any:
         if os.getpid() != parent:
@@ -469,13 +482,13 @@ def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
 
     with HashCache(scratch / "c.db") as cache:
         expected = _planned(root, cache)
-        monkeypatch.setattr(prvbuild, "_check_part", check)
+        monkeypatch.setattr(_fragments, "check_part", check)
         seen = _Counting(monkeypatch)
-        plan = prvbuild.plan_prvdir(str(root), cache=cache, workers=2)
+        plan = prvbuild.plan_prvdir(str(root), BuildOptions(cache=cache, workers=2))
         assert plan.pending == {}  # everything checked, nothing to read
         assert len(plan.hits) == 4
         pieces: list[Any] = []
-        prvbuild.write_planned(plan, pieces.extend, cache=cache, workers=2)
+        prvbuild.write_planned(plan, pieces.extend)
         assert seen.take() == []
         assert b"".join(pieces) == expected
 
@@ -499,7 +512,8 @@ def test_big_files_in_a_tree_are_hashed_by_the_parent_with_byte_progress(scratch
                 moved.append((files, nbytes))
 
             data = build_prvdir_bytes(
-                scan_directory(str(root)), cache=cache, workers=2, on_progress=progress
+                scan_directory(str(root)),
+                BuildOptions(cache=cache, workers=2, on_progress=progress),
             )
             assert data == _model_bytes(root)
             assert sum(files for files, _ in moved) == 602
@@ -520,21 +534,23 @@ def test_a_subtree_or_a_file_of_a_described_tree_is_not_read_again(
     seen = _Counting(monkeypatch)
     with HashCache(scratch / "c.db") as cache:
         _run(root, cache, seen)  # the whole tree: its small files' digests are stored
-        assert prvbuild.build_prv(str(root / "top"), cache=cache).size == 3
+        assert prvbuild.build_prv(str(root / "top"), BuildOptions(cache=cache)).size == 3
         assert seen.take() == []  # a file of the tree's root
         expected = _model_bytes(root / "d2")
         seen.take()
-        sub = build_prvdir_bytes(scan_directory(str(root / "d2")), cache=cache, workers=1)
+        sub = build_prvdir_bytes(
+            scan_directory(str(root / "d2")), BuildOptions(cache=cache, workers=1)
+        )
         assert seen.take() == []
         assert sub == expected
-        prv = prvbuild.build_prv(str(root / "d3" / "f1"), cache=cache)
+        prv = prvbuild.build_prv(str(root / "d3" / "f1"), BuildOptions(cache=cache))
         assert seen.take() == []
         assert prv.sha1 == hashlib.sha1(b"d3 1").hexdigest()
         assert prv.path == "f1"
         # A changed file is read, and its new digest is cached as a row.
         (root / "d3" / "f1").write_bytes(b"d3 !")
         _age_one(root / "d3" / "f1")
-        assert prvbuild.build_prv(str(root / "d3" / "f1"), cache=cache).sha1 == (
+        assert prvbuild.build_prv(str(root / "d3" / "f1"), BuildOptions(cache=cache)).sha1 == (
             hashlib.sha1(b"d3 !").hexdigest()
         )
         assert seen.take() == ["d3/f1"]
