@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -63,6 +62,7 @@ from kbtransport.http import (
     WebSocketAccept,
     error_response,
 )
+from kbtransport.tcp import asyncio_transport
 from kbtransport.websocket import WebSocketLink, accept_key
 
 __all__ = ("ServerConfig", "serve_http_connection")
@@ -203,7 +203,7 @@ class _Connection:
     def __init__(self, stream: ByteStream, app: App, config: ServerConfig) -> None:
         self.stream = stream
         # Plain TCP on asyncio: lets ``send`` see whether a write can block at all.
-        self.transport = _asyncio_transport(stream)
+        self.transport = asyncio_transport(stream)
         self.app = app
         self.config = config
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_bytes)
@@ -617,7 +617,7 @@ class _Connection:
         self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _FileLength(body.length))))
         if body.length == 0:
             return
-        transport = _asyncio_transport(self.stream) if self.config.use_sendfile else None
+        transport = _sendfile_transport(self.stream) if self.config.use_sendfile else None
         if transport is not None:
             await self._loop_sendfile(transport, body)
         else:
@@ -800,25 +800,11 @@ def _peer_address(stream: ByteStream) -> tuple[str, int] | None:
     return None
 
 
-def _asyncio_transport(stream: ByteStream) -> asyncio.Transport | None:
-    """The asyncio transport under a plain anyio TCP stream, else None (TLS, memory...)."""
-    # anyio keeps the transport in a private attribute of its asyncio SocketStream; we
-    # check the exact module so a wrapper (TLSStream) or another stream type is never
-    # mistaken for it, and fall back to read+send otherwise. (A stream of that module
-    # exists only on the asyncio backend, so no separate backend check is needed.)
-    if type(stream).__module__ != "anyio._backends._asyncio":
+def _sendfile_transport(stream: ByteStream) -> asyncio.Transport | None:
+    """The transport ``loop.sendfile`` can use for ``stream``, else None (read+send)."""
+    if not hasattr(os, "sendfile"):
         return None
-    transport = getattr(stream, "_transport", None)
-    if not isinstance(transport, asyncio.Transport) or transport.get_extra_info("sslcontext"):
-        return None
-    sock = transport.get_extra_info("socket")
-    if (
-        sock is None
-        or sock.family not in (socket.AF_INET, socket.AF_INET6)
-        or not hasattr(os, "sendfile")
-    ):
-        return None
-    return transport
+    return asyncio_transport(stream)
 
 
 async def serve_http_connection(

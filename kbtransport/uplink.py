@@ -45,6 +45,7 @@ from kbtransport.errors import (
     map_exceptions,
 )
 from kbtransport.net import Url, open_stream, parse_url
+from kbtransport.tcp import set_read_size
 from kbtransport.websocket import WebSocketLink
 
 __all__ = (
@@ -67,8 +68,7 @@ UPLINK_HEADER = "X-Kbucket-Uplink"
 UPLINK_PREFIX = "/_kblink/"
 #: The ``Upgrade`` token of that request.
 UPLINK_PROTOCOL = "kbucket-uplink"
-#: One read at the parent: asyncio hands over up to 256 KiB per socket read, and a
-#: larger limit takes each whole (anyio splits a buffer larger than the limit by copying).
+#: One read at the parent, and the socket read size under it (``kbtransport.tcp``).
 _READ_SIZE = 1024 * 1024
 #: How long a parent waits for the upward connection of a link upgraded with a token.
 _ATTACH_TIMEOUT = 10.0
@@ -233,6 +233,7 @@ class UplinkServerLink:
             return
         self._stream = stream
         self._early = early
+        set_read_size(stream, _READ_SIZE)
         self._attached.set()
         await self._ended.wait()
 
