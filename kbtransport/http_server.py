@@ -279,63 +279,81 @@ class _Connection:
                 watch.stop()
 
     async def cycle(self) -> None:
+        # The request loop, with the common case (a small request answered with bytes)
+        # inline: every coroutine frame and call here runs once or twice per request,
+        # cold between two requests, and that, not any one step, was most of a find's
+        # cost at a hub next to a bare h11 loop.
+        conn = self.conn
+        app = self.app
+        cors = self.config.cors
         while True:
             request = await self.read_request()
             if request is None:
                 return
-            response = await self.call_app(request)
+            if cors and request.method == "OPTIONS":
+                response = _preflight(request)
+            else:
+                try:
+                    response = await app(request)
+                except Exception as exc:
+                    response = _app_failed(request, exc)
             if request.body_stream is not None:
                 await _aclose_iterable(request.body_stream)
-            if isinstance(response.body, (WebSocketAccept, RawUpgrade)):
+            body = response.body
+            if type(body) is bytes:
+                try:
+                    out = self.bytes_response(request, response, body)
+                except h11.LocalProtocolError as exc:
+                    _log.error(
+                        "response to %s %r broke HTTP framing: %s",
+                        request.method,
+                        request.target,
+                        exc,
+                    )
+                    raise WriteError(str(exc)) from exc
+                await self.send(out)
+            elif isinstance(body, (WebSocketAccept, RawUpgrade)):
                 # The connection is no longer HTTP: its own protocol watches liveness.
                 if self.watch is not None:
                     self.watch.stop()
-                if isinstance(response.body, WebSocketAccept):
-                    await self.upgrade(request, response.body)
+                if isinstance(body, WebSocketAccept):
+                    await self.upgrade(request, body)
                 else:
-                    await self.raw_upgrade(request, response.body)
+                    await self.raw_upgrade(request, body)
                 return
-            await self.send_response(request, response)
-            if self.conn.their_state is h11.SEND_BODY:
+            else:
+                await self.send_response(request, response)
+            if conn.their_state is h11.SEND_BODY:
                 await self.drain_body()
-            if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-                self.conn.start_next_cycle()
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
             else:
                 return
 
     async def read_request(self) -> Request | None:
         """Read and bound one request; None means close quietly (idle, EOF)."""
         config = self.config
-        if not self.conn.trailing_data[0]:
-            # Idle between requests: wait for a first byte, then the head deadline runs.
-            watch = self.watch
-            if watch is not None:
-                # The watch closes the connection if this wait outlasts idle_timeout.
-                watch.since = watch.loop.time()
-                try:
-                    await self.receive()
-                except ReadError:
-                    return None
-                finally:
-                    watch.since = None
-            else:
-                with anyio.move_on_after(config.idle_timeout) as idle:
-                    try:
-                        await self.receive()
-                    except ReadError:
-                        return None
-                if idle.cancelled_caught:
-                    return None
+        conn = self.conn
         try:
-            # Fast path: the whole head usually came in the first read, and a cancel
-            # scope costs as much as h11's parsing (~10 µs): open one only to wait.
             try:
-                event = self.conn.next_event()
+                event = conn.next_event()
             except Exception:
                 _reraise_mapped(READ_ERRORS)
             if event is h11.NEED_DATA:
-                with anyio.fail_after(config.header_timeout):
-                    event = await self.next_event()
+                if not conn.trailing_data[0]:
+                    # Idle between requests: wait for a first byte (under the idle
+                    # watch), then the head deadline runs.
+                    if not await self.wait_idle():
+                        return None
+                    try:
+                        event = conn.next_event()
+                    except Exception:
+                        _reraise_mapped(READ_ERRORS)
+                if event is h11.NEED_DATA:
+                    # The head came in pieces: only now is a deadline (a cancel scope,
+                    # as costly as h11's parsing) worth opening.
+                    with anyio.fail_after(config.header_timeout):
+                        event = await self.next_event()
         except TimeoutError:
             await self.send_error(408, "Request head not received in time")
             return None
@@ -344,20 +362,40 @@ class _Connection:
             return None
         except ReadError:
             return None
-        if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+        if type(event) is not h11.Request:
+            # ConnectionClosed, or PAUSED (h11 waits for a protocol switch).
             return None
-        assert isinstance(event, h11.Request), event
-        # h11 bounds only heads that arrive in pieces; a head that came whole in one
-        # read is measured here, so the limit holds however the bytes were chunked.
-        # Walk h11's header list once (each pass costs a Python-level iteration).
-        headers = tuple((bytes(k), bytes(v)) for k, v in event.headers)
-        head_size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if head_size > config.max_head_bytes:
+        # One pass over the headers: bytes pairs for the app, the head's size (h11
+        # bounds only heads that arrive in pieces; a head that came whole in one read
+        # is measured here, so the limit holds however the bytes were chunked), and
+        # whether the request may carry a body.
+        size = len(event.target)
+        pairs: list[tuple[bytes, bytes]] = []
+        plain = True
+        for raw_name, raw_value in event.headers.raw_items():
+            name = bytes(raw_name).lower()
+            value = bytes(raw_value)
+            pairs.append((name, value))
+            size += len(name) + len(value) + 4
+            if name in _BODY_HEADERS:
+                plain = False
+        headers = tuple(pairs)
+        if size > config.max_head_bytes:
             await self.send_error(431, _peer_error_text(431))
             return None
         try:
-            if self.is_streaming(event):
+            if config.streaming_prefixes and self.is_streaming(event):
                 return self.build_request(event, headers, b"", self.stream_body())
+            if plain:
+                # No Content-Length, Transfer-Encoding or Expect: no body (RFC 9112
+                # §6.3), and h11 has the EndOfMessage ready; no body deadline needed.
+                try:
+                    end = conn.next_event()
+                except Exception:
+                    _reraise_mapped(READ_ERRORS)
+                if type(end) is not h11.EndOfMessage:
+                    raise ReadError(f"unexpected event after a request without a body: {end!r}")
+                return self.build_request(event, headers, b"")
             body = await self.read_body(headers)
             return self.build_request(event, headers, body)
         except _HttpError as exc:
@@ -368,6 +406,33 @@ class _Connection:
             return None
         except (ReadError, TransportTimeout):
             return None
+
+    async def wait_idle(self) -> bool:
+        """Wait for the next request's first bytes; False if the connection ended
+        (EOF is handed to h11, which then reports it) or stayed idle too long."""
+        watch = self.watch
+        if watch is None:
+            with anyio.move_on_after(self.config.idle_timeout) as idle:
+                try:
+                    await self.receive()
+                except ReadError:
+                    return False
+            return not idle.cancelled_caught
+        # The watch closes the connection if this wait outlasts idle_timeout.
+        watch.since = watch.loop.time()
+        try:
+            data = await self.stream.receive(_READ_SIZE)
+        except anyio.EndOfStream:
+            data = b""
+        except Exception:
+            return False
+        finally:
+            watch.since = None
+        try:
+            self.conn.receive_data(data)
+        except Exception:
+            return False
+        return True
 
     async def read_body(self, headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
         limit = self.config.max_body_bytes
@@ -505,32 +570,6 @@ class _Connection:
             body_stream=body_stream,
         )
 
-    async def call_app(self, request: Request) -> Response:
-        if self.config.cors and request.method == "OPTIONS":
-            return Response(
-                status=204,
-                headers=(
-                    ("Access-Control-Allow-Methods", _ALLOW_METHODS),
-                    ("Access-Control-Allow-Headers", _ALLOW_HEADERS),
-                    ("Access-Control-Max-Age", "86400"),
-                ),
-            )
-        try:
-            return await self.app(request)
-        except TransportTimeout as exc:
-            # An upstream the app called timed out and the app did not say what to
-            # answer: that is a gateway timeout (SPEC §4 504).
-            _log.info("upstream timeout on %s %r: %s", request.method, request.target, exc)
-            return error_response(504, "Upstream timed out")
-        except TransportError as exc:
-            _log.info("upstream failure on %s %r: %s", request.method, request.target, exc)
-            return error_response(502, "Upstream failed")
-        except Exception:
-            # An app bug must cost one request, not the server; the traceback goes to
-            # the log (never to the client, which could leak paths).
-            _log.exception("app failed on %s %r", request.method, request.target)
-            return error_response(500)
-
     # -- writing -------------------------------------------------------------------
 
     async def send_error(self, status: int, message: str) -> None:
@@ -541,7 +580,7 @@ class _Connection:
         with contextlib.suppress(TransportError, h11.LocalProtocolError):
             await self.send_head(response, len(cast(bytes, response.body)))
             await self.send(self.conn.send(h11.Data(data=cast(bytes, response.body))) or b"")
-            await self.send(self.conn.send(h11.EndOfMessage()) or b"")
+            await self.send(self.conn.send(_END))
 
     async def send_head(self, response: Response, length: int | None) -> None:
         await self.send(self.head_bytes(response, length))
@@ -553,17 +592,38 @@ class _Connection:
         # others (ours, the CORS pair, the app's) are validated by h11 once per
         # distinct set and cached as bytes, then spliced in before the blank line
         # that ends h11's head. The wire bytes differ only in header order.
+        # The h11 event itself (status, framing headers, length) is immutable and
+        # h11 never changes it when sending (it builds a new one when it must add
+        # ``Connection: close``), so one built event serves every response with the
+        # same head: building it is most of h11's cost for a small response.
         framing, block = _header_block(response.headers)
-        headers = list(framing)
-        if length is not None:
-            headers.append((b"content-length", str(length).encode("ascii")))
-        event = h11.Response(
-            status_code=response.status, headers=headers, reason=_reason(response.status)
-        )
-        head = self.conn.send(event) or b""
+        status = response.status
+        key = (status, framing, length)
+        event = _events.get(key)
+        if event is None:
+            headers = list(framing)
+            if length is not None:
+                headers.append((b"content-length", str(length).encode("ascii")))
+            event = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            if len(_events) >= _EVENT_CACHE_SIZE:
+                _events.clear()
+            _events[key] = event
+        head = self.conn.send(event)
         # h11 ends a head with an empty line; ours goes right before it.
         assert head.endswith(b"\r\n\r\n"), head
         return b"".join((head[:-2], self.base_block, block, b"\r\n"))
+
+    def bytes_response(self, request: Request, response: Response, body: bytes) -> bytes:
+        """Head, body and end of a bytes response as one piece of output (one write)."""
+        conn = self.conn
+        status = response.status
+        if status == 204 or status == 304:
+            out = self.head_bytes(response, None)
+        else:
+            out = self.head_bytes(response, len(body))
+            if body and request.method != "HEAD":
+                out += conn.send(h11.Data(data=body))
+        return out + conn.send(_END)
 
     async def send_response(self, request: Request, response: Response) -> None:
         body = response.body
@@ -576,7 +636,7 @@ class _Connection:
                 out = self.head_bytes(response, None if no_length else len(body))
                 if not head_only and body:
                     out += self.conn.send(h11.Data(data=body)) or b""
-                out += self.conn.send(h11.EndOfMessage()) or b""
+                out += self.conn.send(_END)
                 await self.send(out)
             else:
                 if isinstance(body, FileBody):
@@ -588,7 +648,7 @@ class _Connection:
                     await self.send_head(response, body.length)
                     if not head_only:
                         await self.send_stream(body.chunks)
-                await self.send(self.conn.send(h11.EndOfMessage()) or b"")
+                await self.send(self.conn.send(_END))
         except h11.LocalProtocolError as exc:
             # The app's stream produced more or fewer bytes than it announced.
             _log.error(
@@ -705,6 +765,14 @@ class _Connection:
 
 #: Response headers h11 must see to frame the body and decide keep-alive.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+#: Request headers that mean a body may follow (or a 100 Continue is awaited).
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+#: h11 events are immutable values: one ``EndOfMessage`` serves every response
+#: (building one validates an empty trailer list each time).
+_END = h11.EndOfMessage()
+#: Most distinct response heads kept as built h11 events (see ``head_bytes``).
+_EVENT_CACHE_SIZE = 1024
+_events: dict[tuple[int, tuple[tuple[bytes, bytes], ...], int | None], h11.Response] = {}
 #: Most distinct header sets cached (apps mostly answer with a few constant sets;
 #: per-response values such as Content-Range make new ones: the cache then restarts).
 _BLOCK_CACHE_SIZE = 256
@@ -741,6 +809,34 @@ def _header_block(
         _blocks.clear()
     _blocks[headers] = result
     return result
+
+
+def _preflight(request: Request) -> Response:
+    """The answer to a CORS preflight (``OPTIONS``), whatever the path."""
+    return Response(
+        status=204,
+        headers=(
+            ("Access-Control-Allow-Methods", _ALLOW_METHODS),
+            ("Access-Control-Allow-Headers", _ALLOW_HEADERS),
+            ("Access-Control-Max-Age", "86400"),
+        ),
+    )
+
+
+def _app_failed(request: Request, exc: Exception) -> Response:
+    """The answer when the app raised ``exc`` instead of returning a response."""
+    if isinstance(exc, TransportTimeout):
+        # An upstream the app called timed out and the app did not say what to
+        # answer: that is a gateway timeout (SPEC §4 504).
+        _log.info("upstream timeout on %s %r: %s", request.method, request.target, exc)
+        return error_response(504, "Upstream timed out")
+    if isinstance(exc, TransportError):
+        _log.info("upstream failure on %s %r: %s", request.method, request.target, exc)
+        return error_response(502, "Upstream failed")
+    # An app bug must cost one request, not the server; the traceback goes to the log
+    # (never to the client, which could leak paths).
+    _log.error("app failed on %s %r", request.method, request.target, exc_info=exc)
+    return error_response(500)
 
 
 def _reraise_mapped(mapping: ExceptionMapping) -> NoReturn:
