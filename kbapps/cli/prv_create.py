@@ -72,13 +72,7 @@ def run(path: str, out: str | None) -> None:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
             without OUT, unreadable file) or an unwritable OUT (exit 1).
     """
-    from kbapps.prvbuild import (
-        BuildOptions,
-        PrvBuildError,
-        build_prv,
-        plan_prvdir,
-        write_planned,
-    )
+    from kbapps.prvbuild import BuildOptions, PrvBuildError, build_prv, write_tree
 
     try:
         st = os.stat(path)
@@ -111,11 +105,21 @@ def run(path: str, out: str | None) -> None:
             except OSError:
                 pass
             try:
-                options = BuildOptions(cache=cache, on_warning=output.warning, exclude=exclude)
-                plan = plan_prvdir(path, options)
-                with output.Progress("Hashing", total_files=plan.total_files) as progress:
-                    write_planned(
-                        plan, lambda pieces: _write_atomically(out, pieces), progress.update
+                with output.Progress("Hashing") as progress:
+
+                    def on_total(files: int) -> None:
+                        # Known once the walk ends (hashing may have started): well
+                        # before the bar is first drawn, except for a huge tree.
+                        progress.total_files = files
+
+                    options = BuildOptions(
+                        cache=cache,
+                        on_progress=progress.update,
+                        on_warning=output.warning,
+                        exclude=exclude,
+                    )
+                    write_tree(
+                        path, lambda pieces: _write_atomically(out, pieces), options, on_total
                     )
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None

@@ -21,7 +21,9 @@ Two steps, so a command can show a progress bar with known totals:
      every directory's text, the key of each of its files (name, dev, ino, size,
      mtime_ns) and their digests: an unchanged directory costs one ``stat`` per file
      and a comparison, and a changed one reads only the files whose key is new;
-   * ``_text``: the ``.prvdir`` text from digests; ``_write``: the entry points.
+   * ``_text``: the ``.prvdir`` text from digests; ``_write``: the entry points,
+     among them ``write_tree`` (``kb-prv-create``'s), which hashes a tree never
+     described while it is being walked.
 
 Every step takes one ``BuildOptions`` (cache, workers, callbacks, files to leave
 out). Everything is linear in the number of entries: 100,000 files is a list of
@@ -35,7 +37,7 @@ from kbapps.prvbuild._model import build_prv, build_prvdir
 from kbapps.prvbuild._plan import TreePlan, plan_prvdir
 from kbapps.prvbuild._scan import ScannedDir, ScannedFile, TreeScan, scan_directory
 from kbapps.prvbuild._text import files_fragment
-from kbapps.prvbuild._write import build_prvdir_bytes, write_planned, write_prvdir
+from kbapps.prvbuild._write import build_prvdir_bytes, write_planned, write_prvdir, write_tree
 
 __all__ = (
     "BuildOptions",
@@ -52,4 +54,5 @@ __all__ = (
     "scan_directory",
     "write_planned",
     "write_prvdir",
+    "write_tree",
 )

@@ -93,10 +93,17 @@ def plan_prvdir(root: str, options: BuildOptions = DEFAULT_OPTIONS) -> TreePlan:
     Raises:
         PrvBuildError: as ``scan_directory``.
     """
-    warn = options.warn()
-    nworkers = options.nworkers()
     cache = options.cache
     known = cache.load_fragments(os.path.realpath(root)) if cache is not None else {}
+    return plan_known(root, options, known)
+
+
+def plan_known(
+    root: str, options: BuildOptions, known: dict[str, tuple[_Buffer, _Buffer, _Buffer]]
+) -> TreePlan:
+    """``plan_prvdir`` with the tree's stored fragments already loaded."""
+    warn = options.warn()
+    nworkers = options.nworkers()
     # 80 hex digits of digests per stored file.
     stored_files = sum([len(entry[2]) for entry in known.values()]) // 80
     if stored_files < PARALLEL_MIN_FILES or nworkers < 2 or not hasattr(os, "fork"):

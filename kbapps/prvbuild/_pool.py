@@ -2,10 +2,10 @@
 
 The files to hash are laid out directory by directory, each directory's files sorted
 by name, and cut into chunks of consecutive files (a chunk may hold the end of one
-directory and the start of the next: "segments"). Chunks are claimed from a pipe by
-the parent and its forked children as in ``kbapps.hashing`` (4-byte chunk numbers,
-atomic reads), so the load balances itself. A worker turns each segment straight
-into its finished texts (entries, keys, digests: ``_text.segment_texts``):
+directory and the start of the next: "segments"). A ``Pool`` hashes them on this
+process and forked children, which it keeps fed through a work pipe each; chunks can
+be added while it runs, so hashing starts while the walk goes on. A worker turns
+each segment straight into its finished texts (entries, keys, digests: ``_text.segment_texts``):
 formatting runs on every core too, and one marshal message per chunk carries it all;
 the parent only joins texts (``Collected``). Files of ``BIG_FILE_BYTES`` and up are
 left to the parent (``finish_raw``: threads, byte progress, SQLite rows).
@@ -13,7 +13,9 @@ left to the parent (``finish_raw``: threads, byte progress, SQLite rows).
 
 from __future__ import annotations
 
+import marshal
 import os
+import select
 import stat
 import time
 from collections.abc import Sequence
@@ -43,28 +45,27 @@ from kbapps.prvbuild._text import segment_texts
 if TYPE_CHECKING:
     import hashlib
     import sqlite3
+
+    from kbapps.prvbuild._scan import ScannedFile
 else:  # imported when first used (see hashing._LazyModule)
     hashlib = hashing._LazyModule("hashlib", globals())
     sqlite3 = hashing._LazyModule("sqlite3", globals())
 
 
 #: Files per chunk: ~1-2 ms of work, few messages, and the last chunk finishes soon.
-_CHUNK_FILES = 128
-
-
-#: Never more chunks than this (their numbers must fit in a pipe buffer, see hashing).
-_MAX_CHUNKS = 8192
-
-
+CHUNK_FILES = 128
+#: Chunks handed to a child ahead of what it has reported: one to work on and one
+#: waiting, so it never waits for the parent, and little is left on one side at the
+#: end (the parent cannot take back what it handed out).
+_AHEAD = 2
 #: A file modified less than this before it is read takes the careful read (an fstat
 #: before and after); an older one is read first and fstat-ed once (see ``_segment``).
 _QUIET_NS = RACY_WINDOW_NS
 
-
-#: A segment: (dir index, first job index, end job index).
-Segment = tuple[int, int, int]
-
-
+#: A segment, the files of one directory in one chunk: (dir index, first job index,
+#: the directory's depth, its relative path, paths, names, keys). Self-contained
+#: plain data, so it goes to a worker forked before it existed (marshal).
+Segment = tuple[int, int, int, str, list[str], list[str], list["Key | None"]]
 #: What a worker reports, as plain tuples (marshal):
 #: ("t", chunk, dir, first, entries text, key text, digests, newest mtime_ns, files,
 #: bytes); ("r", chunk, dir, first, records, files, bytes) for a segment holding big
@@ -81,12 +82,22 @@ class Jobs(NamedTuple):
     keys: list[Key | None]
     dirs: list[int]
 
+    def add(self, listed: Sequence[ScannedFile], dir_index: int) -> None:
+        """Append the files of one directory (in name order)."""
+        self.paths.extend([scanned.path for scanned in listed])
+        self.names.extend([scanned.name for scanned in listed])
+        keys: list[Key | None] = [scanned.key for scanned in listed]
+        if any(keys):  # (symlinks only) plain tuples, which marshal takes
+            keys = [None if key is None else (key[0], key[1], key[2], key[3]) for key in keys]
+        self.keys.extend(keys)
+        self.dirs.extend([dir_index] * len(listed))
+
 
 class TreeWorker:
     """Hashes chunks in one process, with its own buffer and cache connection.
 
     Args:
-        jobs, relpaths, depth, exclude: the work (shared, read-only).
+        exclude: ``(st_dev, st_ino)`` of files to leave out.
         cache: looked up for files of changed directories (not written: the tree's
             digests are stored with its fragments).
         table: digests stored with the tree's fragments, by key.
@@ -95,17 +106,11 @@ class TreeWorker:
 
     def __init__(
         self,
-        jobs: Jobs,
-        relpaths: Sequence[str],
-        depth: Sequence[int],
         exclude: frozenset[tuple[int, int]],
         cache: HashCache | None,
         table: dict[Key, tuple[str, str]],
         lookups: bool,
     ) -> None:
-        self.jobs = jobs
-        self.relpaths = relpaths
-        self.depth = depth
         self.exclude = exclude
         self.cache = cache
         self.table = table
@@ -122,16 +127,14 @@ class TreeWorker:
         return out
 
     def _lookup(
-        self, chunk: int, first: int, end: int, out: list[Report]
+        self, chunk: int, paths: Sequence[str], given: Sequence[Key | None], out: list[Report]
     ) -> tuple[list[Key | None], dict[Key, tuple[str, str]]]:
         # Keys (a stat per file the parent did not stat) and their known digests.
-        paths, given = self.jobs.paths, self.jobs.keys
         keys: list[Key | None] = []
-        for job in range(first, end):
-            key = given[job]
+        for path, key in zip(paths, given, strict=True):
             if key is None:
                 try:
-                    st = os.stat(paths[job])
+                    st = os.stat(path)
                 except OSError:
                     keys.append(None)  # the open reports it
                     continue
@@ -159,12 +162,11 @@ class TreeWorker:
         # so a write during our read would show a recent mtime in that fstat. Any
         # other file (recent, big, short read, not regular) is read again the careful
         # way, as ``kbapps.hashing`` does.
-        dir_index, first, end = segment
-        paths, names = self.jobs.paths, self.jobs.names
+        dir_index, first, depth, relbase, paths, names, given = segment
         keys: Sequence[Key | None] = ()
         found: dict[Key, tuple[str, str]] = {}
         if self.lookups:
-            keys, found = self._lookup(chunk, first, end, out)
+            keys, found = self._lookup(chunk, paths, given, out)
         buffer, view = self.buffer, self.view
         full = len(buffer)
         buffers = (buffer,)
@@ -179,18 +181,20 @@ class TreeWorker:
         records: list[tuple[Any, ...]] = []
         append = records.append
         big = False
-        for job in range(first, end):
+        job = first - 1
+        for path, name in zip(paths, names, strict=True):
+            job += 1
             if found:
                 key = keys[job - first]
                 hit = found.get(key) if key is not None else None
                 if hit is not None and key is not None:
                     dev, ino, ksize, mtime = key
-                    append((job, names[job], hit[0], hit[1], ksize, dev, ino, ksize, mtime))
+                    append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime))
                     continue
             try:
-                fd = open_(paths[job])
+                fd = open_(path)
             except OSError as exc:
-                out.append(("e", chunk, dir_index, names[job], hashing._error_text(exc)))
+                out.append(("e", chunk, dir_index, name, hashing._error_text(exc)))
                 return
             try:
                 try:
@@ -208,52 +212,63 @@ class TreeWorker:
                         head = digest.hexdigest()
                         digest.update(view[head_bytes:n])
                         whole = digest.hexdigest()
-                    append((job, names[job], whole, head, n, st.st_dev, st.st_ino, n, mtime))
+                    append((job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime))
                     continue
                 if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
                     # Left to the parent: threads, and progress while it streams.
                     big = True
-                    append((job, names[job], None, None, 0, st.st_dev, st.st_ino, size, mtime))
+                    append((job, name, None, None, 0, st.st_dev, st.st_ino, size, mtime))
                     continue
                 if is_reg(st.st_mode):
                     os.lseek(fd, 0, os.SEEK_SET)
                 whole, head, total, dev, ino, ksize, mtime = hash_fd(fd, buffer, view, None)
             except OSError as exc:
-                out.append(("e", chunk, dir_index, names[job], hashing._error_text(exc)))
+                out.append(("e", chunk, dir_index, name, hashing._error_text(exc)))
                 return
             finally:
                 close(fd)
-            append((job, names[job], whole, head, total, dev, ino, ksize, mtime))
+            append((job, name, whole, head, total, dev, ino, ksize, mtime))
         if self.exclude:
             exclude = self.exclude
             records = [r for r in records if (r[5], r[6]) not in exclude]
         nbytes = sum([r[4] for r in records])
         if big:
-            out.append(("r", chunk, dir_index, first, records, end - first, nbytes))
+            out.append(("r", chunk, dir_index, first, records, len(paths), nbytes))
             return
-        text, keys_text, digests, newest = segment_texts(
-            records, self.depth[dir_index], self.relpaths[dir_index]
-        )
+        text, keys_text, digests, newest = segment_texts(records, depth, relbase)
         out.append(
-            ("t", chunk, dir_index, first, text, keys_text, digests, newest, end - first, nbytes)
+            ("t", chunk, dir_index, first, text, keys_text, digests, newest, len(paths), nbytes)
         )
 
 
-def cut_chunks(jobs: Jobs) -> list[list[Segment]]:
-    # Consecutive files, about _CHUNK_FILES each, split at directory boundaries.
-    count = len(jobs.paths)
-    size = max(_CHUNK_FILES, -(-count // _MAX_CHUNKS))
-    dirs = jobs.dirs
+def cut_chunks(
+    jobs: Jobs, start: int, end: int, depth: Sequence[int], relpaths: Sequence[str]
+) -> list[list[Segment]]:
+    """Cut jobs ``start`` to ``end`` into chunks of ``CHUNK_FILES`` consecutive files,
+    each split into segments at directory boundaries."""
+    paths, names, keys, dirs = jobs
     chunks: list[list[Segment]] = []
-    for start in range(0, count, size):
-        end = min(start + size, count)
+    for low in range(start, end, CHUNK_FILES):
+        high = min(low + CHUNK_FILES, end)
         segments: list[Segment] = []
-        first = start
-        for job in range(start + 1, end):
-            if dirs[job] != dirs[first]:
-                segments.append((dirs[first], first, job))
-                first = job
-        segments.append((dirs[first], first, end))
+        first = low
+        while first < high:
+            index = dirs[first]
+            stop = first + 1
+            while stop < high and dirs[stop] == index:
+                stop += 1
+            segments.append(
+                (
+                    index,
+                    first,
+                    depth[index],
+                    relpaths[index],
+                    paths[first:stop],
+                    names[first:stop],
+                    keys[first:stop],
+                )
+            )
+            first = stop
         chunks.append(segments)
     return chunks
 
@@ -261,7 +276,14 @@ def cut_chunks(jobs: Jobs) -> list[list[Segment]]:
 class Collected:
     """What the workers reported, per directory: ``texts[dir]`` holds ``(first job,
     entries text, key text, digests, newest mtime)`` and ``raw[dir]`` ``(first job,
-    records)`` for segments with big files left to the parent."""
+    records)`` for segments with big files left to the parent.
+
+    Args:
+        report: progress callback.
+        warn: warning callback.
+        relpaths: every directory's relative path, by index (to name a failed file;
+            it may grow while the walk runs).
+    """
 
     def __init__(self, report: ProgressCallback, warn: Warn, relpaths: Sequence[str]) -> None:
         self.texts: dict[int, list[tuple[int, bytes, bytes, bytes, int]]] = {}
@@ -302,76 +324,193 @@ class Collected:
             self.report(files, nbytes)
 
 
-def hash_jobs(
-    jobs: Jobs,
-    relpaths: Sequence[str],
-    depth: Sequence[int],
-    exclude: frozenset[tuple[int, int]],
-    cache: HashCache | None,
-    table: dict[Key, tuple[str, str]],
-    workers: int,
-    collected: Collected,
-) -> None:
-    """Hash every job into ``collected``, on ``workers`` processes (this one too)."""
-    chunks = cut_chunks(jobs)
-    lookups = bool(table)
-    if cache is not None and not lookups:
-        try:
-            lookups = cache.has_files()
-        except sqlite3.Error:
-            lookups = True  # the lookups will fail and say so
-    parent = TreeWorker(jobs, relpaths, depth, exclude, cache, table, lookups)
-    nproc = min(workers, len(chunks)) if len(jobs.paths) >= PARALLEL_MIN_FILES else 1
-    if nproc <= 1 or not hasattr(os, "fork"):
-        for number, segments in enumerate(chunks):
-            collected.take(parent.process(number, segments))
-        return
-    queue_r, queue_w = os.pipe()
-    children: list[hashing._Child] = []
-    cache_path = cache.path if cache is not None and lookups else None
-
-    def body(result_fd: int) -> None:  # pragma: no cover - runs in the child
-        child_cache = None
-        if cache_path is not None:
-            # Never use the parent's connection across fork: open our own.
-            try:
-                child_cache = HashCache(cache_path)
-            except (OSError, sqlite3.Error):
-                child_cache = None
-        worker = TreeWorker(jobs, relpaths, depth, exclude, child_cache, table, lookups)
-        with os.fdopen(result_fd, "wb", buffering=0) as pipe:
-            while (number := hashing._claim(queue_r)) is not None:
-                hashing._send_frame(pipe, worker.process(number, chunks[number]))
-
-    ok = False
+def wants_lookups(cache: HashCache | None, table: dict[Key, tuple[str, str]]) -> bool:
+    """Whether workers should take each file's key and look it up before reading it:
+    only if some digest could answer (``table`` or the database holds any)."""
+    if table:
+        return True
+    if cache is None:
+        return False
     try:
-        payload = b"".join([hashing._CHUNK.pack(n) for n in range(len(chunks))])
-        view = memoryview(payload)
-        while view:  # fits in the pipe buffer (<= 32 KiB), so this never blocks
-            view = view[os.write(queue_w, view) :]
-        os.close(queue_w)
-        queue_w = -1
-        for _ in range(nproc - 1):
-            children.append(hashing._Child(body))
-        while (claimed := hashing._claim(queue_r)) is not None:
-            collected.take(parent.process(claimed, chunks[claimed]))
-            for child in children:
-                collected.take(child.drain(block=False))
-        for child in children:
-            while not child.eof:
-                collected.take(child.drain(block=True))
-        # A child that died (killed, out of memory) leaves chunks unreported: do
-        # them here rather than fail.
-        for number, segments in enumerate(chunks):
-            if number not in collected.done:
-                collected.take(parent.process(number, segments))
-        ok = True
-    finally:
-        if queue_w >= 0:
-            os.close(queue_w)
-        os.close(queue_r)
-        for child in children:
-            child.close(kill=not ok)
+        return cache.has_files()
+    except sqlite3.Error:
+        return True  # the lookups will fail and say so
+
+
+class _Feed:
+    """The parent's side of one forked worker: its result pipe, the write end of its
+    work pipe (-1 once closed), the bytes not yet written there, and the chunks it
+    was handed and has not reported done."""
+
+    def __init__(self, child: hashing._Child, work_fd: int) -> None:
+        self.child = child
+        self.work_fd = work_fd
+        self.outgoing = bytearray()
+        self.sent: set[int] = set()
+
+
+class Pool:
+    """Hashes chunks on this process and ``workers - 1`` forked ones; chunks may be
+    added while it runs (the walk feeds it), so hashing starts with the first
+    directory listed.
+
+    A child is forked once ``PARALLEL_MIN_FILES`` files are queued (a small tree
+    never forks). Each child has a work pipe of its own: the parent writes whole
+    chunks there (marshal frames, non-blocking, so a full pipe never stalls it) and
+    keeps each child ``_AHEAD`` chunks ahead of its reports; everything else it
+    hashes itself between walking and feeding. A child that dies leaves its chunks
+    unreported: the parent does them at the end.
+
+    Args:
+        worker: hashes here (and, copied by fork, in the children).
+        collected: receives every report.
+        workers: processes to use, this one included.
+        cache_path: the children open their own connection to it (never a parent's
+            connection across fork); None for no cache lookups.
+
+    Use: ``add`` chunks, calling ``pump`` now and then; ``finish`` once all are
+    added; ``close`` always (in a ``finally``).
+    """
+
+    def __init__(
+        self, worker: TreeWorker, collected: Collected, workers: int, cache_path: Any
+    ) -> None:
+        self.worker = worker
+        self.collected = collected
+        self.workers = workers
+        self.cache_path = cache_path
+        self.chunks: list[list[Segment]] = []
+        self.next = 0  # the first chunk neither handed out nor done here
+        self.feeds: list[_Feed] = []
+        self.queued_files = 0
+        self.forked = workers < 2 or not hasattr(os, "fork")
+
+    def add(self, chunks: list[list[Segment]], nfiles: int) -> None:
+        """Queue ``chunks`` (of ``nfiles`` files in all)."""
+        self.chunks += chunks
+        self.queued_files += nfiles
+
+    def pump(self) -> None:
+        """Fork the children once there is enough work, take their reports, and
+        hand them chunks; never blocks."""
+        if not self.forked and self.queued_files >= PARALLEL_MIN_FILES:
+            self.forked = True
+            self._fork()
+        for feed in self.feeds:
+            self._receive(feed)
+            while feed.work_fd >= 0 and len(feed.sent) < _AHEAD and self.next < len(self.chunks):
+                blob = marshal.dumps([(self.next, self.chunks[self.next])])
+                feed.outgoing += hashing._FRAME.pack(len(blob)) + blob
+                feed.sent.add(self.next)
+                self.next += 1
+            self._flush(feed)
+
+    def finish(self) -> None:
+        """Hash every chunk not handed out, wait for the children, and redo what a
+        dead child left; raises ``PrvBuildError`` for a file that failed."""
+        while True:
+            self.pump()
+            if self.next >= len(self.chunks):
+                break
+            number = self.next
+            self.next += 1
+            self.collected.take(self.worker.process(number, self.chunks[number]))
+        for feed in self.feeds:
+            if not feed.outgoing:
+                self._close_work(feed)  # it finishes what it has, then exits
+        while any(not feed.child.eof for feed in self.feeds):
+            self._wait()
+            for feed in self.feeds:
+                self._receive(feed)
+                self._flush(feed)
+                if not feed.outgoing:
+                    self._close_work(feed)
+        for number, segments in enumerate(self.chunks):
+            if number not in self.collected.done:
+                self.collected.take(self.worker.process(number, segments))
+
+    def close(self, kill: bool) -> None:
+        """Close the pipes and reap the children (terminating them first if
+        ``kill``)."""
+        for feed in self.feeds:
+            self._close_work(feed)
+            feed.child.close(kill=kill)
+        self.feeds = []
+
+    def _fork(self) -> None:
+        hashlib.sha1  # noqa: B018 - import it once here, not in every child
+        inherited: list[int] = []  # the parent's ends of earlier children's pipes
+        for _ in range(self.workers - 1):
+            work_r, work_w = os.pipe()
+            closing = [*inherited, work_w]
+
+            def body(
+                result_fd: int, work_r: int = work_r, closing: list[int] = closing
+            ) -> None:  # pragma: no cover - runs in the child
+                for fd in closing:
+                    os.close(fd)
+                self._child_main(work_r, result_fd)
+
+            try:
+                child = hashing._Child(body)
+            finally:
+                os.close(work_r)
+            os.set_blocking(work_w, False)
+            self.feeds.append(_Feed(child, work_w))
+            inherited += [work_w, child.rfd]
+
+    def _child_main(self, work_fd: int, result_fd: int) -> None:  # pragma: no cover
+        # Runs in a child: chunks from the work pipe until it closes, reports back.
+        worker = self.worker
+        worker.cache = None
+        if self.cache_path is not None:
+            try:
+                worker.cache = HashCache(self.cache_path)
+            except (OSError, sqlite3.Error):
+                worker.cache = None
+        size = hashing._FRAME.size
+        with (
+            os.fdopen(work_fd, "rb") as work,
+            os.fdopen(result_fd, "wb", buffering=0) as pipe,
+        ):
+            while len(head := work.read(size)) == size:
+                (length,) = hashing._FRAME.unpack(head)
+                for number, segments in marshal.loads(work.read(length)):
+                    hashing._send_frame(pipe, worker.process(number, segments))
+
+    def _receive(self, feed: _Feed) -> None:
+        reports = feed.child.drain(block=False)
+        if reports:
+            feed.sent.difference_update([item[1] for item in reports if item[0] == "c"])
+            self.collected.take(reports)
+        if feed.child.eof:
+            feed.outgoing.clear()
+            self._close_work(feed)
+
+    def _flush(self, feed: _Feed) -> None:
+        if not feed.outgoing or feed.work_fd < 0:
+            return
+        try:
+            written = os.write(feed.work_fd, feed.outgoing)
+        except BlockingIOError:
+            return
+        except OSError:  # the child is gone: its chunks are redone at the end
+            feed.outgoing.clear()
+            self._close_work(feed)
+            return
+        del feed.outgoing[:written]
+
+    def _close_work(self, feed: _Feed) -> None:
+        if feed.work_fd >= 0:
+            os.close(feed.work_fd)
+            feed.work_fd = -1
+
+    def _wait(self) -> None:
+        # Until a child reports or ends, or a full work pipe takes more.
+        readable = [feed.child.rfd for feed in self.feeds if not feed.child.eof]
+        writable = [feed.work_fd for feed in self.feeds if feed.outgoing and feed.work_fd >= 0]
+        if readable or writable:
+            select.select(readable, writable, [])
 
 
 def finish_raw(

@@ -198,6 +198,9 @@ def walk(
             raise PrvBuildError(
                 f"{show(shown_dir)}: directories nested deeper than {MAX_DEPTH} levels"
             )
+        # Pushed in reverse name order, so popped in name order: the walk lists the
+        # directories in the order of the document (depth first, by name).
+        subdirs.sort(reverse=True)
         for name, path, st in subdirs:
             dirs.append(ScannedDir(dir_index, name, rel(relbase, name)))
             stack.append((len(dirs) - 1, path, depth + 1, ancestors | {(st.st_dev, st.st_ino)}))

@@ -1,24 +1,45 @@
 """Writing a ``.prvdir``: the entry points of the fast path, which write the document
 straight from digests and stored fragments (``_text``), hashing only the files of
-changed directories (``_pool``) and storing the tree's fragments (``_fragments``)."""
+changed directories (``_pool``) and storing the tree's fragments (``_fragments``).
+
+``write_tree`` is ``kb-prv-create``'s: a tree described before is planned first
+(``plan_prvdir``: its unchanged directories are checked, the rest hashed); a tree
+never described is hashed while it is walked (``_write_streamed``), so the second
+core starts on the first directory instead of after the whole walk.
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kbapps.hashing import RACY_WINDOW_NS
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, ProgressCallback
 from kbapps.prvbuild._fragments import enclosing_digests, store_fragments
-from kbapps.prvbuild._plan import TreePlan, plan_from_scan
-from kbapps.prvbuild._pool import Collected, Jobs, finish_raw, hash_jobs
+from kbapps.prvbuild._plan import TreePlan, plan_from_scan, plan_known
+from kbapps.prvbuild._pool import (
+    CHUNK_FILES,
+    Collected,
+    Jobs,
+    Pool,
+    TreeWorker,
+    cut_chunks,
+    finish_raw,
+    wants_lookups,
+)
+from kbapps.prvbuild._scan import ScannedDir, ScannedFile, start_walk, walk
 from kbapps.prvbuild._text import assemble, quiet_only, stored_digests
 
 if TYPE_CHECKING:
     from kbapps.hashing import _Buffer
     from kbapps.prvbuild._scan import TreeScan
+
+#: Takes the document as a list of pieces (bytes or read-only buffers), in order.
+Writer = Callable[[list["_Buffer"]], None]
+#: What a tree's fragment file will hold: (relpath, key text, entries text, digests).
+_Kept = tuple[str, "_Buffer", "_Buffer", "_Buffer"]
 
 
 def build_prvdir_bytes(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) -> bytes:
@@ -37,11 +58,7 @@ def build_prvdir_bytes(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) 
     return b"".join(pieces)
 
 
-def write_prvdir(
-    scan: TreeScan,
-    write: Callable[[list[_Buffer]], None],
-    options: BuildOptions = DEFAULT_OPTIONS,
-) -> None:
+def write_prvdir(scan: TreeScan, write: Writer, options: BuildOptions = DEFAULT_OPTIONS) -> None:
     """``build_prvdir_bytes``, handing the document to ``write`` as a list of pieces
     (bytes or read-only buffers, to be written in order) instead of joining them:
     a 20,000-file ``.prvdir`` is 7 MB, and ``kb-prv-create`` writes the pieces
@@ -56,10 +73,43 @@ def write_prvdir(
     write_planned(plan_from_scan(scan, known, options), write, options.on_progress)
 
 
+def write_tree(
+    root: str,
+    write: Writer,
+    options: BuildOptions = DEFAULT_OPTIONS,
+    on_total: Callable[[int], None] | None = None,
+) -> None:
+    """Walk ``root``, hash what changed and hand its ``.prvdir`` to ``write`` (as
+    ``write_prvdir(scan_directory(root), ...)``, same bytes and errors).
+
+    A tree with stored fragments is planned first (``plan_prvdir``); any other is
+    hashed while the walk runs, on every core.
+
+    Args:
+        root: the directory.
+        write: takes the document as a list of pieces, to be written in order.
+        options: as for ``plan_prvdir``.
+        on_total: called once with the number of files in the tree, as soon as the
+            walk has found them all (for a progress bar; hashing may have started).
+
+    Raises:
+        PrvBuildError: as ``scan_directory`` and ``build_prvdir``; and whatever
+            ``write`` raises.
+    """
+    cache = options.cache
+    scope = os.path.realpath(root)
+    known = cache.load_fragments(scope) if cache is not None else {}
+    if known:
+        plan = plan_known(root, options, known)
+        if on_total is not None:
+            on_total(plan.total_files)
+        write_planned(plan, write)
+    else:
+        _write_streamed(root, scope, write, options, on_total)
+
+
 def write_planned(
-    plan: TreePlan,
-    write: Callable[[list[_Buffer]], None],
-    on_progress: ProgressCallback | None = None,
+    plan: TreePlan, write: Writer, on_progress: ProgressCallback | None = None
 ) -> None:
     """``write_prvdir`` for a ``plan_prvdir`` result, with the options it was
     planned with.
@@ -75,9 +125,10 @@ def write_planned(
             whatever ``write`` raises.
     """
     options = plan.options
-    cache, exclude = options.cache, options.exclude
-    warn = options.warn()
-    report = on_progress or options.report()
+    if on_progress is not None:
+        options = options._replace(on_progress=on_progress)
+    cache = options.cache
+    report = options.report()
     nworkers = options.nworkers()
     dirs = plan.dirs
     ndirs = len(dirs)
@@ -89,7 +140,7 @@ def write_planned(
     known = plan.known
 
     fragments: list[_Buffer | None] = [None] * ndirs
-    keep: list[tuple[str, _Buffer, _Buffer, _Buffer]] = []  # what the fragment file will hold
+    keep: list[_Kept] = []
     hit_files = hit_bytes = 0
     for index, (nfiles, nbytes) in plan.hits.items():
         stored = known[relpaths[index]]
@@ -101,14 +152,10 @@ def write_planned(
         report(hit_files, hit_bytes)
     jobs = Jobs([], [], [], [])
     for index in sorted(plan.pending):
-        listed = plan.pending[index]
-        jobs.paths.extend([scanned.path for scanned in listed])
-        jobs.names.extend([scanned.name for scanned in listed])
-        jobs.keys.extend([scanned.key for scanned in listed])
-        jobs.dirs.extend([index] * len(listed))
+        jobs.add(plan.pending[index], index)
 
+    collected = Collected(report, options.warn(), relpaths)
     if jobs.paths:
-        collected = Collected(report, warn, relpaths)
         # The stored digests that may answer: those of the changed directories (an
         # edited, added or renamed file, or one moved between them), or of the whole
         # tree when a directory is new (its files may come from anywhere).
@@ -120,27 +167,113 @@ def write_planned(
             table = stored_digests(known)
         else:
             table = stored_digests({k: v for k, v in stored_of.items() if v is not None})
-        hash_jobs(jobs, relpaths, depth, exclude, cache, table, nworkers, collected)
+        lookups = wants_lookups(cache, table)
+        cache_path = cache.path if cache is not None and lookups else None
+        worker = TreeWorker(options.exclude, cache, table, lookups)
+        pool = Pool(worker, collected, nworkers, cache_path)
+        ok = False
+        try:
+            pool.add(cut_chunks(jobs, 0, len(jobs.paths), depth, relpaths), len(jobs.paths))
+            pool.finish()
+            ok = True
+        finally:
+            pool.close(kill=not ok)
         if collected.raw:
             finish_raw(jobs, collected, depth, cache, nworkers)
-        limit = time.time_ns() - (cache.racy_window_ns if cache else RACY_WINDOW_NS)
-        for index, parts in collected.texts.items():
-            parts.sort(key=_first_of)
-            fragment = b",\n".join([part[1] for part in parts if part[1]])
-            fragments[index] = fragment
-            keys_text = b"".join([part[2] for part in parts])
-            digests = b"".join([part[3] for part in parts])
-            if max([part[4] for part in parts]) <= limit:
-                keep.append((relpaths[index], keys_text, fragment, digests))
-            else:
-                # A file modified within the racy window may change again within the
-                # same mtime tick: its directory's fragment must not be trusted later,
-                # nor its digest; the other files' digests are kept (no fragment).
-                keys_text, digests = quiet_only(keys_text, digests, limit)
-                keep.append((relpaths[index], keys_text, b"", digests))
+    _finish(dirs, depth, fragments, keep, collected, len(jobs.paths), scope, known, options, write)
+
+
+def _write_streamed(
+    root: str,
+    scope: str,
+    write: Writer,
+    options: BuildOptions,
+    on_total: Callable[[int], None] | None,
+) -> None:
+    # A tree never described: list it one directory at a time and queue its files
+    # in chunks as they are found; the pool forks its children once there is enough
+    # work, and this process walks, feeds them, then hashes with them.
+    cache = options.cache
+    warn = options.warn()
+    nworkers = options.nworkers()
+    # Maybe part of a tree that was described (a subdirectory): its digests answer.
+    table = enclosing_digests(cache, scope, whole=True, itself=False) if cache else {}
+    lookups = wants_lookups(cache, table)
+    cache_path = cache.path if cache is not None and lookups else None
+    root_real, stack = start_walk(root)
+    dirs: list[ScannedDir] = [ScannedDir(-1, "", "")]
+    depth = [0]
+    relpaths = [""]
+    listed: list[ScannedFile] = []
+    jobs = Jobs([], [], [], [])
+    collected = Collected(options.report(), warn, relpaths)
+    pool = Pool(TreeWorker(options.exclude, cache, table, lookups), collected, nworkers, cache_path)
+    queued = 0
+    ok = False
+    try:
+        while stack:
+            walk(root, root_real, stack, dirs, listed, warn, limit=1)  # one directory
+            for index in range(len(depth), len(dirs)):
+                depth.append(depth[dirs[index].parent] + 1)
+                relpaths.append(dirs[index].relpath)
+            if listed:
+                listed.sort()  # by path: by name, all in the one directory listed
+                jobs.add(listed, listed[0].dir_index)
+                listed.clear()
+                ready = len(jobs.paths) - (len(jobs.paths) - queued) % CHUNK_FILES
+                if ready > queued:
+                    pool.add(cut_chunks(jobs, queued, ready, depth, relpaths), ready - queued)
+                    queued = ready
+                pool.pump()
+        total = len(jobs.paths)
+        if queued < total:
+            pool.add(cut_chunks(jobs, queued, total, depth, relpaths), total - queued)
+        if on_total is not None:
+            on_total(total)
+        pool.finish()
+        ok = True
+    finally:
+        pool.close(kill=not ok)
+    if collected.raw:
+        finish_raw(jobs, collected, depth, cache, nworkers)
+    fragments: list[_Buffer | None] = [None] * len(dirs)
+    _finish(dirs, depth, fragments, [], collected, total, scope, {}, options, write)
+
+
+def _finish(
+    dirs: Sequence[ScannedDir],
+    depth: list[int],
+    fragments: list[_Buffer | None],
+    keep: list[_Kept],
+    collected: Collected,
+    hashed: int,
+    scope: str,
+    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    options: BuildOptions,
+    write: Writer,
+) -> None:
+    # Join each hashed directory's texts, store the tree's fragments (forked when
+    # many) and hand the document to ``write``.
+    cache = options.cache
+    relpaths = collected.relpaths
+    limit = time.time_ns() - (cache.racy_window_ns if cache else RACY_WINDOW_NS)
+    for index, parts in collected.texts.items():
+        parts.sort(key=_first_of)
+        fragment = b",\n".join([part[1] for part in parts if part[1]])
+        fragments[index] = fragment
+        keys_text = b"".join([part[2] for part in parts])
+        digests = b"".join([part[3] for part in parts])
+        if max([part[4] for part in parts]) <= limit:
+            keep.append((relpaths[index], keys_text, fragment, digests))
+        else:
+            # A file modified within the racy window may change again within the
+            # same mtime tick: its directory's fragment must not be trusted later,
+            # nor its digest; the other files' digests are kept (no fragment).
+            keys_text, digests = quiet_only(keys_text, digests, limit)
+            keep.append((relpaths[index], keys_text, b"", digests))
     storing = None
-    if cache is not None and (jobs.paths or len(keep) != len(known)):
-        storing = store_fragments(cache, scope, keep, len(jobs.paths), nworkers, warn)
+    if cache is not None and (hashed or len(keep) != len(known)):
+        storing = store_fragments(cache, scope, keep, hashed, options.nworkers(), options.warn())
     try:
         write(assemble(dirs, depth, fragments))
     finally:

@@ -1,0 +1,178 @@
+"""``write_tree``: a tree never described is hashed while it is walked, on two
+processes, and gives the model's bytes; failures (a file, a directory, a worker that
+dies) end the same way as in the planned path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kbapps import hashing
+from kbapps.hashing import HashCache
+from kbapps.prvbuild import (
+    BuildOptions,
+    PrvBuildError,
+    _pool,
+    build_prvdir,
+    scan_directory,
+    write_tree,
+)
+from kbproto.prv import serialize_prvdir
+
+HOUR_NS = 3600 * 10**9
+
+
+@pytest.fixture
+def scratch() -> Generator[Path, None, None]:
+    # Not pytest's tmp_path: its base can sit under a dot-directory, which the walk
+    # refuses symlinks into.
+    path = Path(tempfile.mkdtemp(prefix="kbstream-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _model_bytes(root: Path) -> bytes:
+    return serialize_prvdir(build_prvdir(scan_directory(str(root)), BuildOptions(workers=1)))
+
+
+def _tree(root: Path) -> int:
+    """A tree of 3 x 300 files in nested directories, an empty directory, files in
+    the root, a symlinked file and a dot-file; returns the number of files."""
+    count = 0
+    for d, folder in enumerate([root / "b", root / "a" / "deep", root / "a" / "c"]):
+        folder.mkdir(parents=True)
+        for i in range(300):
+            (folder / f"f{i:03d}").write_bytes(b"%d/%d\n" % (d, i) * (i % 7))
+            count += 1
+    (root / "empty").mkdir()
+    (root / "top.txt").write_bytes(b"top")
+    (root / ".hidden").write_bytes(b"never listed")
+    (root / "link").symlink_to(root / "a" / "c" / "f001")
+    past = time.time_ns() - HOUR_NS
+    for item in root.rglob("*"):
+        os.utime(item, ns=(past, past), follow_symlinks=False)
+    return count + 2
+
+
+def _write(root: Path, options: BuildOptions) -> tuple[bytes, list[int]]:
+    pieces: list[Any] = []
+    totals: list[int] = []
+    write_tree(str(root), pieces.extend, options, totals.append)
+    return b"".join(pieces), totals
+
+
+def test_a_new_tree_is_hashed_while_walked_and_gives_the_model_bytes(scratch: Path) -> None:
+    root = scratch / "t"
+    files = _tree(root)
+    progress: list[tuple[int, int]] = []
+
+    def report(nfiles: int, nbytes: int) -> None:
+        progress.append((nfiles, nbytes))
+
+    with HashCache(scratch / "c.db") as cache:
+        options = BuildOptions(cache=cache, workers=2, on_progress=report)
+        data, totals = _write(root, options)
+        assert data == _model_bytes(root)
+        assert totals == [files]
+        assert sum(n for n, _ in progress) == files
+        assert sum(b for _, b in progress) == sum(
+            p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name[0] != "."
+        )
+        # The fragments it stored serve the re-run (the planned path): same bytes.
+        again, totals = _write(root, options._replace(on_progress=None))
+        assert again == data
+        assert totals == [files]
+
+
+def test_without_a_cache_or_a_second_process_the_bytes_are_the_same(scratch: Path) -> None:
+    root = scratch / "t"
+    _tree(root)
+    expected = _model_bytes(root)
+    assert _write(root, BuildOptions(workers=1))[0] == expected
+    assert _write(root, BuildOptions(workers=3))[0] == expected
+
+
+def test_a_small_tree_never_forks(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = scratch / "t"
+    (root / "d").mkdir(parents=True)
+    for i in range(20):
+        (root / "d" / f"f{i}").write_bytes(b"%d" % i)
+
+    def no_fork() -> int:
+        raise AssertionError("forked for 20 files")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert _write(root, BuildOptions(workers=2))[0] == _model_bytes(root)
+
+
+def test_a_hashing_child_that_dies_leaves_its_chunks_to_the_parent(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _tree(root)
+    expected = _model_bytes(root)
+
+    def die(self: Any, work_fd: int, result_fd: int) -> None:
+        os._exit(3)
+
+    monkeypatch.setattr(_pool.Pool, "_child_main", die)
+    assert _write(root, BuildOptions(workers=2))[0] == expected
+
+
+def test_an_unreadable_file_is_named_even_when_a_child_reads_it(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _tree(root)
+    real = hashing._open_for_hashing
+
+    def refuse(path: str | os.PathLike[str]) -> int:
+        if os.fspath(path).endswith("a/c/f200"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(hashing, "_open_for_hashing", refuse)  # the children too (fork)
+    for workers in (1, 2):
+        with pytest.raises(PrvBuildError, match="cannot read a/c/f200: Permission denied"):
+            _write(root, BuildOptions(workers=workers))
+
+
+def test_an_unreadable_directory_stops_the_walk_and_the_workers(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _tree(root)
+    # The last directory listed (after "a" and its children have been queued and
+    # the child forked); refused the way a mode-000 directory is, even for root.
+    real = os.scandir
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    def scandir(path: Any) -> Any:
+        if os.fspath(path).endswith("/b"):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(PrvBuildError, match=r"cannot read directory .*/b: Permission denied"):
+        _write(root, BuildOptions(workers=2))
+    assert forked  # the worker had started...
+    for pid in forked:  # ...and was reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
