@@ -327,7 +327,7 @@ class _Node:
         self._ready[link.link_id] = None
 
     def send_bulk(self, link: Link, frame: bytes) -> None:
-        """Queue an encoded data or ``End`` frame on ``link``."""
+        """Queue encoded data or ``End`` frames (one or several whole frames) on ``link``."""
         link.queue_bulk(frame)
         self._ready[link.link_id] = None
 

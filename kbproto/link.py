@@ -101,7 +101,7 @@ class Link:
         self._pending += len(frame)
 
     def queue_bulk(self, frame: bytes) -> None:
-        """Queue an encoded data or ``End`` frame (sent in order, after control)."""
+        """Queue encoded data or ``End`` frames, whole (sent in order, after control)."""
         self._bulk.append(frame)
         self._pending += len(frame)
 
@@ -114,9 +114,9 @@ class Link:
         return self._pending > 0
 
     def take(self, limit: int) -> bytes:
-        """Remove and return up to about ``limit`` bytes of whole frames, control first.
+        """Remove and return up to about ``limit`` bytes of whole entries, control first.
 
-        Always returns at least one frame when the outbox is not empty.
+        Always returns at least one entry (one or more whole frames) when not empty.
         """
         parts: list[bytes] = []
         size = 0

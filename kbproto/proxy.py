@@ -37,7 +37,7 @@ import enum
 from collections import deque
 from typing import TYPE_CHECKING
 
-from kbproto.codec import encode, encode_data
+from kbproto.codec import encode, encode_data_frames
 from kbproto.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from kbproto.events import (
     RequestReceived,
@@ -493,12 +493,13 @@ class Streams:
         self._node.send(self._node.links[stream.out_link], message)  # type: ignore[index]
 
     def _forward(self, stream: _Stream, data: bytes) -> None:
-        """Queue ``data`` toward the requester in frames of at most ``data_chunk``."""
+        """Queue ``data`` toward the requester in frames of at most ``data_chunk``.
+
+        The frames stay one outbox entry: the outbox sends them together, in order.
+        """
         link = self._node.links[stream.in_link]  # type: ignore[index]
-        chunk = self._node.limits.data_chunk
-        view = memoryview(data)
-        for start in range(0, len(data), chunk):
-            self._node.send_bulk(link, encode_data(stream.in_wire, view[start : start + chunk]))
+        frames = encode_data_frames(stream.in_wire, data, self._node.limits.data_chunk)
+        self._node.send_bulk(link, frames)
 
     def _pump(self, stream: _Stream) -> None:
         """Relay: move buffered bytes on as credit allows; return credit upstream."""

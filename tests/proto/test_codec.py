@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kbproto.messages
-from kbproto.codec import decode, encode
+from kbproto.codec import decode, encode, encode_data_frames
 from kbproto.errors import LimitExceeded, ProtocolError, RemoteProtocolError
 from kbproto.framing import KIND_CONTROL, KIND_DATA, FrameBuffer, encode_frame
 from kbproto.ids import NodeId
@@ -430,3 +430,29 @@ def test_frame_buffer_fed_in_tiny_pieces_holds_about_the_bytes_it_was_given() ->
     buffer.feed(frame[len(frame) - 2 + len(frame) % 2 :])
     assert buffer.next_frame() == (KIND_CONTROL, frame[6:])
     assert len(buffer) == 0
+
+
+@settings(max_examples=200)
+@given(
+    stream=st.integers(min_value=1, max_value=2**32 - 1),
+    data=st.binary(min_size=1, max_size=5000),
+    chunk=st.integers(min_value=1, max_value=1200),
+)
+def test_encode_data_frames_is_consecutive_data_frames(
+    stream: int, data: bytes, chunk: int
+) -> None:
+    buffer = FrameBuffer()
+    buffer.feed(encode_data_frames(stream, data, chunk))
+    payloads: list[bytes] = []
+    while (frame := buffer.next_frame()) is not None:
+        kind, payload = frame
+        assert kind == KIND_DATA
+        message = decode(kind, payload)
+        assert isinstance(message, Data)
+        assert message.stream == stream
+        assert 1 <= len(message.data) <= chunk
+        payloads.append(message.data)
+    # Every frame but the last is full; together they are the data, in order.
+    assert all(len(p) == chunk for p in payloads[:-1])
+    assert b"".join(payloads) == data
+    assert len(payloads) == -(-len(data) // chunk)
