@@ -101,6 +101,7 @@ __all__ = (
     "FileChangedError",
     "FileDigest",
     "FileKey",
+    "FragmentWriter",
     "HashCache",
     "HashResult",
     "RawResult",
@@ -317,11 +318,11 @@ _SCHEMA_VERSION = 3
 #: Directory, beside the database, of the per-tree fragment files.
 _FRAGMENT_DIR = "prvdir-fragments"
 #: First bytes of a fragment file.
-_FRAGMENT_MAGIC = b"kbucket-fragments-4\n"
+_FRAGMENT_MAGIC = b"kbucket-fragments-5\n"
 #: A fragment file: the magic, the CRC-32 of everything after this head, the size of
 #: the index (a marshal dump of ``(scope, [(relpath, (len keys, len fragment, len
-#: digests))])``),
-#: then the index, then every directory's three parts in index order.
+#: digests))])``), then every directory's three parts in index order, then the index
+#: (last, so that the parts can be written as they are made: ``FragmentWriter``).
 _FRAGMENT_HEAD = struct.Struct(f"!{len(_FRAGMENT_MAGIC)}sII")
 #: SQLite allows 32766 host parameters; 500 keeps each statement small.
 _LOOKUP_CHUNK = 500
@@ -330,6 +331,73 @@ _LOOKUP_CHUNK = 500
 def _i64(value: int) -> int:
     # st_dev and st_ino are unsigned 64-bit; SQLite integers are signed 64-bit.
     return value - (1 << 64) if value >= (1 << 63) else value
+
+
+class FragmentWriter:
+    """Writes one tree's fragment file a directory at a time (see
+    ``HashCache.store_fragments``): beside the target, renamed over it by ``commit``;
+    ``abort`` (or a failed ``add``) leaves the old file as it was.
+
+    Raises:
+        OSError: from the constructor, ``add`` or ``commit``, if the file cannot be
+            written.
+    """
+
+    def __init__(self, scope: str, target: Path) -> None:
+        self._scope = scope
+        self._target = target
+        self._tmp: Path | None = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        self._index: list[tuple[str, tuple[int, int, int]]] = []
+        self._crc = 0
+        # The head is written last, over this placeholder (its CRC covers the rest).
+        self._handle: Any = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        try:
+            self._handle.write(bytes(_FRAGMENT_HEAD.size))
+        except OSError:
+            self.abort()
+            raise
+
+    def add(self, relpath: str, keys: _Buffer, fragment: _Buffer, digests: _Buffer) -> None:
+        """Append one directory's parts (opaque to this class)."""
+        if self._tmp is None:
+            raise OSError("fragment file already committed or aborted")
+        try:
+            self._handle.writelines((keys, fragment, digests))
+        except OSError:
+            self.abort()
+            raise
+        for piece in (keys, fragment, digests):
+            self._crc = zlib.crc32(piece, self._crc)
+        self._index.append((relpath, (len(keys), len(fragment), len(digests))))
+
+    def commit(self) -> int:
+        """Write the index and the head and put the file in place; return the
+        number of directories."""
+        if self._tmp is None:
+            raise OSError("fragment file already committed or aborted")
+        try:
+            index_blob = marshal.dumps((self._scope, self._index))
+            crc = zlib.crc32(index_blob, self._crc)
+            self._handle.write(index_blob)
+            self._handle.seek(0)
+            self._handle.write(_FRAGMENT_HEAD.pack(_FRAGMENT_MAGIC, crc, len(index_blob)))
+            self._handle.close()
+            os.replace(self._tmp, self._target)
+        except OSError:
+            self.abort()
+            raise
+        self._tmp = None
+        return len(self._index)
+
+    def abort(self) -> None:
+        """Drop what was written (no effect after ``commit``)."""
+        if self._tmp is None:
+            return
+        tmp, self._tmp = self._tmp, None
+        with contextlib.suppress(OSError):
+            self._handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class HashCache:
@@ -460,14 +528,15 @@ class HashCache:
         if len(data) < head or data[: len(_FRAGMENT_MAGIC)] != _FRAGMENT_MAGIC:
             return {}
         _, crc, index_size = _FRAGMENT_HEAD.unpack_from(data)
-        if zlib.crc32(data[head:]) != crc:
+        end = len(data) - index_size
+        if end < head or zlib.crc32(data[head:]) != crc:
             return {}
         try:
-            stored_scope, index = marshal.loads(data[head : head + index_size])
+            stored_scope, index = marshal.loads(data[end:])
             if stored_scope != scope:
                 return {}
             table: dict[str, tuple[_Buffer, _Buffer, _Buffer]] = {}
-            at = head + index_size
+            at = head
             for relpath, sizes in index:
                 parts = []
                 for size in sizes:
@@ -476,7 +545,7 @@ class HashCache:
                 table[relpath] = (parts[0], parts[1], parts[2])
         except (EOFError, ValueError, TypeError):  # not what we write
             return {}
-        return table if at == len(data) else {}
+        return table if at == end else {}
 
     def store_fragments(
         self, scope: str, rows: Iterable[tuple[str, _Buffer, _Buffer, _Buffer]]
@@ -495,30 +564,24 @@ class HashCache:
         Raises:
             OSError: if the file cannot be written.
         """
-        index: list[tuple[str, tuple[int, int, int]]] = []
-        pieces: list[_Buffer] = []
-        for relpath, keys, fragment, digests in rows:
-            index.append((relpath, (len(keys), len(fragment), len(digests))))
-            pieces += (keys, fragment, digests)
-        index_blob = marshal.dumps((scope, index))
-        crc = zlib.crc32(index_blob)
-        for piece in pieces:  # no join: the pieces are ~10 MB for 20,000 files
-            crc = zlib.crc32(piece, crc)
-        head = _FRAGMENT_HEAD.pack(_FRAGMENT_MAGIC, crc, len(index_blob))
+        writer = self.fragment_writer(scope)
+        try:
+            for row in rows:
+                writer.add(*row)
+            return writer.commit()
+        finally:
+            writer.abort()  # (after a commit: nothing left to do)
+
+    def fragment_writer(self, scope: str) -> FragmentWriter:
+        """Return a ``FragmentWriter`` that replaces the fragments of ``scope`` once
+        committed (``store_fragments`` a directory at a time, as they are made).
+
+        Raises:
+            OSError: if the file cannot be created.
+        """
         target = self._fragment_file(scope)
         target.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(head)
-                handle.write(index_blob)
-                handle.writelines(pieces)
-            os.replace(tmp, target)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return len(index)
+        return FragmentWriter(scope, target)
 
     def lookup(self, key: FileKey) -> FileDigest | None:
         """Return the cached digest for ``key``, or None if absent or stale."""

@@ -13,7 +13,8 @@ import contextlib
 import os
 import stat
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 from kbapps import output
 from kbapps.output import UsageError
@@ -47,22 +48,52 @@ def _open_cache(lazy: bool = False) -> HashCache | None:
         return None
 
 
-def _write_atomically(out: str, data: bytes | list[bytes | memoryview]) -> None:
-    # Write beside the target and rename, so an interrupted run never leaves a
-    # truncated .prv/.prvdir under the final name. A list is written piece by piece
-    # (a big .prvdir is never joined into one more copy).
-    tmp = f"{out}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            if isinstance(data, bytes):
-                handle.write(data)
-            else:
-                handle.writelines(data)
-        os.replace(tmp, out)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise UsageError(f"cannot write {out}: {exc.strerror}", exit_code=1) from None
+class _AtomicFile:
+    """OUT, written beside its final name and renamed into place by ``commit``, so
+    an interrupted run never leaves a truncated .prv/.prvdir under that name.
+    ``write`` takes the document in pieces, over one or more calls (a big .prvdir
+    is never joined into one more copy); ``discard`` drops what was written."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.tmp = f"{out}.tmp{os.getpid()}"
+        self.handle: BinaryIO | None = None
+
+    def write(self, pieces: Sequence[bytes | memoryview]) -> None:
+        try:
+            if self.handle is None:
+                self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/discard
+            self.handle.writelines(pieces)
+        except OSError as exc:
+            self._failed(exc)
+
+    def commit(self) -> None:
+        try:
+            if self.handle is None:
+                self.handle = open(self.tmp, "wb")  # noqa: SIM115 - an empty document
+            self.handle.close()
+            os.replace(self.tmp, self.out)
+        except OSError as exc:
+            self._failed(exc)
+        self.handle = None
+
+    def discard(self) -> None:
+        if self.handle is not None:
+            handle, self.handle = self.handle, None
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+
+    def _failed(self, exc: OSError) -> NoReturn:
+        self.discard()
+        raise UsageError(f"cannot write {self.out}: {exc.strerror}", exit_code=1) from None
+
+
+def _write_atomically(out: str, data: bytes) -> None:
+    target = _AtomicFile(out)
+    target.write([data])
+    target.commit()
 
 
 def run(path: str, out: str | None) -> None:
@@ -118,9 +149,12 @@ def run(path: str, out: str | None) -> None:
                         on_warning=output.warning,
                         exclude=exclude,
                     )
-                    write_tree(
-                        path, lambda pieces: _write_atomically(out, pieces), options, on_total
-                    )
+                    target = _AtomicFile(out)
+                    try:
+                        write_tree(path, target.write, options, on_total)
+                        target.commit()
+                    finally:
+                        target.discard()
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
         else:

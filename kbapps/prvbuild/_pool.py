@@ -18,7 +18,7 @@ import os
 import select
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kbapps import hashing
@@ -276,7 +276,8 @@ def cut_chunks(
 class Collected:
     """What the workers reported, per directory: ``texts[dir]`` holds ``(first job,
     entries text, key text, digests, newest mtime)`` and ``raw[dir]`` ``(first job,
-    records)`` for segments with big files left to the parent.
+    records)`` for segments with big files left to the parent; ``counts[dir]`` is
+    the number of its files reported so far.
 
     Args:
         report: progress callback.
@@ -288,6 +289,7 @@ class Collected:
     def __init__(self, report: ProgressCallback, warn: Warn, relpaths: Sequence[str]) -> None:
         self.texts: dict[int, list[tuple[int, bytes, bytes, bytes, int]]] = {}
         self.raw: dict[int, list[tuple[int, list[tuple[Any, ...]]]]] = {}
+        self.counts: dict[int, int] = {}
         self.done: set[int] = set()
         self.report = report
         self.warn = warn
@@ -304,6 +306,7 @@ class Collected:
                 self.texts.setdefault(dir_index, []).append(
                     (first, text, keys_text, digests, newest)
                 )
+                self.counts[dir_index] = self.counts.get(dir_index, 0) + nfiles
                 files += nfiles
                 nbytes += size
             elif kind == "c":
@@ -311,6 +314,7 @@ class Collected:
             elif kind == "r":
                 _, _, dir_index, first, records, nfiles, size = item
                 self.raw.setdefault(dir_index, []).append((first, records))
+                self.counts[dir_index] = self.counts.get(dir_index, 0) + nfiles
                 files += nfiles - sum([1 for r in records if r[2] is None])
                 nbytes += size
             elif kind == "e":
@@ -405,11 +409,18 @@ class Pool:
                 self.next += 1
             self._flush(feed)
 
-    def finish(self) -> None:
+    def finish(self, between: Callable[[], None] | None = None) -> None:
         """Hash every chunk not handed out, wait for the children, and redo what a
-        dead child left; raises ``PrvBuildError`` for a file that failed."""
+        dead child left; raises ``PrvBuildError`` for a file that failed.
+
+        Args:
+            between: called after each chunk done here and each wait (to write out
+                what is complete while the children work).
+        """
         while True:
             self.pump()
+            if between is not None:
+                between()
             if self.next >= len(self.chunks):
                 break
             number = self.next
@@ -425,6 +436,8 @@ class Pool:
                 self._flush(feed)
                 if not feed.outgoing:
                     self._close_work(feed)
+            if between is not None:
+                between()
         for number, segments in enumerate(self.chunks):
             if number not in self.collected.done:
                 self.collected.take(self.worker.process(number, segments))

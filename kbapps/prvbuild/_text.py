@@ -137,7 +137,9 @@ def segment_texts(
 def assemble(
     dirs: Sequence[ScannedDir], depth: list[int], fragments: list[_Buffer | None]
 ) -> list[_Buffer]:
-    # The same layout and order as serialize_prvdir, from the directory list.
+    """Return the whole document as pieces: the same layout and order as
+    ``serialize_prvdir``, from the directory list and each directory's entries text
+    (None or empty for a directory without files)."""
     children: list[list[tuple[str, int]]] = [[] for _ in dirs]
     for index in range(1, len(dirs)):
         children[dirs[index].parent].append((dirs[index].name, index))
@@ -145,29 +147,48 @@ def assemble(
     stack: list[int | bytes] = [0]
     while stack:
         item = stack.pop()
-        if not isinstance(item, int):
-            out.append(item)
-            continue
-        indent = " " * (8 * depth[item])
-        i1 = indent + "    "
-        fragment = fragments[item]
-        if fragment:
-            out.append(f'{{\n{i1}"files": {{\n'.encode())
-            out.append(fragment)
-            out.append(f'\n{i1}}},\n{i1}"dirs": '.encode())
+        if isinstance(item, int):
+            open_dir(depth[item], fragments[item], children[item], stack, out)
         else:
-            out.append(f'{{\n{i1}"files": {{}},\n{i1}"dirs": '.encode())
-        subdirs = children[item]
-        if not subdirs:
-            out.append(("{}\n" + indent + "}").encode())
-            continue
-        subdirs.sort()
-        i2 = i1 + "    "
-        stack.append(("\n" + i1 + "}\n" + indent + "}").encode())
-        for position in range(len(subdirs) - 1, -1, -1):
-            name, sub = subdirs[position]
-            stack.append(sub)
-            lead = "{\n" if position == 0 else ",\n"
-            stack.append((lead + i2 + encode_basestring(name) + ": ").encode("utf-8"))
+            out.append(item)
     out.append(b"\n")
     return out
+
+
+def open_dir(
+    depth: int,
+    fragment: _Buffer | None,
+    subdirs: list[tuple[str, int]],
+    stack: list[int | bytes],
+    out: list[_Buffer],
+) -> None:
+    """One step of ``assemble``: append a directory's text up to its first
+    subdirectory to ``out``, and push the rest (each subdirectory's index after the
+    text that leads to it, then the closing text) on ``stack``, last first.
+
+    Args:
+        depth: the directory's depth (0 for the root).
+        fragment: its entries text.
+        subdirs: ``(name, index)`` of its subdirectories, in any order (sorted here).
+        stack: what is left to write, popped from the end.
+        out: the pieces written so far.
+    """
+    indent = " " * (8 * depth)
+    i1 = indent + "    "
+    if fragment:
+        out.append(f'{{\n{i1}"files": {{\n'.encode())
+        out.append(fragment)
+        out.append(f'\n{i1}}},\n{i1}"dirs": '.encode())
+    else:
+        out.append(f'{{\n{i1}"files": {{}},\n{i1}"dirs": '.encode())
+    if not subdirs:
+        out.append(("{}\n" + indent + "}").encode())
+        return
+    subdirs.sort()
+    i2 = i1 + "    "
+    stack.append(("\n" + i1 + "}\n" + indent + "}").encode())
+    for position in range(len(subdirs) - 1, -1, -1):
+        name, sub = subdirs[position]
+        stack.append(sub)
+        lead = "{\n" if position == 0 else ",\n"
+        stack.append((lead + i2 + encode_basestring(name) + ": ").encode("utf-8"))

@@ -24,6 +24,7 @@ from kbapps.prvbuild import (
     scan_directory,
     write_tree,
 )
+from kbapps.prvbuild import _write as write_module
 from kbproto.prv import serialize_prvdir
 
 HOUR_NS = 3600 * 10**9
@@ -176,3 +177,58 @@ def test_an_unreadable_directory_stops_the_walk_and_the_workers(
     for pid in forked:  # ...and was reaped
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def test_the_document_is_written_in_pieces_as_directories_complete(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _tree(root)
+    monkeypatch.setattr(write_module, "_OUT_PIECE_BYTES", 1)  # a write per directory
+    calls: list[int] = []
+    pieces: list[Any] = []
+
+    def write(more: list[Any]) -> None:
+        calls.append(len(more))
+        pieces.extend(more)
+
+    write_tree(str(root), write, BuildOptions(workers=2))
+    assert b"".join(pieces) == _model_bytes(root)
+    # Each directory with files (root, a/c, a/deep, b) as it completes, then the end.
+    assert len(calls) >= 5
+
+
+def test_big_files_of_a_streamed_tree_are_left_to_the_parent(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    files = _tree(root)
+    monkeypatch.setattr(_pool, "BIG_FILE_BYTES", 30)  # the files of 30+ bytes
+    big = [p for p in root.rglob("f*") if p.stat().st_size >= 30]
+    assert big
+    with HashCache(scratch / "c.db") as cache:
+        data, totals = _write(root, BuildOptions(cache=cache, workers=2))
+        assert data == _model_bytes(root)
+        assert totals == [files]
+        assert _write(root, BuildOptions(cache=cache, workers=2))[0] == data
+
+
+def test_a_racy_file_is_read_again_but_not_its_quiet_neighbours(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _tree(root)
+    (root / "b" / "f007").write_bytes(b"just written")  # within the racy window
+    opened: list[str] = []
+    real = hashing._open_for_hashing
+
+    def spy(path: str | os.PathLike[str]) -> int:
+        opened.append(os.fspath(path))
+        return real(path)
+
+    with HashCache(scratch / "c.db") as cache:
+        first = _write(root, BuildOptions(cache=cache, workers=1))[0]
+        assert first == _model_bytes(root)
+        monkeypatch.setattr(hashing, "_open_for_hashing", spy)
+        assert _write(root, BuildOptions(cache=cache, workers=1))[0] == first
+    assert opened == [str(root / "b" / "f007")]
