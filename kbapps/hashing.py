@@ -266,10 +266,13 @@ def _hash_fd(
     return whole_hex, head_hex, total, before.st_dev, before.st_ino, size, before.st_mtime_ns
 
 
+#: O_NONBLOCK: if a FIFO was swapped in for a file, opening it must not hang; the
+#: fstat in _hash_fd then refuses anything that is not a regular file.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def _open_for_hashing(path: str | os.PathLike[str]) -> int:
-    # O_NONBLOCK: if a FIFO was swapped in for a file, opening it must not hang; the
-    # fstat in _hash_fd then refuses anything that is not a regular file.
-    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    return os.open(path, _OPEN_FLAGS)
 
 
 def hash_file(
