@@ -35,6 +35,7 @@ from typing import NoReturn, cast
 from urllib.parse import parse_qsl, unquote
 
 import anyio
+import anyio.lowlevel
 import h11
 from anyio.abc import ByteStream, SocketAttribute
 from wsproto import ConnectionType
@@ -218,24 +219,30 @@ class _Connection:
 
     # -- I/O helpers ---------------------------------------------------------------
 
-    async def send(self, data: bytes) -> None:
-        if not data:
-            return
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` at once if that cannot block; False if ``send`` must do it.
+
+        On plain asyncio TCP, a small write into an empty transport buffer stays under
+        the high-water mark (64 KiB), so it can neither block nor need a deadline. It
+        goes straight to the transport: anyio's ``send`` would add a shielded cancel
+        scope and a pass of the event loop (its checkpoint) to every response, more
+        Python than the rest of a small response. (The connection's task still
+        yields once per request: waiting for it, or ``read_request``'s checkpoint
+        for a pipelined one.)
+        """
         transport = self.transport
         if (
-            transport is not None
-            and len(data) <= _SMALL_WRITE
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() == 0
+            transport is None
+            or len(data) > _SMALL_WRITE
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
         ):
-            # anyio waits in ``send`` only while the transport is paused; a small
-            # write into an empty buffer stays under the high-water mark (64 KiB), so
-            # it cannot block and needs no deadline (a cancel scope costs ~20 µs,
-            # as much as the rest of a small response).
-            try:
-                await self.stream.send(data)
-            except Exception:
-                _reraise_mapped(WRITE_ERRORS)
+            return False
+        transport.write(data)
+        return True
+
+    async def send(self, data: bytes) -> None:
+        if not data or self.write_now(data):
             return
         with map_exceptions(WRITE_ERRORS), anyio.fail_after(self.config.write_timeout):
             await self.stream.send(data)
@@ -311,7 +318,8 @@ class _Connection:
                         exc,
                     )
                     raise WriteError(str(exc)) from exc
-                await self.send(out)
+                if not self.write_now(out):
+                    await self.send(out)
             elif isinstance(body, (WebSocketAccept, RawUpgrade)):
                 # The connection is no longer HTTP: its own protocol watches liveness.
                 if self.watch is not None:
@@ -354,6 +362,10 @@ class _Connection:
                     # as costly as h11's parsing) worth opening.
                     with anyio.fail_after(config.header_timeout):
                         event = await self.next_event()
+            else:
+                # A pipelined request, already buffered: let other tasks run first
+                # (responses are written without a checkpoint, see ``write_now``).
+                await anyio.lowlevel.checkpoint()
         except TimeoutError:
             await self.send_error(408, "Request head not received in time")
             return None

@@ -39,6 +39,7 @@ from kbtransport.http import (
     json_response,
 )
 from kbtransport.node import (
+    IMMEDIATE_LOOKUP,
     Node,
     ProxyResponse,
     StreamResetError,
@@ -99,6 +100,8 @@ _PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
 #: The string escaping of ``json.dumps(..., ensure_ascii=False)`` (C-accelerated).
 _json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
+#: Most find responses reused between two driver steps (see ``build_node_app``).
+_RESPONSE_CACHE = 4096
 
 
 def _download_tail(result: FindResult) -> str:
@@ -280,8 +283,26 @@ def build_node_app(node: Node, local: App) -> App:
     own = own_node_app(node, local)
     own_url = node.info.listen_url
 
-    async def find(sha1: str, share_id: str | None) -> Response:
-        sha1 = sha1.lower()
+    driver = node.driver
+    # Find answers given at once from this node's own index (``IMMEDIATE_LOOKUP``) are
+    # exact until the driver's next step (the core changes only in driver steps), so
+    # their whole HTTP response is reused until then: repeated finds (a popular file,
+    # a find flood) cost a dictionary lookup. Keyed by the SHA-1 as the client wrote it.
+    responses: dict[tuple[str, str | None], Response] = {}
+    responses_step = -1
+
+    def cached_find(sha1: str, share_id: str | None) -> Response | None:
+        nonlocal responses_step
+        if responses_step != driver.steps:
+            responses.clear()
+            responses_step = driver.steps
+            return None
+        if not driver.running:
+            return None  # find() raises DriverStopped
+        return responses.get((sha1, share_id))
+
+    async def find(raw_sha1: str, share_id: str | None) -> Response:
+        sha1 = raw_sha1.lower()
         if not is_sha1(sha1):
             return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
         try:
@@ -289,9 +310,17 @@ def build_node_app(node: Node, local: App) -> App:
         except LocalProtocolError as exc:
             return error_response(400, str(exc))
         if not isinstance(answer, LookupResolved) or not answer.results:
-            return json_response(200, {"success": True, "found": False})
-        # json_response's headers and bytes, without building the payload (hot route).
-        return Response(status=200, headers=_JSON_HEADERS, body=find_body(answer, own_url))
+            response = json_response(200, {"success": True, "found": False})
+        else:
+            # json_response's headers and bytes, without building the payload (hot route).
+            response = Response(status=200, headers=_JSON_HEADERS, body=find_body(answer, own_url))
+        if (
+            answer.lookup_id == IMMEDIATE_LOOKUP
+            and responses_step == driver.steps
+            and len(responses) < _RESPONSE_CACHE
+        ):
+            responses[(raw_sha1, share_id)] = response
+        return response
 
     async def proxy(request: Request, node_id: str) -> Response:
         target = request.target.decode("ascii")
@@ -345,23 +374,28 @@ def build_node_app(node: Node, local: App) -> App:
         return last
 
     async def app(request: Request) -> Response:
-        if request.wants_websocket:
-            return Response(status=101, body=node.websocket_accept(request))
+        # A websocket upgrade on any path is a child link. (The loop finds the rare
+        # ``Upgrade`` header without a call per request.)
+        for name, _value in request.headers:
+            if name == b"upgrade":
+                if request.wants_websocket:
+                    return Response(status=101, body=node.websocket_accept(request))
+                break
         segments = request.segments
         first = segments[0] if segments else ""
-        if first == "_kblink" and len(segments) == 2:
-            return node.uplink_accept(request, segments[1])
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")
-            return await find(segments[1], None)
+            return cached_find(segments[1], None) or await find(segments[1], None)
+        if first == "_kblink" and len(segments) == 2:
+            return node.uplink_accept(request, segments[1])
         if first == "sha1" and len(segments) == 2:
             return await by_sha1(request, segments[1])
         if is_node_id(first):
             if len(segments) >= 4 and segments[1:3] == ("api", "find"):
                 if request.method != "GET":
                     return error_response(405, f"Method {request.method} not allowed here")
-                return await find(segments[3], first)
+                return cached_find(segments[3], first) or await find(segments[3], first)
             if first == node.node_id:
                 return await own(request)
             return await proxy(request, first)

@@ -1090,8 +1090,15 @@ async def serve_node(
     hooks = hooks if hooks is not None else NodeHooks()
     ready = anyio.Event()
     holder: list[App] = []
+    running: list[App] = []  # holder's app once the node runs
 
-    async def app(request: Request) -> Response:
+    def app(request: Request) -> Awaitable[Response]:
+        # Once the node runs, its app's own coroutine (no extra one per request).
+        if running:
+            return running[0](request)
+        return starting(request)
+
+    async def starting(request: Request) -> Response:
         # Requests that arrive between the bind and the core's start wait for it.
         if not ready.is_set():
             with anyio.move_on_after(10.0):
@@ -1119,6 +1126,7 @@ async def serve_node(
         holder.append(build_node_app(node, local_app))
         await tg.start(node.run)
         ready.set()
+        running.extend(holder)
         handle = NodeHandle(node, address, tg.cancel_scope)
         try:
             yield handle
