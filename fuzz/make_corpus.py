@@ -55,7 +55,7 @@ def main() -> None:
     (CORPUS / "framing" / "all-frames").write_bytes(b"\x03\x00" + stream)
     (CORPUS / "framing" / "all-frames-split").write_bytes(b"\x00\x04\x00\x05\x0f\x3f" + stream)
     (CORPUS / "framing" / "bad-version").write_bytes(b"\x00\x00\x09\x01\x00\x00\x00\x01x")
-    (CORPUS / "framing" / "oversized").write_bytes(b"\x00\x00\x02\x01\xff\xff\xff\xff")
+    (CORPUS / "framing" / "oversized").write_bytes(b"\x00\x00\x03\x01\xff\xff\xff\xff")
     # Hub scripts: 0 = open link, 4 = valid join, 5 = message, 3 = time, 6 = command.
     join_share = b"\x00" + b"\x04\x00\x01\x00\x03\x03"
     join_hub = b"\x00" + b"\x04\x01\x02\x01\x03\x03"

@@ -18,9 +18,6 @@ from kbproto.messages import MAX_CREDIT, MAX_DATA_CHUNK, MAX_TEXT, MAX_URL
 
 __all__ = ("HubConfig", "Limits", "ShareConfig", "Timeouts")
 
-#: Bytes of a data frame carrying ``MAX_DATA_CHUNK``: 6 of header, 4 of stream id.
-_FULL_DATA_FRAME = MAX_DATA_CHUNK + 10
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
@@ -29,10 +26,12 @@ class Limits:
     Attributes:
         max_control_frame: largest control frame accepted (bytes); 1 MiB holds any
             legal message.
-        data_chunk: largest data frame body we send. 64 KiB halves the per-frame cost
-            of 16 KiB (measured: ~140 vs ~90 MB/s through two relays in one process),
-            and a control frame still waits at most one ``transmit_bytes`` batch,
-            because the outbox always puts control frames first.
+        data_chunk: largest data frame body we send. Each frame costs the receiving
+            node a decode, an event and a dispatch: with 64 KiB frames that was a fifth
+            of a proxying hub's user CPU (A/B, real processes, 1 MiB frames against
+            64 KiB). 1 MiB, the size of the largest control frame, leaves the bound on
+            what a receiver holds per link (one partial frame) unchanged; streams
+            interleave per body piece (``Streams._forward``), whatever the frame size.
         stream_window: initial and maximum credit per stream per hop (bytes): the bound
             on buffered body bytes per stream per hop. 4 MiB: a proxied stream's round
             trip includes both nodes' event loops (a few ms under load), and measured
@@ -56,15 +55,15 @@ class Limits:
         index_window: index messages a child may have unacknowledged (paces a full
             sync so it never floods the outbox).
         index_batch_bytes: target size of one index message (well under the frame cap).
-        transmit_bytes: largest ``Transmit`` the outbox builds at once: sixteen full
-            data frames, so a 1 MiB piece of a body (what kbtransport hands the core at
-            once) leaves in one ``Transmit`` and one socket write. At 256 KiB a 256 KiB
-            piece took two (its four frames' headers overflowed the batch), and a
-            proxied GiB cost the sending share a third more user CPU.
+        transmit_bytes: largest ``Transmit`` the outbox builds at once: a 1 MiB piece
+            of a body (what kbtransport hands the core at once, one outbox entry) with
+            room for control frames ahead of it, so it leaves in one socket write. At
+            256 KiB a 256 KiB piece took two writes, and a proxied GiB cost the
+            sending share a third more user CPU.
     """
 
     max_control_frame: int = DEFAULT_MAX_CONTROL_FRAME
-    data_chunk: int = 65536
+    data_chunk: int = MAX_DATA_CHUNK
     stream_window: int = 4 * 1024 * 1024
     max_streams_per_link: int = 256
     max_lookups_per_link: int = 1024
@@ -75,7 +74,7 @@ class Limits:
     max_nodes_per_child: int = 100_000
     index_window: int = 4
     index_batch_bytes: int = 256 * 1024
-    transmit_bytes: int = 16 * _FULL_DATA_FRAME
+    transmit_bytes: int = 1024 * 1024 + 64 * 1024
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -122,8 +122,8 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_pinned_bytes() -> None:
-    assert encode(IndexAck(seq=7)) == b'\x02\x01\x00\x00\x00\x1c{"type":"index_ack","seq":7}'
-    assert encode(Data(stream=3, data=b"hi")) == b"\x02\x02\x00\x00\x00\x06\x00\x00\x00\x03hi"
+    assert encode(IndexAck(seq=7)) == b'\x03\x01\x00\x00\x00\x1c{"type":"index_ack","seq":7}'
+    assert encode(Data(stream=3, data=b"hi")) == b"\x03\x02\x00\x00\x00\x06\x00\x00\x00\x03hi"
     assert encode(ShareIndexUpdate(seq=0, reset=True, put=((SHA, "f", 1),), drop=()))[6:] == (
         b'{"type":"share_index","seq":0,"reset":true,"put":[["'
         + SHA.encode()
@@ -230,17 +230,17 @@ def test_short_data_frame() -> None:
 
 def test_frame_buffer_errors_are_sticky() -> None:
     buffer = FrameBuffer()
-    buffer.feed(b"\x01\x01\x00\x00\x00\x00")  # version 1: before heartbeat_timeout_ms
-    with pytest.raises(RemoteProtocolError, match="unsupported protocol version 1"):
+    buffer.feed(b"\x02\x01\x00\x00\x00\x00")  # version 2: 64 KiB data frames
+    with pytest.raises(RemoteProtocolError, match="unsupported protocol version 2"):
         buffer.next_frame()
     with pytest.raises(RemoteProtocolError, match="already failed"):
         buffer.next_frame()
     other = FrameBuffer()
-    other.feed(b"\x02\x09\x00\x00\x00\x00")
+    other.feed(b"\x03\x09\x00\x00\x00\x00")
     with pytest.raises(RemoteProtocolError, match="unknown frame kind 9"):
         other.next_frame()
     data = FrameBuffer()
-    data.feed(b"\x02\x02\x00\x01\x00\x05")
+    data.feed(b"\x03\x02\x00\x11\x00\x05")
     with pytest.raises(LimitExceeded) as info:
         data.next_frame()
     assert info.value.limit == "max_frame_size"
@@ -409,7 +409,7 @@ def test_invalid_messages_cannot_exist(build: object, needle: str) -> None:
 
 
 def test_encode_frame_header() -> None:
-    assert encode_frame(KIND_CONTROL, b"{}") == b"\x02\x01\x00\x00\x00\x02{}"
+    assert encode_frame(KIND_CONTROL, b"{}") == b"\x03\x01\x00\x00\x00\x02{}"
 
 
 def test_frame_buffer_fed_in_tiny_pieces_holds_about_the_bytes_it_was_given() -> None:

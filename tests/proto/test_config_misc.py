@@ -43,7 +43,7 @@ def _wrong(config: object) -> Any:
         {"data_chunk": True},
         {"max_control_frame": 1000},
         {"max_control_frame": 2 << 20},
-        {"data_chunk": 70000},
+        {"data_chunk": 1024 * 1024 + 1},
         {"stream_window": 2**31},
         {"index_batch_bytes": 600_000},
         {"max_streams_per_link": 70000},

@@ -195,7 +195,7 @@ def test_oversized_frame_is_a_limit_error() -> None:
     net = Net()
     net.add_hub("H")
     bad = net.connect_raw("H")
-    bad.send_bytes(b"\x02\x01\xff\xff\xff\xff")
+    bad.send_bytes(b"\x03\x01\xff\xff\xff\xff")
     (error,) = bad.of(Error)
     assert error.code == "limit"
     assert "cap" in error.reason
@@ -396,4 +396,4 @@ def test_close_link_by_app_sends_shutdown() -> None:
 
 
 def test_ping_frame_bytes_are_pinned() -> None:
-    assert encode(Ping()) == b'\x02\x01\x00\x00\x00\x0f{"type":"ping"}'
+    assert encode(Ping()) == b'\x03\x01\x00\x00\x00\x0f{"type":"ping"}'
