@@ -51,15 +51,11 @@ import os
 import select
 import stat
 import struct
-import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
-
-from kbproto.ids import Sha1
 
 
 class _LazyModule:
@@ -84,9 +80,17 @@ class _LazyModule:
 if TYPE_CHECKING:
     import hashlib
     import sqlite3
+    import threading
+
+    from kbproto.ids import Sha1
 else:
     hashlib = _LazyModule("hashlib", globals())
     sqlite3 = _LazyModule("sqlite3", globals())
+    # Only for big files: ~1 ms of start-up saved for the rest.
+    threading = _LazyModule("threading", globals())
+    # kbproto.ids.Sha1 is a NewType of str (the identity when called): importing it
+    # would import kbproto.ids, and with it random, on every start-up (~2 ms).
+    Sha1 = str
 
 #: Bytes, or a read-only view of some (what ``load_fragments`` returns).
 _Buffer = bytes | memoryview
@@ -346,10 +350,10 @@ class FragmentWriter:
             written.
     """
 
-    def __init__(self, scope: str, target: Path) -> None:
+    def __init__(self, scope: str, target: str) -> None:
         self._scope = scope
         self._target = target
-        self._tmp: Path | None = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        self._tmp: str | None = f"{target}.{os.getpid()}.tmp"
         self._index: list[tuple[str, tuple[int, int, int]]] = []
         self._crc = 0
         # The head is written last, over this placeholder (its CRC covers the rest).
@@ -423,11 +427,16 @@ class HashCache:
     """
 
     def __init__(
-        self, path: str | Path, *, racy_window_ns: int = RACY_WINDOW_NS, lazy: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        racy_window_ns: int = RACY_WINDOW_NS,
+        lazy: bool = False,
     ) -> None:
-        self.path = Path(path)
+        # A string, not a Path: pathlib costs a few ms of kb-prv-create's start-up.
+        self.path = os.fspath(path)
         self.racy_window_ns = racy_window_ns
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         if not lazy:
@@ -452,7 +461,7 @@ class HashCache:
     def _absent(self) -> bool:
         # Lazy, and the database was never created: nothing stored, and reading must
         # not create it.
-        return self._conn is None and not self._closed and not self.path.exists()
+        return self._conn is None and not self._closed and not os.path.exists(self.path)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -505,13 +514,12 @@ class HashCache:
             return False
         return self._db.execute("SELECT 1 FROM file_sha1 LIMIT 1").fetchone() is not None
 
-    def _fragment_file(self, scope: str) -> Path:
+    def _fragment_file(self, scope: str) -> str:
         # 64 bits of checksums name the file (no hashlib to import); the file holds
         # its scope, so two trees whose names collide only evict each other.
         text = scope.encode("utf-8", "surrogatepass")
-        return (
-            self.path.parent / _FRAGMENT_DIR / f"{zlib.crc32(text):08x}{zlib.adler32(text):08x}.bin"
-        )
+        name = f"{zlib.crc32(text):08x}{zlib.adler32(text):08x}.bin"
+        return os.path.join(os.path.dirname(self.path), _FRAGMENT_DIR, name)
 
     def load_fragments(self, scope: str) -> dict[str, tuple[_Buffer, _Buffer, _Buffer]]:
         """Return the directory fragments stored for ``scope`` (a tree's real path):
@@ -583,7 +591,8 @@ class HashCache:
             OSError: if the file cannot be created.
         """
         target = self._fragment_file(scope)
-        target.parent.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(target), mode=0o700)
         return FragmentWriter(scope, target)
 
     def lookup(self, key: FileKey) -> FileDigest | None:

@@ -34,11 +34,11 @@ HELP = (
 
 
 def _open_cache(lazy: bool = False) -> HashCache | None:
-    from kbapps.cachedir import ensure_user_cache_dir
+    from kbapps.cachedir import ensure_user_cache_path
     from kbapps.hashing import HASH_CACHE_FILENAME, HashCache
 
     try:
-        return HashCache(ensure_user_cache_dir() / HASH_CACHE_FILENAME, lazy=lazy)
+        return HashCache(os.path.join(ensure_user_cache_path(), HASH_CACHE_FILENAME), lazy=lazy)
     except Exception as exc:
         import sqlite3  # only here: a cached run of a tree never needs it (~5 ms)
 

@@ -354,3 +354,25 @@ def test_a_worker_that_dies_leaves_its_work_to_the_parent(
     monkeypatch.setattr(hashing, "_child_main", crash)
     results = list(hash_files(_items([Path(p) for p in files]), workers=2))
     _check(results, files)
+
+
+def test_the_cache_path_as_a_string_is_the_cache_dir(tmp_path: Path) -> None:
+    from kbapps.cachedir import (
+        ensure_user_cache_dir,
+        ensure_user_cache_path,
+        user_cache_dir,
+        user_cache_path,
+    )
+
+    home = str(tmp_path / "home")
+    for env in (
+        {"HOME": home},
+        {"HOME": home, "XDG_CACHE_HOME": "relative"},
+        {"HOME": home, "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        {"HOME": home, "KBUCKET_CACHE_DIR": str(tmp_path / "kb")},
+    ):
+        assert Path(user_cache_path(env)) == user_cache_dir(env)
+        made = ensure_user_cache_path(env)
+        assert os.path.isdir(made)
+        assert os.stat(made).st_mode & 0o777 == 0o700
+        assert ensure_user_cache_dir(env) == Path(made)
