@@ -932,14 +932,21 @@ class _Child:
             if not chunk:
                 self.eof = True
                 break
-            self.pending += chunk
-            while len(self.pending) >= _FRAME.size:
-                (length,) = _FRAME.unpack_from(self.pending)
-                if len(self.pending) < _FRAME.size + length:
+            pending = self.pending
+            pending += chunk
+            # Frames are read in place (a 20,000-file tree sends ~7 MB of text this
+            # way): no copy per frame, one move of what is left at the end.
+            at = 0
+            while len(pending) - at >= _FRAME.size:
+                (length,) = _FRAME.unpack_from(pending, at)
+                end = at + _FRAME.size + length
+                if len(pending) < end:
                     break
-                blob = bytes(self.pending[_FRAME.size : _FRAME.size + length])
-                del self.pending[: _FRAME.size + length]
-                records.extend(marshal.loads(blob))
+                with memoryview(pending) as view:
+                    records.extend(marshal.loads(view[at + _FRAME.size : end]))
+                at = end
+            if at:
+                del pending[:at]
         return records
 
     def close(self, kill: bool) -> None:

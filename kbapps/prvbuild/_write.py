@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from kbapps.hashing import _Buffer
     from kbapps.prvbuild._scan import TreeScan
 
-#: Takes the document as a list of pieces (bytes or read-only buffers), in order.
+#: Takes the document as lists of pieces (bytes or read-only buffers), over one or
+#: more calls: all the pieces, in order, are the document. The list is not kept.
 Writer = Callable[[list["_Buffer"]], None]
 #: The document is handed to ``write`` in pieces of about this much (a streamed
 #: tree), so few writes while hashing goes on, and little held in memory.
@@ -90,7 +91,8 @@ def write_tree(
 
     Args:
         root: the directory.
-        write: takes the document as a list of pieces, to be written in order.
+        write: takes the document as lists of pieces, over one or more calls (a
+            tree never described: a directory at a time, while hashing goes on).
         options: as for ``plan_prvdir``.
         on_total: called once with the number of files in the tree, as soon as the
             walk has found them all (for a progress bar; hashing may have started).
