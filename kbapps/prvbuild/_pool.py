@@ -421,6 +421,7 @@ class Pool:
         self.feeds: list[_Feed] = []
         self.queued_files = 0
         self.forked = workers < 2 or not hasattr(os, "fork")
+        self.closed = False  # no more chunks will be added
 
     def add(self, chunks: list[list[Segment]], nfiles: int) -> None:
         """Queue ``chunks`` (of ``nfiles`` files in all)."""
@@ -433,9 +434,14 @@ class Pool:
         if not self.forked and self.queued_files >= PARALLEL_MIN_FILES:
             self.forked = True
             self._fork()
+        ahead = _AHEAD
+        if self.closed and len(self.chunks) - self.next <= _AHEAD * len(self.feeds):
+            # The last chunks: one each at a time, so that no child is left with a
+            # queued chunk while the parent, done with its own, waits for it.
+            ahead = 1
         for feed in self.feeds:
             self._receive(feed)
-            while feed.work_fd >= 0 and len(feed.sent) < _AHEAD and self.next < len(self.chunks):
+            while feed.work_fd >= 0 and len(feed.sent) < ahead and self.next < len(self.chunks):
                 blob = marshal.dumps([(self.next, self.chunks[self.next])])
                 feed.outgoing += hashing._FRAME.pack(len(blob)) + blob
                 feed.sent.add(self.next)
@@ -450,6 +456,7 @@ class Pool:
             between: called after each chunk done here and each wait (to write out
                 what is complete while the children work).
         """
+        self.closed = True
         while True:
             self.pump()
             if between is not None:
