@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from kbapps import hashing
 from kbapps.hashing import PARALLEL_MIN_FILES, HashCache
 from kbapps.prvbuild._common import Key, Warn
+from kbapps.prvbuild._scan import BY_NAME
 from kbapps.prvbuild._text import KEY_PART, key_bytes, stored_digests
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ def check_part(
     pending: list[ScannedFile] = []
     by_index: dict[int, list[ScannedFile]] = {}
     for listed in groups:
-        listed.sort()  # by path: by name within one directory
+        listed.sort(key=BY_NAME)
         index = listed[0].dir_index
         stored = known.get(dirs[index].relpath)
         if stored is not None and stored[1]:

@@ -11,6 +11,7 @@ from kbapps.hashing import PARALLEL_MIN_FILES, FileKey
 from kbapps.prvbuild import _fragments
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, PrvBuildError, Warn
 from kbapps.prvbuild._scan import (
+    BY_NAME,
     ScannedDir,
     ScannedFile,
     StackItem,
@@ -62,9 +63,7 @@ def plan_from_scan(
         listed.append(scanned)
     to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
     for index, listed in files_of.items():
-        # By path: within one directory the same order as by name (one common
-        # prefix), and compared in C without a key function.
-        listed.sort()
+        listed.sort(key=BY_NAME)
         stored = known.get(scan.dirs[index].relpath)
         if stored is not None and stored[1]:  # (an empty fragment: not reusable)
             to_check.append((index, listed, stored[0]))

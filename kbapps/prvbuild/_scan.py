@@ -15,6 +15,7 @@ between processes or hash while it runs.
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
 from typing import NamedTuple
@@ -38,6 +39,11 @@ class ScannedFile(NamedTuple):
     key: FileKey | None
     dir_index: int
     name: str
+
+
+#: Sort key of the ``ScannedFile`` of one directory: by name (a C function, ~4x
+#: faster than comparing the tuples, whose paths share the directory's prefix).
+BY_NAME = operator.itemgetter(3)
 
 
 class ScannedDir(NamedTuple):

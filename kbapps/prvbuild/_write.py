@@ -29,7 +29,7 @@ from kbapps.prvbuild._pool import (
     finish_raw,
     wants_lookups,
 )
-from kbapps.prvbuild._scan import ScannedDir, ScannedFile, start_walk, walk
+from kbapps.prvbuild._scan import BY_NAME, ScannedDir, ScannedFile, start_walk, walk
 from kbapps.prvbuild._text import assemble, open_dir, quiet_only, stored_digests
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _write_streamed(
                 relpaths.append(dirs[index].relpath)
             emitter.listed(current, len(listed))
             if listed:
-                listed.sort()  # by path: by name, all in the one directory listed
+                listed.sort(key=BY_NAME)
                 jobs.add(listed, current)
                 listed.clear()
                 ready = len(jobs.paths) - (len(jobs.paths) - queued) % CHUNK_FILES
