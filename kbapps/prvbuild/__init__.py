@@ -8,22 +8,28 @@ Two steps, so a command can show a progress bar with known totals:
 2. ``build_prvdir`` hashes what the scan found with ``kbapps.hashing`` (cache, all
    cores) and assembles the tree bottom-up (``_model``). Every ``original_path`` is
    the file's path relative to the directory, never absolute. That is the model;
-   ``kb-prv-create`` uses the fast path (``plan_prvdir`` then ``write_planned``, or
-   ``write_prvdir``/``build_prvdir_bytes`` for a scan), which writes the same bytes
-   straight from the digests (a hypothesis test compares them):
+   ``kb-prv-create`` uses the fast path, ``write_tree`` (or ``plan_prvdir`` then
+   ``write_planned``, or ``write_prvdir``/``build_prvdir_bytes`` for a scan), which
+   writes the same bytes straight from the digests (a hypothesis test compares
+   them):
 
-   * ``_plan``: the walk, and which directories are unchanged since their fragment
-     was stored (on a re-run the walk and those checks are shared by two processes);
-   * ``_pool``: the files of changed directories are hashed by forked workers that
-     claim chunks of files from a pipe and turn them into finished ``.prvdir`` text
-     themselves;
+   * ``_scan``: the walk, which lists directories in the document's order;
+   * ``_plan``: which directories are unchanged since their fragment was stored (on
+     a re-run the walk and those checks are shared by two processes);
+   * ``_worker``: the files to hash, cut into chunks, read, hashed and turned into
+     finished ``.prvdir`` text by one process;
+   * ``_pool``: those chunks on this process and forked workers fed through a pipe
+     each, while the walk still runs;
    * ``_fragments``: per tree, one checksummed file in the cache directory keeps
      every directory's text, the key of each of its files (name, dev, ino, size,
      mtime_ns) and their digests: an unchanged directory costs one ``stat`` per file
      and a comparison, and a changed one reads only the files whose key is new;
-   * ``_text``: the ``.prvdir`` text from digests; ``_write``: the entry points,
-     among them ``write_tree`` (``kb-prv-create``'s), which hashes a tree never
-     described while it is being walked.
+   * ``_text``: the ``.prvdir`` text from digests;
+   * ``_write``: the entry points. ``write_tree`` plans a tree described before; a
+     tree never described is hashed while it is walked, and written out (document
+     and fragment file) a directory at a time as they complete (``_emit``);
+   * ``_model``: ``build_prv`` and the model path; ``_common``: ``BuildOptions``,
+     the error and the constants.
 
 Every step takes one ``BuildOptions`` (cache, workers, callbacks, files to leave
 out). Everything is linear in the number of entries: 100,000 files is a list of

@@ -13,35 +13,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from kbapps.hashing import RACY_WINDOW_NS, FragmentWriter, HashCache
+from kbapps.hashing import RACY_WINDOW_NS
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, ProgressCallback
+from kbapps.prvbuild._emit import Emitter, Writer, first_of
 from kbapps.prvbuild._fragments import enclosing_digests, store_fragments
 from kbapps.prvbuild._plan import TreePlan, plan_from_scan, plan_known
-from kbapps.prvbuild._pool import (
-    CHUNK_FILES,
-    Collected,
-    Jobs,
-    Pool,
-    TreeWorker,
-    cut_chunks,
-    finish_raw,
-    wants_lookups,
-)
+from kbapps.prvbuild._pool import Collected, Pool, finish_raw, wants_lookups
 from kbapps.prvbuild._scan import BY_NAME, ScannedDir, ScannedFile, start_walk, walk
-from kbapps.prvbuild._text import assemble, open_dir, quiet_only, stored_digests
+from kbapps.prvbuild._text import assemble, quiet_only, stored_digests
+from kbapps.prvbuild._worker import CHUNK_FILES, Jobs, TreeWorker, cut_chunks
 
 if TYPE_CHECKING:
     from kbapps.hashing import _Buffer
     from kbapps.prvbuild._scan import TreeScan
 
-#: Takes the document as lists of pieces (bytes or read-only buffers), over one or
-#: more calls: all the pieces, in order, are the document. The list is not kept.
-Writer = Callable[[list["_Buffer"]], None]
-#: The document is handed to ``write`` in pieces of about this much (a streamed
-#: tree), so few writes while hashing goes on, and little held in memory.
-_OUT_PIECE_BYTES = 1 << 20
 #: What a tree's fragment file will hold: (relpath, key text, entries text, digests).
 _Kept = tuple[str, "_Buffer", "_Buffer", "_Buffer"]
 
@@ -215,7 +202,7 @@ def _write_streamed(
     jobs = Jobs([], [], [], [])
     collected = Collected(options.report(), warn, relpaths)
     pool = Pool(TreeWorker(options.exclude, cache, table, lookups), collected, nworkers, cache_path)
-    emitter = _Emitter(dirs, depth, collected, write, cache, scope, warn)
+    emitter = Emitter(dirs, depth, collected, write, cache, scope, warn)
     queued = 0
     ok = False
     try:
@@ -253,134 +240,6 @@ def _write_streamed(
     emitter.finish(total)
 
 
-class _Emitter:
-    """Writes a streamed tree's document (to ``write``) and its fragment file (if
-    there is a cache) a directory at a time: the next directory in document order
-    as soon as it has been listed and all its files are in.
-
-    ``dirs`` and ``depth`` grow as the walk runs; ``listed`` tells each directory's
-    number of files once it is listed.
-    """
-
-    def __init__(
-        self,
-        dirs: Sequence[ScannedDir],
-        depth: Sequence[int],
-        collected: Collected,
-        write: Writer,
-        cache: HashCache | None,
-        scope: str,
-        warn: Callable[[str], None],
-    ) -> None:
-        self.dirs = dirs
-        self.depth = depth
-        self.collected = collected
-        self.write = write
-        self.warn = warn
-        self.racy_ns = cache.racy_window_ns if cache else RACY_WINDOW_NS
-        self.expected: dict[int, int] = {}  # files of each listed directory
-        self.children: list[list[tuple[str, int]]] = [[]]
-        self.stack: list[int | bytes] = [0]
-        self.out: list[_Buffer] = []
-        self.out_bytes = 0
-        self.fragments: FragmentWriter | None = None
-        if cache is not None:
-            try:
-                self.fragments = cache.fragment_writer(scope)
-            except OSError as exc:
-                self._store_failed(exc)
-
-    def listed(self, index: int, nfiles: int) -> None:
-        """Directory ``index`` has been listed: ``nfiles`` files, and its
-        subdirectories are the entries of ``dirs`` added since the last call."""
-        self.expected[index] = nfiles
-        for sub in range(len(self.children), len(self.dirs)):
-            self.children.append([])
-            self.children[self.dirs[sub].parent].append((self.dirs[sub].name, sub))
-
-    def advance(self) -> None:
-        """Write out every directory that is complete, in order, up to the first
-        that is not."""
-        stack, out, collected = self.stack, self.out, self.collected
-        while stack:
-            item = stack[-1]
-            if not isinstance(item, int):
-                stack.pop()
-                out.append(item)
-                continue
-            nfiles = self.expected.get(item)
-            if nfiles is None or collected.counts.get(item, 0) < nfiles or item in collected.raw:
-                break
-            stack.pop()
-            fragment = self._fragment(item)
-            open_dir(self.depth[item], fragment, self.children[item], stack, out)
-            self.out_bytes += len(fragment) if fragment else 0
-            if self.out_bytes >= _OUT_PIECE_BYTES:
-                self._flush()
-
-    def finish(self, hashed: int) -> None:
-        """Write out the rest (every file is in) and store the fragment file."""
-        self.advance()
-        if self.stack:  # pragma: no cover - every directory is complete by now
-            raise AssertionError("a directory was never completed")
-        self.out.append(b"\n")
-        try:
-            self._flush()
-        except BaseException:
-            self.abort()
-            raise
-        if self.fragments is not None:
-            writer, self.fragments = self.fragments, None
-            if not hashed:
-                writer.abort()  # nothing worth remembering
-                return
-            try:
-                writer.commit()
-            except OSError as exc:
-                self._store_failed(exc)
-
-    def abort(self) -> None:
-        """Drop the fragment file being written."""
-        if self.fragments is not None:
-            self.fragments.abort()
-            self.fragments = None
-
-    def _fragment(self, index: int) -> bytes | None:
-        # Join the directory's texts, and store them (as write_planned's _finish).
-        parts = self.collected.texts.pop(index, None)
-        if not parts:
-            return None
-        parts.sort(key=_first_of)
-        fragment = b",\n".join([part[1] for part in parts if part[1]])
-        if self.fragments is not None:
-            keys_text = b"".join([part[2] for part in parts])
-            digests = b"".join([part[3] for part in parts])
-            limit = time.time_ns() - self.racy_ns
-            if max([part[4] for part in parts]) > limit:
-                # As in _finish: a racy file's directory keeps no text, and the
-                # racy files no digest.
-                keys_text, digests = quiet_only(keys_text, digests, limit)
-                stored = b""
-            else:
-                stored = fragment
-            try:
-                self.fragments.add(self.collected.relpaths[index], keys_text, stored, digests)
-            except OSError as exc:
-                self.fragments = None  # (the writer dropped its file)
-                self._store_failed(exc)
-        return fragment
-
-    def _flush(self) -> None:
-        if self.out:
-            pieces = self.out[:]
-            self.out.clear()  # (the same list: advance holds it)
-            self.out_bytes = 0
-            self.write(pieces)
-
-    def _store_failed(self, exc: OSError) -> None:
-        self.warn(f"hash cache: cannot store directory fragments: {exc.strerror or exc}")
-
-
 def _finish(
     dirs: Sequence[ScannedDir],
     depth: list[int],
@@ -399,7 +258,7 @@ def _finish(
     relpaths = collected.relpaths
     limit = time.time_ns() - (cache.racy_window_ns if cache else RACY_WINDOW_NS)
     for index, parts in collected.texts.items():
-        parts.sort(key=_first_of)
+        parts.sort(key=first_of)
         fragment = b",\n".join([part[1] for part in parts if part[1]])
         fragments[index] = fragment
         keys_text = b"".join([part[2] for part in parts])
@@ -420,8 +279,3 @@ def _finish(
     finally:
         if storing is not None:
             storing()
-
-
-def _first_of(part: tuple[Any, ...]) -> int:
-    # The sort key of a segment's texts: its first job (files in directory order).
-    return int(part[0])

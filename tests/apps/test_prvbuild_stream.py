@@ -20,11 +20,12 @@ from kbapps.prvbuild import (
     BuildOptions,
     PrvBuildError,
     _pool,
+    _worker,
     build_prvdir,
     scan_directory,
     write_tree,
 )
-from kbapps.prvbuild import _write as write_module
+from kbapps.prvbuild import _emit as emit_module
 from kbproto.prv import serialize_prvdir
 
 HOUR_NS = 3600 * 10**9
@@ -184,7 +185,7 @@ def test_the_document_is_written_in_pieces_as_directories_complete(
 ) -> None:
     root = scratch / "t"
     _tree(root)
-    monkeypatch.setattr(write_module, "_OUT_PIECE_BYTES", 1)  # a write per directory
+    monkeypatch.setattr(emit_module, "OUT_PIECE_BYTES", 1)  # a write per directory
     calls: list[int] = []
     pieces: list[Any] = []
 
@@ -203,7 +204,7 @@ def test_big_files_of_a_streamed_tree_are_left_to_the_parent(
 ) -> None:
     root = scratch / "t"
     files = _tree(root)
-    monkeypatch.setattr(_pool, "BIG_FILE_BYTES", 30)  # the files of 30+ bytes
+    monkeypatch.setattr(_worker, "BIG_FILE_BYTES", 30)  # the files of 30+ bytes
     big = [p for p in root.rglob("f*") if p.stat().st_size >= 30]
     assert big
     with HashCache(scratch / "c.db") as cache:

@@ -1,0 +1,284 @@
+"""One worker's hashing: the files of a chunk read, hashed and turned into their
+finished ``.prvdir`` texts (``TreeWorker``), and how the files to hash are laid out
+and cut into chunks (``Jobs``, ``cut_chunks``).
+
+The files to hash are laid out directory by directory, each directory's files sorted
+by name, and cut into chunks of consecutive files (a chunk may hold the end of one
+directory and the start of the next: "segments"). A segment is plain data, so a
+chunk can be sent to a worker forked before it existed (``_pool``). A worker turns
+each segment straight into its finished texts (entries, keys, digests:
+``_text.segment_texts``): formatting runs on every core too, and one marshal message
+per chunk carries it all. Files of ``BIG_FILE_BYTES`` and up are left to the parent
+(``_pool.finish_raw``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kbapps import hashing
+from kbapps.hashing import BIG_FILE_BYTES, BUFFER_SIZE, RACY_WINDOW_NS, HashCache
+from kbapps.prvbuild._common import FCS_HEAD_BYTES, Key
+from kbapps.prvbuild._text import segment_texts
+
+if TYPE_CHECKING:
+    import hashlib
+    import sqlite3
+
+    from kbapps.prvbuild._scan import ScannedFile
+else:  # imported when first used (see hashing._LazyModule)
+    hashlib = hashing._LazyModule("hashlib", globals())
+    sqlite3 = hashing._LazyModule("sqlite3", globals())
+
+#: Files per chunk: ~1-2 ms of work, few messages, and the last chunk finishes soon.
+CHUNK_FILES = 128
+#: ``hashing._open_for_hashing`` as it is (tests replace it), and its flags.
+_OPEN_FOR_HASHING = hashing._open_for_hashing
+_OPEN_FLAGS = hashing._OPEN_FLAGS
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: A file modified less than this before it is read takes the careful read (an fstat
+#: before and after); an older one is read first and fstat-ed once (see ``_segment``).
+_QUIET_NS = RACY_WINDOW_NS
+
+#: A segment, the files of one directory in one chunk: (dir index, first job index,
+#: the directory's depth, its relative path, paths, names, keys). Self-contained
+#: plain data, so it goes to a worker forked before it existed (marshal).
+Segment = tuple[int, int, int, str, list[str], list[str], list["Key | None"]]
+#: What a worker reports, as plain tuples (marshal):
+#: ("t", chunk, dir, first, entries text, key text, digests, newest mtime_ns, files,
+#: bytes); ("r", chunk, dir, first, records, files, bytes) for a segment holding big
+#: files (records as for ``segment_texts``, sha1 None for a big file);
+#: ("e", chunk, dir, name, reason); ("w", chunk, message); ("c", chunk): chunk done.
+Report = tuple[Any, ...]
+
+
+class Jobs(NamedTuple):
+    """The files to hash, in directory-then-name order, as parallel lists."""
+
+    paths: list[str]
+    names: list[str]
+    keys: list[Key | None]
+    dirs: list[int]
+
+    def add(self, listed: Sequence[ScannedFile], dir_index: int) -> None:
+        """Append the files of one directory (in name order)."""
+        self.paths.extend([scanned.path for scanned in listed])
+        self.names.extend([scanned.name for scanned in listed])
+        keys: list[Key | None] = [scanned.key for scanned in listed]
+        if any(keys):  # (symlinks only) plain tuples, which marshal takes
+            keys = [None if key is None else (key[0], key[1], key[2], key[3]) for key in keys]
+        self.keys.extend(keys)
+        self.dirs.extend([dir_index] * len(listed))
+
+
+class TreeWorker:
+    """Hashes chunks in one process, with its own buffer and cache connection.
+
+    Args:
+        exclude: ``(st_dev, st_ino)`` of files to leave out.
+        cache: looked up for files of changed directories (not written: the tree's
+            digests are stored with its fragments).
+        table: digests stored with the tree's fragments, by key.
+        lookups: whether keys are worth taking (``table`` or the cache holds any).
+    """
+
+    def __init__(
+        self,
+        exclude: frozenset[tuple[int, int]],
+        cache: HashCache | None,
+        table: dict[Key, tuple[str, str]],
+        lookups: bool,
+    ) -> None:
+        self.exclude = exclude
+        self.cache = cache
+        self.table = table
+        self.lookups = lookups
+        self.buffer = bytearray(BUFFER_SIZE)
+        self.view = memoryview(self.buffer)
+
+    def process(self, chunk: int, segments: Sequence[Segment]) -> list[Report]:
+        """Return the reports of one chunk, ending with its ("c", chunk)."""
+        out: list[Report] = []
+        for segment in segments:
+            self._segment(chunk, segment, out)
+        out.append(("c", chunk))
+        return out
+
+    def _lookup(
+        self, chunk: int, paths: Sequence[str], given: Sequence[Key | None], out: list[Report]
+    ) -> tuple[list[Key | None], dict[Key, tuple[str, str]]]:
+        # Keys (a stat per file the parent did not stat) and their known digests.
+        keys: list[Key | None] = []
+        for path, key in zip(paths, given, strict=True):
+            if key is None:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    keys.append(None)  # the open reports it
+                    continue
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            keys.append(key)
+        table = self.table
+        found = {key: table[key] for key in keys if key is not None and key in table}
+        if self.cache is not None and len(found) < len(keys):
+            try:
+                found.update(
+                    self.cache.lookup_raw([k for k in keys if k is not None and k not in found])
+                )
+            except sqlite3.Error as exc:
+                out.append(("w", chunk, f"hash cache unusable, continuing without it: {exc}"))
+                self.cache = None
+        return keys, found
+
+    def _segment(self, chunk: int, segment: Segment, out: list[Report]) -> None:
+        # This loop is the whole cost of a first run over many small files: plain
+        # tuples and local names only.
+        #
+        # A small file is read first and fstat-ed once, after the read: one syscall
+        # fewer than fstat, read, fstat. That is as safe whenever its mtime is older
+        # than _QUIET_NS: a write starts by setting the mtime to the (coarse) clock,
+        # so a write during our read would show a recent mtime in that fstat. Any
+        # other file (recent, big, short read, not regular) is read again the careful
+        # way, as ``kbapps.hashing`` does.
+        _, _, _, _, paths, names, given = segment
+        keys: Sequence[Key | None] = ()
+        found: dict[Key, tuple[str, str]] = {}
+        if self.lookups:
+            keys, found = self._lookup(chunk, paths, given, out)
+        open_ = hashing._open_for_hashing  # looked up here: tests replace it
+        # Names relative to the open directory: the kernel resolves one component per
+        # open instead of the whole path, and a shorter string is converted (~0.3 us
+        # of ~20 per file). Only with the usual open (tests replace it to watch it).
+        dir_fd = -1
+        if open_ is _OPEN_FOR_HASHING and paths:
+            with contextlib.suppress(OSError):  # then by path: the open names the error
+                dir_fd = os.open(
+                    paths[0][: -len(names[0]) - 1] or "/", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
+                )
+        try:
+            self._files(chunk, segment, out, keys, found, dir_fd, open_)
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)
+
+    def _files(
+        self,
+        chunk: int,
+        segment: Segment,
+        out: list[Report],
+        keys: Sequence[Key | None],
+        found: dict[Key, tuple[str, str]],
+        dir_fd: int,
+        open_: Callable[[str], int],
+    ) -> None:
+        # The loop of _segment (see there), with the directory open as dir_fd if >= 0.
+        dir_index, first, depth, relbase, paths, names, _ = segment
+        buffer, view = self.buffer, self.view
+        full = len(buffer)
+        buffers = (buffer,)
+        quiet = time.time_ns() - _QUIET_NS
+        os_open, flags = os.open, _OPEN_FLAGS
+        fstat, readv, close, hash_fd = os.fstat, os.readv, os.close, hashing._hash_fd
+        sha1 = hashlib.sha1
+        is_reg = stat.S_ISREG
+        head_bytes = FCS_HEAD_BYTES
+        # (job, name, sha1, head, size, dev, ino, key size, mtime_ns); sha1 None for
+        # a big file left to the parent.
+        records: list[tuple[Any, ...]] = []
+        append = records.append
+        big = False
+        job = first - 1
+        for path, name in zip(paths, names, strict=True):
+            job += 1
+            if found:
+                key = keys[job - first]
+                hit = found.get(key) if key is not None else None
+                if hit is not None and key is not None:
+                    dev, ino, ksize, mtime = key
+                    append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime))
+                    continue
+            try:
+                fd = os_open(name, flags, dir_fd=dir_fd) if dir_fd >= 0 else open_(path)
+            except OSError as exc:
+                out.append(("e", chunk, dir_index, name, hashing._error_text(exc)))
+                return
+            try:
+                try:
+                    n = readv(fd, buffers)
+                except OSError:
+                    n = -1  # a directory or a FIFO swapped in: the fstat says which
+                st = fstat(fd)
+                size = st.st_size
+                mtime = st.st_mtime_ns
+                if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
+                    if n <= head_bytes:
+                        whole = head = sha1(view[:n]).hexdigest()
+                    else:
+                        digest = sha1(view[:head_bytes])
+                        head = digest.hexdigest()
+                        digest.update(view[head_bytes:n])
+                        whole = digest.hexdigest()
+                    append((job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime))
+                    continue
+                if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
+                    # Left to the parent: threads, and progress while it streams.
+                    big = True
+                    append((job, name, None, None, 0, st.st_dev, st.st_ino, size, mtime))
+                    continue
+                if is_reg(st.st_mode):
+                    os.lseek(fd, 0, os.SEEK_SET)
+                whole, head, total, dev, ino, ksize, mtime = hash_fd(fd, buffer, view, None)
+            except OSError as exc:
+                out.append(("e", chunk, dir_index, name, hashing._error_text(exc)))
+                return
+            finally:
+                close(fd)
+            append((job, name, whole, head, total, dev, ino, ksize, mtime))
+        if self.exclude:
+            exclude = self.exclude
+            records = [r for r in records if (r[5], r[6]) not in exclude]
+        nbytes = sum([r[4] for r in records])
+        if big:
+            out.append(("r", chunk, dir_index, first, records, len(paths), nbytes))
+            return
+        text, keys_text, digests, newest = segment_texts(records, depth, relbase)
+        out.append(
+            ("t", chunk, dir_index, first, text, keys_text, digests, newest, len(paths), nbytes)
+        )
+
+
+def cut_chunks(
+    jobs: Jobs, start: int, end: int, depth: Sequence[int], relpaths: Sequence[str]
+) -> list[list[Segment]]:
+    """Cut jobs ``start`` to ``end`` into chunks of ``CHUNK_FILES`` consecutive files,
+    each split into segments at directory boundaries."""
+    paths, names, keys, dirs = jobs
+    chunks: list[list[Segment]] = []
+    for low in range(start, end, CHUNK_FILES):
+        high = min(low + CHUNK_FILES, end)
+        segments: list[Segment] = []
+        first = low
+        while first < high:
+            index = dirs[first]
+            stop = first + 1
+            while stop < high and dirs[stop] == index:
+                stop += 1
+            segments.append(
+                (
+                    index,
+                    first,
+                    depth[index],
+                    relpaths[index],
+                    paths[first:stop],
+                    names[first:stop],
+                    keys[first:stop],
+                )
+            )
+            first = stop
+        chunks.append(segments)
+    return chunks
