@@ -40,6 +40,7 @@ from kbtransport.http import (
 )
 from kbtransport.node import (
     IMMEDIATE_LOOKUP,
+    FindAnswer,
     Node,
     ProxyResponse,
     StreamResetError,
@@ -301,14 +302,7 @@ def build_node_app(node: Node, local: App) -> App:
             return None  # find() raises DriverStopped
         return responses.get((sha1, share_id))
 
-    async def find(raw_sha1: str, share_id: str | None) -> Response:
-        sha1 = raw_sha1.lower()
-        if not is_sha1(sha1):
-            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
-        try:
-            answer = await node.find(sha1, share_id=share_id)
-        except LocalProtocolError as exc:
-            return error_response(400, str(exc))
+    def found(raw_sha1: str, share_id: str | None, answer: FindAnswer) -> Response:
         if not isinstance(answer, LookupResolved) or not answer.results:
             response = json_response(200, {"success": True, "found": False})
         else:
@@ -321,6 +315,25 @@ def build_node_app(node: Node, local: App) -> App:
         ):
             responses[(raw_sha1, share_id)] = response
         return response
+
+    def find_now(raw_sha1: str, share_id: str | None) -> Response | None:
+        """The answer if this node gives it at once (or a 400); None: ask the tree."""
+        sha1 = raw_sha1.lower()
+        if not is_sha1(sha1):
+            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+        try:
+            answer = node.find_now(sha1, share_id)
+        except LocalProtocolError as exc:
+            return error_response(400, str(exc))
+        return None if answer is None else found(raw_sha1, share_id, answer)
+
+    async def find(raw_sha1: str, share_id: str | None) -> Response:
+        # find_now validated the SHA-1 and share id (node.find checks them again).
+        try:
+            answer = await node.find(raw_sha1.lower(), share_id=share_id)
+        except LocalProtocolError as exc:
+            return error_response(400, str(exc))
+        return found(raw_sha1, share_id, answer)
 
     async def proxy(request: Request, node_id: str) -> Response:
         target = request.target.decode("ascii")
@@ -386,7 +399,8 @@ def build_node_app(node: Node, local: App) -> App:
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")
-            return cached_find(segments[1], None) or await find(segments[1], None)
+            sha1 = segments[1]
+            return cached_find(sha1, None) or find_now(sha1, None) or await find(sha1, None)
         if first == "_kblink" and len(segments) == 2:
             return node.uplink_accept(request, segments[1])
         if first == "sha1" and len(segments) == 2:
@@ -395,7 +409,8 @@ def build_node_app(node: Node, local: App) -> App:
             if len(segments) >= 4 and segments[1:3] == ("api", "find"):
                 if request.method != "GET":
                     return error_response(405, f"Method {request.method} not allowed here")
-                return cached_find(segments[3], first) or await find(segments[3], first)
+                sha1 = segments[3]
+                return cached_find(sha1, first) or find_now(sha1, first) or await find(sha1, first)
             if first == node.node_id:
                 return await own(request)
             return await proxy(request, first)

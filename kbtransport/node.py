@@ -567,16 +567,12 @@ class Node:
 
     # --- app commands -----------------------------------------------------------------
 
-    async def find(self, sha1: str, share_id: str | None = None) -> FindAnswer:
-        """Find ``sha1`` in the network (or only on share ``share_id``).
+    def find_now(self, sha1: str, share_id: str | None = None) -> FindAnswer | None:
+        """``find``'s answer if this node gives it at once (``IMMEDIATE_LOOKUP``), else None.
 
-        Returns:
-            ``LookupResolved`` (with ``results``) or ``LookupFailed``; the core's
-            lookup timeout bounds the wait.
-
-        An answer this node gives at once from its own index (its own file, its direct
-        shares, or "not found" at the top of the tree) skips the driver and carries
-        ``lookup_id`` ``IMMEDIATE_LOOKUP`` (-1: no find was started in the core).
+        A synchronous read of the core (see ``find``): its own file, its direct
+        shares, or "not found" at the top of the tree. None means ``find`` would ask
+        other nodes through the driver.
 
         Raises:
             LocalProtocolError: malformed ``sha1`` or ``share_id``.
@@ -593,27 +589,48 @@ class Node:
         # The core changes only in driver steps, so an immediate answer stays right
         # until the next one: repeated finds (a popular file, a find flood) between
         # two steps are answered from ``_answers`` (at most _ANSWER_CACHE of them).
-        if self._answers_step != self.driver.steps:
+        steps = self.driver.steps
+        if self._answers_step != steps:
             self._answers.clear()
-            self._answers_step = self.driver.steps
+            self._answers_step = steps
         key = (sha1, share_id)
         cached = self._answers.get(key)
         if cached is not None:
             return cached
         results = self._core.answer_now(sha1, share_id=share_id)
-        if results is not None:
-            sid = NodeId(share_id) if share_id is not None else None
-            answer: FindAnswer
-            if results:
-                answer = LookupResolved(
-                    lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, results=results
-                )
-            else:
-                answer = LookupFailed(
-                    lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, reason="not found"
-                )
-            if len(self._answers) < _ANSWER_CACHE:
-                self._answers[key] = answer
+        if results is None:
+            return None
+        sid = NodeId(share_id) if share_id is not None else None
+        answer: FindAnswer
+        if results:
+            answer = LookupResolved(
+                lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, results=results
+            )
+        else:
+            answer = LookupFailed(
+                lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, reason="not found"
+            )
+        if len(self._answers) < _ANSWER_CACHE:
+            self._answers[key] = answer
+        return answer
+
+    async def find(self, sha1: str, share_id: str | None = None) -> FindAnswer:
+        """Find ``sha1`` in the network (or only on share ``share_id``).
+
+        Returns:
+            ``LookupResolved`` (with ``results``) or ``LookupFailed``; the core's
+            lookup timeout bounds the wait.
+
+        An answer this node gives at once from its own index (its own file, its direct
+        shares, or "not found" at the top of the tree) skips the driver and carries
+        ``lookup_id`` ``IMMEDIATE_LOOKUP`` (-1: no find was started in the core).
+
+        Raises:
+            LocalProtocolError: malformed ``sha1`` or ``share_id``.
+            DriverStopped: the node is not running.
+        """
+        answer = self.find_now(sha1, share_id)
+        if answer is not None:
             return answer
         wait = _LookupWait()
 
