@@ -217,7 +217,12 @@ def _write_streamed(
                 listed.sort(key=BY_NAME)
                 jobs.add(listed, current)
                 listed.clear()
-                ready = len(jobs.paths) - (len(jobs.paths) - queued) % CHUNK_FILES
+                # Whole chunks, and the rest too if it is half a chunk or more (so a
+                # directory of 500 files is queued, and can be written out, at once);
+                # a smaller rest waits for the next directory's files.
+                ready = len(jobs.paths)
+                if (ready - queued) % CHUNK_FILES < CHUNK_FILES // 2:
+                    ready -= (ready - queued) % CHUNK_FILES
                 if ready > queued:
                     pool.add(cut_chunks(jobs, queued, ready, depth, relpaths), ready - queued)
                     queued = ready
