@@ -58,19 +58,28 @@ class _AtomicFile:
         self.out = out
         self.tmp = f"{out}.tmp{os.getpid()}"
         self.handle: BinaryIO | None = None
+        try:
+            # Created at once, so that a walk of a tree holding it can leave it out.
+            self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/discard
+        except OSError as exc:
+            self._failed(exc)
+
+    def identity(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the temporary file."""
+        assert self.handle is not None
+        st = os.fstat(self.handle.fileno())
+        return st.st_dev, st.st_ino
 
     def write(self, pieces: Sequence[bytes | memoryview]) -> None:
+        assert self.handle is not None
         try:
-            if self.handle is None:
-                self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/discard
             self.handle.writelines(pieces)
         except OSError as exc:
             self._failed(exc)
 
     def commit(self) -> None:
+        assert self.handle is not None
         try:
-            if self.handle is None:
-                self.handle = open(self.tmp, "wb")  # noqa: SIM115 - an empty document
             self.handle.close()
             os.replace(self.tmp, self.out)
         except OSError as exc:
@@ -129,10 +138,12 @@ def run(path: str, out: str | None) -> None:
     try:
         if is_dir:
             assert out is not None
-            exclude: frozenset[tuple[int, int]] = frozenset()
+            target = _AtomicFile(out)
+            # OUT and its temporary file stay out of the document if in the tree.
+            exclude = {target.identity()}
             try:
                 out_st = os.stat(out)
-                exclude = frozenset({(out_st.st_dev, out_st.st_ino)})
+                exclude.add((out_st.st_dev, out_st.st_ino))
             except OSError:
                 pass
             try:
@@ -147,16 +158,14 @@ def run(path: str, out: str | None) -> None:
                         cache=cache,
                         on_progress=progress.update,
                         on_warning=output.warning,
-                        exclude=exclude,
+                        exclude=frozenset(exclude),
                     )
-                    target = _AtomicFile(out)
-                    try:
-                        write_tree(path, target.write, options, on_total)
-                        target.commit()
-                    finally:
-                        target.discard()
+                    write_tree(path, target.write, options, on_total)
+                    target.commit()
             except PrvBuildError as exc:
                 raise UsageError(str(exc)) from None
+            finally:
+                target.discard()
         else:
             try:
                 with output.Progress("Hashing", total_files=1, total_bytes=st.st_size) as progress:

@@ -183,6 +183,7 @@ class TreeWorker:
         buffers = (buffer,)
         quiet = time.time_ns() - _QUIET_NS
         os_open, flags = os.open, _OPEN_FLAGS
+        exclude = self.exclude
         fstat, readv, close, hash_fd = os.fstat, os.readv, os.close, hashing._hash_fd
         sha1 = hashlib.sha1
         is_reg = stat.S_ISREG
@@ -213,6 +214,10 @@ class TreeWorker:
                 except OSError:
                     n = -1  # a directory or a FIFO swapped in: the fstat says which
                 st = fstat(fd)
+                if exclude and (st.st_dev, st.st_ino) in exclude:
+                    # OUT or its temporary file (in the tree): maybe growing, so
+                    # not to be hashed (the careful read could call it changed).
+                    continue
                 size = st.st_size
                 mtime = st.st_mtime_ns
                 if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
@@ -239,8 +244,7 @@ class TreeWorker:
             finally:
                 close(fd)
             append((job, name, whole, head, total, dev, ino, ksize, mtime))
-        if self.exclude:
-            exclude = self.exclude
+        if exclude:  # (files answered by their key)
             records = [r for r in records if (r[5], r[6]) not in exclude]
         nbytes = sum([r[4] for r in records])
         if big:

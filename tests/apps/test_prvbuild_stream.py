@@ -233,3 +233,29 @@ def test_a_racy_file_is_read_again_but_not_its_quiet_neighbours(
         monkeypatch.setattr(hashing, "_open_for_hashing", spy)
         assert _write(root, BuildOptions(cache=cache, workers=1))[0] == first
     assert opened == [str(root / "b" / "f007")]
+
+
+def test_out_and_its_temporary_file_inside_the_tree_stay_out(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kbapps.cli import prv_create
+
+    # Many small directories before "z": the first ones are hashed and written out
+    # (a temporary file growing in z) long before the walk lists z.
+    root = scratch / "t"
+    for d in range(300):
+        (root / f"d{d:03d}").mkdir(parents=True)
+        for i in range(10):
+            (root / f"d{d:03d}" / f"f{i}").write_bytes(b"%d %d" % (d, i))
+    (root / "z").mkdir()
+    (root / "z" / "data").write_bytes(b"z")
+    out = root / "z" / "t.prvdir"
+    monkeypatch.setattr(emit_module, "OUT_PIECE_BYTES", 1)
+    monkeypatch.setenv("KBUCKET_CACHE_DIR", str(scratch / "cache"))
+    prv_create.run(str(root), str(out))
+    first = out.read_bytes()
+    assert b"t.prvdir" not in first  # neither OUT's name nor its temporary file's
+    assert b'"z/data"' in first
+    prv_create.run(str(root), str(out))  # OUT exists now: left out too
+    assert out.read_bytes() == first
+    assert sorted(p.name for p in (root / "z").iterdir()) == ["data", "t.prvdir"]
