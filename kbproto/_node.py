@@ -30,7 +30,7 @@ from typing import Literal
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
 from kbproto.auth import Signer, Verifier, node_id_from_public_pem
-from kbproto.codec import decode, encode
+from kbproto.codec import decode_split, encode
 from kbproto.config import HubConfig, ShareConfig
 from kbproto.errors import LimitExceeded, LocalProtocolError, ProtocolError, RemoteProtocolError
 from kbproto.events import (
@@ -249,10 +249,10 @@ class _Node:
         try:
             link.frames.feed(data)
             while not link.closed:
-                frame = link.frames.next_frame()
+                frame = link.frames.next_split()
                 if frame is None:
                     break
-                self._dispatch(link, decode(*frame), now)
+                self._dispatch(link, decode_split(*frame), now)
         except ProtocolError as exc:
             # The state machine may already say CLOSED; what matters is whether we
             # have said goodbye yet (the link is still in the table).

@@ -48,7 +48,7 @@ from kbproto.messages import (
     Welcome,
 )
 
-__all__ = ("decode", "encode", "encode_data", "encode_data_frames")
+__all__ = ("decode", "decode_split", "encode", "encode_data", "encode_data_frames")
 
 _STREAM = struct.Struct("!I")
 _HEADER_AND_STREAM = struct.Struct("!BBII")
@@ -130,6 +130,18 @@ def encode_data_frames(stream: int, data: bytes | memoryview, chunk: int) -> byt
         parts.append(pack(PROTOCOL_VERSION, KIND_DATA, 4 + len(piece), stream))
         parts.append(piece)
     return b"".join(parts)
+
+
+def decode_split(kind: int, stream: int, payload: bytes) -> Message:
+    """Return the message of a frame from ``FrameBuffer.next_split``.
+
+    Raises:
+        RemoteProtocolError: the payload is not a valid message.
+    """
+    if kind == KIND_DATA:
+        data: Data = _build(Data, {"stream": stream, "data": payload})
+        return data
+    return decode(kind, payload)
 
 
 def decode(kind: int, payload: bytes) -> Message:

@@ -18,9 +18,11 @@ can never make us buffer more than one maximal frame.
 
 ``FrameBuffer`` is linear and copies each payload byte once: it keeps the fed chunks
 as they came (no growing buffer to append to and compact), slices a frame that lies
-inside one chunk straight out of it, and joins the pieces of a frame that spans
-chunks. It never rescans bytes it has consumed. Once it has raised, it stays broken
-(the link is closed anyway).
+inside one chunk straight out of it, hands over a chunk that is exactly one payload
+as it is, and joins the pieces of a payload that spans chunks. ``next_split`` takes
+a data frame's stream number apart from its body, so the body is that one copy too.
+It never rescans bytes it has consumed. Once it has raised, it stays broken (the
+link is closed anyway).
 """
 
 from __future__ import annotations
@@ -106,6 +108,40 @@ class FrameBuffer:
             RemoteProtocolError: bad version or kind (and on every call after an error).
             LimitExceeded: the announced length is over the cap for its kind.
         """
+        head = self._complete_frame()
+        if head is None:
+            return None
+        kind, length = head
+        self._skip(HEADER_SIZE)
+        return kind, self._take(length)
+
+    def next_split(self) -> tuple[int, int, bytes] | None:
+        """Like ``next_frame``, with a data frame's stream number split off its body.
+
+        Returns ``(kind, stream, payload)``: for a data frame the stream number and the
+        body bytes (copied once out of the fed chunks, where ``next_frame`` plus slicing
+        off the number copies the body twice); for a control frame 0 and the payload.
+
+        Raises:
+            RemoteProtocolError: as ``next_frame``, or a data frame without body bytes.
+            LimitExceeded: as ``next_frame``.
+        """
+        head = self._complete_frame()
+        if head is None:
+            return None
+        kind, length = head
+        if kind == KIND_DATA:
+            if length < 5:
+                self._broken = True
+                raise RemoteProtocolError("data frame shorter than 5 bytes")
+            self._skip(HEADER_SIZE)
+            stream = int.from_bytes(self._take(4), "big")
+            return kind, stream, self._take(length - 4)
+        self._skip(HEADER_SIZE)
+        return kind, 0, self._take(length)
+
+    def _complete_frame(self) -> tuple[int, int] | None:
+        """Check the next frame's header; ``(kind, length)`` once it is all buffered."""
         if self._broken:
             raise RemoteProtocolError("frame buffer already failed", "protocol")
         if self._size < HEADER_SIZE:
@@ -133,21 +169,9 @@ class FrameBuffer:
             raise LimitExceeded(
                 f"frame of {length} bytes is over the {cap}-byte cap", "max_frame_size"
             )
-        total = HEADER_SIZE + length
-        if self._size < total:
+        if self._size < HEADER_SIZE + length:
             return None
-        self._size -= total
-        if len(first) - pos >= total:
-            # The whole frame lies in the first chunk: one slice, one copy.
-            payload = bytes(first[pos + HEADER_SIZE : pos + total])  # no copy for bytes
-            if len(first) == pos + total:
-                self._chunks.popleft()
-                self._pos = 0
-            else:
-                self._pos = pos + total
-            return kind, payload
-        self._take(HEADER_SIZE)
-        return kind, self._take(length)
+        return kind, length
 
     def _peek(self, count: int) -> bytes:
         """The next ``count`` unconsumed bytes (``count`` <= ``len(self)``), not consumed."""
@@ -160,14 +184,40 @@ class FrameBuffer:
                 break
         return out
 
-    def _take(self, count: int) -> bytes:
-        """Consume and return the next ``count`` bytes, joined from as many chunks."""
-        parts: list[memoryview] = []
+    def _skip(self, count: int) -> None:
+        """Consume ``count`` bytes (``count`` <= ``len(self)``) without copying them."""
+        self._size -= count
         chunks = self._chunks
+        while count:
+            available = len(chunks[0]) - self._pos
+            if available <= count:
+                chunks.popleft()
+                self._pos = 0
+                count -= available
+            else:
+                self._pos += count
+                count = 0
+
+    def _take(self, count: int) -> bytes:
+        """Consume and return the next ``count`` bytes: one copy, from as many chunks."""
+        if not count:
+            return b""
+        self._size -= count
+        chunks = self._chunks
+        first = chunks[0]
+        pos = self._pos
+        if len(first) - pos > count:
+            self._pos = pos + count
+            return bytes(first[pos : pos + count])  # bytes of a bytes slice: no 2nd copy
+        parts: list[memoryview] = []
         while count:
             chunk = chunks[0]
             available = len(chunk) - self._pos
             if available <= count:
+                if self._pos == 0 and isinstance(chunk, bytes) and not parts and available == count:
+                    # A frame that is exactly one fed chunk: handed over as it came.
+                    chunks.popleft()
+                    return chunk
                 parts.append(memoryview(chunk)[self._pos :])
                 chunks.popleft()
                 self._pos = 0

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kbproto.messages
-from kbproto.codec import decode, encode, encode_data_frames
+from kbproto.codec import decode, decode_split, encode, encode_data_frames
 from kbproto.errors import LimitExceeded, ProtocolError, RemoteProtocolError
-from kbproto.framing import KIND_CONTROL, KIND_DATA, FrameBuffer, encode_frame
+from kbproto.framing import HEADER_SIZE, KIND_CONTROL, KIND_DATA, FrameBuffer, encode_frame
 from kbproto.ids import NodeId
 from kbproto.messages import (
     Challenge,
@@ -456,3 +456,71 @@ def test_encode_data_frames_is_consecutive_data_frames(
     assert all(len(p) == chunk for p in payloads[:-1])
     assert b"".join(payloads) == data
     assert len(payloads) == -(-len(data) // chunk)
+
+
+def _messages(buffer: FrameBuffer, split: bool) -> list[object]:
+    """Every message ``buffer`` yields (by either path), then the error type if any."""
+    out: list[object] = []
+    try:
+        if split:
+            while (parts := buffer.next_split()) is not None:
+                out.append(decode_split(*parts))
+        else:
+            while (frame := buffer.next_frame()) is not None:
+                out.append(decode(*frame))
+    except ProtocolError as exc:
+        out.append(type(exc))
+    return out
+
+
+@given(
+    st.binary(min_size=0, max_size=64),
+    st.lists(st.integers(1, 5000), max_size=20),
+    st.binary(min_size=1, max_size=3000),
+)
+@settings(max_examples=200, deadline=None)
+def test_next_split_yields_what_next_frame_and_decode_yield(
+    noise: bytes, cuts: list[int], body: bytes
+) -> None:
+    wire = (
+        b"".join(encode(m) for m in SAMPLES)
+        + encode_data_frames(9, body, 1000)
+        + encode(Data(stream=2**32 - 1, data=body[:1]))
+        + noise
+    )
+    for chunking in ([len(wire)], [*cuts, len(wire)]):
+        by_frame, by_split = FrameBuffer(), FrameBuffer()
+        got_frame: list[object] = []
+        got_split: list[object] = []
+        pos = 0
+        for cut in chunking:
+            by_frame.feed(wire[pos : pos + cut])
+            by_split.feed(wire[pos : pos + cut])
+            pos += cut
+            # Once a buffer raised it stays broken: stop reading it.
+            if not (got_frame and isinstance(got_frame[-1], type)):
+                got_frame += _messages(by_frame, split=False)
+            if not (got_split and isinstance(got_split[-1], type)):
+                got_split += _messages(by_split, split=True)
+        assert got_split == got_frame
+
+
+def test_next_split_refuses_a_data_frame_without_body() -> None:
+    buffer = FrameBuffer()
+    buffer.feed(encode_frame(KIND_DATA, b"\x00\x00\x00\x01"))
+    with pytest.raises(RemoteProtocolError, match="shorter than 5"):
+        buffer.next_split()
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        buffer.next_split()
+
+
+def test_a_payload_fed_as_one_chunk_is_handed_over_without_a_copy() -> None:
+    frame = encode(Data(stream=3, data=b"x" * 5000))
+    buffer = FrameBuffer()
+    header, payload = frame[:HEADER_SIZE], frame[HEADER_SIZE:]
+    buffer.feed(header)
+    buffer.feed(payload)
+    kind, same = buffer.next_frame() or (0, b"")
+    assert kind == KIND_DATA
+    assert same is payload
+    assert len(buffer) == 0
