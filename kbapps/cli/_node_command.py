@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbapps import output
+from kbapps.allocator import tune_allocator
 
 if TYPE_CHECKING:
     import typer
@@ -181,6 +182,7 @@ def main_for(kind: NodeType, prog: str, argv: list[str] | None) -> int:
     from kbapps.cli._args import via_typer
 
     args = sys.argv[1:] if argv is None else argv
+    tune_allocator()
     # Console lines must reach a reading process as they happen, even through a pipe.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from kbapps import output
+from kbapps.allocator import tune_allocator
 from kbapps.cli._args import parse_plain
 from kbapps.output import UsageError
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from kbapps.cli._args import via_typer
 
     args = sys.argv[1:] if argv is None else argv
+    tune_allocator()
 
     def body() -> int:
         plain = parse_plain(args, positionals=2)
