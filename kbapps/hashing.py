@@ -364,6 +364,11 @@ class FragmentWriter:
             self.abort()
             raise
 
+    def identity(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the file being written."""
+        st = os.fstat(self._handle.fileno())
+        return st.st_dev, st.st_ino
+
     def add(self, relpath: str, keys: _Buffer, fragment: _Buffer, digests: _Buffer) -> None:
         """Append one directory's parts (opaque to this class)."""
         if self._tmp is None:

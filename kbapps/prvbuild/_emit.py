@@ -61,6 +61,13 @@ class Emitter:
             except OSError as exc:
                 self._store_failed(exc)
 
+    def growing(self) -> frozenset[tuple[int, int]]:
+        """``(st_dev, st_ino)`` of the fragment file being written, if any (a cache
+        directory inside the tree must not describe it)."""
+        if self.fragments is None:
+            return frozenset()
+        return frozenset({self.fragments.identity()})
+
     def listed(self, index: int, nfiles: int) -> None:
         """Directory ``index`` has been listed: ``nfiles`` files, and its
         subdirectories are the entries of ``dirs`` added since the last call."""

@@ -201,8 +201,10 @@ def _write_streamed(
     listed: list[ScannedFile] = []
     jobs = Jobs([], [], [], [])
     collected = Collected(options.report(), warn, relpaths)
-    pool = Pool(TreeWorker(options.exclude, cache, table, lookups), collected, nworkers, cache_path)
     emitter = Emitter(dirs, depth, collected, write, cache, scope, warn)
+    # The fragment file grows while the walk runs: never part of the tree.
+    exclude = options.exclude | emitter.growing()
+    pool = Pool(TreeWorker(exclude, cache, table, lookups), collected, nworkers, cache_path)
     queued = 0
     ok = False
     try:

@@ -240,13 +240,8 @@ def test_out_and_its_temporary_file_inside_the_tree_stay_out(
 ) -> None:
     from kbapps.cli import prv_create
 
-    # Many small directories before "z": the first ones are hashed and written out
-    # (a temporary file growing in z) long before the walk lists z.
     root = scratch / "t"
-    for d in range(300):
-        (root / f"d{d:03d}").mkdir(parents=True)
-        for i in range(10):
-            (root / f"d{d:03d}" / f"f{i}").write_bytes(b"%d %d" % (d, i))
+    _small_dirs(root)
     (root / "z").mkdir()
     (root / "z" / "data").write_bytes(b"z")
     out = root / "z" / "t.prvdir"
@@ -259,3 +254,24 @@ def test_out_and_its_temporary_file_inside_the_tree_stay_out(
     prv_create.run(str(root), str(out))  # OUT exists now: left out too
     assert out.read_bytes() == first
     assert sorted(p.name for p in (root / "z").iterdir()) == ["data", "t.prvdir"]
+
+
+def _small_dirs(root: Path) -> None:
+    # Many small directories before "z": the first ones are hashed and written out
+    # long before the walk lists z.
+    for d in range(300):
+        (root / f"d{d:03d}").mkdir(parents=True)
+        for i in range(10):
+            (root / f"d{d:03d}" / f"f{i}").write_bytes(b"%d %d" % (d, i))
+
+
+def test_a_cache_directory_inside_the_tree_does_not_describe_its_growing_file(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = scratch / "t"
+    _small_dirs(root)
+    monkeypatch.setattr(emit_module, "OUT_PIECE_BYTES", 1)
+    with HashCache(root / "zcache" / "c.db", lazy=True) as cache:
+        data, _ = _write(root, BuildOptions(cache=cache, workers=2))
+    assert b".tmp" not in data
+    assert b'"zcache": {' in data  # the directory, without the file being written
