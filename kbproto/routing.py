@@ -87,10 +87,6 @@ class _Pending:
             self.results.append(result)
 
 
-#: Most direct-share results kept for reuse by ``Lookups._scan`` (then it starts over).
-_RESULT_MEMO = 4096
-
-
 class Lookups:
     """Every pending find at one node (see the module docstring)."""
 
@@ -101,10 +97,6 @@ class Lookups:
         self._incoming: dict[tuple[LinkId, int], int] = {}
         self._next_key = 0
         self._next_lookup = 0
-        #: Direct-share results by (share, URL, path, size): a ``FindResult`` is
-        #: immutable and validated field by field when built, which was a fifth of a
-        #: hub's work per find; the same place found again reuses the one built.
-        self._results: dict[tuple[NodeId, str, str, int], FindResult] = {}
 
     def __len__(self) -> int:
         """Number of finds pending at this node."""
@@ -291,20 +283,15 @@ class Lookups:
                     key = (peer.node_id, entry[0])
                     if key not in seen and len(results) < MAX_RESULTS:
                         seen.add(key)
-                        place = (peer.node_id, peer.listen_url, entry[0], entry[1])
-                        result = self._results.get(place)
-                        if result is None:
-                            result = FindResult(
+                        results.append(
+                            FindResult(
                                 kbshare_id=peer.node_id,
                                 share_url=peer.listen_url,
                                 path=entry[0],
                                 size=entry[1],
                                 hops=(),
                             )
-                            if len(self._results) >= _RESULT_MEMO:
-                                self._results.clear()
-                            self._results[place] = result
-                        results.append(result)
+                        )
             elif share_id is None or hub.child_reaches(link_id, share_id):
                 hubs.append(link)
         return results, hubs
