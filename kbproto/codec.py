@@ -118,9 +118,9 @@ def encode_data(stream: int, data: bytes | memoryview) -> bytes:
 def encode_data_frames(stream: int, data: bytes | memoryview, chunk: int) -> bytes:
     """Return ``data`` as consecutive data frames of at most ``chunk`` bytes each.
 
-    One copy of ``data`` for all of them: a 1 MiB piece of a body becomes sixteen
-    frames in one buffer, where a frame each plus the outbox joining them copied it
-    twice. The caller guarantees ``1 <= len(data)`` and ``1 <= chunk <= MAX_DATA_CHUNK``.
+    One copy of ``data`` for all of them (one buffer, one outbox entry), where a
+    buffer per frame plus the outbox joining them copied it twice. The caller
+    guarantees ``1 <= len(data)`` and ``1 <= chunk <= MAX_DATA_CHUNK``.
     """
     view = memoryview(data)
     pack = _HEADER_AND_STREAM.pack
