@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -40,7 +40,6 @@ from kbtransport.errors import (
     ReadError,
     TransportError,
     TransportTimeout,
-    WriteError,
     map_exceptions,
 )
 from kbtransport.http import Headers
@@ -375,8 +374,7 @@ class HttpClient:
         url: str,
         *,
         headers: Sequence[tuple[str, str]] = (),
-        body: bytes | AsyncIterable[bytes] = b"",
-        content_length: int | None = None,
+        body: bytes = b"",
     ) -> AsyncIterator[HttpResponse]:
         """Send a request and yield the response with its body unread.
 
@@ -384,18 +382,13 @@ class HttpClient:
             method: ``GET``, ``HEAD``, ``POST``...
             url: an ``http://`` or ``https://`` URL.
             headers: extra request headers (``Range``, ``If-Range``...).
-            body: the request body: bytes (sent with ``Content-Length``), or an async
-                iterable of chunks streamed as they come (an upload of any size, e.g.
-                a proxied file); a streamed request is never retried.
-            content_length: the exact length of a streamed body, or None to send it
-                with chunked transfer coding.
+            body: the request body (sent with ``Content-Length``; kbucket's requests
+                carry small JSON commands at most).
 
         Raises:
             ConnectError, TransportTimeout, ReadError, WriteError, PeerProtocolError.
         """
-        response = await self.open(
-            method, url, headers=headers, body=body, content_length=content_length
-        )
+        response = await self.open(method, url, headers=headers, body=body)
         try:
             yield response
         finally:
@@ -407,8 +400,7 @@ class HttpClient:
         url: str,
         *,
         headers: Sequence[tuple[str, str]] = (),
-        body: bytes | AsyncIterable[bytes] = b"",
-        content_length: int | None = None,
+        body: bytes = b"",
     ) -> HttpResponse:
         """Like ``stream``, but returns the response; the caller must ``aclose()`` it.
 
@@ -419,7 +411,7 @@ class HttpClient:
         parsed = parse_url(url)
         if parsed.scheme not in ("http", "https"):
             raise ConnectError(f"not an http(s) URL: {url}")
-        return await self._send_request(method.upper(), parsed, url, headers, body, content_length)
+        return await self._send_request(method.upper(), parsed, url, headers, body)
 
     async def request(
         self,
@@ -427,8 +419,7 @@ class HttpClient:
         url: str,
         *,
         headers: Sequence[tuple[str, str]] = (),
-        body: bytes | AsyncIterable[bytes] = b"",
-        content_length: int | None = None,
+        body: bytes = b"",
         max_body_bytes: int = 16 * 1024 * 1024,
     ) -> tuple[HttpResponse, bytes]:
         """Send a request and read the whole (bounded) response body: ``(response, body)``.
@@ -436,9 +427,7 @@ class HttpClient:
         Arguments as for ``stream``; ``max_body_bytes`` bounds the response body
         (``PeerProtocolError`` beyond it).
         """
-        async with self.stream(
-            method, url, headers=headers, body=body, content_length=content_length
-        ) as response:
+        async with self.stream(method, url, headers=headers, body=body) as response:
             data = await response.read(max_body_bytes)
         return response, data
 
@@ -448,23 +437,16 @@ class HttpClient:
         url: Url,
         raw_url: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | AsyncIterable[bytes],
-        content_length: int | None = None,
+        body: bytes,
     ) -> HttpResponse:
         request_headers = [
             ("Host", url.host_header),
             ("User-Agent", self.config.user_agent),
             *headers,
         ]
-        streamed = not isinstance(body, bytes)
-        if isinstance(body, bytes):
-            if body or method in ("POST", "PUT"):
-                request_headers.append(("Content-Length", str(len(body))))
-        elif content_length is None:
-            request_headers.append(("Transfer-Encoding", "chunked"))
-        else:
-            request_headers.append(("Content-Length", str(content_length)))
-        for attempt in range(1 if streamed else 2):
+        if body or method in ("POST", "PUT"):
+            request_headers.append(("Content-Length", str(len(body))))
+        for attempt in range(2):
             conn = await self._connect(url)
             reused = conn.reused
             try:
@@ -478,16 +460,6 @@ class HttpClient:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send_body(self, conn: _Conn, body: AsyncIterable[bytes]) -> None:
-        try:
-            async for chunk in body:
-                if chunk:
-                    await conn.send(conn.h11.send(h11.Data(data=chunk)) or b"")
-            await conn.send(conn.h11.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError as exc:
-            # The stream yielded more or fewer bytes than content_length said.
-            raise WriteError(f"request body does not match its length: {exc}") from exc
-
     async def _exchange(
         self,
         conn: _Conn,
@@ -495,21 +467,16 @@ class HttpClient:
         url: Url,
         raw_url: str,
         headers: list[tuple[str, str]],
-        body: bytes | AsyncIterable[bytes],
+        body: bytes,
     ) -> HttpResponse:
         try:
             request = h11.Request(method=method, target=url.target, headers=headers)
             data = conn.h11.send(request) or b""
-            if isinstance(body, bytes):
-                if body:
-                    data += conn.h11.send(h11.Data(data=body)) or b""
-                data += conn.h11.send(h11.EndOfMessage()) or b""
+            if body:
+                data += conn.h11.send(h11.Data(data=body)) or b""
+            data += conn.h11.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError as exc:
             raise ConnectError(f"invalid request header: {exc}") from exc
-        if not isinstance(body, bytes):
-            await conn.send(data)
-            await self._send_body(conn, body)
-            data = b""
         try:
             await conn.send(data)
             event = await conn.next_event()
