@@ -39,8 +39,6 @@ from kbtransport.http import (
     json_response,
 )
 from kbtransport.node import (
-    IMMEDIATE_LOOKUP,
-    FindAnswer,
     Node,
     ProxyResponse,
     StreamResetError,
@@ -101,6 +99,8 @@ _PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
 #: The string escaping of ``json.dumps(..., ensure_ascii=False)`` (C-accelerated).
 _json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
+#: The answer to a find nothing matched (immutable, so one serves every such find).
+_NOT_FOUND = json_response(200, {"success": True, "found": False})
 #: Most find responses reused between two driver steps (see ``build_node_app``).
 _RESPONSE_CACHE = 4096
 
@@ -112,13 +112,13 @@ def _download_tail(result: FindResult) -> str:
     return f"/{result.kbshare_id}/download/{path}"
 
 
-def _find_urls(answer: LookupResolved, own_url: str) -> list[str]:
+def _find_urls(results: tuple[FindResult, ...], own_url: str) -> list[str]:
     """``urls`` of SPEC §4's find answer (see ``find_payload``)."""
     # chains[i][d]: result i's URL at distance d from its share ("" if that node has no
     # listen URL); URLs are listed by distance, so every direct source comes first.
-    tails = [_download_tail(result) for result in answer.results]
+    tails = [_download_tail(result) for result in results]
     chains: list[list[str]] = []
-    for result, tail in zip(answer.results, tails, strict=True):
+    for result, tail in zip(results, tails, strict=True):
         bases = [result.share_url, *(url for _, url in result.hops)]
         chains.append([base.rstrip("/") + tail if base else "" for base in bases])
     urls: list[str] = []
@@ -148,7 +148,7 @@ def find_payload(answer: LookupResolved, own_url: str) -> dict[str, object]:
         "success": True,
         "found": True,
         "size": first.size,
-        "urls": _find_urls(answer, own_url),
+        "urls": _find_urls(answer.results, own_url),
         "results": [
             {"kbshare_id": r.kbshare_id, "size": r.size, "path": r.path} for r in answer.results
         ],
@@ -163,7 +163,11 @@ def find_body(answer: LookupResolved, own_url: str) -> bytes:
     same escaping function ``json.dumps(..., ensure_ascii=False)`` uses, integers are
     their ``repr``, keys keep ``find_payload``'s order (a test compares the bytes).
     """
-    results = answer.results
+    return _results_body(answer.results, own_url)
+
+
+def _results_body(results: tuple[FindResult, ...], own_url: str) -> bytes:
+    """``find_body`` from the results alone."""
     if len(results) == 1 and not results[0].hops:
         # The usual answer at a hub (one direct share) or a share (its own file),
         # without the general loops: each comprehension is a call of its own, and
@@ -181,7 +185,7 @@ def find_body(answer: LookupResolved, own_url: str) -> bytes:
             f'"path":{_json_string(only.path)}}}'
         )
     else:
-        urls = ",".join(map(_json_string, _find_urls(answer, own_url)))
+        urls = ",".join(map(_json_string, _find_urls(results, own_url)))
         items = ",".join(
             f'{{"kbshare_id":{_json_string(r.kbshare_id)},"size":{r.size:d},'
             f'"path":{_json_string(r.path)}}}'
@@ -285,7 +289,7 @@ def build_node_app(node: Node, local: App) -> App:
     own_url = node.info.listen_url
 
     driver = node.driver
-    # Find answers given at once from this node's own index (``IMMEDIATE_LOOKUP``) are
+    # Find answers given at once from this node's own index (``Node.answer_now``) are
     # exact until the driver's next step (the core changes only in driver steps), so
     # their whole HTTP response is reused until then: repeated finds (a popular file,
     # a find flood) cost a dictionary lookup. Keyed by the SHA-1 as the client wrote it.
@@ -302,19 +306,11 @@ def build_node_app(node: Node, local: App) -> App:
             return None  # find() raises DriverStopped
         return responses.get((sha1, share_id))
 
-    def found(raw_sha1: str, share_id: str | None, answer: FindAnswer) -> Response:
-        if not isinstance(answer, LookupResolved) or not answer.results:
-            response = json_response(200, {"success": True, "found": False})
-        else:
-            # json_response's headers and bytes, without building the payload (hot route).
-            response = Response(status=200, headers=_JSON_HEADERS, body=find_body(answer, own_url))
-        if (
-            answer.lookup_id == IMMEDIATE_LOOKUP
-            and responses_step == driver.steps
-            and len(responses) < _RESPONSE_CACHE
-        ):
-            responses[(raw_sha1, share_id)] = response
-        return response
+    def found(results: tuple[FindResult, ...]) -> Response:
+        if not results:
+            return _NOT_FOUND
+        # json_response's headers and bytes, without building the payload (hot route).
+        return Response(status=200, headers=_JSON_HEADERS, body=_results_body(results, own_url))
 
     def find_now(raw_sha1: str, share_id: str | None) -> Response | None:
         """The answer if this node gives it at once (or a 400); None: ask the tree."""
@@ -322,10 +318,15 @@ def build_node_app(node: Node, local: App) -> App:
         if not is_sha1(sha1):
             return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
         try:
-            answer = node.find_now(sha1, share_id)
+            results = node.answer_now(sha1, share_id)
         except LocalProtocolError as exc:
             return error_response(400, str(exc))
-        return None if answer is None else found(raw_sha1, share_id, answer)
+        if results is None:
+            return None
+        response = found(results)
+        if responses_step == driver.steps and len(responses) < _RESPONSE_CACHE:
+            responses[(raw_sha1, share_id)] = response
+        return response
 
     async def find(raw_sha1: str, share_id: str | None) -> Response:
         # find_now validated the SHA-1 and share id (node.find checks them again).
@@ -333,7 +334,7 @@ def build_node_app(node: Node, local: App) -> App:
             answer = await node.find(raw_sha1.lower(), share_id=share_id)
         except LocalProtocolError as exc:
             return error_response(400, str(exc))
-        return found(raw_sha1, share_id, answer)
+        return found(answer.results if isinstance(answer, LookupResolved) else ())
 
     async def proxy(request: Request, node_id: str) -> Response:
         target = request.target.decode("ascii")

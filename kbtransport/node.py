@@ -76,7 +76,7 @@ from kbproto.events import (
 )
 from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
-from kbproto.messages import NodeInfo
+from kbproto.messages import FindResult, NodeInfo
 from kbproto.share import ShareCore
 from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver
 from kbtransport.env import AnyioClock, Clock
@@ -566,6 +566,22 @@ class Node:
         return Response(status=101, body=RawUpgrade(protocol=UPLINK_PROTOCOL, handler=uplink.run))
 
     # --- app commands -----------------------------------------------------------------
+
+    def answer_now(self, sha1: str, share_id: str | None = None) -> tuple[FindResult, ...] | None:
+        """The results of ``find_now``'s answer, read straight from the core (no cache).
+
+        ``()`` means "not found" at once; None means ``find`` would ask other nodes.
+        For callers that only need the results (the /find route builds its JSON from
+        them and keeps its own reuse), so no answer event is built.
+
+        Raises:
+            LocalProtocolError: malformed ``sha1`` or ``share_id``.
+            DriverStopped: the node is not running.
+        """
+        if not self.driver.running:
+            raise DriverStopped("the node driver is not running")
+        # A pure read of the core between two driver steps (see find_now).
+        return self._core.answer_now(sha1, share_id=share_id)
 
     def find_now(self, sha1: str, share_id: str | None = None) -> FindAnswer | None:
         """``find``'s answer if this node gives it at once (``IMMEDIATE_LOOKUP``), else None.

@@ -59,6 +59,10 @@ async def test_a_find_response_is_reused_until_a_driver_step_changes_the_answer(
             return isinstance(await a.node.find(sha1), LookupResolved)
 
         await wait_until(indexed, what="T indexed at A")
+        # The results the route reads are those of the node's own find.
+        answer = await a.node.find(sha1)
+        assert isinstance(answer, LookupResolved)
+        assert a.node.answer_now(sha1) == answer.results
         app = build_node_app(a.node, no_local)
         # The first call fills the cache only if no driver step ran during it: ask
         # until two answers in a row come from the same step.
