@@ -17,7 +17,7 @@ refuse segments holding ``/``, ``\\``, NUL or a leading dot.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -78,14 +78,9 @@ class Request:
             percent-decoded as UTF-8. ``/a/b%2Fc/`` gives ``("a", "b/c", "")``.
         query: decoded ``(name, value)`` pairs of the query string, in order.
         headers: ``(lowercase name, value)`` byte pairs, in order.
-        body: the whole request body (bounded by the server's ``max_body_bytes``);
-            empty when the body is streamed (see ``body_stream``).
+        body: the whole request body (bounded by the server's ``max_body_bytes``).
         http_version: ``"1.1"`` or ``"1.0"``.
         client: ``(host, port)`` of the peer when known.
-        body_stream: for paths under ``ServerConfig.streaming_prefixes`` only: the
-            body as an async iterator of chunks, not buffered. Read it (or not) before
-            the app returns; whatever is left unread makes the server close the
-            connection after the response.
     """
 
     method: str
@@ -97,7 +92,6 @@ class Request:
     body: bytes = b""
     http_version: str = "1.1"
     client: tuple[str, int] | None = None
-    body_stream: AsyncIterator[bytes] | None = field(default=None, compare=False)
 
     def header(self, name: str) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), decoded as latin-1."""

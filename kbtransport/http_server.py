@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import NoReturn, cast
@@ -72,8 +72,6 @@ _log = logging.getLogger("kbtransport.http")
 
 #: Bytes asked of the stream per receive while reading requests.
 _READ_SIZE = 64 * 1024
-#: Read size for streamed request bodies (a child's uplink carries bulk data).
-_BODY_READ_SIZE = 1024 * 1024
 #: Methods answered by the OPTIONS preflight; the app decides which it really serves.
 _ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 _ALLOW_HEADERS = "Range, If-Range, If-None-Match, Content-Type, Authorization"
@@ -96,9 +94,6 @@ class ServerConfig:
         use_sendfile: allow ``sendfile`` on plain TCP sockets (asyncio backend).
         cors: add SPEC §4's CORS headers and answer OPTIONS preflights.
         server_name: the ``Server`` header.
-        streaming_prefixes: raw target prefixes (e.g. ``"/_proxy/"``) whose request
-            bodies are handed to the app unbuffered as ``Request.body_stream`` (no
-            ``max_body_bytes`` limit: the app bounds what it keeps).
     """
 
     max_head_bytes: int = 16 * 1024
@@ -111,7 +106,6 @@ class ServerConfig:
     use_sendfile: bool = True
     cors: bool = True
     server_name: str = "kbucket"
-    streaming_prefixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_head_bytes", "max_body_bytes", "file_chunk_size"):
@@ -304,8 +298,6 @@ class _Connection:
                     response = await app(request)
                 except Exception as exc:
                     response = _app_failed(request, exc)
-            if request.body_stream is not None:
-                await _aclose_iterable(request.body_stream)
             body = response.body
             if type(body) is bytes:
                 try:
@@ -396,8 +388,6 @@ class _Connection:
             await self.send_error(431, _peer_error_text(431))
             return None
         try:
-            if config.streaming_prefixes and self.is_streaming(event):
-                return self.build_request(event, headers, b"", self.stream_body())
             if plain:
                 # No Content-Length, Transfer-Encoding or Expect: no body (RFC 9112
                 # §6.3), and h11 has the EndOfMessage ready; no body deadline needed.
@@ -506,42 +496,11 @@ class _Connection:
                 else:
                     return
 
-    def is_streaming(self, head: h11.Request) -> bool:
-        prefixes = self.config.streaming_prefixes
-        return bool(prefixes) and head.target.startswith(tuple(p.encode() for p in prefixes))
-
-    async def stream_body(self) -> AsyncIterator[bytes]:
-        """Yield the request body as it arrives (each read bounded by ``body_timeout``)."""
-        if self.conn.they_are_waiting_for_100_continue:
-            await self.send(
-                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
-            )
-        conn = self.conn
-        while True:
-            with map_exceptions(READ_ERRORS):
-                event = conn.next_event()
-            if event is h11.NEED_DATA:
-                # Only a read can stall; large reads take asyncio's whole buffer (256 KiB)
-                # at once instead of splitting it into copies.
-                try:
-                    with anyio.fail_after(self.config.body_timeout):
-                        await self.receive(_BODY_READ_SIZE)
-                except TimeoutError as exc:
-                    raise TransportTimeout("request body stalled") from exc
-                continue
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return
-            else:
-                raise ReadError("connection closed during the request body")
-
     def build_request(
         self,
         head: h11.Request,
         headers: tuple[tuple[bytes, bytes], ...],
         body: bytes,
-        body_stream: AsyncIterator[bytes] | None = None,
     ) -> Request:
         target = bytes(head.target)
         method = head.method.decode("ascii", "replace").upper()
@@ -579,7 +538,6 @@ class _Connection:
             body=body,
             http_version=head.http_version.decode("ascii"),
             client=self.client,
-            body_stream=body_stream,
         )
 
     # -- writing -------------------------------------------------------------------
