@@ -216,13 +216,15 @@ class _Connection:
     def write_now(self, data: bytes) -> bool:
         """Write ``data`` at once if that cannot block; False if ``send`` must do it.
 
-        On plain asyncio TCP, a small write into an empty transport buffer stays under
-        the high-water mark (64 KiB), so it can neither block nor need a deadline. It
-        goes straight to the transport: anyio's ``send`` would add a shielded cancel
-        scope and a pass of the event loop (its checkpoint) to every response, more
-        Python than the rest of a small response. (The connection's task still
-        yields once per request: waiting for it, or ``read_request``'s checkpoint
-        for a pipelined one.)
+        On plain asyncio TCP a transport write never blocks: what the kernel does not
+        take at once waits in the transport's buffer. Writing only into an empty buffer,
+        and at most ``_SMALL_WRITE`` bytes, bounds what a client that stops reading can
+        make us hold to one small response; with anything buffered, ``send`` waits
+        under its deadline. Such a write goes straight to the transport: anyio's
+        ``send`` would add a shielded cancel scope and a pass of the event loop (its
+        checkpoint) to every response, more Python than the rest of a small response.
+        (The connection's task still yields once per request: waiting for it, or
+        ``read_request``'s checkpoint for a pipelined one.)
         """
         transport = self.transport
         if (
