@@ -2,8 +2,10 @@
 
 Invariant: feeding a byte stream in arbitrary pieces gives exactly the frames (and
 the same error class, at the same point) as feeding it whole; the only exceptions
-are ``ProtocolError``; and after each piece the unread remainder is smaller than one
-maximal frame (the buffer never grows without bound).
+are ``ProtocolError``; after each piece the unread remainder is smaller than one
+maximal frame (the buffer never grows without bound); and ``next_split`` with
+``decode_split`` (what the core uses) gives the messages and error that
+``next_frame`` with ``decode`` give.
 
 Input layout: first byte picks the control-frame cap (64 KiB .. 1 MiB), the next
 bytes up to the first 0xFF marker choose the piece sizes, the rest is the stream.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import sys
 
 from fuzz._reader import ByteReader
+from kbproto.codec import decode, decode_split
 from kbproto.errors import ProtocolError
 from kbproto.framing import DEFAULT_MAX_CONTROL_FRAME, HEADER_SIZE, FrameBuffer
 from kbproto.messages import MAX_DATA_CHUNK
@@ -41,6 +44,23 @@ def _frames(cap: int, pieces: list[bytes]) -> tuple[list[tuple[int, bytes]], str
     return frames, None
 
 
+def _messages(cap: int, pieces: list[bytes], split: bool) -> tuple[list[object], str | None]:
+    buffer = FrameBuffer(cap)
+    messages: list[object] = []
+    try:
+        for piece in pieces:
+            buffer.feed(piece)
+            if split:
+                while (parts := buffer.next_split()) is not None:
+                    messages.append(decode_split(*parts))
+            else:
+                while (frame := buffer.next_frame()) is not None:
+                    messages.append(decode(*frame))
+    except ProtocolError as exc:
+        return messages, type(exc).__name__
+    return messages, None
+
+
 def TestOneInput(data: bytes) -> None:  # the name atheris looks for
     """Check the chunking invariant on one input (raises on a violation)."""
     reader = ByteReader(data)
@@ -62,6 +82,8 @@ def TestOneInput(data: bytes) -> None:  # the name atheris looks for
     bytewise = _frames(cap, [stream[i : i + 1] for i in range(min(len(stream), 4096))])
     if len(stream) <= 4096 and bytewise != whole:
         raise AssertionError("byte-at-a-time feeding changed the result")
+    if _messages(cap, pieces, split=True) != _messages(cap, pieces, split=False):
+        raise AssertionError("next_split + decode_split disagree with next_frame + decode")
 
 
 def main() -> None:

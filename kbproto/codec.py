@@ -48,10 +48,19 @@ from kbproto.messages import (
     Welcome,
 )
 
-__all__ = ("decode", "decode_split", "encode", "encode_data", "encode_data_frames")
+__all__ = (
+    "DATA_FRAME_OVERHEAD",
+    "decode",
+    "decode_split",
+    "encode",
+    "encode_data",
+    "encode_data_frames",
+)
 
 _STREAM = struct.Struct("!I")
 _HEADER_AND_STREAM = struct.Struct("!BBII")
+#: Bytes a data frame adds to its body: the frame header and the stream number.
+DATA_FRAME_OVERHEAD = _HEADER_AND_STREAM.size
 
 #: Wire type name -> message class, for every control message.
 _CONTROL: dict[str, type[Any]] = {

@@ -18,11 +18,12 @@ can never make us buffer more than one maximal frame.
 
 ``FrameBuffer`` is linear and copies each payload byte once: it keeps the fed chunks
 as they came (no growing buffer to append to and compact), slices a frame that lies
-inside one chunk straight out of it, hands over a chunk that is exactly one payload
-as it is, and joins the pieces of a payload that spans chunks. ``next_split`` takes
-a data frame's stream number apart from its body, so the body is that one copy too.
-It never rescans bytes it has consumed. Once it has raised, it stays broken (the
-link is closed anyway).
+inside one chunk straight out of it, and joins the pieces of a payload that spans
+chunks. ``next_split`` takes a data frame's stream number apart from its body, so the
+body is that one copy too. It never rescans bytes it has consumed. While a frame is
+incomplete, a first chunk mostly consumed is cut down to its unread rest, so a large
+read whose last few bytes start a frame is not kept whole for them. Once it has
+raised, it stays broken (the link is closed anyway).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class FrameBuffer:
     Args:
         max_control: the largest control payload accepted (bytes).
 
-    Usage: ``feed(data)`` then call ``next_frame()`` until it returns None.
+    Usage: ``feed(data)`` then call ``next_frame()`` (or ``next_split()``) until it
+    returns None.
     """
 
     def __init__(self, max_control: int = DEFAULT_MAX_CONTROL_FRAME) -> None:
@@ -155,7 +157,8 @@ class FrameBuffer:
         if version != PROTOCOL_VERSION:
             self._broken = True
             raise RemoteProtocolError(
-                f"unsupported protocol version {version} (we speak {PROTOCOL_VERSION})"
+                f"unsupported protocol version {version} (we speak {PROTOCOL_VERSION}: "
+                "both nodes need the same kbucket release)"
             )
         if kind == KIND_CONTROL:
             cap = self._max_control
@@ -170,6 +173,11 @@ class FrameBuffer:
                 f"frame of {length} bytes is over the {cap}-byte cap", "max_frame_size"
             )
         if self._size < HEADER_SIZE + length:
+            if pos > len(first) // 2:
+                # Keep the unread rest, not the whole (up to 1 MiB) chunk it came in:
+                # a copy of less than half, at most once per chunk.
+                self._chunks[0] = first[pos:]
+                self._pos = 0
             return None
         return kind, length
 
@@ -214,10 +222,6 @@ class FrameBuffer:
             chunk = chunks[0]
             available = len(chunk) - self._pos
             if available <= count:
-                if self._pos == 0 and isinstance(chunk, bytes) and not parts and available == count:
-                    # A frame that is exactly one fed chunk: handed over as it came.
-                    chunks.popleft()
-                    return chunk
                 parts.append(memoryview(chunk)[self._pos :])
                 chunks.popleft()
                 self._pos = 0

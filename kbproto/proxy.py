@@ -37,7 +37,7 @@ import enum
 from collections import deque
 from typing import TYPE_CHECKING
 
-from kbproto.codec import encode, encode_data_frames
+from kbproto.codec import DATA_FRAME_OVERHEAD, encode, encode_data_frames
 from kbproto.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from kbproto.events import (
     RequestReceived,
@@ -103,7 +103,7 @@ class _Stream:
         self.out_wire = 0
         self.send_credit = 0
         self.recv_window = 0
-        self.buffer: deque[bytes] = deque()
+        self.buffer: deque[bytes | memoryview] = deque()
         self.buffered = 0
         self.pending_grant = 0
         self.head = False
@@ -492,14 +492,23 @@ class Streams:
         """Send toward the responder."""
         self._node.send(self._node.links[stream.out_link], message)  # type: ignore[index]
 
-    def _forward(self, stream: _Stream, data: bytes) -> None:
+    def _forward(self, stream: _Stream, data: bytes | memoryview) -> None:
         """Queue ``data`` toward the requester in frames of at most ``data_chunk``.
 
         The frames stay one outbox entry: the outbox sends them together, in order.
         """
+        if not data:
+            return
         link = self._node.links[stream.in_link]  # type: ignore[index]
-        frames = encode_data_frames(stream.in_wire, data, self._node.limits.data_chunk)
-        self._node.send_bulk(link, frames)
+        limits = self._node.limits
+        chunk = limits.data_chunk
+        # One outbox entry per ``transmit_bytes`` (whole frames; at least one frame),
+        # so a caller handing over a large piece never makes one oversized Transmit.
+        frame_room = max(1, limits.transmit_bytes // (chunk + DATA_FRAME_OVERHEAD)) * chunk
+        view = memoryview(data)
+        for start in range(0, len(view), frame_room):
+            piece = view[start : start + frame_room]
+            self._node.send_bulk(link, encode_data_frames(stream.in_wire, piece, chunk))
 
     def _pump(self, stream: _Stream) -> None:
         """Relay: move buffered bytes on as credit allows; return credit upstream."""
@@ -510,8 +519,11 @@ class Streams:
             if take == len(piece):
                 buffer.popleft()
             else:
-                buffer[0] = piece[take:]
-                piece = piece[:take]
+                # Views, not slices: a peer granting a few bytes at a time must not
+                # make us copy the rest of a 1 MiB piece for every grant.
+                view = memoryview(piece)
+                buffer[0] = view[take:]
+                piece = view[:take]
             stream.send_credit -= take
             stream.buffered -= take
             stream.pending_grant += take

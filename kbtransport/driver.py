@@ -26,8 +26,9 @@ Two deliberate departures from the letter of rule 11, each for a real need:
   cancelling ``MemoryObjectReceiveStream.receive()`` when the timer scope expires can
   lose an item that was handed over in the same instant (the item is assigned to the
   waiter, then the ``CancelledError`` wins). Waking on an event never loses an input.
-  It is bounded like a memory object stream (``inbox_size``): link readers wait for
-  room, which is the back-pressure on a busy node.
+  It is bounded like a memory object stream (``inbox_size`` items, and 64 MiB of
+  received bytes): link readers wait for room, which is the back-pressure on a busy
+  node.
 * ``Transmit`` is not awaited in the driver task itself but appended to the link's
   writer queue, which sends in order. Awaiting each send in the one driver task would
   let one slow child stall the whole hub (every other link, every find). Per link, the
@@ -77,8 +78,12 @@ _log = logging.getLogger("kbtransport.driver")
 #: stream windows, so a few busy downloads never pause a healthy link.
 DEFAULT_HIGH_WATER = 16 * 1024 * 1024
 #: Inputs waiting for the driver before link readers block; each is at most one
-#: websocket message (16 MiB cap, typically 256 KiB), so memory stays bounded.
+#: websocket message (16 MiB cap) or one uplink read (1 MiB).
 DEFAULT_INBOX_SIZE = 256
+#: Received bytes waiting for the driver before link readers block: with 1 MiB uplink
+#: reads the item bound alone would allow 256 MiB. (64 MiB: what 256 items of the
+#: earlier 256 KiB reads came to.) One item is always accepted, whatever its size.
+_INBOX_BYTES = 64 * 1024 * 1024
 #: Largest batch of queued ``Transmit`` bytes the writer joins into one message: fewer
 #: websocket frames (each costs a mask pass set-up and a syscall) for one copy.
 _WRITE_BATCH = 512 * 1024
@@ -169,9 +174,12 @@ _Item = _Opened | _Received | _Ended | _DialFailed | _Command
 class _Inbox:
     """A bounded FIFO with a wake-up event (see the module docstring for why)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = _INBOX_BYTES) -> None:
         self._items: deque[_Item] = deque()
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        #: Bytes of the queued ``_Received`` items.
+        self._bytes = 0
         self._wakeup = anyio.Event()
         self._room = anyio.Event()
         self.closed = False
@@ -179,8 +187,13 @@ class _Inbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    def _full(self) -> bool:
+        return len(self._items) >= self._capacity or (
+            self._bytes >= self._max_bytes and bool(self._items)
+        )
+
     async def put(self, item: _Item) -> None:
-        while len(self._items) >= self._capacity and not self.closed:
+        while self._full() and not self.closed:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
@@ -191,6 +204,8 @@ class _Inbox:
         if self.closed:
             raise DriverStopped("the node driver is not running")
         self._items.append(item)
+        if isinstance(item, _Received):
+            self._bytes += len(item.data)
         self._wakeup.set()
 
     async def wait(self) -> None:
@@ -204,7 +219,9 @@ class _Inbox:
         if not self._items:
             return None
         item = self._items.popleft()
-        if len(self._items) < self._capacity:
+        if isinstance(item, _Received):
+            self._bytes -= len(item.data)
+        if not self._full():
             self._room.set()
         return item
 
@@ -213,6 +230,7 @@ class _Inbox:
         self._room.set()
         left = list(self._items)
         self._items.clear()
+        self._bytes = 0
         return left
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import kbproto.messages
 from kbproto.codec import decode, decode_split, encode, encode_data_frames
 from kbproto.errors import LimitExceeded, ProtocolError, RemoteProtocolError
-from kbproto.framing import HEADER_SIZE, KIND_CONTROL, KIND_DATA, FrameBuffer, encode_frame
+from kbproto.framing import KIND_CONTROL, KIND_DATA, FrameBuffer, encode_frame
 from kbproto.ids import NodeId
 from kbproto.messages import (
     Challenge,
@@ -514,13 +514,15 @@ def test_next_split_refuses_a_data_frame_without_body() -> None:
         buffer.next_split()
 
 
-def test_a_payload_fed_as_one_chunk_is_handed_over_without_a_copy() -> None:
-    frame = encode(Data(stream=3, data=b"x" * 5000))
+def test_an_incomplete_frame_does_not_keep_a_large_read_alive() -> None:
+    first = encode(Data(stream=3, data=b"x" * 100_000))
+    second = encode(Data(stream=4, data=b"y" * 100))
     buffer = FrameBuffer()
-    header, payload = frame[:HEADER_SIZE], frame[HEADER_SIZE:]
-    buffer.feed(header)
-    buffer.feed(payload)
-    kind, same = buffer.next_frame() or (0, b"")
-    assert kind == KIND_DATA
-    assert same is payload
+    buffer.feed(first + second[:8])  # one read: a whole frame, then 8 bytes of the next
+    assert buffer.next_split() == (KIND_DATA, 3, b"x" * 100_000)
+    assert buffer.next_split() is None
+    # Only the 8 unread bytes are held, not the 100 KB read they arrived in.
+    assert sum(len(chunk) for chunk in buffer._chunks) == 8
+    buffer.feed(second[8:])
+    assert buffer.next_split() == (KIND_DATA, 4, b"y" * 100)
     assert len(buffer) == 0

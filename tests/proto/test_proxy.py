@@ -204,6 +204,10 @@ def test_target_misuse_and_writable_events() -> None:
     share.respond(served, 200, now=net.now)
     with pytest.raises(LocalProtocolError, match="already called"):
         share.respond(served, 200, now=net.now)
+    net.pump()
+    share.send_data(served, b"", net.now)  # nothing to send: nothing queued
+    assert share.next_action() is None
+    assert share.send_capacity(served) == 4096
     with pytest.raises(LocalProtocolError, match="only 4096 of credit"):
         share.send_data(served, b"x" * 5000, net.now)
     with pytest.raises(LocalProtocolError, match="not a origin stream"):

@@ -27,7 +27,8 @@ from kbproto.events import (
     LookupResolved,
     ParentConnected,
 )
-from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver
+from kbproto.ids import LinkId
+from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver, _Inbox, _Received
 from kbtransport.env import AnyioClock
 from kbtransport.errors import ConnectError, ReadError, WriteError
 from tests.helpers import CryptoVerifier, Ed25519Signer, sha1_of
@@ -280,3 +281,30 @@ async def test_call_runs_in_the_driver_and_raises_errors_to_the_caller() -> None
     assert not driver.running
     with pytest.raises(DriverStopped):
         await driver.call(lambda now: None)
+
+
+async def test_inbox_is_bounded_by_received_bytes_too() -> None:
+    inbox = _Inbox(256, max_bytes=3000)
+    for _ in range(3):
+        await inbox.put(_Received(LinkId(1), b"x" * 1000))
+    done: list[bool] = []
+
+    async def put_one_more() -> None:
+        await inbox.put(_Received(LinkId(1), b"y" * 5000))
+        done.append(True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(put_one_more)
+        await anyio.wait_all_tasks_blocked()
+        assert not done  # 3,000 bytes queued: the reader waits
+        assert inbox.pop() is not None
+        await anyio.wait_all_tasks_blocked()
+        assert done  # room again; one item is taken whatever its size
+    assert len(inbox) == 3
+    # Past the byte bound (7,000 queued) only pops make room.
+    assert inbox._full()
+    while len(inbox) > 1:
+        inbox.pop()
+    assert inbox._full()  # the 5,000-byte item alone is still over the bound
+    inbox.pop()
+    assert not inbox._full()
