@@ -10,10 +10,11 @@ thresholds below; a proxied download (hub, share and client on one host) spent a
 quarter less CPU in every process.
 
 What: at start-up the node commands and ``kb-prv-download`` fix the mmap threshold at
-4 MiB (pieces up to that come from the heap) and the trim threshold at 32 MiB (a
-process keeps at most that much freed heap for reuse). Only on glibc, and never over
-a choice the user made with glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` environment variables.
+4 MiB (pieces up to that come from the heap) and the trim threshold at 32 MiB (each
+malloc arena keeps at most that much freed heap for reuse; our commands run one or
+two allocating threads, so a few arenas at most). Only on glibc, and never over a
+choice the user made with glibc's ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``
+variables or the same settings in ``GLIBC_TUNABLES``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ TRIM_THRESHOLD = 32 * 1024 * 1024
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_USER_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
 
 
 def tune_allocator() -> bool:
     """Set both thresholds; True if glibc took them, False where nothing was done."""
     if not sys.platform.startswith("linux") or any(name in os.environ for name in _USER_SETTINGS):
+        return False
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(name in tunables for name in _USER_TUNABLES):
         return False
     try:
         libc = ctypes.CDLL(None)  # the C library the interpreter already runs on
