@@ -719,7 +719,7 @@ class Node:
         return await self.driver.call(lambda now: self._core.can_route(node_id))
 
     def uplink_count(self) -> int:
-        """Child links whose upward bytes arrive by POST (``kbtransport.uplink``)."""
+        """Child links sending upward on their own uplink connection (``kbtransport.uplink``)."""
         return len(self._uplinks)
 
     async def open_streams(self) -> int:

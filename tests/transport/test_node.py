@@ -25,6 +25,7 @@ from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, serve_node
 from kbtransport.routing import Router
+from kbtransport.tcp import asyncio_transport
 from kbtransport.testing import raw_http
 from tests.helpers import CryptoVerifier, Ed25519Signer
 from tests.transport.node_helpers import (
@@ -208,6 +209,13 @@ async def test_find_urls_downloads_ranges_and_routes_through_two_hubs(tmp_path: 
         # Every child sends upward on its raw uplink connection (the default).
         assert a.node.uplink_count() == 2
         assert b.node.uplink_count() == 1
+        # ... read 1 MiB per socket read (``kbtransport.tcp``), not asyncio's 256 KiB.
+        for hub in (a, b):
+            for uplink in hub.node._uplinks._links.values():
+                assert uplink._stream is not None
+                transport = asyncio_transport(uplink._stream)
+                assert transport is not None
+                assert transport.max_size == 1024 * 1024  # type: ignore[attr-defined]
         # Nothing leaked: every stream is closed at every node.
         for handle in (a, b, s, t):
             assert await handle.node.open_streams() == 0
