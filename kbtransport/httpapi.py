@@ -30,6 +30,7 @@ from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
+from kbtransport.driver import StepMemo
 from kbtransport.http import (
     App,
     Request,
@@ -293,15 +294,9 @@ def build_node_app(node: Node, local: App) -> App:
     # exact until the driver's next step (the core changes only in driver steps), so
     # their whole HTTP response is reused until then: repeated finds (a popular file,
     # a find flood) cost a dictionary lookup. Keyed by the SHA-1 as the client wrote it.
-    responses: dict[tuple[str, str | None], Response] = {}
-    responses_step = -1
+    responses: StepMemo[tuple[str, str | None], Response] = StepMemo(driver, _RESPONSE_CACHE)
 
     def cached_find(sha1: str, share_id: str | None) -> Response | None:
-        nonlocal responses_step
-        if responses_step != driver.steps:
-            responses.clear()
-            responses_step = driver.steps
-            return None
         if not driver.running:
             return None  # find() raises DriverStopped
         return responses.get((sha1, share_id))
@@ -324,8 +319,7 @@ def build_node_app(node: Node, local: App) -> App:
         if results is None:
             return None
         response = found(results)
-        if responses_step == driver.steps and len(responses) < _RESPONSE_CACHE:
-            responses[(raw_sha1, share_id)] = response
+        responses.put((raw_sha1, share_id), response)
         return response
 
     async def find(raw_sha1: str, share_id: str | None) -> Response:

@@ -78,7 +78,7 @@ from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
 from kbproto.share import ShareCore
-from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver
+from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver, StepMemo
 from kbtransport.env import AnyioClock, Clock
 from kbtransport.errors import ReadError, TransportError, TransportTimeout
 from kbtransport.http import (
@@ -452,9 +452,10 @@ class Node:
             **extra,
         )
         self._lookups: dict[LookupId, _LookupWait] = {}
-        # Immediate find answers, valid for one driver step (see ``find``).
-        self._answers: dict[tuple[str, str | None], FindAnswer] = {}
-        self._answers_step = -1
+        # Immediate find answers, valid for one driver step (see ``find_now``).
+        self._answers: StepMemo[tuple[str, str | None], FindAnswer] = StepMemo(
+            self.driver, _ANSWER_CACHE
+        )
         self._streams: dict[StreamId, _Origin | _Target] = {}
         self._children: dict[LinkId, NodeInfo] = {}
         self._tg: TaskGroup | None = None
@@ -602,13 +603,8 @@ class Node:
         # between the read and its use, so it sees the core between two driver steps
         # exactly as the driver would. It saves the round trip through the driver (two
         # task switches and an event per find), most of a hub's cost of a find.
-        # The core changes only in driver steps, so an immediate answer stays right
-        # until the next one: repeated finds (a popular file, a find flood) between
-        # two steps are answered from ``_answers`` (at most _ANSWER_CACHE of them).
-        steps = self.driver.steps
-        if self._answers_step != steps:
-            self._answers.clear()
-            self._answers_step = steps
+        # An immediate answer stays right until the next driver step: repeated finds
+        # (a popular file, a find flood) between two steps come from ``_answers``.
         key = (sha1, share_id)
         cached = self._answers.get(key)
         if cached is not None:
@@ -626,8 +622,7 @@ class Node:
             answer = LookupFailed(
                 lookup_id=IMMEDIATE_LOOKUP, sha1=sha1, share_id=sid, reason="not found"
             )
-        if len(self._answers) < _ANSWER_CACHE:
-            self._answers[key] = answer
+        self._answers.put(key, answer)
         return answer
 
     async def find(self, sha1: str, share_id: str | None = None) -> FindAnswer:
