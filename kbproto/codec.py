@@ -115,11 +115,11 @@ def encode(message: Message) -> bytes:
     return encode_frame(KIND_CONTROL, payload.encode("utf-8"))
 
 
-def encode_data(stream: int, data: bytes | memoryview) -> bytes:
-    """Return a data frame for ``stream`` without building a ``Data`` (the hot path).
+def encode_data(stream: int, data: bytes) -> bytes:
+    """Return one data frame for ``stream`` without building a ``Data``.
 
-    The caller guarantees ``1 <= len(data) <= MAX_DATA_CHUNK``. ``data`` may be a
-    memoryview slice: the frame is then the only copy of those bytes.
+    The caller guarantees ``len(data) <= MAX_DATA_CHUNK`` (tests and fuzzers send an
+    empty body on purpose).
     """
     return _HEADER_AND_STREAM.pack(PROTOCOL_VERSION, KIND_DATA, 4 + len(data), stream) + data
 

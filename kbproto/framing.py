@@ -132,14 +132,13 @@ class FrameBuffer:
         if head is None:
             return None
         kind, length = head
+        if kind == KIND_DATA and length < 5:
+            self._broken = True
+            raise RemoteProtocolError("data frame shorter than 5 bytes")
+        self._skip(HEADER_SIZE)
         if kind == KIND_DATA:
-            if length < 5:
-                self._broken = True
-                raise RemoteProtocolError("data frame shorter than 5 bytes")
-            self._skip(HEADER_SIZE)
             stream = int.from_bytes(self._take(4), "big")
             return kind, stream, self._take(length - 4)
-        self._skip(HEADER_SIZE)
         return kind, 0, self._take(length)
 
     def _complete_frame(self) -> tuple[int, int] | None:
