@@ -198,10 +198,10 @@ class TreeWorker:
             job += 1
             if found:
                 key = keys[job - first]
-                hit = found.get(key) if key is not None else None
-                if hit is not None and key is not None:
+                if key is not None and (hit := found.get(key)) is not None:
                     dev, ino, ksize, mtime = key
-                    append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime))
+                    if not (exclude and (dev, ino) in exclude):
+                        append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime))
                     continue
             try:
                 fd = os_open(name, flags, dir_fd=dir_fd) if dir_fd >= 0 else open_(path)
@@ -244,8 +244,6 @@ class TreeWorker:
             finally:
                 close(fd)
             append((job, name, whole, head, total, dev, ino, ksize, mtime))
-        if exclude:  # (files answered by their key)
-            records = [r for r in records if (r[5], r[6]) not in exclude]
         nbytes = sum([r[4] for r in records])
         if big:
             out.append(("r", chunk, dir_index, first, records, len(paths), nbytes))

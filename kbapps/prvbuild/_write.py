@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kbapps.hashing import RACY_WINDOW_NS
-from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, ProgressCallback
+from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions
 from kbapps.prvbuild._emit import Emitter, Writer, first_of
 from kbapps.prvbuild._fragments import enclosing_digests, store_fragments
 from kbapps.prvbuild._plan import TreePlan, plan_from_scan, plan_known
@@ -61,7 +61,7 @@ def write_prvdir(scan: TreeScan, write: Writer, options: BuildOptions = DEFAULT_
     """
     cache = options.cache
     known = cache.load_fragments(os.path.realpath(scan.root)) if cache is not None else {}
-    write_planned(plan_from_scan(scan, known, options), write, options.on_progress)
+    write_planned(plan_from_scan(scan, known, options), write)
 
 
 def write_tree(
@@ -100,25 +100,19 @@ def write_tree(
         _write_streamed(root, scope, write, options, on_total)
 
 
-def write_planned(
-    plan: TreePlan, write: Writer, on_progress: ProgressCallback | None = None
-) -> None:
+def write_planned(plan: TreePlan, write: Writer) -> None:
     """``write_prvdir`` for a ``plan_prvdir`` result, with the options it was
     planned with.
 
     Args:
         plan: from ``plan_prvdir``.
         write: takes the document as a list of pieces, to be written in order.
-        on_progress: ``(files, bytes)`` deltas (replaces the plan's ``on_progress``
-            when given: a progress bar is sized from ``plan.total_files``).
 
     Raises:
         PrvBuildError: if a file cannot be read (the message names it); and
             whatever ``write`` raises.
     """
     options = plan.options
-    if on_progress is not None:
-        options = options._replace(on_progress=on_progress)
     cache = options.cache
     report = options.report()
     nworkers = options.nworkers()
