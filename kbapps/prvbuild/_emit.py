@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kbapps.hashing import RACY_WINDOW_NS, FragmentWriter, HashCache
-from kbapps.prvbuild._text import open_dir, quiet_only
+from kbapps.prvbuild._text import directory_text, open_dir, stored_texts
 
 if TYPE_CHECKING:
     from kbapps.hashing import _Buffer
@@ -124,23 +124,14 @@ class Emitter:
             self.fragments = None
 
     def _fragment(self, index: int) -> bytes | None:
-        # Join the directory's texts, and store them (as write_planned's _finish).
+        # Join the directory's texts, and store them.
         parts = self.collected.texts.pop(index, None)
         if not parts:
             return None
-        parts.sort(key=first_of)
-        fragment = b",\n".join([part[1] for part in parts if part[1]])
+        fragment = directory_text(parts)
         if self.fragments is not None:
-            keys_text = b"".join([part[2] for part in parts])
-            digests = b"".join([part[3] for part in parts])
             limit = time.time_ns() - self.racy_ns
-            if max([part[4] for part in parts]) > limit:
-                # As in _finish: a racy file's directory keeps no text, and the
-                # racy files no digest.
-                keys_text, digests = quiet_only(keys_text, digests, limit)
-                stored = b""
-            else:
-                stored = fragment
+            keys_text, stored, digests = stored_texts(parts, fragment, limit)
             try:
                 self.fragments.add(self.collected.relpaths[index], keys_text, stored, digests)
             except OSError as exc:
@@ -157,8 +148,3 @@ class Emitter:
 
     def _store_failed(self, exc: OSError) -> None:
         self.warn(f"hash cache: cannot store directory fragments: {exc.strerror or exc}")
-
-
-def first_of(part: tuple[Any, ...]) -> int:
-    """The sort key of a segment's texts: its first job (files in directory order)."""
-    return int(part[0])

@@ -114,6 +114,34 @@ def quiet_only(keys_text: bytes, digests: bytes, limit: int) -> tuple[bytes, byt
     return key_bytes("".join(kept_keys)), "".join(kept_digests).encode("ascii")
 
 
+def directory_text(parts: list[tuple[Any, ...]]) -> bytes:
+    """Put a directory's segment texts in directory order; return its entries text."""
+    parts.sort(key=_first_job)
+    return b",\n".join([part[1] for part in parts if part[1]])
+
+
+def stored_texts(
+    parts: Sequence[tuple[Any, ...]], fragment: bytes, limit: int
+) -> tuple[bytes, bytes, bytes]:
+    """What the cache keeps of a directory: ``(keys text, fragment, digests)``.
+
+    A file modified after ``limit`` (within the racy window) may change again within
+    the same mtime tick: then the directory keeps no fragment, and such files no digest
+    (the others keep theirs).
+    """
+    keys_text = b"".join([part[2] for part in parts])
+    digests = b"".join([part[3] for part in parts])
+    if max([part[4] for part in parts]) <= limit:
+        return keys_text, fragment, digests
+    keys_text, digests = quiet_only(keys_text, digests, limit)
+    return keys_text, b"", digests
+
+
+def _first_job(part: tuple[Any, ...]) -> int:
+    """The sort key of a segment's texts: its first job (files in directory order)."""
+    return int(part[0])
+
+
 def segment_texts(
     records: Sequence[tuple[Any, ...]], depth: int, relbase: str
 ) -> tuple[bytes, bytes, bytes, int]:

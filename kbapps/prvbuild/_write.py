@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from kbapps.hashing import RACY_WINDOW_NS
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions
-from kbapps.prvbuild._emit import Emitter, Writer, first_of
+from kbapps.prvbuild._emit import Emitter, Writer
 from kbapps.prvbuild._fragments import enclosing_digests, store_fragments
 from kbapps.prvbuild._plan import TreePlan, plan_from_scan, plan_known
 from kbapps.prvbuild._pool import Collected, Pool, finish_raw, wants_lookups
 from kbapps.prvbuild._scan import BY_NAME, ScannedDir, ScannedFile, start_walk, walk
-from kbapps.prvbuild._text import assemble, quiet_only, stored_digests
+from kbapps.prvbuild._text import assemble, directory_text, stored_digests, stored_texts
 from kbapps.prvbuild._worker import CHUNK_FILES, Jobs, TreeWorker, cut_chunks
 
 if TYPE_CHECKING:
@@ -259,19 +259,8 @@ def _finish(
     relpaths = collected.relpaths
     limit = time.time_ns() - (cache.racy_window_ns if cache else RACY_WINDOW_NS)
     for index, parts in collected.texts.items():
-        parts.sort(key=first_of)
-        fragment = b",\n".join([part[1] for part in parts if part[1]])
-        fragments[index] = fragment
-        keys_text = b"".join([part[2] for part in parts])
-        digests = b"".join([part[3] for part in parts])
-        if max([part[4] for part in parts]) <= limit:
-            keep.append((relpaths[index], keys_text, fragment, digests))
-        else:
-            # A file modified within the racy window may change again within the
-            # same mtime tick: its directory's fragment must not be trusted later,
-            # nor its digest; the other files' digests are kept (no fragment).
-            keys_text, digests = quiet_only(keys_text, digests, limit)
-            keep.append((relpaths[index], keys_text, b"", digests))
+        fragment = fragments[index] = directory_text(parts)
+        keep.append((relpaths[index], *stored_texts(parts, fragment, limit)))
     storing = None
     if cache is not None and (hashed or len(keep) != len(known)):
         storing = store_fragments(cache, scope, keep, hashed, options.nworkers(), options.warn())
