@@ -218,8 +218,32 @@ def _connection_capacity(setup: NodeSetup) -> int:
     return wanted
 
 
-def _web_url(setup: NodeSetup, port: int) -> str:
-    return setup.listen_url_for(port) + "/"
+def _local_web_url(handle: NodeHandle) -> str:
+    """Where this node's web page opens from this machine: the bound address, with
+    ``localhost`` for a wildcard bind."""
+    host = handle.address.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{handle.scheme}://{host}:{handle.port}/"
+
+
+def _announce_web(setup: NodeSetup, handle: NodeHandle, console: _Console) -> None:
+    """Print where the web page opens; note it in the directory lock so that a second
+    node started on this directory can say where the running one is.
+
+    With the default listen URL (``.``) that is ``http://localhost:PORT/``. A node that
+    advertises another URL (a share behind a firewall gives one nobody can reach; a
+    hub behind a reverse proxy gives its public name) prints the local address, where
+    the page surely opens, and the advertised URL on a line of its own.
+    """
+    advertised = setup.listen_url_for(handle.port) + "/"
+    url = advertised if setup.config.listen_url in ("", ".") else _local_web_url(handle)
+    setup.lock.note(web=url)
+    console.line(f"Web interface: {url}")
+    if url != advertised:
+        console.line(f"Advertised URL: {advertised} (given to other nodes and in finds)")
 
 
 async def _serve(
@@ -351,7 +375,7 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
 
     def started(handle: NodeHandle) -> Callable[[], object]:
         console.line("Starting indexing...")
-        console.line(f"Web interface: {_web_url(setup, handle.port)}")
+        _announce_web(setup, handle, console)
 
         async def index_forever() -> None:
             await indexer.run(handle)
@@ -371,7 +395,7 @@ def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
     add_web_routes(router, node_id=setup.node_id, node_type="hub")
 
     def started(handle: NodeHandle) -> None:
-        console.line(f"Web interface: {_web_url(setup, handle.port)}")
+        _announce_web(setup, handle, console)
 
     anyio.run(_serve, setup, router, timeouts, console, started)
 

@@ -5,16 +5,20 @@ Strategy
 ``setup_node`` does everything a node needs before it touches the network, in the
 order the user sees it:
 
-1. ``DIR/.kbucket/`` (mode 0700) and, on a first run, the line
+1. on a first run, the line
    ``Creating new kbucket share configuration in <abs DIR>/.kbucket ...``
-   (``hub`` instead of ``share`` for a hub);
-2. the key pair (``kbapps.keys``), which fixes the node id;
-3. the questions, in SPEC order and with SPEC's exact texts. Each answer comes from
+   (``hub`` instead of ``share`` for a hub); on a later run, ``DIR/.kbucket/`` is
+   locked for this process (``kbapps.nodelock``: one node per directory) and the
+   keys are loaded, before anything is asked;
+2. the questions, in SPEC order and with SPEC's exact texts. Each answer comes from
    its option when one was given (the question is then not asked), else from a line
    of the input source; under ``--auto`` nothing is asked: options, then saved
    answers, then defaults. On a node with no saved ``yes``, the yes/no questions never
    default to yes, so ``--auto`` stops with exit 2 naming the options to pass.
    ``no`` is exit 1 and nothing is shared;
+3. on a first run, only now that the user agreed: ``DIR/.kbucket/`` (mode 0700), its
+   lock and the key pair (``kbapps.keys``), which fixes the node id. A declined or
+   interrupted first run writes nothing;
 4. the answers saved to ``kbnode.json`` (unknown fields kept);
 5. the port policy, bind host and TLS files, returned in a frozen ``NodeSetup`` that
    the transport uses. Nothing is bound here: a share's default is "the first free
@@ -55,6 +59,7 @@ from kbapps.config import (
     save_config,
 )
 from kbapps.keys import NodeSigner, load_or_create_signer
+from kbapps.nodelock import NodeLock
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.ids import NodeId
 
@@ -205,6 +210,8 @@ class NodeSetup:
     passcode: str
     #: True when this run created the configuration (first run).
     created: bool
+    #: The directory's lock, held while the node runs (one node per directory).
+    lock: NodeLock
 
     @property
     def url_scheme(self) -> Literal["http", "https"]:
@@ -672,6 +679,14 @@ def _tls_files(port: int, options: SetupOptions, kbdir: Path) -> TlsFiles | None
     return files
 
 
+def _take_directory(root: Path, command: str, saved_node_id: str) -> tuple[NodeLock, NodeSigner]:
+    """Make ``.kbucket/`` if needed, lock it for this node and load (or make) its keys."""
+    ensure_kbucket_dir(root)
+    lock = NodeLock.acquire(kbucket_dir(root), command)
+    signer, _ = load_or_create_signer(kbucket_dir(root), node_id_in_config=saved_node_id)
+    return lock, signer
+
+
 def setup_node(
     directory: Path | str,
     kind: NodeType,
@@ -698,7 +713,8 @@ def setup_node(
         SetupError: exit 1 when the user answered ``no``; exit 2 for a missing
             directory, a corrupt ``kbnode.json`` or key, a node of the other kind, an
             invalid option, ``--auto`` without the yes answers, input closed while
-            asking, or HTTPS without a certificate.
+            asking, HTTPS without a certificate, or another node already running in
+            ``directory`` (its lock in ``.kbucket/``).
     """
     if kind not in ("leaf", "hub"):
         raise ValueError("kind must be 'leaf' or 'hub'")
@@ -721,26 +737,24 @@ def setup_node(
     )
 
     kbdir = kbucket_dir(root)
-    ensure_kbucket_dir(root)
     config_path = kbdir / CONFIG_FILE_NAME
     saved = load_config(root, default_type=kind)
     if saved is not None and saved.node_type != kind:
         other = "kbucket-hub" if saved.node_type == "hub" else "kbucket-host"
         what = "a hub" if saved.node_type == "hub" else "a share"
         raise SetupError(f"{config_path}: this directory is {what}; run {other} here")
+    command = "kbucket-hub" if kind == "hub" else "kbucket-host"
     prompter = _Prompter(stdin, stdout)
     created = saved is None
-    if created:
+    if saved is None:
+        # Nothing is written before the user has agreed: an interrupted or declined
+        # first run leaves the directory as it was (the keys are made after the
+        # questions; the node id appears in no question).
         noun = "share" if kind == "leaf" else "hub"
         prompter.write_line(f"Creating new kbucket {noun} configuration in {kbdir} ...")
-    signer, _ = load_or_create_signer(
-        kbdir, node_id_in_config=saved.node_id if saved is not None else ""
-    )
-    base = saved if saved is not None else NodeConfig(node_type=kind)
-    if created:
-        # Written before the questions (as the original did), so an interrupted first
-        # run still leaves a directory that says what it is and whose keys these are.
-        save_config(root, base.with_answers(node_id=signer.node_id))
+    else:
+        # A second node on this directory stops here, before asking anything.
+        lock, signer = _take_directory(root, command, saved.node_id)
 
     answers = _answer_all(
         _questions(kind, root, env),
@@ -751,6 +765,9 @@ def setup_node(
         config_path=config_path,
         prompter=prompter,
     )
+    if created:
+        lock, signer = _take_directory(root, command, "")
+    base = saved if saved is not None else NodeConfig(node_type=kind)
     if kind == "hub":
         port_value: int | None = int(answers.pop("listen_port"))
     else:
@@ -795,4 +812,5 @@ def setup_node(
         parent_passcode=config.parent_hub_passcode,
         passcode=config.passcode if kind == "hub" else "",
         created=created,
+        lock=lock,
     )

@@ -229,7 +229,7 @@ def test_no_exits_1_without_sharing(share_dir: Path, answers: str, message: str)
     error = fails(share_dir, answers=answers)
     assert error.exit_code == 1
     assert message in error.message
-    assert saved(share_dir).get("name", "") == ""  # answers not saved
+    assert not (share_dir / ".kbucket").exists()  # nothing written: no answers, no keys
 
 
 def test_no_by_option_exits_1(share_dir: Path) -> None:
@@ -314,11 +314,11 @@ def test_eof_while_prompting_is_exit_2(share_dir: Path) -> None:
     assert error.exit_code == 2
     assert "input closed while asking" in error.message
     assert "Brief description" in error.message
-    # The interrupted first run still left a recognisable node with its keys.
-    assert saved(share_dir)["node_type"] == "leaf"
+    # The interrupted first run wrote nothing: the next run is a first run again.
+    assert not (share_dir / ".kbucket").exists()
     again, lines = run(share_dir, answers=SHARE_ANSWERS)
-    assert not lines[0].startswith("Creating new")
-    assert again.created is False
+    assert lines[0].startswith("Creating new")
+    assert again.created is True
 
 
 # --- --auto ----------------------------------------------------------------------------
