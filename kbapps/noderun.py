@@ -139,33 +139,67 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
     def left(info: NodeInfo, reason: str) -> None:
         console.line(f"Child {_child_word(info)} left: {info.name} ({info.node_id}): {reason}")
 
-    refused = False
-
-    def refused_line(reason: str) -> None:
-        nonlocal refused
-        refused = True
-        console.line(f"Parent hub refused this node: {reason}")
-
-    def lost(reason: str) -> None:
-        nonlocal refused
-        if refused:
-            # The link closes after every refusal: the refusal line said it all.
-            refused = False
-            return
-        console.line(f"Lost the parent hub: {reason} (reconnecting)")
-
+    parent = _ParentLines(console)
     return NodeHooks(
         on_listening=listening,
-        on_dial=lambda url: console.line(f"Connecting to parent hub: {url}"),
-        on_dial_failed=lambda url, reason: console.line(
-            f"Cannot reach parent hub {url}: {reason} (retrying)"
-        ),
-        on_parent_connected=lambda info: console.line(f"Connected to parent hub: {info.name}"),
-        on_parent_lost=lost,
-        on_join_refused=refused_line,
+        on_dial=parent.dialing,
+        on_dial_failed=parent.dial_failed,
+        on_parent_connected=parent.connected,
+        on_parent_lost=parent.lost,
+        on_join_refused=parent.refused,
         on_child_joined=joined,
         on_child_left=left,
     )
+
+
+class _ParentLines:
+    """The console lines about the parent hub: one line per change of state.
+
+    While the hub is down the core redials every few seconds; printing each attempt
+    (two lines a retry) buried everything else. So ``Connecting to parent hub`` is
+    printed when a run of attempts starts, a failure or refusal when its reason
+    differs from the last one printed, and the next line is the one that says the
+    link is up (or was lost).
+    """
+
+    def __init__(self, console: _Console) -> None:
+        self._console = console
+        #: The attempt in progress was announced (reset once connected or lost).
+        self._announced = False
+        #: The last failure or refusal printed since then.
+        self._last_problem = ""
+        #: A refusal closes the link: its loss says nothing new.
+        self._refused = False
+
+    def dialing(self, url: str) -> None:
+        if not self._announced:
+            self._announced = True
+            self._console.line(f"Connecting to parent hub: {url}")
+
+    def dial_failed(self, url: str, reason: str) -> None:
+        self._problem(f"Cannot reach parent hub {url}: {reason} (retrying every few seconds)")
+
+    def refused(self, reason: str) -> None:
+        self._refused = True
+        self._problem(f"Parent hub refused this node: {reason}")
+
+    def connected(self, info: NodeInfo) -> None:
+        self._announced = False
+        self._last_problem = ""
+        self._console.line(f"Connected to parent hub: {info.name}")
+
+    def lost(self, reason: str) -> None:
+        if self._refused:
+            self._refused = False
+            return
+        self._announced = False
+        self._last_problem = ""
+        self._console.line(f"Lost the parent hub: {reason} (reconnecting)")
+
+    def _problem(self, line: str) -> None:
+        if line != self._last_problem:
+            self._last_problem = line
+            self._console.line(line)
 
 
 def _make_core(

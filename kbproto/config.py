@@ -105,7 +105,10 @@ class Timeouts:
         request_timeout: time allowed for a stream's response head to arrive.
         stream_idle_timeout: a stream with no frame either way for this long is reset.
         reconnect_min / reconnect_max: the child's redial backoff (doubling, capped,
-            with jitter in [0.5, 1] of the delay).
+            with jitter in [0.5, 1] of the delay). The cap is short (5 s) because a
+            child should rejoin within seconds of its hub's return: a redial is one
+            TCP connect, and the jitter spreads a subtree's rejoins over the last half
+            of the cap.
     """
 
     heartbeat_interval: float = 10.0
@@ -115,7 +118,7 @@ class Timeouts:
     request_timeout: float = 30.0
     stream_idle_timeout: float = 120.0
     reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
+    reconnect_max: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -75,3 +76,28 @@ def test_declining_or_stopping_a_first_run_writes_nothing(
     assert proc.popen.wait(30) in (1, 2)
     assert "Traceback" not in proc.stderr()
     assert sorted(os.listdir(share_dir)) == ["data.txt"]
+
+
+def test_a_share_says_once_that_its_hub_is_down_and_rejoins_within_seconds_of_its_return(
+    procs: Procs, tmp_path: Path
+) -> None:
+    hub = procs.node("kbucket-hub", tmp_path / "H", name="hub")
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "x.txt").write_text("x\n")
+    # Default timers (no --heartbeat-timeout): what a user gets.
+    argv = ["--auto", "--name", "S", "--scientific-research", "yes", "--confirm-share", "yes"]
+    argv += ["--port", "0", "--host", "127.0.0.1", "--parent-hub", hub.url]
+    share = procs.start("S", command("kbucket-host", str(tmp_path / "S"), *argv))
+    share.wait_line(r"Connected to parent hub: hub$")
+    lost_at = len(share.lines)
+    hub.proc.popen.kill()
+    hub.proc.popen.wait(10)
+    share.wait_line(r"Lost the parent hub: ", start=lost_at)
+    time.sleep(15)  # long enough for the old backoff to climb past 8 s
+    during = share.lines[lost_at:]
+    assert len([line for line in during if "parent hub" in line]) <= 3, during
+    restarted = procs.node("kbucket-hub", tmp_path / "H", name="hub", port=hub.port)
+    back = time.monotonic()
+    share.wait_line(r"Connected to parent hub: hub$", start=lost_at)
+    assert time.monotonic() - back < 7.0
+    restarted.proc.wait_line(r"Child share joined: S ")

@@ -397,3 +397,29 @@ def test_close_link_by_app_sends_shutdown() -> None:
 
 def test_ping_frame_bytes_are_pinned() -> None:
     assert encode(Ping()) == b'\x03\x01\x00\x00\x00\x0f{"type":"ping"}'
+
+
+def test_with_default_timeouts_a_child_redials_within_five_seconds_however_long_the_outage() -> (
+    None
+):
+    # A hub that was down for minutes is rejoined within seconds of its return: the
+    # default backoff never waits longer than 5 s between two dials.
+    core = ShareCore(
+        ShareConfig(name="S", parent_url="http://H:3240"),
+        signer=Ed25519Signer(3),
+        ids=SeededIdSource(1),
+    )
+    core.start(0.0)
+    assert core.next_action() == Dial(address="http://H:3240")
+    now = 0.0
+    gaps = []
+    while now < 600.0:  # ten minutes of outage
+        core.dial_failed(now, "connection refused")
+        timer = core.get_timer()
+        assert timer is not None
+        gaps.append(timer - now)
+        now = timer
+        core.handle_timer(now)
+        assert isinstance(core.next_action(), Dial)
+    assert max(gaps) <= 5.0
+    assert len(gaps) < 600 / 2.5 + 8  # and not much more often than every 2.5 s
