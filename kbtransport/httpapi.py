@@ -102,6 +102,14 @@ _json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
 #: The answer to a find nothing matched (immutable, so one serves every such find).
 _NOT_FOUND = json_response(200, {"success": True, "found": False})
+#: A find for a malformed SHA-1 finds nothing: 200 with ``found: false`` (and why), as
+#: the original hubs answered, so the original clients print "not found" instead of an
+#: HTTP error (``kb-prv-find`` of the original tool, ``kbucketclient.py``'s findFile).
+#: Our own clients check the SHA-1 before asking and never send one.
+_MALFORMED_NOT_FOUND = json_response(
+    200,
+    {"success": True, "found": False, "reason": "Malformed SHA-1 (40 hex digits expected)"},
+)
 #: Most find responses reused between two driver steps (see ``build_node_app``).
 _RESPONSE_CACHE = 4096
 
@@ -308,10 +316,11 @@ def build_node_app(node: Node, local: App) -> App:
         return Response(status=200, headers=_JSON_HEADERS, body=_results_body(results, own_url))
 
     def find_now(raw_sha1: str, share_id: str | None) -> Response | None:
-        """The answer if this node gives it at once (or a 400); None: ask the tree."""
+        """The answer if this node gives it at once (or a 400 for a malformed share
+        id); None: ask the tree."""
         sha1 = raw_sha1.lower()
         if not is_sha1(sha1):
-            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+            return _MALFORMED_NOT_FOUND
         try:
             results = node.answer_now(sha1, share_id)
         except LocalProtocolError as exc:
