@@ -138,6 +138,7 @@ def _joined_hub(child_is_hub: bool) -> HubCore:
         passcode="",
         max_streams=16,
         max_lookups=16,
+        heartbeat_timeout_ms=30_000,
     )
     hub.receive_data(LinkId(1), encode(register), 0.0)
     drain(hub)
@@ -195,6 +196,8 @@ def main() -> None:
     parser.add_argument("--shares", type=int, default=2000)
     parser.add_argument("--ids", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.hubs < 22:
+        parser.error("--hubs must be at least 22: the network is a tree 3 levels deep, fanout 4")
 
     print("## Simulator throughput\n")
     print(

@@ -45,8 +45,8 @@ def test_setup_script_says_what_it_installs(tmp_path: Path) -> None:
     shims.mkdir()
     for name in ("python3", "apt-get", "sudo"):
         _shim(shims, name, log)
-    # Only these tools are on PATH, so chromium counts as missing on any machine.
-    for tool in ("bash", "dirname", "id"):
+    # Only these tools are on PATH, so chromium, wrk and openssl count as missing here.
+    for tool in ("bash", "dirname", "id", "env"):
         found = next(p for p in (Path("/usr/bin") / tool, Path("/bin") / tool) if p.exists())
         (shims / tool).symlink_to(found)
     env = {"PATH": str(shims), "HOME": str(tmp_path)}
@@ -61,9 +61,12 @@ def test_setup_script_says_what_it_installs(tmp_path: Path) -> None:
     said = done.stdout.splitlines()
     assert any("installing kbucket" in line and "pytest" in line for line in said), said
     assert any("chromium" in line and "installing" in line for line in said), said
+    assert any("wrk" in line and "installing" in line for line in said), said
     assert said[-1] == "setup-tests: done"
     calls = log.read_text()
     assert "python3 -m pip install" in calls
     assert "-e .[test]" in calls
     assert "apt-get install" in calls
+    # (nginx counts as present where /usr/sbin/nginx exists: sbin is not on every PATH)
     assert "chromium" in calls
+    assert "wrk openssl" in calls
