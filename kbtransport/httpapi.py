@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import re
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from kbproto.errors import LocalProtocolError
@@ -46,9 +47,11 @@ from kbtransport.node import (
     discard_response,
     request_from_target,
 )
+from kbtransport.origins import OriginPolicy
 
 __all__ = (
     "FORWARDED_HEADERS",
+    "NodeAppConfig",
     "build_node_app",
     "find_body",
     "find_payload",
@@ -80,6 +83,19 @@ _DROP_HEADERS = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeAppConfig:
+    """Policies of a node's HTTP routes (docs/security.md).
+
+    Attributes:
+        origins: web origins whose pages may open a websocket or an uplink to this
+            node (``kbtransport.origins``); none by default, so every upgrade that
+            carries an ``Origin`` header is refused with 403.
+    """
+
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
+
+
 def node_info_json(info: NodeInfo) -> dict[str, object]:
     """The ``info`` object of nodeinfo (public fields only; never a private key)."""
     return {
@@ -102,6 +118,10 @@ _json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
 #: The answer to a find nothing matched (immutable, so one serves every such find).
 _NOT_FOUND = json_response(200, {"success": True, "found": False})
+#: The answer to an upgrade from a web page whose origin is not allowed.
+_CROSS_SITE_UPGRADE = error_response(
+    403, "Websocket and uplink upgrades from web pages are refused (Origin not allowed)"
+)
 #: Most find responses reused between two driver steps (see ``build_node_app``).
 _RESPONSE_CACHE = 4096
 
@@ -284,8 +304,11 @@ async def _nodeinfo(node: Node) -> Response:
     return json_response(200, payload)
 
 
-def build_node_app(node: Node, local: App) -> App:
-    """The node's whole HTTP app (see the module docstring)."""
+def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) -> App:
+    """The node's whole HTTP app (see the module docstring); ``config``'s policies
+    (``NodeAppConfig()`` if None) apply to every route."""
+    config = config if config is not None else NodeAppConfig()
+    origins = config.origins
     own = own_node_app(node, local)
     own_url = node.info.listen_url
 
@@ -383,9 +406,12 @@ def build_node_app(node: Node, local: App) -> App:
 
     async def app(request: Request) -> Response:
         # A websocket upgrade on any path is a child link. (The loop finds the rare
-        # ``Upgrade`` header without a call per request.)
+        # ``Upgrade`` header without a call per request.) Every upgrade, websocket or
+        # uplink, coming from a web page on an origin not allowed is refused first.
         for name, _value in request.headers:
             if name == b"upgrade":
+                if not origins.allows(request.header("origin")):
+                    return _CROSS_SITE_UPGRADE
                 if request.wants_websocket:
                     return Response(status=101, body=node.websocket_accept(request))
                 break
