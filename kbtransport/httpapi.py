@@ -48,9 +48,11 @@ from kbtransport.node import (
     request_from_target,
 )
 from kbtransport.origins import OriginPolicy
+from kbtransport.usercontent import is_worker_request, user_content_headers
 
 __all__ = (
     "FORWARDED_HEADERS",
+    "PROXIED_RESPONSE_HEADERS",
     "NodeAppConfig",
     "build_node_app",
     "find_body",
@@ -65,22 +67,12 @@ __all__ = (
 FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
 #: Statuses a reset may carry that are also fit for our HTTP answer.
 _RESET_STATUSES = frozenset({404, 502, 503, 504})
-#: Response headers not copied from a proxied response (framing, hop-by-hop, ours).
-_DROP_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        "date",
-        "server",
-        "access-control-allow-origin",
-        "access-control-expose-headers",
-    }
-)
+#: Response headers copied from a proxied response: what download semantics need, and
+#: nothing else (an allowlist: a share must not set cookies, a service worker's scope,
+#: its own Content-Security-Policy, a redirect or a refresh on this node's origin).
+#: ``Content-Type`` is copied through ``user_content_headers``, which adds this node's
+#: own security headers; framing headers are this node's own.
+PROXIED_RESPONSE_HEADERS = frozenset({"content-range", "accept-ranges", "etag", "last-modified"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +114,8 @@ _NOT_FOUND = json_response(200, {"success": True, "found": False})
 _CROSS_SITE_UPGRADE = error_response(
     403, "Websocket and uplink upgrades from web pages are refused (Origin not allowed)"
 )
+#: The answer to a request for a worker's script (``is_worker_request``).
+_NO_WORKER_SCRIPTS = error_response(403, "A node serves no worker scripts")
 #: Most find responses reused between two driver steps (see ``build_node_app``).
 _RESPONSE_CACHE = 4096
 
@@ -230,12 +224,15 @@ def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
 def proxied_response(response: ProxyResponse, method: str) -> Response:
     """Turn a ``ProxyResponse`` into a streamed ``Response`` for our HTTP server.
 
-    The body is streamed as it arrives; if the stream is reset mid-body the iterator
+    Only ``PROXIED_RESPONSE_HEADERS`` and the ``Content-Type`` are taken from the
+    target's head; the user-content headers (``kbtransport.usercontent``) are this
+    node's. The body is streamed as it arrives; if the stream is reset mid-body the iterator
     raises ``StreamResetError`` (a ``ReadError``), so the server cuts the connection
     and the client sees an incomplete body. When the client goes away, the server
     closes the iterator, which resets the stream at every hop.
     """
-    headers = tuple((n, v) for n, v in response.headers if n.lower() not in _DROP_HEADERS)
+    passed = tuple((n, v) for n, v in response.headers if n.lower() in PROXIED_RESPONSE_HEADERS)
+    headers = (*passed, *user_content_headers(response.header("content-type")))
     status = response.status
     empty = method == "HEAD" or status in (204, 304) or status < 200
     length = None if status in (204, 304) else response.content_length
@@ -422,6 +419,10 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 return error_response(405, f"Method {request.method} not allowed here")
             sha1 = segments[1]
             return cached_find(sha1, None) or find_now(sha1, None) or await find(sha1, None)
+        if is_worker_request(request):
+            # No response of a node is a worker's script (kbtransport.usercontent); the
+            # find route above answers JSON, which no browser runs as one.
+            return _NO_WORKER_SCRIPTS
         if first == "_kblink" and len(segments) == 2:
             return node.uplink_accept(request, segments[1])
         if first == "sha1" and len(segments) == 2:
