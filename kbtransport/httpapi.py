@@ -7,14 +7,21 @@
   with SPEC's JSON (``urls`` best first: the share's own URL, each hub between the share
   and this node, then this node; each ``BASE/ID/download/PATH``, PATH URL-encoded);
 * ``GET, HEAD /sha1/SHA1``: the content from wherever it is (this share's own file
-  through ``local``, else a proxied request to a share holding it);
+  through ``local``, else a proxied request to a share holding it). A proxied body
+  (and one of ``/ID/sha1/SHA1`` for another node) is checked against SHA1 as it
+  streams and cut before its end if it does not match; that source is not asked for
+  that id again (``kbtransport.contentcheck``);
 * ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, anything else to ``local``;
 * ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
   and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
   node, 502 a node on the way failed, 504 timed out;
 * everything else (``/``, ``/web/...``): ``local``.
 
-CORS headers and OPTIONS preflights are added by the HTTP server (``ServerConfig.cors``).
+Every proxied answer keeps only ``PROXIED_RESPONSE_HEADERS`` of the target's and gets
+this node's user-content headers (``kbtransport.usercontent``); an upgrade from a web
+page whose origin is not allowed (``NodeAppConfig.origins``) and a request for a
+worker's script are refused with 403. CORS headers and OPTIONS preflights are added by
+the HTTP server (``ServerConfig.cors``).
 ``own_node_app(node, local)`` is the part serving this node's own id; a ``Node`` uses it
 for requests that reach it through the tree.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import logging
 import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -31,6 +39,7 @@ from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
+from kbtransport.contentcheck import EMPTY_SHA1, BadSources, ContentCheck, covers_whole
 from kbtransport.driver import StepMemo
 from kbtransport.http import (
     App,
@@ -62,6 +71,8 @@ __all__ = (
     "proxied_response",
 )
 
+_log = logging.getLogger("kbtransport.httpapi")
+
 #: Request headers passed on to the node that serves a proxied request: what download
 #: semantics need (Range, conditionals, content negotiation). Anything else stays here.
 FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
@@ -83,9 +94,18 @@ class NodeAppConfig:
         origins: web origins whose pages may open a websocket or an uplink to this
             node (``kbtransport.origins``); none by default, so every upgrade that
             carries an ``Origin`` header is refused with 403.
+        bad_sources_kept: the memory of sources caught sending wrong bytes for a
+            content id (see the attribute's comment).
     """
 
     origins: OriginPolicy = field(default_factory=OriginPolicy)
+    #: How many (share, content id) pairs that sent wrong bytes are remembered and not
+    #: asked again (``kbtransport.contentcheck.BadSources``; ~200 bytes each).
+    bad_sources_kept: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.bad_sources_kept < 1:
+            raise ValueError("NodeAppConfig.bad_sources_kept must be positive")
 
 
 def node_info_json(info: NodeInfo) -> dict[str, object]:
@@ -221,8 +241,13 @@ def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
     )
 
 
-def proxied_response(response: ProxyResponse, method: str) -> Response:
+def proxied_response(
+    response: ProxyResponse, method: str, check: ContentCheck | None = None
+) -> Response:
     """Turn a ``ProxyResponse`` into a streamed ``Response`` for our HTTP server.
+
+    With ``check``, the body is checked against a content id as it streams and its end
+    is withheld unless it matches (``kbtransport.contentcheck``).
 
     Only ``PROXIED_RESPONSE_HEADERS`` and the ``Content-Type`` are taken from the
     target's head; the user-content headers (``kbtransport.usercontent``) are this
@@ -239,7 +264,7 @@ def proxied_response(response: ProxyResponse, method: str) -> Response:
     return Response(
         status=status,
         headers=headers,
-        body=StreamBody(chunks=_ProxyBody(response, empty), length=length),
+        body=StreamBody(chunks=_ProxyBody(response, empty, check), length=length),
     )
 
 
@@ -249,9 +274,10 @@ class _ProxyBody:
     finished, even when iteration never started (a client gone before the first byte,
     or a HEAD answered from the head alone)."""
 
-    def __init__(self, response: ProxyResponse, empty: bool) -> None:
+    def __init__(self, response: ProxyResponse, empty: bool, check: ContentCheck | None) -> None:
         self._response = response
         self._chunks = None if empty else response.iter_chunks()
+        self._check = check
 
     def __aiter__(self) -> _ProxyBody:
         return self
@@ -259,9 +285,13 @@ class _ProxyBody:
     async def __anext__(self) -> bytes:
         if self._chunks is None:
             raise StopAsyncIteration
+        if self._check is not None:
+            return await self._check.next_chunk(self._chunks)
         return await self._chunks.__anext__()
 
     async def aclose(self) -> None:
+        if self._check is not None:
+            self._check.close()
         if self._chunks is not None:
             await self._chunks.aclose()
         await self._response.aclose()
@@ -306,6 +336,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
     (``NodeAppConfig()`` if None) apply to every route."""
     config = config if config is not None else NodeAppConfig()
     origins = config.origins
+    bad_sources = BadSources(config.bad_sources_kept)
     own = own_node_app(node, local)
     own_url = node.info.listen_url
 
@@ -350,8 +381,41 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return error_response(400, str(exc))
         return found(answer.results if isinstance(answer, LookupResolved) else ())
 
+    def content_check(response: ProxyResponse, source: str, sha1: str) -> ContentCheck | None:
+        """The check of ``source``'s answer for content ``sha1``; None for a partial
+        range, which cannot be checked alone and is served as it comes
+        (docs/security.md, "Content named by SHA-1")."""
+        if not covers_whole(response.status, response.header("content-range")):
+            return None
+
+        def mismatch() -> None:
+            bad_sources.add(source, sha1)
+            _log.warning("node %s sent bytes not hashing to %s: cut, not asked again", source, sha1)
+
+        return ContentCheck(sha1, mismatch)
+
+    def lies_at_once(response: ProxyResponse, source: str, sha1: str) -> bool:
+        """True (and ``source`` remembered) if the head alone shows a lie: the whole
+        content in 0 bytes for an id that is not the empty content's. Such a response
+        would be complete once its head is sent, before any check could cut it."""
+        if (
+            sha1 == EMPTY_SHA1
+            or response.content_length != 0
+            or not covers_whole(response.status, response.header("content-range"))
+        ):
+            return False
+        bad_sources.add(source, sha1)
+        _log.warning("node %s announced no bytes for %s: not asked again", source, sha1)
+        return True
+
     async def proxy(request: Request, node_id: str) -> Response:
         target = request.target.decode("ascii")
+        segments = request.segments
+        # /ID/sha1/SHA1 names its content: it is checked like /sha1/SHA1.
+        sha1 = segments[2].lower() if len(segments) == 3 and segments[1] == "sha1" else ""
+        named = is_sha1(sha1)
+        if named and bad_sources.has(node_id, sha1):
+            return error_response(502, "That node sent wrong bytes for this content")
         try:
             response = await node.open_request(node_id, request.method, target, _forwarded(request))
         except StreamResetError as exc:
@@ -359,7 +423,12 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return error_response(status, exc.reason)
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
-        return proxied_response(response, request.method)
+        if not named:
+            return proxied_response(response, request.method)
+        if lies_at_once(response, node_id, sha1):
+            await response.aclose()
+            return error_response(502, "That node sent wrong bytes for this content")
+        return proxied_response(response, request.method, content_check(response, node_id, sha1))
 
     async def by_sha1(request: Request, sha1: str) -> Response:
         sha1 = sha1.lower()
@@ -378,17 +447,20 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         # answers 404 otherwise, in which case the next source is tried.
         results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
         for result in results:
-            target = f"/{result.kbshare_id}/sha1/{sha1}"
-            if result.kbshare_id == node.node_id:
+            source = result.kbshare_id
+            target = f"/{source}/sha1/{sha1}"
+            if bad_sources.has(source, sha1):
+                # It sent wrong bytes for this content before: never asked again.
+                last = error_response(502, "Every source of this content sent wrong bytes")
+                continue
+            if source == node.node_id:
                 local_response = await own(request_from_target(request.method, target, headers))
                 if local_response.status != 404:
                     return local_response
                 await discard_response(local_response)
                 continue
             try:
-                response = await node.open_request(
-                    result.kbshare_id, request.method, target, headers
-                )
+                response = await node.open_request(source, request.method, target, headers)
             except StreamResetError as exc:
                 status = exc.status if exc.status in _RESET_STATUSES else 502
                 last = error_response(status, exc.reason)
@@ -398,7 +470,11 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 if response.status >= 500:
                     last = error_response(502, f"Share answered {response.status}")
                 continue
-            return proxied_response(response, request.method)
+            if lies_at_once(response, source, sha1):
+                await response.aclose()
+                last = error_response(502, "Every source of this content sent wrong bytes")
+                continue
+            return proxied_response(response, request.method, content_check(response, source, sha1))
         return last
 
     async def app(request: Request) -> Response:

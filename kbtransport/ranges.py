@@ -152,9 +152,9 @@ def file_response(
         if inm is not None and _etag_matches(inm, etag):
             file.close()
             return Response(status=304, headers=tuple(headers))
-    base = tuple(headers)
+    common = len(headers)
     # User bytes: never run in this node's origin (kbtransport.usercontent).
-    headers.extend(user_content_headers(content_type_for(name)))
+    headers += user_content_headers(content_type_for(name))
     range_header = request.header("range")
     if_range = request.header("if-range")
     if range_header is not None and if_range is not None and if_range.strip() != etag:
@@ -164,7 +164,7 @@ def file_response(
     except RangeNotSatisfiable:
         file.close()
         return error_response(
-            416, "Range not satisfiable", (*base, ("Content-Range", f"bytes */{size}"))
+            416, "Range not satisfiable", (*headers[:common], ("Content-Range", f"bytes */{size}"))
         )
     if byte_range is None:
         return Response(
