@@ -6,9 +6,11 @@ import hashlib
 import threading
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 
 from kbtransport.contentcheck import (
+    _HASH_THREADS,
     EMPTY_SHA1,
     BadSources,
     ContentCheck,
@@ -93,16 +95,27 @@ async def test_a_failing_source_is_not_a_mismatch() -> None:
     assert mismatches == []
 
 
-async def test_a_body_given_up_stops_its_hashing_thread() -> None:
-    check = ContentCheck(hashlib.sha1(b"whatever").hexdigest(), lambda: None)
-    source = _chunks([b"q" * (1 << 20)] * 3)
-    assert await check.next_chunk(source) == b"q" * (1 << 20)
-    threads = [t for t in threading.enumerate() if t.name == "kbucket-sha1"]
-    assert threads
-    check.close()  # the client went away: the server closes the body
-    for thread in threads:
-        thread.join(10)
-        assert not thread.is_alive()
+async def test_many_bodies_share_a_few_hashing_threads() -> None:
+    bodies = [[bytes([i, j]) * (300 << 10) for j in range(6)] for i in range(24)]
+    results: list[bool] = []
+
+    async def one(pieces: list[bytes], given_up: bool) -> None:
+        sha1 = hashlib.sha1(b"".join(pieces)).hexdigest()
+        check = ContentCheck(sha1, lambda: results.append(False))
+        if given_up:  # a client gone after two chunks: the rest is never read
+            source = _chunks(pieces)
+            await check.next_chunk(source)
+            await check.next_chunk(source)
+            check.close()
+            return
+        results.append(await _sent(check, pieces) == pieces)
+
+    async with anyio.create_task_group() as tg:
+        for index, pieces in enumerate(bodies):
+            tg.start_soon(one, pieces, index % 4 == 0)
+    assert results == [True] * 18
+    hashing = [t for t in threading.enumerate() if t.name.startswith("kbucket-sha1")]
+    assert 1 <= len(hashing) <= _HASH_THREADS
 
 
 @pytest.mark.parametrize(
