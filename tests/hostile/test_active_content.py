@@ -184,11 +184,21 @@ def test_shared_files_do_not_run_in_the_nodes_origins(web: Web, browser: Browser
     try:
         for url in web.user_content_urls():
             _open(page, url)
-        # Framed by the attacker's page as well.
-        frames = "".join(f'<iframe src="{url}"></iframe>' for url in web.user_content_urls())
+        # Framed by the attacker's page as well, next to the nodes' own web pages.
+        pages = [f"{web.hub.url}/", f"{web.share.url}/"]
+        framed = [*web.user_content_urls(), *pages]
+        frames = "".join(f'<iframe src="{url}"></iframe>' for url in framed)
         web.site.files["/frames.html"] = ("text/html", f"<!doctype html>{frames}".encode())
         _open(page, web.site.url("/frames.html"))
         page.wait_for_timeout(2000)  # time for any script that ran to report
+        # No node page may be framed (click-jacking): Chromium shows its error page.
+        iframes = page.locator("iframe")
+        for index, url in enumerate(framed):
+            if url in pages:
+                handle = iframes.nth(index).element_handle()
+                frame = handle.content_frame() if handle is not None else None
+                assert frame is not None, url
+                assert frame.url.startswith("chrome-error://"), (url, frame.url)
     finally:
         page.close()
     assert web.site.seen("/ran") == []
