@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from kbapps.output import UsageError
+from kbtransport.origins import canonical_origin
 
 __all__ = (
     "CONFIG_FILE_NAME",
@@ -76,7 +77,15 @@ _TEXT_FIELDS = (
 )
 _PARENT_FIELDS = ("parent_hub_url", "parent_hub_passcode")
 _KNOWN_FIELDS = frozenset(
-    {"node_type", "node_id", "listen_port", "passcode", *_TEXT_FIELDS, *_PARENT_FIELDS}
+    {
+        "node_type",
+        "node_id",
+        "listen_port",
+        "passcode",
+        "allowed_origins",
+        *_TEXT_FIELDS,
+        *_PARENT_FIELDS,
+    }
 )
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
 
@@ -124,6 +133,10 @@ class NodeConfig:
     parent_hub_passcode: str = ""
     #: Hubs: what children must present; empty means anyone may join.
     passcode: str = ""
+    #: Web origins whose pages may open a websocket or uplink to the node
+    #: (``kbtransport.origins``; docs/security.md "Cross-site joins"), in
+    #: ``canonical_origin`` form. Set by hand; written back only when not empty.
+    allowed_origins: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +147,11 @@ class NodeConfig:
                 raise TypeError(f"{name} must be a string")
         if self.listen_port is not None and not _is_port(self.listen_port):
             raise ValueError("listen_port must be an integer from 0 to 65535")
+        if not isinstance(self.allowed_origins, tuple) or any(
+            not isinstance(origin, str) or canonical_origin(origin) != origin
+            for origin in self.allowed_origins
+        ):
+            raise ValueError("allowed_origins must be a tuple of canonical origins")
         if _KNOWN_FIELDS & set(self.extra) or _LEGACY_FIELDS & set(self.extra):
             raise ValueError("extra must hold only unknown fields")
         # Freeze the mapping too, so a NodeConfig cannot change after it is built.
@@ -161,6 +179,8 @@ class NodeConfig:
             out[name] = getattr(self, name)
         if self.node_type == "hub" or self.passcode:
             out["passcode"] = self.passcode
+        if self.allowed_origins:
+            out["allowed_origins"] = list(self.allowed_origins)
         out.update(self.extra)
         return out
 
@@ -193,6 +213,8 @@ class NodeConfig:
                 raise SetupError(f"{where}: field {name!r} must be a string")
         if "listen_port" in data and data["listen_port"] not in (None, ""):
             values["listen_port"] = _parse_port_field(data["listen_port"], where)
+        if "allowed_origins" in data:
+            values["allowed_origins"] = _parse_origins_field(data["allowed_origins"], where)
         extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS | _LEGACY_FIELDS}
         return cls(**values, extra=extra)
 
@@ -210,6 +232,27 @@ def _parse_port_field(value: Any, where: str) -> int:
         raise SetupError(f"{where}: field 'listen_port' must be a port number from 0 to 65535")
     port: int = value
     return port
+
+
+def _parse_origins_field(value: Any, where: str) -> tuple[str, ...]:
+    # A list of origins as browsers send them; each is stored in canonical form, so
+    # "HTTPS://Example.org:443" and "https://example.org" are one origin.
+    if not isinstance(value, list):
+        raise SetupError(f"{where}: field 'allowed_origins' must be a list of origins")
+    origins: list[str] = []
+    for item in value:
+        try:
+            origin = canonical_origin(item) if isinstance(item, str) else None
+        except ValueError:
+            origin = None
+        if origin is None:
+            raise SetupError(
+                f"{where}: field 'allowed_origins': {item!r} is not an origin"
+                " (scheme://host[:port], e.g. https://example.org)"
+            )
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
 
 
 def kbucket_dir(directory: Path) -> Path:

@@ -54,8 +54,10 @@ from kbproto.messages import NodeInfo
 from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
+from kbtransport.httpapi import NodeAppConfig
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
+from kbtransport.origins import OriginPolicy
 from kbtransport.routing import Router
 
 __all__ = (
@@ -333,6 +335,11 @@ async def _serve(
     )
 
 
+def _app_config(setup: NodeSetup) -> NodeAppConfig:
+    """The HTTP routes' policies from ``kbnode.json`` (``allowed_origins``)."""
+    return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins))
+
+
 async def _serve_once(
     setup: NodeSetup,
     router: Router,
@@ -343,7 +350,13 @@ async def _serve_once(
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
-            serve_node(_make_core(setup, timeouts), router, listen, hooks=hooks) as handle,
+            serve_node(
+                _make_core(setup, timeouts),
+                router,
+                listen,
+                hooks=hooks,
+                app_config=_app_config(setup),
+            ) as handle,
             anyio.create_task_group() as tg,
         ):
 

@@ -389,6 +389,11 @@ class _Connection:
         if size > config.max_head_bytes:
             await self.send_error(431, _peer_error_text(431))
             return None
+        if not plain:
+            ambiguous = _ambiguous_framing(headers, event.http_version)
+            if ambiguous is not None:
+                await self.send_error(400, ambiguous)
+                return None
         try:
             if plain:
                 # No Content-Length, Transfer-Encoding or Expect: no body (RFC 9112
@@ -827,6 +832,34 @@ async def _aclose_iterable(chunks: AsyncIterable[bytes]) -> None:
     if aclose is not None:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await aclose()
+
+
+def _ambiguous_framing(headers: tuple[tuple[bytes, bytes], ...], http_version: bytes) -> str | None:
+    """Why a request's body framing cannot be trusted, or None if it can.
+
+    h11 already refuses the other malformed framings: Content-Length values that
+    differ or are not plain digits (400), a transfer coding other than ``chunked`` or
+    ``Transfer-Encoding`` twice (501). It accepts two cases that RFC 9112 says must
+    end the connection, because the bytes after such a request may be read as a
+    second, smuggled request by a server or proxy that framed the body differently:
+    ``Transfer-Encoding`` together with ``Content-Length`` (§6.3: the server must close
+    the connection after responding) and ``Transfer-Encoding`` in an HTTP/1.0 request
+    (§6.1: the framing is faulty). Both are answered 400 and the connection closed
+    (docs/security.md, "Request framing").
+    """
+    has_te = has_cl = False
+    for name, _value in headers:
+        if name == b"transfer-encoding":
+            has_te = True
+        elif name == b"content-length":
+            has_cl = True
+    if not has_te:
+        return None
+    if has_cl:
+        return "Content-Length together with Transfer-Encoding"
+    if http_version == b"1.0":
+        return "Transfer-Encoding in an HTTP/1.0 request"
+    return None
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:

@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 import anyio
@@ -104,6 +105,9 @@ from kbtransport.uplink import (
     uplink_url,
 )
 from kbtransport.websocket import WebSocketLink, connect_websocket
+
+if TYPE_CHECKING:
+    from kbtransport.httpapi import NodeAppConfig  # httpapi imports this module
 
 __all__ = (
     "IMMEDIATE_LOOKUP",
@@ -1088,6 +1092,7 @@ async def serve_node(
     dialer: Callable[[str], Awaitable[LinkTransport]] | None = None,
     dial_timeout: float = 10.0,
     uplink: bool = True,
+    app_config: NodeAppConfig | None = None,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -1105,6 +1110,8 @@ async def serve_node(
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
         uplink: offer the parent the raw uplink (``kbtransport.uplink``); on by default.
+        app_config: policies of the HTTP routes (``kbtransport.httpapi.NodeAppConfig``:
+            the web origins allowed to open a websocket...); the defaults if None.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -1151,7 +1158,7 @@ async def serve_node(
             uplink=uplink,
         )
         node.request_app = own_node_app(node, local_app)
-        holder.append(build_node_app(node, local_app))
+        holder.append(build_node_app(node, local_app, app_config))
         await tg.start(node.run)
         ready.set()
         running.extend(holder)

@@ -55,10 +55,12 @@ __all__ = (
 #: The exact header value nodes send with the web interface (``Content-Security-Policy``).
 #: ``script-src 'self'`` forbids inline script and event-handler attributes;
 #: ``object-src 'none'`` and ``base-uri 'none'`` close the plugin and ``<base>`` tricks;
-#: ``frame-ancestors 'none'`` stops click-jacking by framing.
+#: ``frame-ancestors 'none'`` stops click-jacking by framing; ``worker-src 'none'``: the
+#: page starts no worker, so a script that got into it cannot register a file served
+#: by the node as a service worker over the node's pages (docs/security.md).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
-    "frame-ancestors 'none'"
+    "frame-ancestors 'none'; worker-src 'none'"
 )
 
 #: The route a node serves with :func:`config_json` (the page asks it who served it).
