@@ -10,8 +10,8 @@ Strategy
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
    routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
    interface (``kbapps.web``) on the same router. The routes that ask the network
-   themselves (stand-in downloads) get a ``kbapps.nodeapp.NodeApp``, attached to the
-   node's whole app once it runs.
+   themselves (web pages, stand-in downloads) get a ``kbapps.nodeapp.NodeApp``,
+   attached to the node's whole app once it runs.
 3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
    policy (a share's default is the first free port from 2000 to 2999: only a real
    bind can tell, without a race), the core is built for the port actually bound
@@ -355,7 +355,13 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         on_stale=indexer.request_rescan,
         network=network,
     )
-    add_web_routes(app.router, node_id=setup.node_id, node_type="leaf")
+    add_web_routes(
+        app.router,
+        node_id=setup.node_id,
+        node_type="leaf",
+        network=network,
+        scheme=setup.url_scheme,
+    )
 
     def started(handle: NodeHandle) -> Callable[[], object]:
         network.attach(handle.node.http_app)
@@ -377,9 +383,13 @@ def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
     from kbapps.web import add_web_routes
 
     router = Router()
-    add_web_routes(router, node_id=setup.node_id, node_type="hub")
+    network = NodeApp()
+    add_web_routes(
+        router, node_id=setup.node_id, node_type="hub", network=network, scheme=setup.url_scheme
+    )
 
     def started(handle: NodeHandle) -> None:
+        network.attach(handle.node.http_app)
         console.line(f"Web interface: {_web_url(setup, handle.port)}")
 
     anyio.run(_serve, setup, router, timeouts, console, started)
