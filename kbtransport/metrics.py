@@ -1,7 +1,7 @@
 """What a node counts about its own work, reported as ``metrics`` in its nodeinfo.
 
 The original node published request and byte counters in ``nodeinfo``; these are ours
-(``docs/protocol.md``, "nodeinfo"). Each counter is a plain integer bumped where the
+(``docs/protocol.md`` §11, "nodeinfo"). Each counter is a plain integer bumped where the
 work is done, once per request or once per body piece (pieces are up to 1 MiB), so
 counting costs nothing measurable on finds and downloads. Counters start at zero when
 the process starts, as the original's did; nothing is persisted.

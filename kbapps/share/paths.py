@@ -50,7 +50,7 @@ MAX_SEGMENT_BYTES = 255
 #: Directory depth accepted in a request; deeper trees are not realistic shares.
 MAX_SEGMENTS = 64
 #: Folders never listed nor indexed, as the original share did: ``node_modules`` holds
-#: a JavaScript project's dependencies, not data (``docs/protocol.md``, "Listings").
+#: a JavaScript project's dependencies, not data (``docs/protocol.md`` §11, "Listings").
 #: Their files are still served by explicit path, like any unindexed file.
 UNLISTED_DIR_NAMES = frozenset({"node_modules"})
 

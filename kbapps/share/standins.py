@@ -1,6 +1,6 @@
 """``.prv`` stand-ins: a share publishes pointers to content stored elsewhere.
 
-The original share did this (``docs/protocol.md``, "Stand-ins"; its readdir's
+The original share did this (``docs/protocol.md`` §11, "Stand-ins"; its readdir's
 "virtual files"): a file ``X.prv`` with no ``X`` beside it is listed as a file ``X``
 whose size and ``prv`` come from the pointer, so a lab can list data that lives on
 another share (or nowhere yet) next to its own files, and clients locate ``X`` by its
