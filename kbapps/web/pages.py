@@ -38,6 +38,7 @@ from kbapps.nodeapp import NodeApp
 from kbapps.web import views
 from kbapps.web._html import Child, serialize
 from kbapps.web.reach import Origin, origin_of
+from kbtransport.errors import TransportError
 from kbtransport.http import FileBody, StreamBody
 from kbtransport.node import discard_response
 
@@ -118,7 +119,7 @@ class Answer:
         if self.too_large:
             detail = f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
         if not isinstance(detail, str) or not detail:
-            detail = "the answer was not the expected JSON" if self.status < 300 else "error"
+            detail = "the answer was not the expected JSON" if self.status < 300 else "failed"
         return f"{detail} (HTTP {self.status})"
 
     @property
@@ -145,11 +146,16 @@ def node_fetch(network: NodeApp, *, max_bytes: int = MAX_ANSWER_BYTES) -> Fetch:
     """A ``Fetch`` asking the node's own app (``kbapps.nodeapp``), bounded in size."""
 
     async def fetch(target: str) -> Answer:
-        response = await network.request("GET", target, (("Accept", "application/json"),))
         try:
-            body = await _read(response.body, max_bytes)
-        finally:
-            await discard_response(response)
+            response = await network.request("GET", target, (("Accept", "application/json"),))
+            try:
+                body = await _read(response.body, max_bytes)
+            finally:
+                await discard_response(response)
+        except TransportError as exc:
+            # The answer was cut short (a node on the way went away mid-body), or the
+            # node is stopping: the page says so, like any failed answer.
+            return Answer(502, {"success": False, "error": f"the answer was cut short: {exc}"})
         if body is _TOO_LARGE:
             return Answer(response.status, None, too_large=True)
         return Answer(response.status, _json_object(body))

@@ -21,6 +21,7 @@ from anyio.from_thread import start_blocking_portal
 
 from kbproto import ShareConfig, ShareCore
 from kbproto.ids import SeededIdSource
+from kbtransport.errors import ReadError
 from kbtransport.http import Request, Response, StreamBody, json_response
 from kbtransport.listener import ListenConfig
 from kbtransport.node import NodeHandle, serve_node
@@ -56,6 +57,10 @@ def _answers() -> dict[str, Response]:
             yield piece
         yield b'{"name": "last", "size": 1}], "dirs": []}'
 
+    async def cut() -> AsyncIterator[bytes]:
+        yield b'{"success": true, "files": [{"name": "a", "size": 1},'
+        raise ReadError("the share's disk went away mid-answer")
+
     markup = b"<html><script>alert(5)</script></html>"
     prv = {"original_checksum": PAYLOAD}
     return {
@@ -79,6 +84,7 @@ def _answers() -> dict[str, Response]:
         "utf8": Response(status=200, body=b'{"success": true, "files": [{"name": "\xff\xfe"}]}'),
         "error": Response(status=500, body=markup),
         "huge": Response(status=200, body=StreamBody(chunks=huge())),
+        "cut": Response(status=200, body=StreamBody(chunks=cut(), length=1 << 20)),
     }
 
 
@@ -101,8 +107,8 @@ def _router(node_id: str) -> Router:
         if match.params["node_id"] != node_id:
             return json_response(404, {"success": False, "error": "no"})
         case = match.rest[0] if match.rest else "names"
-        if case == "huge":
-            return _answers()["huge"]  # a fresh stream each time
+        if case in ("huge", "cut"):
+            return _answers()[case]  # a fresh stream each time
         return answers.get(case, answers["names"])
 
     router.add(("GET",), "/{node_id}/api/readdir/{path*}", readdir)
@@ -183,8 +189,9 @@ NOT_JSON = "the answer was not the expected JSON (HTTP 200)"
         ("nested", 502, NOT_JSON),
         ("markup", 502, NOT_JSON),
         ("utf8", 502, NOT_JSON),
-        ("error", 502, "error (HTTP 500)"),
+        ("error", 502, "failed (HTTP 500)"),
         ("huge", 200, "the answer is larger than 16 MiB"),
+        ("cut", 502, "the answer was cut short"),
     ],
 )
 def test_no_answer_breaks_the_page(hostile: Hostile, case: str, status: int, shown: str) -> None:
