@@ -96,20 +96,22 @@ class Standins:
         return DirListing(files=tuple(kept), dirs=listing.dirs), tuple(found)
 
     def find(self, segments: Sequence[str]) -> Standin | None:
-        """The stand-in a request path names, if ``PATH.prv`` is a valid pointer.
-
-        The caller has already found no regular file at ``segments``.
+        """The stand-in a request path names: None when ``X`` itself is there (a file or
+        a folder: ``X.prv`` is hidden beside it, as in listings) or ``X.prv`` is not a
+        valid pointer.
 
         Args:
             segments: the decoded request path of ``X`` (not of ``X.prv``).
         """
         if not segments or not segments[-1]:
             return None
-        try:
-            self._share.resolve(segments, directory=True)
-        except SharePathError:
-            return self._read(segments[:-1], segments[-1], None)
-        return None  # a folder X: X.prv is hidden beside it, as in listings
+        for directory in (False, True):
+            try:
+                self._share.resolve(segments, directory=directory)
+            except SharePathError:
+                continue
+            return None
+        return self._read(segments[:-1], segments[-1], None)
 
     def _read(self, directory: Sequence[str], stem: str, size: int | None) -> Standin | None:
         if size is not None and size > MAX_STANDIN_BYTES:
