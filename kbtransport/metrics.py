@@ -13,7 +13,8 @@ What each one counts:
   inside the process to show another node);
 * ``network_requests``: requests that reached this node through the tree (a hub
   forwarded them here: a proxied download, readdir, nodeinfo...);
-* ``finds``: find requests answered over HTTP (``/find/...`` and ``/ID/api/find/...``);
+* ``finds``: find requests answered by the find routes (``/find/...`` and
+  ``/ID/api/find/...``, also when the node's own find page asks them);
 * ``bytes_served_direct``: bytes of this node's own files sent to its HTTP clients;
 * ``bytes_served_to_network``: bytes of this node's own files sent into the tree, for
   requests a hub forwarded here;
