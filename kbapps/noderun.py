@@ -9,7 +9,9 @@ Strategy
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 or 2.
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
    routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
-   interface (``kbapps.web``) on the same router.
+   interface (``kbapps.web``) on the same router. The routes that ask the network
+   themselves (web pages, stand-in downloads) get a ``kbapps.nodeapp.NodeApp``,
+   attached to the node's whole app once it runs.
 3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
    policy (a share's default is the first free port from 2000 to 2999: only a real
    bind can tell, without a race), the core is built for the port actually bound
@@ -46,6 +48,7 @@ import anyio
 from kbapps import output
 from kbapps.config import NodeType
 from kbapps.keys import CryptoVerifier
+from kbapps.nodeapp import NodeApp
 from kbapps.nodesetup import NodeSetup, SetupOptions, setup_node
 from kbapps.output import UsageError
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
@@ -415,12 +418,24 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
             on_warning=output.warning,
         ),
     )
+    network = NodeApp()
     app = build_share_app(
-        ShareDir(setup.directory), index, setup.node_id, on_stale=indexer.request_rescan
+        ShareDir(setup.directory),
+        index,
+        setup.node_id,
+        on_stale=indexer.request_rescan,
+        network=network,
     )
-    add_web_routes(app.router, node_id=setup.node_id, node_type="leaf")
+    add_web_routes(
+        app.router,
+        node_id=setup.node_id,
+        node_type="leaf",
+        network=network,
+        scheme=setup.url_scheme,
+    )
 
     def started(handle: NodeHandle) -> Callable[[], object]:
+        network.attach(handle.node.http_app)
         console.line("Starting indexing...")
         _announce_web(setup, handle, console)
 
@@ -439,9 +454,13 @@ def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
     from kbapps.web import add_web_routes
 
     router = Router()
-    add_web_routes(router, node_id=setup.node_id, node_type="hub")
+    network = NodeApp()
+    add_web_routes(
+        router, node_id=setup.node_id, node_type="hub", network=network, scheme=setup.url_scheme
+    )
 
     def started(handle: NodeHandle) -> None:
+        network.attach(handle.node.http_app)
         _announce_web(setup, handle, console)
 
     anyio.run(_serve, setup, router, timeouts, console, started)

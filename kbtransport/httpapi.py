@@ -332,10 +332,19 @@ async def _nodeinfo(node: Node) -> Response:
         hubs: dict[str, object] = {}
         leaves: dict[str, object] = {}
         for child in snap.children:
-            entry = {"name": child.name, "listen_url": child.listen_url}
+            # name and listen_url as the original sent them; description and owner
+            # (from the child's signed registration) so a hub's page can list its
+            # children without asking each of them.
+            entry = {
+                "name": child.name,
+                "listen_url": child.listen_url,
+                "description": child.description,
+                "owner": child.owner,
+            }
             (hubs if child.node_type == "hub" else leaves)[child.node_id] = entry
         payload["child_hubs"] = hubs
         payload["child_leaf_nodes"] = leaves
+    payload["metrics"] = node.metrics.to_json(node.clock.now())
     return json_response(200, payload)
 
 
@@ -349,6 +358,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
     own_url = node.info.listen_url
 
     driver = node.driver
+    metrics = node.metrics
     # Find answers given at once from this node's own index (``Node.answer_now``) are
     # exact until the driver's next step (the core changes only in driver steps), so
     # their whole HTTP response is reused until then: repeated finds (a popular file,
@@ -502,6 +512,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")
+            metrics.finds += 1
             sha1 = segments[1]
             return cached_find(sha1, None) or find_now(sha1, None) or await find(sha1, None)
         if is_worker_request(request):
@@ -516,6 +527,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             if len(segments) >= 4 and segments[1:3] == ("api", "find"):
                 if request.method != "GET":
                     return error_response(405, f"Method {request.method} not allowed here")
+                metrics.finds += 1
                 sha1 = segments[3]
                 return cached_find(sha1, first) or find_now(sha1, first) or await find(sha1, first)
             if first == node.node_id:

@@ -45,6 +45,7 @@ driver. Example (what ``kbucket-host`` does, in short)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections import deque
@@ -94,6 +95,7 @@ from kbtransport.http import (
 )
 from kbtransport.http_server import ServerConfig
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
+from kbtransport.metrics import NodeMetrics, ServerCounters
 from kbtransport.routing import Router
 from kbtransport.uplink import (
     UPLINK_HEADER,
@@ -416,6 +418,12 @@ class Node:
         uplink: as a child, offer to send link bytes on a raw upgraded connection
             (``kbtransport.uplink``: no websocket masking or framing on the bulk
             direction); the parent may decline. On by default.
+        counters: the counters of this node's HTTP server (its ``ServerConfig.
+            counters``), reported in ``metrics``.
+
+    Attributes:
+        clock: the node's clock.
+        metrics: what the node counts (``kbtransport.metrics``; nodeinfo reports it).
     """
 
     def __init__(
@@ -429,6 +437,7 @@ class Node:
         dial_timeout: float = 10.0,
         high_water: int | None = None,
         uplink: bool = True,
+        counters: ServerCounters | None = None,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -445,10 +454,18 @@ class Node:
         #: Serves requests addressed to this node (set by ``serve_node`` to the node's
         #: own routes; a 404 answer until then).
         self.request_app: App = _not_found_app
+        #: The node's whole HTTP app, as its listener serves it (set by ``serve_node``):
+        #: for app code that asks the network the way an HTTP client would.
+        self.http_app: App = _not_found_app
         extra: dict[str, int] = {} if high_water is None else {"high_water": high_water}
+        self.clock: Clock = clock if clock is not None else AnyioClock()
+        # ``started`` is set when the node runs (the clock may need the event loop).
+        self.metrics = NodeMetrics(
+            started=0.0, server=counters if counters is not None else ServerCounters()
+        )
         self.driver = NodeDriver(
             core,
-            clock=clock if clock is not None else AnyioClock(),
+            clock=self.clock,
             dialer=dialer if dialer is not None else self._dial_websocket,
             on_event=self._on_event,
             on_dial=self.hooks.on_dial,
@@ -471,6 +488,7 @@ class Node:
 
         ``await task_group.start(node.run)`` returns once the core has started.
         """
+        self.metrics.started = self.clock.now()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -852,6 +870,7 @@ class Node:
 
     async def _serve(self, event: RequestReceived, st: _Target) -> None:
         sid = st.sid
+        self.metrics.network_requests += 1
         response: Response | None = None
         try:
             try:
@@ -967,8 +986,10 @@ class Node:
                 await self._send_file(st, body)
             else:
                 assert isinstance(body, StreamBody)
+                metrics = self.metrics
                 async for chunk in body.chunks:
                     await self._send_bytes(st, chunk)
+                    metrics.tree_stream_bytes += len(chunk)
 
         def end(now: float) -> None:
             if st.reset is None:
@@ -991,6 +1012,7 @@ class Node:
                 raise ReadError(f"file shrank while being sent ({remaining} bytes short)")
             remaining -= len(chunk)
             await self._send(st, chunk)
+            self.metrics.tree_file_bytes += len(chunk)
 
 
 async def _not_found_app(request: Request) -> Response:
@@ -1143,6 +1165,8 @@ async def serve_node(
         return await holder[0](request)
 
     server = server_config if server_config is not None else ServerConfig()
+    if server.counters is None:
+        server = dataclasses.replace(server, counters=ServerCounters())
     async with anyio.create_task_group() as tg:
         address: BoundAddress = await tg.start(serve_http, app, listen, server)
         if hooks.on_listening is not None:
@@ -1156,9 +1180,11 @@ async def serve_node(
             client_ssl=client_ssl,
             dial_timeout=dial_timeout,
             uplink=uplink,
+            counters=server.counters,
         )
         node.request_app = own_node_app(node, local_app)
         holder.append(build_node_app(node, local_app, app_config))
+        node.http_app = holder[0]
         await tg.start(node.run)
         ready.set()
         running.extend(holder)

@@ -187,9 +187,13 @@ async def test_find_urls_downloads_ranges_and_routes_through_two_hubs(tmp_path: 
         assert parent["name"] == "B"
         # A hub's own nodeinfo lists its children.
         status, payload = await get_json(client, f"{a.local_url}/{a.node.node_id}/api/nodeinfo")
-        assert payload["child_hubs"] == {b.node.node_id: {"name": "B", "listen_url": b.local_url}}
+        # (description and owner from each child's registration, for the hub's page)
+        child = {"description": "", "owner": ""}
+        assert payload["child_hubs"] == {
+            b.node.node_id: {"name": "B", "listen_url": b.local_url, **child}
+        }
         assert payload["child_leaf_nodes"] == {
-            t.node.node_id: {"name": "T", "listen_url": t.local_url}
+            t.node.node_id: {"name": "T", "listen_url": t.local_url, **child}
         }
         assert "parent_hub_info" not in payload
         # A node id nobody has: 404; a malformed content id finds nothing (as the
