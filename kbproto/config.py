@@ -50,8 +50,15 @@ class Limits:
             node's stream buffers at 2 GiB (as 8192 x 256 KiB did before the window
             grew); past it, new requests are refused with 503.
         max_children: children per hub (the original allowed 1000 shares).
-        max_index_entries: content ids (or files) one child may report.
-        max_nodes_per_child: node ids one child hub may report.
+        index_budget: index entries a hub holds for all its children together
+            (``kbproto.budget``: a content id with a short path is one entry, ~300 bytes
+            of memory today). 4,000,000 bounds the index at about 1.2 GB; a child that
+            would cross it loses its link with ``limit``.
+        open_child_quota: index entries a child that joined without the hub's
+            passcode may hold, per node it proves (a share: itself; a child hub: each
+            node routed through it). 1,000,000: a share of a million files fits on an
+            open hub; a child with the passcode may use the whole budget.
+        max_nodes_per_child: node ids (placements) one child hub may report.
         index_window: index messages a child may have unacknowledged (paces a full
             sync so it never floods the outbox).
         index_batch_bytes: target size of one index message (well under the frame cap).
@@ -70,7 +77,8 @@ class Limits:
     max_pending_lookups: int = 8192
     max_open_streams: int = 512
     max_children: int = 1000
-    max_index_entries: int = 10_000_000
+    index_budget: int = 4_000_000
+    open_child_quota: int = 1_000_000
     max_nodes_per_child: int = 100_000
     index_window: int = 4
     index_batch_bytes: int = 256 * 1024
