@@ -206,6 +206,9 @@ async def test_a_hub_minting_nodes_proves_only_those(procs: Procs, tmp_path: Pat
     share = await _start_share(procs, directory, hub)
     async with _fake_hub(hub, [below, minted], {info.node_id, minted_id}) as fake:
         await anyio.to_thread.run_sync(_same_as_direct, hub, share)
+        share.proc.stop()
+        share = await _start_share(procs, directory, hub)
+        await anyio.to_thread.run_sync(_same_as_direct, hub, share)
         answer = await anyio.to_thread.run_sync(
             http_get, f"{hub.url}/{minted_id}/download/anything"
         )
