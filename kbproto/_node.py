@@ -125,7 +125,6 @@ class _Node:
         self.timeouts = config.timeouts
         self.is_hub = isinstance(config, HubConfig)
         self.signer = signer
-        self.verifier = verifier
         self.ids = ids
         self.tracer: TraceSink = trace if trace is not None else NullTraceSink()
         pem = signer.public_pem
