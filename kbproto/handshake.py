@@ -1,4 +1,4 @@
-"""The joining handshake: what the parent checks of a child's registration (SPEC §5).
+"""The joining handshake: what the parent checks of a child's registration (docs/protocol.md §3.3).
 
 Strategy
 --------
