@@ -54,6 +54,7 @@ from kbapps.output import UsageError
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.hub import HubCore
 from kbproto.messages import NodeInfo
+from kbproto.nodetable import MAX_UNPROVEN_CLAIMS
 from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
@@ -109,6 +110,7 @@ def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
         stream_idle_timeout=max(4.0, base.stream_idle_timeout * scale),
         reconnect_min=min(base.reconnect_min, max(0.1, heartbeat_timeout / 10)),
         reconnect_max=max(1.0, base.reconnect_max * scale),
+        limit_backoff=max(1.0, base.limit_backoff * scale),
     )
 
 
@@ -144,6 +146,13 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
     def left(info: NodeInfo, reason: str) -> None:
         console.line(f"Child {_child_word(info)} left: {info.name} ({info.node_id}): {reason}")
 
+    def unproven(info: NodeInfo, node_id: str, reason: str) -> None:
+        console.line(
+            f"Child {_child_word(info)} {info.name} ({info.node_id}) reported node {node_id}"
+            f" without proof: {reason}; not routed (the link closes after"
+            f" {MAX_UNPROVEN_CLAIMS} such ids)"
+        )
+
     parent = _ParentLines(console)
     return NodeHooks(
         on_listening=listening,
@@ -154,6 +163,7 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
         on_join_refused=parent.refused,
         on_child_joined=joined,
         on_child_left=left,
+        on_placement_refused=unproven,
     )
 
 
@@ -312,6 +322,7 @@ async def _serve(
         on_join_refused=hooks.on_join_refused,
         on_child_joined=hooks.on_child_joined,
         on_child_left=hooks.on_child_left,
+        on_placement_refused=hooks.on_placement_refused,
     )
     last_error = ""
     max_connections = _connection_capacity(setup)

@@ -43,13 +43,14 @@ import socket
 import ssl
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TextIO
 from urllib.parse import urlsplit
 
 from kbapps.config import (
     CONFIG_FILE_NAME,
+    MAX_ENTRIES,
     NodeConfig,
     NodeType,
     SetupError,
@@ -111,8 +112,9 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 class SetupOptions:
     """Command-line options; None means "not given" (the question may be asked).
 
-    ``confirm_share`` is for shares only; ``passcode``, ``tls_cert`` and ``tls_key``
-    for hubs only. ``parent_hub`` is a URL or ``"."`` (none).
+    ``confirm_share`` is for shares only; ``passcode``, ``tls_cert``, ``tls_key``,
+    ``index_budget`` and ``open_child_quota`` for hubs only. ``parent_hub`` is a URL
+    or ``"."`` (none).
     """
 
     name: str | None = None
@@ -129,6 +131,8 @@ class SetupOptions:
     passcode: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    index_budget: int | None = None
+    open_child_quota: int | None = None
     auto: bool = False
 
 
@@ -212,6 +216,9 @@ class NodeSetup:
     created: bool
     #: The directory's lock, held while the node runs (one node per directory).
     lock: NodeLock
+    #: kbproto limits: a hub's index budget and open children's quota from the
+    #: options or ``kbnode.json``, kbproto's defaults for everything else.
+    limits: Limits
 
     @property
     def url_scheme(self) -> Literal["http", "https"]:
@@ -228,11 +235,12 @@ class NodeSetup:
         """The kbproto configuration for this node once it is bound to ``port``.
 
         A ``HubConfig`` for a hub, a ``ShareConfig`` for a share, with ``listen_url``
-        expanded by ``listen_url_for``; ``limits``/``timeouts`` default to kbproto's.
+        expanded by ``listen_url_for``; ``limits`` defaults to this setup's,
+        ``timeouts`` to kbproto's.
         """
         c = self.config
         listen_url = self.listen_url_for(port)
-        limits = limits if limits is not None else Limits()
+        limits = limits if limits is not None else self.limits
         timeouts = timeouts if timeouts is not None else Timeouts()
         if self.kind == "hub":
             return HubConfig(
@@ -727,8 +735,24 @@ def setup_node(
     host = _checked_option(options.host, _check_host, "--host") or DEFAULT_HOST
     if options.port is not None and not 0 <= options.port <= 65535:
         raise SetupError("--port: the port must be a number from 0 to 65535 (0 = any free port)")
-    if kind == "leaf" and (options.passcode, options.tls_cert, options.tls_key) != (None,) * 3:
-        raise ValueError("--passcode, --tls-cert and --tls-key are hub options")
+    hub_only = (
+        options.passcode,
+        options.tls_cert,
+        options.tls_key,
+        options.index_budget,
+        options.open_child_quota,
+    )
+    if kind == "leaf" and hub_only != (None,) * len(hub_only):
+        raise ValueError(
+            "--passcode, --tls-cert, --tls-key, --index-budget and --open-child-quota"
+            " are hub options"
+        )
+    for option, count in (
+        ("--index-budget", options.index_budget),
+        ("--open-child-quota", options.open_child_quota),
+    ):
+        if count is not None and not 1 <= count <= MAX_ENTRIES:
+            raise SetupError(f"{option}: give a number of index entries from 1 to {MAX_ENTRIES}")
     if kind == "hub" and options.confirm_share is not None:
         raise ValueError("--confirm-share is a share option")
     passcode_opt = _checked_option(options.passcode, _check_passcode, "--passcode")
@@ -784,6 +808,14 @@ def setup_node(
     config = base.with_answers(
         node_id=signer.node_id,  # the key is the identity; a hand-edited id is corrected
         listen_port=port_value,
+        index_budget=(
+            options.index_budget if options.index_budget is not None else base.index_budget
+        ),
+        open_child_quota=(
+            options.open_child_quota
+            if options.open_child_quota is not None
+            else base.open_child_quota
+        ),
         passcode=passcode_opt if passcode_opt is not None else base.passcode,
         parent_hub_passcode=(
             parent_passcode_opt if parent_passcode_opt is not None else base.parent_hub_passcode
@@ -813,4 +845,21 @@ def setup_node(
         passcode=config.passcode if kind == "hub" else "",
         created=created,
         lock=lock,
+        limits=_limits(config) if kind == "hub" else Limits(),
+    )
+
+
+def _limits(config: NodeConfig) -> Limits:
+    """kbproto ``Limits`` with a hub's saved index budget and open children's quota."""
+    defaults = Limits()
+    return replace(
+        defaults,
+        index_budget=(
+            config.index_budget if config.index_budget is not None else defaults.index_budget
+        ),
+        open_child_quota=(
+            config.open_child_quota
+            if config.open_child_quota is not None
+            else defaults.open_child_quota
+        ),
     )

@@ -69,6 +69,7 @@ from kbproto.events import (
     LookupFailed,
     LookupResolved,
     ParentConnected,
+    PlacementRefused,
     RequestReceived,
     ResponseData,
     ResponseEnded,
@@ -80,7 +81,13 @@ from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
 from kbproto.share import ShareCore
-from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver, StepMemo
+from kbtransport.driver import (
+    DEFAULT_HIGH_WATER,
+    DriverStopped,
+    LinkTransport,
+    NodeDriver,
+    StepMemo,
+)
 from kbtransport.env import AnyioClock, Clock
 from kbtransport.errors import ReadError, TransportError, TransportTimeout
 from kbtransport.http import (
@@ -183,6 +190,8 @@ class NodeHooks:
         on_join_refused: the parent refused us (one line, SPEC §5).
         on_child_joined / on_child_left: hubs print one line per child
             (``info.name``, ``info.node_id``, ``info.node_type``; left: also a reason).
+        on_placement_refused: ``(child, node_id, reason)``: a child reported a node id
+            without a valid placement (the first per link; it was dropped).
         on_index_synced: the parent acknowledged the index (entry count).
     """
 
@@ -194,6 +203,7 @@ class NodeHooks:
     on_join_refused: Callable[[str], None] | None = None
     on_child_joined: Callable[[NodeInfo], None] | None = None
     on_child_left: Callable[[NodeInfo, str], None] | None = None
+    on_placement_refused: Callable[[NodeInfo, str, str], None] | None = None
     on_index_synced: Callable[[int], None] | None = None
 
 
@@ -457,7 +467,6 @@ class Node:
         #: The node's whole HTTP app, as its listener serves it (set by ``serve_node``):
         #: for app code that asks the network the way an HTTP client would.
         self.http_app: App = _not_found_app
-        extra: dict[str, int] = {} if high_water is None else {"high_water": high_water}
         self.clock: Clock = clock if clock is not None else AnyioClock()
         # ``started`` is set when the node runs (the clock may need the event loop).
         self.metrics = NodeMetrics(
@@ -470,7 +479,7 @@ class Node:
             on_event=self._on_event,
             on_dial=self.hooks.on_dial,
             on_dial_failed=self.hooks.on_dial_failed,
-            **extra,
+            high_water=high_water if high_water is not None else DEFAULT_HIGH_WATER,
         )
         self._lookups: dict[LookupId, _LookupWait] = {}
         # Immediate find answers, valid for one driver step (see ``find_now``).
@@ -863,6 +872,10 @@ class Node:
         elif isinstance(event, JoinRefused):
             if hooks.on_join_refused is not None:
                 hooks.on_join_refused(event.reason)
+        elif isinstance(event, PlacementRefused):
+            child = self._children.get(event.link_id)
+            if child is not None and hooks.on_placement_refused is not None:
+                hooks.on_placement_refused(child, event.node_id, event.reason)
         elif isinstance(event, IndexSynced) and hooks.on_index_synced is not None:
             hooks.on_index_synced(event.entries)
 

@@ -205,6 +205,10 @@ def test_config_is_frozen_and_validated() -> None:
         NodeConfig(node_type="hub", extra={"name": "x"})
     with pytest.raises(TypeError, match="name"):
         NodeConfig(node_type="hub", name=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="index_budget must be an integer from 1"):
+        NodeConfig(node_type="hub", index_budget=0)
+    with pytest.raises(ValueError, match="open_child_quota"):
+        NodeConfig(node_type="hub", open_child_quota=True)
 
 
 def test_setup_error_is_reported_by_run_command() -> None:
