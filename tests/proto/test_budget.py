@@ -1,7 +1,7 @@
 """The index budget: a node-wide bound on what children report, and per-child quotas.
 
 Unit tests of ``IndexBudget``, then whole hubs: a child over its quota loses its link
-with ``limit`` (and its parent's redial waits the longest backoff), a child with the
+with ``limit`` (and its redial waits ``limit_backoff``), a child with the
 passcode may use the whole budget, a child hub's quota grows with the nodes it proves,
 and a child that reported many ids and left leaves no memory behind.
 """
@@ -21,7 +21,6 @@ from kbproto.events import LinkClosed, LookupResolved
 from kbproto.messages import Error, IndexAck, ShareIndexUpdate
 from tests.helpers import FAST, Ed25519Signer, Net, hub_update, make_placement, sha1_of
 
-SMALL_MAX_BACKOFF = FAST.reconnect_max
 _TINY = Limits(stream_window=4096, data_chunk=1024, index_budget=10, open_child_quota=4)
 
 
@@ -95,11 +94,12 @@ def test_a_share_over_its_quota_loses_its_link_and_backs_off() -> None:
     assert closed.reason.startswith("index quota exceeded: this hub holds at most 4 index")
     (lost,) = net.of("B", LinkClosed)
     assert lost.reason == f"peer closed the link: {closed.reason}"
-    # The share does not come straight back with the same index: it waits the longest
-    # backoff (reconnect_max, with jitter of at least half).
+    # The share does not come straight back with the same index: it waits
+    # limit_backoff (with jitter of at least half), far longer than the usual backoff.
+    assert FAST.limit_backoff > 2 * FAST.reconnect_max
     timer = big.get_timer()
     assert timer is not None
-    assert timer >= net.now + 0.5 * SMALL_MAX_BACKOFF
+    assert timer >= net.now + 0.5 * FAST.limit_backoff
     # The other child is untouched: its content is still found.
     hub.find(sha1_of(b"kept"), net.now)
     net.pump()
