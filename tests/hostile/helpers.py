@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import pytest
 
 from kbproto import SeededIdSource, ShareConfig, ShareCore
 from kbproto.actions import Dial, Hangup, Transmit
@@ -25,6 +28,9 @@ from tests.e2e.procs import Node
 
 __all__ = (
     "CoreRun",
+    "connect_from",
+    "ensure_descriptors",
+    "held",
     "http_get",
     "raw_exchange",
     "run_share_core",
@@ -171,3 +177,44 @@ def read_text_tree(root: Path) -> str:
         if path.is_file():
             parts.append(path.read_bytes().decode("utf-8", "replace"))
     return "\n".join(parts)
+
+
+def ensure_descriptors(needed: int) -> None:
+    """Raise this process's soft descriptor limit to ``needed`` (toward the hard limit);
+    fail the test if the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        pytest.fail(f"this test needs {needed} descriptors; the hard limit is {hard}")
+
+
+def connect_from(
+    port: int, source: str, *, rcvbuf: int | None = None, timeout: float = 5.0
+) -> socket.socket | None:
+    """A TCP connection to 127.0.0.1:``port`` from ``source`` (None if it failed)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            # A small receive buffer: an unread download fills it with little data.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+@contextlib.contextmanager
+def held(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    """Close every socket of ``socks`` (filled in the block) when the block ends."""
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()
