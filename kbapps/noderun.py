@@ -35,6 +35,7 @@ after ``Indexed``, and for a hub one line per child joining or leaving.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from kbtransport.errors import ConnectError
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
 from kbtransport.routing import Router
+from kbtransport.stream_budget import StreamBudget
 
 __all__ = (
     "RunOptions",
@@ -75,9 +77,15 @@ class RunOptions:
     Attributes:
         heartbeat_timeout: seconds of silence after which a peer (parent or child) is
             declared dead (SPEC §5: 30 s by default, "configurable"); None = default.
+        max_connections_per_client: connections served at once for one client
+            address (``ListenConfig.max_connections_per_client``); None = default.
+        max_streams_per_client: proxied requests open at once for one client address
+            (``StreamBudget.per_client``); None = default.
     """
 
     heartbeat_timeout: float | None = None
+    max_connections_per_client: int | None = None
+    max_streams_per_client: int | None = None
 
 
 def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
@@ -222,14 +230,37 @@ def _web_url(setup: NodeSetup, port: int) -> str:
     return setup.listen_url_for(port) + "/"
 
 
+def _budgets(run: RunOptions) -> tuple[dict[str, int], StreamBudget]:
+    """The listener's per-client option and the stream budget of ``run``.
+
+    Raises:
+        UsageError: a budget below 1.
+    """
+    for option, value in (
+        ("--max-connections-per-client", run.max_connections_per_client),
+        ("--max-streams-per-client", run.max_streams_per_client),
+    ):
+        if value is not None and value < 1:
+            raise UsageError(f"{option}: give a number of at least 1")
+    listen: dict[str, int] = {}
+    if run.max_connections_per_client is not None:
+        listen["max_connections_per_client"] = run.max_connections_per_client
+    streams = StreamBudget()
+    if run.max_streams_per_client is not None:
+        streams = dataclasses.replace(streams, per_client=run.max_streams_per_client)
+    return listen, streams
+
+
 async def _serve(
     setup: NodeSetup,
     router: Router,
-    timeouts: Timeouts,
+    run: RunOptions,
     console: _Console,
     started: Callable[[NodeHandle], object],
 ) -> None:
     """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"."""
+    timeouts = heartbeat_timeouts(run.heartbeat_timeout)
+    per_client, streams = _budgets(run)
     ssl_context = setup.tls.server_context() if setup.tls is not None else None
     hooks = _hooks(setup, console)
     bound = False
@@ -254,11 +285,15 @@ async def _serve(
     max_connections = _connection_capacity(setup)
     for port in setup.port.candidates():
         listen = ListenConfig(
-            host=setup.host, port=port, ssl_context=ssl_context, max_connections=max_connections
+            host=setup.host,
+            port=port,
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            **per_client,
         )
         failed = False
         try:
-            await _serve_once(setup, router, timeouts, listen, live_hooks, started)
+            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started)
         except* ConnectError as group:
             if bound:
                 raise
@@ -279,13 +314,15 @@ async def _serve_once(
     setup: NodeSetup,
     router: Router,
     timeouts: Timeouts,
+    streams: StreamBudget,
     listen: ListenConfig,
     hooks: NodeHooks,
     started: Callable[[NodeHandle], object],
 ) -> None:
+    core = _make_core(setup, timeouts)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
-            serve_node(_make_core(setup, timeouts), router, listen, hooks=hooks) as handle,
+            serve_node(core, router, listen, hooks=hooks, stream_budget=streams) as handle,
             anyio.create_task_group() as tg,
         ):
 
@@ -304,7 +341,7 @@ async def _serve_once(
             tg.cancel_scope.cancel()
 
 
-def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     from kbapps.share.app import build_share_app
     from kbapps.share.index import FileIndex
     from kbapps.share.indexer import Indexer, IndexerHooks
@@ -359,12 +396,12 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         return index_forever
 
     try:
-        anyio.run(_serve, setup, app.router, timeouts, console, started)
+        anyio.run(_serve, setup, app.router, run, console, started)
     finally:
         index.close()
 
 
-def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+def _run_hub(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     from kbapps.web import add_web_routes
 
     router = Router()
@@ -373,7 +410,7 @@ def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
     def started(handle: NodeHandle) -> None:
         console.line(f"Web interface: {_web_url(setup, handle.port)}")
 
-    anyio.run(_serve, setup, router, timeouts, console, started)
+    anyio.run(_serve, setup, router, run, console, started)
 
 
 def run_node(
@@ -400,14 +437,15 @@ def run_node(
             could be bound (exit 1).
     """
     run = run if run is not None else RunOptions()
-    timeouts = heartbeat_timeouts(run.heartbeat_timeout)
+    heartbeat_timeouts(run.heartbeat_timeout)  # bad options fail before any set-up
+    _budgets(run)
     out = stdout if stdout is not None else sys.stdout
     setup = setup_node(
         directory, kind, options, stdin=stdin if stdin is not None else sys.stdin, stdout=out
     )
     console = _Console(out)
     if kind == "leaf":
-        _run_share(setup, timeouts, console)
+        _run_share(setup, run, console)
     else:
-        _run_hub(setup, timeouts, console)
+        _run_hub(setup, run, console)
     return 0

@@ -61,7 +61,10 @@ __all__ = (
 #: semantics need (Range, conditionals, content negotiation). Anything else stays here.
 FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
 #: Statuses a reset may carry that are also fit for our HTTP answer.
-_RESET_STATUSES = frozenset({404, 502, 503, 504})
+_RESET_STATUSES = frozenset({404, 429, 502, 503, 504})
+#: ``Retry-After`` of a 429 for a client whose share of proxied streams is used up: its
+#: streams are downloads, which end in seconds or minutes.
+_STREAMS_RETRY_AFTER = (("Retry-After", "5"),)
 #: Response headers not copied from a proxied response (framing, hop-by-hop, ours).
 _DROP_HEADERS = frozenset(
     {
@@ -199,6 +202,18 @@ def _results_body(results: tuple[FindResult, ...], own_url: str) -> bytes:
     return text.encode("utf-8")
 
 
+def _client(request: Request) -> str | None:
+    """The client's address: proxied streams count against its share."""
+    return request.client[0] if request.client is not None else None
+
+
+def _reset_response(exc: StreamResetError) -> Response:
+    """The HTTP error for a request reset before its head."""
+    status = exc.status if exc.status in _RESET_STATUSES else 502
+    headers = _STREAMS_RETRY_AFTER if status == 429 else ()
+    return error_response(status, exc.reason, headers)
+
+
 def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
     return tuple(
         (name.decode("latin-1"), value.decode("latin-1"))
@@ -333,10 +348,11 @@ def build_node_app(node: Node, local: App) -> App:
     async def proxy(request: Request, node_id: str) -> Response:
         target = request.target.decode("ascii")
         try:
-            response = await node.open_request(node_id, request.method, target, _forwarded(request))
+            response = await node.open_request(
+                node_id, request.method, target, _forwarded(request), client=_client(request)
+            )
         except StreamResetError as exc:
-            status = exc.status if exc.status in _RESET_STATUSES else 502
-            return error_response(status, exc.reason)
+            return _reset_response(exc)
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
         return proxied_response(response, request.method)
@@ -367,11 +383,10 @@ def build_node_app(node: Node, local: App) -> App:
                 continue
             try:
                 response = await node.open_request(
-                    result.kbshare_id, request.method, target, headers
+                    result.kbshare_id, request.method, target, headers, client=_client(request)
                 )
             except StreamResetError as exc:
-                status = exc.status if exc.status in _RESET_STATUSES else 502
-                last = error_response(status, exc.reason)
+                last = _reset_response(exc)
                 continue
             if response.status == 404 or response.status >= 500:
                 await response.aclose()

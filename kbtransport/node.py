@@ -78,6 +78,7 @@ from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
 from kbproto.share import ShareCore
+from kbtransport.clients import client_key
 from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver, StepMemo
 from kbtransport.env import AnyioClock, Clock
 from kbtransport.errors import ReadError, TransportError, TransportTimeout
@@ -94,6 +95,7 @@ from kbtransport.http import (
 from kbtransport.http_server import ServerConfig
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
 from kbtransport.routing import Router
+from kbtransport.stream_budget import StreamBudget, StreamLedger, StreamTicket
 from kbtransport.uplink import (
     UPLINK_HEADER,
     UPLINK_PROTOCOL,
@@ -257,7 +259,7 @@ class _Signal:
 
 
 class _Origin:
-    __slots__ = ("abandoned", "chunks", "ended", "head", "reset", "sid", "signal")
+    __slots__ = ("abandoned", "chunks", "ended", "head", "reset", "sid", "signal", "ticket")
 
     def __init__(self) -> None:
         self.sid: StreamId | None = None
@@ -267,6 +269,8 @@ class _Origin:
         self.reset: StreamReset | None = None
         self.abandoned = False
         self.signal = _Signal()
+        #: The client's count in the stream ledger, released when the stream ends.
+        self.ticket: StreamTicket | None = None
 
 
 class _Target:
@@ -412,6 +416,8 @@ class Node:
         uplink: as a child, offer to send link bytes on a raw upgraded connection
             (``kbtransport.uplink``: no websocket masking or framing on the bulk
             direction); the parent may decline. On by default.
+        stream_budget: how proxied streams are shared among HTTP clients
+            (``kbtransport.stream_budget``; the defaults if None).
     """
 
     def __init__(
@@ -425,6 +431,7 @@ class Node:
         dial_timeout: float = 10.0,
         high_water: int | None = None,
         uplink: bool = True,
+        stream_budget: StreamBudget | None = None,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -457,6 +464,7 @@ class Node:
             self.driver, _ANSWER_CACHE
         )
         self._streams: dict[StreamId, _Origin | _Target] = {}
+        self._ledger = StreamLedger(stream_budget if stream_budget is not None else StreamBudget())
         self._children: dict[LinkId, NodeInfo] = {}
         self._tg: TaskGroup | None = None
 
@@ -481,6 +489,7 @@ class Node:
                 st.reset = StreamReset(stream_id=sid, status=502, reason="node stopped")
                 st.signal.set()
             self._streams.clear()
+            self._ledger = StreamLedger(self._ledger.budget)
 
     async def _dial_websocket(self, address: str) -> LinkTransport:
         if not self._use_uplink or anyio.current_time() < self._no_uplink.get(address, 0.0):
@@ -663,6 +672,8 @@ class Node:
         method: str,
         path: str,
         headers: tuple[tuple[str, str], ...] = (),
+        *,
+        client: str | None = None,
     ) -> ProxyResponse:
         """Send ``method path`` to node ``node_id`` through the tree; await the head.
 
@@ -670,24 +681,45 @@ class Node:
         body resets the stream. Timeouts are the core's (``request_timeout`` for the
         head, ``stream_idle_timeout`` for the body: a 504 reset).
 
+        Args:
+            client: the address of the HTTP client this request is made for: the
+                stream counts against that client's share (``StreamBudget``). None
+                (this node's own requests) counts against nothing.
+
         Raises:
-            StreamResetError: reset before the head (404 unknown node, 502, 503, 504).
+            StreamResetError: reset before the head (404 unknown node, 429 the
+                client's share of streams is used up, 502, 503, 504).
             LocalProtocolError: ``node_id`` is this node or the request is malformed.
             DriverStopped: the node is not running.
         """
         st = _Origin()
+        key = client_key(client) if client is not None else None
+        refused: list[str] = []
 
-        def start(now: float) -> StreamId:
+        def start(now: float) -> None:
+            # The budget check reads the link's open streams in the core and records
+            # the new one in the same driver step, so concurrent requests cannot both
+            # take the last slot of a client's share.
+            counted: tuple[str, LinkId] | None = None
+            if key is not None and (hop := self._core.next_hop(node_id)) is not None:
+                reason = self._ledger.refusal(key, hop)
+                if reason is not None:
+                    refused.append(reason)
+                    return
+                counted = (key, hop.link_id)
             sid = self._core.open_request(node_id, method, path, headers, now=now)
             st.sid = sid
             if st.abandoned:  # the caller was cancelled before this ran
                 self._core.reset_stream(sid, now, "cancelled")
-            else:
-                self._streams[sid] = st
-            return sid
+                return
+            self._streams[sid] = st
+            if counted is not None:
+                st.ticket = self._ledger.record(*counted)
 
         try:
             await self.driver.call(start)
+            if refused:
+                raise StreamResetError(429, refused[0])
             while st.head is None:
                 if st.reset is not None:
                     raise StreamResetError(st.reset.status, st.reset.reason)
@@ -781,7 +813,19 @@ class Node:
             return
         self._streams.pop(sid, None)
         st.reset = StreamReset(stream_id=sid, status=499, reason="requester went away")
-        self.driver.post(lambda now: self._core.reset_stream(sid, now, "requester went away"))
+
+        def reset(now: float) -> None:
+            self._core.reset_stream(sid, now, "requester went away")
+            self._release(st)
+
+        self.driver.post(reset)
+
+    def _release(self, st: _Origin) -> None:
+        """Give the stream's count back to its client's share (once)."""
+        ticket = st.ticket
+        if ticket is not None:
+            st.ticket = None
+            self._ledger.release(ticket)
 
     # --- events (driver task; never block) --------------------------------------------
 
@@ -814,11 +858,14 @@ class Node:
             st = self._streams.pop(event.stream_id, None)
             if isinstance(st, _Origin):
                 st.ended = True
+                self._release(st)
                 st.signal.set()
         elif isinstance(event, StreamReset):
             any_st = self._streams.pop(event.stream_id, None)
             if any_st is not None:
                 any_st.reset = event
+                if isinstance(any_st, _Origin):
+                    self._release(any_st)
                 any_st.signal.set()
         elif isinstance(event, LookupResolved | LookupFailed):
             wait = self._lookups.pop(event.lookup_id, None)
@@ -1088,6 +1135,7 @@ async def serve_node(
     dialer: Callable[[str], Awaitable[LinkTransport]] | None = None,
     dial_timeout: float = 10.0,
     uplink: bool = True,
+    stream_budget: StreamBudget | None = None,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -1105,6 +1153,7 @@ async def serve_node(
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
         uplink: offer the parent the raw uplink (``kbtransport.uplink``); on by default.
+        stream_budget: how proxied streams are shared among HTTP clients.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -1149,6 +1198,7 @@ async def serve_node(
             client_ssl=client_ssl,
             dial_timeout=dial_timeout,
             uplink=uplink,
+            stream_budget=stream_budget,
         )
         node.request_app = own_node_app(node, local_app)
         holder.append(build_node_app(node, local_app))

@@ -26,6 +26,7 @@ from kbproto.messages import NodeInfo
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
 from kbtransport.routing import Router
+from kbtransport.stream_budget import StreamBudget
 from tests.helpers import CryptoVerifier, Ed25519Signer
 
 #: Short heartbeats so a dead peer is noticed within a second or two.
@@ -106,7 +107,13 @@ class Tree:
         return Ed25519Signer(self._seed)
 
     async def hub(
-        self, name: str, parent: str | None = None, *, passcode: str = "", uplink: bool = True
+        self,
+        name: str,
+        parent: str | None = None,
+        *,
+        passcode: str = "",
+        uplink: bool = True,
+        stream_budget: StreamBudget | None = None,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -131,6 +138,7 @@ class Tree:
                 ListenConfig(host="127.0.0.1", port=0),
                 hooks=self.lines.hooks(name),
                 uplink=uplink,
+                stream_budget=stream_budget,
             )
         )
         self.handles[name] = handle
