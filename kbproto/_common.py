@@ -246,6 +246,12 @@ class _CoreCommon:
         """The role of an open stream, or None once it is closed."""
         return self._node.streams.role(stream_id)
 
+    def response_link(self, stream_id: StreamId) -> LinkId | None:
+        """Target role: the link the response of ``stream_id`` leaves on (None if it
+        is not an open target stream). A pure query: a driver paces what it hands
+        ``send_data`` by how much that link already has waiting to be written."""
+        return self._node.streams.response_link(stream_id)
+
     # --- introspection for invariants and benchmarks ----------------------------------
 
     def open_streams(self) -> int:

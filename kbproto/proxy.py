@@ -151,6 +151,14 @@ class Streams:
         stream = self._streams.get(sid)
         return stream.role if stream is not None else None
 
+    def response_link(self, sid: StreamId) -> LinkId | None:
+        """The link target stream ``sid``'s response leaves on (None if not a target
+        or not open)."""
+        stream = self._streams.get(sid)
+        if stream is None or stream.role is not StreamRole.TARGET:
+            return None
+        return stream.in_link
+
     # --- app commands -----------------------------------------------------------------
 
     def open_request(

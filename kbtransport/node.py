@@ -274,15 +274,17 @@ class _Origin:
 
 
 class _Target:
-    __slots__ = ("capacity", "finished", "inflight", "reset", "sid", "signal")
+    __slots__ = ("capacity", "finished", "inflight", "link", "reset", "sid", "signal")
 
-    def __init__(self, sid: StreamId, capacity: int) -> None:
+    def __init__(self, sid: StreamId, capacity: int, link: LinkId | None) -> None:
         self.sid = sid
         self.capacity = capacity
         self.inflight = 0
         self.reset: StreamReset | None = None
         self.finished = False
         self.signal = _Signal()
+        #: The link the response leaves on: body bytes wait for room in its queue.
+        self.link = link
 
 
 class _TargetClosed(Exception):
@@ -845,7 +847,8 @@ class Node:
                 tgt.capacity = self._core.send_capacity(event.stream_id)
                 tgt.signal.set()
         elif isinstance(event, RequestReceived):
-            target = _Target(event.stream_id, event.capacity)
+            sid = event.stream_id
+            target = _Target(sid, event.capacity, self._core.response_link(sid))
             self._streams[event.stream_id] = target
             assert self._tg is not None
             self._tg.start_soon(self._serve, event, target)
@@ -941,13 +944,24 @@ class Node:
                 return available
             await st.signal.wait()
 
-    async def _send(self, st: _Target, data: bytes) -> None:
-        """Hand ``data`` (at most the available credit) to the core, pipelined."""
+    async def _reserve(self, st: _Target, size: int) -> None:
+        """Wait for room for ``size`` more body bytes in the response link's queue
+        (``NodeDriver.reserve``): many streams sending at once interleave their
+        pieces there instead of queueing megabytes ahead of every other frame."""
+        if st.link is not None:
+            await self.driver.reserve(st.link, size)
+
+    async def _send(self, st: _Target, data: bytes, reserved: int) -> None:
+        """Hand ``data`` (at most the available credit, ``reserved`` bytes of room
+        reserved for it) to the core, pipelined."""
         sid = st.sid
+        link = st.link
         st.inflight += len(data)
 
         def send(now: float) -> None:
             st.inflight -= len(data)
+            if link is not None:
+                self.driver.unreserve(link, reserved)
             if st.reset is not None:
                 return
             try:
@@ -970,7 +984,8 @@ class Node:
         while view:
             available = await self._wait_capacity(st)
             take = min(available, _SEND_CHUNK, len(view))
-            await self._send(st, bytes(view[:take]))
+            await self._reserve(st, take)
+            await self._send(st, bytes(view[:take]), take)
             view = view[take:]
 
     async def _send_response(self, st: _Target, *, request_method: str, response: Response) -> None:
@@ -1029,11 +1044,15 @@ class Node:
         body.file.seek(body.offset)
         while remaining:
             available = await self._wait_capacity(st)
-            chunk = body.file.read(min(available, _SEND_CHUNK, remaining))
+            size = min(available, _SEND_CHUNK, remaining)
+            await self._reserve(st, size)  # before reading: no piece held while waiting
+            chunk = body.file.read(size)
             if not chunk:
+                if st.link is not None:
+                    self.driver.unreserve(st.link, size)
                 raise ReadError(f"file shrank while being sent ({remaining} bytes short)")
             remaining -= len(chunk)
-            await self._send(st, chunk)
+            await self._send(st, chunk, size)
 
 
 async def _not_found_app(request: Request) -> Response:

@@ -2,11 +2,14 @@
 "Proxied streams").
 
 Real ``kbucket-hub``/``kbucket-host`` processes with their default budgets. One client
-opens 300 proxied downloads of a share's file through the hub and never reads them
-(raw sockets from 127.0.0.2: Linux routes all of 127/8 to the loopback interface).
-Another client still downloads that file through the same hub. Before: the hog's
-streams took every slot of the hub's link to the share, and everyone else got 503
-until they timed out, about a minute later.
+opens 300 proxied downloads of a share's file through the hub and never reads them,
+from one address and then from five (raw sockets from 127.0.0.2 and up: Linux routes
+all of 127/8 to the loopback interface). Another client still downloads that file
+through the same hub. Before: the hog's streams took every slot of the hub's link to
+the share, and everyone else got 503 until they timed out, about a minute later; and
+with the slots shared, the hog's unread downloads still queued their windows (up to
+768 MiB from five addresses) in the share's link ahead of everyone else's response
+heads, which timed out (504).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from tests.hostile.helpers import connect_from, ensure_descriptors, held, http_g
 #: Bigger than a stream's window (4 MiB) plus what the sockets on the way buffer for a
 #: client reading nothing, so an unread download keeps its stream open.
 BIG = 8 * 1024 * 1024
+#: How long a small request may take during the flood (seconds; about 0.2 s on an idle
+#: machine, the bound leaves room for a loaded one). Before the link's queue was shared
+#: it waited behind up to 768 MiB of the hog's windows: 504 after 30 s from five
+#: addresses (4 s from one).
+PROMPT = 15.0
 
 
 def _first_bytes(sock: socket.socket, timeout: float = 0.5) -> bytes:
@@ -45,6 +53,7 @@ def proxied(procs: Procs, tmp_path: Path) -> tuple[Node, Node, bytes]:
     """A hub, and a share behind a "firewall" (only reachable through the hub)
     holding ``big.bin``."""
     data = write_pattern(tmp_path / "share" / "big.bin", BIG, 11)
+    (tmp_path / "share" / "small.txt").write_bytes(b"small\n")
     hub = procs.node("kbucket-hub", tmp_path / "hub", name="budget-hub")
     share = procs.node(
         "kbucket-host",
@@ -57,7 +66,7 @@ def proxied(procs: Procs, tmp_path: Path) -> tuple[Node, Node, bytes]:
     return hub, share, data
 
 
-@pytest.mark.parametrize("sources", [1], ids=["one-address"])
+@pytest.mark.parametrize("sources", [1, 5], ids=["one-address", "five-addresses"])
 def test_unread_proxied_downloads_do_not_starve_other_clients(
     proxied: tuple[Node, Node, bytes], sources: int
 ) -> None:
@@ -77,7 +86,14 @@ def test_unread_proxied_downloads_do_not_starve_other_clients(
         for sock in hogs:
             with contextlib.suppress(OSError):
                 sock.sendall(request)
-        time.sleep(2.0)  # the hub opens what it will of the hog's streams
+        # While the hog's downloads pour their first windows into the link, another
+        # client's small request is answered promptly: its head and body do not wait
+        # behind those windows.
+        time.sleep(0.5)
+        elapsed, status, body = _timed_get(f"{hub.url}/{share.node_id}/download/small.txt")
+        assert (status, body) == (200, b"small\n")
+        assert elapsed < PROMPT, elapsed
+        time.sleep(1.5)  # the hub opens what it will of the hog's streams
         # Another client downloads the same file through the same hub, more than once.
         for _ in range(3):
             elapsed, status, body = _timed_get(f"{hub.url}{target}")
