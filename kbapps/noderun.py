@@ -30,7 +30,10 @@ The SPEC lines (exact prefixes)::
     Indexed <n> files.                              (shares)
 
 plus, for a share, ``Hashed <k> files; <u> unchanged since the last run.`` right
-after ``Indexed``, and for a hub one line per child joining or leaving.
+after ``Indexed``, and for a hub one line per child joining or leaving, and
+``Join from <address> failed: <reason>`` for joins that failed (a wrong passcode...),
+a few per minute at most, then ``Join failures: <n> more from <k> addresses in the
+last 60 s``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from kbproto.messages import NodeInfo
 from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
+from kbtransport.join_guard import RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
 from kbtransport.routing import Router
@@ -162,6 +166,16 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
             return
         console.line(f"Lost the parent hub: {reason} (reconnecting)")
 
+    def join_failed(client: str, reason: str) -> None:
+        console.line(f"Join from {client} failed: {reason}")
+
+    def join_failures(summary: RefusalSummary) -> None:
+        noun = "address" if summary.addresses == 1 else "addresses"
+        console.line(
+            f"Join failures: {summary.count} more from {summary.addresses} {noun}"
+            f" in the last {summary.seconds:g} s"
+        )
+
     return NodeHooks(
         on_listening=listening,
         on_dial=lambda url: console.line(f"Connecting to parent hub: {url}"),
@@ -173,6 +187,8 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
         on_join_refused=refused_line,
         on_child_joined=joined,
         on_child_left=left,
+        on_join_failed=join_failed,
+        on_join_failures_summary=join_failures,
     )
 
 
@@ -271,16 +287,7 @@ async def _serve(
         assert hooks.on_listening is not None
         hooks.on_listening(address)
 
-    live_hooks = NodeHooks(
-        on_listening=on_listening,
-        on_dial=hooks.on_dial,
-        on_dial_failed=hooks.on_dial_failed,
-        on_parent_connected=hooks.on_parent_connected,
-        on_parent_lost=hooks.on_parent_lost,
-        on_join_refused=hooks.on_join_refused,
-        on_child_joined=hooks.on_child_joined,
-        on_child_left=hooks.on_child_left,
-    )
+    live_hooks = dataclasses.replace(hooks, on_listening=on_listening)
     last_error = ""
     max_connections = _connection_capacity(setup)
     for port in setup.port.candidates():

@@ -427,11 +427,18 @@ class NodeDriver:
         if self._running:
             self._inbox.put_nowait(_Command(fn, None))
 
-    async def serve_link(self, transport: LinkTransport, *, dialed: bool = False) -> None:
+    async def serve_link(
+        self,
+        transport: LinkTransport,
+        *,
+        dialed: bool = False,
+        opened: Callable[[LinkId], None] | None = None,
+    ) -> None:
         """Carry ``transport`` as a new link until it ends (returns then; closes it).
 
         A server calls this from the task of an accepted websocket; the driver calls it
-        for a link it dialed (``dialed=True``).
+        for a link it dialed (``dialed=True``). ``opened`` is told the link's id before
+        the core hears of the link (so every event about it can be matched to it).
 
         Raises:
             DriverStopped: the driver is not running (the transport is closed).
@@ -441,6 +448,8 @@ class NodeDriver:
             raise DriverStopped("the node driver is not running")
         link_id = LinkId(self._next_link)
         self._next_link += 1
+        if opened is not None:
+            opened(link_id)
         link = _Link(link_id, transport, self._low_water)
         self._links[link_id] = link
         try:

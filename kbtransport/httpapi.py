@@ -402,7 +402,7 @@ def build_node_app(node: Node, local: App) -> App:
         for name, _value in request.headers:
             if name == b"upgrade":
                 if request.wants_websocket:
-                    return Response(status=101, body=node.websocket_accept(request))
+                    return node.child_upgrade(request)
                 break
         segments = request.segments
         first = segments[0] if segments else ""

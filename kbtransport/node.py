@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
@@ -93,6 +94,7 @@ from kbtransport.http import (
     error_response,
 )
 from kbtransport.http_server import ServerConfig
+from kbtransport.join_guard import JoinBudget, JoinGuard, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
 from kbtransport.routing import Router
 from kbtransport.stream_budget import StreamBudget, StreamLedger, StreamTicket
@@ -168,7 +170,7 @@ class StreamResetError(ReadError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeHooks:
-    """Console-line callbacks; each runs in the driver task and must not block.
+    """Console-line callbacks; each runs in one of the node's tasks and must not block.
 
     Attributes:
         on_listening: the listener is bound (before the core starts).
@@ -180,6 +182,11 @@ class NodeHooks:
         on_child_joined / on_child_left: hubs print one line per child
             (``info.name``, ``info.node_id``, ``info.node_type``; left: also a reason).
         on_index_synced: the parent acknowledged the index (entry count).
+        on_join_failed: ``(client, reason)``: a child's join failed (refused by the
+            core, timed out, dropped) or was refused by the join rate limit; at most
+            ``JoinBudget.log_lines`` calls per ``JoinBudget.log_window``. ``client``
+            is the address (an IPv6 /64); ``reason`` comes from the network in part.
+        on_join_failures_summary: the failed joins of a window past those lines.
     """
 
     on_listening: Callable[[BoundAddress], None] | None = None
@@ -191,6 +198,8 @@ class NodeHooks:
     on_child_joined: Callable[[NodeInfo], None] | None = None
     on_child_left: Callable[[NodeInfo, str], None] | None = None
     on_index_synced: Callable[[int], None] | None = None
+    on_join_failed: Callable[[str, str], None] | None = None
+    on_join_failures_summary: Callable[[RefusalSummary], None] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,6 +298,28 @@ class _Target:
 
 class _TargetClosed(Exception):
     """The stream we serve was reset (the requester went away, a hop failed...)."""
+
+
+class _JoinAttempt:
+    """One child's join attempt, from its websocket's 101 to joined or closed."""
+
+    __slots__ = ("client", "link_id", "node", "settled")
+
+    def __init__(self, node: Node, client: str) -> None:
+        self.node = node
+        self.client = client
+        self.link_id: LinkId | None = None
+        self.settled = False
+
+    def opened(self, link_id: LinkId) -> None:
+        """The driver gave the link its id: its events settle the attempt from now on."""
+        self.link_id = link_id
+        self.node._joining[link_id] = self
+
+    def settle(self, *, joined: bool) -> None:
+        if not self.settled:
+            self.settled = True
+            self.node._joins.finished(self.client, joined=joined, now=self.node._clock.now())
 
 
 class _LookupWait:
@@ -420,6 +451,8 @@ class Node:
             direction); the parent may decline. On by default.
         stream_budget: how proxied streams are shared among HTTP clients
             (``kbtransport.stream_budget``; the defaults if None).
+        join_budget: how fast one address may retry after failed joins
+            (``kbtransport.join_guard``; the defaults if None).
     """
 
     def __init__(
@@ -434,6 +467,7 @@ class Node:
         high_water: int | None = None,
         uplink: bool = True,
         stream_budget: StreamBudget | None = None,
+        join_budget: JoinBudget | None = None,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -451,9 +485,10 @@ class Node:
         #: own routes; a 404 answer until then).
         self.request_app: App = _not_found_app
         extra: dict[str, int] = {} if high_water is None else {"high_water": high_water}
+        self._clock = clock if clock is not None else AnyioClock()
         self.driver = NodeDriver(
             core,
-            clock=clock if clock is not None else AnyioClock(),
+            clock=self._clock,
             dialer=dialer if dialer is not None else self._dial_websocket,
             on_event=self._on_event,
             on_dial=self.hooks.on_dial,
@@ -468,6 +503,10 @@ class Node:
         self._streams: dict[StreamId, _Origin | _Target] = {}
         self._ledger = StreamLedger(stream_budget if stream_budget is not None else StreamBudget())
         self._children: dict[LinkId, NodeInfo] = {}
+        self._joins = JoinGuard(join_budget if join_budget is not None else JoinBudget())
+        # Child links still in their handshake, and the attempt each one is.
+        self._joining: dict[LinkId, _JoinAttempt] = {}
+        self._summary_scheduled = False
         self._tg: TaskGroup | None = None
 
     # --- running ----------------------------------------------------------------------
@@ -529,19 +568,42 @@ class Node:
             await ws.aclose()
             raise
 
-    async def serve_websocket(self, link: WebSocketLink) -> None:
-        """Carry an accepted websocket as a child link until it ends."""
-        await self.driver.serve_link(link)
+    def child_upgrade(self, request: Request) -> Response:
+        """Answer a child's websocket upgrade ``request``: a 101 carrying the link
+        (with an uplink if offered), or a 429 while its address must wait after
+        failed joins (``kbtransport.join_guard``)."""
+        client = client_key(request.client[0] if request.client is not None else None)
+        wait = self._joins.retry_after(client, self._clock.now())
+        if wait > 0:
+            seconds = self._join_throttled(client, wait)
+            return error_response(
+                429,
+                f"Too many failed joins from your address; try again in {seconds} s",
+                (("Retry-After", str(seconds)),),
+            )
+        return Response(status=101, body=self._websocket_accept(request, client))
 
-    def websocket_accept(self, request: Request) -> WebSocketAccept:
-        """How to accept a child's websocket upgrade ``request`` (uplink if offered)."""
+    def _join_throttled(self, client: str, wait: float) -> int:
+        """A join of ``client`` refused by the rate limit: its console line; returns
+        the whole seconds to wait."""
+        seconds = max(1, math.ceil(wait))
+        self._join_failed(
+            client, f"too many failed joins from this address (next try in {seconds} s)"
+        )
+        return seconds
+
+    def _websocket_accept(self, request: Request, client: str) -> WebSocketAccept:
         token = request.header(UPLINK_HEADER)
         offered = [p.strip() for p in (request.header("sec-websocket-protocol") or "").split(",")]
         registry = self._uplinks
         if token is None or UPLINK_SUBPROTOCOL not in offered or not registry.can_expect(token):
-            return WebSocketAccept(
-                handler=self.serve_websocket, max_message_bytes=_MAX_LINK_MESSAGE
-            )
+
+            async def plain(ws: WebSocketLink) -> None:
+                async with self._join_attempt(client) as attempt:
+                    if attempt is not None:
+                        await self.driver.serve_link(ws, opened=attempt.opened)
+
+            return WebSocketAccept(handler=plain, max_message_bytes=_MAX_LINK_MESSAGE)
 
         async def handler(ws: WebSocketLink) -> None:
             # The token is registered only once the upgrade succeeded (the server runs
@@ -549,22 +611,76 @@ class Node:
             # child's uplink request needs that 101 and a new connection first; were it
             # ever to arrive before this line, it would get a 404 and the child would
             # redial with a plain websocket.
-            uplink = registry.expect(token)
-            if uplink is None:
-                return  # taken meanwhile: the child's uplink gets a 404, it redials plain
-            uplink.ws = ws
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(uplink.watch)
-                    await self.driver.serve_link(uplink)
-                    tg.cancel_scope.cancel()
-            finally:
-                registry.forget(uplink.token)
-                await uplink.aclose()
+            async with self._join_attempt(client) as attempt:
+                if attempt is None:
+                    return
+                uplink = registry.expect(token)
+                if uplink is None:
+                    return  # taken meanwhile: the child's uplink gets a 404, it redials plain
+                uplink.ws = ws
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(uplink.watch)
+                        await self.driver.serve_link(uplink, opened=attempt.opened)
+                        tg.cancel_scope.cancel()
+                finally:
+                    registry.forget(uplink.token)
+                    await uplink.aclose()
 
         return WebSocketAccept(
             handler=handler, subprotocol=UPLINK_SUBPROTOCOL, max_message_bytes=_MAX_LINK_MESSAGE
         )
+
+    @asynccontextmanager
+    async def _join_attempt(self, client: str) -> AsyncIterator[_JoinAttempt | None]:
+        """One join attempt of ``client`` on a websocket that just got its 101: None
+        (close it at once) if attempts made in parallel already used the address's
+        turn, else the attempt, settled when its link joins or closes."""
+        wait = self._joins.begin(client, self._clock.now())
+        if wait > 0:
+            self._join_throttled(client, wait)
+            yield None
+            return
+        attempt = _JoinAttempt(self, client)
+        try:
+            yield attempt
+        finally:
+            if attempt.link_id is None:  # never reached the core (the node stopped)
+                attempt.settle(joined=False)
+
+    def _join_settled(self, link_id: LinkId, *, joined: bool, reason: str) -> None:
+        """The handshake on child link ``link_id`` ended (driver task)."""
+        attempt = self._joining.pop(link_id, None)
+        if attempt is not None:
+            attempt.settle(joined=joined)
+            if not joined:
+                self._join_failed(attempt.client, reason)
+
+    def _join_failed(self, client: str, reason: str) -> None:
+        """Tell the console about a refused join, within the console budget."""
+        hooks = self.hooks
+        now = self._clock.now()
+        self._print_summary(now)
+        if self._joins.should_print(client, now):
+            if hooks.on_join_failed is not None:
+                hooks.on_join_failed(client, reason)
+        elif not self._summary_scheduled and self._tg is not None:
+            self._summary_scheduled = True
+            self._tg.start_soon(self._summary_later)
+
+    def _print_summary(self, now: float) -> None:
+        summary = self._joins.take_summary(now)
+        if summary is not None and self.hooks.on_join_failures_summary is not None:
+            self.hooks.on_join_failures_summary(summary)
+
+    async def _summary_later(self) -> None:
+        """Print the console window's summary line when the window ends."""
+        try:
+            while (due := self._joins.summary_due()) is not None:
+                await anyio.sleep(max(0.0, due - self._clock.now()))
+                self._print_summary(self._clock.now())
+        finally:
+            self._summary_scheduled = False
 
     def uplink_accept(self, request: Request, token: str) -> Response:
         """Answer ``GET /_kblink/<token>`` (``Upgrade: kbucket-uplink``): from then on the
@@ -877,9 +993,11 @@ class Node:
                 wait.done.set()
         elif isinstance(event, ChildJoined):
             self._children[event.link_id] = event.info
+            self._join_settled(event.link_id, joined=True, reason="")
             if hooks.on_child_joined is not None:
                 hooks.on_child_joined(event.info)
         elif isinstance(event, LinkClosed):
+            self._join_settled(event.link_id, joined=False, reason=event.reason)
             child = self._children.pop(event.link_id, None)
             if child is not None and hooks.on_child_left is not None:
                 hooks.on_child_left(child, event.reason)
@@ -1155,6 +1273,7 @@ async def serve_node(
     dial_timeout: float = 10.0,
     uplink: bool = True,
     stream_budget: StreamBudget | None = None,
+    join_budget: JoinBudget | None = None,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -1173,6 +1292,7 @@ async def serve_node(
         dial_timeout: seconds for one dial (connect, TLS, handshake).
         uplink: offer the parent the raw uplink (``kbtransport.uplink``); on by default.
         stream_budget: how proxied streams are shared among HTTP clients.
+        join_budget: how fast one address may retry after failed joins.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -1218,6 +1338,7 @@ async def serve_node(
             dial_timeout=dial_timeout,
             uplink=uplink,
             stream_budget=stream_budget,
+            join_budget=join_budget,
         )
         node.request_app = own_node_app(node, local_app)
         holder.append(build_node_app(node, local_app))

@@ -5,6 +5,7 @@ real websocket, against real ``kbucket-hub``/``kbucket-host`` processes on 127.0
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import resource
 import socket
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import anyio
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import Request as WsRequest
 
 from kbproto import SeededIdSource, ShareConfig, ShareCore
 from kbproto.actions import Dial, Hangup, Transmit
@@ -23,13 +27,16 @@ from kbproto.auth import Signer
 from kbproto.events import Event, JoinRefused, LinkClosed, ParentConnected
 from kbproto.ids import LinkId
 from kbproto.pump import drain
+from kbtransport.errors import ConnectError
 from kbtransport.websocket import WebSocketLink, connect_websocket
 from tests.e2e.procs import Node
 
 __all__ = (
     "CoreRun",
     "connect_from",
+    "dial_from",
     "ensure_descriptors",
+    "fresh_source",
     "held",
     "http_get",
     "raw_exchange",
@@ -83,6 +90,44 @@ def find_json(node: Node, sha1: str) -> dict[str, object]:
     return value
 
 
+_sources = itertools.count()
+
+
+def fresh_source() -> str:
+    """A loopback address not used before in this process (127.0.1.2 and up): an
+    attacker who has many addresses, so a hub's per-address budgets (failed joins,
+    connections) do not apply to its next attempt."""
+    n = next(_sources)
+    return f"127.0.{1 + n // 250 % 250}.{2 + n % 250}"
+
+
+async def dial_from(
+    url: str, source: str, timeout: float = 5.0, max_message_bytes: int = 1 << 24
+) -> WebSocketLink:
+    """A client websocket to ``url`` (``http://127.0.0.1:PORT``) from local address
+    ``source`` (another loopback address is another client to the hub).
+
+    Raises:
+        ConnectError: the hub refused the upgrade (the message holds its status).
+    """
+    host_port = url.split("://", 1)[1].rstrip("/")
+    host, port = host_port.rsplit(":", 1)
+    with anyio.fail_after(timeout):
+        stream = await anyio.connect_tcp(host, int(port), local_host=source)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send(ws.send(WsRequest(host=host_port, target="/")))
+        while True:
+            data = await stream.receive()
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    assert ws.connection is not None
+                    return WebSocketLink(stream, ws.connection, max_message_bytes=max_message_bytes)
+                if isinstance(event, RejectConnection):
+                    await stream.aclose()
+                    raise ConnectError(f"websocket upgrade refused (HTTP {event.status_code})")
+
+
 @dataclass
 class CoreRun:
     """What one run of a share core over a websocket saw."""
@@ -101,11 +146,20 @@ async def run_share_core(
     files: list[tuple[str, str, int]] | None = None,
     seconds: float = 5.0,
     stop_when_joined: bool = True,
+    name: str = "hostile",
+    passcode: str = "",
+    source: str | None = None,
 ) -> CoreRun:
     """Drive a kbproto ``ShareCore`` over one real websocket to ``hub_url`` (one dial,
-    no redial) for at most ``seconds``; record its events and every byte it sent."""
+    no redial) for at most ``seconds``; record its events and every byte it sent.
+    ``source``: dial from that local address (``dial_from``); the dial's errors raise."""
     run = CoreRun()
-    config = ShareConfig(name="hostile", listen_url="http://127.0.0.1:9", parent_url=hub_url)
+    config = ShareConfig(
+        name=name,
+        listen_url="http://127.0.0.1:9",
+        parent_url=hub_url,
+        parent_passcode=passcode,
+    )
     core = ShareCore(config, signer=signer, ids=SeededIdSource("hostile"))
     link_id: LinkId | None = None
     ws: WebSocketLink | None = None
@@ -130,7 +184,10 @@ async def run_share_core(
             if isinstance(action, Dial):
                 if ws is not None or run.closed:
                     return False  # one dial only: a redial means the first link ended
-                ws = await connect_websocket(action.address, timeout=5.0)
+                if source is None:
+                    ws = await connect_websocket(action.address, timeout=5.0)
+                else:
+                    ws = await dial_from(action.address, source)
                 link_id = LinkId(1)
                 core.link_opened(link_id, now(), dialed=True)
                 return await act()

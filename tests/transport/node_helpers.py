@@ -23,6 +23,7 @@ from kbproto import HubConfig, HubCore, Limits, SeededIdSource, ShareConfig, Sha
 from kbproto.auth import node_id_from_public_pem
 from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
+from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
 from kbtransport.routing import Router
@@ -63,6 +64,9 @@ class Lines:
         def left(info: NodeInfo, reason: str) -> None:
             add(f"child left {info.node_type} {info.name} {info.node_id}")
 
+        def failures(summary: RefusalSummary) -> None:
+            add(f"join failures {summary.count} from {summary.addresses}")
+
         return NodeHooks(
             on_dial=lambda url: add(f"dial {url}"),
             on_parent_connected=lambda info: add(f"connected {info.name}"),
@@ -70,6 +74,8 @@ class Lines:
             on_child_joined=joined,
             on_child_left=left,
             on_parent_lost=lambda reason: add(f"parent lost {reason}"),
+            on_join_failed=lambda client, reason: add(f"join from {client} failed: {reason}"),
+            on_join_failures_summary=failures,
         )
 
 
@@ -114,6 +120,7 @@ class Tree:
         passcode: str = "",
         uplink: bool = True,
         stream_budget: StreamBudget | None = None,
+        join_budget: JoinBudget | None = None,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -139,6 +146,7 @@ class Tree:
                 hooks=self.lines.hooks(name),
                 uplink=uplink,
                 stream_budget=stream_budget,
+                join_budget=join_budget,
             )
         )
         self.handles[name] = handle
