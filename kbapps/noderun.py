@@ -10,14 +10,16 @@ Strategy
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
    routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
    interface (``kbapps.web``) on the same router.
-3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
-   policy (a share's default is the first free port from 2000 to 2999: only a real
-   bind can tell, without a race), the core is built for the port actually bound
-   (``--port 0``), and ``NodeHooks`` print the SPEC console lines as they happen.
+3. ``kbtransport.node.serve_node`` under ``output.run_async`` (``anyio.run``): the
+   listener walks the port policy (a share's default is the first free port from 2000
+   to 2999: only a real bind can tell, without a race), the core is built for the port
+   actually bound (``--port 0``), and ``NodeHooks`` print the SPEC console lines as
+   they happen.
 4. SIGINT/SIGTERM cancel everything; the process exits 0 with no traceback.
 
-Console lines go to stdout, one ``print`` each, flushed (stdout is made line-buffered
-by the commands), so a parent process reading a pipe sees every line as it happens.
+Console lines go to stdout, one ``output.line`` each (inert: names and reasons come
+from the network), flushed (stdout is made line-buffered by the commands), so a parent
+process reading a pipe sees every line as it happens.
 Warnings (unreadable files, ...) go to stderr.
 
 The SPEC lines (exact prefixes)::
@@ -38,6 +40,7 @@ last 60 s``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -126,13 +129,11 @@ class _Console:
         self._stream = stream
 
     def line(self, text: str) -> None:
-        # One line whatever a peer's name holds (names come from the network).
-        text = " ".join(text.splitlines())
-        try:
-            self._stream.write(text + "\n")
-            self._stream.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # nobody reads our console any more: keep serving
+        # Names and reasons come from the network: ``output.line`` keeps each one
+        # line, with nothing in it a terminal would act on. A console nobody reads
+        # any more (a closed pipe) must not stop the node serving.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            output.line(text, stream=self._stream)
 
 
 def _child_word(info: NodeInfo) -> str:
@@ -403,7 +404,7 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
         return index_forever
 
     try:
-        anyio.run(_serve, setup, app.router, run, console, started)
+        output.run_async(_serve, setup, app.router, run, console, started)
     finally:
         index.close()
 
@@ -417,7 +418,7 @@ def _run_hub(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     def started(handle: NodeHandle) -> None:
         console.line(f"Web interface: {_web_url(setup, handle.port)}")
 
-    anyio.run(_serve, setup, router, run, console, started)
+    output.run_async(_serve, setup, router, run, console, started)
 
 
 def run_node(
