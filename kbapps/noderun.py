@@ -12,14 +12,16 @@ Strategy
    interface (``kbapps.web``) on the same router. The routes that ask the network
    themselves (web pages, stand-in downloads) get a ``kbapps.nodeapp.NodeApp``,
    attached to the node's whole app once it runs.
-3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
-   policy (a share's default is the first free port from 2000 to 2999: only a real
-   bind can tell, without a race), the core is built for the port actually bound
-   (``--port 0``), and ``NodeHooks`` print the SPEC console lines as they happen.
+3. ``kbtransport.node.serve_node`` under ``output.run_async`` (``anyio.run``): the
+   listener walks the port policy (a share's default is the first free port from 2000
+   to 2999: only a real bind can tell, without a race), the core is built for the port
+   actually bound (``--port 0``), and ``NodeHooks`` print the SPEC console lines as
+   they happen.
 4. SIGINT/SIGTERM cancel everything; the process exits 0 with no traceback.
 
-Console lines go to stdout, one ``print`` each, flushed (stdout is made line-buffered
-by the commands), so a parent process reading a pipe sees every line as it happens.
+Console lines go to stdout, one ``output.line`` each (inert: names and reasons come
+from the network), flushed (stdout is made line-buffered by the commands), so a parent
+process reading a pipe sees every line as it happens.
 Warnings (unreadable files, ...) go to stderr.
 
 The SPEC lines (exact prefixes)::
@@ -32,11 +34,16 @@ The SPEC lines (exact prefixes)::
     Indexed <n> files.                              (shares)
 
 plus, for a share, ``Hashed <k> files; <u> unchanged since the last run.`` right
-after ``Indexed``, and for a hub one line per child joining or leaving.
+after ``Indexed``, and for a hub one line per child joining or leaving, and
+``Join from <address> failed: <reason>`` for joins that failed (a wrong passcode...),
+a few per minute at most, then ``Join failures: <n> more from <k> addresses in the
+last 60 s``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Callable
@@ -59,10 +66,12 @@ from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
 from kbtransport.httpapi import NodeAppConfig
+from kbtransport.join_guard import RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
 from kbtransport.origins import OriginPolicy
 from kbtransport.routing import Router
+from kbtransport.stream_budget import StreamBudget
 
 __all__ = (
     "RunOptions",
@@ -81,9 +90,15 @@ class RunOptions:
     Attributes:
         heartbeat_timeout: seconds of silence after which a peer (parent or child) is
             declared dead (SPEC §5: 30 s by default, "configurable"); None = default.
+        max_connections_per_client: connections served at once for one client
+            address (``ListenConfig.max_connections_per_client``); None = default.
+        max_streams_per_client: proxied requests open at once for one client address
+            (``StreamBudget.per_client``); None = default.
     """
 
     heartbeat_timeout: float | None = None
+    max_connections_per_client: int | None = None
+    max_streams_per_client: int | None = None
 
 
 def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
@@ -121,13 +136,11 @@ class _Console:
         self._stream = stream
 
     def line(self, text: str) -> None:
-        # One line whatever a peer's name holds (names come from the network).
-        text = " ".join(text.splitlines())
-        try:
-            self._stream.write(text + "\n")
-            self._stream.flush()
-        except (BrokenPipeError, ValueError):
-            pass  # nobody reads our console any more: keep serving
+        # Names and reasons come from the network: ``output.line`` keeps each one
+        # line, with nothing in it a terminal would act on. A console nobody reads
+        # any more (a closed pipe) must not stop the node serving.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            output.line(text, stream=self._stream)
 
 
 def _child_word(info: NodeInfo) -> str:
@@ -153,6 +166,16 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
             f" {MAX_UNPROVEN_CLAIMS} such ids)"
         )
 
+    def join_failed(client: str, reason: str) -> None:
+        console.line(f"Join from {client} failed: {reason}")
+
+    def join_failures(summary: RefusalSummary) -> None:
+        noun = "address" if summary.addresses == 1 else "addresses"
+        console.line(
+            f"Join failures: {summary.count} more from {summary.addresses} {noun}"
+            f" in the last {summary.seconds:g} s"
+        )
+
     parent = _ParentLines(console)
     return NodeHooks(
         on_listening=listening,
@@ -164,6 +187,8 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
         on_child_joined=joined,
         on_child_left=left,
         on_placement_refused=unproven,
+        on_join_failed=join_failed,
+        on_join_failures_summary=join_failures,
     )
 
 
@@ -295,14 +320,37 @@ def _announce_web(setup: NodeSetup, handle: NodeHandle, console: _Console) -> No
         console.line(f"Advertised URL: {advertised} (given to other nodes and in finds)")
 
 
+def _budgets(run: RunOptions) -> tuple[dict[str, int], StreamBudget]:
+    """The listener's per-client option and the stream budget of ``run``.
+
+    Raises:
+        UsageError: a budget below 1.
+    """
+    for option, value in (
+        ("--max-connections-per-client", run.max_connections_per_client),
+        ("--max-streams-per-client", run.max_streams_per_client),
+    ):
+        if value is not None and value < 1:
+            raise UsageError(f"{option}: give a number of at least 1")
+    listen: dict[str, int] = {}
+    if run.max_connections_per_client is not None:
+        listen["max_connections_per_client"] = run.max_connections_per_client
+    streams = StreamBudget()
+    if run.max_streams_per_client is not None:
+        streams = dataclasses.replace(streams, per_client=run.max_streams_per_client)
+    return listen, streams
+
+
 async def _serve(
     setup: NodeSetup,
     router: Router,
-    timeouts: Timeouts,
+    run: RunOptions,
     console: _Console,
     started: Callable[[NodeHandle], object],
 ) -> None:
     """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"."""
+    timeouts = heartbeat_timeouts(run.heartbeat_timeout)
+    per_client, streams = _budgets(run)
     ssl_context = setup.tls.server_context() if setup.tls is not None else None
     hooks = _hooks(setup, console)
     bound = False
@@ -313,26 +361,20 @@ async def _serve(
         assert hooks.on_listening is not None
         hooks.on_listening(address)
 
-    live_hooks = NodeHooks(
-        on_listening=on_listening,
-        on_dial=hooks.on_dial,
-        on_dial_failed=hooks.on_dial_failed,
-        on_parent_connected=hooks.on_parent_connected,
-        on_parent_lost=hooks.on_parent_lost,
-        on_join_refused=hooks.on_join_refused,
-        on_child_joined=hooks.on_child_joined,
-        on_child_left=hooks.on_child_left,
-        on_placement_refused=hooks.on_placement_refused,
-    )
+    live_hooks = dataclasses.replace(hooks, on_listening=on_listening)
     last_error = ""
     max_connections = _connection_capacity(setup)
     for port in setup.port.candidates():
         listen = ListenConfig(
-            host=setup.host, port=port, ssl_context=ssl_context, max_connections=max_connections
+            host=setup.host,
+            port=port,
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            **per_client,
         )
         failed = False
         try:
-            await _serve_once(setup, router, timeouts, listen, live_hooks, started)
+            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started)
         except* ConnectError as group:
             if bound:
                 raise
@@ -358,18 +400,21 @@ async def _serve_once(
     setup: NodeSetup,
     router: Router,
     timeouts: Timeouts,
+    streams: StreamBudget,
     listen: ListenConfig,
     hooks: NodeHooks,
     started: Callable[[NodeHandle], object],
 ) -> None:
+    core = _make_core(setup, timeouts)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             serve_node(
-                _make_core(setup, timeouts),
+                core,
                 router,
                 listen,
                 hooks=hooks,
                 app_config=_app_config(setup),
+                stream_budget=streams,
             ) as handle,
             anyio.create_task_group() as tg,
         ):
@@ -389,7 +434,7 @@ async def _serve_once(
             tg.cancel_scope.cancel()
 
 
-def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     from kbapps.share.app import build_share_app
     from kbapps.share.index import FileIndex
     from kbapps.share.indexer import Indexer, IndexerHooks
@@ -456,12 +501,12 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         return index_forever
 
     try:
-        anyio.run(_serve, setup, app.router, timeouts, console, started)
+        output.run_async(_serve, setup, app.router, run, console, started)
     finally:
         index.close()
 
 
-def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+def _run_hub(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     from kbapps.web import add_web_routes
 
     router = Router()
@@ -474,7 +519,7 @@ def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         network.attach(handle.node.http_app)
         _announce_web(setup, handle, console)
 
-    anyio.run(_serve, setup, router, timeouts, console, started)
+    output.run_async(_serve, setup, router, run, console, started)
 
 
 def run_node(
@@ -501,14 +546,15 @@ def run_node(
             could be bound (exit 1).
     """
     run = run if run is not None else RunOptions()
-    timeouts = heartbeat_timeouts(run.heartbeat_timeout)
+    heartbeat_timeouts(run.heartbeat_timeout)  # bad options fail before any set-up
+    _budgets(run)
     out = stdout if stdout is not None else sys.stdout
     setup = setup_node(
         directory, kind, options, stdin=stdin if stdin is not None else sys.stdin, stdout=out
     )
     console = _Console(out)
     if kind == "leaf":
-        _run_share(setup, timeouts, console)
+        _run_share(setup, run, console)
     else:
-        _run_hub(setup, timeouts, console)
+        _run_hub(setup, run, console)
     return 0

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 from urllib.parse import urlsplit
 
+from kbapps import output
 from kbapps.config import (
     CONFIG_FILE_NAME,
     MAX_ENTRIES,
@@ -549,8 +550,7 @@ class _Prompter:
             self._echo_newline = True
 
     def write_line(self, text: str) -> None:
-        self._out.write(text + "\n")
-        self._out.flush()
+        output.line(text, stream=self._out)
 
     def _read_line(self, text: str) -> str | None:
         """One answer line; None if it was too long (the rest of it is discarded)."""
@@ -570,12 +570,11 @@ class _Prompter:
     def ask(self, question: _Question, default: str) -> str:
         shown = f" [{default}]" if default else ""
         for _ in range(_MAX_ATTEMPTS):
-            self._out.write(f"? {question.text}{shown} ")
-            self._out.flush()
+            output.prompt(f"? {question.text}{shown} ", stream=self._out)
             line = self._read_line(question.text)
             if self._echo_newline:
                 # Piped input is not echoed; end the prompt line so output stays readable.
-                self._out.write("\n")
+                output.line("", stream=self._out)
             if line is None:
                 self.write_line(f"  that answer is longer than {_MAX_LINE} characters")
                 continue

@@ -7,6 +7,20 @@ milestone, when stderr is not a terminal.
 Commands raise ``UsageError`` (or let ``OSError`` escape) and run their body through
 ``run_command``, the one place that prints ``Error: ...`` and picks the exit code.
 
+Everything a command prints goes through this module (a test walks ``kbapps`` for
+``print`` and stream writes elsewhere), and everything it prints is made inert first:
+names, paths, URLs and error texts come from peers, ``.prv``/``.prvdir`` files and
+directories, and a control character in them could drive the reader's terminal (clear
+the screen, retitle the window, hide or fake text). ``inert`` writes every character a
+terminal may act on as a visible ``\\uXXXX``: the C0 controls (ESC starts every escape
+sequence), DEL, the C1 controls (U+009B is a one-character CSI on some terminals), the
+line and paragraph separators, and the bidirectional marks, embeddings, overrides and
+isolates, which reorder what follows them on screen (``docs/security.md`` §2). Lines
+(``line``, ``error``, ``warning``, the console of a running node, log records) are one
+line each: a line break inside becomes a space. JSON output (``json_text``) is escaped
+the same way inside its strings, where ``\\uXXXX`` is JSON's own escape: it stays valid
+JSON meaning the same text.
+
 ``rich`` is imported only when a progress bar is actually drawn: importing it costs
 about 0.1 s, which would dominate short runs such as a cached ``kb-prv-create``.
 """
@@ -17,9 +31,9 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 __all__ = (
     "EXIT_INTERRUPTED",
@@ -27,9 +41,18 @@ __all__ = (
     "UsageError",
     "error",
     "format_bytes",
+    "inert",
+    "json_text",
+    "line",
+    "print_json",
+    "print_json_bytes",
+    "prompt",
+    "run_async",
     "run_command",
     "warning",
 )
+
+T = TypeVar("T")
 
 #: Exit code after Ctrl+C, as shells report a SIGINT death (128 + 2).
 EXIT_INTERRUPTED = 130
@@ -50,19 +73,101 @@ class UsageError(Exception):
         self.exit_code = exit_code
 
 
+#: Code points a terminal may act on (see the module docstring): C0, DEL, C1, the line
+#: and paragraph separators, the Arabic letter mark, LRM/RLM, the bidi embeddings and
+#: overrides (U+202A-U+202E) and isolates (U+2066-U+2069).
+_UNSAFE = (
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+)
+#: ``str.translate`` tables: every unsafe character as ``\uXXXX`` ...
+_INERT = {code: f"\\u{code:04x}" for code in _UNSAFE}
+#: ... and for a line, a line break as a space (a name holding a newline stays one line).
+_INERT_LINE = {**_INERT, ord("\n"): " ", ord("\r"): " "}
+#: ... and for JSON text, whose only raw control characters are its own line breaks
+#: between values (``json.dumps`` escapes C0 controls inside strings).
+_INERT_JSON = {code: text for code, text in _INERT.items() if code != ord("\n")}
+
+
+def inert(text: str) -> str:
+    """``text`` with every character a terminal may act on written as ``\\uXXXX``."""
+    return text.translate(_INERT)
+
+
 def _one_line(text: str) -> str:
-    # One line whatever the message holds (a file name may contain a newline).
-    return " ".join(text.split("\n")).replace("\r", " ")
+    return text.translate(_INERT_LINE)
+
+
+def _write(text: str, stream: IO[str] | None) -> None:
+    out = stream if stream is not None else sys.stderr
+    out.write(text)
+    out.flush()
+
+
+def line(text: str, *, stream: IO[str] | None = None) -> None:
+    """Print ``text`` as one inert line (on stderr unless ``stream`` is given)."""
+    _write(_one_line(text) + "\n", stream)
+
+
+def prompt(text: str, *, stream: IO[str] | None = None) -> None:
+    """Print ``text`` inert, with no line end (a question waiting for its answer)."""
+    _write(_one_line(text), stream)
+
+
+def json_text(value: object, *, indent: int | None = None) -> str:
+    """``value`` as JSON (UTF-8 text, not ASCII-escaped) that is inert on a terminal."""
+    import json  # here: kb-prv-create's cached runs never need it (start-up time)
+
+    return json.dumps(value, ensure_ascii=False, indent=indent).translate(_INERT_JSON)
+
+
+def print_json(value: object, *, indent: int | None = None, stream: IO[str] | None = None) -> None:
+    """Print ``json_text(value)`` and a line end (on stdout unless ``stream`` is given):
+    one JSON Lines record, or with ``indent`` one indented document."""
+    _write(json_text(value, indent=indent) + "\n", stream if stream is not None else sys.stdout)
+
+
+def print_json_bytes(data: bytes) -> None:
+    """Write a UTF-8 JSON document (a ``.prv``) to stdout's bytes, inert as ``json_text``
+    makes it, and otherwise unchanged."""
+    text = data.decode("utf-8").translate(_INERT_JSON)
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
 
 
 def error(message: str, *, stream: IO[str] | None = None) -> None:
-    """Print ``Error: <message>`` as one line on stderr."""
-    print(f"Error: {_one_line(message)}", file=stream or sys.stderr, flush=True)
+    """Print ``Error: <message>`` as one inert line on stderr."""
+    line(f"Error: {message}", stream=stream)
 
 
 def warning(message: str, *, stream: IO[str] | None = None) -> None:
-    """Print ``Warning: <message>`` as one line on stderr."""
-    print(f"Warning: {_one_line(message)}", file=stream or sys.stderr, flush=True)
+    """Print ``Warning: <message>`` as one inert line on stderr."""
+    line(f"Warning: {message}", stream=stream)
+
+
+def run_async(func: Callable[..., Awaitable[T]], *args: object) -> T:
+    """``anyio.run(func, *args)``, with log records printed inert on stderr meanwhile.
+
+    The one way ``kbapps`` runs an event loop (a test checks), so whatever
+    ``kbtransport`` logs (level WARNING and up: a failed handler, a peer's odd
+    behaviour, often with text the peer chose) is printed through this module, one
+    inert line per record (a traceback line by line), like Python's last-resort
+    handler prints the message alone. ``anyio`` and ``logging`` are imported here,
+    not at start-up: commands that need no event loop never pay for them.
+    """
+    import anyio
+
+    from kbapps._logs import inert_log_records
+
+    with inert_log_records(_one_line, inert, lambda text: _write(text, sys.stderr)):
+        return anyio.run(func, *args)
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -230,7 +335,7 @@ class Progress:
                 transient=False,
             )
             total = self.total_bytes or self.total_files
-            self._task = self._rich.add_task(self.description, total=total, files="")
+            self._task = self._rich.add_task(inert(self.description), total=total, files="")
             self._rich.start()
         self._rich.update(
             self._task,
@@ -245,7 +350,7 @@ class Progress:
         return f"{self.files} files"
 
     def _log_line(self, text: str) -> None:
-        print(f"{self.description}: {text}", file=self._stream, flush=True)
+        line(f"{self.description}: {text}", stream=self._stream)
         self._printed = True
 
     def _log_milestones(self) -> None:

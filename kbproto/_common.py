@@ -13,7 +13,7 @@ from kbproto.config import Limits
 from kbproto.events import Event
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
-from kbproto.proxy import StreamRole
+from kbproto.proxy import HopStreams, StreamRole
 
 
 class _CoreCommon:
@@ -138,6 +138,16 @@ class _CoreCommon:
         """True if a request for ``node_id`` has somewhere to go (self, below, or up)."""
         return self._node.route(node_id, None) is not None
 
+    def next_hop(self, node_id: str) -> HopStreams | None:
+        """The link a request for ``node_id`` opened here would leave on, with how many
+        streams we may have and have open on it; None for this node itself or when
+        there is no route. A pure query (drivers share a link's streams among their
+        clients with it)."""
+        dest = self._node.route(node_id, None)
+        if dest is None or dest == "self":
+            return None
+        return HopStreams(link_id=dest.link_id, limit=dest.peer_max_streams, open=dest.our_streams)
+
     # --- finds ------------------------------------------------------------------------
 
     def find(self, sha1: str, now: float, *, share_id: str | None = None) -> LookupId:
@@ -243,6 +253,12 @@ class _CoreCommon:
     def stream_role(self, stream_id: StreamId) -> StreamRole | None:
         """The role of an open stream, or None once it is closed."""
         return self._node.streams.role(stream_id)
+
+    def response_link(self, stream_id: StreamId) -> LinkId | None:
+        """Target role: the link the response of ``stream_id`` leaves on (None if it
+        is not an open target stream). A pure query: a driver paces what it hands
+        ``send_data`` by how much that link already has waiting to be written."""
+        return self._node.streams.response_link(stream_id)
 
     # --- introspection for invariants and benchmarks ----------------------------------
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kbproto.codec import DATA_FRAME_OVERHEAD, encode, encode_data_frames
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from kbproto._node import _Node
     from kbproto.link import Link
 
-__all__ = ("StreamRole", "Streams")
+__all__ = ("HopStreams", "StreamRole", "Streams")
 
 
 class StreamRole(enum.Enum):
@@ -66,6 +67,22 @@ class StreamRole(enum.Enum):
     TARGET = "target"
     #: A hub in between; invisible to the app.
     RELAY = "relay"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HopStreams:
+    """The link a new request would leave on, and its streams (``next_hop``).
+
+    Attributes:
+        link_id: the next hop's link.
+        limit: streams we may have open on it (what the peer announced in the
+            handshake; past it a new request is refused with 503).
+        open: streams we have open on it now (requests of every origin and relay).
+    """
+
+    link_id: LinkId
+    limit: int
+    open: int
 
 
 class _Stream:
@@ -133,6 +150,14 @@ class Streams:
         """The role of open stream ``sid``, or None if it is not open."""
         stream = self._streams.get(sid)
         return stream.role if stream is not None else None
+
+    def response_link(self, sid: StreamId) -> LinkId | None:
+        """The link target stream ``sid``'s response leaves on (None if not a target
+        or not open)."""
+        stream = self._streams.get(sid)
+        if stream is None or stream.role is not StreamRole.TARGET:
+            return None
+        return stream.in_link
 
     # --- app commands -----------------------------------------------------------------
 

@@ -238,7 +238,8 @@ class _Inbox:
 
 
 class _Link:
-    """Driver-side state of one link: its transport, writer queue and read gate."""
+    """Driver-side state of one link: its transport, writer queue and read gate, and
+    the room producers share in its queue (``NodeDriver.reserve``)."""
 
     def __init__(self, link_id: LinkId, transport: LinkTransport, low_water: int) -> None:
         self.link_id = link_id
@@ -251,15 +252,22 @@ class _Link:
         self.readable = anyio.Event()
         self.readable.set()
         self.writer_done = anyio.Event()
+        #: Bytes producers reserved and have not handed to the core yet.
+        self.reserved = 0
+        #: Set while queued plus reserved bytes are at most ``low_water``.
+        self.room = anyio.Event()
+        self.room.set()
 
     def push(self, data: bytes) -> None:
         self.queue.append(data)
         self.queued += len(data)
         self.wake.set()
+        self.update_room()
 
     def close_after_queue(self) -> None:
         self.hangup = True
         self.wake.set()
+        self.update_room()
 
     def pause_reading(self) -> None:
         if self.readable.is_set():
@@ -268,6 +276,13 @@ class _Link:
     def maybe_resume(self) -> None:
         if self.queued <= self.low_water:
             self.readable.set()
+        self.update_room()
+
+    def update_room(self) -> None:
+        if self.queued + self.reserved <= self.low_water or self.hangup:
+            self.room.set()
+        elif self.room.is_set():
+            self.room = anyio.Event()
 
 
 class NodeDriver:
@@ -379,6 +394,34 @@ class NodeDriver:
             raise waiter.error
         return waiter.value  # type: ignore[return-value]
 
+    async def reserve(self, link_id: LinkId, nbytes: int) -> None:
+        """Wait for room in ``link_id``'s writer queue, then reserve ``nbytes`` of it for
+        body bytes about to be handed to the core; ``unreserve`` them when they are.
+
+        Body bytes queue behind one another in a link's writer, and so would the next
+        response head or find answer: producers that wait here keep what is queued,
+        with what they reserved, near the low-water mark, so one stream with many
+        bytes to send (or many such streams) never puts megabytes ahead of the other
+        streams' frames, and the link is never paused for reading because of them.
+        Returns at once for a link that is gone or closing.
+        """
+        link = self._links.get(link_id)
+        while (
+            link is not None and not link.hangup and link.queued + link.reserved > self._low_water
+        ):
+            await link.room.wait()
+            link = self._links.get(link_id)
+        if link is not None:
+            link.reserved += nbytes
+            link.update_room()
+
+    def unreserve(self, link_id: LinkId, nbytes: int) -> None:
+        """``nbytes`` reserved with ``reserve`` were handed to the core (or dropped)."""
+        link = self._links.get(link_id)
+        if link is not None:
+            link.reserved = max(0, link.reserved - nbytes)
+            link.update_room()
+
     def post(self, fn: Callable[[float], object]) -> None:
         """Queue ``fn(now)`` to run in the driver task without waiting (never blocks).
 
@@ -388,11 +431,18 @@ class NodeDriver:
         if self._running:
             self._inbox.put_nowait(_Command(fn, None))
 
-    async def serve_link(self, transport: LinkTransport, *, dialed: bool = False) -> None:
+    async def serve_link(
+        self,
+        transport: LinkTransport,
+        *,
+        dialed: bool = False,
+        opened: Callable[[LinkId], None] | None = None,
+    ) -> None:
         """Carry ``transport`` as a new link until it ends (returns then; closes it).
 
         A server calls this from the task of an accepted websocket; the driver calls it
-        for a link it dialed (``dialed=True``).
+        for a link it dialed (``dialed=True``). ``opened`` is told the link's id before
+        the core hears of the link (so every event about it can be matched to it).
 
         Raises:
             DriverStopped: the driver is not running (the transport is closed).
@@ -402,6 +452,8 @@ class NodeDriver:
             raise DriverStopped("the node driver is not running")
         link_id = LinkId(self._next_link)
         self._next_link += 1
+        if opened is not None:
+            opened(link_id)
         link = _Link(link_id, transport, self._low_water)
         self._links[link_id] = link
         try:
@@ -416,6 +468,7 @@ class NodeDriver:
                 tg.cancel_scope.cancel()
         finally:
             self._links.pop(link_id, None)
+            link.room.set()  # producers waiting for room: the link is gone
             await _aclose(transport)
 
     # --- the loop ---------------------------------------------------------------------

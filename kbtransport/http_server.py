@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterable, Iterable
@@ -64,10 +65,11 @@ from kbtransport.http import (
     error_response,
 )
 from kbtransport.metrics import ServerCounters
+from kbtransport.slots import ConnectionSlot
 from kbtransport.tcp import asyncio_transport
 from kbtransport.websocket import WebSocketLink, accept_key
 
-__all__ = ("ServerConfig", "serve_http_connection")
+__all__ = ("ServerConfig", "refuse_http_connection", "serve_http_connection")
 
 _log = logging.getLogger("kbtransport.http")
 
@@ -150,48 +152,48 @@ class _IdleWatch:
     Why not ``move_on_after`` around each wait for a request: a cancel scope with a
     deadline costs ~10-25 µs to enter and leave (a loop timer armed and cancelled),
     as much as h11's parsing of a small request, on every request of every
-    keep-alive connection. Here the connection enters one plain scope for its whole
-    life, marks ``since`` when it starts waiting for a request (None again once bytes
-    arrive: a float store per request), and one loop timer, re-armed lazily, checks:
-    when it fires and the connection has been waiting ``timeout`` seconds, it cancels
-    the scope; otherwise it re-arms for ``since + timeout`` (or ``now + timeout``
-    while a request is being served). A connection still closes exactly
-    ``timeout`` after it went idle, with at most one extra timer wake-up per
-    ``timeout``. asyncio only (the loop's ``call_at``); elsewhere the caller falls
-    back to a scope per wait.
+    keep-alive connection. Here the connection runs in one plain scope for its whole
+    life (its ``ConnectionSlot``'s), marks ``slot.since`` when it starts waiting for
+    a request (None again once bytes arrive: a float store per request, which also
+    tells the listener which connections may yield their slot), and one loop timer,
+    re-armed lazily, checks: when it fires and the connection has been waiting
+    ``timeout`` seconds, it cancels the scope; otherwise it re-arms for
+    ``since + timeout`` (or ``now + timeout`` while a request is being served). A
+    connection still closes exactly ``timeout`` after it went idle, with at most one
+    extra timer wake-up per ``timeout``. asyncio only (the loop's ``call_at``);
+    elsewhere the caller falls back to a scope per wait.
     """
 
-    __slots__ = ("handle", "loop", "scope", "since", "timeout")
+    __slots__ = ("handle", "loop", "slot", "timeout")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, slot: ConnectionSlot
+    ) -> None:
         self.loop = loop
         self.timeout = timeout
-        self.scope = anyio.CancelScope()
-        #: When the connection started waiting for a request; None while serving one.
-        self.since: float | None = None
+        self.slot = slot
         self.handle: asyncio.TimerHandle | None = loop.call_at(loop.time() + timeout, self.fire)
 
     @classmethod
-    def start(cls, timeout: float) -> _IdleWatch | None:
+    def start(cls, timeout: float, slot: ConnectionSlot) -> _IdleWatch | None:
         """A watch on the running asyncio loop, or None on another event loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        return cls(loop, timeout)
+        return cls(loop, timeout, slot)
 
     def fire(self) -> None:
-        since = self.since
+        since = self.slot.since
         now = self.loop.time()
         if since is not None and now - since >= self.timeout:
             self.handle = None
-            self.scope.cancel()
+            self.slot.scope.cancel()
             return
         self.handle = self.loop.call_at((now if since is None else since) + self.timeout, self.fire)
 
     def stop(self) -> None:
         """Never fire again (the connection ended or left HTTP)."""
-        self.since = None
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
@@ -200,8 +202,11 @@ class _IdleWatch:
 class _Connection:
     """State of one server connection (not public: use ``serve_http_connection``)."""
 
-    def __init__(self, stream: ByteStream, app: App, config: ServerConfig) -> None:
+    def __init__(
+        self, stream: ByteStream, app: App, config: ServerConfig, slot: ConnectionSlot
+    ) -> None:
         self.stream = stream
+        self.slot = slot
         # Plain TCP on asyncio: lets ``send`` see whether a write can block at all.
         self.transport = asyncio_transport(stream)
         self.app = app
@@ -274,18 +279,18 @@ class _Connection:
     # -- the request cycle ---------------------------------------------------------
 
     async def run(self) -> None:
-        watch = _IdleWatch.start(self.config.idle_timeout)
+        watch = _IdleWatch.start(self.config.idle_timeout, self.slot)
         self.watch = watch
         if watch is None:
             await self.cycle()
             return
-        # One scope for the whole connection, cancelled only by the idle watch (and
-        # only while the connection waits for a request's first byte).
-        with watch.scope:
-            try:
-                await self.cycle()
-            finally:
-                watch.stop()
+        # The slot's scope (the whole connection) is cancelled by the idle watch, and
+        # by the listener when the slot is evicted, only while the connection waits
+        # on its client.
+        try:
+            await self.cycle()
+        finally:
+            watch.stop()
 
     async def cycle(self) -> None:
         # The request loop, with the common case (a small request answered with bytes)
@@ -324,7 +329,9 @@ class _Connection:
                 if not self.write_now(out):
                     await self.send(out)
             elif isinstance(body, (WebSocketAccept, RawUpgrade)):
-                # The connection is no longer HTTP: its own protocol watches liveness.
+                # The connection is no longer HTTP: its own protocol watches liveness,
+                # and it never yields its slot to another connection.
+                self.slot.since = None
                 if self.watch is not None:
                     self.watch.stop()
                 if isinstance(body, WebSocketAccept):
@@ -362,9 +369,14 @@ class _Connection:
                         _reraise_mapped(READ_ERRORS)
                 if event is h11.NEED_DATA:
                     # The head came in pieces: only now is a deadline (a cancel scope,
-                    # as costly as h11's parsing) worth opening.
-                    with anyio.fail_after(config.header_timeout):
-                        event = await self.next_event()
+                    # as costly as h11's parsing) worth opening. Meanwhile the
+                    # connection waits on its client, so it may yield its slot.
+                    self.slot.since = anyio.current_time()
+                    try:
+                        with anyio.fail_after(config.header_timeout):
+                            event = await self.next_event()
+                    finally:
+                        self.slot.since = None
             else:
                 # A pipelined request, already buffered: let other tasks run first
                 # (responses are written without a checkpoint, see ``write_now``).
@@ -429,15 +441,20 @@ class _Connection:
         """Wait for the next request's first bytes; False if the connection ended
         (EOF is handed to h11, which then reports it) or stayed idle too long."""
         watch = self.watch
+        slot = self.slot
         if watch is None:
-            with anyio.move_on_after(self.config.idle_timeout) as idle:
-                try:
-                    await self.receive()
-                except ReadError:
-                    return False
+            slot.since = anyio.current_time()
+            try:
+                with anyio.move_on_after(self.config.idle_timeout) as idle:
+                    try:
+                        await self.receive()
+                    except ReadError:
+                        return False
+            finally:
+                slot.since = None
             return not idle.cancelled_caught
         # The watch closes the connection if this wait outlasts idle_timeout.
-        watch.since = watch.loop.time()
+        slot.since = watch.loop.time()
         try:
             data = await self.stream.receive(_READ_SIZE)
         except anyio.EndOfStream:
@@ -445,7 +462,7 @@ class _Connection:
         except Exception:
             return False
         finally:
-            watch.since = None
+            slot.since = None
         try:
             self.conn.receive_data(data)
         except Exception:
@@ -923,7 +940,11 @@ def _sendfile_transport(stream: ByteStream) -> asyncio.Transport | None:
 
 
 async def serve_http_connection(
-    stream: ByteStream, app: App, config: ServerConfig | None = None
+    stream: ByteStream,
+    app: App,
+    config: ServerConfig | None = None,
+    *,
+    slot: ConnectionSlot | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the client or a limit ends it.
 
@@ -931,11 +952,26 @@ async def serve_http_connection(
         stream: a connected byte stream (TCP, TLS or in-memory); closed on return.
         app: ``async (Request) -> Response``; exceptions it raises become a 500.
         config: limits and options (``ServerConfig()`` if None).
+        slot: the listener's slot for this connection, whose scope the caller runs
+            this in (``kbtransport.slots``); this function keeps its ``since``. None:
+            a slot of its own, counted nowhere.
 
-    Never raises except on cancellation: transport errors end the connection.
+    Never raises except on cancellation (the slot's scope, cancelled by the idle
+    timer or an eviction, ends it quietly): transport errors end the connection.
     """
     cfg = config if config is not None else ServerConfig()
-    connection = _Connection(stream, app, cfg)
+    if slot is None:
+        own = ConnectionSlot("", None)
+        with own.scope:
+            await _serve_connection(stream, app, cfg, own)
+    else:
+        await _serve_connection(stream, app, cfg, slot)
+
+
+async def _serve_connection(
+    stream: ByteStream, app: App, config: ServerConfig, slot: ConnectionSlot
+) -> None:
+    connection = _Connection(stream, app, config, slot)
     try:
         await connection.run()
     except TransportError as exc:
@@ -943,3 +979,44 @@ async def serve_http_connection(
     finally:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await stream.aclose()
+
+
+#: What a connection refused by the per-client cap is told (``refuse_http_connection``).
+_REFUSAL = json.dumps(
+    {
+        "success": False,
+        "error": "Too many connections from your address; close some, then try again",
+    }
+).encode("utf-8")
+#: Request bytes read and dropped after a refusal, so closing does not reset the
+#: connection (and lose the answer) while the client's request is still unread.
+_REFUSAL_DRAIN = 64 * 1024
+
+
+async def refuse_http_connection(stream: ByteStream) -> None:
+    """Answer a connection the listener refused (its client is at its connection cap,
+    ``kbtransport.slots``) and return.
+
+    One JSON error (the shape of ``kbtransport.http.error_response``), status 429, with
+    ``Retry-After`` and ``Connection: close``, written without reading the request (its
+    head may never come); then the request bytes that arrive are read and dropped (at
+    most ``_REFUSAL_DRAIN``) until the client closes, so the answer is not lost to a
+    reset. The caller bounds the time and closes the stream.
+    """
+    head = (
+        "HTTP/1.1 429 Too Many Requests\r\n"
+        "Content-Type: application/json; charset=utf-8\r\n"
+        f"Content-Length: {len(_REFUSAL)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in CORS_HEADERS)
+        + "\r\n"
+    )
+    await stream.send(head.encode("ascii") + _REFUSAL)
+    await stream.send_eof()
+    left = _REFUSAL_DRAIN
+    while left > 0:
+        try:
+            left -= len(await stream.receive(_READ_SIZE))
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return

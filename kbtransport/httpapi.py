@@ -77,7 +77,10 @@ _log = logging.getLogger("kbtransport.httpapi")
 #: semantics need (Range, conditionals, content negotiation). Anything else stays here.
 FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
 #: Statuses a reset may carry that are also fit for our HTTP answer.
-_RESET_STATUSES = frozenset({404, 502, 503, 504})
+_RESET_STATUSES = frozenset({404, 429, 502, 503, 504})
+#: ``Retry-After`` of a 429 for a client whose share of proxied streams is used up: its
+#: streams are downloads, which end in seconds or minutes.
+_STREAMS_RETRY_AFTER = (("Retry-After", "5"),)
 #: Response headers copied from a proxied response: what download semantics need, and
 #: nothing else (an allowlist: a share must not set cookies, a service worker's scope,
 #: its own Content-Security-Policy, a redirect or a refresh on this node's origin).
@@ -239,6 +242,18 @@ def _results_body(results: tuple[FindResult, ...], own_url: str) -> bytes:
         f'"urls":[{urls}],"results":[{items}]}}'
     )
     return text.encode("utf-8")
+
+
+def _client(request: Request) -> str | None:
+    """The client's address: proxied streams count against its share."""
+    return request.client[0] if request.client is not None else None
+
+
+def _reset_response(exc: StreamResetError) -> Response:
+    """The HTTP error for a request reset before its head."""
+    status = exc.status if exc.status in _RESET_STATUSES else 502
+    headers = _STREAMS_RETRY_AFTER if status == 429 else ()
+    return error_response(status, exc.reason, headers)
 
 
 def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
@@ -436,10 +451,11 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         if named and bad_sources.has(node_id, sha1):
             return error_response(502, "That node sent wrong bytes for this content")
         try:
-            response = await node.open_request(node_id, request.method, target, _forwarded(request))
+            response = await node.open_request(
+                node_id, request.method, target, _forwarded(request), client=_client(request)
+            )
         except StreamResetError as exc:
-            status = exc.status if exc.status in _RESET_STATUSES else 502
-            return error_response(status, exc.reason)
+            return _reset_response(exc)
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
         if not named:
@@ -479,10 +495,11 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 await discard_response(local_response)
                 continue
             try:
-                response = await node.open_request(source, request.method, target, headers)
+                response = await node.open_request(
+                    source, request.method, target, headers, client=_client(request)
+                )
             except StreamResetError as exc:
-                status = exc.status if exc.status in _RESET_STATUSES else 502
-                last = error_response(status, exc.reason)
+                last = _reset_response(exc)
                 continue
             if response.status == 404 or response.status >= 500:
                 await response.aclose()
@@ -505,7 +522,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 if not origins.allows(request.header("origin")):
                     return _CROSS_SITE_UPGRADE
                 if request.wants_websocket:
-                    return Response(status=101, body=node.websocket_accept(request))
+                    return node.child_upgrade(request)
                 break
         segments = request.segments
         first = segments[0] if segments else ""

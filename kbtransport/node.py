@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
@@ -81,6 +82,7 @@ from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
 from kbproto.share import ShareCore
+from kbtransport.clients import client_key
 from kbtransport.driver import (
     DEFAULT_HIGH_WATER,
     DriverStopped,
@@ -101,9 +103,11 @@ from kbtransport.http import (
     error_response,
 )
 from kbtransport.http_server import ServerConfig
+from kbtransport.join_guard import JoinBudget, JoinGuard, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
 from kbtransport.metrics import NodeMetrics, ServerCounters
 from kbtransport.routing import Router
+from kbtransport.stream_budget import StreamBudget, StreamLedger, StreamTicket
 from kbtransport.uplink import (
     UPLINK_HEADER,
     UPLINK_PROTOCOL,
@@ -179,7 +183,7 @@ class StreamResetError(ReadError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeHooks:
-    """Console-line callbacks; each runs in the driver task and must not block.
+    """Console-line callbacks; each runs in one of the node's tasks and must not block.
 
     Attributes:
         on_listening: the listener is bound (before the core starts).
@@ -193,6 +197,11 @@ class NodeHooks:
         on_placement_refused: ``(child, node_id, reason)``: a child reported a node id
             without a valid placement (the first per link; it was dropped).
         on_index_synced: the parent acknowledged the index (entry count).
+        on_join_failed: ``(client, reason)``: a child's join failed (refused by the
+            core, timed out, dropped) or was refused by the join rate limit; at most
+            ``JoinBudget.log_lines`` calls per ``JoinBudget.log_window``. ``client``
+            is the address (an IPv6 /64); ``reason`` comes from the network in part.
+        on_join_failures_summary: the failed joins of a window past those lines.
     """
 
     on_listening: Callable[[BoundAddress], None] | None = None
@@ -205,6 +214,8 @@ class NodeHooks:
     on_child_left: Callable[[NodeInfo, str], None] | None = None
     on_placement_refused: Callable[[NodeInfo, str, str], None] | None = None
     on_index_synced: Callable[[int], None] | None = None
+    on_join_failed: Callable[[str, str], None] | None = None
+    on_join_failures_summary: Callable[[RefusalSummary], None] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,7 +284,7 @@ class _Signal:
 
 
 class _Origin:
-    __slots__ = ("abandoned", "chunks", "ended", "head", "reset", "sid", "signal")
+    __slots__ = ("abandoned", "chunks", "ended", "head", "reset", "sid", "signal", "ticket")
 
     def __init__(self) -> None:
         self.sid: StreamId | None = None
@@ -283,22 +294,48 @@ class _Origin:
         self.reset: StreamReset | None = None
         self.abandoned = False
         self.signal = _Signal()
+        #: The client's count in the stream ledger, released when the stream ends.
+        self.ticket: StreamTicket | None = None
 
 
 class _Target:
-    __slots__ = ("capacity", "finished", "inflight", "reset", "sid", "signal")
+    __slots__ = ("capacity", "finished", "inflight", "link", "reset", "sid", "signal")
 
-    def __init__(self, sid: StreamId, capacity: int) -> None:
+    def __init__(self, sid: StreamId, capacity: int, link: LinkId | None) -> None:
         self.sid = sid
         self.capacity = capacity
         self.inflight = 0
         self.reset: StreamReset | None = None
         self.finished = False
         self.signal = _Signal()
+        #: The link the response leaves on: body bytes wait for room in its queue.
+        self.link = link
 
 
 class _TargetClosed(Exception):
     """The stream we serve was reset (the requester went away, a hop failed...)."""
+
+
+class _JoinAttempt:
+    """One child's join attempt, from its websocket's 101 to joined or closed."""
+
+    __slots__ = ("client", "link_id", "node", "settled")
+
+    def __init__(self, node: Node, client: str) -> None:
+        self.node = node
+        self.client = client
+        self.link_id: LinkId | None = None
+        self.settled = False
+
+    def opened(self, link_id: LinkId) -> None:
+        """The driver gave the link its id: its events settle the attempt from now on."""
+        self.link_id = link_id
+        self.node._joining[link_id] = self
+
+    def settle(self, *, joined: bool) -> None:
+        if not self.settled:
+            self.settled = True
+            self.node._joins.finished(self.client, joined=joined, now=self.node.clock.now())
 
 
 class _LookupWait:
@@ -430,6 +467,10 @@ class Node:
             direction); the parent may decline. On by default.
         counters: the counters of this node's HTTP server (its ``ServerConfig.
             counters``), reported in ``metrics``.
+        stream_budget: how proxied streams are shared among HTTP clients
+            (``kbtransport.stream_budget``; the defaults if None).
+        join_budget: how fast one address may retry after failed joins
+            (``kbtransport.join_guard``; the defaults if None).
 
     Attributes:
         clock: the node's clock.
@@ -448,6 +489,8 @@ class Node:
         high_water: int | None = None,
         uplink: bool = True,
         counters: ServerCounters | None = None,
+        stream_budget: StreamBudget | None = None,
+        join_budget: JoinBudget | None = None,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -487,7 +530,12 @@ class Node:
             self.driver, _ANSWER_CACHE
         )
         self._streams: dict[StreamId, _Origin | _Target] = {}
+        self._ledger = StreamLedger(stream_budget if stream_budget is not None else StreamBudget())
         self._children: dict[LinkId, NodeInfo] = {}
+        self._joins = JoinGuard(join_budget if join_budget is not None else JoinBudget())
+        # Child links still in their handshake, and the attempt each one is.
+        self._joining: dict[LinkId, _JoinAttempt] = {}
+        self._summary_scheduled = False
         self._tg: TaskGroup | None = None
 
     # --- running ----------------------------------------------------------------------
@@ -512,6 +560,7 @@ class Node:
                 st.reset = StreamReset(stream_id=sid, status=502, reason="node stopped")
                 st.signal.set()
             self._streams.clear()
+            self._ledger = StreamLedger(self._ledger.budget)
 
     async def _dial_websocket(self, address: str) -> LinkTransport:
         if not self._use_uplink or anyio.current_time() < self._no_uplink.get(address, 0.0):
@@ -549,19 +598,42 @@ class Node:
             await ws.aclose()
             raise
 
-    async def serve_websocket(self, link: WebSocketLink) -> None:
-        """Carry an accepted websocket as a child link until it ends."""
-        await self.driver.serve_link(link)
+    def child_upgrade(self, request: Request) -> Response:
+        """Answer a child's websocket upgrade ``request``: a 101 carrying the link
+        (with an uplink if offered), or a 429 while its address must wait after
+        failed joins (``kbtransport.join_guard``)."""
+        client = client_key(request.client[0] if request.client is not None else None)
+        wait = self._joins.retry_after(client, self.clock.now())
+        if wait > 0:
+            seconds = self._join_throttled(client, wait)
+            return error_response(
+                429,
+                f"Too many failed joins from your address; try again in {seconds} s",
+                (("Retry-After", str(seconds)),),
+            )
+        return Response(status=101, body=self._websocket_accept(request, client))
 
-    def websocket_accept(self, request: Request) -> WebSocketAccept:
-        """How to accept a child's websocket upgrade ``request`` (uplink if offered)."""
+    def _join_throttled(self, client: str, wait: float) -> int:
+        """A join of ``client`` refused by the rate limit: its console line; returns
+        the whole seconds to wait."""
+        seconds = max(1, math.ceil(wait))
+        self._join_failed(
+            client, f"too many failed joins from this address (next try in {seconds} s)"
+        )
+        return seconds
+
+    def _websocket_accept(self, request: Request, client: str) -> WebSocketAccept:
         token = request.header(UPLINK_HEADER)
         offered = [p.strip() for p in (request.header("sec-websocket-protocol") or "").split(",")]
         registry = self._uplinks
         if token is None or UPLINK_SUBPROTOCOL not in offered or not registry.can_expect(token):
-            return WebSocketAccept(
-                handler=self.serve_websocket, max_message_bytes=_MAX_LINK_MESSAGE
-            )
+
+            async def plain(ws: WebSocketLink) -> None:
+                async with self._join_attempt(client) as attempt:
+                    if attempt is not None:
+                        await self.driver.serve_link(ws, opened=attempt.opened)
+
+            return WebSocketAccept(handler=plain, max_message_bytes=_MAX_LINK_MESSAGE)
 
         async def handler(ws: WebSocketLink) -> None:
             # The token is registered only once the upgrade succeeded (the server runs
@@ -569,22 +641,76 @@ class Node:
             # child's uplink request needs that 101 and a new connection first; were it
             # ever to arrive before this line, it would get a 404 and the child would
             # redial with a plain websocket.
-            uplink = registry.expect(token)
-            if uplink is None:
-                return  # taken meanwhile: the child's uplink gets a 404, it redials plain
-            uplink.ws = ws
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(uplink.watch)
-                    await self.driver.serve_link(uplink)
-                    tg.cancel_scope.cancel()
-            finally:
-                registry.forget(uplink.token)
-                await uplink.aclose()
+            async with self._join_attempt(client) as attempt:
+                if attempt is None:
+                    return
+                uplink = registry.expect(token)
+                if uplink is None:
+                    return  # taken meanwhile: the child's uplink gets a 404, it redials plain
+                uplink.ws = ws
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(uplink.watch)
+                        await self.driver.serve_link(uplink, opened=attempt.opened)
+                        tg.cancel_scope.cancel()
+                finally:
+                    registry.forget(uplink.token)
+                    await uplink.aclose()
 
         return WebSocketAccept(
             handler=handler, subprotocol=UPLINK_SUBPROTOCOL, max_message_bytes=_MAX_LINK_MESSAGE
         )
+
+    @asynccontextmanager
+    async def _join_attempt(self, client: str) -> AsyncIterator[_JoinAttempt | None]:
+        """One join attempt of ``client`` on a websocket that just got its 101: None
+        (close it at once) if attempts made in parallel already used the address's
+        turn, else the attempt, settled when its link joins or closes."""
+        wait = self._joins.begin(client, self.clock.now())
+        if wait > 0:
+            self._join_throttled(client, wait)
+            yield None
+            return
+        attempt = _JoinAttempt(self, client)
+        try:
+            yield attempt
+        finally:
+            if attempt.link_id is None:  # never reached the core (the node stopped)
+                attempt.settle(joined=False)
+
+    def _join_settled(self, link_id: LinkId, *, joined: bool, reason: str) -> None:
+        """The handshake on child link ``link_id`` ended (driver task)."""
+        attempt = self._joining.pop(link_id, None)
+        if attempt is not None:
+            attempt.settle(joined=joined)
+            if not joined:
+                self._join_failed(attempt.client, reason)
+
+    def _join_failed(self, client: str, reason: str) -> None:
+        """Tell the console about a refused join, within the console budget."""
+        hooks = self.hooks
+        now = self.clock.now()
+        self._print_summary(now)
+        if self._joins.should_print(client, now):
+            if hooks.on_join_failed is not None:
+                hooks.on_join_failed(client, reason)
+        elif not self._summary_scheduled and self._tg is not None:
+            self._summary_scheduled = True
+            self._tg.start_soon(self._summary_later)
+
+    def _print_summary(self, now: float) -> None:
+        summary = self._joins.take_summary(now)
+        if summary is not None and self.hooks.on_join_failures_summary is not None:
+            self.hooks.on_join_failures_summary(summary)
+
+    async def _summary_later(self) -> None:
+        """Print the console window's summary line when the window ends."""
+        try:
+            while (due := self._joins.summary_due()) is not None:
+                await anyio.sleep(max(0.0, due - self.clock.now()))
+                self._print_summary(self.clock.now())
+        finally:
+            self._summary_scheduled = False
 
     def uplink_accept(self, request: Request, token: str) -> Response:
         """Answer ``GET /_kblink/<token>`` (``Upgrade: kbucket-uplink``): from then on the
@@ -694,6 +820,8 @@ class Node:
         method: str,
         path: str,
         headers: tuple[tuple[str, str], ...] = (),
+        *,
+        client: str | None = None,
     ) -> ProxyResponse:
         """Send ``method path`` to node ``node_id`` through the tree; await the head.
 
@@ -701,24 +829,45 @@ class Node:
         body resets the stream. Timeouts are the core's (``request_timeout`` for the
         head, ``stream_idle_timeout`` for the body: a 504 reset).
 
+        Args:
+            client: the address of the HTTP client this request is made for: the
+                stream counts against that client's share (``StreamBudget``). None
+                (this node's own requests) counts against nothing.
+
         Raises:
-            StreamResetError: reset before the head (404 unknown node, 502, 503, 504).
+            StreamResetError: reset before the head (404 unknown node, 429 the
+                client's share of streams is used up, 502, 503, 504).
             LocalProtocolError: ``node_id`` is this node or the request is malformed.
             DriverStopped: the node is not running.
         """
         st = _Origin()
+        key = client_key(client) if client is not None else None
+        refused: list[str] = []
 
-        def start(now: float) -> StreamId:
+        def start(now: float) -> None:
+            # The budget check reads the link's open streams in the core and records
+            # the new one in the same driver step, so concurrent requests cannot both
+            # take the last slot of a client's share.
+            counted: tuple[str, LinkId] | None = None
+            if key is not None and (hop := self._core.next_hop(node_id)) is not None:
+                reason = self._ledger.refusal(key, hop)
+                if reason is not None:
+                    refused.append(reason)
+                    return
+                counted = (key, hop.link_id)
             sid = self._core.open_request(node_id, method, path, headers, now=now)
             st.sid = sid
             if st.abandoned:  # the caller was cancelled before this ran
                 self._core.reset_stream(sid, now, "cancelled")
-            else:
-                self._streams[sid] = st
-            return sid
+                return
+            self._streams[sid] = st
+            if counted is not None:
+                st.ticket = self._ledger.record(*counted)
 
         try:
             await self.driver.call(start)
+            if refused:
+                raise StreamResetError(429, refused[0])
             while st.head is None:
                 if st.reset is not None:
                     raise StreamResetError(st.reset.status, st.reset.reason)
@@ -812,7 +961,19 @@ class Node:
             return
         self._streams.pop(sid, None)
         st.reset = StreamReset(stream_id=sid, status=499, reason="requester went away")
-        self.driver.post(lambda now: self._core.reset_stream(sid, now, "requester went away"))
+
+        def reset(now: float) -> None:
+            self._core.reset_stream(sid, now, "requester went away")
+            self._release(st)
+
+        self.driver.post(reset)
+
+    def _release(self, st: _Origin) -> None:
+        """Give the stream's count back to its client's share (once)."""
+        ticket = st.ticket
+        if ticket is not None:
+            st.ticket = None
+            self._ledger.release(ticket)
 
     # --- events (driver task; never block) --------------------------------------------
 
@@ -832,7 +993,8 @@ class Node:
                 tgt.capacity = self._core.send_capacity(event.stream_id)
                 tgt.signal.set()
         elif isinstance(event, RequestReceived):
-            target = _Target(event.stream_id, event.capacity)
+            sid = event.stream_id
+            target = _Target(sid, event.capacity, self._core.response_link(sid))
             self._streams[event.stream_id] = target
             assert self._tg is not None
             self._tg.start_soon(self._serve, event, target)
@@ -845,11 +1007,14 @@ class Node:
             st = self._streams.pop(event.stream_id, None)
             if isinstance(st, _Origin):
                 st.ended = True
+                self._release(st)
                 st.signal.set()
         elif isinstance(event, StreamReset):
             any_st = self._streams.pop(event.stream_id, None)
             if any_st is not None:
                 any_st.reset = event
+                if isinstance(any_st, _Origin):
+                    self._release(any_st)
                 any_st.signal.set()
         elif isinstance(event, LookupResolved | LookupFailed):
             wait = self._lookups.pop(event.lookup_id, None)
@@ -858,9 +1023,11 @@ class Node:
                 wait.done.set()
         elif isinstance(event, ChildJoined):
             self._children[event.link_id] = event.info
+            self._join_settled(event.link_id, joined=True, reason="")
             if hooks.on_child_joined is not None:
                 hooks.on_child_joined(event.info)
         elif isinstance(event, LinkClosed):
+            self._join_settled(event.link_id, joined=False, reason=event.reason)
             child = self._children.pop(event.link_id, None)
             if child is not None and hooks.on_child_left is not None:
                 hooks.on_child_left(child, event.reason)
@@ -930,13 +1097,24 @@ class Node:
                 return available
             await st.signal.wait()
 
-    async def _send(self, st: _Target, data: bytes) -> None:
-        """Hand ``data`` (at most the available credit) to the core, pipelined."""
+    async def _reserve(self, st: _Target, size: int) -> None:
+        """Wait for room for ``size`` more body bytes in the response link's queue
+        (``NodeDriver.reserve``): many streams sending at once interleave their
+        pieces there instead of queueing megabytes ahead of every other frame."""
+        if st.link is not None:
+            await self.driver.reserve(st.link, size)
+
+    async def _send(self, st: _Target, data: bytes, reserved: int) -> None:
+        """Hand ``data`` (at most the available credit, ``reserved`` bytes of room
+        reserved for it) to the core, pipelined."""
         sid = st.sid
+        link = st.link
         st.inflight += len(data)
 
         def send(now: float) -> None:
             st.inflight -= len(data)
+            if link is not None:
+                self.driver.unreserve(link, reserved)
             if st.reset is not None:
                 return
             try:
@@ -959,7 +1137,8 @@ class Node:
         while view:
             available = await self._wait_capacity(st)
             take = min(available, _SEND_CHUNK, len(view))
-            await self._send(st, bytes(view[:take]))
+            await self._reserve(st, take)
+            await self._send(st, bytes(view[:take]), take)
             view = view[take:]
 
     async def _send_response(self, st: _Target, *, request_method: str, response: Response) -> None:
@@ -1020,11 +1199,15 @@ class Node:
         body.file.seek(body.offset)
         while remaining:
             available = await self._wait_capacity(st)
-            chunk = body.file.read(min(available, _SEND_CHUNK, remaining))
+            size = min(available, _SEND_CHUNK, remaining)
+            await self._reserve(st, size)  # before reading: no piece held while waiting
+            chunk = body.file.read(size)
             if not chunk:
+                if st.link is not None:
+                    self.driver.unreserve(st.link, size)
                 raise ReadError(f"file shrank while being sent ({remaining} bytes short)")
             remaining -= len(chunk)
-            await self._send(st, chunk)
+            await self._send(st, chunk, size)
             self.metrics.tree_file_bytes += len(chunk)
 
 
@@ -1128,6 +1311,8 @@ async def serve_node(
     dial_timeout: float = 10.0,
     uplink: bool = True,
     app_config: NodeAppConfig | None = None,
+    stream_budget: StreamBudget | None = None,
+    join_budget: JoinBudget | None = None,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -1147,6 +1332,8 @@ async def serve_node(
         uplink: offer the parent the raw uplink (``kbtransport.uplink``); on by default.
         app_config: policies of the HTTP routes (``kbtransport.httpapi.NodeAppConfig``:
             the web origins allowed to open a websocket...); the defaults if None.
+        stream_budget: how proxied streams are shared among HTTP clients.
+        join_budget: how fast one address may retry after failed joins.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -1194,6 +1381,8 @@ async def serve_node(
             dial_timeout=dial_timeout,
             uplink=uplink,
             counters=server.counters,
+            stream_budget=stream_budget,
+            join_budget=join_budget,
         )
         node.request_app = own_node_app(node, local_app)
         holder.append(build_node_app(node, local_app, app_config))

@@ -81,6 +81,19 @@ def make_app(kind: NodeType) -> typer.Typer:
         metavar="SECONDS",
         help="Silence after which a parent or child link is dropped (default 30).",
     )
+    connections_opt = typer.Option(
+        None,
+        "--max-connections-per-client",
+        metavar="N",
+        help="Connections served at once for one client address (default 256; "
+        "many users behind one NAT share an address).",
+    )
+    streams_opt = typer.Option(
+        None,
+        "--max-streams-per-client",
+        metavar="N",
+        help="Proxied downloads open at once for one client address (default 64).",
+    )
 
     confirm_opt = typer.Option(
         None,
@@ -128,6 +141,8 @@ def make_app(kind: NodeType) -> typer.Typer:
             bind_host: str | None = host_opt,
             auto: bool = auto_opt,
             heartbeat_timeout: float | None = heartbeat_opt,
+            max_connections_per_client: int | None = connections_opt,
+            max_streams_per_client: int | None = streams_opt,
         ) -> int:
             options = SetupOptions(
                 name=name,
@@ -143,9 +158,12 @@ def make_app(kind: NodeType) -> typer.Typer:
                 host=bind_host,
                 auto=auto,
             )
-            return run_node(
-                "leaf", directory, options, RunOptions(heartbeat_timeout=heartbeat_timeout)
+            run = RunOptions(
+                heartbeat_timeout=heartbeat_timeout,
+                max_connections_per_client=max_connections_per_client,
+                max_streams_per_client=max_streams_per_client,
             )
+            return run_node("leaf", directory, options, run)
 
     else:
 
@@ -169,6 +187,8 @@ def make_app(kind: NodeType) -> typer.Typer:
             bind_host: str | None = host_opt,
             auto: bool = auto_opt,
             heartbeat_timeout: float | None = heartbeat_opt,
+            max_connections_per_client: int | None = connections_opt,
+            max_streams_per_client: int | None = streams_opt,
         ) -> int:
             options = SetupOptions(
                 name=name,
@@ -188,9 +208,12 @@ def make_app(kind: NodeType) -> typer.Typer:
                 host=bind_host,
                 auto=auto,
             )
-            return run_node(
-                "hub", directory, options, RunOptions(heartbeat_timeout=heartbeat_timeout)
+            run = RunOptions(
+                heartbeat_timeout=heartbeat_timeout,
+                max_connections_per_client=max_connections_per_client,
+                max_streams_per_client=max_streams_per_client,
             )
+            return run_node("hub", directory, options, run)
 
     return app
 

@@ -179,8 +179,7 @@ def run(path: str, out: str | None) -> None:
 
             data = serialize_prv(prv)
             if out is None:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
+                output.print_json_bytes(data)
             else:
                 _write_atomically(out, data)
     finally:

@@ -11,7 +11,6 @@ source delivered the right bytes (each source and its error listed, one line eac
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +36,7 @@ HELP = (
 
 
 def _print_event(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    output.print_json(event)
 
 
 def _report_failure(label: str, exc: ClientError) -> None:
@@ -48,8 +46,7 @@ def _report_failure(label: str, exc: ClientError) -> None:
     if isinstance(exc, DownloadFailedError):
         for failure in exc.failures:
             # One line per source (SPEC §3.5: every source and its error are listed).
-            line = " ".join(f"  {failure.url}: {failure.error}".split("\n"))
-            print(line, file=sys.stderr, flush=True)
+            output.line(f"  {failure.url}: {failure.error}")
 
 
 def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) -> int:
@@ -58,7 +55,6 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
     Raises:
         UsageError: bad input (exit 2).
     """
-    import anyio
 
     from kbapps import client
     from kbproto.prv import PrvDir
@@ -75,7 +71,7 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
         total = sum(prv.size for _, prv in document.iter_files())
         with output.Progress("Downloading", total_files=nfiles, total_bytes=total) as progress:
             try:
-                outcome = anyio.run(
+                outcome = output.run_async(
                     lambda: client.download_prvdir(
                         document, out, options, on_event=emit, on_progress=progress.update
                     )
@@ -85,17 +81,15 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
         for rel, problem in outcome.failed:
             _report_failure(rel, problem)
         skipped = sum(1 for r in outcome.done if r.origin == "present")
-        print(
+        output.line(
             f"Downloaded {len(outcome.done) - skipped} files, skipped {skipped} already "
-            f"present, {len(outcome.failed)} failed, into {out}",
-            file=sys.stderr,
-            flush=True,
+            f"present, {len(outcome.failed)} failed, into {out}"
         )
         return outcome.exit_code
 
     with output.Progress("Downloading", total_files=1, total_bytes=document.size) as progress:
         try:
-            result = anyio.run(
+            result = output.run_async(
                 lambda: client.download_prv(
                     document, out, options, on_event=emit, on_progress=progress.update
                 )
@@ -113,11 +107,7 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
         "part": "the complete .part on disk",
         "empty": "nowhere (empty file)",
     }.get(result.origin, result.url or "")
-    print(
-        f"Downloaded {result.path} ({output.format_bytes(result.size)}) from {where}",
-        file=sys.stderr,
-        flush=True,
-    )
+    output.line(f"Downloaded {result.path} ({output.format_bytes(result.size)}) from {where}")
     return client.EXIT_OK
 
 

@@ -10,7 +10,6 @@ As ``kb-prv-create`` does, the plain invocation skips typer (its import costs ~0
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -37,7 +36,6 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
     Raises:
         UsageError: bad input (exit 2) or an unreachable hub (exit 3).
     """
-    import anyio
 
     from kbapps import client
     from kbproto.prv import PrvDir
@@ -52,15 +50,14 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
             async with client.make_http_client(options) as http:
                 return await client.find_content(http, options.hub_url, document.sha1)
 
-        result = anyio.run(ask)
+        result = output.run_async(ask)
     except client.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     if as_json:
-        sys.stdout.write(json.dumps(result.response, indent=4, ensure_ascii=False) + "\n")
+        output.print_json(result.response, indent=4)
     else:
         for url in result.urls:
-            sys.stdout.write(url + "\n")
-    sys.stdout.flush()
+            output.line(url, stream=sys.stdout)
     if not result.found:
         if not as_json:
             output.error(f"not found: no node of the network has {prv_path} (sha1 {document.sha1})")

@@ -6,15 +6,21 @@ processes on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import resource
 import socket
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import Request as WsRequest
 
 from kbproto import NodeCore, SeededIdSource, ShareConfig, ShareCore
 from kbproto.actions import Dial, Hangup, Transmit
@@ -22,12 +28,18 @@ from kbproto.auth import Signer
 from kbproto.events import Event, JoinRefused, LinkClosed, ParentConnected
 from kbproto.ids import LinkId
 from kbproto.pump import drain
+from kbtransport.errors import ConnectError
 from kbtransport.websocket import WebSocketLink, connect_websocket
 from tests.e2e.procs import Node
 
 __all__ = (
     "CoreRun",
+    "connect_from",
+    "dial_from",
     "drive_core",
+    "ensure_descriptors",
+    "fresh_source",
+    "held",
     "http_get",
     "raw_exchange",
     "run_share_core",
@@ -80,6 +92,44 @@ def find_json(node: Node, sha1: str) -> dict[str, object]:
     return value
 
 
+_sources = itertools.count()
+
+
+def fresh_source() -> str:
+    """A loopback address not used before in this process (127.0.1.2 and up): an
+    attacker who has many addresses, so a hub's per-address budgets (failed joins,
+    connections) do not apply to its next attempt."""
+    n = next(_sources)
+    return f"127.0.{1 + n // 250 % 250}.{2 + n % 250}"
+
+
+async def dial_from(
+    url: str, source: str, timeout: float = 5.0, max_message_bytes: int = 1 << 24
+) -> WebSocketLink:
+    """A client websocket to ``url`` (``http://127.0.0.1:PORT``) from local address
+    ``source`` (another loopback address is another client to the hub).
+
+    Raises:
+        ConnectError: the hub refused the upgrade (the message holds its status).
+    """
+    host_port = url.split("://", 1)[1].rstrip("/")
+    host, port = host_port.rsplit(":", 1)
+    with anyio.fail_after(timeout):
+        stream = await anyio.connect_tcp(host, int(port), local_host=source)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send(ws.send(WsRequest(host=host_port, target="/")))
+        while True:
+            data = await stream.receive()
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    assert ws.connection is not None
+                    return WebSocketLink(stream, ws.connection, max_message_bytes=max_message_bytes)
+                if isinstance(event, RejectConnection):
+                    await stream.aclose()
+                    raise ConnectError(f"websocket upgrade refused (HTTP {event.status_code})")
+
+
 @dataclass
 class CoreRun:
     """What one run of a share core over a websocket saw."""
@@ -98,15 +148,26 @@ async def run_share_core(
     files: list[tuple[str, str, int]] | None = None,
     seconds: float = 5.0,
     stop_when_joined: bool = True,
+    name: str = "hostile",
+    passcode: str = "",
+    source: str | None = None,
 ) -> CoreRun:
     """Drive a kbproto ``ShareCore`` over one real websocket to ``hub_url`` (one dial,
-    no redial) for at most ``seconds``; record its events and every byte it sent."""
-    config = ShareConfig(name="hostile", listen_url="http://127.0.0.1:9", parent_url=hub_url)
+    no redial) for at most ``seconds``; record its events and every byte it sent.
+    ``source``: dial from that local address (``dial_from``); the dial's errors raise."""
+    config = ShareConfig(
+        name=name,
+        listen_url="http://127.0.0.1:9",
+        parent_url=hub_url,
+        parent_passcode=passcode,
+    )
     core = ShareCore(config, signer=signer, ids=SeededIdSource("hostile"))
     if files:
         core.set_files(files, anyio.current_time())
     run = CoreRun()
-    await drive_core(core, run, seconds=seconds, stop=lambda: stop_when_joined and run.joined)
+    await drive_core(
+        core, run, seconds=seconds, stop=lambda: stop_when_joined and run.joined, source=source
+    )
     return run
 
 
@@ -116,11 +177,13 @@ async def drive_core(
     *,
     seconds: float,
     stop: Callable[[], bool] = lambda: False,
+    source: str | None = None,
 ) -> None:
     """Start ``core`` (a share, or a hub with a parent) and carry its one parent link
     over a real websocket (one dial, no redial) until ``stop()`` holds, the link ends
     or ``seconds`` pass; ``run`` records its events and every byte it sent. Run it in
-    a task to keep a fake node joined while a test talks to the real ones."""
+    a task to keep a fake node joined while a test talks to the real ones. ``source``:
+    dial from that local address (``dial_from``); the dial's errors raise."""
     link_id: LinkId | None = None
     ws: WebSocketLink | None = None
     now = anyio.current_time
@@ -142,7 +205,10 @@ async def drive_core(
             if isinstance(action, Dial):
                 if ws is not None or run.closed:
                     return False  # one dial only: a redial means the first link ended
-                ws = await connect_websocket(action.address, timeout=5.0)
+                if source is None:
+                    ws = await connect_websocket(action.address, timeout=5.0)
+                else:
+                    ws = await dial_from(action.address, source)
                 link_id = LinkId(1)
                 core.link_opened(link_id, now(), dialed=True)
                 return await act()
@@ -190,3 +256,44 @@ def read_text_tree(root: Path) -> str:
         if path.is_file():
             parts.append(path.read_bytes().decode("utf-8", "replace"))
     return "\n".join(parts)
+
+
+def ensure_descriptors(needed: int) -> None:
+    """Raise this process's soft descriptor limit to ``needed`` (toward the hard limit);
+    fail the test if the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        pytest.fail(f"this test needs {needed} descriptors; the hard limit is {hard}")
+
+
+def connect_from(
+    port: int, source: str, *, rcvbuf: int | None = None, timeout: float = 5.0
+) -> socket.socket | None:
+    """A TCP connection to 127.0.0.1:``port`` from ``source`` (None if it failed)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            # A small receive buffer: an unread download fills it with little data.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+@contextlib.contextmanager
+def held(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    """Close every socket of ``socks`` (filled in the block) when the block ends."""
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from kbproto.auth import SignatureScheme
 from kbproto.framing import KIND_CONTROL, KIND_DATA, encode_frame
 from kbproto.messages import PROTOCOL_VERSION
-from kbtransport.websocket import WebSocketLink, connect_websocket
+from kbtransport.websocket import WebSocketLink
 from tests.helpers import Ed25519Signer
 from tests.hostile.conftest import Net
-from tests.hostile.helpers import run_share_core
+from tests.hostile.helpers import dial_from, fresh_source, run_share_core
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +46,9 @@ async def _closed_by_hub(ws: WebSocketLink, seconds: float = 15.0) -> bool:
 
 
 async def _attack(net: Net, payloads: list[bytes], *, max_message: int = 1 << 24) -> bool:
-    ws = await connect_websocket(net.hub.url, timeout=10, max_message_bytes=max_message)
+    # Each attack from an address of its own: the hub slows down failed joins per
+    # address (docs/security.md), and these tests are about what one attempt costs.
+    ws = await dial_from(net.hub.url, fresh_source(), timeout=10, max_message_bytes=max_message)
     try:
         for payload in payloads:
             try:
@@ -94,7 +96,9 @@ async def test_malformed_frames_cost_only_the_link(net: Net) -> None:
 async def test_replayed_and_reordered_registration_transcripts_fail(net: Net) -> None:
     # A genuine child joins once; its bytes are recorded.
     signer = Ed25519Signer(6001)
-    first = await run_share_core(net.hub.url, signer, files=[("a" * 40, "x.bin", 1)])
+    first = await run_share_core(
+        net.hub.url, signer, files=[("a" * 40, "x.bin", 1)], source=fresh_source()
+    )
     assert first.joined, first.events
     assert len(first.sent) >= 2, first.sent
     # Replaying the same bytes on a new link: the hub's challenge is fresh, so the
@@ -131,7 +135,9 @@ class _Impostor:
 async def test_child_claiming_another_nodes_id_is_refused(net: Net) -> None:
     pem = (net.share.directory / ".kbucket" / "public.pem").read_text()
     impostor = _Impostor(pem)
-    run = await run_share_core(net.hub.url, impostor, files=[("b" * 40, "evil.bin", 666)])
+    run = await run_share_core(
+        net.hub.url, impostor, files=[("b" * 40, "evil.bin", 666)], source=fresh_source()
+    )
     assert not run.joined, run.events
     assert run.refused is not None or run.closed, run.events
     # The real share is still the one the hub routes to, and the impostor's index

@@ -23,13 +23,19 @@ from kbproto import SeededIdSource, ShareConfig, ShareCore, Timeouts
 from kbproto.events import Event, JoinRefused, LinkClosed, ParentConnected
 from kbtransport.driver import NodeDriver
 from kbtransport.env import AnyioClock
-from kbtransport.websocket import WebSocketLink, connect_websocket
+from kbtransport.websocket import WebSocketLink
 from tests.helpers import Ed25519Signer
+from tests.hostile.helpers import dial_from
 
-__all__ = ("content_id", "main")
+__all__ = ("content_id", "main", "source_address")
 
 #: Joins started at once (the hub's accept backlog is 128).
 _BATCH = 50
+
+
+def source_address(share: int) -> str:
+    """The loopback address swarm share ``share`` dials from (127.0.2.2 and up)."""
+    return f"127.0.{2 + share // 250}.{2 + share % 250}"
 
 
 def content_id(share: int, index: int) -> str:
@@ -45,11 +51,14 @@ async def _run(hub_url: str, count: int, files: int, seconds: float) -> None:
     joined: set[int] = set()
     clock = AnyioClock()
 
-    async def dial(url: str) -> WebSocketLink:
-        return await connect_websocket(url, timeout=30)
-
     async with anyio.create_task_group() as tg:
         for i in range(count):
+
+            async def dial(url: str, i: int = i) -> WebSocketLink:
+                # Each share from a loopback address of its own, as 1,000 labs would
+                # be: a hub's per-address budgets (connections, failed joins) are
+                # meant for one client, not for a thousand behind one address.
+                return await dial_from(url, source_address(i), timeout=30)
 
             def on_event(event: Event, i: int = i) -> None:
                 if isinstance(event, ParentConnected):

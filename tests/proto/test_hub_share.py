@@ -75,3 +75,22 @@ def test_download_through_two_hubs_with_small_window() -> None:
     assert net.of("T", ResponseEnded)[0].stream_id == sid
     assert bytes(got[sid]) == DATA
     assert all(core.open_streams() == 0 for core in net.cores.values())
+
+
+def test_next_hop_names_the_link_and_its_streams() -> None:
+    net = _two_level()
+    hub_a, hub_b, share_s = net.cores["A"], net.cores["B"], net.cores["S"]
+    s_id = share_s.node_id
+    hop = hub_a.next_hop(s_id)  # A reaches S through its child B
+    assert hop is not None
+    assert hop.link_id in hub_a.link_ids()
+    assert (hop.limit, hop.open) == (hub_a.limits.max_streams_per_link, 0)
+    hub_a.open_request(s_id, "GET", f"/{s_id}/download/f.dat", now=net.now)
+    opened = hub_a.next_hop(s_id)
+    assert opened is not None
+    assert (opened.link_id, opened.open) == (hop.link_id, 1)
+    up = hub_b.next_hop(net.cores["T"].node_id)  # B reaches T up through A
+    assert up is not None
+    assert up.link_id == hub_b.parent_link
+    assert hub_a.next_hop(hub_a.node_id) is None  # this node itself
+    assert hub_a.next_hop("0" * 12) is None  # no route

@@ -105,6 +105,7 @@ def test_client_cancel_resets_every_hop() -> None:
     assert net.cores["T"].stream_role(sid) is StreamRole.ORIGIN
     net.cores["T"].reset_stream(sid, net.now, "client went away")
     net.pump()
+    assert net.cores["T"].response_link(sid) is None  # closed
     (reset,) = net.of("S", StreamReset)
     assert reset.status == 499
     assert reset.reason == "client went away"
@@ -195,6 +196,8 @@ def test_target_misuse_and_writable_events() -> None:
     (request,) = net.of("S", RequestReceived)
     served = request.stream_id
     assert share.stream_role(served) is StreamRole.TARGET
+    assert share.response_link(served) == share.parent_link  # the response goes back up
+    assert net.cores["A"].response_link(sid) is None  # A is the origin, not a target
     with pytest.raises(LocalProtocolError, match="before respond"):
         share.send_data(served, b"x", net.now)
     with pytest.raises(LocalProtocolError, match="before respond"):

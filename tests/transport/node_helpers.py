@@ -23,9 +23,11 @@ from kbproto import HubConfig, HubCore, Limits, SeededIdSource, ShareConfig, Sha
 from kbproto.auth import node_id_from_public_pem
 from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
+from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
 from kbtransport.routing import Router
+from kbtransport.stream_budget import StreamBudget
 from tests.helpers import CryptoVerifier, Ed25519Signer
 
 #: Short heartbeats so a dead peer is noticed within a second or two.
@@ -62,6 +64,9 @@ class Lines:
         def left(info: NodeInfo, reason: str) -> None:
             add(f"child left {info.node_type} {info.name} {info.node_id}")
 
+        def failures(summary: RefusalSummary) -> None:
+            add(f"join failures {summary.count} from {summary.addresses}")
+
         return NodeHooks(
             on_dial=lambda url: add(f"dial {url}"),
             on_parent_connected=lambda info: add(f"connected {info.name}"),
@@ -69,6 +74,8 @@ class Lines:
             on_child_joined=joined,
             on_child_left=left,
             on_parent_lost=lambda reason: add(f"parent lost {reason}"),
+            on_join_failed=lambda client, reason: add(f"join from {client} failed: {reason}"),
+            on_join_failures_summary=failures,
         )
 
 
@@ -106,7 +113,14 @@ class Tree:
         return Ed25519Signer(self._seed)
 
     async def hub(
-        self, name: str, parent: str | None = None, *, passcode: str = "", uplink: bool = True
+        self,
+        name: str,
+        parent: str | None = None,
+        *,
+        passcode: str = "",
+        uplink: bool = True,
+        stream_budget: StreamBudget | None = None,
+        join_budget: JoinBudget | None = None,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -131,6 +145,8 @@ class Tree:
                 ListenConfig(host="127.0.0.1", port=0),
                 hooks=self.lines.hooks(name),
                 uplink=uplink,
+                stream_budget=stream_budget,
+                join_budget=join_budget,
             )
         )
         self.handles[name] = handle

@@ -308,3 +308,36 @@ async def test_inbox_is_bounded_by_received_bytes_too() -> None:
     assert inbox._full()  # the 5,000-byte item alone is still over the bound
     inbox.pop()
     assert not inbox._full()
+
+
+async def test_producers_wait_for_room_in_a_links_queue_and_share_it() -> None:
+    async with anyio.create_task_group() as tg:
+        core = hub_core()
+        hub = NodeDriver(core, clock=AnyioClock(), dialer=no_dial, high_water=64)
+        await tg.start(hub.run)
+        _ours, theirs = link_pair()
+        theirs.block_writes = anyio.Event()
+        tg.start_soon(hub.serve_link, theirs)
+        await anyio.sleep(0.1)  # the Challenge (more than the low water, 32) is queued
+        (link_id,) = await hub.call(lambda now: core.link_ids())
+        granted: list[int] = []
+
+        async def producer(n: int) -> None:
+            await hub.reserve(link_id, 10)
+            granted.append(n)
+
+        for n in range(3):
+            tg.start_soon(producer, n)
+        await anyio.sleep(0.2)
+        assert granted == []  # the queue is past the low-water mark: everyone waits
+        theirs.block_writes.set()  # the writer drains the queue
+        with anyio.fail_after(5):
+            while len(granted) < 3:
+                await anyio.sleep(0.01)
+                # Each reservation counts until its bytes reach the core: three of 10
+                # bytes fit under the low-water mark of 32, one after the other.
+        hub.unreserve(link_id, 30)
+        await hub.reserve(link_id, 40)  # an empty queue takes a piece of any size
+        hub.unreserve(link_id, 40)
+        await hub.reserve(LinkId(999), 10)  # no such link: nothing to wait for
+        tg.cancel_scope.cancel()

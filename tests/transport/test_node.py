@@ -511,7 +511,7 @@ async def test_target_capacity_is_read_from_the_core_not_from_a_stale_event() ->
     )
     node = Node(core)
     sid = StreamId(7)
-    target = _Target(sid, capacity=0)
+    target = _Target(sid, capacity=0, link=None)
     node._streams[sid] = target
     node._on_event(StreamWritable(stream_id=sid, capacity=1 << 20))
     assert target.capacity == core.send_capacity(sid) == 0

@@ -103,24 +103,34 @@ async def test_file_that_shrinks_while_served_cuts_the_connection(tmp_path: Path
 
 
 async def test_listener_reports_port_and_bounds_connections() -> None:
+    release = anyio.Event()
+
     async def app(request: Request) -> Response:
+        if request.path == "/slow":
+            await release.wait()
         return json_response(200, {"ok": True})
 
     async with loopback_server(app, max_connections=1) as bound:
         assert bound.port > 0
         first = await anyio.connect_tcp("127.0.0.1", bound.port)
-        await first.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        with anyio.fail_after(5):
-            assert (await first.receive()).startswith(b"HTTP/1.1 200")
-        # The only slot is held by the idle keep-alive connection: the second waits.
+        await first.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await anyio.sleep(0.1)
+        # The only slot is busy serving a request: the second connection waits.
         second = await anyio.connect_tcp("127.0.0.1", bound.port)
         await second.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         with anyio.move_on_after(0.3) as waited:
             await second.receive()
         assert waited.cancelled_caught
-        await first.aclose()
+        release.set()
+        with anyio.fail_after(5):
+            assert (await first.receive()).startswith(b"HTTP/1.1 200")
+        # The first connection is now an idle keep-alive one: it yields its slot.
         data = await raw_http(second, b"", timeout=5)
         await second.aclose()
+        with anyio.fail_after(5):
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await first.receive()
+        await first.aclose()
     assert parse_raw_responses(data)[0].status == 200
 
 
@@ -129,3 +139,5 @@ def test_listen_config_validates() -> None:
         ListenConfig(port=70000)
     with pytest.raises(ValueError, match="max_connections"):
         ListenConfig(max_connections=0)
+    with pytest.raises(ValueError, match="max_connections_per_client"):
+        ListenConfig(max_connections_per_client=0)

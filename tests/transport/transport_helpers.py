@@ -33,10 +33,15 @@ async def loopback_server(
     config: ServerConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
     max_connections: int = 64,
+    max_connections_per_client: int = 256,
 ) -> AsyncIterator[BoundAddress]:
     """Serve ``app`` on 127.0.0.1 at a free port until the block ends."""
     listen = ListenConfig(
-        host="127.0.0.1", port=0, ssl_context=ssl_context, max_connections=max_connections
+        host="127.0.0.1",
+        port=0,
+        ssl_context=ssl_context,
+        max_connections=max_connections,
+        max_connections_per_client=max_connections_per_client,
     )
     async with anyio.create_task_group() as tg:
         bound: BoundAddress = await tg.start(serve_http, app, listen, config)
