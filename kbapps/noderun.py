@@ -8,8 +8,9 @@ Strategy
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 or 2.
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
-   routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
-   interface (``kbapps.web``) on the same router.
+   routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
+   (``kbapps.hashing.ProcessPool``, forked before ``anyio.run`` starts any thread);
+   for both kinds, the web interface (``kbapps.web``) on the same router.
 3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
    policy (a share's default is the first free port from 2000 to 2999: only a real
    bind can tell, without a race), the core is built for the port actually bound
@@ -305,12 +306,14 @@ async def _serve_once(
 
 
 def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
+    from kbapps.hashing import ProcessPool
     from kbapps.share.app import build_share_app
     from kbapps.share.index import FileIndex
-    from kbapps.share.indexer import Indexer, IndexerHooks
+    from kbapps.share.indexer import Indexer, IndexerHooks, default_hasher
     from kbapps.share.paths import ShareDir
     from kbapps.web import add_web_routes
 
+    pool = ProcessPool()  # started below, before anyio.run starts any thread
     index = FileIndex.for_share(setup.kbucket_dir, on_warning=output.warning)
     hashed = 0
     hashed_initial: list[int] = []
@@ -343,6 +346,7 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
             on_initial_done=initial_done,
             on_warning=output.warning,
         ),
+        hasher=default_hasher(pool=pool),
     )
     app = build_share_app(
         ShareDir(setup.directory), index, setup.node_id, on_stale=indexer.request_rescan
@@ -358,10 +362,16 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
 
         return index_forever
 
+    # The hashing processes are forked now, while this process runs one thread:
+    # anyio.run starts worker threads, and a child forked beside them could inherit a
+    # lock another thread holds. The indexer's worker threads send their hashing to
+    # these processes (kbapps.hashing.pool).
+    pool.start()
     try:
         anyio.run(_serve, setup, app.router, timeouts, console, started)
     finally:
         index.close()
+        pool.close()
 
 
 def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.e2e.procs import Procs
+
 #: Enough small files that hashing uses worker processes (``PARALLEL_MIN_FILES`` is 500).
 FILES = 1200
 HOUR_NS = 3600 * 10**9
@@ -63,6 +65,29 @@ def _forks(log: Path) -> list[tuple[int, int]]:
         (int(python), int(kernel))
         for python, kernel in (line.split() for line in log.read_text().splitlines())
     ]
+
+
+def test_kbucket_host_hashes_in_worker_processes_forked_before_any_thread(
+    tmp_path: Path,
+) -> None:
+    share = tmp_path / "share"
+    _make_share(share)
+    log = tmp_path / "forks.log"
+    procs = Procs(tmp_path)
+    procs.env["KB_FORK_LOG"] = str(log)
+    code = _RECORD_FORKS + "from kbapps.cli.host import main\nsys.exit(main(sys.argv[1:]))\n"
+    argv = [sys.executable, "-c", code, str(share), "--auto", "--name", "forks"]
+    argv += ["--scientific-research", "yes", "--confirm-share", "yes"]
+    argv += ["--port", "0", "--host", "127.0.0.1", "--parent-hub", "."]
+    try:
+        proc = procs.start("kbucket-host", argv)
+        proc.wait_line(rf"Indexed {FILES} files\.$", timeout=TIMEOUT)
+        assert proc.stop() == 0
+    finally:
+        procs.close()
+    forks = _forks(log)
+    assert forks, "the share hashed 1,200 files without a worker process"
+    assert all(counts == (1, 1) for counts in forks), f"forked beside threads: {forks}"
 
 
 #: The share's indexer run as ``kbapps.noderun`` runs it (under ``anyio.run``, its
