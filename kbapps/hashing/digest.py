@@ -140,12 +140,12 @@ class _Stream:
         self.head = sha1()
         self.seen = 0
 
-    def update(self, data: bytearray | memoryview, n: int) -> None:
-        """Feed the ``n`` bytes in ``data`` (all of it, or a view of its start)."""
+    def update(self, data: memoryview) -> None:
+        """Feed the next bytes of the file."""
         if self.seen < FCS_HEAD_BYTES:
-            self.head.update(data[: min(n, FCS_HEAD_BYTES - self.seen)])
+            self.head.update(data[: FCS_HEAD_BYTES - self.seen])
         self.whole.update(data)
-        self.seen += n
+        self.seen += len(data)
 
     def hexdigests(self) -> tuple[str, str]:
         """``(sha1, head_sha1)`` of everything fed."""
@@ -228,7 +228,7 @@ class FileHasher:
             view = self.view
             total = reported = 0
             while n:
-                stream.update(view if n == full else view[:n], n)
+                stream.update(view if n == full else view[:n])
                 total += n
                 if on_bytes is not None and total - reported >= PROGRESS_BYTES:
                     on_bytes(total - reported)
