@@ -36,12 +36,14 @@ from kbapps.hashing.digest import FileChangedError as FileChangedError
 from kbapps.hashing.digest import FileDigest as FileDigest
 from kbapps.hashing.digest import FileHasher as FileHasher
 from kbapps.hashing.digest import FileKey as FileKey
+from kbapps.hashing.digest import error_text as error_text
 from kbapps.hashing.digest import hash_file as hash_file
 from kbapps.hashing.fragments import Buffer as Buffer
 from kbapps.hashing.fragments import Fragments as Fragments
 from kbapps.hashing.fragments import FragmentWriter as FragmentWriter
 from kbapps.hashing.pool import PARALLEL_MIN_FILES as PARALLEL_MIN_FILES
 from kbapps.hashing.pool import ForkedTask as ForkedTask
+from kbapps.hashing.pool import PoolRun as PoolRun
 from kbapps.hashing.pool import ProcessPool as ProcessPool
 from kbapps.hashing.pool import default_workers as default_workers
 
@@ -62,10 +64,12 @@ __all__ = (
     "Fragments",
     "HashCache",
     "HashResult",
+    "PoolRun",
     "ProcessPool",
     "RawKey",
     "RawResult",
     "default_workers",
+    "error_text",
     "hash_file",
     "hash_files",
     "hash_records",

@@ -26,10 +26,10 @@ from kbapps.hashing import (
     RACY_WINDOW_NS,
     FileHasher,
     HashCache,
+    error_text,
     is_database_error,
 )
 from kbapps.hashing import digest as digest_module
-from kbapps.hashing.digest import error_text
 from kbapps.prvbuild._common import Key
 from kbapps.prvbuild._text import segment_texts
 

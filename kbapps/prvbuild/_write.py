@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from kbapps.hashing import RACY_WINDOW_NS, HashCache, ProcessPool
-from kbapps.hashing.pool import PoolRun
+from kbapps.hashing import RACY_WINDOW_NS, HashCache, PoolRun, ProcessPool
 from kbapps.prvbuild._collect import Collected, finish_raw, wants_lookups
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, Key
 from kbapps.prvbuild._emit import Emitter, Writer
