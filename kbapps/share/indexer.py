@@ -122,8 +122,8 @@ class IndexerConfig:
             as soon as they are hashed.
         batch_files: most files hashed per batch (one transaction, one delta burst).
         batch_bytes: most bytes hashed per batch (a single bigger file is one batch).
-        workers: hashing processes/threads (``kbapps.hashing.default_workers()`` if
-            None).
+        workers: for ``default_hasher`` when no hasher is given: threads for big
+            files (``kbapps.hashing.default_workers()`` if None).
     """
 
     min_interval: float = 2.0
@@ -171,10 +171,12 @@ def default_hasher(workers: int | None = None, pool: ProcessPool | None = None) 
     """``kbapps.hashing.hash_files`` without a cache (the index is the cache).
 
     Args:
-        workers: processes (and threads for big files) if no ``pool`` is given; its
-            workers would have to be forked from the indexer's worker thread, which
-            ``hash_files`` refuses, so without a pool one thread hashes small files.
-        pool: a pool started before the program's threads (``kbapps.noderun``).
+        workers: threads for big files when no ``pool`` is given. Processes for small
+            files would have to be forked from the indexer's worker thread, which
+            ``hash_files`` never does: without a pool, that thread hashes them alone.
+        pool: a ``ProcessPool`` started before the program's threads
+            (``kbapps.noderun``): its processes hash the small files of a batch, and
+            its size is the number of threads for big files.
     """
 
     def hasher(
