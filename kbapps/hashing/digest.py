@@ -5,9 +5,9 @@ Strategy
 A file is read once, into one reused buffer (``FileHasher``): each read feeds the
 whole-file SHA-1 (the content id) and, while within the first ``FCS_HEAD_BYTES``, the
 SHA-1 of the head that ``.prv`` files call ``original_fcs``. Every digest is computed
-in two places only, side by side below: ``FileHasher.digest_read`` for a file that
-one read brought in whole (most small files), and ``_Stream`` for a file read in
-several reads. A further digest of the same pass (issue 13's SHA-256 of each 1 MiB
+in two places only, side by side in ``FileHasher``: ``digest_read`` for a file that
+one read brought in whole (most small files), and ``_digest_stream`` for a file read
+in several reads. A further digest of the same pass (issue 13's SHA-256 of each 1 MiB
 chunk: ``BUFFER_SIZE`` divides 1 MiB, so chunk ends fall on read ends) is added in
 those two places and in ``FileDigest``.
 
@@ -31,8 +31,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, cast
 
 if TYPE_CHECKING:
-    from hashlib import _Hash
-
     # Only a type here: importing kbproto.ids (and random with it) costs ~2 ms of
     # every start-up, and a NewType of str is the identity at run time.
     from kbproto.ids import Sha1
@@ -130,28 +128,6 @@ def error_text(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
 
-class _Stream:
-    """The digests of a file read in several reads, fed in order."""
-
-    __slots__ = ("head", "seen", "whole")
-
-    def __init__(self, sha1: Callable[[], _Hash]) -> None:
-        self.whole = sha1()
-        self.head = sha1()
-        self.seen = 0
-
-    def update(self, data: memoryview) -> None:
-        """Feed the next bytes of the file."""
-        if self.seen < FCS_HEAD_BYTES:
-            self.head.update(data[: FCS_HEAD_BYTES - self.seen])
-        self.whole.update(data)
-        self.seen += len(data)
-
-    def hexdigests(self) -> tuple[str, str]:
-        """``(sha1, head_sha1)`` of everything fed."""
-        return self.whole.hexdigest(), self.head.hexdigest()
-
-
 class FileHasher:
     """Hashes files in one pass each, with one reused read buffer.
 
@@ -189,6 +165,30 @@ class FileHasher:
         digest.update(view[FCS_HEAD_BYTES:n])
         return digest.hexdigest(), head
 
+    def _digest_stream(
+        self, fd: int, n: int, on_bytes: Callable[[int], None] | None
+    ) -> tuple[str, str, int]:
+        # (sha1, head_sha1, bytes) of a file whose first read put n bytes in the
+        # buffer, reading on to its end. One call per file: the loop runs once per
+        # 64 KiB, so it keeps to local names.
+        buffer, view = self.buffer, self.view
+        full = len(buffer)
+        whole, head = self._sha1(), self._sha1()
+        total = reported = 0
+        while n:
+            data = view if n == full else view[:n]
+            if total < FCS_HEAD_BYTES:
+                head.update(data[: FCS_HEAD_BYTES - total])
+            whole.update(data)
+            total += n
+            if on_bytes is not None and total - reported >= PROGRESS_BYTES:
+                on_bytes(total - reported)
+                reported = total
+            n = os.readv(fd, (buffer,))
+        if on_bytes is not None and total > reported:
+            on_bytes(total - reported)
+        return whole.hexdigest(), head.hexdigest(), total
+
     def hash_fd(
         self,
         fd: int,
@@ -224,19 +224,7 @@ class FileHasher:
             whole, head = self.digest_read(n)
             total = n
         else:
-            stream = _Stream(self._sha1)
-            view = self.view
-            total = reported = 0
-            while n:
-                stream.update(view if n == full else view[:n])
-                total += n
-                if on_bytes is not None and total - reported >= PROGRESS_BYTES:
-                    on_bytes(total - reported)
-                    reported = total
-                n = os.readv(fd, (buffer,))
-            if on_bytes is not None and total > reported:
-                on_bytes(total - reported)
-            whole, head = stream.hexdigests()
+            whole, head, total = self._digest_stream(fd, n, on_bytes)
         after = os.fstat(fd)
         if total != size or after.st_size != size or after.st_mtime_ns != before.st_mtime_ns:
             raise FileChangedError("changed while being read")
