@@ -209,10 +209,8 @@ def _resolve(module: str, qualname: str) -> WorkerFactory:
 def _serve(work_fd: int, result_fd: int, job: tuple[WorkerFactory, Any] | None) -> None:
     # A worker process's life: messages from its work pipe until that closes.
     worker = job[0](job[1]) if job is not None else None
-    with (
-        os.fdopen(work_fd, "rb") as work,
-        os.fdopen(result_fd, "wb", buffering=0) as results,
-    ):
+    # Buffered writes: a raw write may write part of a frame; flushed per frame.
+    with os.fdopen(work_fd, "rb") as work, os.fdopen(result_fd, "wb") as results:
         while (message := _read_frame(work)) is not None:
             kind = message[0]
             if kind == _UNIT:
@@ -220,10 +218,12 @@ def _serve(work_fd: int, result_fd: int, job: tuple[WorkerFactory, Any] | None) 
                 results.write(_frame((message[1], worker.process(message[2]))))
             elif kind == _JOB:
                 worker = _resolve(message[1], message[2])(message[3])
+                continue
             else:
                 last = worker.finish() if worker is not None else []
                 results.write(_frame((_ENDED, last)))
                 worker = None
+            results.flush()
 
 
 class _Feed:
@@ -281,9 +281,10 @@ class _Feed:
         if self.inbox.fd >= 0:
             os.close(self.inbox.fd)
             self.inbox.fd = -1
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-        self.pid = 0
+        if self.pid:  # (waitpid(0) would wait for any child)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
 
 
 class ProcessPool:
@@ -585,7 +586,7 @@ class ForkedTask:
 
         def child() -> None:
             value = body()
-            with os.fdopen(write_fd, "wb", buffering=0) as pipe:
+            with os.fdopen(write_fd, "wb") as pipe:  # (buffered: written whole)
                 pipe.write(_frame((value,)))  # in a tuple: None is a value too
 
         pid = _fork(child, [read_fd])
