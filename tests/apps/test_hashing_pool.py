@@ -69,20 +69,29 @@ def _another_thread() -> Iterator[None]:
 
 
 def _log_opens(monkeypatch: pytest.MonkeyPatch, log: Path, delay: float = 0.0) -> None:
-    """Every file hashed by path writes the pid of its process to ``log`` (workers
-    forked after this inherit it); ``delay``: worker processes sleep that long per
-    file (the caller's process does not)."""
+    """Every file hashed by path writes the pid of its process and the path to
+    ``log`` (workers forked after this inherit it; ``_openers`` reads it); ``delay``:
+    worker processes sleep that long per file (the caller's process does not)."""
     real = digest.open_for_hashing
     parent = os.getpid()
 
     def open_for_hashing(path: str | os.PathLike[str]) -> int:
-        with log.open("a") as handle:
-            handle.write(f"{os.getpid()}\n")
+        with log.open("a") as handle:  # (appends of a line are atomic)
+            handle.write(f"{os.getpid()} {os.fspath(path)}\n")
         if delay and os.getpid() != parent:
             time.sleep(delay)
         return real(path)
 
     monkeypatch.setattr(digest, "open_for_hashing", open_for_hashing)
+
+
+def _openers(log: Path, under: Path | None = None) -> list[str]:
+    """The pids (as text) that opened files, one per open, of the files under
+    ``under`` only if given."""
+    if not log.exists():
+        return []
+    lines = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    return [pid for pid, path in lines if under is None or path.startswith(f"{under}/")]
 
 
 def test_hashing_beside_another_thread_never_forks(tmp_path: Path, forks: list[int]) -> None:
@@ -139,8 +148,7 @@ def test_a_started_pool_serves_jobs_from_threads_with_their_context(
     finally:
         pool.close()
     assert forks == [worker]  # forked once, at the start, and used by both jobs
-    pids = log.read_text().split()
-    assert pids.count(str(worker)) >= 2 * 64
+    assert _openers(log).count(str(worker)) >= 2 * 64
     # Each job's context (the cache's path) reached the worker, which stored the
     # digests of what it hashed through a connection of its own.
     with HashCache(db) as cache:
@@ -165,7 +173,7 @@ def test_the_worker_of_a_started_pool_hashes_its_share(
     finally:
         pool.close()
     _check(found, files)
-    pids = log.read_text().split()
+    pids = _openers(log)
     assert len(pids) == len(files)
     assert str(forks[0]) in pids
 
@@ -174,6 +182,7 @@ def test_a_second_job_at_the_same_time_runs_in_its_callers_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     files = _files(tmp_path / "t")
+    others = _files(tmp_path / "u")
     log = tmp_path / "opened-by"
     _log_opens(monkeypatch, log)
     pool = ProcessPool(2)
@@ -181,13 +190,12 @@ def test_a_second_job_at_the_same_time_runs_in_its_callers_process(
         assert pool.start()
         first = hash_files(_items(files), pool=pool)
         next(first)  # a job holds the pool's workers...
-        second = list(hash_files(_items(files), pool=pool))  # ...so this one has none
-        _check(second, files)
+        second = list(hash_files(_items(others), pool=pool))  # ...so this one has none
+        _check(second, others)
         first.close()
     finally:
         pool.close()
-    pids = log.read_text().split()
-    assert pids[-len(files) :] == [str(os.getpid())] * len(files)
+    assert _openers(log, tmp_path / "u") == [str(os.getpid())] * len(others)
 
 
 def test_closing_a_started_pool_during_a_job_kills_its_workers_and_the_job_ends_here(
@@ -206,7 +214,7 @@ def test_closing_a_started_pool_during_a_job_kills_its_workers_and_the_job_ends_
         (worker,) = forks
         thread.start()
         deadline = time.monotonic() + WAIT
-        while not (log.exists() and str(worker) in log.read_text().split()):
+        while str(worker) not in _openers(log):
             assert time.monotonic() < deadline, "the worker never started on the job"
             time.sleep(0.01)
     finally:
@@ -232,7 +240,7 @@ def test_a_worker_killed_in_a_job_leaves_its_units_to_the_caller(
         results = hash_files(_items(files), pool=pool)
         found = [next(results)]
         deadline = time.monotonic() + WAIT
-        while str(worker) not in log.read_text().split():
+        while str(worker) not in _openers(log):
             assert time.monotonic() < deadline, "the worker never started on the job"
             time.sleep(0.01)
         os.kill(worker, 9)  # out of memory, say
