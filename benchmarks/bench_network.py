@@ -14,6 +14,11 @@ round), median [min-max] and ratios computed from the same round:
       share, next to ``curl -o`` of the same URL. Target >= 0.2x curl.
 (iii) ``kb-prv-download`` through one hub from a share whose own listen URL is
       unreachable (``--listen-url http://127.0.0.1:9``). Target >= 0.5x (ii).
+(v)   ``curl`` of ``<hub>/sha1/SHA1`` (checked against its SHA-1 while it streams)
+      next to ``<hub>/ID/download/PATH`` (not checked) from a share whose listen URL is
+      unreachable, with the hub's CPU per GiB; with ``--also-code DIR`` the same through
+      another hub and share running the code in DIR (e.g. an older checkout), in the
+      same rounds. ``--only sha1`` runs this part alone.
 (iv)  ``GET /find/SHA1`` at that hub, which holds the index of ``--find-shares`` real
       shares x ``--files-per-share`` files (default 10 x 3,000 = 30,000 entries, i.e.
       10,000 shares x 3 files), measured with ``wrk --latency`` (1, 16, 64 connections,
@@ -229,8 +234,16 @@ def main() -> int:
     parser.add_argument("--files-per-share", type=int, default=3000)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["downloads", "finds"], default=None)
+    parser.add_argument("--only", choices=["downloads", "finds", "sha1"], default=None)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--also-code",
+        type=Path,
+        action="append",
+        default=[],
+        help="(v): also measure a hub and share running the code in this directory"
+        " (repeatable; e.g. a checkout of an older commit)",
+    )
     args = parser.parse_args()
 
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
@@ -263,6 +276,7 @@ def main() -> int:
     try:
         downloads = args.only in (None, "downloads")
         finds = args.only in (None, "finds")
+        sha1_route = args.only in (None, "sha1")
         hub_port = free_port()
         hub_url = f"http://127.0.0.1:{hub_port}"
         (work / "hub").mkdir(exist_ok=True)
@@ -462,6 +476,8 @@ def main() -> int:
                 f"hidden share CPU {fmt([c / gib for c in hidden_cpu], 2)} s per GiB."
             )
 
+        if sha1_route:
+            proxied_sha1(args, work, env, procs)
         if finds:
             find_hub_finds(args, work, env, procs, hub_url, logs)
     finally:
@@ -474,6 +490,120 @@ def main() -> int:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def proxied_sha1(args: argparse.Namespace, work: Path, env: dict[str, str], procs: Procs) -> None:
+    """(v): ``/sha1/SHA1`` (checked) and ``/ID/download/PATH`` (not) through one hub."""
+    codes = {"this code": ROOT}
+    for other in args.also_code:
+        codes[f"code in {other.name}"] = other.resolve()
+    source = work / "sha1-source"
+    source.mkdir(exist_ok=True)
+    print("Writing and hashing the big file ...", file=sys.stderr, flush=True)
+    big_sha1 = make_big(source / BIG, args.size_mib)
+    size = args.size_mib << 20
+    urls: dict[str, tuple[str, str]] = {}  # label -> (hub process name, URL)
+    # Every share holds the same file (hard links: one page cache). All links exist
+    # before any share starts: a new link changes the inode's ctime, and a share
+    # re-hashes a file whose ctime changed.
+    for index in range(len(codes)):
+        hidden = work / f"sha1-hidden{index}"
+        hidden.mkdir(exist_ok=True)
+        if not (hidden / BIG).exists():
+            os.link(source / BIG, hidden / BIG)
+    for index, (code_label, code) in enumerate(codes.items()):
+        # ``python -m`` puts the working directory first on sys.path: run from ``code``.
+        code_env = {**env, "PYTHONPATH": str(code)}
+        hub_name, hidden_name = f"sha1-hub{index}", f"sha1-hidden{index}"
+        hub_port = free_port()
+        hub_url = f"http://127.0.0.1:{hub_port}"
+        (work / hub_name).mkdir(exist_ok=True)
+        procs.start(
+            hub_name,
+            command(
+                "kbucket-hub", str(work / hub_name), *node_args(hub_name, hub_port, hub_url, ".")
+            ),
+            code_env,
+            cwd=code,
+        )
+        procs.wait_line(hub_name, r"kbucket-hub is running http on port")
+        hidden = work / hidden_name
+        procs.start(
+            hidden_name,
+            command(
+                "kbucket-host",
+                str(hidden),
+                *node_args(hidden_name, free_port(), UNREACHABLE, hub_url),
+                "--confirm-share",
+                "yes",
+            ),
+            code_env,
+            cwd=code,
+        )
+        procs.wait_line(hidden_name, r"^Indexed \d+ files\.$", timeout=300)
+        procs.wait_line(hidden_name, r"^Connected to parent hub: ")
+        hidden_id = json.loads((hidden / ".kbucket" / "kbnode.json").read_text())["node_id"]
+        deadline = time.monotonic() + 120
+        while True:
+            with urllib.request.urlopen(f"{hub_url}/find/{big_sha1}", timeout=10) as r:
+                if json.loads(r.read())["found"]:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{big_sha1} not findable at {hub_url} after 120 s")
+            time.sleep(0.2)
+        urls[f"{code_label}: /sha1/SHA1"] = (hub_name, f"{hub_url}/sha1/{big_sha1}")
+        download = f"{hub_url}/{hidden_id}/download/{BIG}"
+        urls[f"{code_label}: /ID/download/PATH"] = (hub_name, download)
+    pids = {name: p.pid for name, p in procs.all}
+    walls: dict[str, list[float]] = {label: [] for label in urls}
+    cpus: dict[str, list[float]] = {label: [] for label in urls}
+    loop_cpus: dict[str, list[float]] = {label: [] for label in urls}
+    for round_no in range(args.rounds + 1):  # round 0 warms up (and checks the bytes)
+        print(f"sha1 round {round_no}", file=sys.stderr, flush=True)
+        for label, (hub_name, url) in urls.items():
+            before = cpu_seconds(pids[hub_name])
+            loop_before = cpu_seconds(pids[hub_name], main_thread=True)
+            start = time.perf_counter()
+            if round_no == 0:
+                got = subprocess.run(
+                    ["sh", "-c", f"curl -sf {url} | sha1sum"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    timeout=600,
+                )
+                assert got.stdout.split()[0] == big_sha1, (label, got.stdout)
+                continue
+            got = subprocess.run(
+                ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
+            )
+            wall = time.perf_counter() - start
+            assert int(got.stdout) == size, (label, got.stdout)
+            walls[label].append(wall)
+            cpus[label].append(cpu_seconds(pids[hub_name]) - before)
+            loop_cpus[label].append(cpu_seconds(pids[hub_name], main_thread=True) - loop_before)
+    mb = size / 1e6
+    gib = size / (1 << 30)
+    first = next(iter(urls))
+    print(
+        f"\n### (v) curl through one hub, {args.size_mib} MiB from a share it proxies, "
+        f"{args.rounds} interleaved rounds\n"
+    )
+    print(
+        "| route | MB/s | wall s | hub CPU s per GiB | of it, the event loop's | throughput ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label in urls:
+        ratio = [f / w for f, w in zip(walls[first], walls[label], strict=True)]
+        print(
+            f"| {label} | {fmt([mb / w for w in walls[label]])} | {fmt(walls[label], 3)} "
+            f"| {fmt([c / gib for c in cpus[label]], 2)} "
+            f"| {fmt([c / gib for c in loop_cpus[label]], 2)} | {fmt(ratio, 2)} x {first} |"
+        )
 
 
 def find_hub_finds(

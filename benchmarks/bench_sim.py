@@ -29,7 +29,6 @@ import tracemalloc
 from kbproto.codec import decode, encode
 from kbproto.config import HubConfig, Limits
 from kbproto.framing import FrameBuffer
-from kbproto.handshake import transcript
 from kbproto.hub import HubCore
 from kbproto.ids import LinkId, SeededIdSource
 from kbproto.messages import (
@@ -39,6 +38,7 @@ from kbproto.messages import (
     Register,
     ShareIndexUpdate,
 )
+from kbproto.placement import sign_placement
 from kbproto.pump import drain
 from kbproto.sim import FaultPlan, SimNetwork, build_world, sha1_hex, tree
 from kbproto.sim.identity import SimSigner, SimVerifier, sim_node_id
@@ -101,7 +101,9 @@ def simulate(hubs: int, shares: int, *, invariants: bool, seed: int = 1) -> dict
 
 
 def _joined_hub(child_is_hub: bool) -> HubCore:
-    limits = Limits(max_index_entries=20_000_000, index_batch_bytes=256 * 1024)
+    limits = Limits(
+        index_budget=50_000_000, open_child_quota=50_000_000, index_batch_bytes=256 * 1024
+    )
     hub = HubCore(
         HubConfig(name="bench hub", listen_url="http://hub.bench", limits=limits),
         signer=SimSigner("bench-hub"),
@@ -130,14 +132,15 @@ def _joined_hub(child_is_hub: bool) -> HubCore:
         scientific_research="yes",
         confirm_share="" if child_is_hub else "yes",
     )
-    signature = signer.sign(transcript(challenge.nonce, challenge.node_id, "ed25519", info))
+    placement = sign_placement(
+        signer, info, parent=challenge.node_id, nonce=challenge.nonce, stamp=1
+    )
     register = Register(
-        info=info,
-        scheme="ed25519",
-        signature=signature.hex(),
+        placement=placement,
         passcode="",
         max_streams=16,
         max_lookups=16,
+        heartbeat_timeout_ms=30_000,
     )
     hub.receive_data(LinkId(1), encode(register), 0.0)
     drain(hub)
@@ -195,6 +198,8 @@ def main() -> None:
     parser.add_argument("--shares", type=int, default=2000)
     parser.add_argument("--ids", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.hubs < 22:
+        parser.error("--hubs must be at least 22: the network is a tree 3 levels deep, fanout 4")
 
     print("## Simulator throughput\n")
     print(

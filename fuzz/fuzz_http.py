@@ -35,6 +35,7 @@ from pathlib import Path
 import anyio
 
 from fuzz._reader import ByteReader
+from kbapps.nodeapp import NodeApp
 from kbapps.share.app import ShareApp, build_share_app
 from kbapps.share.index import INDEX_FILENAME, FileIndex
 from kbapps.share.paths import ShareDir
@@ -126,7 +127,10 @@ class _Share:
         (root / "escdir").symlink_to(base / "outside")
         self.index = FileIndex(root / ".kbucket" / INDEX_FILENAME)
         self.app: ShareApp = build_share_app(ShareDir(root), self.index, NODE_ID)
-        add_web_routes(self.app.router, node_id=NODE_ID, node_type="leaf")
+        # The pages ask the share's own routes (there is no node around it here).
+        network = NodeApp()
+        network.attach(self.app.router.app)
+        add_web_routes(self.app.router, node_id=NODE_ID, node_type="leaf", network=network)
         self.forbidden = (SECRET, KEY_MARKER, DOT_MARKER, str(base).encode(), b"Traceback")
 
 

@@ -14,10 +14,13 @@ The input is a script. Each op is one byte, then its arguments:
 * ``1`` raw bytes on a link (length, then the bytes);
 * ``2`` EOF on a link;
 * ``3`` let time pass and fire the timer;
-* ``4`` a *valid* registration on a link (signed over the hub's own challenge), so
-  later ops reach the joined states;
+* ``4`` a *valid* registration on a link (a placement signed over the hub's own
+  challenge), so later ops reach the joined states;
 * ``5`` a well-formed message built from input bytes (index update, find, stream
-  frames, pings, acks...), so the fuzzer explores semantics, not only parsing;
+  frames, pings, acks...), so the fuzzer explores semantics, not only parsing; a
+  child hub's index carries placements signed by ``SimSigner`` keys, chained under
+  the joinable children or under each other, with stamps, parents and (sometimes)
+  signatures drawn from the input;
 * ``6`` an app command (find, open a request, grant credit, reset a stream).
 
 Run by hand (atheris): ``python -m fuzz.fuzz_hub fuzz/corpus/hub -max_total_time=600``
@@ -37,7 +40,6 @@ from kbproto.config import HubConfig, Limits, Timeouts
 from kbproto.errors import LocalProtocolError, ProtocolError
 from kbproto.events import LinkClosed
 from kbproto.framing import FrameBuffer
-from kbproto.handshake import transcript
 from kbproto.hub import HubCore
 from kbproto.ids import LinkId, SeededIdSource, StreamId
 from kbproto.messages import (
@@ -52,12 +54,14 @@ from kbproto.messages import (
     NodeInfo,
     Open,
     Ping,
+    Placement,
     Register,
     Reset,
     Response,
     Resync,
     ShareIndexUpdate,
 )
+from kbproto.placement import sign_placement
 from kbproto.pump import drain
 from kbproto.sim.identity import SimSigner, SimVerifier, sim_node_id
 
@@ -76,6 +80,38 @@ MAX_OUTPUT_PER_CALL = 1 << 20
 
 def _sha1(reader: ByteReader) -> str:
     return hashlib.sha1(bytes([reader.byte() % 16])).hexdigest()
+
+
+def _info(name: str, *, is_hub: bool) -> NodeInfo:
+    signer = SimSigner(name)
+    return NodeInfo(
+        node_id=node_id_from_public_pem(signer.public_pem),
+        node_type="hub" if is_hub else "leaf",
+        name=name,
+        description="",
+        owner="",
+        owner_email="",
+        listen_url=f"http://{name}.fuzz",
+        public_key=signer.public_pem,
+        scientific_research="yes",
+        confirm_share="" if is_hub else "yes",
+    )
+
+
+def _placement(reader: ByteReader) -> Placement:
+    """A placement of one of six nodes, under a joinable child or another of the six."""
+    name = f"n{reader.byte() % 6}"
+    parents = [f"child{i}" for i in range(4)] + [f"n{i}" for i in range(6)]
+    parent = sim_node_id(parents[reader.byte() % len(parents)])
+    # Mostly its own key; sometimes another one (a forged placement).
+    signer = SimSigner(name if reader.byte() % 8 else "forger")
+    return sign_placement(
+        signer,
+        _info(name, is_hub=bool(reader.byte() & 1)),
+        parent=parent,
+        nonce="00" * 32,
+        stamp=reader.byte() % 4,
+    )
 
 
 class _Harness:
@@ -152,7 +188,8 @@ class _Harness:
             drop = tuple(_sha1(reader) for _ in range(reader.byte() % 3))
             return ShareIndexUpdate(seq=n % 6, reset=bool(n & 64), put=put, drop=drop)
         if kind == 1:
-            nodes = tuple(sim_node_id(f"n{reader.byte() % 6}") for _ in range(reader.byte() % 3))
+            nodes = tuple(_placement(reader) for _ in range(reader.byte() % 3))
+            dropped = tuple(sim_node_id(f"n{reader.byte() % 6}") for _ in range(reader.byte() % 2))
             content = tuple(_sha1(reader) for _ in range(reader.byte() % 4))
             return HubIndexUpdate(
                 seq=n % 6,
@@ -160,7 +197,7 @@ class _Harness:
                 content_put=content,
                 content_drop=(),
                 nodes_put=nodes,
-                nodes_drop=(),
+                nodes_drop=dropped,
             )
         if kind == 2:
             share = sim_node_id(f"child{reader.byte() % 4}") if n & 1 else None
@@ -233,27 +270,17 @@ class _Harness:
         challenge = self.challenge.get(link)
         if challenge is None:
             return b""
-        signer = SimSigner(f"child{reader.byte() % 4}")
-        is_hub = bool(reader.byte() & 1)
-        info = NodeInfo(
-            node_id=node_id_from_public_pem(signer.public_pem),
-            node_type="hub" if is_hub else "leaf",
-            name="fuzz child",
-            description="",
-            owner="",
-            owner_email="",
-            listen_url="http://child.fuzz",
-            public_key=signer.public_pem,
-            scientific_research="yes",
-            confirm_share="" if is_hub else "yes",
+        name = f"child{reader.byte() % 4}"
+        placement = sign_placement(
+            SimSigner(name),
+            _info(name, is_hub=bool(reader.byte() & 1)),
+            parent=challenge.node_id,
+            nonce=challenge.nonce,
+            stamp=reader.byte(),
         )
-        scheme = signer.scheme.value
-        signature = signer.sign(transcript(challenge.nonce, challenge.node_id, scheme, info))
         return encode(
             Register(
-                info=info,
-                scheme=scheme,
-                signature=signature.hex(),
+                placement=placement,
                 passcode="",
                 max_streams=1 + reader.byte() % 8,
                 max_lookups=1 + reader.byte() % 8,

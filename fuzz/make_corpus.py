@@ -15,7 +15,7 @@ from pathlib import Path
 from kbproto.codec import encode
 from kbproto.config import Limits
 from kbproto.framing import HEADER_SIZE
-from kbproto.messages import Message
+from kbproto.messages import PROTOCOL_VERSION, Message
 from kbproto.sim import FaultPlan, SimLink, SimNetwork, build_world, chain
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -55,18 +55,33 @@ def main() -> None:
     (CORPUS / "framing" / "all-frames").write_bytes(b"\x03\x00" + stream)
     (CORPUS / "framing" / "all-frames-split").write_bytes(b"\x00\x04\x00\x05\x0f\x3f" + stream)
     (CORPUS / "framing" / "bad-version").write_bytes(b"\x00\x00\x09\x01\x00\x00\x00\x01x")
-    (CORPUS / "framing" / "oversized").write_bytes(b"\x00\x00\x03\x01\xff\xff\xff\xff")
+    (CORPUS / "framing" / "oversized").write_bytes(
+        b"\x00\x00" + bytes([PROTOCOL_VERSION]) + b"\x01\xff\xff\xff\xff"
+    )
     # Hub scripts: 0 = open link, 4 = valid join, 5 = message, 3 = time, 6 = command.
-    join_share = b"\x00" + b"\x04\x00\x01\x00\x03\x03"
-    join_hub = b"\x00" + b"\x04\x01\x02\x01\x03\x03"
+    # A join: link, child, hub?, stamp, max_streams, max_lookups, heartbeat (s).
+    join_share = b"\x00" + b"\x04\x00\x01\x00\x07\x03\x03\x1e"
+    join_hub = b"\x00" + b"\x04\x01\x02\x01\x09\x03\x03\x1e"
     index = b"\x05\x00\x01\x00\x40\x03\x01\x10\x02\x20\x00"
     find = b"\x05\x00\x01\x02\x03\x05"
     open_stream = b"\x05\x00\x01\x04\x01\x01\x10"
+    # The child hub (child2) reports n0 under itself and n1 under n0 (each placement:
+    # node, parent index, own key?, hub?, stamp), then n2 with a forged signature.
+    placements = (
+        b"\x05\x01\x01\x01\x40\x02"
+        + b"\x00\x02\x01\x00\x02"
+        + b"\x01\x04\x01\x01\x03"
+        + b"\x00\x01\x05"
+        + b"\x05\x01\x01\x01\x01\x01"
+        + b"\x02\x02\x00\x00\x01"
+        + b"\x00\x00"
+    )
     scripts = {
         "join-share-index": join_share + index + b"\x03\x28",
         "join-two-find": join_share + join_hub + find + b"\x06\x00\x05" + b"\x03\xff",
         "join-open-stream": join_share + open_stream + b"\x06\x01\x01\x06\x02\x00\x03\xff",
         "garbage-after-join": join_share + b"\x01\x00\x10" + bytes(range(16)),
+        "join-hub-placements": join_share + join_hub + placements + b"\x03\x28",
     }
     for name, script in scripts.items():
         (CORPUS / "hub" / name).write_bytes(script)

@@ -13,6 +13,9 @@ wrote, so this module is deliberately forgiving on read and careful on write:
   (``src/hemlock/hemlocknodeconfig.js`` did the same migration).
 - ``listen_port`` was a string when typed into the original's prompt (``"63240"``);
   we accept both and write an integer.
+- A hub's index budget (``index_budget``, ``open_child_quota``: entries, see
+  docs/security.md §3) is written only once set, by option or by hand, so a hub that
+  never set it follows the release's default.
 - Saving writes a temporary file inside ``.kbucket/`` and renames it over the old one,
   so a crash never leaves half a file. The file holds passcodes, so it is 0600.
 
@@ -34,11 +37,13 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from kbapps.output import UsageError
+from kbtransport.origins import canonical_origin
 
 __all__ = (
     "CONFIG_FILE_NAME",
     "KBUCKET_DIR_NAME",
     "MAX_CONFIG_BYTES",
+    "MAX_ENTRIES",
     "NODE_TYPES",
     "NodeConfig",
     "NodeType",
@@ -56,6 +61,9 @@ CONFIG_FILE_NAME = "kbnode.json"
 #: A real kbnode.json is well under 10 KiB; 1 MiB bounds what a broken or hostile file
 #: can make us read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024
+#: Largest index budget or quota accepted (entries): ~300 GB of index at today's cost
+#: per entry, beyond any machine; it only keeps a typo from meaning "unbounded".
+MAX_ENTRIES = 1_000_000_000
 
 NodeType = Literal["leaf", "hub"]
 #: The two kinds of node (SPEC §2.3 ``node_type``).
@@ -75,8 +83,19 @@ _TEXT_FIELDS = (
     "listen_url",
 )
 _PARENT_FIELDS = ("parent_hub_url", "parent_hub_passcode")
+#: A hub's index budget and open children's quota (entries; kbproto ``Limits``).
+_BUDGET_FIELDS = ("index_budget", "open_child_quota")
 _KNOWN_FIELDS = frozenset(
-    {"node_type", "node_id", "listen_port", "passcode", *_TEXT_FIELDS, *_PARENT_FIELDS}
+    {
+        "node_type",
+        "node_id",
+        "listen_port",
+        "passcode",
+        "allowed_origins",
+        *_TEXT_FIELDS,
+        *_PARENT_FIELDS,
+        *_BUDGET_FIELDS,
+    }
 )
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
 
@@ -124,6 +143,15 @@ class NodeConfig:
     parent_hub_passcode: str = ""
     #: Hubs: what children must present; empty means anyone may join.
     passcode: str = ""
+    #: Web origins whose pages may open a websocket or uplink to the node
+    #: (``kbtransport.origins``; docs/security.md "Cross-site joins"), in
+    #: ``canonical_origin`` form. Set by hand; written back only when not empty.
+    allowed_origins: tuple[str, ...] = ()
+    #: Hubs: index entries held for all children (None: kbproto's default).
+    index_budget: int | None = None
+    #: Hubs: index entries per proven node of a child without the passcode (None:
+    #: kbproto's default).
+    open_child_quota: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +162,15 @@ class NodeConfig:
                 raise TypeError(f"{name} must be a string")
         if self.listen_port is not None and not _is_port(self.listen_port):
             raise ValueError("listen_port must be an integer from 0 to 65535")
+        if not isinstance(self.allowed_origins, tuple) or any(
+            not isinstance(origin, str) or canonical_origin(origin) != origin
+            for origin in self.allowed_origins
+        ):
+            raise ValueError("allowed_origins must be a tuple of canonical origins")
+        for name in _BUDGET_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not _is_entry_count(value):
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_ENTRIES}")
         if _KNOWN_FIELDS & set(self.extra) or _LEGACY_FIELDS & set(self.extra):
             raise ValueError("extra must hold only unknown fields")
         # Freeze the mapping too, so a NodeConfig cannot change after it is built.
@@ -161,6 +198,11 @@ class NodeConfig:
             out[name] = getattr(self, name)
         if self.node_type == "hub" or self.passcode:
             out["passcode"] = self.passcode
+        if self.allowed_origins:
+            out["allowed_origins"] = list(self.allowed_origins)
+        for name in _BUDGET_FIELDS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         out.update(self.extra)
         return out
 
@@ -193,8 +235,22 @@ class NodeConfig:
                 raise SetupError(f"{where}: field {name!r} must be a string")
         if "listen_port" in data and data["listen_port"] not in (None, ""):
             values["listen_port"] = _parse_port_field(data["listen_port"], where)
+        if "allowed_origins" in data:
+            values["allowed_origins"] = _parse_origins_field(data["allowed_origins"], where)
+        for name in _BUDGET_FIELDS:
+            if data.get(name) is not None:
+                if not _is_entry_count(data[name]):
+                    raise SetupError(
+                        f"{where}: field {name!r} must be a number of index entries"
+                        f" from 1 to {MAX_ENTRIES}"
+                    )
+                values[name] = data[name]
         extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS | _LEGACY_FIELDS}
         return cls(**values, extra=extra)
+
+
+def _is_entry_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ENTRIES
 
 
 def _is_port(value: object) -> bool:
@@ -210,6 +266,27 @@ def _parse_port_field(value: Any, where: str) -> int:
         raise SetupError(f"{where}: field 'listen_port' must be a port number from 0 to 65535")
     port: int = value
     return port
+
+
+def _parse_origins_field(value: Any, where: str) -> tuple[str, ...]:
+    # A list of origins as browsers send them; each is stored in canonical form, so
+    # "HTTPS://Example.org:443" and "https://example.org" are one origin.
+    if not isinstance(value, list):
+        raise SetupError(f"{where}: field 'allowed_origins' must be a list of origins")
+    origins: list[str] = []
+    for item in value:
+        try:
+            origin = canonical_origin(item) if isinstance(item, str) else None
+        except ValueError:
+            origin = None
+        if origin is None:
+            raise SetupError(
+                f"{where}: field 'allowed_origins': {item!r} is not an origin"
+                " (scheme://host[:port], e.g. https://example.org)"
+            )
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
 
 
 def kbucket_dir(directory: Path) -> Path:

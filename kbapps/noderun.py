@@ -10,7 +10,9 @@ Strategy
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
    routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
    (``kbapps.hashing.ProcessPool``, forked before ``anyio.run`` starts any thread);
-   for both kinds, the web interface (``kbapps.web``) on the same router.
+   for both kinds, the web interface (``kbapps.web``) on the same router. The routes
+   that ask the network themselves (web pages, stand-in downloads) get a
+   ``kbapps.nodeapp.NodeApp``, attached to the node's whole app once it runs.
 3. ``kbtransport.node.serve_node`` under ``anyio.run``: the listener walks the port
    policy (a share's default is the first free port from 2000 to 2999: only a real
    bind can tell, without a race), the core is built for the port actually bound
@@ -47,16 +49,20 @@ import anyio
 from kbapps import output
 from kbapps.config import NodeType
 from kbapps.keys import CryptoVerifier
+from kbapps.nodeapp import NodeApp
 from kbapps.nodesetup import NodeSetup, SetupOptions, setup_node
 from kbapps.output import UsageError
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.hub import HubCore
 from kbproto.messages import NodeInfo
+from kbproto.nodetable import MAX_UNPROVEN_CLAIMS
 from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
+from kbtransport.httpapi import NodeAppConfig
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHandle, NodeHooks, serve_node
+from kbtransport.origins import OriginPolicy
 from kbtransport.routing import Router
 
 __all__ = (
@@ -105,6 +111,7 @@ def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
         stream_idle_timeout=max(4.0, base.stream_idle_timeout * scale),
         reconnect_min=min(base.reconnect_min, max(0.1, heartbeat_timeout / 10)),
         reconnect_max=max(1.0, base.reconnect_max * scale),
+        limit_backoff=max(1.0, base.limit_backoff * scale),
     )
 
 
@@ -140,33 +147,75 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
     def left(info: NodeInfo, reason: str) -> None:
         console.line(f"Child {_child_word(info)} left: {info.name} ({info.node_id}): {reason}")
 
-    refused = False
+    def unproven(info: NodeInfo, node_id: str, reason: str) -> None:
+        console.line(
+            f"Child {_child_word(info)} {info.name} ({info.node_id}) reported node {node_id}"
+            f" without proof: {reason}; not routed (the link closes after"
+            f" {MAX_UNPROVEN_CLAIMS} such ids)"
+        )
 
-    def refused_line(reason: str) -> None:
-        nonlocal refused
-        refused = True
-        console.line(f"Parent hub refused this node: {reason}")
-
-    def lost(reason: str) -> None:
-        nonlocal refused
-        if refused:
-            # The link closes after every refusal: the refusal line said it all.
-            refused = False
-            return
-        console.line(f"Lost the parent hub: {reason} (reconnecting)")
-
+    parent = _ParentLines(console)
     return NodeHooks(
         on_listening=listening,
-        on_dial=lambda url: console.line(f"Connecting to parent hub: {url}"),
-        on_dial_failed=lambda url, reason: console.line(
-            f"Cannot reach parent hub {url}: {reason} (retrying)"
-        ),
-        on_parent_connected=lambda info: console.line(f"Connected to parent hub: {info.name}"),
-        on_parent_lost=lost,
-        on_join_refused=refused_line,
+        on_dial=parent.dialing,
+        on_dial_failed=parent.dial_failed,
+        on_parent_connected=parent.connected,
+        on_parent_lost=parent.lost,
+        on_join_refused=parent.refused,
         on_child_joined=joined,
         on_child_left=left,
+        on_placement_refused=unproven,
     )
+
+
+class _ParentLines:
+    """The console lines about the parent hub: one line per change of state.
+
+    While the hub is down the core redials every few seconds; printing each attempt
+    (two lines a retry) buried everything else. So ``Connecting to parent hub`` is
+    printed when a run of attempts starts, a failure or refusal when its reason
+    differs from the last one printed, and the next line is the one that says the
+    link is up (or was lost).
+    """
+
+    def __init__(self, console: _Console) -> None:
+        self._console = console
+        #: The attempt in progress was announced (reset once connected or lost).
+        self._announced = False
+        #: The last failure or refusal printed since then.
+        self._last_problem = ""
+        #: A refusal closes the link: its loss says nothing new.
+        self._refused = False
+
+    def dialing(self, url: str) -> None:
+        if not self._announced:
+            self._announced = True
+            self._console.line(f"Connecting to parent hub: {url}")
+
+    def dial_failed(self, url: str, reason: str) -> None:
+        self._problem(f"Cannot reach parent hub {url}: {reason} (retrying every few seconds)")
+
+    def refused(self, reason: str) -> None:
+        self._refused = True
+        self._problem(f"Parent hub refused this node: {reason}")
+
+    def connected(self, info: NodeInfo) -> None:
+        self._announced = False
+        self._last_problem = ""
+        self._console.line(f"Connected to parent hub: {info.name}")
+
+    def lost(self, reason: str) -> None:
+        if self._refused:
+            self._refused = False
+            return
+        self._announced = False
+        self._last_problem = ""
+        self._console.line(f"Lost the parent hub: {reason} (reconnecting)")
+
+    def _problem(self, line: str) -> None:
+        if line != self._last_problem:
+            self._last_problem = line
+            self._console.line(line)
 
 
 def _make_core(
@@ -219,8 +268,32 @@ def _connection_capacity(setup: NodeSetup) -> int:
     return wanted
 
 
-def _web_url(setup: NodeSetup, port: int) -> str:
-    return setup.listen_url_for(port) + "/"
+def _local_web_url(handle: NodeHandle) -> str:
+    """Where this node's web page opens from this machine: the bound address, with
+    ``localhost`` for a wildcard bind."""
+    host = handle.address.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{handle.scheme}://{host}:{handle.port}/"
+
+
+def _announce_web(setup: NodeSetup, handle: NodeHandle, console: _Console) -> None:
+    """Print where the web page opens; note it in the directory lock so that a second
+    node started on this directory can say where the running one is.
+
+    With the default listen URL (``.``) that is ``http://localhost:PORT/``. A node that
+    advertises another URL (a share behind a firewall gives one nobody can reach; a
+    hub behind a reverse proxy gives its public name) prints the local address, where
+    the page surely opens, and the advertised URL on a line of its own.
+    """
+    advertised = setup.listen_url_for(handle.port) + "/"
+    url = advertised if setup.config.listen_url in ("", ".") else _local_web_url(handle)
+    setup.lock.note(web=url)
+    console.line(f"Web interface: {url}")
+    if url != advertised:
+        console.line(f"Advertised URL: {advertised} (given to other nodes and in finds)")
 
 
 async def _serve(
@@ -250,6 +323,7 @@ async def _serve(
         on_join_refused=hooks.on_join_refused,
         on_child_joined=hooks.on_child_joined,
         on_child_left=hooks.on_child_left,
+        on_placement_refused=hooks.on_placement_refused,
     )
     last_error = ""
     max_connections = _connection_capacity(setup)
@@ -276,6 +350,11 @@ async def _serve(
     )
 
 
+def _app_config(setup: NodeSetup) -> NodeAppConfig:
+    """The HTTP routes' policies from ``kbnode.json`` (``allowed_origins``)."""
+    return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins))
+
+
 async def _serve_once(
     setup: NodeSetup,
     router: Router,
@@ -286,7 +365,13 @@ async def _serve_once(
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
-            serve_node(_make_core(setup, timeouts), router, listen, hooks=hooks) as handle,
+            serve_node(
+                _make_core(setup, timeouts),
+                router,
+                listen,
+                hooks=hooks,
+                app_config=_app_config(setup),
+            ) as handle,
             anyio.create_task_group() as tg,
         ):
 
@@ -348,14 +433,26 @@ def _run_share(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
         ),
         hasher=default_hasher(pool=pool),
     )
+    network = NodeApp()
     app = build_share_app(
-        ShareDir(setup.directory), index, setup.node_id, on_stale=indexer.request_rescan
+        ShareDir(setup.directory),
+        index,
+        setup.node_id,
+        on_stale=indexer.request_rescan,
+        network=network,
     )
-    add_web_routes(app.router, node_id=setup.node_id, node_type="leaf")
+    add_web_routes(
+        app.router,
+        node_id=setup.node_id,
+        node_type="leaf",
+        network=network,
+        scheme=setup.url_scheme,
+    )
 
     def started(handle: NodeHandle) -> Callable[[], object]:
+        network.attach(handle.node.http_app)
         console.line("Starting indexing...")
-        console.line(f"Web interface: {_web_url(setup, handle.port)}")
+        _announce_web(setup, handle, console)
 
         async def index_forever() -> None:
             await indexer.run(handle)
@@ -378,10 +475,14 @@ def _run_hub(setup: NodeSetup, timeouts: Timeouts, console: _Console) -> None:
     from kbapps.web import add_web_routes
 
     router = Router()
-    add_web_routes(router, node_id=setup.node_id, node_type="hub")
+    network = NodeApp()
+    add_web_routes(
+        router, node_id=setup.node_id, node_type="hub", network=network, scheme=setup.url_scheme
+    )
 
     def started(handle: NodeHandle) -> None:
-        console.line(f"Web interface: {_web_url(setup, handle.port)}")
+        network.attach(handle.node.http_app)
+        _announce_web(setup, handle, console)
 
     anyio.run(_serve, setup, router, timeouts, console, started)
 

@@ -5,16 +5,20 @@ Strategy
 ``setup_node`` does everything a node needs before it touches the network, in the
 order the user sees it:
 
-1. ``DIR/.kbucket/`` (mode 0700) and, on a first run, the line
+1. on a first run, the line
    ``Creating new kbucket share configuration in <abs DIR>/.kbucket ...``
-   (``hub`` instead of ``share`` for a hub);
-2. the key pair (``kbapps.keys``), which fixes the node id;
-3. the questions, in SPEC order and with SPEC's exact texts. Each answer comes from
+   (``hub`` instead of ``share`` for a hub); on a later run, ``DIR/.kbucket/`` is
+   locked for this process (``kbapps.nodelock``: one node per directory) and the
+   keys are loaded, before anything is asked;
+2. the questions, in SPEC order and with SPEC's exact texts. Each answer comes from
    its option when one was given (the question is then not asked), else from a line
    of the input source; under ``--auto`` nothing is asked: options, then saved
    answers, then defaults. On a node with no saved ``yes``, the yes/no questions never
    default to yes, so ``--auto`` stops with exit 2 naming the options to pass.
    ``no`` is exit 1 and nothing is shared;
+3. on a first run, only now that the user agreed: ``DIR/.kbucket/`` (mode 0700), its
+   lock and the key pair (``kbapps.keys``), which fixes the node id. A declined or
+   interrupted first run writes nothing;
 4. the answers saved to ``kbnode.json`` (unknown fields kept);
 5. the port policy, bind host and TLS files, returned in a frozen ``NodeSetup`` that
    the transport uses. Nothing is bound here: a share's default is "the first free
@@ -39,13 +43,14 @@ import socket
 import ssl
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, TextIO
 from urllib.parse import urlsplit
 
 from kbapps.config import (
     CONFIG_FILE_NAME,
+    MAX_ENTRIES,
     NodeConfig,
     NodeType,
     SetupError,
@@ -55,6 +60,7 @@ from kbapps.config import (
     save_config,
 )
 from kbapps.keys import NodeSigner, load_or_create_signer
+from kbapps.nodelock import NodeLock
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.ids import NodeId
 
@@ -106,8 +112,9 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 class SetupOptions:
     """Command-line options; None means "not given" (the question may be asked).
 
-    ``confirm_share`` is for shares only; ``passcode``, ``tls_cert`` and ``tls_key``
-    for hubs only. ``parent_hub`` is a URL or ``"."`` (none).
+    ``confirm_share`` is for shares only; ``passcode``, ``tls_cert``, ``tls_key``,
+    ``index_budget`` and ``open_child_quota`` for hubs only. ``parent_hub`` is a URL
+    or ``"."`` (none).
     """
 
     name: str | None = None
@@ -124,6 +131,8 @@ class SetupOptions:
     passcode: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    index_budget: int | None = None
+    open_child_quota: int | None = None
     auto: bool = False
 
 
@@ -205,6 +214,11 @@ class NodeSetup:
     passcode: str
     #: True when this run created the configuration (first run).
     created: bool
+    #: The directory's lock, held while the node runs (one node per directory).
+    lock: NodeLock
+    #: kbproto limits: a hub's index budget and open children's quota from the
+    #: options or ``kbnode.json``, kbproto's defaults for everything else.
+    limits: Limits
 
     @property
     def url_scheme(self) -> Literal["http", "https"]:
@@ -221,11 +235,12 @@ class NodeSetup:
         """The kbproto configuration for this node once it is bound to ``port``.
 
         A ``HubConfig`` for a hub, a ``ShareConfig`` for a share, with ``listen_url``
-        expanded by ``listen_url_for``; ``limits``/``timeouts`` default to kbproto's.
+        expanded by ``listen_url_for``; ``limits`` defaults to this setup's,
+        ``timeouts`` to kbproto's.
         """
         c = self.config
         listen_url = self.listen_url_for(port)
-        limits = limits if limits is not None else Limits()
+        limits = limits if limits is not None else self.limits
         timeouts = timeouts if timeouts is not None else Timeouts()
         if self.kind == "hub":
             return HubConfig(
@@ -672,6 +687,14 @@ def _tls_files(port: int, options: SetupOptions, kbdir: Path) -> TlsFiles | None
     return files
 
 
+def _take_directory(root: Path, command: str, saved_node_id: str) -> tuple[NodeLock, NodeSigner]:
+    """Make ``.kbucket/`` if needed, lock it for this node and load (or make) its keys."""
+    ensure_kbucket_dir(root)
+    lock = NodeLock.acquire(kbucket_dir(root), command)
+    signer, _ = load_or_create_signer(kbucket_dir(root), node_id_in_config=saved_node_id)
+    return lock, signer
+
+
 def setup_node(
     directory: Path | str,
     kind: NodeType,
@@ -698,7 +721,8 @@ def setup_node(
         SetupError: exit 1 when the user answered ``no``; exit 2 for a missing
             directory, a corrupt ``kbnode.json`` or key, a node of the other kind, an
             invalid option, ``--auto`` without the yes answers, input closed while
-            asking, or HTTPS without a certificate.
+            asking, HTTPS without a certificate, or another node already running in
+            ``directory`` (its lock in ``.kbucket/``).
     """
     if kind not in ("leaf", "hub"):
         raise ValueError("kind must be 'leaf' or 'hub'")
@@ -711,8 +735,24 @@ def setup_node(
     host = _checked_option(options.host, _check_host, "--host") or DEFAULT_HOST
     if options.port is not None and not 0 <= options.port <= 65535:
         raise SetupError("--port: the port must be a number from 0 to 65535 (0 = any free port)")
-    if kind == "leaf" and (options.passcode, options.tls_cert, options.tls_key) != (None,) * 3:
-        raise ValueError("--passcode, --tls-cert and --tls-key are hub options")
+    hub_only = (
+        options.passcode,
+        options.tls_cert,
+        options.tls_key,
+        options.index_budget,
+        options.open_child_quota,
+    )
+    if kind == "leaf" and hub_only != (None,) * len(hub_only):
+        raise ValueError(
+            "--passcode, --tls-cert, --tls-key, --index-budget and --open-child-quota"
+            " are hub options"
+        )
+    for option, count in (
+        ("--index-budget", options.index_budget),
+        ("--open-child-quota", options.open_child_quota),
+    ):
+        if count is not None and not 1 <= count <= MAX_ENTRIES:
+            raise SetupError(f"{option}: give a number of index entries from 1 to {MAX_ENTRIES}")
     if kind == "hub" and options.confirm_share is not None:
         raise ValueError("--confirm-share is a share option")
     passcode_opt = _checked_option(options.passcode, _check_passcode, "--passcode")
@@ -721,26 +761,24 @@ def setup_node(
     )
 
     kbdir = kbucket_dir(root)
-    ensure_kbucket_dir(root)
     config_path = kbdir / CONFIG_FILE_NAME
     saved = load_config(root, default_type=kind)
     if saved is not None and saved.node_type != kind:
         other = "kbucket-hub" if saved.node_type == "hub" else "kbucket-host"
         what = "a hub" if saved.node_type == "hub" else "a share"
         raise SetupError(f"{config_path}: this directory is {what}; run {other} here")
+    command = "kbucket-hub" if kind == "hub" else "kbucket-host"
     prompter = _Prompter(stdin, stdout)
     created = saved is None
-    if created:
+    if saved is None:
+        # Nothing is written before the user has agreed: an interrupted or declined
+        # first run leaves the directory as it was (the keys are made after the
+        # questions; the node id appears in no question).
         noun = "share" if kind == "leaf" else "hub"
         prompter.write_line(f"Creating new kbucket {noun} configuration in {kbdir} ...")
-    signer, _ = load_or_create_signer(
-        kbdir, node_id_in_config=saved.node_id if saved is not None else ""
-    )
-    base = saved if saved is not None else NodeConfig(node_type=kind)
-    if created:
-        # Written before the questions (as the original did), so an interrupted first
-        # run still leaves a directory that says what it is and whose keys these are.
-        save_config(root, base.with_answers(node_id=signer.node_id))
+    else:
+        # A second node on this directory stops here, before asking anything.
+        lock, signer = _take_directory(root, command, saved.node_id)
 
     answers = _answer_all(
         _questions(kind, root, env),
@@ -751,6 +789,9 @@ def setup_node(
         config_path=config_path,
         prompter=prompter,
     )
+    if created:
+        lock, signer = _take_directory(root, command, "")
+    base = saved if saved is not None else NodeConfig(node_type=kind)
     if kind == "hub":
         port_value: int | None = int(answers.pop("listen_port"))
     else:
@@ -767,6 +808,14 @@ def setup_node(
     config = base.with_answers(
         node_id=signer.node_id,  # the key is the identity; a hand-edited id is corrected
         listen_port=port_value,
+        index_budget=(
+            options.index_budget if options.index_budget is not None else base.index_budget
+        ),
+        open_child_quota=(
+            options.open_child_quota
+            if options.open_child_quota is not None
+            else base.open_child_quota
+        ),
         passcode=passcode_opt if passcode_opt is not None else base.passcode,
         parent_hub_passcode=(
             parent_passcode_opt if parent_passcode_opt is not None else base.parent_hub_passcode
@@ -795,4 +844,22 @@ def setup_node(
         parent_passcode=config.parent_hub_passcode,
         passcode=config.passcode if kind == "hub" else "",
         created=created,
+        lock=lock,
+        limits=_limits(config) if kind == "hub" else Limits(),
+    )
+
+
+def _limits(config: NodeConfig) -> Limits:
+    """kbproto ``Limits`` with a hub's saved index budget and open children's quota."""
+    defaults = Limits()
+    return replace(
+        defaults,
+        index_budget=(
+            config.index_budget if config.index_budget is not None else defaults.index_budget
+        ),
+        open_child_quota=(
+            config.open_child_quota
+            if config.open_child_quota is not None
+            else defaults.open_child_quota
+        ),
     )

@@ -21,15 +21,23 @@ class _CoreCommon:
 
     # --- NodeCore ---------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, *, wall_ms: int | None = None) -> None:
         """Begin. With a parent configured, queues ``Dial(parent_url)``.
+
+        Args:
+            now: the driver's monotonic time.
+            wall_ms: the wall clock at ``now`` in Unix milliseconds. It stamps this
+                node's placements (docs/protocol.md §3.2), so a join made later, even
+                by a restarted process, is newer wherever two placements of this node
+                meet. None: ``now`` in milliseconds, for simulations and tests whose
+                nodes share one clock.
 
         Drain events and actions after calling.
 
         Raises:
             LocalProtocolError: called twice.
         """
-        self._node.start(now)
+        self._node.start(now, wall_ms)
 
     def link_opened(self, link_id: LinkId, now: float, *, dialed: bool = False) -> None:
         """A link is up: accepted from a child, or (``dialed``) our ``Dial`` connected.

@@ -30,7 +30,8 @@ from typing import Literal
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
 from kbproto.auth import Signer, Verifier, node_id_from_public_pem
-from kbproto.codec import decode_split, encode
+from kbproto.budget import IndexBudget
+from kbproto.codec import decode_split, encode, encoded_size
 from kbproto.config import HubConfig, ShareConfig
 from kbproto.errors import LimitExceeded, LocalProtocolError, ProtocolError, RemoteProtocolError
 from kbproto.events import (
@@ -40,12 +41,14 @@ from kbproto.events import (
     JoinRefused,
     LinkClosed,
     ParentConnected,
+    PlacementRefused,
 )
-from kbproto.handshake import check_registration, transcript
+from kbproto.handshake import check_registration
 from kbproto.ids import IdSource, LinkId, NodeId
 from kbproto.index import HubIndex, ShareIndex, UplinkSync
 from kbproto.link import Link
 from kbproto.messages import (
+    MAX_SEQ,
     MAX_TIMEOUT_MS,
     Challenge,
     Credit,
@@ -60,6 +63,7 @@ from kbproto.messages import (
     NodeInfo,
     Open,
     Ping,
+    Placement,
     Register,
     Reset,
     Response,
@@ -67,6 +71,7 @@ from kbproto.messages import (
     ShareIndexUpdate,
     Welcome,
 )
+from kbproto.placement import VerifiedPlacements, sign_placement
 from kbproto.proxy import Streams
 from kbproto.routing import Lookups
 from kbproto.state import LinkInput, LinkState
@@ -116,7 +121,6 @@ class _Node:
         self.timeouts = config.timeouts
         self.is_hub = isinstance(config, HubConfig)
         self.signer = signer
-        self.verifier = verifier
         self.ids = ids
         self.tracer: TraceSink = trace if trace is not None else NullTraceSink()
         pem = signer.public_pem
@@ -133,6 +137,10 @@ class _Node:
             confirm_share="" if self.is_hub else "yes",
         )
         self.node_id: NodeId = self.info.node_id
+        # Placement stamps (docs/protocol.md §3.2): wall-clock milliseconds derived from
+        # ``now`` and the offset ``start`` was given, kept above the last one used.
+        self._wall_offset_ms = 0.0
+        self._last_stamp = 0
         # Every open link, by the driver's id. A link leaves this table exactly once,
         # in ``_close``; everything keyed by link id elsewhere is cleaned up there.
         self.links: dict[LinkId, Link] = {}
@@ -154,13 +162,22 @@ class _Node:
         self._dialing = False
         # Consecutive failed joins: the backoff exponent, reset by Welcome.
         self._attempt = 0
+        # Our parent closed the link for a ``limit``: the next dial waits longer.
+        self._limited = False
         self.hub_index: HubIndex | None = None
         self.share_index: ShareIndex | None = None
+        self.placements: VerifiedPlacements | None = None
         if self.is_hub:
+            assert verifier is not None
+            self.placements = VerifiedPlacements(verifier)
             self.hub_index = HubIndex(
                 self._changed,
                 self._changed,
-                max_entries=self.limits.max_index_entries,
+                self._placement_refused,
+                check=self.placements.check,
+                budget=IndexBudget(
+                    total=self.limits.index_budget, open_quota=self.limits.open_child_quota
+                ),
                 max_nodes=self.limits.max_nodes_per_child,
             )
         else:
@@ -180,11 +197,13 @@ class _Node:
 
     # --- driver-facing ----------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, wall_ms: int | None = None) -> None:
         """Begin: dial the parent if there is one (``_CoreCommon.start``)."""
         if self._started:
             raise LocalProtocolError("start() was already called")
         self._started = True
+        if wall_ms is not None:
+            self._wall_offset_ms = wall_ms - now * 1000
         if self.config.parent_url is not None:
             self._dial(now)
 
@@ -381,11 +400,12 @@ class _Node:
         self.uplink.changed(key)
 
     def _uplink_keys(self) -> list[bytes]:
-        """Every key a full sync must send (content ids, then node ids for a hub)."""
+        """Every key a full sync must send (for a hub: node ids first, since a parent
+        sizes a child hub's quota by the nodes it proves, then content ids)."""
         if self.share_index is not None:
             return self.share_index.keys()
         assert self.hub_index is not None
-        return self.hub_index.content_keys() + self.hub_index.node_keys()
+        return self.hub_index.node_keys() + self.hub_index.content_keys()
 
     def _uplink_cost(self, key: bytes) -> int:
         """The worst-case encoded size of one key's index entry."""
@@ -393,6 +413,11 @@ class _Node:
             rep = self.share_index.representative(key)
             # Worst case: every path character escaped as \u00XX by the JSON encoder.
             return 64 + (6 * len(rep[0]) if rep is not None else 0)
+        if len(key) == 12:
+            assert self.hub_index is not None
+            placement = self.hub_index.placement(key)
+            # A placement, exactly (it can be tens of KiB); a drop is a short id.
+            return 32 + (encoded_size(placement) if placement is not None else 0)
         return 48
 
     def _uplink_build(
@@ -415,13 +440,16 @@ class _Node:
         assert hub is not None
         cput: list[str] = []
         cdrop: list[str] = []
-        nput: list[NodeId] = []
+        nput: list[Placement] = []
         ndrop: list[NodeId] = []
         for key in keys:
             # Node ids are 12 ASCII bytes, content ids 20 raw bytes: the length tells.
             if len(key) == 12:
-                node = NodeId(key.decode())
-                (nput if hub.has_node(node) else ndrop).append(node)
+                placement = hub.placement(key)
+                if placement is not None:
+                    nput.append(placement)
+                else:
+                    ndrop.append(NodeId(key.decode()))
             else:
                 (cput if hub.has_content(key) else cdrop).append(key.hex())
         return HubIndexUpdate(
@@ -486,6 +514,11 @@ class _Node:
             reason = f"peer closed the link: {message.reason}"
             if was_registering and link.dialed:
                 self.emit(JoinRefused(link_id=link.link_id, reason=message.reason))
+            if link.dialed and message.code == "limit":
+                # Rejoining soon would send the same index and be refused again: a
+                # full sync every few seconds for both sides. The next dial waits
+                # ``limit_backoff`` instead of the usual short backoff.
+                self._limited = True
             self._close(link, now, reason)
 
     def _on_challenge(self, link: Link, message: Challenge, now: float) -> None:
@@ -494,20 +527,30 @@ class _Node:
         link.peer_max_streams = message.max_streams
         link.peer_max_lookups = message.max_lookups
         self._pace_pings(link, message.heartbeat_timeout_ms, now)
-        scheme = self.signer.scheme.value
-        signature = self.signer.sign(transcript(message.nonce, message.node_id, scheme, self.info))
+        placement = sign_placement(
+            self.signer,
+            self.info,
+            parent=message.node_id,
+            nonce=message.nonce,
+            stamp=self._next_stamp(now),
+        )
         self.send(
             link,
             Register(
-                info=self.info,
-                scheme=scheme,
-                signature=signature.hex(),
+                placement=placement,
                 passcode=self.config.parent_passcode,
                 max_streams=self.limits.max_streams_per_link,
                 max_lookups=self.limits.max_lookups_per_link,
                 heartbeat_timeout_ms=self._heartbeat_timeout_ms,
             ),
         )
+
+    def _next_stamp(self, now: float) -> int:
+        """The stamp of our next placement: the wall clock in milliseconds, kept above
+        the last one used (a clock stepped back must not make a newer join look older)."""
+        wall = int(now * 1000 + self._wall_offset_ms)
+        self._last_stamp = min(MAX_SEQ, max(self._last_stamp + 1, wall))
+        return self._last_stamp
 
     @property
     def _heartbeat_timeout_ms(self) -> int:
@@ -534,15 +577,15 @@ class _Node:
         ``Error(refused, reason)`` and the link closes; nothing it sent is kept.
         """
         assert self.hub_index is not None
+        assert self.placements is not None
         assert isinstance(self.config, HubConfig)
-        assert self.verifier is not None
         info = message.info
         reason = check_registration(
             message,
             nonce=link.nonce,
             parent_id=self.node_id,
             passcode=self.config.passcode,
-            verifier=self.verifier,
+            check=self.placements.check,
         )
         children = [other for other in self.links.values() if other.state is LinkState.CHILD_UP]
         if reason is None:
@@ -559,7 +602,14 @@ class _Node:
         link.peer_max_streams = message.max_streams
         link.peer_max_lookups = message.max_lookups
         self._pace_pings(link, message.heartbeat_timeout_ms, now)
-        self.hub_index.add_child(link.link_id, info.node_id, is_hub=info.node_type == "hub")
+        # A child that presented the hub's passcode is trusted with the whole index
+        # budget; on an open hub every child proved only its key (kbproto.budget).
+        self.hub_index.add_child(
+            link.link_id,
+            message.placement,
+            is_hub=info.node_type == "hub",
+            trusted=bool(self.config.passcode),
+        )
         self.deadlines.cancel(("hs", link.link_id))
         self.send(link, Welcome(info=self.info))
         self._trace(now, "link", link.link_id, f"child {info.node_id} ({info.name}) joined")
@@ -586,7 +636,9 @@ class _Node:
         change what this hub can reach, so our own uplink is flushed too.
         """
         assert self.hub_index is not None
-        if isinstance(message, HubIndexUpdate) and self.node_id in message.nodes_put:
+        if isinstance(message, HubIndexUpdate) and any(
+            placement.node_id == self.node_id for placement in message.nodes_put
+        ):
             raise RemoteProtocolError("cycle: this hub is inside the child's subtree")
         expected = self.hub_index.apply(link.link_id, message)
         if expected is not None:
@@ -594,6 +646,25 @@ class _Node:
             self.send(link, Resync(expected=expected))
         self.send(link, IndexAck(seq=message.seq))
         self.flush_index()
+
+    def _placement_refused(self, link_id: int, placement: Placement, reason: str) -> None:
+        """A child reported a node id without a valid placement: it was dropped. The
+        app hears of the first one per link (later ones are counted by the table,
+        which closes the link past ``MAX_UNPROVEN_CLAIMS``)."""
+        link = self.links[LinkId(link_id)]
+        detail = f"dropped unproven node id {placement.node_id}: {reason}"
+        # Called while the link's index message is applied: ``last_rx`` is that ``now``.
+        self._trace(link.last_rx, "index", link.link_id, detail)
+        assert self.hub_index is not None
+        if self.hub_index.nodes.unproven(link_id) == 1:
+            self.emit(
+                PlacementRefused(
+                    link_id=link.link_id,
+                    peer_id=link.peer_id,
+                    node_id=placement.node_id,
+                    reason=reason,
+                )
+            )
 
     # --- timers, closing, redial ------------------------------------------------------
 
@@ -667,8 +738,12 @@ class _Node:
 
     def _schedule_redial(self, now: float) -> None:
         """Arm the next dial: capped exponential backoff with jitter in [0.5, 1]."""
-        delay = min(self.timeouts.reconnect_max, self.timeouts.reconnect_min * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 32)
+        if self._limited:
+            self._limited = False
+            delay = self.timeouts.limit_backoff
+        else:
+            delay = min(self.timeouts.reconnect_max, self.timeouts.reconnect_min * 2**self._attempt)
+            self._attempt = min(self._attempt + 1, 32)
         self.deadlines.set(("redial",), now + delay * self.ids.uniform(0.5, 1.0))
 
     def _trace(self, now: float, category: str, link_id: LinkId | None, detail: str) -> None:

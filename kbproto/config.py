@@ -50,8 +50,15 @@ class Limits:
             node's stream buffers at 2 GiB (as 8192 x 256 KiB did before the window
             grew); past it, new requests are refused with 503.
         max_children: children per hub (the original allowed 1000 shares).
-        max_index_entries: content ids (or files) one child may report.
-        max_nodes_per_child: node ids one child hub may report.
+        index_budget: index entries a hub holds for all its children together
+            (``kbproto.budget``: a content id with a short path is one entry, ~300 bytes
+            of memory today). 4,000,000 bounds the index at about 1.2 GB; a child that
+            would cross it loses its link with ``limit``.
+        open_child_quota: index entries a child that joined without the hub's
+            passcode may hold, per node it proves (a share: itself; a child hub: each
+            node routed through it). 1,000,000: a share of a million files fits on an
+            open hub; a child with the passcode may use the whole budget.
+        max_nodes_per_child: node ids (placements) one child hub may report.
         index_window: index messages a child may have unacknowledged (paces a full
             sync so it never floods the outbox).
         index_batch_bytes: target size of one index message (well under the frame cap).
@@ -70,7 +77,8 @@ class Limits:
     max_pending_lookups: int = 8192
     max_open_streams: int = 512
     max_children: int = 1000
-    max_index_entries: int = 10_000_000
+    index_budget: int = 4_000_000
+    open_child_quota: int = 1_000_000
     max_nodes_per_child: int = 100_000
     index_window: int = 4
     index_batch_bytes: int = 256 * 1024
@@ -105,7 +113,13 @@ class Timeouts:
         request_timeout: time allowed for a stream's response head to arrive.
         stream_idle_timeout: a stream with no frame either way for this long is reset.
         reconnect_min / reconnect_max: the child's redial backoff (doubling, capped,
-            with jitter in [0.5, 1] of the delay).
+            with jitter in [0.5, 1] of the delay). The cap is short (5 s) because a
+            child should rejoin within seconds of its hub's return: a redial is one
+            TCP connect, and the jitter spreads a subtree's rejoins over the last half
+            of the cap.
+        limit_backoff: the wait (with the same jitter) before redialing a parent that
+            closed the link for a ``limit`` (an index over the child's quota): sooner
+            would resend the same index to be refused again.
     """
 
     heartbeat_interval: float = 10.0
@@ -115,7 +129,8 @@ class Timeouts:
     request_timeout: float = 30.0
     stream_idle_timeout: float = 120.0
     reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
+    reconnect_max: float = 5.0
+    limit_backoff: float = 60.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -27,8 +27,12 @@ class NodeCore(Protocol):
     caller raises ``LocalProtocolError``.
     """
 
-    def start(self, now: float) -> None:
-        """Begin: a node configured with a parent queues ``Dial`` (drain actions after)."""
+    def start(self, now: float, *, wall_ms: int | None = None) -> None:
+        """Begin: a node configured with a parent queues ``Dial`` (drain actions after).
+
+        ``wall_ms`` is the wall clock at ``now`` (Unix milliseconds), which stamps the
+        node's placements; None takes ``now`` itself (a simulation's shared clock).
+        """
         ...
 
     def link_opened(self, link_id: LinkId, now: float, *, dialed: bool = False) -> None:

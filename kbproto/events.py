@@ -32,6 +32,7 @@ __all__ = (
     "LookupFailed",
     "LookupResolved",
     "ParentConnected",
+    "PlacementRefused",
     "RequestReceived",
     "ResponseData",
     "ResponseEnded",
@@ -91,6 +92,27 @@ class LinkClosed:
     role: str
     reason: str
     timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementRefused:
+    """(Hubs) a child reported a node id without a valid placement; it was dropped.
+
+    Emitted for the first such id per link (the core counts the rest and closes the
+    link past ``kbproto.nodetable.MAX_UNPROVEN_CLAIMS``). A hub prints one line: a
+    child hub claiming nodes it cannot prove is worth an operator's look.
+
+    Attributes:
+        link_id: the child's link.
+        peer_id: the child's own node id.
+        node_id: the id it claimed.
+        reason: why the placement proves nothing (forged id, bad signature...).
+    """
+
+    link_id: LinkId
+    peer_id: NodeId | None
+    node_id: NodeId
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +214,7 @@ Event = (
     | JoinRefused
     | ChildJoined
     | LinkClosed
+    | PlacementRefused
     | IndexSynced
     | LookupResolved
     | LookupFailed

@@ -1,21 +1,16 @@
-"""The joining handshake: what the child signs, and what the parent checks (SPEC §5).
+"""The joining handshake: what the parent checks of a child's registration (docs/protocol.md §3.3).
 
 Strategy
 --------
 The parent opens every link with a ``Challenge`` holding 32 fresh bytes from its
-``IdSource`` and its own node id. The child signs a *transcript* binding that nonce,
-the parent's id and everything it claims about itself, and sends it in ``Register``.
-Because the nonce is new for every link, a recorded ``Register`` replayed on another
-link fails the signature check; because the parent's id is inside, a signature
-obtained by a hub cannot be relayed to another hub; because ``info`` is inside, no one
-can change the claims without the key.
-
-The transcript is the UTF-8 bytes of a compact JSON array (ASCII-escaped, so every
-implementation produces the same bytes)::
-
-    ["kbucket-join-v1", <nonce hex>, <parent node id>, <scheme>,
-     <node_id>, <node_type>, <name>, <description>, <owner>, <owner_email>,
-     <listen_url>, <public_key>, <scientific_research>, <confirm_share>]
+``IdSource`` and its own node id. The child answers with ``Register`` carrying its
+signed ``Placement`` (``kbproto.placement``): the signature covers that nonce, the
+parent's id, a stamp and everything the child claims about itself. Because the nonce
+is new for every link, a recorded ``Register`` replayed on another link fails;
+because the parent's id is inside, a signature obtained by one hub cannot be relayed
+to another; because ``info`` is inside, no one can change the claims without the key.
+The same placement is what the parent then forwards upward, so every hub above can
+check the child's id too (docs/protocol.md §3.2 and §5).
 
 The original tool signed each message's ``JSON.stringify`` with no nonce
 (``src/hemlock/hemlockconnectiontoparenthub.js``), so registrations were replayable;
@@ -25,37 +20,12 @@ we keep only its checks (passcode, research and share confirmations, duplicate i
 from __future__ import annotations
 
 import hmac
-import json
+from collections.abc import Callable
 
-from kbproto.auth import SignatureScheme, Verifier, node_id_from_public_pem
 from kbproto.ids import NodeId
-from kbproto.messages import NodeInfo, Register
+from kbproto.messages import Placement, Register
 
-__all__ = ("TRANSCRIPT_TAG", "check_registration", "transcript")
-
-#: Domain separation: a join signature can never be mistaken for anything else.
-TRANSCRIPT_TAG = "kbucket-join-v1"
-
-
-def transcript(nonce: str, parent_id: NodeId, scheme: str, info: NodeInfo) -> bytes:
-    """Return the exact bytes a child signs to join the parent ``parent_id``."""
-    items = [
-        TRANSCRIPT_TAG,
-        nonce,
-        parent_id,
-        scheme,
-        info.node_id,
-        info.node_type,
-        info.name,
-        info.description,
-        info.owner,
-        info.owner_email,
-        info.listen_url,
-        info.public_key,
-        info.scientific_research,
-        info.confirm_share,
-    ]
-    return json.dumps(items, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+__all__ = ("check_registration",)
 
 
 def check_registration(
@@ -64,24 +34,29 @@ def check_registration(
     nonce: str,
     parent_id: NodeId,
     passcode: str,
-    verifier: Verifier,
+    check: Callable[[Placement], str | None],
 ) -> str | None:
     """Return why ``message`` must be refused, or None if it proves who it claims to be.
 
-    Checks, in order: the node id is the one its public key gives, the scheme is
-    known, the signature over the transcript verifies, the passcode matches, the node
-    says ``scientific_research == "yes"`` and (shares) ``confirm_share == "yes"``.
+    Args:
+        message: the child's registration.
+        nonce: the challenge sent on this link.
+        parent_id: this hub's node id.
+        passcode: what children must present ("" = open).
+        check: checks a placement's id and signature (``VerifiedPlacements.check``).
+
+    Checks, in order: the placement answers this link's challenge (nonce and parent
+    id), its id and signature hold (``check``), the passcode matches, the node says
+    ``scientific_research == "yes"`` and (shares) ``confirm_share == "yes"``.
     Duplicate ids and capacity are the hub's to check (they depend on its state).
     """
-    info = message.info
-    if node_id_from_public_pem(info.public_key) != info.node_id:
-        return f"node id {info.node_id} does not match its public key"
-    if message.scheme not in {s.value for s in SignatureScheme}:
-        return f"unknown signature scheme {message.scheme!r}"
-    data = transcript(nonce, parent_id, message.scheme, info)
-    signature = bytes.fromhex(message.signature)  # Register checked it is hex
-    if not verifier.verify(info.public_key, SignatureScheme(message.scheme), signature, data):
-        return "bad signature (wrong key, or a replayed registration)"
+    placement = message.placement
+    info = placement.info
+    if placement.nonce != nonce or placement.parent != parent_id:
+        return "the registration does not answer this hub's challenge (a replay?)"
+    reason = check(placement)
+    if reason is not None:
+        return reason
     if not hmac.compare_digest(message.passcode.encode(), passcode.encode()):
         return f"incorrect passcode for node {info.name or info.node_id}"
     if info.scientific_research != "yes":

@@ -76,3 +76,11 @@ class HubCore(_CoreCommon):
     def knows_node(self, node_id: str) -> bool:
         """True if ``node_id`` is this hub or in its subtree."""
         return self._node.in_subtree(node_id)
+
+    def child_toward(self, node_id: str) -> LinkId | None:
+        """The child link a request for ``node_id`` goes down, or None (not below us).
+
+        Only ids resting on a proven placement are below us (docs/protocol.md §5).
+        """
+        assert self._node.hub_index is not None
+        return self._node.hub_index.route(node_id)

@@ -15,9 +15,11 @@ Three pure data structures, no links and no timers (the node wires them up):
     it is reachable (``int`` for one link, a list for several: almost every id has one,
     and this keeps the table at one dict slot per id, SPEC §5 and the 1,000,000-id
     memory benchmark). For each direct share child, its ``sha1 -> (path, size)`` map
-    (so finds for direct shares are answered locally); for each child hub, the sets of
-    content ids and node ids it reported. Node ids are aggregated the same way, for
-    routing requests and share-limited finds. Dropping a child drops all it brought.
+    (so finds for direct shares are answered locally); for each child hub, the set of
+    content ids it reported. Node ids, for routing requests and share-limited finds,
+    are in a ``kbproto.nodetable.NodeTable``: each rests on its owner's signed
+    placement, never on a child's word. What every child reports is charged to the
+    hub's ``kbproto.budget.IndexBudget``. Dropping a child drops all it brought.
     Every change to the *set* of reachable content ids or node ids is reported to a
     callback, which feeds the hub's own upward sync.
 
@@ -35,15 +37,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from kbproto.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
-from kbproto.ids import LinkId, NodeId, is_sha1
+from kbproto.budget import IndexBudget
+from kbproto.errors import LocalProtocolError, RemoteProtocolError
+from kbproto.ids import LinkId, is_sha1
 from kbproto.messages import (
     MAX_BATCH_ENTRIES,
     MAX_PATH,
     MAX_SIZE,
     HubIndexUpdate,
+    Placement,
     ShareIndexUpdate,
 )
+from kbproto.nodetable import NodeTable
 
 __all__ = ("HubIndex", "ShareIndex", "UplinkSync")
 
@@ -184,18 +189,26 @@ def _links(table: dict[bytes, int | list[int]], key: bytes) -> list[int]:
 
 
 class _Child:
-    """What one direct child brought to a hub's index."""
+    """What one direct child brought to a hub's content index."""
 
-    __slots__ = ("content", "expected_seq", "files", "is_hub", "node_id", "nodes", "resyncing")
+    __slots__ = ("content", "cost", "expected_seq", "files", "is_hub", "resyncing")
 
-    def __init__(self, node_id: NodeId, is_hub: bool) -> None:
-        self.node_id = node_id
+    def __init__(self, is_hub: bool) -> None:
         self.is_hub = is_hub
         self.files: dict[bytes, tuple[str, int]] = {}
         self.content: set[bytes] = set()
-        self.nodes: set[bytes] = set()
+        #: Budget entries its content costs (``kbproto.budget.entry_cost`` each).
+        self.cost = 0
         self.expected_seq = 0
         self.resyncing = False
+
+
+#: A table that shrank below this share of its peak is rebuilt: CPython dicts never
+#: shrink on delete, so a child that reported ten million ids and left kept the
+#: table's ten-million-slot arrays (hundreds of MB) alive (issue 11).
+_SHRINK_RATIO = 4
+#: Tables smaller than this are not worth rebuilding.
+_SHRINK_MIN = 65_536
 
 
 class HubIndex:
@@ -203,8 +216,11 @@ class HubIndex:
 
     Args:
         on_content: called with a raw content id whose reachability changed.
-        on_node: called with a node id (as ASCII bytes) whose reachability changed.
-        max_entries: content ids one child may report.
+        on_node: called with a node id (as ASCII bytes) whose routing changed.
+        on_refused: called with ``(link, placement, reason)`` for a node id a child
+            reported without a valid placement (dropped).
+        check: why a placement proves nothing, or None (``VerifiedPlacements.check``).
+        budget: the node-wide budget and per-child quotas, in entries.
         max_nodes: node ids one child hub may report.
     """
 
@@ -212,17 +228,18 @@ class HubIndex:
         self,
         on_content: Callable[[bytes], None],
         on_node: Callable[[bytes], None],
+        on_refused: Callable[[int, Placement, str], None],
         *,
-        max_entries: int,
+        check: Callable[[Placement], str | None],
+        budget: IndexBudget,
         max_nodes: int,
     ) -> None:
         self._where: dict[bytes, int | list[int]] = {}
-        self._node_where: dict[bytes, int | list[int]] = {}
+        self._where_peak = 0
         self._children: dict[int, _Child] = {}
         self._on_content = on_content
-        self._on_node = on_node
-        self._max_entries = max_entries
-        self._max_nodes = max_nodes
+        self._budget = budget
+        self.nodes = NodeTable(on_node, on_refused, check, budget, max_claims=max_nodes)
 
     @property
     def content_count(self) -> int:
@@ -234,21 +251,25 @@ class HubIndex:
         return list(self._where)
 
     def node_keys(self) -> list[bytes]:
-        """Snapshot of reachable node ids (ASCII bytes)."""
-        return list(self._node_where)
+        """Snapshot of routable node ids (ASCII bytes)."""
+        return self.nodes.keys()
 
     def has_content(self, raw: bytes) -> bool:
         """True if ``raw`` is reachable in the subtree."""
         return raw in self._where
 
     def has_node(self, node_id: str) -> bool:
-        """True if ``node_id`` is in the subtree (a child or below)."""
-        return node_id.encode() in self._node_where
+        """True if ``node_id`` is routable in the subtree (a child or below)."""
+        return self.nodes.route(node_id) is not None
+
+    def placement(self, key: bytes) -> Placement | None:
+        """The placement node id ``key`` (ASCII bytes) is routed on, if routable."""
+        return self.nodes.placement(key)
 
     def route(self, node_id: str) -> LinkId | None:
-        """The child link toward ``node_id`` (the first one if several), or None."""
-        links = _links(self._node_where, node_id.encode())
-        return LinkId(links[0]) if links else None
+        """The child link toward ``node_id``, or None."""
+        link = self.nodes.route(node_id)
+        return LinkId(link) if link is not None else None
 
     def holders(self, raw: bytes) -> list[LinkId]:
         """The child links through which content ``raw`` is reachable."""
@@ -259,34 +280,38 @@ class HubIndex:
         return self._children[link].files.get(raw)
 
     def child_reaches(self, link: int, node_id: str) -> bool:
-        """True if the child on ``link`` is ``node_id`` or has it below."""
-        child = self._children[link]
-        return child.node_id == node_id or node_id.encode() in child.nodes
+        """True if ``node_id`` is routed through the child on ``link``."""
+        return self.nodes.reaches(link, node_id)
 
-    def add_child(self, link: int, node_id: NodeId, *, is_hub: bool) -> None:
-        """A child joined on ``link``: its own id becomes reachable."""
-        self._children[link] = _Child(node_id, is_hub)
-        if _add(self._node_where, node_id.encode(), link):
-            self._on_node(node_id.encode())
+    def add_child(self, link: int, placement: Placement, *, is_hub: bool, trusted: bool) -> None:
+        """A child joined on ``link`` with ``placement``: its own id becomes routable.
+
+        ``trusted``: it presented the hub's (non-empty) passcode, so its index quota is
+        the whole budget (``kbproto.budget``).
+        """
+        self._children[link] = _Child(is_hub)
+        self._budget.add_child(link, trusted=trusted)
+        self.nodes.add_child(link, placement)
 
     def drop_child(self, link: int) -> None:
         """The child on ``link`` left: drop everything it brought."""
         child = self._children.pop(link)
         self._clear(link, child)
-        if _discard(self._node_where, child.node_id.encode(), link):
-            self._on_node(child.node_id.encode())
+        self.nodes.drop_child(link)
+        self._budget.drop_child(link)
 
     def _clear(self, link: int, child: _Child) -> None:
-        """Drop everything the child on ``link`` reported."""
+        """Drop the content the child on ``link`` reported (not its node ids)."""
         for raw in child.files if not child.is_hub else child.content:
             if _discard(self._where, raw, link):
                 self._on_content(raw)
-        for node in child.nodes:
-            if _discard(self._node_where, node, link):
-                self._on_node(node)
         child.files = {}
         child.content = set()
-        child.nodes = set()
+        self._budget.release(link, child.cost)
+        child.cost = 0
+        if self._where_peak >= _SHRINK_MIN and len(self._where) * _SHRINK_RATIO < self._where_peak:
+            self._where = dict(self._where)
+            self._where_peak = len(self._where)
 
     def apply(self, link: int, message: ShareIndexUpdate | HubIndexUpdate) -> int | None:
         """Apply one index message from the child on ``link``.
@@ -296,8 +321,9 @@ class HubIndex:
             number expected: the caller sends ``Resync`` (a gap was seen).
 
         Raises:
-            RemoteProtocolError: wrong message kind for the child, or a cycle.
-            LimitExceeded: the child reported too many entries.
+            RemoteProtocolError: wrong message kind for the child.
+            LimitExceeded: the child crossed its index quota, the node's budget, its
+                number of node ids, or sent too many node ids without proof.
         """
         child = self._children[link]
         if isinstance(message, ShareIndexUpdate) == child.is_hub:
@@ -305,6 +331,7 @@ class HubIndex:
             raise RemoteProtocolError(f"a {kind} sent the wrong kind of index message")
         if message.reset:
             self._clear(link, child)
+            self.nodes.clear(link)
             child.resyncing = False
         elif child.resyncing:
             child.expected_seq = message.seq + 1
@@ -317,36 +344,55 @@ class HubIndex:
             self._apply_share(link, child, message)
         else:
             self._apply_hub(link, child, message)
+        self._where_peak = max(self._where_peak, len(self._where))
         return None
 
     def _apply_share(self, link: int, child: _Child, message: ShareIndexUpdate) -> None:
-        """Apply a share child's puts and drops."""
+        """Apply a share child's puts and drops, within its index quota."""
         files = child.files
+        where = self._where
+        room = self._budget.room(link, 1)
+        added = 0
         for sha1, path, size in message.put:
             raw = _raw(sha1)
-            if raw not in files and len(files) >= self._max_entries:
-                raise LimitExceeded(
-                    f"share reported more than {self._max_entries} entries", "max_index_entries"
-                )
+            old = files.get(raw)
+            # ``kbproto.budget.entry_cost``, inlined: this loop sees every file of a share.
+            added += 1 + len(path) // 256
+            if old is not None:
+                added -= 1 + len(old[0]) // 256
+            if added > room:
+                raise self._budget.exceeded(link, 1)
             files[raw] = (path, size)
-            if _add(self._where, raw, link):
+            if old is None and _add(where, raw, link):
                 self._on_content(raw)
         for sha1 in message.drop:
             raw = _raw(sha1)
-            if files.pop(raw, None) is not None and _discard(self._where, raw, link):
-                self._on_content(raw)
+            old = files.pop(raw, None)
+            if old is not None:
+                added -= 1 + len(old[0]) // 256
+                if _discard(where, raw, link):
+                    self._on_content(raw)
+        self._settle_cost(link, child, added, 1)
 
     def _apply_hub(self, link: int, child: _Child, message: HubIndexUpdate) -> None:
-        """Apply a child hub's content and node changes."""
+        """Apply a child hub's node and content changes (nodes first: its quota grows
+        with the nodes it proves)."""
+        nodes = self.nodes
+        for placement in message.nodes_put:
+            nodes.put(link, placement)
+        for node_id in message.nodes_drop:
+            nodes.drop(link, node_id)
+        proven = nodes.proven(link)
+        room = self._budget.room(link, proven)
         content = child.content
+        added = 0
         for sha1 in message.content_put:
             raw = _raw(sha1)
             if raw in content:
                 continue
-            if len(content) >= self._max_entries:
-                raise LimitExceeded(
-                    f"hub reported more than {self._max_entries} content ids", "max_index_entries"
-                )
+            added += 1
+            if added > room:
+                raise self._budget.exceeded(link, proven)
             content.add(raw)
             if _add(self._where, raw, link):
                 self._on_content(raw)
@@ -354,26 +400,19 @@ class HubIndex:
             raw = _raw(sha1)
             if raw in content:
                 content.discard(raw)
+                added -= 1
                 if _discard(self._where, raw, link):
                     self._on_content(raw)
-        nodes = child.nodes
-        for node_id in message.nodes_put:
-            key = node_id.encode()
-            if key in nodes or key == child.node_id.encode():
-                continue
-            if len(nodes) >= self._max_nodes:
-                raise LimitExceeded(
-                    f"hub reported more than {self._max_nodes} node ids", "max_nodes_per_child"
-                )
-            nodes.add(key)
-            if _add(self._node_where, key, link):
-                self._on_node(key)
-        for node_id in message.nodes_drop:
-            key = node_id.encode()
-            if key in nodes:
-                nodes.discard(key)
-                if _discard(self._node_where, key, link):
-                    self._on_node(key)
+        self._settle_cost(link, child, added, proven)
+
+    def _settle_cost(self, link: int, child: _Child, added: int, proven: int) -> None:
+        """Charge (or release) what one message changed in the child's content cost;
+        its puts were already checked against the room it had."""
+        if added > 0:
+            self._budget.charge(link, added, proven=proven)
+        elif added < 0:
+            self._budget.release(link, -added)
+        child.cost += added
 
 
 class UplinkSync:

@@ -18,10 +18,11 @@ receiver rejects anything over them. Each carries the reason for its value.
 
 Messages by phase:
 
-* joining: ``Challenge`` (parent), ``Register`` (child), ``Welcome`` (parent), ``Error``;
+* joining: ``Challenge`` (parent), ``Register`` (child, carrying its signed
+  ``Placement``), ``Welcome`` (parent), ``Error``;
 * liveness: ``Ping`` (both sides, every heartbeat interval);
-* index: ``ShareIndexUpdate`` / ``HubIndexUpdate`` (child), ``IndexAck`` and ``Resync``
-  (parent);
+* index: ``ShareIndexUpdate`` / ``HubIndexUpdate`` (child; a hub's carries the
+  ``Placement`` of every node id it reports), ``IndexAck`` and ``Resync`` (parent);
 * lookup: ``Find`` and ``FindReply`` (both directions);
 * streams: ``Open``, ``Response``, ``Data`` (a binary frame), ``End``, ``Credit``,
   ``Reset`` (both directions).
@@ -69,6 +70,7 @@ __all__ = (
     "NodeInfo",
     "Open",
     "Ping",
+    "Placement",
     "Register",
     "Reset",
     "Response",
@@ -78,7 +80,9 @@ __all__ = (
 )
 
 #: Version byte of every frame; a peer speaking another version loses the link.
-PROTOCOL_VERSION = 3
+#: Version 4 signs a ``Placement`` at every join and carries placements, not bare
+#: node ids, in ``HubIndexUpdate`` (docs/protocol.md section 3).
+PROTOCOL_VERSION = 4
 #: Free-text fields (name, description, owner...): generous for a paragraph, small
 #: enough that a registration always fits one frame.
 MAX_TEXT = 4096
@@ -121,6 +125,7 @@ NODE_TYPES = ("leaf", "hub")
 
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
 _NODE_ID_RE = re.compile(r"[0-9a-f]{12}")
+_HEX_RE = re.compile(r"[0-9a-f]*")
 
 
 def _text(name: str, value: object, limit: int, *, empty: bool = True) -> None:
@@ -145,6 +150,12 @@ def _node_id(name: str, value: object) -> None:
     """Check a node id."""
     if not is_node_id(value):
         raise ValueError(f"{name} must be 12 lowercase hex digits")
+
+
+def _nonce(value: object) -> None:
+    """Check a challenge nonce: 64 lowercase hex digits (32 random bytes)."""
+    if not isinstance(value, str) or len(value) != 64 or _HEX_RE.fullmatch(value) is None:
+        raise ValueError("nonce must be 64 lowercase hex digits")
 
 
 def _sha1(name: str, value: object) -> None:
@@ -245,9 +256,7 @@ class Challenge:
     heartbeat_timeout_ms: int
 
     def __post_init__(self) -> None:
-        _text("nonce", self.nonce, 64, empty=False)
-        if len(self.nonce) != 64 or any(c not in "0123456789abcdef" for c in self.nonce):
-            raise ValueError("nonce must be 64 lowercase hex digits")
+        _nonce(self.nonce)
         _node_id("node_id", self.node_id)
         _int("max_streams", self.max_streams, 1, 65536)
         _int("max_lookups", self.max_lookups, 1, 65536)
@@ -255,36 +264,71 @@ class Challenge:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """A node's signed statement of where it joined the tree (docs/protocol.md §3.2).
+
+    ``info`` is the node as it registered; ``parent`` the node id of the hub it joined;
+    ``nonce`` that hub's challenge on the link, so the one signature is also the
+    join's fresh proof of key; ``stamp`` a number that only grows for this node
+    (wall-clock milliseconds at the join, kept above the last one it used), so where
+    two placements of one node meet, the newer wins. ``signature`` (hex) signs
+    ``kbproto.placement.placement_transcript``. A hub forwards the placements of its
+    whole subtree upward, and every hub above checks each one (docs/protocol.md §5).
+    """
+
+    info: NodeInfo
+    parent: NodeId
+    nonce: str
+    stamp: int
+    scheme: str
+    signature: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, NodeInfo):
+            raise TypeError("info must be a NodeInfo")
+        _node_id("parent", self.parent)
+        _nonce(self.nonce)
+        _int("stamp", self.stamp, 0, MAX_SEQ)
+        _text("scheme", self.scheme, 64, empty=False)
+        _text("signature", self.signature, 2 * MAX_SIGNATURE, empty=False)
+        if _HEX_RE.fullmatch(self.signature) is None or len(self.signature) % 2:
+            raise ValueError("signature must be lowercase hex")
+
+    @property
+    def node_id(self) -> NodeId:
+        """The id of the node this placement is about."""
+        return self.info.node_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Register:
     """Child -> parent: who I am, and proof that I hold my node's private key.
 
-    ``signature`` (hex) signs the transcript of ``kbproto.handshake.transcript``:
-    the challenge nonce, both node ids, the scheme and ``info``. ``heartbeat_timeout_ms``
-    is the child's own heartbeat timeout, which paces the parent's pings.
+    ``placement`` is signed over the challenge's nonce and the parent's id (its
+    ``nonce`` and ``parent`` must be exactly those), so it proves the key on this link
+    and is also the statement the parent forwards upward. ``heartbeat_timeout_ms`` is
+    the child's own heartbeat timeout, which paces the parent's pings.
     """
 
     TYPE: ClassVar[str] = "register"
-    info: NodeInfo
-    scheme: str
-    signature: str
+    placement: Placement
     passcode: str
     max_streams: int
     max_lookups: int
     heartbeat_timeout_ms: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.info, NodeInfo):
-            raise TypeError("info must be a NodeInfo")
-        _text("scheme", self.scheme, 64, empty=False)
-        _text("signature", self.signature, 2 * MAX_SIGNATURE, empty=False)
-        try:
-            bytes.fromhex(self.signature)
-        except ValueError:
-            raise ValueError("signature must be hex") from None
+        if not isinstance(self.placement, Placement):
+            raise TypeError("placement must be a Placement")
         _text("passcode", self.passcode, MAX_TEXT)
         _int("max_streams", self.max_streams, 1, 65536)
         _int("max_lookups", self.max_lookups, 1, 65536)
         _int("heartbeat_timeout_ms", self.heartbeat_timeout_ms, 1, MAX_TIMEOUT_MS)
+
+    @property
+    def info(self) -> NodeInfo:
+        """The joining node's info (from its placement)."""
+        return self.placement.info
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,7 +418,10 @@ class HubIndexUpdate:
     """Hub -> parent: changes to the content ids and node ids its subtree reaches.
 
     Same ``seq``/``reset`` rules as ``ShareIndexUpdate``. ``content_put``/``content_drop``
-    are sha1s that became reachable/unreachable; ``nodes_put``/``nodes_drop`` node ids.
+    are sha1s that became reachable/unreachable. ``nodes_put`` holds the signed
+    ``Placement`` of each node id that became reachable (or whose placement changed),
+    ``nodes_drop`` the node ids that became unreachable: a parent routes only ids it
+    can check (docs/protocol.md §5).
     """
 
     TYPE: ClassVar[str] = "hub_index"
@@ -382,7 +429,7 @@ class HubIndexUpdate:
     reset: bool
     content_put: tuple[str, ...]
     content_drop: tuple[str, ...]
-    nodes_put: tuple[NodeId, ...]
+    nodes_put: tuple[Placement, ...]
     nodes_drop: tuple[NodeId, ...]
 
     def __post_init__(self) -> None:
@@ -390,13 +437,18 @@ class HubIndexUpdate:
         if not isinstance(self.reset, bool):
             raise TypeError("reset must be a boolean")
         total = 0
-        for name in ("content_put", "content_drop", "nodes_put", "nodes_drop"):
+        for name in ("content_put", "content_drop", "nodes_drop"):
             items = _tuple(name, getattr(self, name), MAX_BATCH_ENTRIES)
             total += len(items)
             pattern = _SHA1_RE if name.startswith("content") else _NODE_ID_RE
             for item in items:
                 if type(item) is not str or pattern.fullmatch(item) is None:
                     raise ValueError(f"{name} holds a malformed id")
+        placements = _tuple("nodes_put", self.nodes_put, MAX_BATCH_ENTRIES)
+        total += len(placements)
+        for placement in placements:
+            if not isinstance(placement, Placement):
+                raise TypeError("nodes_put must hold Placement objects")
         if total > MAX_BATCH_ENTRIES:
             raise ValueError(f"an index message holds at most {MAX_BATCH_ENTRIES} entries")
 

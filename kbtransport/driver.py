@@ -60,7 +60,7 @@ from kbproto.core import NodeCore
 from kbproto.events import Event
 from kbproto.ids import LinkId
 from kbproto.pump import drain
-from kbtransport.env import Clock
+from kbtransport.env import Clock, wall_clock_ms
 from kbtransport.errors import TransportError
 
 __all__ = (
@@ -286,6 +286,8 @@ class NodeDriver:
         on_dial_failed: called with the address and the reason when one fails.
         high_water / low_water: per-link queued-output bounds for back-pressure.
         inbox_size: inputs waiting before link readers block.
+        wall_clock: Unix milliseconds, read once when the core starts (it stamps the
+            node's placements, docs/protocol.md §3.2); ``env.wall_clock_ms`` by default.
     """
 
     def __init__(
@@ -300,11 +302,13 @@ class NodeDriver:
         high_water: int = DEFAULT_HIGH_WATER,
         low_water: int | None = None,
         inbox_size: int = DEFAULT_INBOX_SIZE,
+        wall_clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         if high_water < 1 or inbox_size < 1:
             raise ValueError("high_water and inbox_size must be positive")
         self._core = core
         self._clock = clock
+        self._wall_clock = wall_clock
         self._dialer = dialer
         self._on_event = on_event
         self._on_dial = on_dial
@@ -342,7 +346,7 @@ class NodeDriver:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._running = True
-                self._core.start(self._clock.now())
+                self._core.start(self._clock.now(), wall_ms=self._wall_clock())
                 self._flush()
                 task_status.started()
                 await self._loop()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from typing import Protocol
 
 import anyio
 
-__all__ = ("AnyioClock", "Clock", "SystemIdSource")
+__all__ = ("AnyioClock", "Clock", "SystemIdSource", "wall_clock_ms")
 
 
 class Clock(Protocol):
@@ -29,6 +30,12 @@ class AnyioClock:
     def now(self) -> float:
         """Return the event loop's monotonic time; call it from inside the loop."""
         return anyio.current_time()
+
+
+def wall_clock_ms() -> int:
+    """The wall clock in Unix milliseconds: what stamps a node's placements (a core
+    gets it once, at ``start``, and counts on with its monotonic ``now``)."""
+    return time.time_ns() // 1_000_000
 
 
 class SystemIdSource:

@@ -186,7 +186,12 @@ class HttpResponse:
 
     def _keep_alive(self) -> bool:
         connection = (self.header("connection") or "").lower()
-        return self.http_version == "1.1" and "close" not in connection
+        if self.http_version != "1.1" or "close" in connection:
+            return False
+        # RFC 9112 §6.3: a message with both framings may be a smuggling or response
+        # splitting attempt; Transfer-Encoding wins (h11 reads it chunked), and the
+        # connection is not trusted with another exchange.
+        return self.header("transfer-encoding") is None or self.header("content-length") is None
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """Yield the body in pieces of at most ``ClientConfig.read_size`` bytes.
@@ -489,6 +494,14 @@ class HttpClient:
         if not isinstance(event, h11.Response):
             raise _NoResponse(
                 ReadError(f"connection to {url.host}:{url.port} closed before a response")
+            )
+        if event.http_version == b"1.0" and any(
+            name == b"transfer-encoding" for name, _ in event.headers
+        ):
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+            # framing (whatever its Content-Length says): its body cannot be delimited.
+            raise PeerProtocolError(
+                f"{url.host}:{url.port} sent an HTTP/1.0 response with Transfer-Encoding"
             )
         return HttpResponse(
             url=raw_url,

@@ -63,6 +63,7 @@ from kbtransport.http import (
     WebSocketAccept,
     error_response,
 )
+from kbtransport.metrics import ServerCounters
 from kbtransport.tcp import asyncio_transport
 from kbtransport.websocket import WebSocketLink, accept_key
 
@@ -94,6 +95,9 @@ class ServerConfig:
         use_sendfile: allow ``sendfile`` on plain TCP sockets (asyncio backend).
         cors: add SPEC §4's CORS headers and answer OPTIONS preflights.
         server_name: the ``Server`` header.
+        counters: where the server counts requests and the file and streamed body
+            bytes it sent (a node's ``metrics``); None counts nothing. Not a limit:
+            a shared, mutable object.
     """
 
     max_head_bytes: int = 16 * 1024
@@ -106,6 +110,7 @@ class ServerConfig:
     use_sendfile: bool = True
     cors: bool = True
     server_name: str = "kbucket"
+    counters: ServerCounters | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_head_bytes", "max_body_bytes", "file_chunk_size"):
@@ -201,6 +206,7 @@ class _Connection:
         self.transport = asyncio_transport(stream)
         self.app = app
         self.config = config
+        self.counters = config.counters
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_bytes)
         self.client = _peer_address(stream)
         self.watch: _IdleWatch | None = None
@@ -289,10 +295,13 @@ class _Connection:
         conn = self.conn
         app = self.app
         cors = self.config.cors
+        counters = self.counters
         while True:
             request = await self.read_request()
             if request is None:
                 return
+            if counters is not None:
+                counters.requests += 1
             if cors and request.method == "OPTIONS":
                 response = _preflight(request)
             else:
@@ -389,6 +398,11 @@ class _Connection:
         if size > config.max_head_bytes:
             await self.send_error(431, _peer_error_text(431))
             return None
+        if not plain:
+            ambiguous = _ambiguous_framing(headers, event.http_version)
+            if ambiguous is not None:
+                await self.send_error(400, ambiguous)
+                return None
         try:
             if plain:
                 # No Content-Length, Transfer-Encoding or Expect: no body (RFC 9112
@@ -615,6 +629,8 @@ class _Connection:
                     await self.send_head(response, body.length)
                     if not head_only:
                         await self.send_file(body)
+                        if self.counters is not None:
+                            self.counters.file_bytes += body.length
                 else:
                     assert isinstance(body, StreamBody)
                     await self.send_head(response, body.length)
@@ -640,9 +656,12 @@ class _Connection:
                             _log.exception("StreamBody.on_close failed")
 
     async def send_stream(self, chunks: AsyncIterable[bytes]) -> None:
+        counters = self.counters
         async for chunk in chunks:
             if chunk:
                 await self.send(self.conn.send(h11.Data(data=chunk)) or b"")
+                if counters is not None:
+                    counters.stream_bytes += len(chunk)
 
     async def send_file(self, body: FileBody) -> None:
         # h11 frames the body: it is told the length, and the bytes bypass it.
@@ -827,6 +846,34 @@ async def _aclose_iterable(chunks: AsyncIterable[bytes]) -> None:
     if aclose is not None:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await aclose()
+
+
+def _ambiguous_framing(headers: tuple[tuple[bytes, bytes], ...], http_version: bytes) -> str | None:
+    """Why a request's body framing cannot be trusted, or None if it can.
+
+    h11 already refuses the other malformed framings: Content-Length values that
+    differ or are not plain digits (400), a transfer coding other than ``chunked`` or
+    ``Transfer-Encoding`` twice (501). It accepts two cases that RFC 9112 says must
+    end the connection, because the bytes after such a request may be read as a
+    second, smuggled request by a server or proxy that framed the body differently:
+    ``Transfer-Encoding`` together with ``Content-Length`` (§6.3: the server must close
+    the connection after responding) and ``Transfer-Encoding`` in an HTTP/1.0 request
+    (§6.1: the framing is faulty). Both are answered 400 and the connection closed
+    (docs/security.md, "Request framing").
+    """
+    has_te = has_cl = False
+    for name, _value in headers:
+        if name == b"transfer-encoding":
+            has_te = True
+        elif name == b"content-length":
+            has_cl = True
+    if not has_te:
+        return None
+    if has_cl:
+        return "Content-Length together with Transfer-Encoding"
+    if http_version == b"1.0":
+        return "Transfer-Encoding in an HTTP/1.0 request"
+    return None
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:

@@ -7,14 +7,21 @@
   with SPEC's JSON (``urls`` best first: the share's own URL, each hub between the share
   and this node, then this node; each ``BASE/ID/download/PATH``, PATH URL-encoded);
 * ``GET, HEAD /sha1/SHA1``: the content from wherever it is (this share's own file
-  through ``local``, else a proxied request to a share holding it);
+  through ``local``, else a proxied request to a share holding it). A proxied body
+  (and one of ``/ID/sha1/SHA1`` for another node) is checked against SHA1 as it
+  streams and cut before its end if it does not match; that source is not asked for
+  that id again (``kbtransport.contentcheck``);
 * ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, anything else to ``local``;
 * ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
   and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
   node, 502 a node on the way failed, 504 timed out;
 * everything else (``/``, ``/web/...``): ``local``.
 
-CORS headers and OPTIONS preflights are added by the HTTP server (``ServerConfig.cors``).
+Every proxied answer keeps only ``PROXIED_RESPONSE_HEADERS`` of the target's and gets
+this node's user-content headers (``kbtransport.usercontent``); an upgrade from a web
+page whose origin is not allowed (``NodeAppConfig.origins``) and a request for a
+worker's script are refused with 403. CORS headers and OPTIONS preflights are added by
+the HTTP server (``ServerConfig.cors``).
 ``own_node_app(node, local)`` is the part serving this node's own id; a ``Node`` uses it
 for requests that reach it through the tree.
 """
@@ -23,13 +30,16 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import logging
 import re
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
+from kbtransport.contentcheck import EMPTY_SHA1, BadSources, ContentCheck, covers_whole
 from kbtransport.driver import StepMemo
 from kbtransport.http import (
     App,
@@ -46,9 +56,13 @@ from kbtransport.node import (
     discard_response,
     request_from_target,
 )
+from kbtransport.origins import OriginPolicy
+from kbtransport.usercontent import is_worker_request, user_content_headers
 
 __all__ = (
     "FORWARDED_HEADERS",
+    "PROXIED_RESPONSE_HEADERS",
+    "NodeAppConfig",
     "build_node_app",
     "find_body",
     "find_payload",
@@ -57,27 +71,41 @@ __all__ = (
     "proxied_response",
 )
 
+_log = logging.getLogger("kbtransport.httpapi")
+
 #: Request headers passed on to the node that serves a proxied request: what download
 #: semantics need (Range, conditionals, content negotiation). Anything else stays here.
 FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
 #: Statuses a reset may carry that are also fit for our HTTP answer.
 _RESET_STATUSES = frozenset({404, 502, 503, 504})
-#: Response headers not copied from a proxied response (framing, hop-by-hop, ours).
-_DROP_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        "date",
-        "server",
-        "access-control-allow-origin",
-        "access-control-expose-headers",
-    }
-)
+#: Response headers copied from a proxied response: what download semantics need, and
+#: nothing else (an allowlist: a share must not set cookies, a service worker's scope,
+#: its own Content-Security-Policy, a redirect or a refresh on this node's origin).
+#: ``Content-Type`` is copied through ``user_content_headers``, which adds this node's
+#: own security headers; framing headers are this node's own.
+PROXIED_RESPONSE_HEADERS = frozenset({"content-range", "accept-ranges", "etag", "last-modified"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeAppConfig:
+    """Policies of a node's HTTP routes (docs/security.md).
+
+    Attributes:
+        origins: web origins whose pages may open a websocket or an uplink to this
+            node (``kbtransport.origins``); none by default, so every upgrade that
+            carries an ``Origin`` header is refused with 403.
+        bad_sources_kept: the memory of sources caught sending wrong bytes for a
+            content id (see the attribute's comment).
+    """
+
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
+    #: How many (share, content id) pairs that sent wrong bytes are remembered and not
+    #: asked again (``kbtransport.contentcheck.BadSources``; ~200 bytes each).
+    bad_sources_kept: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.bad_sources_kept < 1:
+            raise ValueError("NodeAppConfig.bad_sources_kept must be positive")
 
 
 def node_info_json(info: NodeInfo) -> dict[str, object]:
@@ -102,6 +130,20 @@ _json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
 #: The answer to a find nothing matched (immutable, so one serves every such find).
 _NOT_FOUND = json_response(200, {"success": True, "found": False})
+#: A find for a malformed SHA-1 finds nothing: 200 with ``found: false`` (and why), as
+#: the original hubs answered, so the original clients print "not found" instead of an
+#: HTTP error (``kb-prv-find`` of the original tool, ``kbucketclient.py``'s findFile).
+#: Our own clients check the SHA-1 before asking and never send one.
+_MALFORMED_NOT_FOUND = json_response(
+    200,
+    {"success": True, "found": False, "reason": "Malformed SHA-1 (40 hex digits expected)"},
+)
+#: The answer to an upgrade from a web page whose origin is not allowed.
+_CROSS_SITE_UPGRADE = error_response(
+    403, "Websocket and uplink upgrades from web pages are refused (Origin not allowed)"
+)
+#: The answer to a request for a worker's script (``is_worker_request``).
+_NO_WORKER_SCRIPTS = error_response(403, "A node serves no worker scripts")
 #: Most find responses reused between two driver steps (see ``build_node_app``).
 _RESPONSE_CACHE = 4096
 
@@ -207,22 +249,30 @@ def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
     )
 
 
-def proxied_response(response: ProxyResponse, method: str) -> Response:
+def proxied_response(
+    response: ProxyResponse, method: str, check: ContentCheck | None = None
+) -> Response:
     """Turn a ``ProxyResponse`` into a streamed ``Response`` for our HTTP server.
 
-    The body is streamed as it arrives; if the stream is reset mid-body the iterator
+    With ``check``, the body is checked against a content id as it streams and its end
+    is withheld unless it matches (``kbtransport.contentcheck``).
+
+    Only ``PROXIED_RESPONSE_HEADERS`` and the ``Content-Type`` are taken from the
+    target's head; the user-content headers (``kbtransport.usercontent``) are this
+    node's. The body is streamed as it arrives; if the stream is reset mid-body the iterator
     raises ``StreamResetError`` (a ``ReadError``), so the server cuts the connection
     and the client sees an incomplete body. When the client goes away, the server
     closes the iterator, which resets the stream at every hop.
     """
-    headers = tuple((n, v) for n, v in response.headers if n.lower() not in _DROP_HEADERS)
+    passed = tuple((n, v) for n, v in response.headers if n.lower() in PROXIED_RESPONSE_HEADERS)
+    headers = (*passed, *user_content_headers(response.header("content-type")))
     status = response.status
     empty = method == "HEAD" or status in (204, 304) or status < 200
     length = None if status in (204, 304) else response.content_length
     return Response(
         status=status,
         headers=headers,
-        body=StreamBody(chunks=_ProxyBody(response, empty), length=length),
+        body=StreamBody(chunks=_ProxyBody(response, empty, check), length=length),
     )
 
 
@@ -232,9 +282,10 @@ class _ProxyBody:
     finished, even when iteration never started (a client gone before the first byte,
     or a HEAD answered from the head alone)."""
 
-    def __init__(self, response: ProxyResponse, empty: bool) -> None:
+    def __init__(self, response: ProxyResponse, empty: bool, check: ContentCheck | None) -> None:
         self._response = response
         self._chunks = None if empty else response.iter_chunks()
+        self._check = check
 
     def __aiter__(self) -> _ProxyBody:
         return self
@@ -242,9 +293,13 @@ class _ProxyBody:
     async def __anext__(self) -> bytes:
         if self._chunks is None:
             raise StopAsyncIteration
+        if self._check is not None:
+            return await self._check.next_chunk(self._chunks)
         return await self._chunks.__anext__()
 
     async def aclose(self) -> None:
+        if self._check is not None:
+            self._check.close()
         if self._chunks is not None:
             await self._chunks.aclose()
         await self._response.aclose()
@@ -277,19 +332,33 @@ async def _nodeinfo(node: Node) -> Response:
         hubs: dict[str, object] = {}
         leaves: dict[str, object] = {}
         for child in snap.children:
-            entry = {"name": child.name, "listen_url": child.listen_url}
+            # name and listen_url as the original sent them; description and owner
+            # (from the child's signed registration) so a hub's page can list its
+            # children without asking each of them.
+            entry = {
+                "name": child.name,
+                "listen_url": child.listen_url,
+                "description": child.description,
+                "owner": child.owner,
+            }
             (hubs if child.node_type == "hub" else leaves)[child.node_id] = entry
         payload["child_hubs"] = hubs
         payload["child_leaf_nodes"] = leaves
+    payload["metrics"] = node.metrics.to_json(node.clock.now())
     return json_response(200, payload)
 
 
-def build_node_app(node: Node, local: App) -> App:
-    """The node's whole HTTP app (see the module docstring)."""
+def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) -> App:
+    """The node's whole HTTP app (see the module docstring); ``config``'s policies
+    (``NodeAppConfig()`` if None) apply to every route."""
+    config = config if config is not None else NodeAppConfig()
+    origins = config.origins
+    bad_sources = BadSources(config.bad_sources_kept)
     own = own_node_app(node, local)
     own_url = node.info.listen_url
 
     driver = node.driver
+    metrics = node.metrics
     # Find answers given at once from this node's own index (``Node.answer_now``) are
     # exact until the driver's next step (the core changes only in driver steps), so
     # their whole HTTP response is reused until then: repeated finds (a popular file,
@@ -308,10 +377,11 @@ def build_node_app(node: Node, local: App) -> App:
         return Response(status=200, headers=_JSON_HEADERS, body=_results_body(results, own_url))
 
     def find_now(raw_sha1: str, share_id: str | None) -> Response | None:
-        """The answer if this node gives it at once (or a 400); None: ask the tree."""
+        """The answer if this node gives it at once (or a 400 for a malformed share
+        id); None: ask the tree."""
         sha1 = raw_sha1.lower()
         if not is_sha1(sha1):
-            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+            return _MALFORMED_NOT_FOUND
         try:
             results = node.answer_now(sha1, share_id)
         except LocalProtocolError as exc:
@@ -330,8 +400,41 @@ def build_node_app(node: Node, local: App) -> App:
             return error_response(400, str(exc))
         return found(answer.results if isinstance(answer, LookupResolved) else ())
 
+    def content_check(response: ProxyResponse, source: str, sha1: str) -> ContentCheck | None:
+        """The check of ``source``'s answer for content ``sha1``; None for a partial
+        range, which cannot be checked alone and is served as it comes
+        (docs/security.md, "Content named by SHA-1")."""
+        if not covers_whole(response.status, response.header("content-range")):
+            return None
+
+        def mismatch() -> None:
+            bad_sources.add(source, sha1)
+            _log.warning("node %s sent bytes not hashing to %s: cut, not asked again", source, sha1)
+
+        return ContentCheck(sha1, mismatch)
+
+    def lies_at_once(response: ProxyResponse, source: str, sha1: str) -> bool:
+        """True (and ``source`` remembered) if the head alone shows a lie: the whole
+        content in 0 bytes for an id that is not the empty content's. Such a response
+        would be complete once its head is sent, before any check could cut it."""
+        if (
+            sha1 == EMPTY_SHA1
+            or response.content_length != 0
+            or not covers_whole(response.status, response.header("content-range"))
+        ):
+            return False
+        bad_sources.add(source, sha1)
+        _log.warning("node %s announced no bytes for %s: not asked again", source, sha1)
+        return True
+
     async def proxy(request: Request, node_id: str) -> Response:
         target = request.target.decode("ascii")
+        segments = request.segments
+        # /ID/sha1/SHA1 names its content: it is checked like /sha1/SHA1.
+        sha1 = segments[2].lower() if len(segments) == 3 and segments[1] == "sha1" else ""
+        named = is_sha1(sha1)
+        if named and bad_sources.has(node_id, sha1):
+            return error_response(502, "That node sent wrong bytes for this content")
         try:
             response = await node.open_request(node_id, request.method, target, _forwarded(request))
         except StreamResetError as exc:
@@ -339,7 +442,12 @@ def build_node_app(node: Node, local: App) -> App:
             return error_response(status, exc.reason)
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
-        return proxied_response(response, request.method)
+        if not named:
+            return proxied_response(response, request.method)
+        if lies_at_once(response, node_id, sha1):
+            await response.aclose()
+            return error_response(502, "That node sent wrong bytes for this content")
+        return proxied_response(response, request.method, content_check(response, node_id, sha1))
 
     async def by_sha1(request: Request, sha1: str) -> Response:
         sha1 = sha1.lower()
@@ -358,17 +466,20 @@ def build_node_app(node: Node, local: App) -> App:
         # answers 404 otherwise, in which case the next source is tried.
         results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
         for result in results:
-            target = f"/{result.kbshare_id}/sha1/{sha1}"
-            if result.kbshare_id == node.node_id:
+            source = result.kbshare_id
+            target = f"/{source}/sha1/{sha1}"
+            if bad_sources.has(source, sha1):
+                # It sent wrong bytes for this content before: never asked again.
+                last = error_response(502, "Every source of this content sent wrong bytes")
+                continue
+            if source == node.node_id:
                 local_response = await own(request_from_target(request.method, target, headers))
                 if local_response.status != 404:
                     return local_response
                 await discard_response(local_response)
                 continue
             try:
-                response = await node.open_request(
-                    result.kbshare_id, request.method, target, headers
-                )
+                response = await node.open_request(source, request.method, target, headers)
             except StreamResetError as exc:
                 status = exc.status if exc.status in _RESET_STATUSES else 502
                 last = error_response(status, exc.reason)
@@ -378,14 +489,21 @@ def build_node_app(node: Node, local: App) -> App:
                 if response.status >= 500:
                     last = error_response(502, f"Share answered {response.status}")
                 continue
-            return proxied_response(response, request.method)
+            if lies_at_once(response, source, sha1):
+                await response.aclose()
+                last = error_response(502, "Every source of this content sent wrong bytes")
+                continue
+            return proxied_response(response, request.method, content_check(response, source, sha1))
         return last
 
     async def app(request: Request) -> Response:
         # A websocket upgrade on any path is a child link. (The loop finds the rare
-        # ``Upgrade`` header without a call per request.)
+        # ``Upgrade`` header without a call per request.) Every upgrade, websocket or
+        # uplink, coming from a web page on an origin not allowed is refused first.
         for name, _value in request.headers:
             if name == b"upgrade":
+                if not origins.allows(request.header("origin")):
+                    return _CROSS_SITE_UPGRADE
                 if request.wants_websocket:
                     return Response(status=101, body=node.websocket_accept(request))
                 break
@@ -394,8 +512,13 @@ def build_node_app(node: Node, local: App) -> App:
         if first == "find" and len(segments) >= 2:
             if request.method != "GET":
                 return error_response(405, f"Method {request.method} not allowed here")
+            metrics.finds += 1
             sha1 = segments[1]
             return cached_find(sha1, None) or find_now(sha1, None) or await find(sha1, None)
+        if is_worker_request(request):
+            # No response of a node is a worker's script (kbtransport.usercontent); the
+            # find route above answers JSON, which no browser runs as one.
+            return _NO_WORKER_SCRIPTS
         if first == "_kblink" and len(segments) == 2:
             return node.uplink_accept(request, segments[1])
         if first == "sha1" and len(segments) == 2:
@@ -404,6 +527,7 @@ def build_node_app(node: Node, local: App) -> App:
             if len(segments) >= 4 and segments[1:3] == ("api", "find"):
                 if request.method != "GET":
                     return error_response(405, f"Method {request.method} not allowed here")
+                metrics.finds += 1
                 sha1 = segments[3]
                 return cached_find(sha1, first) or find_now(sha1, first) or await find(sha1, first)
             if first == node.node_id:

@@ -45,12 +45,14 @@ driver. Example (what ``kbucket-host`` does, in short)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 import anyio
@@ -67,6 +69,7 @@ from kbproto.events import (
     LookupFailed,
     LookupResolved,
     ParentConnected,
+    PlacementRefused,
     RequestReceived,
     ResponseData,
     ResponseEnded,
@@ -78,7 +81,13 @@ from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
 from kbproto.share import ShareCore
-from kbtransport.driver import DriverStopped, LinkTransport, NodeDriver, StepMemo
+from kbtransport.driver import (
+    DEFAULT_HIGH_WATER,
+    DriverStopped,
+    LinkTransport,
+    NodeDriver,
+    StepMemo,
+)
 from kbtransport.env import AnyioClock, Clock
 from kbtransport.errors import ReadError, TransportError, TransportTimeout
 from kbtransport.http import (
@@ -93,6 +102,7 @@ from kbtransport.http import (
 )
 from kbtransport.http_server import ServerConfig
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
+from kbtransport.metrics import NodeMetrics, ServerCounters
 from kbtransport.routing import Router
 from kbtransport.uplink import (
     UPLINK_HEADER,
@@ -104,6 +114,9 @@ from kbtransport.uplink import (
     uplink_url,
 )
 from kbtransport.websocket import WebSocketLink, connect_websocket
+
+if TYPE_CHECKING:
+    from kbtransport.httpapi import NodeAppConfig  # httpapi imports this module
 
 __all__ = (
     "IMMEDIATE_LOOKUP",
@@ -177,6 +190,8 @@ class NodeHooks:
         on_join_refused: the parent refused us (one line, SPEC §5).
         on_child_joined / on_child_left: hubs print one line per child
             (``info.name``, ``info.node_id``, ``info.node_type``; left: also a reason).
+        on_placement_refused: ``(child, node_id, reason)``: a child reported a node id
+            without a valid placement (the first per link; it was dropped).
         on_index_synced: the parent acknowledged the index (entry count).
     """
 
@@ -188,6 +203,7 @@ class NodeHooks:
     on_join_refused: Callable[[str], None] | None = None
     on_child_joined: Callable[[NodeInfo], None] | None = None
     on_child_left: Callable[[NodeInfo, str], None] | None = None
+    on_placement_refused: Callable[[NodeInfo, str, str], None] | None = None
     on_index_synced: Callable[[int], None] | None = None
 
 
@@ -412,6 +428,12 @@ class Node:
         uplink: as a child, offer to send link bytes on a raw upgraded connection
             (``kbtransport.uplink``: no websocket masking or framing on the bulk
             direction); the parent may decline. On by default.
+        counters: the counters of this node's HTTP server (its ``ServerConfig.
+            counters``), reported in ``metrics``.
+
+    Attributes:
+        clock: the node's clock.
+        metrics: what the node counts (``kbtransport.metrics``; nodeinfo reports it).
     """
 
     def __init__(
@@ -425,6 +447,7 @@ class Node:
         dial_timeout: float = 10.0,
         high_water: int | None = None,
         uplink: bool = True,
+        counters: ServerCounters | None = None,
     ) -> None:
         self._core = core
         self._use_uplink = uplink
@@ -441,15 +464,22 @@ class Node:
         #: Serves requests addressed to this node (set by ``serve_node`` to the node's
         #: own routes; a 404 answer until then).
         self.request_app: App = _not_found_app
-        extra: dict[str, int] = {} if high_water is None else {"high_water": high_water}
+        #: The node's whole HTTP app, as its listener serves it (set by ``serve_node``):
+        #: for app code that asks the network the way an HTTP client would.
+        self.http_app: App = _not_found_app
+        self.clock: Clock = clock if clock is not None else AnyioClock()
+        # ``started`` is set when the node runs (the clock may need the event loop).
+        self.metrics = NodeMetrics(
+            started=0.0, server=counters if counters is not None else ServerCounters()
+        )
         self.driver = NodeDriver(
             core,
-            clock=clock if clock is not None else AnyioClock(),
+            clock=self.clock,
             dialer=dialer if dialer is not None else self._dial_websocket,
             on_event=self._on_event,
             on_dial=self.hooks.on_dial,
             on_dial_failed=self.hooks.on_dial_failed,
-            **extra,
+            high_water=high_water if high_water is not None else DEFAULT_HIGH_WATER,
         )
         self._lookups: dict[LookupId, _LookupWait] = {}
         # Immediate find answers, valid for one driver step (see ``find_now``).
@@ -467,6 +497,7 @@ class Node:
 
         ``await task_group.start(node.run)`` returns once the core has started.
         """
+        self.metrics.started = self.clock.now()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -841,6 +872,10 @@ class Node:
         elif isinstance(event, JoinRefused):
             if hooks.on_join_refused is not None:
                 hooks.on_join_refused(event.reason)
+        elif isinstance(event, PlacementRefused):
+            child = self._children.get(event.link_id)
+            if child is not None and hooks.on_placement_refused is not None:
+                hooks.on_placement_refused(child, event.node_id, event.reason)
         elif isinstance(event, IndexSynced) and hooks.on_index_synced is not None:
             hooks.on_index_synced(event.entries)
 
@@ -848,6 +883,7 @@ class Node:
 
     async def _serve(self, event: RequestReceived, st: _Target) -> None:
         sid = st.sid
+        self.metrics.network_requests += 1
         response: Response | None = None
         try:
             try:
@@ -963,8 +999,10 @@ class Node:
                 await self._send_file(st, body)
             else:
                 assert isinstance(body, StreamBody)
+                metrics = self.metrics
                 async for chunk in body.chunks:
                     await self._send_bytes(st, chunk)
+                    metrics.tree_stream_bytes += len(chunk)
 
         def end(now: float) -> None:
             if st.reset is None:
@@ -987,6 +1025,7 @@ class Node:
                 raise ReadError(f"file shrank while being sent ({remaining} bytes short)")
             remaining -= len(chunk)
             await self._send(st, chunk)
+            self.metrics.tree_file_bytes += len(chunk)
 
 
 async def _not_found_app(request: Request) -> Response:
@@ -1088,6 +1127,7 @@ async def serve_node(
     dialer: Callable[[str], Awaitable[LinkTransport]] | None = None,
     dial_timeout: float = 10.0,
     uplink: bool = True,
+    app_config: NodeAppConfig | None = None,
 ) -> AsyncIterator[NodeHandle]:
     """Serve a node: HTTP (SPEC §4) and child websockets on ``listen``, and the parent dial.
 
@@ -1105,6 +1145,8 @@ async def serve_node(
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
         uplink: offer the parent the raw uplink (``kbtransport.uplink``); on by default.
+        app_config: policies of the HTTP routes (``kbtransport.httpapi.NodeAppConfig``:
+            the web origins allowed to open a websocket...); the defaults if None.
 
     Yields:
         a ``NodeHandle``; leaving the block stops the node.
@@ -1136,6 +1178,8 @@ async def serve_node(
         return await holder[0](request)
 
     server = server_config if server_config is not None else ServerConfig()
+    if server.counters is None:
+        server = dataclasses.replace(server, counters=ServerCounters())
     async with anyio.create_task_group() as tg:
         address: BoundAddress = await tg.start(serve_http, app, listen, server)
         if hooks.on_listening is not None:
@@ -1149,9 +1193,11 @@ async def serve_node(
             client_ssl=client_ssl,
             dial_timeout=dial_timeout,
             uplink=uplink,
+            counters=server.counters,
         )
         node.request_app = own_node_app(node, local_app)
-        holder.append(build_node_app(node, local_app))
+        holder.append(build_node_app(node, local_app, app_config))
+        node.http_app = holder[0]
         await tg.start(node.run)
         ready.set()
         running.extend(holder)

@@ -13,6 +13,8 @@ Choices, kept compatible with the original share (Express ``res.sendFile``, i.e.
   asks of a server that does not understand it.
 - ``If-Range`` with an ETag that does not match the current one gives 200 whole.
   ``If-None-Match`` matching the ETag gives 304.
+- The file's bytes go out with ``kbtransport.usercontent.user_content_headers``: a
+  sandboxing Content-Security-Policy, ``nosniff``, and ``attachment`` for active types.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from kbtransport.http import FileBody, Request, Response, error_response
+from kbtransport.usercontent import user_content_headers
 
 __all__ = (
     "ByteRange",
@@ -138,7 +141,8 @@ def file_response(
         extra_headers: more headers for every answer.
 
     Returns:
-        200 whole, 206 partial, 304 not modified or 416 not satisfiable.
+        200 whole, 206 partial, 304 not modified or 416 not satisfiable; the 200 and
+        206 carry ``user_content_headers`` for the type guessed from ``name``.
     """
     headers: list[tuple[str, str]] = [("Accept-Ranges", "bytes"), *extra_headers]
     if etag is not None:
@@ -148,7 +152,9 @@ def file_response(
         if inm is not None and _etag_matches(inm, etag):
             file.close()
             return Response(status=304, headers=tuple(headers))
-    headers.append(("Content-Type", content_type_for(name)))
+    common = len(headers)
+    # User bytes: never run in this node's origin (kbtransport.usercontent).
+    headers += user_content_headers(content_type_for(name))
     range_header = request.header("range")
     if_range = request.header("if-range")
     if range_header is not None and if_range is not None and if_range.strip() != etag:
@@ -158,7 +164,7 @@ def file_response(
     except RangeNotSatisfiable:
         file.close()
         return error_response(
-            416, "Range not satisfiable", (*headers[:-1], ("Content-Range", f"bytes */{size}"))
+            416, "Range not satisfiable", (*headers[:common], ("Content-Range", f"bytes */{size}"))
         )
     if byte_range is None:
         return Response(

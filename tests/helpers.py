@@ -38,8 +38,9 @@ from kbproto import (
 from kbproto.auth import node_id_from_public_pem
 from kbproto.codec import decode, encode
 from kbproto.framing import FrameBuffer
-from kbproto.handshake import transcript
-from kbproto.messages import Challenge, Message, NodeInfo, Register
+from kbproto.ids import NodeId
+from kbproto.messages import Challenge, HubIndexUpdate, Message, NodeInfo, Placement, Register
+from kbproto.placement import placement_transcript
 
 Core = HubCore | ShareCore
 M = TypeVar("M")
@@ -127,6 +128,70 @@ class CryptoVerifier:
 def sha1_of(data: bytes) -> str:
     """The content id of ``data``."""
     return hashlib.sha1(data).hexdigest()
+
+
+def node_info(signer: Ed25519Signer | RsaSigner, **changes: str) -> NodeInfo:
+    """A share's ``NodeInfo`` for ``signer``'s key (``changes`` override fields)."""
+    values = {
+        "node_id": node_id_from_public_pem(signer.public_pem),
+        "node_type": "leaf",
+        "name": "raw",
+        "description": "",
+        "owner": "",
+        "owner_email": "",
+        "listen_url": "http://raw:1",
+        "public_key": signer.public_pem,
+        "scientific_research": "yes",
+        "confirm_share": "yes",
+    }
+    values.update(changes)
+    return NodeInfo(**values)  # type: ignore[arg-type]
+
+
+def make_placement(
+    signer: Ed25519Signer | RsaSigner,
+    parent: str,
+    *,
+    stamp: int = 1,
+    nonce: str = "00" * 32,
+    info: NodeInfo | None = None,
+    **changes: str,
+) -> Placement:
+    """A placement of ``signer``'s node under ``parent``, signed with its own key (what
+    that node signed when it joined ``parent``)."""
+    info = info if info is not None else node_info(signer, **changes)
+    scheme = signer.scheme.value
+    data = placement_transcript(
+        info, parent=NodeId(parent), nonce=nonce, stamp=stamp, scheme=scheme
+    )
+    return Placement(
+        info=info,
+        parent=NodeId(parent),
+        nonce=nonce,
+        stamp=stamp,
+        scheme=scheme,
+        signature=signer.sign(data).hex(),
+    )
+
+
+def hub_update(
+    seq: int,
+    *,
+    reset: bool = False,
+    content: tuple[str, ...] = (),
+    content_drop: tuple[str, ...] = (),
+    nodes: tuple[Placement, ...] = (),
+    nodes_drop: tuple[str, ...] = (),
+) -> HubIndexUpdate:
+    """A ``HubIndexUpdate`` with empty defaults."""
+    return HubIndexUpdate(
+        seq=seq,
+        reset=reset,
+        content_put=content,
+        content_drop=content_drop,
+        nodes_put=nodes,
+        nodes_drop=tuple(NodeId(n) for n in nodes_drop),
+    )
 
 
 #: Small timeouts and windows so tests exercise them.
@@ -462,20 +527,16 @@ class RawPeer:
         return [m for m in self.messages if isinstance(m, kind)]
 
     def info(self, **changes: str) -> NodeInfo:
-        values = {
-            "node_id": node_id_from_public_pem(self.signer.public_pem),
-            "node_type": "leaf",
-            "name": "raw",
-            "description": "",
-            "owner": "",
-            "owner_email": "",
-            "listen_url": "http://raw:1",
-            "public_key": self.signer.public_pem,
-            "scientific_research": "yes",
-            "confirm_share": "yes",
-        }
-        values.update(changes)
-        return NodeInfo(**values)  # type: ignore[arg-type]
+        return node_info(self.signer, **changes)
+
+    @property
+    def node_id(self) -> NodeId:
+        """The raw peer's node id."""
+        return node_id_from_public_pem(self.signer.public_pem)
+
+    def join_as_hub(self, **kwargs: object) -> None:
+        """Join as a child hub."""
+        self.join(info=self.info(node_type="hub", confirm_share=""), **kwargs)
 
     def register_message(
         self,
@@ -484,15 +545,25 @@ class RawPeer:
         passcode: str = "",
         nonce: str | None = None,
         signer: Ed25519Signer | None = None,
+        stamp: int = 1,
     ) -> Register:
         (challenge,) = self.of(Challenge)
         info = info or self.info()
         signer = signer or self.signer
-        data = transcript(nonce or challenge.nonce, challenge.node_id, "ed25519", info)
-        return Register(
+        nonce = nonce or challenge.nonce
+        data = placement_transcript(
+            info, parent=challenge.node_id, nonce=nonce, stamp=stamp, scheme="ed25519"
+        )
+        placement = Placement(
             info=info,
+            parent=challenge.node_id,
+            nonce=nonce,
+            stamp=stamp,
             scheme="ed25519",
             signature=signer.sign(data).hex(),
+        )
+        return Register(
+            placement=placement,
             passcode=passcode,
             max_streams=8,
             max_lookups=8,

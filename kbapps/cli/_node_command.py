@@ -95,6 +95,20 @@ def make_app(kind: NodeType) -> typer.Typer:
         None, "--tls-cert", metavar="FILE", help="TLS certificate (PEM): serve HTTPS."
     )
     tls_key_opt = typer.Option(None, "--tls-key", metavar="FILE", help="TLS private key (PEM).")
+    index_budget_opt = typer.Option(
+        None,
+        "--index-budget",
+        metavar="ENTRIES",
+        help="Index entries (content ids, paths, node ids) held for all children together"
+        " (default 4000000; saved in kbnode.json).",
+    )
+    open_quota_opt = typer.Option(
+        None,
+        "--open-child-quota",
+        metavar="ENTRIES",
+        help="Index entries a child that joined without the passcode may hold, per node"
+        " it proves (default 1000000; saved in kbnode.json).",
+    )
 
     if kind == "leaf":
 
@@ -149,6 +163,8 @@ def make_app(kind: NodeType) -> typer.Typer:
             passcode: str | None = passcode_opt,
             tls_cert: Path | None = tls_cert_opt,
             tls_key: Path | None = tls_key_opt,
+            index_budget: int | None = index_budget_opt,
+            open_child_quota: int | None = open_quota_opt,
             port: int | None = port_opt,
             bind_host: str | None = host_opt,
             auto: bool = auto_opt,
@@ -166,6 +182,8 @@ def make_app(kind: NodeType) -> typer.Typer:
                 passcode=passcode,
                 tls_cert=tls_cert,
                 tls_key=tls_key,
+                index_budget=index_budget,
+                open_child_quota=open_child_quota,
                 port=port,
                 host=bind_host,
                 auto=auto,

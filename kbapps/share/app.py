@@ -13,6 +13,11 @@ node runtime routes them through the tree before they get here):
   ETag), which the runtime's ``/sha1/SHA1`` should use for local content (also
   ``ShareApp.content_response``).
 
+``.prv`` stand-ins (``kbapps.share.standins``) are listed by readdir like files;
+``/ID/prv/X`` answers a stand-in's pointer, and ``/ID/download/X`` (GET, HEAD, Range)
+is answered by the node's own ``/sha1/SHA1`` route through ``network``, which finds
+the content anywhere in the tree and streams it (this share's own copy first).
+
 Every SHA-1 handed out goes through ``FileIndex.current``: the open file's ``fstat``
 (device, inode, size, mtime, ctime) must equal the stamp recorded when it was hashed,
 and the entry must be outside the racy window, so a file changed after it was hashed
@@ -26,9 +31,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from kbapps.nodeapp import NodeApp
 from kbapps.share.index import FileIndex, IndexEntry, stamp_of
-from kbapps.share.paths import ShareDir, SharePathError
+from kbapps.share.paths import NotFoundError, ShareDir, SharePathError
 from kbapps.share.server import build_share_router
+from kbapps.share.standins import Standin, Standins
 from kbproto.ids import is_sha1
 from kbproto.prv import serialize_prv
 from kbtransport.http import Request, Response, error_response
@@ -47,6 +54,8 @@ class ShareApp:
         node_id: this share's node id.
         on_stale: called (no arguments, on the event loop) when a route finds an
             indexed file changed; must not block.
+        network: the node's whole app, which serves stand-in downloads by SHA-1;
+            without it a stand-in is listed but its download answers 404.
 
     Attributes:
         router: the route table; the command may add more routes (web pages) to it.
@@ -59,13 +68,21 @@ class ShareApp:
         node_id: str,
         *,
         on_stale: Callable[[], None] | None = None,
+        network: NodeApp | None = None,
     ) -> None:
         self.share = share
         self.index = index
         self.node_id = node_id
         self._on_stale = on_stale
+        self._network = network
+        self.standins = Standins(share)
         self.router: Router = build_share_router(
-            share, node_id, etag_for=self.etag_for, file_extra=self.file_extra
+            share,
+            node_id,
+            etag_for=self.etag_for,
+            file_extra=self.file_extra,
+            standins=self.standins,
+            serve_standin=self._serve_standin,
         )
         self.router.add(("GET",), "/{node_id}/prv/{path*}", self._prv)
         self.router.add(("GET", "HEAD"), "/{node_id}/sha1/{sha1}", self._sha1)
@@ -107,6 +124,15 @@ class ShareApp:
             return error_response(404, "Unknown node id")
         try:
             real, _ = self.share.resolve(match.rest)
+        except NotFoundError as exc:
+            standin = self.standins.find(match.rest)
+            if standin is None:
+                return error_response(exc.status, str(exc))
+            return Response(
+                status=200,
+                headers=(("Content-Type", "application/json"),),
+                body=serialize_prv(standin.prv),
+            )
         except SharePathError as exc:
             return error_response(exc.status, str(exc))
         relpath = "/".join(match.rest)
@@ -124,6 +150,16 @@ class ShareApp:
             headers=(("Content-Type", "application/json"),),
             body=serialize_prv(entry.prv()),
         )
+
+    async def _serve_standin(self, request: Request, standin: Standin) -> Response:
+        """A stand-in's bytes: the node's ``/sha1/SHA1`` answer (GET or HEAD, Range
+        and conditionals passed on), wherever in the network the content is."""
+        if self._network is None:
+            return error_response(404, f"{standin.name} points elsewhere; not resolvable here")
+        headers = tuple(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+        )
+        return await self._network.request(request.method, f"/sha1/{standin.prv.sha1}", headers)
 
     async def _sha1(self, request: Request, match: Match) -> Response:
         if match.params["node_id"] != self.node_id:
@@ -168,6 +204,7 @@ def build_share_app(
     node_id: str,
     *,
     on_stale: Callable[[], None] | None = None,
+    network: NodeApp | None = None,
 ) -> ShareApp:
     """Return the ``ShareApp`` of ``share`` (its ``router`` goes to ``serve_node``)."""
-    return ShareApp(share, index, node_id, on_stale=on_stale)
+    return ShareApp(share, index, node_id, on_stale=on_stale, network=network)

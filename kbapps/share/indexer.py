@@ -8,7 +8,9 @@ Strategy
 * **Walk.** ``walk_share`` lists every servable regular file with its ``FileStamp``,
   following the ``.prvdir`` rules of ``kbapps.prvbuild.scan_directory`` (dot-names
   skipped; symlinks only when the target stays inside and not under a dot-name; no
-  loops; special files skipped with a warning). It is its own walker because a share
+  loops; special files skipped with a warning), and also skips folders named
+  ``node_modules`` (``UNLISTED_DIR_NAMES``: listings hide them, as the original
+  share's did, so nothing in them is advertised). It is its own walker because a share
   must keep going where ``kb-prv-create`` stops: an unreadable sub-directory is one
   warning and is skipped, not fatal, and every file needs its ``stat`` (a rescan
   compares stamps). It also skips what SPEC §6 path checks would refuse to serve
@@ -60,7 +62,13 @@ import anyio.to_thread
 
 from kbapps.hashing import FileKey, HashResult, ProcessPool, hash_files
 from kbapps.share.index import FileIndex, FileStamp, IndexEntry, stamp_of
-from kbapps.share.paths import MAX_PATH_BYTES, MAX_SEGMENTS, SharePathError, check_segments
+from kbapps.share.paths import (
+    MAX_PATH_BYTES,
+    MAX_SEGMENTS,
+    UNLISTED_DIR_NAMES,
+    SharePathError,
+    check_segments,
+)
 
 __all__ = (
     "Hasher",
@@ -294,6 +302,8 @@ def walk_share(
                     FileStamp, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                 )
             elif kind == _IFDIR:
+                if name in UNLISTED_DIR_NAMES:
+                    continue  # never listed, so never indexed (the original skipped them too)
                 key = (st.st_dev, st.st_ino)
                 if key in ancestors:
                     warn(f"skipping {_show(relname)}: symlink loop")

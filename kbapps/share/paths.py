@@ -33,6 +33,7 @@ __all__ = (
     "MAX_PATH_BYTES",
     "MAX_SEGMENTS",
     "MAX_SEGMENT_BYTES",
+    "UNLISTED_DIR_NAMES",
     "DirListing",
     "NotFoundError",
     "ShareDir",
@@ -48,6 +49,10 @@ MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
 #: Directory depth accepted in a request; deeper trees are not realistic shares.
 MAX_SEGMENTS = 64
+#: Folders never listed nor indexed, as the original share did: ``node_modules`` holds
+#: a JavaScript project's dependencies, not data (``docs/protocol.md`` §11, "Listings").
+#: Their files are still served by explicit path, like any unindexed file.
+UNLISTED_DIR_NAMES = frozenset({"node_modules"})
 
 
 class SharePathError(Exception):
@@ -217,7 +222,8 @@ class ShareDir:
         return SharedFile(file=file, stat=st, relpath=relative)
 
     def list_dir(self, segments: Sequence[str]) -> DirListing:
-        """List a directory of the share: no dot-names, no symlinks leading out.
+        """List a directory of the share: no dot-names, no symlinks leading out, no
+        ``UNLISTED_DIR_NAMES`` folders.
 
         Args:
             segments: the directory's decoded segments; ``()`` is the root, and one
@@ -247,7 +253,7 @@ class ShareDir:
                 continue  # vanished or dangling: not listed
             if stat.S_ISREG(st.st_mode):
                 files.append((entry.name, st.st_size))
-            elif stat.S_ISDIR(st.st_mode):
+            elif stat.S_ISDIR(st.st_mode) and entry.name not in UNLISTED_DIR_NAMES:
                 dirs.append(entry.name)
         files.sort()
         dirs.sort()

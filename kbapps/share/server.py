@@ -3,19 +3,22 @@
 ``build_share_router`` returns a ``kbtransport.routing.Router`` so the node integration
 can add its other routes (nodeinfo, find, prv, web) to the same table. Wrong node ids
 answer 404 here; routing requests to other nodes is the node's job, not this module's.
+With ``standins``, listings show ``.prv`` stand-ins as files and a download of one is
+handed to ``serve_standin`` (``kbapps.share.standins``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from kbapps.share.paths import ShareDir, SharePathError
+from kbapps.share.paths import NotFoundError, ShareDir, SharePathError
+from kbapps.share.standins import Standin, Standins
 from kbtransport.http import Request, Response, error_response, json_response
 from kbtransport.ranges import file_response
 from kbtransport.routing import Match, Router
 
-__all__ = ("EtagLookup", "FileExtra", "build_share_router")
+__all__ = ("EtagLookup", "FileExtra", "StandinServer", "build_share_router")
 
 #: ``(relative path, stat of the open file) -> quoted SHA-1 ETag or None``. The lookup
 #: must answer None when the file changed since it was hashed (SPEC §6: never serve
@@ -23,6 +26,8 @@ __all__ = ("EtagLookup", "FileExtra", "build_share_router")
 EtagLookup = Callable[[str, os.stat_result], str | None]
 #: ``(relative path, size) -> extra JSON fields`` for a readdir file entry (e.g. "prv").
 FileExtra = Callable[[str, int], dict[str, object]]
+#: ``(request, stand-in) -> response``: answers a download of a stand-in.
+StandinServer = Callable[[Request, Standin], Awaitable[Response]]
 
 
 def build_share_router(
@@ -31,6 +36,8 @@ def build_share_router(
     *,
     etag_for: EtagLookup | None = None,
     file_extra: FileExtra | None = None,
+    standins: Standins | None = None,
+    serve_standin: StandinServer | None = None,
 ) -> Router:
     """Return a router serving ``share`` as node ``node_id``.
 
@@ -43,6 +50,8 @@ def build_share_router(
         node_id: this share's node id; other ids answer 404.
         etag_for: gives the quoted SHA-1 of a file when it is indexed and unchanged.
         file_extra: adds fields to each readdir file entry.
+        standins: lists ``.prv`` stand-ins as files (``{"name", "size", "prv"}``).
+        serve_standin: answers a download of a stand-in (with ``standins``).
     """
     router = Router()
 
@@ -51,6 +60,12 @@ def build_share_router(
             return error_response(404, "Unknown node id")
         try:
             shared = share.open_file(match.rest)
+        except NotFoundError as exc:
+            if standins is not None and serve_standin is not None:
+                standin = standins.find(match.rest)
+                if standin is not None:
+                    return await serve_standin(request, standin)
+            return error_response(exc.status, str(exc))
         except SharePathError as exc:
             return error_response(exc.status, str(exc))
         etag = etag_for(shared.relpath, shared.stat) if etag_for is not None else None
@@ -69,6 +84,9 @@ def build_share_router(
             listing = share.list_dir(match.rest)
         except SharePathError as exc:
             return error_response(exc.status, str(exc))
+        found: tuple[Standin, ...] = ()
+        if standins is not None:
+            listing, found = standins.apply(tuple(s for s in match.rest if s), listing)
         payload = listing.to_json()
         if file_extra is not None:
             base = "/".join(s for s in match.rest if s)
@@ -78,6 +96,16 @@ def build_share_router(
                 size = entry["size"]
                 assert isinstance(size, int)
                 entry.update(file_extra(rel, size))
+        if found:
+            payload["files"].extend(
+                {
+                    "name": standin.name,
+                    "size": standin.prv.size,
+                    "prv": standin.prv.to_json_object(),
+                }
+                for standin in found
+            )
+            payload["files"].sort(key=lambda entry: str(entry["name"]))
         return json_response(200, {"success": True, **payload})
 
     router.add(("GET", "HEAD"), "/{node_id}/download/{path*}", download)

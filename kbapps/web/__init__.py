@@ -1,52 +1,43 @@
 """The web interface every node serves at ``/`` and ``/web/...`` (SPEC §7).
 
-The interface is a handful of static files (HTML, CSS, plain JavaScript, an icon) shipped
-inside this package. The page talks only to the node that served it (same origin) and only
-through the SPEC §4 routes, plus one small route the node must add:
+Each page is drawn on the server (``kbapps.web.pages``): node details, a hub's
+children, a share's folders with links, where content is, all as plain HTML, so
+``curl``, text browsers, screen readers and a browser without JavaScript see the whole
+page. The shipped script (``static/app.js``) then enhances it: a folder's complete
+listing in one scrollable, filterable table, ``.prvdir`` downloads, opening a dropped
+``.prv`` file, and trying the find page's URLs from the browser itself.
 
-``GET /web/config.json`` -> ``{"node_id": "<12 hex>", "node_type": "hub" | "leaf"}``
-    Which node served the page, so the page can show that node when the URL names none.
-    Build the body with :func:`config_json`. ``?node=ID`` in the page URL shows any other
-    node of the network; ``&path=DIR`` opens a directory of a share; ``?find=SHA1`` runs a
-    search. All of that is handled in the browser; the node always serves the same
-    ``index.html``.
+The data comes from the serving node's own API routes (SPEC §4) through its whole app
+(``kbapps.nodeapp.NodeApp``), so any node of the network can be shown, through the
+tree, like the script itself asks for it. Serving, on kbtransport's route table::
 
-Serving, with kbtransport's route table (what the hub and share apps should do)::
+    network = NodeApp()                 # attached to the node's app once it runs
+    add_web_routes(router, node_id=my_id, node_type="hub", network=network)
 
-    add_web_routes(router, node_id=my_id, node_type="hub")   # or "leaf"
+``static_file`` answers the shipped files (``/web/NAME``) by bare name from a fixed
+table; nothing else under this package is ever served.
 
-or by hand, for any other HTTP app::
-
-    reply = web_response(request_path, node_id=my_id, node_type="hub")
-    if reply is not None:
-        headers = response_headers(reply.content_type)   # plus Content-Length
-        ...  # 200 with reply.body (HEAD: headers only)
-
-``web_response`` answers ``/``, ``/web``, ``/web/``, every shipped ``/web/NAME`` and
-``/web/config.json``, and returns ``None`` for anything else (the caller's 404). It never
-touches the filesystem outside this package: names are looked up in a fixed table.
-
-Every web response should carry :data:`CONTENT_SECURITY_POLICY`; the page has no inline
+Every web response carries :data:`CONTENT_SECURITY_POLICY`; the pages hold no inline
 script, no inline event handler and no inline style attribute, so the policy blocks any
-script that a node-provided string could smuggle in.
+script that a node-provided string could smuggle in (none can: ``kbapps.web._html``).
 """
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import NamedTuple
 
+from kbapps.nodeapp import NodeApp
+from kbapps.web.pages import Site, is_page_path, node_fetch, render_page
 from kbtransport.http import Request, Response, error_response
 from kbtransport.routing import Match, Router
 
 __all__ = (
-    "CONFIG_ROUTE",
     "CONTENT_SECURITY_POLICY",
+    "HTML_TYPE",
     "SHIPPED_FILES",
     "StaticFile",
     "add_web_routes",
-    "config_json",
     "response_headers",
     "static_file",
     "web_response",
@@ -55,18 +46,20 @@ __all__ = (
 #: The exact header value nodes send with the web interface (``Content-Security-Policy``).
 #: ``script-src 'self'`` forbids inline script and event-handler attributes;
 #: ``object-src 'none'`` and ``base-uri 'none'`` close the plugin and ``<base>`` tricks;
-#: ``frame-ancestors 'none'`` stops click-jacking by framing.
+#: ``frame-ancestors 'none'`` stops click-jacking by framing; ``worker-src 'none'``: the
+#: page starts no worker, so a script that got into it cannot register a file served
+#: by the node as a service worker over the node's pages (docs/security.md).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; "
-    "frame-ancestors 'none'"
+    "frame-ancestors 'none'; worker-src 'none'"
 )
 
-#: The route a node serves with :func:`config_json` (the page asks it who served it).
-CONFIG_ROUTE = "/web/config.json"
+#: The ``Content-Type`` of every page.
+HTML_TYPE = "text/html; charset=utf-8"
 
-#: Every file the package ships, with its ``Content-Type``. Only these are ever served.
+#: Every file the package ships, with its ``Content-Type``. Only these are ever served
+#: as they are (``static/index.html`` is the pages' template, never served raw).
 SHIPPED_FILES: dict[str, str] = {
-    "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
@@ -101,41 +94,17 @@ def static_file(name: str) -> StaticFile | None:
     return StaticFile(body, content_type)
 
 
-def config_json(node_id: str, node_type: str) -> bytes:
-    """Return the body of ``GET /web/config.json`` for the serving node.
+def web_response(path: str) -> StaticFile | None:
+    """Map a ``/web/NAME`` request path to a shipped file, or ``None``.
 
     Args:
-        node_id: the node's 12-hex-digit id.
-        node_type: ``"hub"`` or ``"leaf"`` (as in ``kbnode.json``).
-
-    Raises:
-        ValueError: if either value is malformed (our own bug: the node knows its id).
-    """
-    if len(node_id) != 12 or any(c not in "0123456789abcdef" for c in node_id):
-        raise ValueError(f"node id must be 12 lowercase hex digits, not {node_id!r}")
-    if node_type not in _NODE_TYPES:
-        raise ValueError(f"node type must be 'hub' or 'leaf', not {node_type!r}")
-    return json.dumps({"node_id": node_id, "node_type": node_type}).encode("ascii")
-
-
-def web_response(path: str, *, node_id: str, node_type: str) -> StaticFile | None:
-    """Map a request path to the web interface's response body, or ``None`` (404).
-
-    Args:
-        path: the request target's path; a query string or fragment is ignored
-            (``/?node=ID`` serves the page like ``/``).
-        node_id: the serving node's id, for ``/web/config.json``.
-        node_type: the serving node's type, for ``/web/config.json``.
+        path: the request target's path; a query string or fragment is ignored.
 
     Returns:
-        ``index.html`` for ``/``, ``/web`` and ``/web/``; the named file for a shipped
-        ``/web/NAME``; the config JSON for :data:`CONFIG_ROUTE`; else ``None``.
+        The named file for a shipped ``/web/NAME``; ``None`` for anything else
+        (pages are drawn by ``kbapps.web.pages``, other paths are the caller's 404).
     """
     path = path.split("?", 1)[0].split("#", 1)[0]
-    if path in ("/", "/web", "/web/"):
-        return static_file("index.html")
-    if path == CONFIG_ROUTE:
-        return StaticFile(config_json(node_id, node_type), "application/json")
     if path.startswith("/web/"):
         return static_file(path.removeprefix("/web/"))
     return None
@@ -146,8 +115,9 @@ def response_headers(content_type: str) -> tuple[tuple[str, str], ...]:
 
     ``Content-Length`` is not among them (kbtransport's server adds it). ``no-cache``
     makes browsers revalidate, so a node upgrade never mixes an old ``app.js`` with a new
-    ``index.html``; ``nosniff`` keeps JSON and text from being run as script;
-    ``no-referrer`` keeps page URLs (node ids, paths) out of other sites' logs.
+    page, and a page always shows the network as it is now; ``nosniff`` keeps JSON and
+    text from being run as script; ``no-referrer`` keeps page URLs (node ids, paths) out
+    of other sites' logs.
     """
     return (
         ("Content-Type", content_type),
@@ -158,23 +128,44 @@ def response_headers(content_type: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def add_web_routes(router: Router, *, node_id: str, node_type: str) -> None:
+def add_web_routes(
+    router: Router, *, node_id: str, node_type: str, network: NodeApp, scheme: str = "http"
+) -> None:
     """Register ``GET``/``HEAD`` ``/``, ``/web`` and ``/web/...`` on a kbtransport router.
 
     Args:
         router: the node's route table; add these after the SPEC §4 API routes or
             before, they do not overlap (``web`` is never a 12-hex node id).
-        node_id: the serving node's id (for ``/web/config.json``).
+        node_id: the serving node's id (the page shown when the URL names none).
         node_type: ``"hub"`` or ``"leaf"``.
+        network: the node's whole app, which the pages ask for their data (attached
+            once the node runs; pages answer 503 until then).
+        scheme: ``https`` when the node serves TLS (the pages' origin, for ranking
+            download URLs by what the browser can reach).
 
     Raises:
-        ValueError: if ``node_id`` or ``node_type`` is malformed (checked now, not on
-            the first request).
+        ValueError: if ``node_id``, ``node_type`` or ``scheme`` is malformed (checked
+            now, not on the first request).
     """
-    config_json(node_id, node_type)
+    if len(node_id) != 12 or any(c not in "0123456789abcdef" for c in node_id):
+        raise ValueError(f"node id must be 12 lowercase hex digits, not {node_id!r}")
+    if node_type not in _NODE_TYPES:
+        raise ValueError(f"node type must be 'hub' or 'leaf', not {node_type!r}")
+    if scheme not in ("http", "https"):
+        raise ValueError(f"scheme must be 'http' or 'https', not {scheme!r}")
+    site = Site(node_id=node_id, node_type=node_type, scheme=scheme)
+    fetch = node_fetch(network)
 
     async def serve(request: Request, match: Match) -> Response:
-        reply = web_response(request.path, node_id=node_id, node_type=node_type)
+        if is_page_path(request.path):
+            page = await render_page(
+                request.query, host=request.header("host"), site=site, fetch=fetch
+            )
+            headers = response_headers(HTML_TYPE)
+            if page.location is not None:
+                headers = (*headers, ("Location", page.location))
+            return Response(status=page.status, headers=headers, body=page.html)
+        reply = web_response(request.path)
         if reply is None:
             return error_response(404, "No such page of the web interface")
         return Response(status=200, headers=response_headers(reply.content_type), body=reply.body)

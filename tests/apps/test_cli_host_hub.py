@@ -30,7 +30,13 @@ def one_error(err: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("main", "only"), [(host.main, "--confirm-share"), (hub.main, "--passcode")]
+    ("main", "only"),
+    [
+        (host.main, "--confirm-share"),
+        (hub.main, "--passcode"),
+        (hub.main, "--index-budget"),
+        (hub.main, "--open-child-quota"),
+    ],
 )
 def test_help_lists_every_prompt_option(
     main: object, only: str, capsys: pytest.CaptureFixture[str]
@@ -64,6 +70,9 @@ def test_hub_options_are_not_share_options(
     code, _, err = run(hub.main, [str(tmp_path), "--confirm-share", "yes"], capsys)
     assert code == 2
     assert "--confirm-share" in one_error(err)
+    code, _, err = run(host.main, [str(tmp_path), "--index-budget", "5"], capsys)
+    assert code == 2
+    assert "--index-budget" in one_error(err)
     assert not (tmp_path / ".kbucket").exists()
 
 

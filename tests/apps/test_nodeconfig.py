@@ -128,6 +128,12 @@ def test_missing_node_type_takes_the_default(tmp_path: Path) -> None:
         ('{"listen_port": 70000}', "'listen_port' must be a port number"),
         ('{"listen_port": true}', "'listen_port' must be a port number"),
         pytest.param("[" * 100_000 + "]" * 100_000, "kbnode.json: ", id="deeply-nested"),
+        ('{"allowed_origins": "https://a.org"}', "'allowed_origins' must be a list"),
+        ('{"allowed_origins": ["*"]}', "'*' is not an origin"),
+        ('{"allowed_origins": ["null"]}', "'null' is not an origin"),
+        ('{"allowed_origins": ["https://a.org/page"]}', "is not an origin"),
+        ('{"allowed_origins": ["ftp://a.org"]}', "is not an origin"),
+        ('{"allowed_origins": [5]}', "5 is not an origin"),
     ],
 )
 def test_corrupt_file_is_one_line_naming_the_file(
@@ -140,6 +146,20 @@ def test_corrupt_file_is_one_line_naming_the_file(
     assert str(path) in info.value.message
     assert expected in info.value.message
     assert "\n" not in info.value.message
+
+
+def test_allowed_origins_are_read_canonical_and_written_only_when_set(tmp_path: Path) -> None:
+    origins = ["HTTPS://Lab.Example.org:443/", "http://127.0.0.1:8080", "https://lab.example.org"]
+    _write(tmp_path, json.dumps({"node_type": "hub", "allowed_origins": origins}))
+    config = load_config(tmp_path, default_type="hub")
+    assert config is not None
+    assert config.allowed_origins == ("https://lab.example.org", "http://127.0.0.1:8080")
+    saved = json.loads(save_config(tmp_path, config).read_text())
+    assert saved["allowed_origins"] == ["https://lab.example.org", "http://127.0.0.1:8080"]
+    plain = json.loads(save_config(tmp_path, NodeConfig(node_type="hub")).read_text())
+    assert "allowed_origins" not in plain
+    with pytest.raises(ValueError, match="allowed_origins"):
+        NodeConfig(node_type="hub", allowed_origins=("HTTPS://a.org",))
 
 
 def test_oversized_file_is_refused(tmp_path: Path) -> None:
@@ -185,6 +205,10 @@ def test_config_is_frozen_and_validated() -> None:
         NodeConfig(node_type="hub", extra={"name": "x"})
     with pytest.raises(TypeError, match="name"):
         NodeConfig(node_type="hub", name=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="index_budget must be an integer from 1"):
+        NodeConfig(node_type="hub", index_budget=0)
+    with pytest.raises(ValueError, match="open_child_quota"):
+        NodeConfig(node_type="hub", open_child_quota=True)
 
 
 def test_setup_error_is_reported_by_run_command() -> None:

@@ -23,6 +23,7 @@ from kbapps.nodesetup import (
     setup_node,
     wants_tls,
 )
+from kbproto.config import Limits
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "legacy_node" / "dot-kbucket"
 
@@ -229,7 +230,7 @@ def test_no_exits_1_without_sharing(share_dir: Path, answers: str, message: str)
     error = fails(share_dir, answers=answers)
     assert error.exit_code == 1
     assert message in error.message
-    assert saved(share_dir).get("name", "") == ""  # answers not saved
+    assert not (share_dir / ".kbucket").exists()  # nothing written: no answers, no keys
 
 
 def test_no_by_option_exits_1(share_dir: Path) -> None:
@@ -314,11 +315,11 @@ def test_eof_while_prompting_is_exit_2(share_dir: Path) -> None:
     assert error.exit_code == 2
     assert "input closed while asking" in error.message
     assert "Brief description" in error.message
-    # The interrupted first run still left a recognisable node with its keys.
-    assert saved(share_dir)["node_type"] == "leaf"
+    # The interrupted first run wrote nothing: the next run is a first run again.
+    assert not (share_dir / ".kbucket").exists()
     again, lines = run(share_dir, answers=SHARE_ANSWERS)
-    assert not lines[0].startswith("Creating new")
-    assert again.created is False
+    assert lines[0].startswith("Creating new")
+    assert again.created is True
 
 
 # --- --auto ----------------------------------------------------------------------------
@@ -694,3 +695,60 @@ def test_kbucket_dir_may_be_a_symlink_to_a_directory(share_dir: Path, tmp_path: 
     assert (elsewhere / "private.pem").is_file()
     assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
     assert setup.node_id == run(share_dir, auto=True)[0].node_id
+
+
+# --- the index budget (docs/security.md §3) ----------------------------------------------
+
+
+def test_index_budget_options_are_saved_and_reach_the_core(tmp_path: Path) -> None:
+    hub_dir = tmp_path / "hub"
+    hub_dir.mkdir()
+    setup, _ = run(hub_dir, "hub", auto=True, scientific_research="yes")
+    assert "index_budget" not in saved(hub_dir)  # unset: the release's default applies
+    assert setup.core_config(3240).limits.index_budget == Limits().index_budget
+    setup, _ = run(hub_dir, "hub", auto=True, index_budget=2_000_000, open_child_quota=50_000)
+    assert (saved(hub_dir)["index_budget"], saved(hub_dir)["open_child_quota"]) == (
+        2_000_000,
+        50_000,
+    )
+    limits = setup.core_config(3240).limits
+    assert (limits.index_budget, limits.open_child_quota) == (2_000_000, 50_000)
+    # Saved answers stay; a hand edit takes effect at the next start.
+    again, _ = run(hub_dir, "hub", auto=True)
+    assert again.limits.open_child_quota == 50_000
+    config = json.loads((hub_dir / ".kbucket" / "kbnode.json").read_text())
+    config["open_child_quota"] = 70_000
+    (hub_dir / ".kbucket" / "kbnode.json").write_text(json.dumps(config))
+    assert run(hub_dir, "hub", auto=True)[0].limits.open_child_quota == 70_000
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"index_budget": 0}, "--index-budget: give a number of index entries from 1 to"),
+        ({"open_child_quota": 10**10}, "--open-child-quota: give a number of index entries"),
+    ],
+)
+def test_bad_index_budget_options_exit_2(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    error = fails(tmp_path, "hub", auto=True, scientific_research="yes", **options)
+    assert message in str(error)
+    assert error.exit_code == 2
+
+
+def test_a_bad_saved_index_budget_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    run(tmp_path, "hub", auto=True, scientific_research="yes")
+    path = tmp_path / ".kbucket" / "kbnode.json"
+    config = json.loads(path.read_text())
+    config["index_budget"] = "lots"
+    path.write_text(json.dumps(config))
+    error = fails(tmp_path, "hub", auto=True)
+    assert str(error) == (
+        f"{path}: field 'index_budget' must be a number of index entries from 1 to 1000000000"
+    )
+
+
+def test_index_budget_options_are_hub_options(share_dir: Path) -> None:
+    with pytest.raises(ValueError, match="hub options"):
+        run(share_dir, auto=True, index_budget=5)

@@ -1,5 +1,6 @@
-"""Helpers for the hostile-input tests: raw sockets and a kbproto share core over a
-real websocket, against real ``kbucket-hub``/``kbucket-host`` processes on 127.0.0.1.
+"""Helpers for the hostile-input tests: raw sockets and kbproto cores (a share, or a
+hostile hub) over a real websocket, against real ``kbucket-hub``/``kbucket-host``
+processes on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import json
 import socket
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
-from kbproto import SeededIdSource, ShareConfig, ShareCore
+from kbproto import NodeCore, SeededIdSource, ShareConfig, ShareCore
 from kbproto.actions import Dial, Hangup, Transmit
 from kbproto.auth import Signer
 from kbproto.events import Event, JoinRefused, LinkClosed, ParentConnected
@@ -25,6 +27,7 @@ from tests.e2e.procs import Node
 
 __all__ = (
     "CoreRun",
+    "drive_core",
     "http_get",
     "raw_exchange",
     "run_share_core",
@@ -98,15 +101,30 @@ async def run_share_core(
 ) -> CoreRun:
     """Drive a kbproto ``ShareCore`` over one real websocket to ``hub_url`` (one dial,
     no redial) for at most ``seconds``; record its events and every byte it sent."""
-    run = CoreRun()
     config = ShareConfig(name="hostile", listen_url="http://127.0.0.1:9", parent_url=hub_url)
     core = ShareCore(config, signer=signer, ids=SeededIdSource("hostile"))
+    if files:
+        core.set_files(files, anyio.current_time())
+    run = CoreRun()
+    await drive_core(core, run, seconds=seconds, stop=lambda: stop_when_joined and run.joined)
+    return run
+
+
+async def drive_core(
+    core: NodeCore,
+    run: CoreRun,
+    *,
+    seconds: float,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Start ``core`` (a share, or a hub with a parent) and carry its one parent link
+    over a real websocket (one dial, no redial) until ``stop()`` holds, the link ends
+    or ``seconds`` pass; ``run`` records its events and every byte it sent. Run it in
+    a task to keep a fake node joined while a test talks to the real ones."""
     link_id: LinkId | None = None
     ws: WebSocketLink | None = None
     now = anyio.current_time
     core.start(now())
-    if files:
-        core.set_files(files, now())
 
     def on_event(event: Event) -> None:
         run.events.append(event)
@@ -138,10 +156,10 @@ async def run_share_core(
 
     with anyio.move_on_after(seconds):
         if await act():
-            while ws is not None and not (stop_when_joined and run.joined):
+            while ws is not None and not stop():
                 timer = core.get_timer()
                 wait = max(0.0, timer - now()) if timer is not None else seconds
-                with anyio.move_on_after(wait):
+                with anyio.move_on_after(min(wait, 0.2)):
                     try:
                         data = await ws.receive()
                     except Exception:  # the hub closed the link: what we test for
@@ -155,13 +173,14 @@ async def run_share_core(
                     if not await act():
                         break
                     continue
-                core.handle_timer(now())
+                timer = core.get_timer()
+                if timer is not None and timer <= now():
+                    core.handle_timer(now())
                 if not await act():
                     break
     if ws is not None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await ws.aclose()
-    return run
 
 
 def read_text_tree(root: Path) -> str:

@@ -30,6 +30,7 @@ from kbproto.messages import (
     NodeInfo,
     Open,
     Ping,
+    Placement,
     Register,
     Reset,
     Response,
@@ -54,6 +55,14 @@ INFO = NodeInfo(
     scientific_research="yes",
     confirm_share="yes",
 )
+PLACEMENT = Placement(
+    info=INFO,
+    parent=NODE,
+    nonce="cd" * 32,
+    stamp=1_700_000_000_000,
+    scheme="ed25519",
+    signature="00ff",
+)
 RESULT = FindResult(
     kbshare_id=NODE,
     share_url="http://s",
@@ -66,9 +75,7 @@ SAMPLES: list[Message] = [
         nonce="ab" * 32, node_id=NODE, max_streams=4, max_lookups=5, heartbeat_timeout_ms=4000
     ),
     Register(
-        info=INFO,
-        scheme="ed25519",
-        signature="00ff",
+        placement=PLACEMENT,
         passcode="p",
         max_streams=1,
         max_lookups=2,
@@ -83,8 +90,8 @@ SAMPLES: list[Message] = [
         reset=False,
         content_put=(SHA,),
         content_drop=(),
-        nodes_put=(NODE,),
-        nodes_drop=(),
+        nodes_put=(PLACEMENT, PLACEMENT),
+        nodes_drop=(NODE,),
     ),
     IndexAck(seq=7),
     Resync(expected=2),
@@ -122,8 +129,8 @@ def test_round_trip(message: Message) -> None:
 
 
 def test_pinned_bytes() -> None:
-    assert encode(IndexAck(seq=7)) == b'\x03\x01\x00\x00\x00\x1c{"type":"index_ack","seq":7}'
-    assert encode(Data(stream=3, data=b"hi")) == b"\x03\x02\x00\x00\x00\x06\x00\x00\x00\x03hi"
+    assert encode(IndexAck(seq=7)) == b'\x04\x01\x00\x00\x00\x1c{"type":"index_ack","seq":7}'
+    assert encode(Data(stream=3, data=b"hi")) == b"\x04\x02\x00\x00\x00\x06\x00\x00\x00\x03hi"
     assert encode(ShareIndexUpdate(seq=0, reset=True, put=((SHA, "f", 1),), drop=()))[6:] == (
         b'{"type":"share_index","seq":0,"reset":true,"put":[["'
         + SHA.encode()
@@ -131,6 +138,35 @@ def test_pinned_bytes() -> None:
     )
     assert (
         encode(Credit(stream=5, credit=4096))[6:] == b'{"type":"credit","stream":5,"credit":4096}'
+    )
+
+
+def test_pinned_placement_bytes() -> None:
+    info = (
+        b'{"node_id":"0123456789ab","node_type":"leaf","name":"n","description":"d",'
+        b'"owner":"o","owner_email":"e@x","listen_url":"http://x:1","public_key":"PEM",'
+        b'"scientific_research":"yes","confirm_share":"yes"}'
+    )
+    placement = (
+        b'{"info":' + info + b',"parent":"0123456789ab","nonce":"' + b"cd" * 32 + b'",'
+        b'"stamp":1700000000000,"scheme":"ed25519","signature":"00ff"}'
+    )
+    assert encode(SAMPLES[1])[6:] == (
+        b'{"type":"register","placement":' + placement + b',"passcode":"p",'
+        b'"max_streams":1,"max_lookups":2,"heartbeat_timeout_ms":30000}'
+    )
+    assert encode(
+        HubIndexUpdate(
+            seq=1,
+            reset=False,
+            content_put=(),
+            content_drop=(),
+            nodes_put=(PLACEMENT,),
+            nodes_drop=(NODE,),
+        )
+    )[6:] == (
+        b'{"type":"hub_index","seq":1,"reset":false,"content_put":[],"content_drop":[],'
+        b'"nodes_put":[' + placement + b'],"nodes_drop":["0123456789ab"]}'
     )
 
 
@@ -211,7 +247,12 @@ def test_arbitrary_json_shapes_are_rejected_cleanly(value: object, kind: str) ->
         (b'{"type":"error","code":"x","reason":"\\ud800"}', "lone surrogate"),
         (b'{"type":"welcome","info":[]}', "info must be an object"),
         (b'{"type":"find_reply","query":1,"results":{}}', "results must be an array"),
-        (b'{"type":"find_reply","query":1,"results":[1]}', "each result must be an object"),
+        (b'{"type":"find_reply","query":1,"results":[1]}', "each item of results must be"),
+        (
+            b'{"type":"register","placement":1,"passcode":"","max_streams":1,'
+            b'"max_lookups":1,"heartbeat_timeout_ms":1}',
+            "placement must be an object",
+        ),
         (b'{"type":"resync","expected":{}}', "must not be an object"),
         (b"[" * 100000 + b"]" * 100000, "not JSON"),
         (b'{"type":"index_ack","seq":' + b"9" * 5000 + b"}", "not JSON"),
@@ -230,17 +271,17 @@ def test_short_data_frame() -> None:
 
 def test_frame_buffer_errors_are_sticky() -> None:
     buffer = FrameBuffer()
-    buffer.feed(b"\x02\x01\x00\x00\x00\x00")  # version 2: 64 KiB data frames
-    with pytest.raises(RemoteProtocolError, match="unsupported protocol version 2"):
+    buffer.feed(b"\x03\x01\x00\x00\x00\x00")  # version 3: bare node ids in hub_index
+    with pytest.raises(RemoteProtocolError, match="unsupported protocol version 3"):
         buffer.next_frame()
     with pytest.raises(RemoteProtocolError, match="already failed"):
         buffer.next_frame()
     other = FrameBuffer()
-    other.feed(b"\x03\x09\x00\x00\x00\x00")
+    other.feed(b"\x04\x09\x00\x00\x00\x00")
     with pytest.raises(RemoteProtocolError, match="unknown frame kind 9"):
         other.next_frame()
     data = FrameBuffer()
-    data.feed(b"\x03\x02\x00\x11\x00\x05")
+    data.feed(b"\x04\x02\x00\x11\x00\x05")
     with pytest.raises(LimitExceeded) as info:
         data.next_frame()
     assert info.value.limit == "max_frame_size"
@@ -256,6 +297,19 @@ def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
     assert len(buffer) == len(frame)
     assert buffer.next_frame() == (KIND_DATA, frame[6:])
     assert len(buffer) == 0
+
+
+def _placement(**changes: object) -> Placement:
+    values: dict[str, object] = {
+        "info": INFO,
+        "parent": NODE,
+        "nonce": "cd" * 32,
+        "stamp": 1,
+        "scheme": "ed25519",
+        "signature": "00ff",
+    }
+    values.update(changes)
+    return _M.Placement(**values)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(
@@ -275,28 +329,24 @@ def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
         ),
         (
             lambda: _M.Register(
-                info=INFO,
-                scheme="x",
-                signature="zz",
+                placement=INFO,
                 passcode="",
                 max_streams=1,
                 max_lookups=1,
                 heartbeat_timeout_ms=1,
             ),
-            "hex",
+            "Placement",
         ),
-        (
-            lambda: _M.Register(
-                info=1,
-                scheme="x",
-                signature="00",
-                passcode="",
-                max_streams=1,
-                max_lookups=1,
-                heartbeat_timeout_ms=1,
-            ),
-            "NodeInfo",
-        ),
+        (lambda: _placement(info=1), "NodeInfo"),
+        (lambda: _placement(signature="zz"), "hex"),
+        (lambda: _placement(signature="ABCD"), "lowercase hex"),
+        (lambda: _placement(signature="abc"), "lowercase hex"),
+        (lambda: _placement(signature=""), "must not be empty"),
+        (lambda: _placement(nonce="ab"), "64 lowercase hex"),
+        (lambda: _placement(stamp=-1), "stamp must be in"),
+        (lambda: _placement(stamp=2**53), "stamp must be in"),
+        (lambda: _placement(scheme=""), "must not be empty"),
+        (lambda: _placement(parent="x"), "12 lowercase"),
         (lambda: _M.Welcome(info=1), "NodeInfo"),
         (lambda: _M.ShareIndexUpdate(seq=0, reset=1, put=(), drop=()), "boolean"),
         (
@@ -330,9 +380,26 @@ def test_frame_buffer_is_linear_for_byte_at_a_time_input() -> None:
         ),
         (
             lambda: _M.HubIndexUpdate(
-                seq=0, reset=True, content_put=(), content_drop=(), nodes_put=("x",), nodes_drop=()
+                seq=0, reset=True, content_put=(), content_drop=(), nodes_put=(), nodes_drop=("x",)
             ),
             "malformed id",
+        ),
+        (
+            lambda: _M.HubIndexUpdate(
+                seq=0, reset=True, content_put=(), content_drop=(), nodes_put=(NODE,), nodes_drop=()
+            ),
+            "Placement objects",
+        ),
+        (
+            lambda: _M.HubIndexUpdate(
+                seq=0,
+                reset=True,
+                content_put=(SHA,) * 4096,
+                content_drop=(),
+                nodes_put=(PLACEMENT,),
+                nodes_drop=(),
+            ),
+            "at most",
         ),
         (lambda: _M.Find(query=0, sha1=SHA, share_id=None, up=1, ttl_ms=0), "boolean"),
         (lambda: _M.FindReply(query=0, results=(1,)), "FindResult"),
@@ -409,7 +476,7 @@ def test_invalid_messages_cannot_exist(build: object, needle: str) -> None:
 
 
 def test_encode_frame_header() -> None:
-    assert encode_frame(KIND_CONTROL, b"{}") == b"\x03\x01\x00\x00\x00\x02{}"
+    assert encode_frame(KIND_CONTROL, b"{}") == b"\x04\x01\x00\x00\x00\x02{}"
 
 
 def test_frame_buffer_fed_in_tiny_pieces_holds_about_the_bytes_it_was_given() -> None:

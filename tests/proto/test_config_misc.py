@@ -13,7 +13,6 @@ from kbproto import (
     HubCore,
     Limits,
     LinkId,
-    NodeId,
     ProtocolError,
     RemoteProtocolError,
     SeededIdSource,
@@ -23,12 +22,13 @@ from kbproto import (
     Transmit,
     drain,
 )
+from kbproto.auth import node_id_from_public_pem
 from kbproto.events import ChildJoined, LinkClosed
 from kbproto.messages import Open
 from kbproto.messages import ShareIndexUpdate as ShareUpdate
 from kbproto.timers import Deadlines
 from kbproto.trace import ListTraceSink
-from tests.helpers import CryptoVerifier, Ed25519Signer, Net, sha1_of
+from tests.helpers import CryptoVerifier, Ed25519Signer, Net, hub_update, make_placement, sha1_of
 
 
 def _wrong(config: object) -> Any:
@@ -179,18 +179,15 @@ def test_request_back_down_the_branch_it_came_from_is_refused() -> None:
     net = Net()
     hub = net.add_hub("H")
     peer = net.connect_raw("H")
-    peer.join(info=peer.info(node_type="hub", confirm_share=""))
-    from kbproto.messages import HubIndexUpdate, Reset
+    peer.join_as_hub()
+    from kbproto.messages import Reset
 
-    below = NodeId("aaaaaaaaaaaa")
-    peer.send(
-        HubIndexUpdate(
-            seq=0, reset=True, content_put=(), content_drop=(), nodes_put=(below,), nodes_drop=()
-        )
-    )
-    assert hub.knows_node(below)
-    peer.send(Open(stream=1, target=below, method="GET", path="/", headers=(), credit=1))
-    assert peer.of(Reset) == [Reset(stream=1, status=404, reason="unknown node aaaaaaaaaaaa")]
+    below = Ed25519Signer(4242)
+    peer.send(hub_update(0, reset=True, nodes=(make_placement(below, peer.node_id),)))
+    below_id = node_id_from_public_pem(below.public_pem)
+    assert hub.knows_node(below_id)
+    peer.send(Open(stream=1, target=below_id, method="GET", path="/", headers=(), credit=1))
+    assert peer.of(Reset) == [Reset(stream=1, status=404, reason=f"unknown node {below_id}")]
 
 
 def test_find_limited_to_the_hub_itself_does_not_go_up() -> None:
@@ -230,45 +227,24 @@ def test_share_index_rejects_bad_entries_and_handles_duplicates() -> None:
 
 
 def test_same_content_and_nodes_under_two_children() -> None:
-    from kbproto.messages import HubIndexUpdate
-
     net = Net()
     hub = net.add_hub("H")
     sha = "ab" * 20
-    node = NodeId("aaaaaaaaaaaa")
+    below = Ed25519Signer(4242)
+    node = node_id_from_public_pem(below.public_pem)
     peers = [net.connect_raw("H", seed=s) for s in (1, 2)]
-    for peer in peers:
-        peer.join(info=peer.info(node_type="hub", confirm_share=""))
-        message = HubIndexUpdate(
-            seq=0,
-            reset=True,
-            content_put=(sha,),
-            content_drop=(),
-            nodes_put=(node, peer.info().node_id),
-            nodes_drop=(),
-        )
-        peer.send(message)
-        peer.send(
-            HubIndexUpdate(
-                seq=1,
-                reset=False,
-                content_put=(sha,),
-                content_drop=(),
-                nodes_put=(node,),
-                nodes_drop=(),
-            )
-        )
+    for stamp, peer in enumerate(peers, start=1):
+        peer.join_as_hub()
+        # The node moved from the first child hub to the second: a newer placement.
+        placed = make_placement(below, peer.node_id, stamp=stamp)
+        peer.send(hub_update(0, reset=True, content=(sha,), nodes=(placed,)))
+        peer.send(hub_update(1, content=(sha,), nodes=(placed,)))
     assert hub.content_count() == 1
-    peers[0].send(
-        HubIndexUpdate(
-            seq=2,
-            reset=False,
-            content_put=(),
-            content_drop=(sha,),
-            nodes_put=(),
-            nodes_drop=(node,),
-        )
-    )
+    assert hub.knows_node(node)
+    # The older placement lost and was forgotten: the first child dropping it changes
+    # nothing, and re-sending it does not win the node back.
+    peers[0].send(hub_update(2, content_drop=(sha,), nodes_drop=(node,)))
+    peers[0].send(hub_update(3, nodes=(make_placement(below, peers[0].node_id, stamp=1),)))
     assert hub.content_count() == 1
     assert hub.knows_node(node)
     net.cores["H"].receive_eof(peers[1].link, net.now)
@@ -411,39 +387,30 @@ def test_peer_find_limit_skips_the_branch() -> None:
     assert [e.reason for e in net.of("H", LookupFailed)] == ["not found"]
 
 
-def test_a_node_reachable_two_ways_stays_known_until_both_go() -> None:
-    from kbproto.messages import HubIndexUpdate
-
+def test_a_direct_join_takes_a_node_from_a_stale_claim_for_good() -> None:
     net = Net()
     hub = net.add_hub("H")
     upper = net.connect_raw("H", seed=1)
-    upper.join(info=upper.info(node_type="hub", confirm_share=""))
+    upper.join_as_hub()
     lower = net.connect_raw("H", seed=2)
     lower_id = lower.info().node_id
-    # The first child hub still reports the second one below it (a stale view)...
-    upper.send(
-        HubIndexUpdate(
-            seq=0, reset=True, content_put=(), content_drop=(), nodes_put=(lower_id,), nodes_drop=()
-        )
-    )
-    # ...while the second joins directly (a share that moved).
-    lower.join()
+    # The first child hub still reports the second node below it (a stale view: the
+    # node's old placement under it)...
+    stale = make_placement(lower.signer, upper.node_id, stamp=1)
+    upper.send(hub_update(0, reset=True, nodes=(stale,)))
+    assert hub.knows_node(lower_id)
+    # ...while the node joins directly (it moved), with a newer placement.
+    lower.join(stamp=5)
     lower.send(ShareUpdate(seq=0, reset=True, put=(("ab" * 20, "p", 1),), drop=()))
-    upper.send(
-        HubIndexUpdate(
-            seq=1,
-            reset=False,
-            content_put=("ab" * 20,),
-            content_drop=(),
-            nodes_put=(),
-            nodes_drop=(),
-        )
-    )
+    upper.send(hub_update(1, content=("ab" * 20,)))
     hub.receive_eof(lower.link, net.now)
     net.pump()
-    assert hub.knows_node(lower_id)
+    # The stale claim was forgotten when the node joined, and its stamp is older than
+    # the one the hub remembers: sent again, it is refused.
+    assert not hub.knows_node(lower_id)
+    upper.send(hub_update(2, nodes=(stale,)))
+    assert not hub.knows_node(lower_id)
     assert hub.content_count() == 1
     hub.receive_eof(upper.link, net.now)
     net.pump()
-    assert not hub.knows_node(lower_id)
     assert hub.content_count() == 0

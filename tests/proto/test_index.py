@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from kbproto import Limits, LinkId, SeededIdSource, ShareConfig, ShareCore, Transmit
+from kbproto.auth import node_id_from_public_pem
 from kbproto.codec import decode, encode
-from kbproto.events import IndexSynced, LinkClosed, LookupResolved
+from kbproto.events import IndexSynced, LinkClosed, LookupResolved, PlacementRefused
 from kbproto.framing import FrameBuffer
 from kbproto.ids import NodeId
 from kbproto.messages import (
     Challenge,
     Error,
-    HubIndexUpdate,
     IndexAck,
     Message,
     Register,
@@ -18,7 +18,7 @@ from kbproto.messages import (
     ShareIndexUpdate,
     Welcome,
 )
-from tests.helpers import FAST, SMALL, Ed25519Signer, Net, sha1_of
+from tests.helpers import FAST, SMALL, Ed25519Signer, Net, hub_update, make_placement, sha1_of
 
 A, B, C = (sha1_of(x) for x in (b"a", b"b", b"c"))
 
@@ -150,90 +150,76 @@ def test_gap_forces_a_resync() -> None:
 
 def test_wrong_index_kind_and_limits_close_the_link() -> None:
     net = Net()
-    net.add_hub("H", limits=Limits(max_index_entries=2, max_nodes_per_child=1))
+    net.add_hub("H", limits=Limits(open_child_quota=2, max_nodes_per_child=1))
     share_peer = net.connect_raw("H", seed=1)
     share_peer.join()
-    share_peer.send(
-        HubIndexUpdate(
-            seq=0, reset=True, content_put=(), content_drop=(), nodes_put=(), nodes_drop=()
-        )
-    )
+    share_peer.send(hub_update(0, reset=True))
     assert "wrong kind of index message" in share_peer.of(Error)[0].reason
     big = net.connect_raw("H", seed=2)
     big.join()
     big.send(
         ShareIndexUpdate(seq=0, reset=True, put=((A, "a", 1), (B, "b", 1), (C, "c", 1)), drop=())
     )
-    assert big.of(Error)[0].code == "limit"
+    (error,) = big.of(Error)
+    assert error.code == "limit"
+    assert error.reason.startswith("index quota exceeded: this hub holds at most 2 index entries")
     assert _hub(net, "H") == 0
 
 
 def test_child_hub_reports_and_limits() -> None:
     net = Net()
-    net.add_hub("H", limits=Limits(max_index_entries=2, max_nodes_per_child=1))
+    net.add_hub("H", limits=Limits(open_child_quota=8, max_nodes_per_child=1))
     hub_peer = net.connect_raw("H", seed=3)
-    hub_peer.join(info=hub_peer.info(node_type="hub", confirm_share=""))
+    hub_peer.join_as_hub()
+    below = Ed25519Signer(50)
+    below_id = node_id_from_public_pem(below.public_pem)
     hub_peer.send(
-        HubIndexUpdate(
-            seq=0,
-            reset=True,
-            content_put=(A, A),
-            content_drop=(),
-            nodes_put=(NodeId("aaaaaaaaaaaa"),),
-            nodes_drop=(),
-        )
+        hub_update(0, reset=True, content=(A, A), nodes=(make_placement(below, hub_peer.node_id),))
     )
     hub_core = net.cores["H"]
-    assert hub_core.knows_node(NodeId("aaaaaaaaaaaa"))  # type: ignore[union-attr]
+    assert hub_core.knows_node(below_id)  # type: ignore[union-attr]
     assert _hub(net, "H") == 1
-    hub_peer.send(
-        HubIndexUpdate(
-            seq=1,
-            reset=False,
-            content_put=(),
-            content_drop=(A, B),
-            nodes_put=(),
-            nodes_drop=(NodeId("aaaaaaaaaaaa"), NodeId("bbbbbbbbbbbb")),
-        )
-    )
+    hub_peer.send(hub_update(1, content_drop=(A, B), nodes_drop=(below_id, "bbbbbbbbbbbb")))
     assert _hub(net, "H") == 0
-    assert not hub_core.knows_node(NodeId("aaaaaaaaaaaa"))  # type: ignore[union-attr]
-    hub_peer.send(
-        HubIndexUpdate(
-            seq=2, reset=False, content_put=(A, B, C), content_drop=(), nodes_put=(), nodes_drop=()
-        )
-    )
+    assert not hub_core.knows_node(below_id)  # type: ignore[union-attr]
+    # Proving only itself again, the child hub may hold 8 entries.
+    hub_peer.send(hub_update(2, content=tuple(sha1_of(bytes([i])) for i in range(9))))
     assert hub_peer.of(Error)[0].code == "limit"
     other = net.connect_raw("H", seed=4)
-    other.join(info=other.info(node_type="hub", confirm_share=""))
-    other.send(
-        HubIndexUpdate(
-            seq=0,
-            reset=True,
-            content_put=(),
-            content_drop=(),
-            nodes_put=(NodeId("aaaaaaaaaaaa"), NodeId("bbbbbbbbbbbb")),
-            nodes_drop=(),
-        )
+    other.join_as_hub()
+    twins = tuple(make_placement(Ed25519Signer(60 + i), other.node_id) for i in range(2))
+    other.send(hub_update(0, reset=True, nodes=twins))
+    assert other.of(Error)[0].reason == "a child hub reported more than 1 node ids"
+
+
+def test_a_forged_placement_is_dropped_and_reported_once() -> None:
+    net = Net()
+    hub = net.add_hub("H")
+    share = net.add_share("S", parent="H")
+    peer = net.connect_raw("H", seed=3)
+    peer.join_as_hub()
+    # The share's real id and key, under the child hub, signed with another key.
+    forged = make_placement(Ed25519Signer(99), peer.node_id, info=share.info, stamp=2**40)
+    peer.send(hub_update(0, reset=True, nodes=(forged, forged)))
+    peer.send(hub_update(1, nodes=(forged,)))
+    (refused,) = net.of("H", PlacementRefused)
+    assert (refused.link_id, refused.peer_id, refused.node_id) == (
+        peer.link,
+        peer.node_id,
+        share.node_id,
     )
-    assert other.of(Error)[0].code == "limit"
+    assert refused.reason == f"bad signature on the placement of node {share.node_id}"
+    assert hub.child_toward(share.node_id) == hub.children()[0][0]
+    assert not peer.closed
 
 
 def test_a_cycle_is_refused() -> None:
     net = Net()
     hub = net.add_hub("H")
     peer = net.connect_raw("H", seed=3)
-    peer.join(info=peer.info(node_type="hub", confirm_share=""))
-    peer.send(
-        HubIndexUpdate(
-            seq=0,
-            reset=True,
-            content_put=(),
-            content_drop=(),
-            nodes_put=(hub.node_id,),
-            nodes_drop=(),
-        )
-    )
+    peer.join_as_hub()
+    claim = make_placement(Ed25519Signer(70), peer.node_id, node_id=hub.node_id)
+    peer.send(hub_update(0, reset=True, nodes=(claim,)))
     assert "cycle" in peer.of(Error)[0].reason
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from kbproto import (
@@ -106,17 +108,54 @@ def test_unknown_scheme_is_refused() -> None:
     net.add_hub("H")
     peer = net.connect_raw("H")
     message = peer.register_message()
-    forged = type(message)(
-        info=message.info,
-        scheme="dsa",
-        signature=message.signature,
-        passcode="",
-        max_streams=1,
-        max_lookups=1,
-        heartbeat_timeout_ms=30_000,
+    forged = dataclasses.replace(
+        message, placement=dataclasses.replace(message.placement, scheme="dsa")
     )
     peer.send(forged)
     assert "unknown signature scheme" in peer.of(Error)[0].reason
+
+
+def test_placements_are_stamped_from_the_wall_clock_and_always_grow() -> None:
+    net = Net()
+    net.add_hub("H")
+    share = net.add_share("S", parent="H", start=False)
+    net.now = 5.0
+    share.start(net.now, wall_ms=1_700_000_000_000)
+    net.pump()
+    (joined,) = net.of("H", ChildJoined)
+    net.now = 7.5
+    net.cut("H", "S")
+    net.advance(10.0)  # the share redials
+    placements = [
+        m.placement
+        for _, data in net.transmitted["S"]
+        for m in _decoded(data)
+        if hasattr(m, "placement")
+    ]
+    assert [p.stamp for p in placements] == [1_700_000_000_000, placements[1].stamp]
+    # Wall clock at the first join plus the monotonic time since (2.5 s and more).
+    assert placements[1].stamp >= 1_700_000_002_500
+    assert joined.info == share.info
+
+
+def _decoded(data: bytes) -> list[object]:
+    frames = FrameBuffer()
+    frames.feed(data)
+    out: list[object] = []
+    while (frame := frames.next_frame()) is not None:
+        out.append(decode(*frame))
+    return out
+
+
+def test_a_registration_for_another_hub_is_refused() -> None:
+    net = Net()
+    net.add_hub("H")
+    peer = net.connect_raw("H")
+    message = peer.register_message()
+    # Signed for the right nonce, but naming another parent (relayed from another hub).
+    elsewhere = dataclasses.replace(message.placement, parent=NodeId("0123456789ab"))
+    peer.send(dataclasses.replace(message, placement=elsewhere))
+    assert "does not answer this hub's challenge" in peer.of(Error)[0].reason
 
 
 def test_replayed_registration_fails_on_a_new_link() -> None:
@@ -128,8 +167,12 @@ def test_replayed_registration_fails_on_a_new_link() -> None:
     assert first.of(Welcome)
     second = net.connect_raw("H")
     second.send(recorded)  # same bytes, but this link's challenge is different
-    assert "bad signature" in second.of(Error)[0].reason
+    assert "does not answer this hub's challenge" in second.of(Error)[0].reason
     assert not first.closed
+    # Re-signed by someone else for the new nonce: the signature fails.
+    third = net.connect_raw("H")
+    third.join(info=first.info(), signer=Ed25519Signer(999))
+    assert "bad signature" in third.of(Error)[0].reason
 
 
 def test_duplicate_live_child_is_refused() -> None:
@@ -195,7 +238,7 @@ def test_oversized_frame_is_a_limit_error() -> None:
     net = Net()
     net.add_hub("H")
     bad = net.connect_raw("H")
-    bad.send_bytes(b"\x03\x01\xff\xff\xff\xff")
+    bad.send_bytes(b"\x04\x01\xff\xff\xff\xff")
     (error,) = bad.of(Error)
     assert error.code == "limit"
     assert "cap" in error.reason
@@ -259,17 +302,7 @@ def test_a_peer_announcing_a_tiny_heartbeat_timeout_cannot_make_us_ping_in_a_loo
     net.add_hub("H")
     peer = net.connect_raw("H")
     message = peer.register_message()
-    peer.send(
-        type(message)(
-            info=message.info,
-            scheme=message.scheme,
-            signature=message.signature,
-            passcode=message.passcode,
-            max_streams=8,
-            max_lookups=8,
-            heartbeat_timeout_ms=1,
-        )
-    )
+    peer.send(dataclasses.replace(message, heartbeat_timeout_ms=1))
     pings_before = len(peer.of(Ping))
     net.advance(2.5)  # within the hub's own 3 s heartbeat timeout: still joined
     assert not net.of("H", LinkClosed)
@@ -396,4 +429,30 @@ def test_close_link_by_app_sends_shutdown() -> None:
 
 
 def test_ping_frame_bytes_are_pinned() -> None:
-    assert encode(Ping()) == b'\x03\x01\x00\x00\x00\x0f{"type":"ping"}'
+    assert encode(Ping()) == b'\x04\x01\x00\x00\x00\x0f{"type":"ping"}'
+
+
+def test_with_default_timeouts_a_child_redials_within_five_seconds_however_long_the_outage() -> (
+    None
+):
+    # A hub that was down for minutes is rejoined within seconds of its return: the
+    # default backoff never waits longer than 5 s between two dials.
+    core = ShareCore(
+        ShareConfig(name="S", parent_url="http://H:3240"),
+        signer=Ed25519Signer(3),
+        ids=SeededIdSource(1),
+    )
+    core.start(0.0)
+    assert core.next_action() == Dial(address="http://H:3240")
+    now = 0.0
+    gaps = []
+    while now < 600.0:  # ten minutes of outage
+        core.dial_failed(now, "connection refused")
+        timer = core.get_timer()
+        assert timer is not None
+        gaps.append(timer - now)
+        now = timer
+        core.handle_timer(now)
+        assert isinstance(core.next_action(), Dial)
+    assert max(gaps) <= 5.0
+    assert len(gaps) < 600 / 2.5 + 8  # and not much more often than every 2.5 s

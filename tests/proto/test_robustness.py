@@ -30,11 +30,31 @@ from kbproto.messages import (
     Resync,
     ShareIndexUpdate,
 )
-from tests.helpers import FAST, Net, consumer, file_server, sha1_of
+from tests.helpers import (
+    FAST,
+    Ed25519Signer,
+    Net,
+    consumer,
+    file_server,
+    make_placement,
+    node_info,
+    sha1_of,
+)
 
 SHAS = [sha1_of(bytes([i])) for i in range(4)]
 NODES = [NodeId(f"{i:012x}") for i in range(3)]
 small = st.integers(0, 6)
+_PEERS = [node_info(Ed25519Signer(i)).node_id for i in (1, 2)]
+_BELOW = [Ed25519Signer(300 + i) for i in range(3)]
+#: Placements a raw child hub may report: chained under a raw peer (valid), below
+#: another placed node, under an unknown parent, older and newer twins, and forged.
+PLACEMENTS = [
+    make_placement(_BELOW[0], _PEERS[0]),
+    make_placement(_BELOW[0], _PEERS[1], stamp=2),
+    make_placement(_BELOW[1], node_info(_BELOW[0]).node_id),
+    make_placement(_BELOW[2], NODES[0]),
+    make_placement(Ed25519Signer(999), _PEERS[0], info=node_info(_BELOW[2])),
+]
 
 
 def _messages(known: list[NodeId]) -> st.SearchStrategy[Message]:
@@ -55,7 +75,7 @@ def _messages(known: list[NodeId]) -> st.SearchStrategy[Message]:
             reset=st.booleans(),
             content_put=st.lists(sha, max_size=3).map(tuple),
             content_drop=st.lists(sha, max_size=2).map(tuple),
-            nodes_put=st.lists(node, max_size=2).map(tuple),
+            nodes_put=st.lists(st.sampled_from(PLACEMENTS), max_size=2).map(tuple),
             nodes_drop=st.lists(node, max_size=2).map(tuple),
         ),
         st.builds(IndexAck, seq=small),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kbproto import Limits, LocalProtocolError
+from kbproto.auth import node_id_from_public_pem
 from kbproto.events import LookupFailed, LookupResolved
 from kbproto.ids import NodeId
 from kbproto.messages import Error, Find, FindReply, FindResult, HubIndexUpdate, Message
-from tests.helpers import FAST, Net, sha1_of
+from tests.helpers import FAST, Ed25519Signer, Net, hub_update, make_placement, sha1_of
 
 X, Y = b"content x", b"content y"
 
@@ -271,22 +272,19 @@ def test_result_for_another_share_is_filtered() -> None:
     net = Net()
     net.add_hub("A")
     peer = net.connect_raw("A")
-    peer.join(info=peer.info(node_type="hub", confirm_share=""))
+    peer.join_as_hub()
+    below = Ed25519Signer(4242)
+    below_id = node_id_from_public_pem(below.public_pem)
     peer.send(
-        HubIndexUpdate(
-            seq=0,
-            reset=True,
-            content_put=(sha1_of(X),),
-            content_drop=(),
-            nodes_put=(NodeId("aaaaaaaaaaaa"),),
-            nodes_drop=(),
+        hub_update(
+            0, reset=True, content=(sha1_of(X),), nodes=(make_placement(below, peer.node_id),)
         )
     )
-    net.cores["A"].find(sha1_of(X), net.now, share_id=NodeId("aaaaaaaaaaaa"))
+    net.cores["A"].find(sha1_of(X), net.now, share_id=below_id)
     net.pump()
     (find,) = peer.of(Find)
     wrong = FindResult(kbshare_id=NodeId("bbbbbbbbbbbb"), share_url="", path="p", size=1, hops=())
-    right = FindResult(kbshare_id=NodeId("aaaaaaaaaaaa"), share_url="", path="p", size=1, hops=())
+    right = FindResult(kbshare_id=below_id, share_url="", path="p", size=1, hops=())
     peer.send(FindReply(query=find.query, results=(wrong, right, right)))
     (event,) = net.of("A", LookupResolved)
     assert event.results == (right,)

@@ -58,7 +58,7 @@ class EchoCore:
         self.uplink: LinkId | None = None
         self.to_send: list[bytes] = []
 
-    def start(self, now: float) -> None:
+    def start(self, now: float, *, wall_ms: int | None = None) -> None:
         if self.parent is not None:
             self.actions.append(Dial(address=self.parent))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -141,8 +142,13 @@ async def test_body_limit(tmp_path: Path) -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", ReadError),
         (b"NOT HTTP AT ALL\r\n\r\n", PeerProtocolError),
         (b"", ReadError),
+        (
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"
+            b"2\r\nab\r\n0\r\n\r\n",
+            PeerProtocolError,
+        ),
     ],
-    ids=["short-body", "short-chunked", "garbage", "silent-close"],
+    ids=["short-body", "short-chunked", "garbage", "silent-close", "http10-transfer-encoding"],
 )
 async def test_broken_servers(reply: bytes, error: type[Exception]) -> None:
     async def handler(stream: ByteStream) -> None:
@@ -158,6 +164,37 @@ async def test_broken_servers(reply: bytes, error: type[Exception]) -> None:
             with anyio.fail_after(10), pytest.raises(error):
                 await client.request("GET", f"http://127.0.0.1:{bound.port}/")
         tg.cancel_scope.cancel()
+
+
+async def test_both_framings_read_as_chunked_and_the_connection_is_not_reused() -> None:
+    connections: list[int] = []
+    reply = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    )
+
+    async def handler(stream: ByteStream) -> None:
+        connections.append(len(connections))
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            for _ in range(4):  # bounded: a pooled connection would ask again here
+                await stream.receive()
+                await stream.send(reply)
+        await stream.aclose()
+
+    async with anyio.create_task_group() as tg:
+        bound: BoundAddress = await tg.start(
+            serve_tcp, handler, ListenConfig(host="127.0.0.1", port=0)
+        )
+        async with HttpClient() as client:
+            url = f"http://127.0.0.1:{bound.port}/"
+            with anyio.fail_after(10):
+                first = await client.request("GET", url)
+                second = await client.request("GET", url)
+        tg.cancel_scope.cancel()
+    # Transfer-Encoding wins over the Content-Length, and each request had its own
+    # connection (RFC 9112 §6.3).
+    assert first[1] == second[1] == b"hello"
+    assert len(connections) == 2
 
 
 async def test_stale_pooled_connection_is_retried(tmp_path: Path) -> None:

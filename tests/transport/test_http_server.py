@@ -88,6 +88,13 @@ async def test_segments_are_split_before_decoding() -> None:
         b"GET /%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",  # not UTF-8 once decoded
         b"GET http://example.org/x HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute-form
         b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        # Ambiguous framing (RFC 9112 §6.1, §6.3), then a request to smuggle after it.
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0"
+        b"\r\n\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /x HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
 )
 async def test_malformed_requests_get_400_json_and_close(request_bytes: bytes) -> None:

@@ -187,17 +187,27 @@ async def test_find_urls_downloads_ranges_and_routes_through_two_hubs(tmp_path: 
         assert parent["name"] == "B"
         # A hub's own nodeinfo lists its children.
         status, payload = await get_json(client, f"{a.local_url}/{a.node.node_id}/api/nodeinfo")
-        assert payload["child_hubs"] == {b.node.node_id: {"name": "B", "listen_url": b.local_url}}
+        # (description and owner from each child's registration, for the hub's page)
+        child = {"description": "", "owner": ""}
+        assert payload["child_hubs"] == {
+            b.node.node_id: {"name": "B", "listen_url": b.local_url, **child}
+        }
         assert payload["child_leaf_nodes"] == {
-            t.node.node_id: {"name": "T", "listen_url": t.local_url}
+            t.node.node_id: {"name": "T", "listen_url": t.local_url, **child}
         }
         assert "parent_hub_info" not in payload
-        # A node id nobody has: 404; a malformed content id: 400.
+        # A node id nobody has: 404; a malformed content id finds nothing (as the
+        # original hubs answered, so its clients say "not found").
         response, body = await client.request("GET", f"{b.local_url}/0123456789ab/api/nodeinfo")
         assert response.status == 404
         assert json.loads(body)["success"] is False
-        response, body = await client.request("GET", f"{a.local_url}/find/xyz")
-        assert response.status == 400
+        for target in ("/find/xyz", f"/{sid}/api/find/xyz", f"/find/{'g' * 40}/name.txt"):
+            response, body = await client.request("GET", a.local_url + target)
+            assert response.status == 200
+            answer = json.loads(body)
+            assert answer["success"] is True
+            assert answer["found"] is False
+            assert "Malformed SHA-1" in answer["reason"]
 
         # Console hooks saw the joins.
         lines = net.tree.lines.lines

@@ -6,8 +6,9 @@ transiently (a file listed before the share has hashed it), which a test cannot 
 against a real share. It serves, with one stdlib ``http.server`` per node on 127.0.0.1
 (port 0, in a thread):
 
-- the shipped web interface through :mod:`kbapps.web` (``/``, ``/web/...``,
-  ``/web/config.json``), with the CSP header;
+- the web interface through :mod:`kbapps.web`: the pages drawn by
+  ``kbapps.web.pages.render_page`` from this module's own answers, and the shipped
+  files (``/web/...``), with the CSP header;
 - ``GET /ID/api/nodeinfo``, ``/ID/api/readdir/PATH``, ``/ID/download/PATH``,
   ``/ID/prv/PATH`` and ``/find/SHA1`` in SPEC §4's JSON shapes, built from REAL
   directories: real listings (dot-names hidden), real bytes, and real SHA-1 ``.prv``
@@ -20,6 +21,7 @@ indexing is imitated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mimetypes
@@ -32,7 +34,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from kbapps import web
+from kbapps.web.pages import Answer, Site, is_page_path, render_page
 
 #: Stand-in public key text (the UI never reads it; real nodes send their PEM).
 _PUBLIC_KEY = "-----BEGIN PUBLIC KEY-----\nstand-in\n-----END PUBLIC KEY-----\n"
@@ -292,30 +297,61 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, *, head: bool) -> None:
         network = self.server.network
         me = network.nodes[self.server.node_id]
-        raw_path = urllib.parse.urlsplit(self.path).path
-        if raw_path == "/" or raw_path == "/web" or raw_path.startswith("/web/"):
-            reply = web.web_response(raw_path, node_id=me.node_id, node_type=me.node_type)
+        split = urllib.parse.urlsplit(self.path)
+        raw_path = split.path
+        if is_page_path(raw_path):
+            self._page(me, urllib.parse.parse_qsl(split.query), head=head)
+            return
+        if raw_path.startswith("/web/"):
+            reply = web.web_response(raw_path)
             if reply is None:
                 self._error(404, "no such page", head=head)
             else:
                 self._send(200, reply.body, reply.content_type, head=head)
             return
         segments = [urllib.parse.unquote(s) for s in raw_path.split("/")[1:]]
-        if len(segments) >= 2 and segments[0] == "find":
-            self._json(200, network.find(me.node_id, segments[1].lower()), head=head)
+        if (
+            len(segments) > 2
+            and segments[1] in ("download", "prv")
+            and segments[0] in network.nodes
+        ):
+            self._file(network.nodes[segments[0]], segments[1], segments[2:], head=head)
             return
+        status, obj = self._api(me, segments)
+        self._json(status, obj, head=head)
+
+    def _api(self, me: SpecNode, segments: list[str]) -> tuple[int, dict[str, Any]]:
+        """The JSON routes: ``(status, body)``."""
+        network = self.server.network
+        if len(segments) >= 2 and segments[0] == "find":
+            return 200, network.find(me.node_id, segments[1].lower())
         node = network.nodes.get(segments[0])
         if node is None:
-            self._error(404, f"unknown node: {segments[0]}", head=head)
-            return
+            return 404, {"success": False, "error": f"unknown node: {segments[0]}"}
         if segments[1:] == ["api", "nodeinfo"]:
-            self._json(200, network.nodeinfo(node), head=head)
-        elif segments[1:3] == ["api", "readdir"]:
-            self._readdir(node, segments[3:], head=head)
-        elif len(segments) > 2 and segments[1] in ("download", "prv"):
-            self._file(node, segments[1], segments[2:], head=head)
-        else:
-            self._error(404, "no such route", head=head)
+            return 200, network.nodeinfo(node)
+        if segments[1:3] == ["api", "readdir"]:
+            resolved = self._resolve(node, segments[3:])
+            if resolved is None or not resolved[1].is_dir():
+                return 404, {"success": False, "error": "no such directory"}
+            return 200, network.readdir(node, *resolved)
+        return 404, {"success": False, "error": "no such route"}
+
+    def _page(self, me: SpecNode, query: list[tuple[str, str]], *, head: bool) -> None:
+        """A page, drawn by kbapps.web from this node's own answers."""
+
+        async def fetch(target: str) -> Answer:
+            path = urllib.parse.urlsplit(target).path
+            status, obj = self._api(me, [urllib.parse.unquote(s) for s in path.split("/")[1:]])
+            return Answer(status, obj)
+
+        site = Site(node_id=me.node_id, node_type=me.node_type)
+        page = anyio.run(
+            functools.partial(
+                render_page, query, host=self.headers.get("Host"), site=site, fetch=fetch
+            )
+        )
+        self._send(page.status, page.html, web.HTML_TYPE, head=head)
 
     def _resolve(self, node: SpecNode, parts: list[str]) -> tuple[str, Path] | None:
         parts = [p for p in parts if p != ""]
@@ -325,13 +361,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.resolve().is_relative_to(node.root.resolve()):
             return None
         return "/".join(parts), path
-
-    def _readdir(self, node: SpecNode, parts: list[str], *, head: bool) -> None:
-        resolved = self._resolve(node, parts)
-        if resolved is None or not resolved[1].is_dir():
-            self._error(404, "no such directory", head=head)
-            return
-        self._json(200, self.server.network.readdir(node, *resolved), head=head)
 
     def _file(self, node: SpecNode, kind: str, parts: list[str], *, head: bool) -> None:
         resolved = self._resolve(node, parts)

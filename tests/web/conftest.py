@@ -30,7 +30,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.e2e.procs import LINE_TIMEOUT, Procs, wait_for
+from tests.e2e.procs import LINE_TIMEOUT, UNREACHABLE, Procs, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -53,6 +53,9 @@ EVIL_SHARE_NAME = "<img src=x onerror=alert(1)>"
 #: folder "<b>x<" holding the file "b>.dat". Both halves must show as literal text.
 EVIL_FILE_PATH = "<b>x</b>.dat"
 EVIL_FLAT_NAME = "<img src=y onerror=alert(4)>.dat"
+#: The bytes of the evil share's EVIL_FLAT_NAME, which the main share also lists as the
+#: stand-in ``pointers/elsewhere.dat`` (a ``.prv`` pointing at them).
+ELSEWHERE = b"image?\n"
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,10 @@ class WebNetwork:
     """What the browser tests know of the running network.
 
     A top hub with a child hub and a share; an "evil" share (injection payloads in every
-    text it reports) below the child hub, so its pages are reached through two hubs.
+    text it reports) below the child hub, so its pages are reached through two hubs. The
+    evil share advertises an unreachable listen URL (``procs.UNREACHABLE``), so its
+    content only comes through the hubs; the main share's ``pointers/elsewhere.dat`` is
+    a stand-in for one of its files.
     """
 
     hub_url: str
@@ -93,6 +99,7 @@ def build_share_dir(root: Path) -> None:
     _write(root / "recordings" / "10", b"ten\n")
     _write(root / "recordings" / "données.csv", b"a,b\n1,2\n")
     _write(root / "recordings" / ".hidden", b"never listed\n")
+    _write(root / "pointers" / "elsewhere.dat.prv", expected_prv_bytes(ELSEWHERE, "elsewhere.dat"))
     many = root / "many"
     many.mkdir()
     for i in range(MANY):
@@ -102,16 +109,24 @@ def build_share_dir(root: Path) -> None:
 def build_evil_dir(root: Path) -> None:
     """The evil share's files: names that are HTML."""
     _write(root / EVIL_FILE_PATH, b"bold?\n")
-    _write(root / EVIL_FLAT_NAME, b"image?\n")
+    _write(root / EVIL_FLAT_NAME, ELSEWHERE)
 
 
 def expected_prv(path: Path, name: str) -> bytes:
     """The SPEC §2.1 ``.prv`` bytes of ``path`` with ``original_path`` = ``name``."""
-    return (json.dumps(_prv_object(path, name), indent=4, ensure_ascii=False) + "\n").encode()
+    return expected_prv_bytes(path.read_bytes(), name)
+
+
+def expected_prv_bytes(data: bytes, name: str) -> bytes:
+    """The SPEC §2.1 ``.prv`` bytes of content ``data`` with ``original_path`` = ``name``."""
+    return (json.dumps(_prv_of(data, name), indent=4, ensure_ascii=False) + "\n").encode()
 
 
 def _prv_object(path: Path, name: str) -> dict[str, Any]:
-    data = path.read_bytes()
+    return _prv_of(path.read_bytes(), name)
+
+
+def _prv_of(data: bytes, name: str) -> dict[str, Any]:
     return {
         "original_checksum": hashlib.sha1(data).hexdigest(),
         "original_size": len(data),
@@ -226,6 +241,8 @@ def _run_network(procs: Procs, base: Path) -> WebNetwork:
         "<script>alert(2)</script>",
         "--owner",
         '"><svg onload=alert(3)>',
+        "--listen-url",
+        UNREACHABLE,
         name=EVIL_SHARE_NAME,
         parent=subhub,
     )

@@ -15,6 +15,7 @@ from playwright.sync_api import Download, Locator, Page, expect
 
 from kbapps import web
 from tests.web.conftest import (
+    ELSEWHERE,
     EVIL_FLAT_NAME,
     EVIL_SHARE_NAME,
     MANY,
@@ -22,6 +23,7 @@ from tests.web.conftest import (
     Watched,
     WebNetwork,
     expected_prv,
+    expected_prv_bytes,
     expected_prvdir,
 )
 
@@ -72,7 +74,7 @@ def test_hub_page_shows_info_and_children(watched: Watched, web_network: WebNetw
     expect(sub_link).to_have_attribute("href", f"/?node={web_network.subhub_id}")
     share_link = shares.get_by_role("link", name="Spike sorting examples")
     expect(share_link).to_have_attribute("href", f"/?node={web_network.share_id}")
-    # Description and owner come from each child's own nodeinfo, loaded in the background.
+    # Description and owner come from the hub's own nodeinfo (the children's registration).
     expect(shares.locator("tbody tr")).to_contain_text("Ada Lovelace")
     expect(hubs.locator("tbody tr")).to_contain_text("Hub for the lab's recording machines.")
     expect(page.locator("#footer")).to_contain_text(web_network.hub_id)
@@ -93,7 +95,7 @@ def test_click_through_to_share_download_file_and_prv(
     expect(page.locator(".breadcrumb")).to_have_text(f"kbucket://{web_network.share_id}")
     # Folders first, then files, each sorted; dot-names never shown.
     names = page.locator("table.files td.name a")
-    expect(names).to_have_text(["many", "recordings", "params.json", "README.txt"])
+    expect(names).to_have_text(["many", "pointers", "recordings", "params.json", "README.txt"])
     params_size = (web_network.share_dir / "params.json").stat().st_size
     expect(_row(page, "params.json").locator("td.size")).to_have_text(f"{params_size} B")
 
@@ -120,7 +122,7 @@ def test_click_through_to_share_download_file_and_prv(
     assert _downloaded(info.value) == raw.read_bytes()
 
     with page.expect_download() as info:
-        row.get_by_role("button", name=".prv").click()
+        row.get_by_role("link", name=".prv").click()
     assert info.value.suggested_filename == "raw.mda.prv"
     assert _downloaded(info.value) == expected_prv(raw, "raw.mda")
 
@@ -198,6 +200,9 @@ def test_ten_thousand_entries_stay_responsive(watched: Watched, web_network: Web
     expect(page.locator(".summary")).to_have_text(f"0 folders, {MANY:,} files")
     first = page.locator("table.files td.name a", has_text="f00000.dat")
     expect(first).to_be_visible()
+    # The script has the whole listing once the filter works (the server drew one page).
+    expect(page.get_by_placeholder("Filter names")).to_be_enabled()
+    expect(page.locator(".pager")).to_have_count(0)
     # Only rows near the viewport exist, so the page never holds 10,000 rows at once.
     rendered = page.locator("table.files tr.row").count()
     assert 0 < rendered < 300
@@ -235,10 +240,11 @@ def test_search_by_sha1_shows_download_links(watched: Watched, web_network: WebN
     expect(link).to_have_attribute(
         "href", f"/{web_network.share_id}/download/recordings/session_02/raw.mda"
     )
-    direct = (
-        f"{web_network.share_url}/{web_network.share_id}/download/recordings/session_02/raw.mda"
-    )
-    expect(card.locator("ol.urls li").first).to_have_text(direct)
+    tail = f"/{web_network.share_id}/download/recordings/session_02/raw.mda"
+    # The page's own node first (the browser just reached it), then the share's own URL.
+    urls = card.locator("ol.urls li")
+    expect(urls.first).to_have_text(f"{web_network.hub_url}{tail} — this node")
+    expect(urls.nth(1)).to_have_text(f"{web_network.share_url}{tail}")
     with page.expect_download() as info:
         link.click()
     assert info.value.suggested_filename == "raw.mda"
@@ -346,3 +352,53 @@ def test_csp_header_forbids_inline_script(watched: Watched, web_network: WebNetw
     assert page.evaluate("() => window.__inlineRan === undefined")
     assert page.evaluate("() => window.__handlerRan === undefined")
     assert all("script-src" in v for v in watched.csp_violations())
+
+
+def test_unknown_node_error_replaces_the_loading_banner(
+    watched: Watched, web_network: WebNetwork
+) -> None:
+    page = watched.page
+    page.goto(f"{web_network.hub_url}/?node=000000000000")
+    expect(page.get_by_role("alert")).to_contain_text("(HTTP 404)")
+    # The page is the error: no status line is left saying it still loads.
+    expect(page.get_by_role("status")).to_have_count(0)
+    expect(page.locator("body")).not_to_contain_text("Loading")
+    assert watched.page_errors == []
+    assert watched.csp_violations() == []
+
+
+def test_file_names_look_like_the_links_they_are(watched: Watched, web_network: WebNetwork) -> None:
+    page = watched.page
+    page.goto(f"{web_network.hub_url}/?node={web_network.share_id}&path=recordings")
+    file_link = page.locator("table.files a.entry.file", has_text="firings_true.mda")
+    expect(file_link).to_be_visible()
+
+    def color(locator: Locator) -> str:
+        value = locator.evaluate("el => getComputedStyle(el).color")
+        assert isinstance(value, str)
+        return value
+
+    link_color = color(page.locator(".breadcrumb a.crumb.root"))
+    assert color(file_link) == link_color
+    assert color(page.locator("table.files a.entry.dir").first) == link_color
+    assert color(page.locator("body")) != link_color
+    watched.assert_clean()
+
+
+def test_standin_is_listed_and_downloaded_like_a_file(
+    watched: Watched, web_network: WebNetwork
+) -> None:
+    page = watched.page
+    page.goto(f"{web_network.hub_url}/?node={web_network.share_id}&path=pointers")
+    expect(page.locator("table.files td.name a")).to_have_text(["elsewhere.dat"])
+    row = _row(page, "elsewhere.dat")
+    expect(row.locator("td.size")).to_have_text("7 B")
+    expect(row.locator("td.sha1")).to_have_text(hashlib.sha1(ELSEWHERE).hexdigest())
+    with page.expect_download() as info:
+        row.locator("td.name a").click()
+    assert info.value.suggested_filename == "elsewhere.dat"
+    assert _downloaded(info.value) == ELSEWHERE
+    with page.expect_download() as info:
+        row.get_by_role("link", name=".prv").click()
+    assert _downloaded(info.value) == expected_prv_bytes(ELSEWHERE, "elsewhere.dat")
+    watched.assert_clean()

@@ -1,8 +1,7 @@
-"""``kbapps.web``: the shipped files, the route mapping, and the page's CSP hygiene."""
+"""``kbapps.web``: the shipped files, the route mapping, and the pages' CSP hygiene."""
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from fnmatch import fnmatch
@@ -12,6 +11,7 @@ import pytest
 
 from kbapps import web
 from tests.web.conftest import ROOT
+from tests.web.test_web_pages import render_all_pages
 
 
 def test_every_shipped_file_is_served_with_its_type() -> None:
@@ -20,7 +20,6 @@ def test_every_shipped_file_is_served_with_its_type() -> None:
         assert reply is not None, name
         assert reply.content_type == content_type
         assert reply.body == (ROOT / "kbapps" / "web" / "static" / name).read_bytes()
-    assert web.static_file("index.html") == web.web_response("/", node_id="a" * 12, node_type="hub")
 
 
 @pytest.mark.parametrize(
@@ -38,6 +37,7 @@ def test_every_shipped_file_is_served_with_its_type() -> None:
         "py.typed",
         "app.js\x00",
         "%2e%2e/__init__.py",
+        "index.html",  # the pages' template, never served as it is
     ],
 )
 def test_static_file_refuses_anything_else(name: str) -> None:
@@ -47,45 +47,34 @@ def test_static_file_refuses_anything_else(name: str) -> None:
 @pytest.mark.parametrize(
     ("path", "name"),
     [
-        ("/", "index.html"),
-        ("/web", "index.html"),
-        ("/web/", "index.html"),
-        ("/?node=0123456789ab&path=a/b", "index.html"),
-        ("/web/index.html", "index.html"),
         ("/web/app.js", "app.js"),
         ("/web/style.css?v=2", "style.css"),
         ("/web/favicon.svg", "favicon.svg"),
     ],
 )
 def test_web_response_maps_paths(path: str, name: str) -> None:
-    assert web.web_response(path, node_id="a" * 12, node_type="hub") == web.static_file(name)
+    assert web.web_response(path) == web.static_file(name)
 
 
 @pytest.mark.parametrize(
     "path",
     [
+        "/",  # pages are drawn, not shipped
+        "/web/",
+        "/web/index.html",
         "/web/../kbapps/__init__.py",
         "/web/static/app.js",
         "/index.html",
         "/app.js",
         "/web//app.js",
         "/web/nothing",
+        "/web/config.json",
         "/0123456789ab/api/nodeinfo",
         "/webx",
     ],
 )
 def test_web_response_refuses_other_paths(path: str) -> None:
-    assert web.web_response(path, node_id="a" * 12, node_type="leaf") is None
-
-
-def test_config_route() -> None:
-    reply = web.web_response(web.CONFIG_ROUTE, node_id="0123456789ab", node_type="leaf")
-    assert reply is not None
-    assert reply.content_type == "application/json"
-    assert json.loads(reply.body) == {"node_id": "0123456789ab", "node_type": "leaf"}
-    for node_id, node_type in [("0123456789AB", "hub"), ("0123", "hub"), ("a" * 12, "share")]:
-        with pytest.raises(ValueError, match="must be"):
-            web.config_json(node_id, node_type)
+    assert web.web_response(path) is None
 
 
 def test_headers_carry_the_csp() -> None:
@@ -110,10 +99,18 @@ class _Audit(HTMLParser):
         for key, value in attrs:
             if key.startswith("on") or key == "style":
                 self.problems.append(f"<{tag} {key}=...>")
-            if key in ("src", "href") and value is not None:
+            if value is None:
+                continue
+            loads = key == "src" or (tag == "link" and key == "href")
+            if loads:
                 self.sources.append(value)
-                if value.startswith(("javascript:", "data:", "http:", "https:", "//")):
-                    self.problems.append(f"<{tag} {key}={value}>")
+            # Pages load nothing from elsewhere; links go anywhere http(s) but never
+            # run script.
+            bad: tuple[str, ...] = ("javascript:", "data:", "vbscript:")
+            if loads:
+                bad += ("http:", "https:", "//")
+            if key in ("src", "href", "action") and value.strip().lower().startswith(bad):
+                self.problems.append(f"<{tag} {key}={value}>")
         if tag == "style":
             self.problems.append("<style>")
         self._in_script = tag == "script"
@@ -126,16 +123,15 @@ class _Audit(HTMLParser):
             self.problems.append("inline <script>")
 
 
-def test_page_needs_no_inline_script_or_style() -> None:
-    reply = web.static_file("index.html")
-    assert reply is not None
-    audit = _Audit()
-    audit.feed(reply.body.decode())
-    assert audit.problems == []
-    # Everything the page loads is one of the shipped files, by absolute path.
-    for source in audit.sources:
-        if source != "/":
-            assert source.removeprefix("/web/") in web.SHIPPED_FILES, source
+def test_pages_need_no_inline_script_or_style() -> None:
+    for name, page in render_all_pages().items():
+        audit = _Audit()
+        audit.feed(page.html.decode())
+        assert audit.problems == [], name
+        # Everything a page loads is one of the shipped files, by absolute path.
+        for source in audit.sources:
+            if source.startswith("/web/"):
+                assert source.removeprefix("/web/") in web.SHIPPED_FILES, source
     script = web.static_file("app.js")
     assert script is not None
     # The script never parses node data as HTML.

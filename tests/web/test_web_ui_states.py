@@ -50,7 +50,7 @@ def test_not_yet_indexed_file(watched: Watched, half_indexed: str) -> None:
     expect(late.locator("td.prv")).to_have_text("—")
     expect(late.locator("td.size")).to_have_text("5.0 KB")
     done = page.locator("table.files tr.row", has_text="done.txt")
-    expect(done.get_by_role("button", name=".prv")).to_be_visible()
+    expect(done.get_by_role("link", name=".prv")).to_be_visible()
     # Still downloadable: indexing is about finding, not serving.
     with page.expect_download() as info:
         late.locator("td.name a").click()

@@ -1,16 +1,20 @@
-// KBucket web interface (SPEC §7). Plain JavaScript, no build step, no framework.
+// KBucket web interface (SPEC §7): the script that enhances the pages. Plain JavaScript,
+// no build step, no framework.
 //
-// The page talks only to the node that served it (same origin), through the SPEC §4
-// routes; that node routes requests for any other node of the network through the tree.
-// Which node to show: `?node=ID` in the URL, else the serving node, learned from
-// `GET /web/config.json` -> {"node_id", "node_type"}. `&path=DIR` opens a directory of a
-// share, `?find=SHA1` shows where some content is. Navigation uses history.pushState, so
-// back/forward and reload work and every view has a plain link.
+// Every page arrives whole from the node (kbapps/web/pages.py draws it on the server), so
+// everything essential works without this script: links, downloads, the search box.
+// The script adds what needs a browser: a folder's complete listing in one scrollable,
+// filterable table (the server draws the first rows of a long folder), .prvdir files
+// built from the listings, opening a .prv file picked or dropped on the page, and the
+// find page's download URLs ordered by what this browser can reach. It reads what it
+// needs from the page's data-* attributes and asks only the node that served the page
+// (same origin), through the SPEC §4 routes.
 //
 // Safety: everything a node reports is put in the page with textContent or as attribute
-// values we build ourselves; no HTML-parsing DOM API is ever used. Only http(s) URLs become
-// links. The node sends a Content-Security-Policy that forbids inline script, and this
-// file needs none.
+// values we build ourselves; no HTML-parsing DOM API is ever used. The node sends a
+// Content-Security-Policy that forbids inline script, and this file needs none.
+
+document.documentElement.classList.add("js");
 
 const NODE_ID_RE = /^[0-9a-f]{12}$/;
 const SHA1_RE = /^[0-9a-f]{40}$/;
@@ -30,9 +34,6 @@ const PRVDIR_MAX_DIRS = 50000;
 const PRVDIR_CONCURRENCY = 4;
 // A .prv is a few hundred bytes; refuse to read anything dropped that is far larger.
 const PRV_FILE_MAX_BYTES = 1 << 20;
-// Child nodes whose description and owner are fetched for a hub page.
-const CHILD_DETAILS_MAX = 200;
-const CHILD_DETAILS_CONCURRENCY = 4;
 
 const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 const numberFormat = new Intl.NumberFormat("en-US");
@@ -46,7 +47,6 @@ function h(tag, attrs, ...children) {
     if (value === null || value === undefined || value === false) continue;
     if (key === "class") el.className = value;
     else if (key === "text") el.textContent = String(value);
-    else if (key === "onclick") el.addEventListener("click", value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
   for (const child of children.flat()) {
@@ -60,24 +60,11 @@ function muted(text) {
   return h("span", { class: "muted", text });
 }
 
-function code(text, cls) {
-  return h("code", { class: cls || null, text });
+function str(value) {
+  return typeof value === "string" ? value : "";
 }
 
-// A link to a node-provided URL, only when it is http(s); otherwise plain text.
-function externalLink(url) {
-  let parsed = null;
-  try {
-    parsed = new URL(url);
-  } catch {
-    parsed = null;
-  }
-  if (!parsed || (parsed.protocol !== "http:" && parsed.protocol !== "https:")) {
-    return h("span", { class: "mono", text: url });
-  }
-  return h("a", { href: parsed.href, class: "mono", rel: "noopener noreferrer", text: url });
-}
-
+// Sizes and counts as the server writes them (kbapps/web/_format.py).
 function humanSize(bytes) {
   if (typeof bytes !== "number" || !Number.isFinite(bytes) || bytes < 0) return "";
   if (bytes < 1000) return `${bytes} B`;
@@ -126,42 +113,20 @@ function isSafeName(name) {
 }
 
 const routes = {
-  nodeinfo: (id) => `/${id}/api/nodeinfo`,
   readdir: (id, path) => `/${id}/api/readdir/${encodePath(path)}`,
   download: (id, path) => `/${id}/download/${encodePath(path)}`,
-  find: (sha1) => `/find/${sha1}`,
+  prv: (id, path) => `/${id}/prv/${encodePath(path)}`,
 };
 
-// Page URLs: ?node=ID&path=DIR or ?find=SHA1&name=NAME, '/' left readable in the path.
+// Page URLs, as the server writes them: /?node=ID&path=DIR or /?find=SHA1&name=NAME,
+// '/' left readable in the path.
 function pageHref(state) {
   const parts = [];
-  const put = (key, value) => {
+  for (const key of ["node", "path", "find", "name"]) {
+    const value = state[key];
     if (value) parts.push(`${key}=${encodeURIComponent(value).replace(/%2F/g, "/")}`);
-  };
-  put("node", state.node);
-  put("path", state.path);
-  put("find", state.find);
-  put("name", state.name);
-  return location.pathname + (parts.length ? `?${parts.join("&")}` : "");
-}
-
-function readLocation() {
-  const q = new URLSearchParams(location.search);
-  return {
-    node: (q.get("node") || "").trim().toLowerCase(),
-    path: normPath(q.get("path")),
-    find: (q.get("find") || "").trim().toLowerCase(),
-    name: q.get("name") || "",
-  };
-}
-
-function navLink(state, text, cls) {
-  return h("a", { href: pageHref(state), "data-nav": "", class: cls || null, text });
-}
-
-function navigate(state) {
-  history.pushState(null, "", pageHref(state));
-  render();
+  }
+  return parts.length ? `/?${parts.join("&")}` : "/";
 }
 
 // ---------------------------------------------------------------------------------------
@@ -293,10 +258,6 @@ function saveText(text, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
-function downloadPrv(entry) {
-  saveText(`${dumps(prvMap(entry.prv, entry.name), 0)}\n`, `${entry.name}.prv`);
-}
-
 async function mapLimit(items, limit, fn) {
   let next = 0;
   const worker = async () => {
@@ -349,208 +310,15 @@ async function buildPrvdir(nodeId, root, onProgress, signal) {
   return { text: `${dumps(prvdirMap(tree), 0)}\n`, files, dirs };
 }
 
-// ---------------------------------------------------------------------------------------
-// Page chrome: status line, errors, footer.
-
-const view = () => document.getElementById("view");
-const statusBox = () => document.getElementById("status");
-
-function showStatus(text, kind) {
-  const box = statusBox();
-  box.replaceChildren();
-  if (text) box.append(h("div", { class: `notice ${kind || "info"}`, text }));
-}
-
 function errorBox(title, err) {
   const message = err instanceof Error ? err.message : String(err);
   return h("div", { class: "notice error", role: "alert" },
     h("strong", { text: title }), " ", h("span", { text: message }));
 }
 
-let selfConfig = null;
-
-async function loadSelf() {
-  try {
-    const config = await getJson("/web/config.json");
-    if (!NODE_ID_RE.test(config.node_id)) throw new ApiError("it sent no valid node id");
-    selfConfig = { node_id: config.node_id, node_type: config.node_type === "hub" ? "hub" : "leaf" };
-    const footer = document.getElementById("footer");
-    footer.replaceChildren(
-      "Served by ", selfConfig.node_type === "hub" ? "hub " : "share ",
-      navLink({ node: selfConfig.node_id }, selfConfig.node_id, "mono"),
-      " · requests for other nodes are routed through the KBucket network.");
-  } catch (err) {
-    selfConfig = null;
-    return err;
-  }
-  return null;
-}
-
 // ---------------------------------------------------------------------------------------
-// Views.
-
-let current = null; // AbortController of the view being loaded
-
-async function render() {
-  if (current) current.abort();
-  const controller = new AbortController();
-  current = controller;
-  const state = readLocation();
-  showStatus("");
-  view().replaceChildren();
-  const input = document.getElementById("search-input");
-  if (state.find && input.value !== state.find) input.value = state.find;
-  try {
-    if (state.find) {
-      await renderFind(state, controller.signal);
-    } else {
-      let nodeId = state.node;
-      if (!nodeId) {
-        if (!selfConfig) {
-          const err = await loadSelf();
-          if (err) throw new ApiError(`this node did not say which node it is (/web/config.json): ${err.message}`);
-        }
-        nodeId = selfConfig.node_id;
-      }
-      if (!NODE_ID_RE.test(nodeId)) throw new ApiError(`"${nodeId}" is not a node id (12 hex digits)`);
-      await renderNode(nodeId, state.path, controller.signal);
-    }
-  } catch (err) {
-    if (controller.signal.aborted) return;
-    document.title = "Error · KBucket";
-    view().replaceChildren(errorBox("Could not load this page:", err));
-  }
-}
-
-function infoTable(rows) {
-  const dl = h("dl", { class: "info" });
-  for (const [label, value] of rows) {
-    if (value === null || value === undefined || value === "") continue;
-    dl.append(h("dt", { text: label }), h("dd", {}, value));
-  }
-  return dl;
-}
-
-function typeBadge(type) {
-  return h("span", { class: `badge ${type === "hub" ? "hub" : "share"}`, text: type === "hub" ? "Hub" : "Share" });
-}
-
-function str(value) {
-  return typeof value === "string" ? value : "";
-}
-
-async function renderNode(nodeId, path, signal) {
-  showStatus(`Loading node ${nodeId}…`);
-  const body = await getJson(routes.nodeinfo(nodeId), signal);
-  showStatus("");
-  const info = body.info && typeof body.info === "object" ? body.info : {};
-  const type = info.node_type === "hub" ? "hub" : "leaf";
-  const name = str(info.name) || nodeId;
-  document.title = `${name} · KBucket`;
-
-  const parent = body.parent_hub_info && typeof body.parent_hub_info === "object" ? body.parent_hub_info : null;
-  let parentCell = muted("none (top of its network)");
-  if (parent && NODE_ID_RE.test(str(parent.node_id))) {
-    parentCell = h("span", {}, navLink({ node: parent.node_id }, str(parent.name) || parent.node_id),
-      " ", code(parent.node_id, "id"));
-  }
-  const owner = str(info.owner);
-  const email = str(info.owner_email);
-  const ownerCell = owner || email ? h("span", {}, owner, email ? muted(` ${owner ? "· " : ""}${email}`) : null) : null;
-  const listen = str(info.listen_url);
-
-  const header = h("div", { class: "node-header" },
-    h("h1", {}, h("span", { class: "node-name", text: name }), typeBadge(type)));
-  const card = h("section", { class: "card" },
-    infoTable([
-      ["Node id", code(nodeId, "id")],
-      ["Type", type === "hub" ? "Hub" : "Share"],
-      ["Description", str(info.description) ? h("span", { text: info.description }) : muted("no description")],
-      ["Owner", ownerCell || muted("unknown")],
-      ["Listen URL", listen ? externalLink(listen) : null],
-      ["Parent hub", parentCell],
-    ]));
-  view().append(header, card);
-
-  if (type === "hub") {
-    renderChildren(body, signal);
-  } else {
-    await renderBrowser(nodeId, name, path, signal);
-  }
-}
-
-function childEntries(map) {
-  if (!map || typeof map !== "object") return [];
-  return Object.entries(map)
-    .filter(([id]) => NODE_ID_RE.test(id))
-    .map(([id, child]) => ({ id, name: str(child && child.name) || id, listen: str(child && child.listen_url) }))
-    .sort((a, b) => collator.compare(a.name, b.name) || compareCodePoints(a.id, b.id));
-}
-
-function renderChildren(body, signal) {
-  const pending = [];
-  const section = (title, children, emptyText) => {
-    const card = h("section", { class: "card" },
-      h("h2", {}, title, h("span", { class: "count", text: numberFormat.format(children.length) })));
-    if (!children.length) {
-      card.append(h("p", { class: "empty", text: emptyText }));
-      return card;
-    }
-    const tbody = h("tbody");
-    for (const child of children) {
-      const description = h("td", { class: "desc" }, muted("…"));
-      const owner = h("td", { class: "owner" }, muted("…"));
-      tbody.append(h("tr", {},
-        h("td", { class: "name" }, navLink({ node: child.id }, child.name)),
-        h("td", {}, code(child.id, "id")),
-        description, owner));
-      pending.push({ child, description, owner });
-    }
-    card.append(h("div", { class: "table-wrap" }, h("table", { class: "grid children" },
-      h("colgroup", {}, h("col", { class: "c-name" }), h("col", { class: "c-id" }), h("col", { class: "c-desc" }), h("col", { class: "c-owner" })),
-      h("thead", {}, h("tr", {}, ["Name", "Node id", "Description", "Owner"].map((t) => h("th", { text: t })))),
-      tbody)));
-    return card;
-  };
-  view().append(
-    section("Child hubs", childEntries(body.child_hubs), "No child hubs are connected."),
-    section("Child shares", childEntries(body.child_leaf_nodes), "No shares are connected."));
-  // Description and owner come from each child's own nodeinfo, fetched in the background.
-  const todo = pending.slice(0, CHILD_DETAILS_MAX);
-  for (const row of pending.slice(CHILD_DETAILS_MAX)) {
-    row.description.replaceChildren();
-    row.owner.replaceChildren();
-  }
-  mapLimit(todo, CHILD_DETAILS_CONCURRENCY, async (row) => {
-    try {
-      const info = (await getJson(routes.nodeinfo(row.child.id), signal)).info || {};
-      row.description.replaceChildren(str(info.description) ? h("span", { text: info.description }) : "");
-      row.owner.replaceChildren(str(info.owner));
-      if (str(info.description)) row.description.title = info.description;
-    } catch {
-      if (signal.aborted) return;
-      row.description.replaceChildren(muted("unreachable"));
-      row.owner.replaceChildren();
-    }
-  }).catch(() => {});
-}
-
-// ---------------------------------------------------------------------------------------
-// The share's file browser.
-
-function breadcrumb(nodeId, path) {
-  const nav = h("nav", { class: "breadcrumb", "aria-label": "Folder" });
-  nav.append(navLink({ node: nodeId }, `kbucket://${nodeId}`, "crumb root"));
-  let sofar = "";
-  const parts = path ? path.split("/") : [];
-  parts.forEach((part, i) => {
-    sofar = joinPath(sofar, part);
-    nav.append(h("span", { class: "sep", "aria-hidden": "true", text: "/" }));
-    if (i === parts.length - 1) nav.append(h("span", { class: "crumb current", "aria-current": "page", text: part }));
-    else nav.append(navLink({ node: nodeId, path: sofar }, part, "crumb"));
-  });
-  return nav;
-}
+// A share's folder: the server drew its first rows; the whole listing goes in a
+// virtualized table, with a filter and the .prvdir buttons.
 
 function readEntries(listing) {
   const dirs = [];
@@ -570,42 +338,41 @@ function readEntries(listing) {
   return { dirs, files, all: dirs.concat(files) };
 }
 
-async function renderBrowser(nodeId, shareName, path, signal) {
-  const card = h("section", { class: "card browser" });
-  const crumbs = breadcrumb(nodeId, path);
-  const summary = h("span", { class: "summary muted", text: "Loading…" });
-  const filter = h("input", { type: "search", class: "filter", placeholder: "Filter names", "aria-label": "Filter names", disabled: true });
-  const folderName = path ? baseName(path) : shareName;
-  const prvdirButton = h("button", { type: "button", class: "button secondary small", disabled: true, title: "Download the .prvdir of this folder (all its files, recursively)", text: "Download .prvdir" });
-  const progress = h("div", { class: "progress" });
-  card.append(
-    h("div", { class: "browser-head" }, crumbs, h("div", { class: "tools" }, summary, filter, prvdirButton)),
-    progress);
-  view().append(card);
-
+async function enhanceBrowser(card) {
+  const nodeId = card.dataset.node || "";
+  if (!NODE_ID_RE.test(nodeId)) return;
+  const path = normPath(card.dataset.path);
+  const progress = card.querySelector(".progress");
+  const summary = card.querySelector(".summary");
+  const filter = card.querySelector("input.filter");
+  // Every .prvdir button of the card, drawn by the server or by the table below.
+  card.addEventListener("click", (event) => {
+    const button = event.target instanceof Element ? event.target.closest("button[data-prvdir]") : null;
+    if (!button || button.disabled) return;
+    startPrvdir(nodeId, normPath(button.dataset.prvdir), button.dataset.name || "share", progress, button);
+  });
+  const drawn = card.querySelector(".scroller");
+  if (!drawn && card.dataset.load !== "script") return; // empty, or the server's error stands
   let listing;
   try {
-    listing = await getJson(routes.readdir(nodeId, path), signal);
+    listing = await getJson(routes.readdir(nodeId, path));
   } catch (err) {
-    if (signal.aborted) throw err;
-    summary.textContent = "";
-    card.append(errorBox(`Could not list ${path ? `“${path}”` : "this share"}:`, err));
+    // The server's rows (if any) stay, with their links and pages.
+    progress.replaceChildren(errorBox(`Could not list ${path ? `“${path}”` : "this share"}:`, err));
     return;
   }
   const entries = readEntries(listing);
   summary.textContent = [plural(entries.dirs.length, "folder"), plural(entries.files.length, "file")].join(", ");
-  filter.disabled = false;
-  prvdirButton.disabled = false;
-  prvdirButton.addEventListener("click", () => startPrvdir(nodeId, path, folderName, progress, prvdirButton));
-
   if (!entries.all.length) {
     card.append(h("p", { class: "empty", text: "This folder is empty." }));
     return;
   }
-  const table = new FileTable(nodeId, path, progress);
-  card.append(table.element);
+  const table = new FileTable(nodeId, path);
+  if (drawn) drawn.replaceWith(table.element);
+  else card.append(table.element);
+  for (const pager of card.querySelectorAll(".pager")) pager.remove();
   table.setRows(entries.all);
-
+  filter.disabled = false;
   let timer = 0;
   filter.addEventListener("input", () => {
     clearTimeout(timer);
@@ -648,10 +415,9 @@ function startPrvdir(nodeId, path, folderName, progress, button) {
 // A virtualized table: a scroll box holding a fixed-layout table whose rows are all
 // ROW_HEIGHT tall; spacer rows stand in for the rows outside the rendered window.
 class FileTable {
-  constructor(nodeId, path, progress) {
+  constructor(nodeId, path) {
     this.nodeId = nodeId;
     this.path = path;
-    this.progress = progress;
     this.rows = [];
     this.start = 0;
     this.end = 0;
@@ -713,15 +479,14 @@ class FileTable {
     this.tbody.replaceChildren(fragment);
   }
 
+  // The same markup as the server's rows (kbapps/web/views.py, _row).
   renderRow(entry) {
     const full = joinPath(this.path, entry.name);
     if (entry.kind === "dir") {
-      const prvdir = h("button", { type: "button", class: "linkish", title: `Download ${entry.name}.prvdir`, text: ".prvdir" });
-      prvdir.addEventListener("click", () => startPrvdir(this.nodeId, full, entry.name, this.progress, null));
       return h("tr", { class: "row dir" },
-        h("td", { class: "name" }, h("a", { href: pageHref({ node: this.nodeId, path: full }), "data-nav": "", class: "entry dir", title: entry.name, text: entry.name })),
+        h("td", { class: "name" }, h("a", { href: pageHref({ node: this.nodeId, path: full }), class: "entry dir", title: entry.name, text: entry.name })),
         h("td", { class: "size" }, muted("—")),
-        h("td", { class: "prv" }, prvdir),
+        h("td", { class: "prv" }, h("button", { type: "button", class: "linkish js-only", "data-prvdir": full, "data-name": entry.name, title: `Download ${entry.name}.prvdir (all its files, recursively)`, text: ".prvdir" })),
         h("td", { class: "sha1" }));
     }
     const name = h("a", { href: routes.download(this.nodeId, full), download: entry.name, class: "entry file", title: `Download ${entry.name}`, text: entry.name });
@@ -730,11 +495,9 @@ class FileTable {
     let prvCell;
     let shaCell;
     if (entry.prv) {
-      const button = h("button", { type: "button", class: "linkish", title: `Download ${entry.name}.prv`, text: ".prv" });
-      button.addEventListener("click", () => downloadPrv(entry));
-      prvCell = button;
+      prvCell = h("a", { href: routes.prv(this.nodeId, full), download: `${entry.name}.prv`, class: "prv-link", title: `Download ${entry.name}.prv`, text: ".prv" });
       const sha1 = entry.prv.original_checksum.toLowerCase();
-      shaCell = h("a", { href: pageHref({ find: sha1, name: entry.name }), "data-nav": "", class: "mono sha", title: `${sha1} — find every copy`, text: sha1 });
+      shaCell = h("a", { href: pageHref({ find: sha1, name: entry.name }), class: "mono sha", title: `${sha1} — find every copy`, text: sha1 });
     } else {
       prvCell = muted("—");
       shaCell = h("span", { class: "muted pending", text: "not yet indexed" });
@@ -745,69 +508,54 @@ class FileTable {
 }
 
 // ---------------------------------------------------------------------------------------
-// Find: where is this content?
+// Find: the download URLs, those this browser can reach first.
 
-async function renderFind(state, signal) {
-  if (!SHA1_RE.test(state.find)) throw new ApiError(`"${state.find}" is not a SHA-1 (40 hex digits)`);
-  document.title = `Find ${state.find.slice(0, 12)}… · KBucket`;
-  showStatus("Searching the network…");
-  const body = await getJson(routes.find(state.find), signal);
-  showStatus("");
-  const header = h("div", { class: "node-header" },
-    h("h1", {}, h("span", { class: "node-name", text: state.name ? `Find “${state.name}”` : "Find content" })),
-    h("div", { class: "node-sub" }, "SHA-1 ", code(state.find, "id")));
-  view().append(header);
-  if (!body.found) {
-    view().append(h("section", { class: "card" }, h("p", { class: "empty", text: "Not found: no node reachable from here has this content." })));
-    return;
-  }
-  const results = (Array.isArray(body.results) ? body.results : [])
-    .filter((r) => r && NODE_ID_RE.test(str(r.kbshare_id)) && typeof r.path === "string" && normPath(r.path));
-  const size = typeof body.size === "number" ? body.size : results.length ? results[0].size : null;
-  const card = h("section", { class: "card" },
-    h("h2", {}, "Found", h("span", { class: "count", text: numberFormat.format(results.length) })),
-    h("p", { class: "muted", text: `${typeof size === "number" ? `${humanSize(size)} (${exactBytes(size)}) · ` : ""}${plural(results.length, "copy")} in the network` }));
-  if (results.length) {
-    const tbody = h("tbody");
-    const shareLinks = new Map(); // share id -> links whose text becomes the share's name
-    for (const result of results) {
-      const path = normPath(result.path);
-      const filename = state.name ? baseName(state.name) || baseName(path) : baseName(path);
-      const folder = path.split("/").slice(0, -1).join("/");
-      const shareLink = navLink({ node: result.kbshare_id, path: folder }, result.kbshare_id, "mono");
-      if (!shareLinks.has(result.kbshare_id)) shareLinks.set(result.kbshare_id, []);
-      shareLinks.get(result.kbshare_id).push(shareLink);
-      tbody.append(h("tr", {},
-        h("td", {}, shareLink),
-        h("td", { class: "path", title: path, text: path }),
-        h("td", { class: "size", text: typeof result.size === "number" ? humanSize(result.size) : "" }),
-        h("td", {}, h("a", { href: routes.download(result.kbshare_id, path), download: filename, class: "button small", text: "Download" }))));
-    }
-    card.append(h("div", { class: "table-wrap" }, h("table", { class: "grid results" },
-      h("thead", {}, h("tr", {}, ["Share", "Path", "Size", ""].map((t) => h("th", { text: t })))), tbody)));
-    // Show share names instead of bare ids once each share's nodeinfo arrives.
-    mapLimit([...shareLinks.keys()].slice(0, CHILD_DETAILS_MAX), CHILD_DETAILS_CONCURRENCY, async (id) => {
-      try {
-        const info = (await getJson(routes.nodeinfo(id), signal)).info || {};
-        for (const link of shareLinks.get(id)) {
-          if (str(info.name)) {
-            link.textContent = info.name;
-            link.className = "";
-            link.title = id;
-          }
-        }
-      } catch {
-        // The id stays; the link still works through the serving node.
-      }
-    }).catch(() => {});
-  }
-  const urls = (Array.isArray(body.urls) ? body.urls : []).filter((u) => typeof u === "string");
-  if (urls.length) {
-    card.append(h("h3", { text: "Direct URLs, best first" }),
-      h("ol", { class: "urls" }, urls.map((u) => h("li", {}, externalLink(u)))));
-  }
-  view().append(card);
+const DEFAULT_PORTS = { "http:": "80", "https:": "443" };
+
+function isLoopbackHost(host) {
+  const name = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return name === "localhost" || name.endsWith(".localhost") || name === "::1" ||
+    name === "0.0.0.0" || name === "::" || /^127\.\d+\.\d+\.\d+$/.test(name);
 }
+
+// What the browser knows for sure, which a node behind a proxy may not: the page's own
+// origin. Same ranks as kbapps/web/reach.py: 0 this node, 1 nothing known against it,
+// 2 the viewer's own computer, 3 blocked (http from an https page).
+function reachRank(url) {
+  let target;
+  try {
+    target = new URL(url);
+  } catch {
+    return [1, ""];
+  }
+  const port = (u) => u.port || DEFAULT_PORTS[u.protocol] || "";
+  if (target.protocol === location.protocol && target.hostname === location.hostname &&
+      port(target) === port(location)) {
+    return [0, "this node"];
+  }
+  if (location.protocol === "https:" && target.protocol === "http:") {
+    return [3, "blocked: an https page cannot download over http"];
+  }
+  if (isLoopbackHost(target.hostname) && !isLoopbackHost(location.hostname)) {
+    return [2, "names the viewer's own computer"];
+  }
+  return [1, ""];
+}
+
+function rankUrls(list) {
+  const items = [...list.querySelectorAll(":scope > li[data-url]")];
+  const ranked = items.map((li, index) => ({ li, index, rank: reachRank(li.dataset.url) }));
+  ranked.sort((a, b) => a.rank[0] - b.rank[0] || a.index - b.index);
+  for (const { li, rank } of ranked) {
+    li.className = `rank-${rank[0]}`;
+    for (const note of li.querySelectorAll(".note")) note.remove();
+    if (rank[1]) li.append(h("span", { class: "muted note", text: ` — ${rank[1]}` }));
+    list.append(li);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Search by a .prv file: picked with the button, or dropped anywhere on the page.
 
 async function prvFromFile(file) {
   if (file.size > PRV_FILE_MAX_BYTES) throw new ApiError(`${file.name} is too large to be a .prv file`);
@@ -828,26 +576,14 @@ async function prvFromFile(file) {
 async function searchFile(file) {
   try {
     const { sha1, name } = await prvFromFile(file);
-    navigate({ find: sha1, name });
+    location.assign(pageHref({ find: sha1, name }));
   } catch (err) {
-    view().replaceChildren(errorBox("Could not read the .prv file:", err));
+    document.getElementById("view").replaceChildren(errorBox("Could not read the .prv file:", err));
   }
 }
 
 function setupSearch() {
-  const form = document.getElementById("search-form");
-  const input = document.getElementById("search-input");
   const picker = document.getElementById("search-file");
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const value = input.value.trim().toLowerCase();
-    if (SHA1_RE.test(value)) navigate({ find: value });
-    else if (NODE_ID_RE.test(value)) navigate({ node: value });
-    else {
-      showStatus("");
-      view().replaceChildren(errorBox("Nothing to find:", new Error("enter a SHA-1 (40 hex digits) or a node id (12 hex digits), or drop a .prv file")));
-    }
-  });
   picker.addEventListener("change", () => {
     if (picker.files && picker.files.length) searchFile(picker.files[0]);
     picker.value = "";
@@ -871,28 +607,6 @@ function setupSearch() {
   });
 }
 
-// In-page navigation: plain left clicks on our own links update history and re-render;
-// modified clicks (new tab, new window) keep the browser's behaviour.
-function setupNavigation() {
-  document.addEventListener("click", (event) => {
-    const link = event.target instanceof Element ? event.target.closest("a[data-nav]") : null;
-    if (!link || event.defaultPrevented || event.button !== 0 ||
-        event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
-    const url = new URL(link.href);
-    if (url.origin !== location.origin) return;
-    event.preventDefault();
-    history.pushState(null, "", url.pathname + url.search);
-    render();
-    window.scrollTo(0, 0);
-  });
-  window.addEventListener("popstate", () => render());
-}
-
-async function main() {
-  setupNavigation();
-  setupSearch();
-  await loadSelf();
-  await render();
-}
-
-main();
+setupSearch();
+for (const list of document.querySelectorAll("ol.urls")) rankUrls(list);
+for (const card of document.querySelectorAll("section.browser[data-node]")) enhanceBrowser(card);

@@ -1,0 +1,73 @@
+"""Every benchmark script runs, on tiny inputs, so none can rot between the sessions that
+measure with them (``bench_sim.py`` crashed for weeks before this test existed).
+
+The figures of such a run mean nothing; what is checked is that each script finishes,
+prints its tables and ratios, and leaves no process behind. The peers it compares
+against (nginx, wrk, openssl, sha1sum) are installed by ``scripts/setup-tests.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: script -> (tiny arguments, text its report must hold)
+SMOKE_RUNS = {
+    "bench_hashing.py": (
+        ["--repeats", "1", "--big-mib", "4", "--files", "50", "--file-size", "1024"],
+        ["throughput ratio"],
+    ),
+    "bench_serving.py": (["--rounds", "1", "--size-mib", "4"], ["ratio to curl -o"]),
+    "bench_network.py": (
+        [
+            "--rounds",
+            "1",
+            "--size-mib",
+            "4",
+            "--find-shares",
+            "2",
+            "--files-per-share",
+            "3",
+            "--wrk-seconds",
+            "1",
+            "--wrk-repeats",
+            "1",
+        ],
+        ["x curl -o", "x direct", "req/s ratio hub/bare"],
+    ),
+    "bench_sim.py": (
+        ["--hubs", "22", "--shares", "30", "--ids", "2000"],
+        ["## Simulator throughput", "## Hub index memory"],
+    ),
+}
+
+
+def test_every_benchmark_script_has_a_smoke_run() -> None:
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("bench_*.py")}
+    assert scripts == set(SMOKE_RUNS)
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE_RUNS))
+def test_benchmark_runs_on_tiny_inputs(script: str, tmp_path: Path) -> None:
+    # Each script makes (and removes) its own scratch directory under the system temp
+    # directory: nginx's unprivileged workers cannot read inside pytest's tmp_path.
+    args, expected = SMOKE_RUNS[script]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KBUCKET_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "Traceback" not in done.stderr
+    for text in expected:
+        assert text in done.stdout, done.stdout[-3000:]
