@@ -1,7 +1,7 @@
 """``kb-prv-download PRV OUT [--hub URL] [--json]``: fetch verified content (SPEC §3.5).
 
 For a ``.prv``, OUT is the file to write (or an existing directory to write into); for
-a ``.prvdir``, OUT is a directory. The work is ``kbapps.client``'s; this module parses
+a ``.prvdir``, OUT is a directory. The work is ``kbapps.download``'s; this module parses
 the arguments, draws the progress bar (a terminal) or milestone lines (otherwise) on
 stderr, prints ``--json`` events as JSON Lines on stdout, and turns the outcome into
 the exit code: 0 done, 1 not found anywhere, 2 bad input, 3 the hub unreachable or no
@@ -23,7 +23,7 @@ from kbapps.output import UsageError
 if TYPE_CHECKING:
     import typer
 
-    from kbapps.client import ClientError
+    from kbapps.download import ClientError
 
 __all__ = ("HELP", "main", "make_app", "run")
 
@@ -42,7 +42,7 @@ def _print_event(event: dict[str, Any]) -> None:
 
 
 def _report_failure(label: str, exc: ClientError) -> None:
-    from kbapps.client import DownloadFailedError
+    from kbapps.download import DownloadFailedError
 
     output.error(exc.message if exc.message.startswith(label) else f"{label}: {exc.message}")
     if isinstance(exc, DownloadFailedError):
@@ -60,13 +60,13 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
     """
     import anyio
 
-    from kbapps import client
+    from kbapps import download
     from kbproto.prv import PrvDir
 
     try:
-        document = client.load_prv_file(prv_path)
-        options = client.default_options(hub)
-    except client.ClientError as exc:
+        document = download.load_prv_file(prv_path)
+        options = download.default_options(hub)
+    except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     emit = _print_event if as_json else None
 
@@ -76,11 +76,11 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
         with output.Progress("Downloading", total_files=nfiles, total_bytes=total) as progress:
             try:
                 outcome = anyio.run(
-                    lambda: client.download_prvdir(
+                    lambda: download.download_prvdir(
                         document, out, options, on_event=emit, on_progress=progress.update
                     )
                 )
-            except client.ClientError as exc:
+            except download.ClientError as exc:
                 raise UsageError(exc.message, exc.exit_code) from None
         for rel, problem in outcome.failed:
             _report_failure(rel, problem)
@@ -96,11 +96,11 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
     with output.Progress("Downloading", total_files=1, total_bytes=document.size) as progress:
         try:
             result = anyio.run(
-                lambda: client.download_prv(
+                lambda: download.download_prv(
                     document, out, options, on_event=emit, on_progress=progress.update
                 )
             )
-        except client.ClientError as exc:
+        except download.ClientError as exc:
             progress.close(success=False)  # no "done" line for a failed download
             failure: ClientError | None = exc
         else:
@@ -118,7 +118,7 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
         file=sys.stderr,
         flush=True,
     )
-    return client.EXIT_OK
+    return download.EXIT_OK
 
 
 def make_app() -> typer.Typer:

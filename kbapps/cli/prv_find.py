@@ -39,21 +39,21 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
     """
     import anyio
 
-    from kbapps import client
+    from kbapps import download
     from kbproto.prv import PrvDir
 
     try:
-        document = client.load_prv_file(prv_path)
+        document = download.load_prv_file(prv_path)
         if isinstance(document, PrvDir):
-            raise client.BadInputError(f"{prv_path} is a .prvdir; kb-prv-find takes a .prv")
-        options = client.default_options(hub)
+            raise download.BadInputError(f"{prv_path} is a .prvdir; kb-prv-find takes a .prv")
+        options = download.default_options(hub)
 
-        async def ask() -> client.FindResult:
-            async with client.make_http_client(options) as http:
-                return await client.find_content(http, options.hub_url, document.sha1)
+        async def ask() -> download.FindResult:
+            async with download.make_http_client(options) as http:
+                return await download.find_content(http, options.hub_url, document.sha1)
 
         result = anyio.run(ask)
-    except client.ClientError as exc:
+    except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     if as_json:
         sys.stdout.write(json.dumps(result.response, indent=4, ensure_ascii=False) + "\n")
@@ -64,8 +64,8 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
     if not result.found:
         if not as_json:
             output.error(f"not found: no node of the network has {prv_path} (sha1 {document.sha1})")
-        return client.EXIT_NOT_FOUND
-    return client.EXIT_OK
+        return download.EXIT_NOT_FOUND
+    return download.EXIT_OK
 
 
 def make_app() -> typer.Typer:

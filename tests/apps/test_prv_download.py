@@ -23,7 +23,7 @@ import trustme
 
 from kbapps.cli import prv_download
 from kbproto.prv import PrvDir
-from tests.apps.test_client_support import (
+from tests.apps.test_download_support import (
     SLOW_PREFIX,
     FakeNetwork,
     closed_port,

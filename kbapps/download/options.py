@@ -1,0 +1,125 @@
+"""How the client finds and downloads: ``ClientOptions``, the hub URL, the HTTP client."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kbapps.cachedir import user_cache_dir
+from kbapps.download.errors import BadInputError
+from kbapps.hashing import HASH_CACHE_FILENAME
+from kbtransport.errors import ConnectError
+from kbtransport.http_client import ClientConfig, HttpClient
+from kbtransport.net import parse_url
+
+__all__ = (
+    "CONTENT_CACHE_DIRNAME",
+    "DEFAULT_HUB_URL",
+    "HUB_URL_ENV",
+    "ClientOptions",
+    "default_options",
+    "make_http_client",
+    "resolve_hub_url",
+)
+
+#: SPEC §3.4: the hub when neither ``--hub`` nor ``$KBUCKET_URL`` is given.
+DEFAULT_HUB_URL = "http://localhost:3240"
+#: Environment variable naming the hub (the original tool used the same).
+HUB_URL_ENV = "KBUCKET_URL"
+#: Sub-directory of the per-user cache directory holding downloaded content by SHA-1.
+CONTENT_CACHE_DIRNAME = "content"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOptions:
+    """How the client finds and downloads (sizes in bytes, times in seconds).
+
+    Attributes:
+        hub_url: the hub to ask, without a trailing ``/`` (see ``resolve_hub_url``).
+        cache_dir: the content cache root (``<user cache>/content``); None disables it.
+        hash_cache_path: the per-user hash cache database used to check files already
+            present cheaply; None hashes them every time.
+        connect_timeout: per source; a firewalled share should not cost long before
+            the client falls back to a hub.
+        read_timeout: the longest silence tolerated from a source or the hub.
+        concurrency: files downloaded at once for a ``.prvdir``.
+        progress_bytes: progress is reported every this many bytes written.
+        progress_interval: the least time between two ``progress`` events.
+        ssl_context: TLS context for https hubs and sources (system store if None).
+    """
+
+    hub_url: str = DEFAULT_HUB_URL
+    cache_dir: Path | None = None
+    hash_cache_path: Path | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    concurrency: int = 4
+    progress_bytes: int = 4 * 1024 * 1024
+    progress_interval: float = 0.5
+    ssl_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("ClientOptions.concurrency must be at least 1")
+        if self.progress_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ValueError("ClientOptions sizes and timeouts must be positive")
+
+
+def resolve_hub_url(option: str | None, env: Mapping[str, str] | None = None) -> str:
+    """Return the hub URL to use: ``option``, else ``$KBUCKET_URL``, else the default.
+
+    The URL must be ``http://`` or ``https://`` with a host; a trailing ``/`` is dropped.
+
+    Raises:
+        BadInputError: the URL is unusable (names where it came from).
+    """
+    env = os.environ if env is None else env
+    if option:
+        url, where = option, "--hub"
+    elif env.get(HUB_URL_ENV):
+        url, where = env[HUB_URL_ENV], f"${HUB_URL_ENV}"
+    else:
+        url, where = DEFAULT_HUB_URL, "default hub"
+    url = url.strip().rstrip("/")
+    try:
+        parsed = parse_url(url)
+    except ConnectError as exc:
+        raise BadInputError(f"{where}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or "?" in url or "#" in url:
+        raise BadInputError(f"{where}: not an http(s) hub URL: {url!r}")
+    return url
+
+
+def default_options(
+    hub: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> ClientOptions:
+    """Options for the commands: the hub from ``hub``/environment, the per-user caches.
+
+    Raises:
+        BadInputError: the hub URL is unusable.
+    """
+    base = user_cache_dir(env)
+    values: dict[str, Any] = {
+        "hub_url": resolve_hub_url(hub, env),
+        "cache_dir": base / CONTENT_CACHE_DIRNAME,
+        "hash_cache_path": base / HASH_CACHE_FILENAME,
+    }
+    values.update(overrides)
+    return ClientOptions(**values)
+
+
+def make_http_client(options: ClientOptions) -> HttpClient:
+    """An ``HttpClient`` with the options' timeouts, TLS context and pool size."""
+    return HttpClient(
+        ClientConfig(
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            ssl_context=options.ssl_context,
+            max_idle_per_origin=max(4, options.concurrency),
+            user_agent="kb-prv-download",
+        )
+    )
