@@ -25,14 +25,20 @@ byte has been hashed. The rules, in the order a download applies them:
   installed file then enters the content cache by a hard link (a copy across file
   systems); the cache has no size limit yet.
 * **Directories.** A ``.prvdir`` is fanned out over a few concurrent workers (``prvdir``).
+* **Never through a link.** Every file the client writes is reached from an open
+  directory descriptor with ``O_NOFOLLOW`` at each step (``safefs``, ``places``): a
+  symlink planted at ``OUT.part``, at a partial file, at ``.kbucket-partial`` or at a
+  directory below a ``.prvdir``'s OUT is refused, never followed (``docs/security.md``).
 
 One job per module: ``errors`` (exceptions and exit codes), ``options`` (``ClientOptions``,
 the hub URL), ``inputs`` (reading the ``.prv``), ``find`` (the hub's answer, the source
 order), ``partfile`` (``OUT.part`` and its sidecar), ``cache`` (the content cache),
 ``progress`` (counting for the progress bar), ``transfer`` (one content from its
 sources, the writer thread), ``job`` (one content to one target, local first),
-``present`` (files already in place), ``single`` (``download_prv``), ``prvdir``
-(``download_prvdir``) and ``results`` (what a download returns, and its events).
+``present`` (files already in place), ``safefs`` (file operations that never follow a
+symlink), ``places`` (where a file goes, below an open directory), ``single``
+(``download_prv``), ``prvdir`` (``download_prvdir``) and ``results`` (what a download
+returns, and its events).
 """
 
 from __future__ import annotations
@@ -62,7 +68,6 @@ from kbapps.download.options import make_http_client as make_http_client
 from kbapps.download.options import resolve_hub_url as resolve_hub_url
 from kbapps.download.prvdir import PARTIAL_DIRNAME as PARTIAL_DIRNAME
 from kbapps.download.prvdir import download_prvdir as download_prvdir
-from kbapps.download.prvdir import safe_target as safe_target
 from kbapps.download.results import DownloadResult as DownloadResult
 from kbapps.download.results import EventSink as EventSink
 from kbapps.download.results import PrvDirResult as PrvDirResult
@@ -98,5 +103,4 @@ __all__ = (
     "load_prv_file",
     "make_http_client",
     "resolve_hub_url",
-    "safe_target",
 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from pathlib import Path
+
+from kbapps.download import safefs
+from kbapps.download.errors import BadInputError
 
 __all__ = ("ContentCache",)
 
@@ -25,13 +27,31 @@ class ContentCache:
         """Where the content ``sha1`` is kept."""
         return self.root / sha1[:2] / sha1
 
-    def has(self, sha1: str, size: int) -> bool:
-        """True if an entry of the right size exists (its bytes are checked on use)."""
+    def open_entry(self, sha1: str, size: int) -> int | None:
+        """Open the entry of ``sha1`` for reading if it is a regular file of ``size``
+        bytes (its bytes are checked on use); the caller closes the descriptor."""
         try:
-            st = os.stat(self.path_for(sha1))
+            base = safefs.open_dir(self.root.parent)
         except OSError:
-            return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == size
+            return None
+        try:
+            content = safefs.open_subdir(base, self.root.name, str(self.root), create=False)
+            try:
+                sub = safefs.open_subdir(content, sha1[:2], sha1[:2], create=False)
+                try:
+                    fd = safefs.open_readable(sub, sha1)
+                finally:
+                    os.close(sub)
+            finally:
+                os.close(content)
+        except (OSError, BadInputError):
+            return None
+        finally:
+            os.close(base)
+        if fd is not None and os.fstat(fd).st_size != size:
+            os.close(fd)
+            return None
+        return fd
 
     def remove(self, sha1: str) -> None:
         """Drop an entry (it did not verify)."""

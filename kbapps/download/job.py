@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
+from kbapps.download import safefs
 from kbapps.download.cache import ContentCache
 from kbapps.download.errors import BadInputError, ClientError, NotFoundError, WrongBytes
 from kbapps.download.find import download_sources, find_content
 from kbapps.download.options import ClientOptions
 from kbapps.download.partfile import PartFile
+from kbapps.download.places import Place
 from kbapps.download.progress import Reporter
 from kbapps.download.results import DownloadResult, EventSink
 from kbapps.download.transfer import DeadOrigins, download_from_sources
@@ -35,15 +36,34 @@ class Job:
         prv: what to fetch.
         label: the path the user knows the first target by (in events and errors).
         target: where the content goes.
-        part: the ``.part`` file that holds it meanwhile.
-        copies: ``(label, target)`` of the other files with the same content.
+        part_dir_fd: the open directory holding its ``.part`` (borrowed).
+        part_name: the ``.part``'s name there.
+        part_label: the ``.part``'s path, for messages.
+        replace: whether the target may replace what is at its name (see
+            ``safefs.install``).
+        copies: ``(label, place)`` of the other files with the same content.
     """
 
     prv: Prv
     label: str
-    target: Path
-    part: Path
-    copies: list[tuple[str, Path]] = field(default_factory=list)
+    target: Place
+    part_dir_fd: int
+    part_name: str
+    part_label: str
+    replace: bool = True
+    copies: list[tuple[str, Place]] = field(default_factory=list)
+
+
+def _install(part: PartFile, place: Place, replace: bool) -> None:
+    fd = place.open_dir(create=True)
+    try:
+        part.install(fd, place.name, replace=replace)
+    except FileExistsError:
+        raise BadInputError(
+            f"{place.path} appeared during the download and was not replaced"
+        ) from None
+    finally:
+        os.close(fd)
 
 
 async def fetch_job(
@@ -61,30 +81,39 @@ async def fetch_job(
         ClientError: as ``download_prv`` documents.
     """
     prv = job.prv
+    target = job.target.path
     if prv.size == 0:
         if prv.sha1 != EMPTY_SHA1:
             raise BadInputError(
                 f"{job.label}: the .prv says size 0 but its SHA-1 is not that of empty content"
             )
-        await anyio.to_thread.run_sync(_write_empty, job.target)
+        try:
+            await anyio.to_thread.run_sync(_write_empty, job)
+        except OSError as exc:
+            raise BadInputError(f"cannot write {target}: {exc.strerror or exc}") from None
         reporter.add(files=1)
-        return DownloadResult(path=job.target, sha1=prv.sha1, size=0, origin="empty")
+        return DownloadResult(path=target, sha1=prv.sha1, size=0, origin="empty")
 
-    part = PartFile(job.part, prv)
+    part = PartFile(job.part_dir_fd, job.part_name, job.part_label, prv)
     try:
         try:
             resumable = await anyio.to_thread.run_sync(part.open)
         except OSError as exc:
-            raise BadInputError(f"cannot write {job.part}: {exc.strerror or exc}") from None
+            raise BadInputError(f"cannot write {job.part_label}: {exc.strerror or exc}") from None
 
-        if cache is not None and cache.has(prv.sha1, prv.size):
-            ok = await anyio.to_thread.run_sync(part.copy_from, cache.path_for(prv.sha1))
-            if ok:
-                await anyio.to_thread.run_sync(part.install, job.target)
-                reporter.add(files=1, nbytes=prv.size)
-                return DownloadResult(path=job.target, sha1=prv.sha1, size=prv.size, origin="cache")
-            cache.remove(prv.sha1)
-            resumable = False
+        if cache is not None:
+            entry = cache.open_entry(prv.sha1, prv.size)
+            if entry is not None:
+                try:
+                    ok = await anyio.to_thread.run_sync(part.copy_from, entry)
+                finally:
+                    os.close(entry)
+                if ok:
+                    await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
+                    reporter.add(files=1, nbytes=prv.size)
+                    return DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="cache")
+                cache.remove(prv.sha1)
+                resumable = False
 
         resumed = 0
         if resumable:
@@ -94,11 +123,11 @@ async def fetch_job(
                 await anyio.to_thread.run_sync(part.reset)
                 resumed = 0
             if part.verified():
-                await anyio.to_thread.run_sync(part.install, job.target)
+                await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
                 reporter.add(files=1, nbytes=prv.size)
                 if cache is not None:
-                    await anyio.to_thread.run_sync(cache.add, prv.sha1, job.target)
-                return DownloadResult(path=job.target, sha1=prv.sha1, size=prv.size, origin="part")
+                    await anyio.to_thread.run_sync(cache.add, prv.sha1, target)
+                return DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="part")
             if part.offset == prv.size:  # complete but wrong: start over
                 await anyio.to_thread.run_sync(part.reset)
                 resumed = 0
@@ -120,14 +149,14 @@ async def fetch_job(
             client, sources, part, options, reporter, emit, job.label, dead
         )
         try:
-            await anyio.to_thread.run_sync(part.install, job.target)
+            await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
         except OSError as exc:
-            raise BadInputError(f"cannot write {job.target}: {exc.strerror or exc}") from None
+            raise BadInputError(f"cannot write {target}: {exc.strerror or exc}") from None
         reporter.add(files=1)
         if cache is not None:
-            await anyio.to_thread.run_sync(cache.add, prv.sha1, job.target)
+            await anyio.to_thread.run_sync(cache.add, prv.sha1, target)
         return DownloadResult(
-            path=job.target,
+            path=target,
             sha1=prv.sha1,
             size=prv.size,
             origin="network",
@@ -137,32 +166,65 @@ async def fetch_job(
             failures=tuple(failures),
         )
     except ClientError:
-        if part.offset == 0:
+        if part.offset == 0 and part.fd >= 0:
             part.discard()  # nothing worth resuming: leave no empty .part behind
         raise
     except OSError as exc:
-        raise BadInputError(f"cannot write {job.part}: {exc.strerror or exc}") from None
+        raise BadInputError(f"cannot write {job.part_label}: {exc.strerror or exc}") from None
     finally:
         part.close()
 
 
-def _write_empty(target: Path) -> None:
-    tmp = target.with_name(target.name + ".part")
-    with open(tmp, "wb"):
-        pass
-    os.replace(tmp, target)
-
-
-def copy_verified(job: Job, source: Path) -> bool:
-    """Copy ``source`` (a finished file of the same content) to ``job.target``, verified."""
-    part = PartFile(job.part.with_name(f"{job.prv.sha1}.copy.part"), job.prv)
+def _write_empty(job: Job) -> None:
+    fd = job.target.open_dir(create=True)
     try:
-        part.open()
-        if part.copy_from(source):
-            part.install(job.target)
-            return True
-        part.discard()
-        return False
+        part = PartFile.temporary(fd, job.target.name, str(job.target.path), job.prv)
+        try:
+            _install(part, job.target, job.replace)
+        except BaseException:
+            part.discard()
+            raise
+    finally:
+        os.close(fd)
+
+
+def copy_verified(job: Job, place: Place) -> bool:
+    """Copy the installed ``job.target`` to ``place``, verified; True if it worked.
+
+    The source is read through ``O_NOFOLLOW`` opens and the copy written to a new
+    temporary file (``O_EXCL``) in the destination's directory, hashed as it is
+    written, and moved into place only if it verifies.
+
+    Raises:
+        UnsafeEntry: a directory on the way to ``place`` is a symlink or not a directory.
+    """
+    try:
+        source_dir = job.target.open_dir(create=False)
     except OSError:
-        part.discard()
         return False
+    try:
+        source = safefs.open_readable(source_dir, job.target.name)
+    except OSError:
+        source = None
+    finally:
+        os.close(source_dir)
+    if source is None:
+        return False
+    try:
+        fd = place.open_dir(create=True)
+        try:
+            part = PartFile.temporary(fd, place.name, str(place.path), job.prv)
+            try:
+                if part.copy_from(source):
+                    part.install(fd, place.name, replace=job.replace)
+                    return True
+            except OSError:
+                pass
+            part.discard()
+            return False
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(source)

@@ -8,14 +8,13 @@ belongs to other content and is truncated, never resumed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
 import stat
 from collections.abc import Sequence
-from pathlib import Path
 
+from kbapps.download import safefs
 from kbapps.download.errors import SourceError, WrongBytes
 from kbproto.prv import FCS_HEAD_BYTES, Prv
 
@@ -44,15 +43,22 @@ def write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
 
 
 class PartFile:
-    """``OUT.part`` and its sidecar: bytes appended in order, hashed as they are written.
+    """A download's bytes on disk and their sidecar, appended in order, hashed as written.
+
+    The part is the name ``name`` in the open directory ``dir_fd`` (borrowed, not
+    owned), reached and written only as ``kbapps.download.safefs`` allows: never via a
+    symlink, never a file with other hard links. ``PartFile.temporary`` makes one with
+    an unpredictable name and no sidecar (a copy being made, an empty file).
 
     Thread use: ``write_batch``/``rehash``/``copy_from`` run in a worker thread, one
     call at a time; everything else on the event loop between those calls.
     """
 
-    def __init__(self, part: Path, prv: Prv) -> None:
-        self.path = part
-        self.sidecar = part.with_name(part.name + ".json")
+    def __init__(self, dir_fd: int, name: str, label: str, prv: Prv) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.label = label
+        self.sidecar: str | None = name + ".json"
         self.prv = prv
         self.fd = -1
         self.offset = 0
@@ -60,11 +66,28 @@ class PartFile:
         self._head = hashlib.sha1()
         self._head_len = min(FCS_HEAD_BYTES, prv.size)
 
+    @classmethod
+    def temporary(cls, dir_fd: int, stem: str, label: str, prv: Prv) -> PartFile:
+        """A new, empty part with an unpredictable name (``O_EXCL``) and no sidecar.
+
+        Raises:
+            OSError: it cannot be created.
+        """
+        fd, name = safefs.create_temp(dir_fd, stem)
+        part = cls(dir_fd, name, label, prv)
+        part.sidecar = None
+        part.fd = fd
+        return part
+
     # -- opening ---------------------------------------------------------------------
 
     def _sidecar_matches(self) -> bool:
+        assert self.sidecar is not None
         try:
-            with open(self.sidecar, "rb") as handle:
+            fd = safefs.open_readable(self.dir_fd, self.sidecar)
+            if fd is None:
+                return False
+            with os.fdopen(fd, "rb") as handle:
                 data = handle.read(_MAX_SIDECAR_BYTES + 1)
             obj = json.loads(data)
         except (OSError, ValueError, RecursionError):
@@ -80,26 +103,41 @@ class PartFile:
 
         A part is resumable only when its sidecar names this content and it is not
         longer than the content; anything else is truncated and the sidecar rewritten.
+
+        Raises:
+            UnsafeEntry: the part is a symlink, not a regular file or hard-linked
+                elsewhere (refused before anything is written).
+            OSError: it cannot be opened or created.
         """
+        st = safefs.lstat_at(self.dir_fd, self.name)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise safefs.UnsafeEntry(self.label, safefs.describe(st), "write")
+        if st is not None and st.st_nlink > 1:
+            raise safefs.UnsafeEntry(self.label, "a file with other hard links", "write")
         matches = self._sidecar_matches()
         if not matches:
             # The sidecar first: a .part never exists without saying what it holds.
             self._write_sidecar()
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        st = os.fstat(self.fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(self.path))
-        if matches and 0 < st.st_size <= self.prv.size:
+        self.fd = safefs.open_writable(self.dir_fd, self.name, self.label)
+        size = os.fstat(self.fd).st_size
+        if matches and 0 < size <= self.prv.size:
             return True
         self.reset()
         return False
 
     def _write_sidecar(self) -> None:
+        assert self.sidecar is not None
         data = json.dumps({"sha1": self.prv.sha1, "size": self.prv.size}).encode()
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, self.sidecar)
+        fd, tmp = safefs.create_temp(self.dir_fd, self.sidecar)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            # A rename replaces whatever is at the sidecar's name, a symlink included,
+            # and writes nothing through it.
+            os.replace(tmp, self.sidecar, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except BaseException:
+            safefs.unlink_at(self.dir_fd, tmp)
+            raise
 
     def rehash(self) -> int:
         """Hash the bytes already in the part (bounded memory); return how many.
@@ -163,28 +201,25 @@ class PartFile:
         write_all(self.fd, chunks)
         return total
 
-    def copy_from(self, source: Path) -> bool:
-        """Replace the part with ``source``'s bytes, hashing them; True if they verify."""
+    def copy_from(self, source_fd: int) -> bool:
+        """Replace the part with the bytes of the open file ``source_fd``, hashing them.
+
+        Returns True if they verify (the part is then complete); the caller closes
+        ``source_fd``.
+        """
         self.reset()
         try:
-            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return False
+            os.lseek(source_fd, 0, os.SEEK_SET)
             buffer = bytearray(1024 * 1024)
             view = memoryview(buffer)
             while True:
-                n = os.readv(fd, (buffer,))
+                n = os.readv(source_fd, (buffer,))
                 if not n:
                     break
                 self.write_batch([view[:n]])
         except (SourceError, OSError):
             self.reset()
             return False
-        finally:
-            os.close(fd)
         if self.verified():
             return True
         self.reset()
@@ -200,12 +235,20 @@ class PartFile:
         """The SHA-1 of the bytes so far."""
         return self._whole.hexdigest()
 
-    def install(self, out: Path) -> None:
-        """Move the verified part to ``out`` (atomic rename) and drop the sidecar."""
+    def install(self, dir_fd: int, name: str, *, replace: bool) -> None:
+        """Move the verified part to ``name`` in ``dir_fd`` and drop the sidecar.
+
+        See ``safefs.install`` for ``replace``; the part stays (complete, resumable) if
+        the move fails.
+
+        Raises:
+            FileExistsError: ``name`` exists and ``replace`` is false.
+            OSError: the move failed.
+        """
         self.close()
-        os.replace(self.path, out)
-        with contextlib.suppress(OSError):
-            os.unlink(self.sidecar)
+        safefs.install(self.dir_fd, self.name, dir_fd, name, replace=replace)
+        if self.sidecar is not None:
+            safefs.unlink_at(self.dir_fd, self.sidecar)
 
     def close(self) -> None:
         """Close the file descriptor (the part and sidecar stay for a later resume)."""
@@ -216,6 +259,7 @@ class PartFile:
     def discard(self) -> None:
         """Close and delete the part and its sidecar."""
         self.close()
-        for path in (self.path, self.sidecar):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        for name in (self.name, self.sidecar):
+            if name is not None:
+                with contextlib.suppress(OSError):
+                    safefs.unlink_at(self.dir_fd, name)

@@ -9,10 +9,12 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from kbapps.download import safefs
 from kbapps.download.cache import ContentCache
 from kbapps.download.errors import BadInputError, ClientError
 from kbapps.download.job import Job, fetch_job
 from kbapps.download.options import ClientOptions, make_http_client
+from kbapps.download.places import Place
 from kbapps.download.present import present_files
 from kbapps.download.progress import Reporter
 from kbapps.download.results import DownloadResult, EventSink, done_event, error_event, no_events
@@ -22,18 +24,19 @@ from kbtransport.http_client import HttpClient
 __all__ = ("download_prv",)
 
 
-def _resolve_out(prv: Prv, out: Path) -> Path:
+def _resolve_out(prv: Prv, out: Path) -> tuple[Path, str]:
+    """``(directory, file name)`` of the file to write for ``out``."""
     if out.is_dir():
         name = prv.path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
         if not is_valid_entry_name(name):
             raise BadInputError(f"{out} is a directory and the .prv names no usable file name")
-        return out / name
+        return out, name
     parent = out.parent
     if not parent.is_dir():
         raise BadInputError(f"cannot write {out}: directory {parent} does not exist")
     if out.name.endswith(".part"):
         raise BadInputError(f"OUT may not end in .part: {out}")
-    return out
+    return parent, out.name
 
 
 async def download_prv(
@@ -67,9 +70,37 @@ async def download_prv(
         DownloadFailedError: every source failed; ``failures`` lists them (exit 3).
     """
     emit = on_event or no_events
-    target = _resolve_out(prv, Path(out))
+    directory, name = _resolve_out(prv, Path(out))
+    try:
+        dir_fd = safefs.open_dir(directory)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        return await _download_into(
+            prv, Place(dir_fd, directory, (), name), options, emit, on_progress, client
+        )
+    finally:
+        os.close(dir_fd)
+
+
+async def _download_into(
+    prv: Prv,
+    place: Place,
+    options: ClientOptions,
+    emit: EventSink,
+    on_progress: Callable[[int, int], None] | None,
+    client: HttpClient | None,
+) -> DownloadResult:
+    target = place.path
     label = str(target)
-    job = Job(prv=prv, label=label, target=target, part=target.with_name(target.name + ".part"))
+    job = Job(
+        prv=prv,
+        label=label,
+        target=place,
+        part_dir_fd=place.root_fd,
+        part_name=place.name + ".part",
+        part_label=label + ".part",
+    )
     cache = ContentCache(options.cache_dir) if options.cache_dir is not None else None
     reporter = Reporter(emit, on_progress, options.progress_interval, prv.size, 1)
     present: set[str] = set()
