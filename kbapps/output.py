@@ -27,6 +27,7 @@ __all__ = (
     "UsageError",
     "error",
     "format_bytes",
+    "info",
     "run_command",
     "warning",
 )
@@ -63,6 +64,11 @@ def error(message: str, *, stream: IO[str] | None = None) -> None:
 def warning(message: str, *, stream: IO[str] | None = None) -> None:
     """Print ``Warning: <message>`` as one line on stderr."""
     print(f"Warning: {_one_line(message)}", file=stream or sys.stderr, flush=True)
+
+
+def info(message: str, *, stream: IO[str] | None = None) -> None:
+    """Print ``message`` as one line on stderr (a command's report, no prefix)."""
+    print(_one_line(message), file=stream or sys.stderr, flush=True)
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -23,7 +23,7 @@ from kbapps.output import UsageError
 if TYPE_CHECKING:
     import typer
 
-    from kbapps.download import ClientError
+    from kbapps.download import ClientError, DownloadResult
 
 __all__ = ("HELP", "main", "make_app", "run")
 
@@ -41,18 +41,43 @@ def _print_event(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _report_failure(label: str, exc: ClientError) -> None:
-    from kbapps.download import DownloadFailedError
+def _report_failure(label: str | None, exc: ClientError) -> None:
+    """One ``Error:`` line (prefixed with ``label`` unless it names it), then one
+    indented line per failed source or conflicting file."""
+    from kbapps.download import ConflictError, DownloadFailedError
 
-    output.error(exc.message if exc.message.startswith(label) else f"{label}: {exc.message}")
+    named = label is None or exc.message.startswith(label)
+    output.error(exc.message if named else f"{label}: {exc.message}")
     if isinstance(exc, DownloadFailedError):
         for failure in exc.failures:
             # One line per source (SPEC §3.5: every source and its error are listed).
-            line = " ".join(f"  {failure.url}: {failure.error}".split("\n"))
-            print(line, file=sys.stderr, flush=True)
+            output.info(f"  {failure.url}: {failure.error}")
+    elif isinstance(exc, ConflictError):
+        for conflict in exc.conflicts:
+            if conflict not in exc.message:
+                output.info(f"  {conflict}")
 
 
-def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) -> int:
+def _done_line(result: DownloadResult) -> str:
+    size = output.format_bytes(result.size)
+    if result.origin == "present":
+        return f"Already present: {result.path} ({size}) holds this content; kept as it is"
+    where = {
+        "cache": "the local cache",
+        "part": "the complete .part on disk",
+        "empty": "nowhere (empty file)",
+    }.get(result.origin, result.url or "")
+    return f"Downloaded {result.path} ({size}) from {where}"
+
+
+def run(
+    prv_path: str,
+    out: str,
+    hub: str | None = None,
+    as_json: bool = False,
+    *,
+    force: bool = False,
+) -> int:
     """Do one ``kb-prv-download``; return the exit code.
 
     Raises:
@@ -65,7 +90,7 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
 
     try:
         document = download.load_prv_file(prv_path)
-        options = download.default_options(hub)
+        options = download.default_options(hub, force=force)
     except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     emit = _print_event if as_json else None
@@ -81,15 +106,15 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
                     )
                 )
             except download.ClientError as exc:
-                raise UsageError(exc.message, exc.exit_code) from None
+                progress.close(success=False)
+                _report_failure(None, exc)
+                return exc.exit_code
         for rel, problem in outcome.failed:
             _report_failure(rel, problem)
         skipped = sum(1 for r in outcome.done if r.origin == "present")
-        print(
+        output.info(
             f"Downloaded {len(outcome.done) - skipped} files, skipped {skipped} already "
-            f"present, {len(outcome.failed)} failed, into {out}",
-            file=sys.stderr,
-            flush=True,
+            f"present, {len(outcome.failed)} failed, into {out}"
         )
         return outcome.exit_code
 
@@ -108,16 +133,7 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
     if failure is not None:
         _report_failure(out, failure)
         return failure.exit_code
-    where = {
-        "cache": "the local cache",
-        "part": "the complete .part on disk",
-        "empty": "nowhere (empty file)",
-    }.get(result.origin, result.url or "")
-    print(
-        f"Downloaded {result.path} ({output.format_bytes(result.size)}) from {where}",
-        file=sys.stderr,
-        flush=True,
-    )
+    output.info(_done_line(result))
     return download.EXIT_OK
 
 
@@ -142,8 +158,15 @@ def make_app() -> typer.Typer:
         as_json: bool = typer.Option(
             False, "--json", help="Print JSON Lines events (source, progress, done, error)."
         ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Replace files at OUT that hold other content (without it such a file "
+            "stops the download and nothing changes). Symlinks are replaced, never "
+            "written through; directories are never replaced.",
+        ),
     ) -> int:
-        return run(prv, out, hub, as_json)
+        return run(prv, out, hub, as_json, force=force)
 
     return app
 

@@ -35,7 +35,8 @@ the hub URL), ``inputs`` (reading the ``.prv``), ``find`` (the hub's answer, the
 order), ``partfile`` (``OUT.part`` and its sidecar), ``cache`` (the content cache),
 ``progress`` (counting for the progress bar), ``transfer`` (one content from its
 sources, the writer thread), ``job`` (one content to one target, local first),
-``present`` (files already in place), ``safefs`` (file operations that never follow a
+``present`` (files already in place), ``conflicts`` (what is in a target's way),
+``safefs`` (file operations that never follow a
 symlink), ``places`` (where a file goes, below an open directory), ``single``
 (``download_prv``), ``prvdir`` (``download_prvdir``) and ``results`` (what a download
 returns, and its events).
@@ -50,6 +51,7 @@ from kbapps.download.errors import EXIT_OK as EXIT_OK
 from kbapps.download.errors import EXIT_UNREACHABLE as EXIT_UNREACHABLE
 from kbapps.download.errors import BadInputError as BadInputError
 from kbapps.download.errors import ClientError as ClientError
+from kbapps.download.errors import ConflictError as ConflictError
 from kbapps.download.errors import DownloadFailedError as DownloadFailedError
 from kbapps.download.errors import HubUnreachableError as HubUnreachableError
 from kbapps.download.errors import NotFoundError as NotFoundError
@@ -86,6 +88,7 @@ __all__ = (
     "BadInputError",
     "ClientError",
     "ClientOptions",
+    "ConflictError",
     "ContentCache",
     "DownloadFailedError",
     "DownloadResult",

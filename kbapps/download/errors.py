@@ -17,6 +17,7 @@ __all__ = (
     "EXIT_UNREACHABLE",
     "BadInputError",
     "ClientError",
+    "ConflictError",
     "DownloadFailedError",
     "HubUnreachableError",
     "NotFoundError",
@@ -51,6 +52,18 @@ class BadInputError(ClientError):
     """The arguments are unusable: a bad hub URL, an OUT that cannot be written."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class ConflictError(BadInputError):
+    """OUT (or files inside a ``.prvdir``'s OUT) hold other content; nothing was changed.
+
+    Attributes:
+        conflicts: one line per file in the way (its path and what it holds).
+    """
+
+    def __init__(self, message: str, conflicts: Sequence[str]) -> None:
+        super().__init__(message)
+        self.conflicts = tuple(conflicts)
 
 
 class NotFoundError(ClientError):

@@ -39,9 +39,9 @@ class Job:
         part_dir_fd: the open directory holding its ``.part`` (borrowed).
         part_name: the ``.part``'s name there.
         part_label: the ``.part``'s path, for messages.
-        replace: whether the target may replace what is at its name (see
-            ``safefs.install``).
-        copies: ``(label, place)`` of the other files with the same content.
+        replace: whether the target may replace what is at its name (``--force`` and
+            a conflict; see ``safefs.install``).
+        copies: ``(label, place, replace)`` of the other files with the same content.
     """
 
     prv: Prv
@@ -50,8 +50,8 @@ class Job:
     part_dir_fd: int
     part_name: str
     part_label: str
-    replace: bool = True
-    copies: list[tuple[str, Place]] = field(default_factory=list)
+    replace: bool = False
+    copies: list[tuple[str, Place, bool]] = field(default_factory=list)
 
 
 def _install(part: PartFile, place: Place, replace: bool) -> None:
@@ -188,7 +188,7 @@ def _write_empty(job: Job) -> None:
         os.close(fd)
 
 
-def copy_verified(job: Job, place: Place) -> bool:
+def copy_verified(job: Job, place: Place, replace: bool) -> bool:
     """Copy the installed ``job.target`` to ``place``, verified; True if it worked.
 
     The source is read through ``O_NOFOLLOW`` opens and the copy written to a new
@@ -216,7 +216,7 @@ def copy_verified(job: Job, place: Place) -> bool:
             part = PartFile.temporary(fd, place.name, str(place.path), job.prv)
             try:
                 if part.copy_from(source):
-                    part.install(fd, place.name, replace=job.replace)
+                    part.install(fd, place.name, replace=replace)
                     return True
             except OSError:
                 pass

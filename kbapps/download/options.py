@@ -50,6 +50,8 @@ class ClientOptions:
         progress_bytes: progress is reported every this many bytes written.
         progress_interval: the least time between two ``progress`` events.
         ssl_context: TLS context for https hubs and sources (system store if None).
+        force: replace files at OUT that hold other content (``--force``); without
+            it such a file stops the download before anything changes.
     """
 
     hub_url: str = DEFAULT_HUB_URL
@@ -61,6 +63,7 @@ class ClientOptions:
     progress_bytes: int = 4 * 1024 * 1024
     progress_interval: float = 0.5
     ssl_context: ssl.SSLContext | None = None
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -27,7 +27,9 @@ class Occupant(enum.Enum):
     NOTHING = "nothing"
     #: A regular file (it may or may not hold the content).
     FILE = "file"
-    #: A symlink, a directory or a special file at the name.
+    #: A directory at the name.
+    DIRECTORY = "directory"
+    #: A symlink or a special file at the name.
     OTHER = "other"
     #: A directory on the way is a symlink or not a directory.
     BLOCKED = "blocked"
@@ -112,4 +114,6 @@ class Place:
         what = safefs.describe(st)
         if stat.S_ISREG(st.st_mode):
             return Occupant.FILE, f"{self.path} is {what}"
+        if stat.S_ISDIR(st.st_mode):
+            return Occupant.DIRECTORY, f"{self.path} is {what}"
         return Occupant.OTHER, f"{self.path} is {what}"

@@ -13,17 +13,23 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import anyio.to_thread
 
 from kbapps.download import safefs
 from kbapps.download.cache import ContentCache
-from kbapps.download.errors import BadInputError, ClientError, HubUnreachableError
+from kbapps.download.conflicts import Conflict, survey
+from kbapps.download.errors import (
+    BadInputError,
+    ClientError,
+    ConflictError,
+    HubUnreachableError,
+)
 from kbapps.download.job import Job, copy_verified, fetch_job
 from kbapps.download.options import ClientOptions, make_http_client
-from kbapps.download.places import Occupant, Place, split_relpath
-from kbapps.download.present import present_files
+from kbapps.download.places import Place, split_relpath
 from kbapps.download.progress import Reporter
 from kbapps.download.results import (
     DownloadResult,
@@ -58,13 +64,18 @@ async def download_prvdir(
     fetched once; up to ``options.concurrency`` files download at once over one
     HTTP client. Partial files wait in ``out_dir/.kbucket-partial/`` for the next run.
     If the hub turns out to be unreachable, the remaining files are not attempted.
-    Nothing below ``out_dir`` is reached through a symlink (``kbapps.download.safefs``):
-    a file whose directory on the way is a symlink fails with exit code 2.
+    Nothing below ``out_dir`` is reached through a symlink (``kbapps.download.safefs``).
+    Before anything is written, every target is looked at (``conflicts``): one that
+    holds other content, or is in the way, stops the run unless ``options.force``;
+    with it, files and symlinks in the way are replaced, and a file whose name is a
+    directory, or whose directory on the way is a symlink or a file, fails (exit 2).
 
     Returns:
         What was done and what failed (``exit_code`` summarises).
 
     Raises:
+        ConflictError: without ``options.force``, targets hold other content or are in
+            the way (each listed); nothing was changed.
         BadInputError: ``out_dir`` exists and is not a directory, or cannot be made,
             or its ``.kbucket-partial`` is a symlink or not a directory.
     """
@@ -108,22 +119,26 @@ async def _download_tree(
         except BadInputError as exc:
             fail(rel, prv.sha1, exc)
             continue
-        place = Place(root_fd, root, dirs, name)
-        occupant, reason = place.inspect()
-        if occupant is Occupant.BLOCKED:
-            # A directory on the way is a symlink or a file: never followed or replaced.
-            fail(rel, prv.sha1, BadInputError(f"refusing to write {rel}: {reason}"))
-            continue
-        planned.append((rel, place, prv))
+        planned.append((rel, Place(root_fd, root, dirs, name), prv))
 
     # On the event loop's thread, not a worker thread: for many small files
     # hash_files forks worker processes, and forking is only safe from the thread
     # that owns the process (nothing else runs on the loop yet).
-    present = present_files([(r, p.path, v) for r, p, v in planned], options.hash_cache_path)
+    found = survey(planned, options.hash_cache_path)
+    if found.conflicts and not options.force:
+        _refuse(found.conflicts, root, emit, {rel: prv for rel, _p, prv in planned})
+    present = found.present
     jobs: dict[str, Job] = {}
     partial_fd = -1
     try:
         for rel, place, prv in planned:
+            conflict = found.conflicts.get(rel)
+            if conflict is not None and not conflict.replaceable:
+                # A directory at the name, or on the way a symlink or a file: never
+                # followed or replaced, --force or not.
+                fail(rel, prv.sha1, BadInputError(f"refusing to write {rel}: {conflict.reason}"))
+                continue
+            replace = conflict is not None
             if rel in present:
                 result = DownloadResult(
                     path=place.path, sha1=prv.sha1, size=prv.size, origin="present"
@@ -143,9 +158,10 @@ async def _download_tree(
                     part_dir_fd=partial_fd,
                     part_name=f"{prv.sha1}.part",
                     part_label=str(root / PARTIAL_DIRNAME / f"{prv.sha1}.part"),
+                    replace=replace,
                 )
             else:
-                job.copies.append((rel, place))
+                job.copies.append((rel, place, replace))
         await _run_jobs(list(jobs.values()), options, reporter, emit, done, fail)
     finally:
         if partial_fd >= 0:
@@ -165,6 +181,23 @@ async def _download_tree(
         }
     )
     return outcome
+
+
+def _refuse(
+    conflicts: dict[str, Conflict], root: Path, emit: EventSink, prvs: dict[str, Prv]
+) -> NoReturn:
+    """Report every conflict and stop: nothing has been changed yet."""
+    reasons = []
+    for rel, conflict in conflicts.items():
+        never = "" if conflict.replaceable else " (never replaced, even with --force)"
+        reasons.append(conflict.reason + never)
+        emit(error_event(rel, prvs[rel].sha1, ConflictError(reasons[-1], [reasons[-1]])))
+    count = len(conflicts)
+    raise ConflictError(
+        f"{count} file{'s' if count != 1 else ''} in {root} would be replaced or "
+        "written through: nothing was changed (use --force to replace files and symlinks)",
+        reasons,
+    )
 
 
 def _open_partial_dir(root: Path, root_fd: int) -> int:
@@ -197,16 +230,16 @@ async def _run_jobs(
                 result = await fetch_job(job, http, options, cache, reporter, emit, dead)
             except ClientError as exc:
                 fail(job.label, job.prv.sha1, exc)
-                for rel, _place in job.copies:
+                for rel, _place, _replace in job.copies:
                     fail(rel, job.prv.sha1, exc)
                 if isinstance(exc, HubUnreachableError):
                     stop.set()  # every other file would fail the same way
                 continue
             done.append(result)
             emit(done_event(result, job.label))
-            for rel, place in job.copies:
+            for rel, place, replace in job.copies:
                 try:
-                    ok = await anyio.to_thread.run_sync(copy_verified, job, place)
+                    ok = await anyio.to_thread.run_sync(copy_verified, job, place, replace)
                 except ClientError as exc:
                     fail(rel, job.prv.sha1, exc)
                     continue
@@ -227,5 +260,5 @@ async def _run_jobs(
         for job in queue:
             skipped = HubUnreachableError(f"{job.label}: not attempted, the hub is unreachable")
             fail(job.label, job.prv.sha1, skipped)
-            for rel, _place in job.copies:
+            for rel, _place, _replace in job.copies:
                 fail(rel, job.prv.sha1, skipped)

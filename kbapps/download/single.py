@@ -11,11 +11,11 @@ import anyio.to_thread
 
 from kbapps.download import safefs
 from kbapps.download.cache import ContentCache
-from kbapps.download.errors import BadInputError, ClientError
+from kbapps.download.conflicts import survey
+from kbapps.download.errors import BadInputError, ClientError, ConflictError
 from kbapps.download.job import Job, fetch_job
 from kbapps.download.options import ClientOptions, make_http_client
 from kbapps.download.places import Place
-from kbapps.download.present import present_files
 from kbapps.download.progress import Reporter
 from kbapps.download.results import DownloadResult, EventSink, done_event, error_event, no_events
 from kbproto.prv import Prv, is_valid_entry_name
@@ -61,9 +61,12 @@ async def download_prv(
         client: an ``HttpClient`` to reuse; one is made (and closed) if None.
 
     Returns:
-        Where the file is and how it got there.
+        Where the file is and how it got there (``origin="present"``: OUT already held
+        the content and was kept as it is).
 
     Raises:
+        ConflictError: OUT holds other content, or is a symlink, a directory or a
+            special file, and ``options.force`` is false (exit 2); nothing changed.
         BadInputError: OUT cannot be written (exit 2).
         NotFoundError: the network has no node with the content (exit 1).
         HubUnreachableError: the hub could not be asked (exit 3).
@@ -103,17 +106,23 @@ async def _download_into(
     )
     cache = ContentCache(options.cache_dir) if options.cache_dir is not None else None
     reporter = Reporter(emit, on_progress, options.progress_interval, prv.size, 1)
-    present: set[str] = set()
-    if prv.size:
-        present = await anyio.to_thread.run_sync(
-            lambda: present_files([(label, target, prv)], options.hash_cache_path)
-        )
-    if present:
+    found = await anyio.to_thread.run_sync(
+        lambda: survey([(label, place, prv)], options.hash_cache_path)
+    )
+    if label in found.present:
         # OUT already holds this content (re-running a finished command): keep it.
         reporter.add(files=1, nbytes=prv.size)
         result = DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="present")
         emit(done_event(result, label))
         return result
+    conflict = found.conflicts.get(label)
+    if conflict is not None:
+        if not (options.force and conflict.replaceable):
+            hint = " (use --force to replace it)" if conflict.replaceable else ""
+            refused = ConflictError(f"{conflict.reason}: not replaced{hint}", [conflict.reason])
+            emit(error_event(label, prv.sha1, refused))
+            raise refused
+        job.replace = True
     own = client is None
     http = client if client is not None else make_http_client(options)
     try:

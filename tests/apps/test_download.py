@@ -24,6 +24,7 @@ from kbapps import download
 from kbapps.download import (
     BadInputError,
     ClientOptions,
+    ConflictError,
     DownloadFailedError,
     HubUnreachableError,
     NotFoundError,
@@ -200,8 +201,8 @@ def test_wrong_bytes_never_replace_an_existing_out(net: FakeNetwork, tmp_path: P
     net.add(data, ["wrongtail"])
     out = tmp_path / "out.dat"
     out.write_bytes(b"the user's previous file")
-    with pytest.raises(DownloadFailedError):
-        fetch_file(prv_of(data), out, options(net.base, tmp_path))
+    with pytest.raises(DownloadFailedError):  # --force: it may be replaced, by right bytes only
+        fetch_file(prv_of(data), out, options(net.base, tmp_path, force=True))
     assert out.read_bytes() == b"the user's previous file"
 
 
@@ -469,7 +470,12 @@ def test_prvdir_skips_files_already_present(net: FakeNetwork, tmp_path: Path) ->
     (out / "a.dat").write_bytes(files["a.dat"])
     (out / "b" / "b.dat").write_bytes(files["b/b.dat"])
     (out / "c.dat").write_bytes(b"0123456789")  # right size, wrong content
-    result = download_dir(tree_of(files), out, options(net.base, tmp_path))
+    with pytest.raises(ConflictError) as info:  # other content: nothing changes
+        download_dir(tree_of(files), out, options(net.base, tmp_path))
+    assert info.value.conflicts == (f"{out / 'c.dat'} holds other content",)
+    assert net.requests() == []
+    assert (out / "c.dat").read_bytes() == b"0123456789"
+    result = download_dir(tree_of(files), out, options(net.base, tmp_path, force=True))
     origins = {r.path.relative_to(out).as_posix(): r.origin for r in result.done}
     assert origins == {"a.dat": "present", "b/b.dat": "present", "c.dat": "network"}
     assert [r.sha1 for r in net.requests("good")] == [hashlib.sha1(files["c.dat"]).hexdigest()]
@@ -485,7 +491,13 @@ def test_prvdir_never_writes_through_a_symlink(net: FakeNetwork, tmp_path: Path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "link").symlink_to(outside)
-    result = download_dir(tree_of(files), out, options(net.base, tmp_path))
+    with pytest.raises(ConflictError) as info:
+        download_dir(tree_of(files), out, options(net.base, tmp_path))
+    assert info.value.conflicts == (
+        f"{out / 'link'} is a symlink (never replaced, even with --force)",
+    )
+    assert sorted(os.listdir(out)) == ["link"]
+    result = download_dir(tree_of(files), out, options(net.base, tmp_path, force=True))
     assert (out / "safe.dat").read_bytes() == files["safe.dat"]
     ((rel, error),) = result.failed
     assert rel == "link/evil.dat"
@@ -536,8 +548,12 @@ def test_an_out_already_holding_the_content_is_kept(net: FakeNetwork, tmp_path: 
     result = fetch_file(prv_of(data), out, options(net.base, tmp_path))
     assert result.origin == "present"
     assert net.requests() == []  # not even a find
-    out.write_bytes(content(SIZE, 61))  # same size, other bytes: fetched again
-    assert fetch_file(prv_of(data), out, options(net.base, tmp_path)).origin == "network"
+    out.write_bytes(content(SIZE, 61))  # same size, other bytes: replaced with --force only
+    with pytest.raises(ConflictError):
+        fetch_file(prv_of(data), out, options(net.base, tmp_path))
+    assert net.requests() == []
+    opts = options(net.base, tmp_path, force=True)
+    assert fetch_file(prv_of(data), out, opts).origin == "network"
     assert out.read_bytes() == data
 
 

@@ -7,10 +7,16 @@ redirects a write: the file outside stays byte for byte as it was, and the downl
 refuses with one line (exit 2) or proceeds safely. Real ``kbucket-hub`` and
 ``kbucket-host`` processes serve the content; the attacker's own server
 (``FakeSource``) plays a slow source where timing matters.
+
+Class 2: an OUT holding other content (or a symlink) is refused with one line naming
+it (exit 2) and replaced only with ``--force``; a ``.prvdir`` lists every conflicting
+file and changes nothing; an OUT already holding the right bytes is kept as it is and
+reported as such.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -194,3 +200,102 @@ def test_a_directory_swapped_for_a_symlink_during_the_download_is_not_followed(
     assert proc.returncode == 2, stderr
     assert "Traceback" not in stderr
     assert f"refusing to use {sub}: it is a symlink" in stderr
+
+
+# --- class 2: no silent overwrite ------------------------------------------------------
+
+
+def test_a_file_holding_other_content_is_refused_and_replaced_only_with_force(
+    client_net: ClientNet, tmp_path: Path
+) -> None:
+    client_net.write_prv(tmp_path / "x.prv", "small.csv")
+    existing = tmp_path / "existing.csv"
+    existing.write_bytes(b"id,value\n1,mine\n")
+    env = client_net.env(tmp_path / "cache")
+    hub = ("--hub", client_net.hub.url)
+    run = run_download(env, tmp_path / "x.prv", existing, *hub)
+    assert_one_error_line(run, str(existing), "other content", "--force")
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert existing.read_bytes() == b"id,value\n1,mine\n"
+    assert sorted(set(os.listdir(tmp_path)) - {"cache"}) == ["existing.csv", "x.prv"]
+
+    forced = run_download(env, tmp_path / "x.prv", existing, *hub, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert existing.read_bytes() == client_net.data["small.csv"]
+
+
+def test_a_symlink_at_out_is_refused_and_with_force_replaced_never_followed(
+    client_net: ClientNet, tmp_path: Path
+) -> None:
+    client_net.write_prv(tmp_path / "x.prv", "small.csv")
+    precious = precious_file(tmp_path)
+    out = tmp_path / "out.csv"
+    out.symlink_to(precious)
+    env = client_net.env(tmp_path / "cache")
+    hub = ("--hub", client_net.hub.url)
+    run = run_download(env, tmp_path / "x.prv", out, *hub)
+    assert_one_error_line(run, str(out), "symlink")
+    assert out.is_symlink()
+
+    forced = run_download(env, tmp_path / "x.prv", out, *hub, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert not out.is_symlink()
+    assert out.read_bytes() == client_net.data["small.csv"]
+    assert precious.read_bytes() == PRECIOUS
+
+
+def test_prvdir_conflicts_are_all_listed_and_nothing_changes_without_force(
+    client_net: ClientNet, tmp_path: Path
+) -> None:
+    files = client_net.write_prvdir(tmp_path / "t.prvdir", "tree")
+    env = client_net.env(tmp_path / "cache")
+    hub = ("--hub", client_net.hub.url)
+    out = tmp_path / "copy"
+    assert run_download(env, tmp_path / "t.prvdir", out, *hub).returncode == 0
+    # The user edits two files and deletes a third.
+    (out / "x.txt").write_bytes(b"my notes\n")
+    (out / "sub" / "y.txt").write_bytes(b"my other notes\n")
+    (out / "sub" / "z.bin").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    run = run_download(env, tmp_path / "t.prvdir", out, *hub, "--json")
+    assert "Traceback" not in run.stderr
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: 2 files in ")
+    assert "nothing was changed" in lines[0]
+    assert sorted(line.strip() for line in lines[1:]) == [
+        f"{out / 'sub' / 'y.txt'} holds other content",
+        f"{out / 'x.txt'} holds other content",
+    ]
+    errors = [json.loads(line) for line in run.stdout.splitlines()]
+    assert sorted(e["path"] for e in errors if e["event"] == "error") == ["sub/y.txt", "x.txt"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not (out / "sub" / "z.bin").exists()
+    assert sorted(os.listdir(out)) == ["sub", "x.txt"]
+
+    forced = run_download(env, tmp_path / "t.prvdir", out, *hub, "--force")
+    assert forced.returncode == 0, forced.stderr
+    for rel, data in files.items():
+        assert (out / rel).read_bytes() == data
+
+
+def test_an_out_already_holding_the_right_bytes_is_kept_and_reported_as_such(
+    client_net: ClientNet, tmp_path: Path
+) -> None:
+    client_net.write_prv(tmp_path / "x.prv", "small.csv")
+    same = tmp_path / "same.csv"
+    same.write_bytes(client_net.data["small.csv"])
+    kept = same.stat()
+    env = client_net.env(tmp_path / "cache")
+    run = run_download(env, tmp_path / "x.prv", same, "--hub", client_net.hub.url, "--json")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.strip() == (
+        f"Already present: {same} (1.8 kB) holds this content; kept as it is"
+    )
+    (done,) = [json.loads(line) for line in run.stdout.splitlines()][-1:]
+    assert done["event"] == "done"
+    assert done["from"] == "present"
+    assert "url" not in done
+    after = same.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
