@@ -21,9 +21,13 @@ byte has been hashed. The rules, in the order a download applies them:
   on disk, so a later source continues where an earlier one stopped; what makes a
   source be dropped is in ``transfer``.
 * **Nothing wrong is ever at OUT.** Bytes go to ``OUT.part``; ``OUT`` appears only by an
-  atomic rename after the SHA-1 and size matched. On failure OUT is untouched. The
-  installed file then enters the content cache by a hard link (a copy across file
-  systems); the cache has no size limit yet.
+  atomic rename after the SHA-1 and size matched. On failure OUT is untouched, and a
+  file already at OUT is replaced only with ``--force`` (``conflicts``).
+* **The cache holds copies.** Once every file is in place, the downloaded files are
+  copied into the content cache (``cache``: a reflink, else ``copy_file_range``; never a
+  hard link), by ``kb-prv-download`` in a background process (``cachefill``) so the
+  user does not wait for the copy; the cache stays within its bound, least recently
+  used content evicted first.
 * **Directories.** A ``.prvdir`` is fanned out over a few concurrent workers (``prvdir``).
 * **Never through a link.** Every file the client writes is reached from an open
   directory descriptor with ``O_NOFOLLOW`` at each step (``safefs``, ``places``): a
@@ -33,6 +37,7 @@ byte has been hashed. The rules, in the order a download applies them:
 One job per module: ``errors`` (exceptions and exit codes), ``options`` (``ClientOptions``,
 the hub URL), ``inputs`` (reading the ``.prv``), ``find`` (the hub's answer, the source
 order), ``partfile`` (``OUT.part`` and its sidecar), ``cache`` (the content cache),
+``copying`` (reflinks and kernel copies), ``cachefill`` (the cache's background copy),
 ``progress`` (counting for the progress bar), ``transfer`` (one content from its
 sources, the writer thread), ``job`` (one content to one target, local first),
 ``present`` (files already in place), ``conflicts`` (what is in a target's way),
@@ -44,6 +49,9 @@ returns, and its events).
 
 from __future__ import annotations
 
+from kbapps.download.cache import CACHE_SIZE_ENV as CACHE_SIZE_ENV
+from kbapps.download.cache import DEFAULT_CACHE_SIZE as DEFAULT_CACHE_SIZE
+from kbapps.download.cache import CacheUsage as CacheUsage
 from kbapps.download.cache import ContentCache as ContentCache
 from kbapps.download.errors import EXIT_BAD_INPUT as EXIT_BAD_INPUT
 from kbapps.download.errors import EXIT_NOT_FOUND as EXIT_NOT_FOUND
@@ -67,6 +75,7 @@ from kbapps.download.options import HUB_URL_ENV as HUB_URL_ENV
 from kbapps.download.options import ClientOptions as ClientOptions
 from kbapps.download.options import default_options as default_options
 from kbapps.download.options import make_http_client as make_http_client
+from kbapps.download.options import parse_size as parse_size
 from kbapps.download.options import resolve_hub_url as resolve_hub_url
 from kbapps.download.prvdir import PARTIAL_DIRNAME as PARTIAL_DIRNAME
 from kbapps.download.prvdir import download_prvdir as download_prvdir
@@ -76,7 +85,9 @@ from kbapps.download.results import PrvDirResult as PrvDirResult
 from kbapps.download.single import download_prv as download_prv
 
 __all__ = (
+    "CACHE_SIZE_ENV",
     "CONTENT_CACHE_DIRNAME",
+    "DEFAULT_CACHE_SIZE",
     "DEFAULT_HUB_URL",
     "EMPTY_SHA1",
     "EXIT_BAD_INPUT",
@@ -86,6 +97,7 @@ __all__ = (
     "HUB_URL_ENV",
     "PARTIAL_DIRNAME",
     "BadInputError",
+    "CacheUsage",
     "ClientError",
     "ClientOptions",
     "ConflictError",
@@ -105,5 +117,6 @@ __all__ = (
     "find_content",
     "load_prv_file",
     "make_http_client",
+    "parse_size",
     "resolve_hub_url",
 )

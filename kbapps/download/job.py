@@ -10,7 +10,7 @@ import anyio
 import anyio.to_thread
 
 from kbapps.download import safefs
-from kbapps.download.cache import ContentCache
+from kbapps.download.cache import ContentCache, FillRequest
 from kbapps.download.errors import BadInputError, ClientError, NotFoundError, WrongBytes
 from kbapps.download.find import download_sources, find_content
 from kbapps.download.options import ClientOptions
@@ -54,16 +54,19 @@ class Job:
     copies: list[tuple[str, Place, bool]] = field(default_factory=list)
 
 
-def _install(part: PartFile, place: Place, replace: bool) -> None:
+def _install(part: PartFile, place: Place, replace: bool) -> FillRequest:
+    """Move the verified part into place; return what the cache needs to copy it."""
     fd = place.open_dir(create=True)
     try:
         part.install(fd, place.name, replace=replace)
+        st = os.stat(place.name, dir_fd=fd, follow_symlinks=False)
     except FileExistsError:
         raise BadInputError(
             f"{place.path} appeared during the download and was not replaced"
         ) from None
     finally:
         os.close(fd)
+    return FillRequest(part.prv.sha1, os.path.abspath(place.path), FillRequest.key_of(st))
 
 
 async def fetch_job(
@@ -74,8 +77,12 @@ async def fetch_job(
     reporter: Reporter,
     emit: EventSink,
     dead: DeadOrigins,
+    fills: list[FillRequest],
 ) -> DownloadResult:
     """Get ``job.prv``'s content to ``job.target``: empty, cache, part, then network.
+
+    A file that came from the network or a complete ``.part`` is added to ``fills``,
+    for the caller to copy into the content cache once every file is in place.
 
     Raises:
         ClientError: as ``download_prv`` documents.
@@ -123,10 +130,10 @@ async def fetch_job(
                 await anyio.to_thread.run_sync(part.reset)
                 resumed = 0
             if part.verified():
-                await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
+                fills.append(
+                    await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
+                )
                 reporter.add(files=1, nbytes=prv.size)
-                if cache is not None:
-                    await anyio.to_thread.run_sync(cache.add, prv.sha1, target)
                 return DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="part")
             if part.offset == prv.size:  # complete but wrong: start over
                 await anyio.to_thread.run_sync(part.reset)
@@ -149,12 +156,10 @@ async def fetch_job(
             client, sources, part, options, reporter, emit, job.label, dead
         )
         try:
-            await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
+            fills.append(await anyio.to_thread.run_sync(_install, part, job.target, job.replace))
         except OSError as exc:
             raise BadInputError(f"cannot write {target}: {exc.strerror or exc}") from None
         reporter.add(files=1)
-        if cache is not None:
-            await anyio.to_thread.run_sync(cache.add, prv.sha1, target)
         return DownloadResult(
             path=target,
             sha1=prv.sha1,

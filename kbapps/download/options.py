@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kbapps.cachedir import user_cache_dir
+from kbapps.download.cache import CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE
 from kbapps.download.errors import BadInputError
 from kbapps.hashing import HASH_CACHE_FILENAME
 from kbtransport.errors import ConnectError
@@ -23,7 +25,9 @@ __all__ = (
     "ClientOptions",
     "default_options",
     "make_http_client",
+    "parse_size",
     "resolve_hub_url",
+    "resolve_size",
 )
 
 #: SPEC §3.4: the hub when neither ``--hub`` nor ``$KBUCKET_URL`` is given.
@@ -32,6 +36,10 @@ DEFAULT_HUB_URL = "http://localhost:3240"
 HUB_URL_ENV = "KBUCKET_URL"
 #: Sub-directory of the per-user cache directory holding downloaded content by SHA-1.
 CONTENT_CACHE_DIRNAME = "content"
+#: A size: a number, then optionally K, M, G or T (powers of 1024), then optionally
+#: ``B`` or ``iB`` (``500M``, ``20G``, ``1.5GiB``, ``4096``).
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +58,11 @@ class ClientOptions:
         progress_bytes: progress is reported every this many bytes written.
         progress_interval: the least time between two ``progress`` events.
         ssl_context: TLS context for https hubs and sources (system store if None).
+        cache_size: the content cache's bound in bytes (0: no cache).
+        cache_in_background: copy downloads into the content cache in a process of
+            its own, started once the download is done, so the command does not wait
+            for the copy (``kb-prv-download`` does; the library copies before it
+            returns by default).
         force: replace files at OUT that hold other content (``--force``); without
             it such a file stops the download before anything changes.
     """
@@ -63,6 +76,8 @@ class ClientOptions:
     progress_bytes: int = 4 * 1024 * 1024
     progress_interval: float = 0.5
     ssl_context: ssl.SSLContext | None = None
+    cache_size: int = DEFAULT_CACHE_SIZE
+    cache_in_background: bool = False
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -70,6 +85,37 @@ class ClientOptions:
             raise ValueError("ClientOptions.concurrency must be at least 1")
         if self.progress_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("ClientOptions sizes and timeouts must be positive")
+        if self.cache_size < 0:
+            raise ValueError("ClientOptions.cache_size must not be negative")
+
+
+def parse_size(text: str, where: str) -> int:
+    """Bytes in ``text``: a number, optionally with K, M, G or T (powers of 1024).
+
+    Raises:
+        BadInputError: ``text`` is not a size; the message names ``where`` it came from.
+    """
+    match = _SIZE_RE.fullmatch(text.strip().upper())
+    if match is None:
+        raise BadInputError(
+            f"{where}: not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def resolve_size(
+    option: str | None, env_name: str, default: int, option_name: str, env: Mapping[str, str]
+) -> int:
+    """A size from ``option``, else from ``$env_name``, else ``default``.
+
+    Raises:
+        BadInputError: the option or the variable is not a size (names which).
+    """
+    if option is not None:
+        return parse_size(option, option_name)
+    if env.get(env_name):
+        return parse_size(env[env_name], f"${env_name}")
+    return default
 
 
 def resolve_hub_url(option: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -98,18 +144,28 @@ def resolve_hub_url(option: str | None, env: Mapping[str, str] | None = None) ->
 
 
 def default_options(
-    hub: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+    hub: str | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    cache_size: str | None = None,
+    **overrides: Any,
 ) -> ClientOptions:
-    """Options for the commands: the hub from ``hub``/environment, the per-user caches.
+    """Options for the commands: the hub, the per-user caches and the cache's bound,
+    each from its option (``hub``, ``cache_size``: ``--cache-size``), else from the
+    environment (``$KBUCKET_URL``, ``$KBUCKET_CACHE_SIZE``), else the default.
 
     Raises:
-        BadInputError: the hub URL is unusable.
+        BadInputError: the hub URL or a size is unusable.
     """
+    env = os.environ if env is None else env
     base = user_cache_dir(env)
     values: dict[str, Any] = {
         "hub_url": resolve_hub_url(hub, env),
         "cache_dir": base / CONTENT_CACHE_DIRNAME,
         "hash_cache_path": base / HASH_CACHE_FILENAME,
+        "cache_size": resolve_size(
+            cache_size, CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE, "--cache-size", env
+        ),
     }
     values.update(overrides)
     return ClientOptions(**values)

@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Sequence
 
-from kbapps.download import safefs
+from kbapps.download import copying, safefs
 from kbapps.download.errors import SourceError, WrongBytes
 from kbproto.prv import FCS_HEAD_BYTES, Prv
 
@@ -204,19 +204,23 @@ class PartFile:
     def copy_from(self, source_fd: int) -> bool:
         """Replace the part with the bytes of the open file ``source_fd``, hashing them.
 
-        Returns True if they verify (the part is then complete); the caller closes
-        ``source_fd``.
+        A reflink where the file system has them (then the part is hashed by reading
+        it), else a copy through user space hashed on the way. Returns True if the
+        bytes verify (the part is then complete); the caller closes ``source_fd``.
         """
         self.reset()
         try:
-            os.lseek(source_fd, 0, os.SEEK_SET)
-            buffer = bytearray(1024 * 1024)
-            view = memoryview(buffer)
-            while True:
-                n = os.readv(source_fd, (buffer,))
-                if not n:
-                    break
-                self.write_batch([view[:n]])
+            if copying.clone(source_fd, self.fd):
+                self.rehash()
+            else:
+                os.lseek(source_fd, 0, os.SEEK_SET)
+                buffer = bytearray(1024 * 1024)
+                view = memoryview(buffer)
+                while True:
+                    n = os.readv(source_fd, (buffer,))
+                    if not n:
+                        break
+                    self.write_batch([view[:n]])
         except (SourceError, OSError):
             self.reset()
             return False

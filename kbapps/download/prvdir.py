@@ -19,7 +19,8 @@ import anyio
 import anyio.to_thread
 
 from kbapps.download import safefs
-from kbapps.download.cache import ContentCache
+from kbapps.download.cache import FillRequest, open_cache
+from kbapps.download.cachefill import fill_cache
 from kbapps.download.conflicts import Conflict, survey
 from kbapps.download.errors import (
     BadInputError,
@@ -218,7 +219,8 @@ async def _run_jobs(
     done: list[DownloadResult],
     fail: Callable[[str, str, ClientError], None],
 ) -> None:
-    cache = ContentCache(options.cache_dir) if options.cache_dir is not None else None
+    cache = open_cache(options.cache_dir, options.cache_size)
+    fills: list[FillRequest] = []
     queue.reverse()  # pop() from the end keeps the .prvdir's order
     stop = anyio.Event()
     dead: DeadOrigins = set()
@@ -227,7 +229,7 @@ async def _run_jobs(
         while queue and not stop.is_set():
             job = queue.pop()
             try:
-                result = await fetch_job(job, http, options, cache, reporter, emit, dead)
+                result = await fetch_job(job, http, options, cache, reporter, emit, dead, fills)
             except ClientError as exc:
                 fail(job.label, job.prv.sha1, exc)
                 for rel, _place, _replace in job.copies:
@@ -262,3 +264,4 @@ async def _run_jobs(
             fail(job.label, job.prv.sha1, skipped)
             for rel, _place, _replace in job.copies:
                 fail(rel, job.prv.sha1, skipped)
+    await fill_cache(cache, fills, background=options.cache_in_background, emit=emit)

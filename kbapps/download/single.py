@@ -10,7 +10,8 @@ import anyio
 import anyio.to_thread
 
 from kbapps.download import safefs
-from kbapps.download.cache import ContentCache
+from kbapps.download.cache import FillRequest, open_cache
+from kbapps.download.cachefill import fill_cache
 from kbapps.download.conflicts import survey
 from kbapps.download.errors import BadInputError, ClientError, ConflictError
 from kbapps.download.job import Job, fetch_job
@@ -104,7 +105,7 @@ async def _download_into(
         part_name=place.name + ".part",
         part_label=label + ".part",
     )
-    cache = ContentCache(options.cache_dir) if options.cache_dir is not None else None
+    cache = open_cache(options.cache_dir, options.cache_size)
     reporter = Reporter(emit, on_progress, options.progress_interval, prv.size, 1)
     found = await anyio.to_thread.run_sync(
         lambda: survey([(label, place, prv)], options.hash_cache_path)
@@ -125,8 +126,9 @@ async def _download_into(
         job.replace = True
     own = client is None
     http = client if client is not None else make_http_client(options)
+    fills: list[FillRequest] = []
     try:
-        result = await fetch_job(job, http, options, cache, reporter, emit, set())
+        result = await fetch_job(job, http, options, cache, reporter, emit, set(), fills)
     except ClientError as exc:
         emit(error_event(label, prv.sha1, exc))
         raise
@@ -134,5 +136,6 @@ async def _download_into(
         if own:
             with anyio.CancelScope(shield=True):
                 await http.aclose()
+    await fill_cache(cache, fills, background=options.cache_in_background, emit=emit)
     emit(done_event(result, label))
     return result

@@ -327,8 +327,11 @@ def test_second_download_makes_no_request_at_all(tmp_path: Path) -> None:
     second = fetch_file(prv, tmp_path / "two.dat", opts)
     assert second.origin == "cache"
     assert (tmp_path / "two.dat").read_bytes() == data
-    # A copy, not a link: editing one output never changes another or the cache.
-    assert os.stat(tmp_path / "two.dat").st_ino != os.stat(tmp_path / "one.dat").st_ino
+    # Copies, not links: editing one output never changes another or the cache.
+    cache = download.ContentCache(tmp_path / "cache" / "content", download.DEFAULT_CACHE_SIZE)
+    inodes = {os.stat(p).st_ino for p in (tmp_path / "one.dat", tmp_path / "two.dat")}
+    assert len(inodes) == 2
+    assert os.stat(cache.path_for(prv.sha1)).st_ino not in inodes
 
 
 def test_a_corrupted_cache_entry_is_dropped_and_refetched(net: FakeNetwork, tmp_path: Path) -> None:
@@ -336,7 +339,7 @@ def test_a_corrupted_cache_entry_is_dropped_and_refetched(net: FakeNetwork, tmp_
     prv = prv_of(data)
     net.add(data, ["good"])
     opts = options(net.base, tmp_path)
-    cache = download.ContentCache(tmp_path / "cache" / "content")
+    cache = download.ContentCache(tmp_path / "cache" / "content", download.DEFAULT_CACHE_SIZE)
     entry = cache.path_for(prv.sha1)
     entry.parent.mkdir(parents=True)
     entry.write_bytes(content(SIZE, 12))  # right size, wrong bytes
