@@ -1,6 +1,6 @@
-"""``kb-prv-download PRV OUT [--hub URL] [--json] [--force] [--cache-size SIZE]``:
-fetch verified content (SPEC §3.5); ``--cache-info``/``--clear-cache`` show and empty
-the content cache.
+"""``kb-prv-download PRV OUT [--hub URL] [--json] [--force] [--cache-size SIZE]
+[--min-speed RATE] [--speed-window SECONDS]``: fetch verified content (SPEC §3.5);
+``--cache-info``/``--clear-cache`` show and empty the content cache.
 
 For a ``.prv``, OUT is the file to write (or an existing directory to write into); for
 a ``.prvdir``, OUT is a directory. The work is ``kbapps.download``'s; this module parses
@@ -55,6 +55,8 @@ class DownloadArgs:
         cache_size: ``--cache-size`` as given (None: ``$KBUCKET_CACHE_SIZE`` or 10G).
         cache_info: ``--cache-info``.
         clear_cache: ``--clear-cache``.
+        min_speed: ``--min-speed`` as given (None: ``$KBUCKET_MIN_SPEED`` or 1K).
+        speed_window: ``--speed-window`` as given (None: ``$KBUCKET_SPEED_WINDOW`` or 30).
     """
 
     prv: str | None = None
@@ -65,6 +67,8 @@ class DownloadArgs:
     cache_size: str | None = None
     cache_info: bool = False
     clear_cache: bool = False
+    min_speed: str | None = None
+    speed_window: str | None = None
 
 
 def _print_event(event: dict[str, Any]) -> None:
@@ -170,7 +174,12 @@ def run(args: DownloadArgs) -> int:
         raise UsageError("--cache-info and --clear-cache take no PRV or OUT")
     try:
         options = download.default_options(
-            args.hub, cache_size=args.cache_size, force=args.force, cache_in_background=True
+            args.hub,
+            cache_size=args.cache_size,
+            min_speed=args.min_speed,
+            speed_window=args.speed_window,
+            force=args.force,
+            cache_in_background=True,
         )
         if cache_only:
             return _cache_commands(args, options)
@@ -269,6 +278,20 @@ def make_app() -> typer.Typer:
         clear_cache: bool = typer.Option(
             False, "--clear-cache", help="Empty the content cache (no PRV/OUT)."
         ),
+        min_speed: str | None = typer.Option(
+            None,
+            "--min-speed",
+            metavar="RATE",
+            help="Bytes per second (1K, 100K...) a source must average over each "
+            "--speed-window, or the next source continues from the bytes on disk; 0: "
+            "no minimum (default: $KBUCKET_MIN_SPEED, else 1K).",
+        ),
+        speed_window: str | None = typer.Option(
+            None,
+            "--speed-window",
+            metavar="SECONDS",
+            help="The window of --min-speed (default: $KBUCKET_SPEED_WINDOW, else 30).",
+        ),
     ) -> int:
         return run(
             DownloadArgs(
@@ -280,6 +303,8 @@ def make_app() -> typer.Typer:
                 cache_size=cache_size,
                 cache_info=cache_info,
                 clear_cache=clear_cache,
+                min_speed=min_speed,
+                speed_window=speed_window,
             )
         )
 

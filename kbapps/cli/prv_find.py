@@ -50,7 +50,10 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
 
         async def ask() -> download.FindResult:
             async with download.make_http_client(options) as http:
-                return await download.find_content(http, options.hub_url, document.sha1)
+                within = options.speed_window if options.min_speed else None
+                return await download.find_content(
+                    http, options.hub_url, document.sha1, within=within
+                )
 
         result = anyio.run(ask)
     except download.ClientError as exc:

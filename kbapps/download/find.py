@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from kbapps.download.errors import HubUnreachableError
 from kbtransport.errors import TransportError
@@ -66,21 +69,32 @@ async def error_text(response: HttpResponse) -> str:
     return f"HTTP {response.status} {response.reason}".rstrip()
 
 
-async def find_content(client: HttpClient, hub_url: str, sha1: str) -> FindResult:
+async def find_content(
+    client: HttpClient, hub_url: str, sha1: str, *, within: float | None = None
+) -> FindResult:
     """Ask ``hub_url`` where the content ``sha1`` is (``GET /find/SHA1``).
+
+    Args:
+        within: seconds the whole answer may take (None: no bound beyond the read
+            timeout): a hub trickling its answer a byte at a time is not waited for.
 
     Raises:
         HubUnreachableError: no usable answer (connect failure, timeout, an error
-            status, a body that is not SPEC §4's JSON).
+            status, a body that is not SPEC §4's JSON, not complete ``within``).
     """
     url = f"{hub_url}/find/{sha1}"
-    try:
-        async with client.stream("GET", url) as response:
-            if response.status != 200:
-                raise HubUnreachableError(f"hub {hub_url} answered {await error_text(response)}")
-            body = await response.read(MAX_FIND_BYTES)
-    except TransportError as exc:
-        raise HubUnreachableError(f"cannot reach hub {hub_url}: {exc}") from None
+    body = b""
+    with anyio.move_on_after(math.inf if within is None else within) as scope:
+        try:
+            async with client.stream("GET", url) as response:
+                if response.status != 200:
+                    text = await error_text(response)
+                    raise HubUnreachableError(f"hub {hub_url} answered {text}")
+                body = await response.read(MAX_FIND_BYTES)
+        except TransportError as exc:
+            raise HubUnreachableError(f"cannot reach hub {hub_url}: {exc}") from None
+    if scope.cancelled_caught:
+        raise HubUnreachableError(f"hub {hub_url} did not answer the find within {within:g} s")
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: JSON nested too deep

@@ -140,7 +140,8 @@ async def fetch_job(
                 resumed = 0
             reporter.add(nbytes=resumed)
 
-        found = await find_content(client, options.hub_url, prv.sha1)
+        within = options.speed_window if options.min_speed else None
+        found = await find_content(client, options.hub_url, prv.sha1, within=within)
         if not found.found:
             raise NotFoundError(f"{job.label}: no node of the network has it (sha1 {prv.sha1})")
         if found.size is not None and found.size != prv.size:

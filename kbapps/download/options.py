@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -12,6 +13,7 @@ from typing import Any
 
 from kbapps.cachedir import user_cache_dir
 from kbapps.download.cache import CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE
+from kbapps.download.deadline import DEFAULT_MIN_SPEED, DEFAULT_SPEED_WINDOW
 from kbapps.download.errors import BadInputError
 from kbapps.hashing import HASH_CACHE_FILENAME
 from kbtransport.errors import ConnectError
@@ -22,9 +24,12 @@ __all__ = (
     "CONTENT_CACHE_DIRNAME",
     "DEFAULT_HUB_URL",
     "HUB_URL_ENV",
+    "MIN_SPEED_ENV",
+    "SPEED_WINDOW_ENV",
     "ClientOptions",
     "default_options",
     "make_http_client",
+    "parse_seconds",
     "parse_size",
     "resolve_hub_url",
     "resolve_size",
@@ -36,6 +41,9 @@ DEFAULT_HUB_URL = "http://localhost:3240"
 HUB_URL_ENV = "KBUCKET_URL"
 #: Sub-directory of the per-user cache directory holding downloaded content by SHA-1.
 CONTENT_CACHE_DIRNAME = "content"
+#: Environment variables for ``--min-speed`` and ``--speed-window``.
+MIN_SPEED_ENV = "KBUCKET_MIN_SPEED"
+SPEED_WINDOW_ENV = "KBUCKET_SPEED_WINDOW"
 #: A size: a number, then optionally K, M, G or T (powers of 1024), then optionally
 #: ``B`` or ``iB`` (``500M``, ``20G``, ``1.5GiB``, ``4096``).
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
@@ -54,6 +62,10 @@ class ClientOptions:
         connect_timeout: per source; a firewalled share should not cost long before
             the client falls back to a hub.
         read_timeout: the longest silence tolerated from a source or the hub.
+        min_speed: bytes per second a source must average over every ``speed_window``
+            seconds, or it is dropped for the next (0: no minimum); the hub's find
+            answer must be complete within one window (``kbapps.download.deadline``).
+        speed_window: seconds.
         concurrency: files downloaded at once for a ``.prvdir``.
         progress_bytes: progress is reported every this many bytes written.
         progress_interval: the least time between two ``progress`` events.
@@ -72,6 +84,8 @@ class ClientOptions:
     hash_cache_path: Path | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    min_speed: int = DEFAULT_MIN_SPEED
+    speed_window: float = DEFAULT_SPEED_WINDOW
     concurrency: int = 4
     progress_bytes: int = 4 * 1024 * 1024
     progress_interval: float = 0.5
@@ -85,8 +99,25 @@ class ClientOptions:
             raise ValueError("ClientOptions.concurrency must be at least 1")
         if self.progress_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("ClientOptions sizes and timeouts must be positive")
-        if self.cache_size < 0:
-            raise ValueError("ClientOptions.cache_size must not be negative")
+        if self.cache_size < 0 or self.min_speed < 0:
+            raise ValueError("ClientOptions.cache_size and min_speed must not be negative")
+        if not 0 < self.speed_window < math.inf:
+            raise ValueError("ClientOptions.speed_window must be a positive number of seconds")
+
+
+def parse_seconds(text: str, where: str) -> float:
+    """Seconds in ``text`` (a positive number).
+
+    Raises:
+        BadInputError: ``text`` is not a positive number; the message names ``where``.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise BadInputError(f"{where}: not a positive number of seconds: {text!r}")
+    return value
 
 
 def parse_size(text: str, where: str) -> int:
@@ -148,11 +179,16 @@ def default_options(
     env: Mapping[str, str] | None = None,
     *,
     cache_size: str | None = None,
+    min_speed: str | None = None,
+    speed_window: str | None = None,
     **overrides: Any,
 ) -> ClientOptions:
-    """Options for the commands: the hub, the per-user caches and the cache's bound,
-    each from its option (``hub``, ``cache_size``: ``--cache-size``), else from the
-    environment (``$KBUCKET_URL``, ``$KBUCKET_CACHE_SIZE``), else the default.
+    """Options for the commands: the hub, the per-user caches, the cache's bound and the
+    sources' minimum progress, each from its option (``hub``, ``cache_size``,
+    ``min_speed``, ``speed_window``: ``--hub``, ``--cache-size``, ``--min-speed``,
+    ``--speed-window``), else from the environment (``$KBUCKET_URL``,
+    ``$KBUCKET_CACHE_SIZE``, ``$KBUCKET_MIN_SPEED``, ``$KBUCKET_SPEED_WINDOW``), else
+    the default.
 
     Raises:
         BadInputError: the hub URL or a size is unusable.
@@ -166,7 +202,13 @@ def default_options(
         "cache_size": resolve_size(
             cache_size, CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE, "--cache-size", env
         ),
+        "min_speed": resolve_size(min_speed, MIN_SPEED_ENV, DEFAULT_MIN_SPEED, "--min-speed", env),
+        "speed_window": DEFAULT_SPEED_WINDOW,
     }
+    if speed_window is not None:
+        values["speed_window"] = parse_seconds(speed_window, "--speed-window")
+    elif env.get(SPEED_WINDOW_ENV):
+        values["speed_window"] = parse_seconds(env[SPEED_WINDOW_ENV], f"${SPEED_WINDOW_ENV}")
     values.update(overrides)
     return ClientOptions(**values)
 

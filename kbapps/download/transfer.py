@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import anyio
 import anyio.to_thread
 
+from kbapps.download.deadline import ProgressDeadline
 from kbapps.download.errors import (
     DownloadFailedError,
     SourceError,
@@ -165,13 +166,17 @@ class Writer:
 
 
 async def pump(
-    response: HttpResponse, part: PartFile, options: ClientOptions, reporter: Reporter
+    response: HttpResponse,
+    part: PartFile,
+    options: ClientOptions,
+    reporter: Reporter,
+    watch: ProgressDeadline,
 ) -> int:
     """Stream the body into the part through a ``Writer`` thread.
 
     Returns the number of bytes received. Raises what the transfer raised; bytes that
-    arrived before a transport failure are still written (and hashed), so the next
-    source continues after them with a Range.
+    arrived before a transport failure or a cancellation (the progress deadline) are
+    still written (and hashed), so the next source continues after them with a Range.
     """
     length = response.content_length
     if length is not None and length <= _INLINE_BYTES:
@@ -180,6 +185,7 @@ async def pump(
         received = 0
         async for chunk in response.iter_bytes():
             received += len(chunk)
+            watch.feed(len(chunk))
             reporter.add(nbytes=part.write_batch((chunk,)))
         return received
     writer = Writer(part, _QUEUED_CHUNKS)
@@ -190,6 +196,7 @@ async def pump(
     try:
         async for chunk in response.iter_bytes():
             received += len(chunk)
+            watch.feed(len(chunk))
             await writer.put(chunk)
             if writer.error is not None:
                 break  # wrong bytes: stop reading this source now
@@ -201,7 +208,7 @@ async def pump(
         transport_error = exc
     finally:
         await writer.close()
-    reporter.add(nbytes=writer.written - reported)
+        reporter.add(nbytes=writer.written - reported)
     if writer.error is not None:
         raise writer.error  # wrong bytes matter more than a broken connection
     if transport_error is not None:
@@ -220,23 +227,29 @@ async def fetch(
 
     Raises:
         Unreachable: no response at all.
-        SourceError: the source answered wrongly or its body ended early.
+        SourceError: the source answered wrongly, its body ended early, or it fell
+            under the minimum progress (``deadline``).
     """
     offset = part.offset
     headers = [("Range", f"bytes={offset}-")] if offset else []
     answered = False
-    try:
-        async with client.stream("GET", url, headers=headers) as response:
-            answered = True
-            if response.status in (200, 206):
-                check_response(response, offset, part.prv)
-            else:
-                raise SourceError(await error_text(response))
-            received = await pump(response, part, options, reporter)
-    except TransportError as exc:
-        text = short(str(exc)) or type(exc).__name__
-        raise (SourceError(text) if answered else Unreachable(text)) from None
+    watch = ProgressDeadline(options.min_speed, options.speed_window, part.prv.size - offset)
+    received = 0
+    with watch.scope():
+        try:
+            async with client.stream("GET", url, headers=headers) as response:
+                answered = True
+                if response.status in (200, 206):
+                    check_response(response, offset, part.prv)
+                else:
+                    raise SourceError(await error_text(response))
+                received = await pump(response, part, options, reporter, watch)
+        except TransportError as exc:
+            text = short(str(exc)) or type(exc).__name__
+            raise (SourceError(text) if answered else Unreachable(text)) from None
     if part.offset != part.prv.size:
+        if watch.expired:
+            raise SourceError(watch.reason())
         raise SourceError(f"body ended after {part.offset} of {part.prv.size} bytes")
     return received
 

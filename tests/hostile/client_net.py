@@ -171,11 +171,13 @@ class Served:
 
     data: bytes
     #: ``trickle``: the first ``fast`` body bytes at once, then one byte per
-    #: ``interval`` seconds. ``trickle-head``: the status line and headers one byte
+    #: ``interval`` seconds. ``slow``: the same with ``step`` bytes per ``interval``
+    #: (a slow but real link). ``trickle-head``: the status line and headers one byte
     #: per ``interval``. ``pause``: the first ``fast`` bytes, then wait for
-    #: ``release`` before the rest.
+    #: ``release`` before the rest. Every mode honours ``Range: bytes=N-``.
     fast: int = 0
     interval: float = 0.2
+    step: int = 1
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -183,13 +185,15 @@ class FakeSource:
     """An attacker's HTTP server: a hub's ``/find/SHA1`` and misbehaving sources.
 
     ``urls[sha1]`` is the list the fake hub answers for ``sha1`` (its own blob URLs or
-    anyone's); ``blobs[sha1]`` what its ``/blob/<mode>/<sha1>`` routes serve. Every
-    request line and its Range header is logged.
+    anyone's); ``blobs[(mode, sha1)]`` what its ``/blob/<mode>/<sha1>`` route serves
+    (``add`` sets both). Every request line and its Range header is logged.
     """
 
     def __init__(self) -> None:
         self.urls: dict[str, list[str]] = {}
-        self.blobs: dict[str, Served] = {}
+        self.blobs: dict[tuple[str, str], Served] = {}
+        #: When set, the find answer is sent one byte per this many seconds.
+        self.find_interval: float | None = None
         self.log: list[tuple[str, str | None]] = []
         self._stop = threading.Event()
         source = self
@@ -207,22 +211,33 @@ class FakeSource:
                     self._json(find.group(1))
                     return
                 blob = re.fullmatch(r"/blob/([a-z-]+)/([0-9a-f]{40})", self.path)
-                if blob is None or blob.group(2) not in source.blobs:
+                served = source.blobs.get((blob.group(1), blob.group(2))) if blob else None
+                if blob is None or served is None:
                     self.send_error(404)
                     return
-                source.serve(self, blob.group(1), source.blobs[blob.group(2)])
+                source.serve(self, blob.group(1), served)
 
             def _json(self, sha1: str) -> None:
                 urls = source.urls.get(sha1)
                 answer: dict[str, object] = {"success": True, "found": urls is not None}
                 if urls is not None:
-                    answer.update(urls=urls, size=len(source.blobs[sha1].data))
+                    answer["urls"] = urls
                 body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if source.find_interval is None:
+                    self.wfile.write(body)
+                    return
+                try:
+                    for byte in body:
+                        if source._stop.wait(source.find_interval):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    return
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -230,17 +245,24 @@ class FakeSource:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
-    def blob_url(self, mode: str, sha1: str) -> str:
-        """The URL of ``/blob/<mode>/<sha1>``."""
+    def add(self, mode: str, served: Served) -> str:
+        """Serve ``served`` at ``/blob/<mode>/<its sha1>``; return that URL."""
+        sha1 = hashlib.sha1(served.data).hexdigest()
+        self.blobs[(mode, sha1)] = served
         return f"{self.base}/blob/{mode}/{sha1}"
 
     def serve(self, handler: BaseHTTPRequestHandler, mode: str, served: Served) -> None:
-        """Answer one blob request as ``mode`` says (a 200 with the whole length)."""
+        """Answer one blob request as ``mode`` says (a 200, or a 206 from a Range)."""
         data = served.data
+        asked = re.fullmatch(r"bytes=(\d+)-", handler.headers.get("Range") or "")
+        start = int(asked.group(1)) if asked else 0
+        status = "206 Partial Content" if asked else "200 OK"
+        extra = f"Content-Range: bytes {start}-{len(data) - 1}/{len(data)}\r\n" if asked else ""
         head = (
-            f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n"
+            f"HTTP/1.1 {status}\r\nContent-Length: {len(data) - start}\r\n{extra}"
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
+        body = data[start:]
         out = handler.wfile
         try:
             if mode == "trickle-head":
@@ -249,19 +271,20 @@ class FakeSource:
                         return
                     out.write(bytes([byte]))
                     out.flush()
-                out.write(data)
+                out.write(body)
                 return
-            out.write(head + data[: served.fast])
+            out.write(head + body[: served.fast])
             out.flush()
             if mode == "pause":
                 if not served.release.wait(60):
                     return
-                out.write(data[served.fast :])
+                out.write(body[served.fast :])
                 return
-            for index in range(served.fast, len(data)):  # trickle
+            step = served.step if mode == "slow" else 1
+            for index in range(served.fast, len(body), step):  # slow, trickle
                 if self._stop.wait(served.interval):
                     return
-                out.write(data[index : index + 1])
+                out.write(body[index : index + step])
                 out.flush()
         except OSError:
             return  # the client went away: what a dropped source looks like

@@ -170,8 +170,7 @@ def test_a_directory_swapped_for_a_symlink_during_the_download_is_not_followed(
     prvdir.write_bytes(serialize_prvdir(tree))
     sha1 = client_net.sha1("big.bin")
     served = Served(data, fast=100_000)
-    fake_source.blobs[sha1] = served
-    fake_source.urls[sha1] = [fake_source.blob_url("pause", sha1)]
+    fake_source.urls[sha1] = [fake_source.add("pause", served)]
     outside = precious_file(tmp_path).parent
     out = tmp_path / "out"
     env = client_net.env(tmp_path / "cache")
