@@ -22,7 +22,7 @@ def present_files(
     wanted: dict[str, tuple[str, Prv]] = {}
     for rel, target, prv in candidates:
         try:
-            st = os.lstat(target)  # a symlink is not the content: never read through
+            st = os.lstat(target)  # a symlink at the name is never taken for the content
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == prv.size:
