@@ -51,9 +51,10 @@ def copy_bytes(src_fd: int, dst_fd: int, size: int) -> None:
         os.ftruncate(dst_fd, size)
         return
     done = 0
+    kernel_copy = getattr(os, "copy_file_range", None)  # Linux only
     try:
-        while done < size:
-            n = os.copy_file_range(src_fd, dst_fd, min(_PIECE, size - done), done, done)
+        while kernel_copy is not None and done < size:
+            n = kernel_copy(src_fd, dst_fd, min(_PIECE, size - done), done, done)
             if n == 0:
                 break
             done += n
