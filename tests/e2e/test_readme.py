@@ -13,12 +13,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.procs import Proc, Procs
+from tests.e2e.procs import Proc, Procs, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SECTION = "## A hub, a share and a download, in three terminals"
@@ -32,17 +31,11 @@ def _blocks() -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text[start:end], re.S)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_readme_walk_through_runs_as_written(procs: Procs, tmp_path: Path) -> None:
     blocks = _blocks()
     assert len(blocks) == 6, blocks
     hub_cmd, share_cmd, first_download, firewalled, proxied, whole_dir = blocks
-    port = _free_port()
+    port = free_port()
     home, repo = tmp_path / "home", tmp_path / "repo"
     home.mkdir()
     shutil.copytree(ROOT / "examples" / "dataset_01", repo / "examples" / "dataset_01")
