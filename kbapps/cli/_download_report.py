@@ -62,7 +62,7 @@ class DownloadReport:
                     "again to resume"
                 )
             else:
-                text = "Interrupted before any byte arrived: nothing was kept"
+                text = "Interrupted: no partial download was kept"
         else:
             text = f"Interrupted: {self.done} of {output.counted(total_files, 'file')} in place"
             if self.kept:
