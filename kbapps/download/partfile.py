@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Sequence
 
+from kbapps import output
 from kbapps.download import copying, safefs
 from kbapps.download.errors import SourceError, WrongBytes
 from kbapps.filenames import fitting_name, name_max
@@ -211,7 +212,8 @@ class PartFile:
                 and self._head.hexdigest() != self.prv.head_sha1
             ):
                 raise WrongBytes(
-                    f"the first {self._head_len} bytes do not match the .prv's original_fcs"
+                    f"the first {output.counted(self._head_len, 'byte')} do not match "
+                    "the .prv's original_fcs"
                 )
         self._whole.update(chunk)
         self.offset += len(chunk)
@@ -225,7 +227,8 @@ class PartFile:
         """
         total = sum(len(c) for c in chunks)
         if self.offset + total > self.prv.size:
-            raise SourceError(f"sent more than the {self.prv.size} bytes expected")
+            expected = output.counted(self.prv.size, "byte")
+            raise SourceError(f"sent more than the {expected} expected")
         for chunk in chunks:
             self._hash(chunk)
         write_all(self.fd, chunks)
