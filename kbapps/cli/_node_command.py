@@ -60,8 +60,6 @@ def make_app(kind: NodeType) -> typer.Typer:
     import typer
 
     from kbapps.cli._typer_app import Command, new_app, version_option
-    from kbapps.noderun import RunOptions
-    from kbapps.nodesetup import SetupOptions
 
     app = new_app()
     noun = "share" if kind == "leaf" else "hub"
@@ -174,6 +172,11 @@ def make_app(kind: NodeType) -> typer.Typer:
             max_streams_per_client: int | None = streams_opt,
             version: bool = version_option(),
         ) -> NodeArgs:
+            # Imported once the command line is valid: they pull in the transport
+            # (~0.5 s of CPU), which --help, --version and a usage error never need.
+            from kbapps.noderun import RunOptions
+            from kbapps.nodesetup import SetupOptions
+
             options = SetupOptions(
                 name=name,
                 scientific_research=scientific_research,
@@ -221,6 +224,11 @@ def make_app(kind: NodeType) -> typer.Typer:
             max_streams_per_client: int | None = streams_opt,
             version: bool = version_option(),
         ) -> NodeArgs:
+            # Imported once the command line is valid: they pull in the transport
+            # (~0.5 s of CPU), which --help, --version and a usage error never need.
+            from kbapps.noderun import RunOptions
+            from kbapps.nodesetup import SetupOptions
+
             options = SetupOptions(
                 name=name,
                 scientific_research=scientific_research,
@@ -261,12 +269,13 @@ def main_for(kind: NodeType, prog: str, argv: list[str] | None) -> int:
 
     def body() -> int:
         from kbapps.cli._typer_app import parse_with_typer
-        from kbapps.noderun import run_node
 
         parsed = parse_with_typer(make_app(kind), args, prog)
         if isinstance(parsed, int):  # --help, --version
             return parsed
         assert isinstance(parsed, NodeArgs)
+        from kbapps.noderun import run_node
+
         return run_node(kind, parsed.directory, parsed.setup, parsed.run)
 
     return output.run_command(body)
