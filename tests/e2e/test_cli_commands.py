@@ -13,8 +13,6 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import pytest
-
 from kbapps.output import format_bytes
 from kbproto.prv import PrvDir, serialize_prv, serialize_prvdir
 from tests.e2e.procs import Procs, command, wait_for
@@ -33,6 +31,19 @@ USAGE = {
     "kbucket-hub": "Usage: kbucket-hub [OPTIONS] [DIR]",
 }
 RUN_TIMEOUT = 120.0
+#: The options that take no value.
+FLAGS = frozenset(
+    {
+        "--json",
+        "--force",
+        "--auto",
+        "--cache-info",
+        "--clear-cache",
+        "--quiet",
+        "--version",
+        "--help",
+    }
+)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -53,6 +64,41 @@ def _run(env: dict[str, str], name: str, *args: str | Path) -> subprocess.Comple
     )
 
 
+def _run_all(
+    tmp_path: Path, runs: dict[str, tuple[str | Path, ...]]
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run independent commands at once (``key: (command, *args)``), each with a cache
+    directory of its own; their results by key. Every process is stopped on the way out."""
+    started: dict[str, subprocess.Popen[str]] = {}
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+    try:
+        for key, (name, *args) in runs.items():
+            env = _env(tmp_path)
+            env["KBUCKET_CACHE_DIR"] = str(_cache_dir(tmp_path, key))
+            started[key] = subprocess.Popen(
+                command(str(name), *map(str, args)),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        for key, proc in started.items():
+            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+            results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    finally:
+        for proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    return results
+
+
+def _cache_dir(tmp_path: Path, key: str) -> Path:
+    """The cache directory of ``_run_all``'s run ``key``."""
+    return tmp_path / "caches" / re.sub(r"\W+", "-", key)
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,30 +106,32 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_prints_its_version(name: str, tmp_path: Path) -> None:
-    done = _run(_env(tmp_path), name, "--version")
-    assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"{name} {version('kbucket')}\n"
+def test_every_command_prints_its_version_and_help_names_what_to_give(tmp_path: Path) -> None:
+    runs: dict[str, tuple[str | Path, ...]] = {}
+    for name in COMMANDS:
+        runs[f"{name} --version"] = (name, "--version")
+        runs[f"{name} --help"] = (name, "--help")
+    done = _run_all(tmp_path, runs)
+    for name in COMMANDS:
+        shown = done[f"{name} --version"]
+        assert (shown.returncode, shown.stderr) == (0, ""), name
+        assert shown.stdout == f"{name} {version('kbucket')}\n"
 
-
-@pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_help_names_what_to_give(name: str, tmp_path: Path) -> None:
-    done = _run(_env(tmp_path), name, "--help")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0] == USAGE[name]
-    # No value types where a metavar belongs, no typer placeholders.
-    for placeholder in ("<str>", "<bool>", "<int>", "<float>", "<path>", "{", "}"):
-        assert placeholder not in done.stdout, placeholder
-    listed = done.stdout.split("\nOptions:\n", 1)[1]
-    options = re.findall(r"^  (-[^\s,]+(?:, --\S+)?)(?: (\S+))?\s", listed, re.MULTILINE)
-    flags = {"--json", "--force", "--auto", "--cache-info", "--clear-cache", "--version", "--help"}
-    for option, metavar in options:
-        if option.split(", ")[-1] in flags | {"--quiet"}:
-            assert metavar == "", option  # a flag takes nothing
-        else:
-            assert re.fullmatch(r"[A-Z]+|yes\|no", metavar), (option, metavar)
-    assert "--version" in done.stdout
+        helped = done[f"{name} --help"]
+        assert helped.returncode == 0, helped.stderr
+        assert helped.stdout.splitlines()[0] == USAGE[name]
+        # No value types where a metavar belongs, no typer placeholders.
+        for placeholder in ("<str>", "<bool>", "<int>", "<float>", "<path>", "{", "}"):
+            assert placeholder not in helped.stdout, (name, placeholder)
+        listed = helped.stdout.split("\nOptions:\n", 1)[1]
+        options = re.findall(r"^  (-[^\s,]+(?:, --\S+)?)(?: (\S+))?\s", listed, re.MULTILINE)
+        assert options, name
+        for option, metavar in options:
+            if option.split(", ")[-1] in FLAGS:
+                assert metavar == "", (name, option)  # a flag takes nothing
+            else:
+                assert re.fullmatch(r"[A-Z]+|yes\|no", metavar), (name, option, metavar)
+        assert "--version" in helped.stdout
 
 
 def test_kb_prv_create_prints_one_summary_line_and_nothing_with_q(tmp_path: Path) -> None:
@@ -119,59 +167,71 @@ def test_kb_prv_create_prints_one_summary_line_and_nothing_with_q(tmp_path: Path
         assert (tmp_path / "q.prvdir").read_bytes() == (tmp_path / "d.prvdir").read_bytes()
 
 
-def test_exit_codes_follow_the_one_table(
+def test_exit_codes_follow_the_one_table_and_counts_agree_with_their_noun(
     fake_source: FakeSource, procs: Procs, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path)
-    for directory in ("h1", "h3"):
+    for directory in ("h1", "h2", "one"):
         (tmp_path / directory).mkdir()
     (tmp_path / "f.bin").write_bytes(b"content\n")
     prv = tmp_path / "f.prv"
     prv.write_bytes(serialize_prv(prv_of(b"content\n", "f.bin")))
     (tmp_path / "bad.prv").write_text("not json")
+    # A share of one file: its console counts one file, and its port is taken.
+    (tmp_path / "one" / "only.txt").write_text("the only file\n")
+    share = procs.node("kbucket-host", tmp_path / "one")
+    # A .prvdir of one file that the fake hub can deliver.
+    data = b"one file in a .prvdir\n"
+    url = fake_source.add("whole", Served(data, fast=len(data)))
+    fake_source.urls[url.rsplit("/", 1)[-1]] = [url]
+    (tmp_path / "d.prvdir").write_bytes(
+        serialize_prvdir(PrvDir(files={"a.txt": prv_of(data, "a.txt")}))
+    )
     down = f"http://127.0.0.1:{_closed_port()}"
-    codes = {
-        # 0: done
-        "create": _run(env, "kb-prv-create", tmp_path / "f.bin", tmp_path / "g.prv").returncode,
-        # 1: the answer is no (not found; the user declined)
-        "find, not found": _run(env, "kb-prv-find", prv, "--hub", fake_source.base).returncode,
-        "download, not found": _run(
-            env, "kb-prv-download", prv, tmp_path / "o", "--hub", fake_source.base
-        ).returncode,
-        "hub, declined": _run(
-            env, "kbucket-hub", tmp_path / "h1", "--auto", "--scientific-research", "no"
-        ).returncode,
-        # 2: bad input, including a file that cannot be written
-        "create, unwritable OUT": _run(
-            env, "kb-prv-create", tmp_path / "f.bin", tmp_path / "no" / "x.prv"
-        ).returncode,
-        "create, missing PATH": _run(env, "kb-prv-create", tmp_path / "nope").returncode,
-        "find, bad .prv": _run(env, "kb-prv-find", tmp_path / "bad.prv").returncode,
-        "download, no OUT": _run(env, "kb-prv-download", prv).returncode,
-        "host, bad option": _run(env, "kbucket-host", tmp_path / "s", "--port", "x").returncode,
-        # 3: the network failed
-        "find, hub unreachable": _run(env, "kb-prv-find", prv, "--hub", down).returncode,
-        "download, hub unreachable": _run(
-            env, "kb-prv-download", prv, tmp_path / "o", "--hub", down
-        ).returncode,
-    }
-    hub = procs.node("kbucket-hub", tmp_path / "h2", name="taken")
-    codes["hub, port taken"] = _run(
-        env,
-        "kbucket-hub",
-        tmp_path / "h3",
-        "--auto",
-        "--scientific-research",
-        "yes",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(hub.port),
-    ).returncode
+    hub = fake_source.base
+    done = _run_all(
+        tmp_path,
+        {
+            # 0: done
+            "create": ("kb-prv-create", tmp_path / "f.bin", tmp_path / "g.prv"),
+            "download a .prvdir": (
+                "kb-prv-download",
+                tmp_path / "d.prvdir",
+                tmp_path / "out",
+                "--hub",
+                hub,
+            ),
+            # 1: the answer is no (not found; the user declined)
+            "find, not found": ("kb-prv-find", prv, "--hub", hub),
+            "download, not found": ("kb-prv-download", prv, tmp_path / "o", "--hub", hub),
+            "hub, declined": (
+                "kbucket-hub",
+                tmp_path / "h1",
+                "--auto",
+                "--scientific-research",
+                "no",
+            ),
+            # 2: bad input, including a file that cannot be written
+            "create, unwritable OUT": ("kb-prv-create", tmp_path / "f.bin", tmp_path / "no/x.prv"),
+            "create, missing PATH": ("kb-prv-create", tmp_path / "nope"),
+            "find, bad .prv": ("kb-prv-find", tmp_path / "bad.prv"),
+            "download, no OUT": ("kb-prv-download", prv),
+            "host, bad option": ("kbucket-host", tmp_path / "s", "--port", "x"),
+            # 3: the network failed
+            "find, hub unreachable": ("kb-prv-find", prv, "--hub", down),
+            "download, hub unreachable": ("kb-prv-download", prv, tmp_path / "o", "--hub", down),
+            "hub, port taken": (
+                "kbucket-hub",
+                tmp_path / "h2",
+                *("--auto", "--scientific-research", "yes"),
+                *("--host", "127.0.0.1", "--port", str(share.port)),
+            ),
+        },
+    )
+    codes = {key: result.returncode for key, result in done.items()}
     # 141: the reader of stdout went away (| head)
     reader_gone = subprocess.Popen(
         command("kb-prv-create", str(tmp_path / "f.bin")),
-        env=env,
+        env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -187,6 +247,7 @@ def test_exit_codes_follow_the_one_table(
     codes["create, stdout closed"] = reader_gone.returncode
     assert codes == {
         "create": 0,
+        "download a .prvdir": 0,
         "find, not found": 1,
         "download, not found": 1,
         "hub, declined": 1,
@@ -199,38 +260,21 @@ def test_exit_codes_follow_the_one_table(
         "download, hub unreachable": 3,
         "hub, port taken": 3,
         "create, stdout closed": 141,
-    }
+    }, {key: result.stderr for key, result in done.items()}
     # The same table is the documented one.
     table = (ROOT / "docs" / "commands.md").read_text()
     for code in (0, 1, 2, 3, 70, 130, 141):
         assert re.search(rf"^\| {code} \|", table, re.MULTILINE), code
 
-
-def test_counts_agree_with_their_noun(
-    fake_source: FakeSource, procs: Procs, tmp_path: Path
-) -> None:
-    share_dir = tmp_path / "one"
-    share_dir.mkdir()
-    (share_dir / "only.txt").write_text("the only file\n")
-    share = procs.node("kbucket-host", share_dir)
+    # Counts agree with their noun.
     assert share.proc.has_line(r"Indexed 1 file\.$")
     share.proc.wait_line(r"Hashed 1 file; 0 unchanged since the last run\.$")
-
-    env = _env(tmp_path)
-    data = b"one file in a .prvdir\n"
-    url = fake_source.add("whole", Served(data, fast=len(data)))
-    fake_source.urls[url.rsplit("/", 1)[-1]] = [url]
-    (tmp_path / "d.prvdir").write_bytes(
-        serialize_prvdir(PrvDir(files={"a.txt": prv_of(data, "a.txt")}))
-    )
-    done = _run(
-        env, "kb-prv-download", tmp_path / "d.prvdir", tmp_path / "out", "--hub", fake_source.base
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[-1] == (
+    assert done["download a .prvdir"].stderr.splitlines()[-1] == (
         f"Downloaded 1 file, skipped 0 already present, 0 failed, into {tmp_path / 'out'}"
     )
     # The content cache is filled after the command, by a process of its own.
+    env = _env(tmp_path)
+    env["KBUCKET_CACHE_DIR"] = str(_cache_dir(tmp_path, "download a .prvdir"))
     cached = f": 1 entry, {format_bytes(len(data))}; "
     wait_for(
         lambda: cached in _run(env, "kb-prv-download", "--cache-info").stderr,
