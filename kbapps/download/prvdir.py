@@ -133,6 +133,10 @@ async def _download_tree(
     present = found.present
     jobs: dict[str, Job] = {}
     partial_fd = -1
+    # What is already on disk (files in place, partial files) is counted in one step
+    # before any byte moves, so the first progress shown starts where the last run
+    # stopped (docs/commands.md, kb-prv-download).
+    on_disk_files = on_disk_bytes = 0
     try:
         for rel, place, prv in planned:
             conflict = found.conflicts.get(rel)
@@ -147,7 +151,8 @@ async def _download_tree(
                     path=place.path, sha1=prv.sha1, size=prv.size, origin="present"
                 )
                 done.append(result)
-                reporter.add(files=1, nbytes=prv.size)
+                on_disk_files += 1
+                on_disk_bytes += prv.size
                 emit(done_event(result, rel))
                 continue
             job = jobs.get(prv.sha1)
@@ -170,8 +175,9 @@ async def _download_tree(
             on_disk = await anyio.to_thread.run_sync(_parts_on_disk, partial_fd, jobs)
             for job, nbytes in on_disk:
                 job.counted = nbytes
-            if on_disk:
-                reporter.add(nbytes=sum(nbytes for _, nbytes in on_disk))
+                on_disk_bytes += nbytes
+        if on_disk_files or on_disk_bytes:
+            reporter.add(files=on_disk_files, nbytes=on_disk_bytes)
         await _run_jobs(list(jobs.values()), options, reporter, emit, done, fail)
     except anyio.get_cancelled_exc_class():
         # Ctrl+C: say what the partial files keep for the next run (plain system calls

@@ -144,8 +144,12 @@ def test_ctrl_c_of_a_prvdir_keeps_its_partial_files_and_the_next_run_counts_them
         f"f{i}.bin": write_pattern(tmp_path / "src" / f"f{i}.bin", 150_000, 10 + i)
         for i in range(6)
     }
-    for data in files.values():
-        _serve(fake_source, "slow", _slow(data))
+    # Two files come at once and are in place before the Ctrl+C; four come slowly.
+    for number, data in enumerate(files.values()):
+        if number < 2:
+            _serve(fake_source, "whole", _whole(data))
+        else:
+            _serve(fake_source, "slow", _slow(data))
     tree = PrvDir(files={name: prv_of(data, name) for name, data in files.items()})
     (tmp_path / "d.prvdir").write_bytes(serialize_prvdir(tree))
     out = tmp_path / "out"
@@ -156,7 +160,11 @@ def test_ctrl_c_of_a_prvdir_keeps_its_partial_files_and_the_next_run_counts_them
     def parts() -> list[Path]:
         return sorted(partial.glob("*.part")) if partial.is_dir() else []
 
-    code, stderr = _interrupt(argv, env, lambda: sum(1 for p in parts() if _size(p) >= 20_000) >= 2)
+    def ready() -> bool:
+        in_place = sum(1 for name in list(files)[:2] if (out / name).exists())
+        return in_place == 2 and sum(1 for p in parts() if _size(p) >= 20_000) >= 2
+
+    code, stderr = _interrupt(argv, env, ready)
     assert code == 130
     assert "Traceback" not in stderr
     kept = [p for p in parts() if _size(p)]
@@ -164,7 +172,7 @@ def test_ctrl_c_of_a_prvdir_keeps_its_partial_files_and_the_next_run_counts_them
     sizes = sorted(_size(p) for p in kept)
     total = sum(sizes)
     assert stderr.splitlines()[-1] == (
-        f"Interrupted: 0 of 6 files in place, {len(kept)} partial files "
+        f"Interrupted: 2 of 6 files in place, {len(kept)} partial files "
         f"({format_bytes(total)}) kept in {partial}; run the same command again to resume"
     )
 
@@ -174,8 +182,9 @@ def test_ctrl_c_of_a_prvdir_keeps_its_partial_files_and_the_next_run_counts_them
     assert again.returncode == 0, again.stderr
     events = [json.loads(line) for line in again.stdout.splitlines()]
     progress = [e for e in events if e["event"] == "progress"]
-    # Before any byte arrives, the progress counts every byte the last run kept.
-    assert progress[0]["bytes"] == total
+    # Before any byte arrives, the progress counts every byte the last run kept:
+    # the two files in place and the partial files.
+    assert (progress[0]["files"], progress[0]["bytes"]) == (2, 2 * 150_000 + total)
     resumed = [e for e in events if e["event"] == "resume"]
     assert sorted(e["offset"] for e in resumed) == sizes
     for event in resumed:
