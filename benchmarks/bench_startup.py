@@ -23,7 +23,7 @@ whole processes (interpreter start-up included), A B A B ... after one warm-up:
 It prints median [min-max] wall and CPU times, and per-pair ratios typer / fast.
 
 Usage: ``python3 benchmarks/bench_startup.py [--repeats 10] [--files 20000]
-[--download-kib 1024] [--dir SCRATCH]``
+[--download-kib 1024] [--dir SCRATCH] [--no-warm-up]``
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ def _median_range(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     )
 
 
-def _pair(title: str, fast: Timed, typer: Timed, repeats: int) -> list[str]:
-    for timed in (fast, typer):
-        timed.run(record=False)  # warm-up: page cache, bytecode, hash cache
+def _pair(title: str, fast: Timed, typer: Timed, repeats: int, warm_up: bool) -> list[str]:
+    if warm_up:
+        for timed in (fast, typer):
+            timed.run(record=False)  # warm-up: page cache, bytecode, hash cache
     for index in range(repeats):
         for timed in (fast, typer) if index % 2 == 0 else (typer, fast):
             timed.run(record=True)
@@ -176,6 +177,13 @@ def main() -> int:
     parser.add_argument("--file-size", type=int, default=4096)
     parser.add_argument("--download-kib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory")
+    parser.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="time the first run of each command too (the test suite's smoke run: "
+        "its figures include compiling the bytecode and a cold hash cache)",
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="kbbench-startup-", dir=args.dir))
@@ -210,7 +218,8 @@ def main() -> int:
         load = os.getloadavg()
         lines = [
             f"Machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; load average "
-            f"at start {load[0]:.2f}; {args.repeats} interleaved pairs after one warm-up.",
+            f"at start {load[0]:.2f}; {args.repeats} interleaved pairs"
+            + (" after one warm-up." if args.warm_up else ", no warm-up."),
             "",
         ]
         tree_out = str(scratch / "t.prvdir")
@@ -219,6 +228,7 @@ def main() -> int:
             Timed("fast path", command("kb-prv-create", str(tree), tree_out), env),
             Timed("typer", command("kb-prv-create", "--", str(tree), tree_out), env),
             args.repeats,
+            args.warm_up,
         )
         big = str(shared / "file.bin")
         lines += _pair(
@@ -226,12 +236,14 @@ def main() -> int:
             Timed("fast path", command("kb-prv-create", big, str(one)), env),
             Timed("typer", command("kb-prv-create", "--", big, str(one)), env),
             args.repeats,
+            args.warm_up,
         )
         lines += _pair(
             "kb-prv-find, the share as hub",
             Timed("fast path", command("kb-prv-find", str(prv), "--hub", url), env),
             Timed("typer", command("kb-prv-find", str(prv), "--hub", url, "--hub", url), env),
             args.repeats,
+            args.warm_up,
         )
         lines += _pair(
             f"kb-prv-download of a file of {args.download_kib} KiB from the share",
@@ -248,6 +260,7 @@ def main() -> int:
                 remove=[out],
             ),
             args.repeats,
+            args.warm_up,
         )
         print("\n".join(lines))
     finally:

@@ -42,7 +42,10 @@ SMOKE_RUNS = {
         ["x curl -o", "x direct", "req/s ratio hub/bare"],
     ),
     "bench_startup.py": (
-        ["--repeats", "1", "--files", "50", "--file-size", "1024", "--download-kib", "16"],
+        [
+            *("--repeats", "1", "--no-warm-up"),
+            *("--files", "50", "--file-size", "1024", "--download-kib", "16"),
+        ],
         ["typer / fast path, per pair"],
     ),
     "bench_sim.py": (
