@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kbapps.output import format_bytes
 from kbproto.prv import PrvDir, serialize_prv, serialize_prvdir
-from tests.e2e.procs import Procs, command, wait_for
+from tests.e2e.procs import Procs, command, free_port, wait_for
 from tests.hostile.client_net import FakeSource, Served, fake_source, prv_of
 
 __all__ = ("fake_source",)  # the fixture the tests below use
@@ -178,7 +178,9 @@ def test_exit_codes_follow_the_one_table_and_counts_agree_with_their_noun(
     (tmp_path / "bad.prv").write_text("not json")
     # A share of one file: its console counts one file, and its port is taken.
     (tmp_path / "one" / "only.txt").write_text("the only file\n")
-    share = procs.node("kbucket-host", tmp_path / "one")
+    # (A port of our choosing: kbucket-hub on a port ending in 443 would want a
+    # certificate, exit 2, before it tried to bind.)
+    share = procs.node("kbucket-host", tmp_path / "one", port=free_port())
     # A .prvdir of one file that the fake hub can deliver.
     data = b"one file in a .prvdir\n"
     url = fake_source.add("whole", Served(data, fast=len(data)))
