@@ -340,7 +340,7 @@ def main() -> int:
                 env,
             )
             for name in ("share", "hidden"):
-                procs.wait_line(name, r"^Indexed \d+ files\.$", timeout=300)
+                procs.wait_line(name, r"^Indexed \d+ files?\.$", timeout=300)
             procs.wait_line("hidden", r"^Connected to parent hub: ")
             share_id = json.loads((share / ".kbucket" / "kbnode.json").read_text())["node_id"]
             prv = work / "big.prv"
@@ -559,7 +559,7 @@ def proxied_sha1(args: argparse.Namespace, work: Path, env: dict[str, str], proc
             code_env,
             cwd=code,
         )
-        procs.wait_line(hidden_name, r"^Indexed \d+ files\.$", timeout=300)
+        procs.wait_line(hidden_name, r"^Indexed \d+ files?\.$", timeout=300)
         procs.wait_line(hidden_name, r"^Connected to parent hub: ")
         hidden_id = json.loads((hidden / ".kbucket" / "kbnode.json").read_text())["node_id"]
         deadline = time.monotonic() + 120
@@ -657,7 +657,7 @@ def find_hub_finds(
             env,
         )
     for i in range(args.find_shares):
-        procs.wait_line(f"small{i:02d}", r"^Indexed \d+ files\.$", timeout=300)
+        procs.wait_line(f"small{i:02d}", r"^Indexed \d+ files?\.$", timeout=300)
         procs.wait_line(f"small{i:02d}", r"^Connected to parent hub: ")
     # 1,000 known SHA-1s spread over all shares, every one checked findable at the hub.
     step = max(1, len(sha1s) // 1000)

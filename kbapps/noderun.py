@@ -6,7 +6,8 @@ Strategy
 
 1. ``kbapps.nodesetup.setup_node``: ``.kbucket/``, keys, the SPEC §3.1/§3.2 questions
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
-   ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 or 2.
+   ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 (the
+   user declined) or 2 (bad input); a port that cannot be bound exits 3.
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
    routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
    (``kbapps.hashing.ProcessPool``, forked before the event loop starts any thread);
@@ -32,7 +33,7 @@ The SPEC lines (exact prefixes)::
     Starting indexing...                            (shares)
     Connected to parent hub: <hub name>
     Web interface: <url>
-    Indexed <n> files.                              (shares)
+    Indexed <n> files.                              (shares; ``Indexed 1 file.``)
 
 plus, for a share, ``Hashed <k> files; <u> unchanged since the last run.`` right
 after ``Indexed``, and for a hub one line per child joining or leaving, and
@@ -80,8 +81,8 @@ __all__ = (
     "run_node",
 )
 
-#: Exit code when no port of the policy could be bound.
-_EXIT_BIND = 1
+#: Exit code when no port of the policy could be bound: a network failure.
+_EXIT_BIND = output.EXIT_NETWORK
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -456,14 +457,17 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
         # A bar on a terminal, milestone lines otherwise (SPEC §3), on stderr.
         bar.append(output.Progress("Hashing", total_files=files, total_bytes=nbytes))
         if not hashed_initial:
-            noun = "file" if files == 1 else "files"
-            console.line(f"Hashing {files} {noun} ({output.format_bytes(nbytes)})...")
+            console.line(
+                f"Hashing {files} {output.noun(files, 'file')} ({output.format_bytes(nbytes)})..."
+            )
 
     def initial_done(count: int) -> None:
         hashed_initial.append(hashed)
-        console.line(f"Indexed {count} files.")
+        console.line(f"Indexed {count} {output.noun(count, 'file')}.")
+        unchanged = max(0, count - hashed)
         console.line(
-            f"Hashed {hashed} files; {max(0, count - hashed)} unchanged since the last run."
+            f"Hashed {hashed} {output.noun(hashed, 'file')}; {unchanged} unchanged since"
+            " the last run."
         )
 
     indexer = Indexer(

@@ -640,7 +640,7 @@ def _answer_all(
         else:
             answer = prompter.ask(question, stored or question.default)
         if question.yes_no and answer == "no":
-            raise SetupError(_refusal(question.key, kind, directory), exit_code=1)
+            raise SetupError(_refusal(question.key, kind, directory), exit_code=output.EXIT_NO)
         answers[question.key] = answer
     if missing:
         noun = "share" if kind == "leaf" else "hub"

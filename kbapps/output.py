@@ -23,6 +23,13 @@ JSON meaning the same text.
 
 ``rich`` is imported only when a progress bar is actually drawn: importing it costs
 about 0.1 s, which would dominate short runs such as a cached ``kb-prv-create``.
+
+While a bar is on a terminal, a line for that terminal (stderr, or stdout when it is
+the same terminal) is printed above the bar, whole: never wrapped at the terminal's
+width, never moved to another stream, never drawn into the bar's own line. rich's
+own redirection of ``sys.stdout``/``sys.stderr`` is off, since it re-flows every line
+to the console's width and sends stdout's lines to the bar's stream
+(``docs/commands.md``, "Output").
 """
 
 from __future__ import annotations
@@ -36,14 +43,22 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 __all__ = (
+    "EXIT_BAD_INPUT",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
+    "EXIT_NETWORK",
+    "EXIT_NO",
+    "EXIT_OK",
     "Progress",
     "UsageError",
+    "counted",
     "error",
     "format_bytes",
     "inert",
     "json_text",
     "line",
+    "noun",
     "print_json",
     "print_json_bytes",
     "prompt",
@@ -54,8 +69,24 @@ __all__ = (
 
 T = TypeVar("T")
 
+# The exit codes of every command: one table, ``docs/commands.md`` "Exit codes".
+#: Done (a node: stopped by Ctrl+C or SIGTERM).
+EXIT_OK = 0
+#: The answer is no: the content is nowhere in the network, or the user declined.
+EXIT_NO = 1
+#: Bad input: arguments, options, or a file or directory the command was given (or
+#: would write) that is missing, unreadable, unwritable, malformed or in the way.
+EXIT_BAD_INPUT = 2
+#: The network failed: the hub is unreachable, no source delivered the right bytes,
+#: or a node cannot listen on its port.
+EXIT_NETWORK = 3
+#: A bug: an exception nobody expected (``KBUCKET_DEBUG=1`` shows its traceback);
+#: 70 is ``EX_SOFTWARE`` of BSD's ``sysexits.h``.
+EXIT_INTERNAL = 70
 #: Exit code after Ctrl+C, as shells report a SIGINT death (128 + 2).
 EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (``| head``), as shells report a SIGPIPE death (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 class UsageError(Exception):
@@ -63,11 +94,10 @@ class UsageError(Exception):
 
     Args:
         message: what went wrong, naming the file or option involved.
-        exit_code: 2 for bad input (the default), 1 for other failures; commands
-            document their own codes.
+        exit_code: one of the ``EXIT_*`` codes; ``EXIT_BAD_INPUT`` by default.
     """
 
-    def __init__(self, message: str, exit_code: int = 2) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
@@ -105,10 +135,31 @@ def _one_line(text: str) -> str:
     return text.translate(_INERT_LINE)
 
 
+#: The progress bar on a terminal now, if any: lines for that terminal go above it.
+_live_bar: Progress | None = None
+
+
 def _write(text: str, stream: IO[str] | None) -> None:
     out = stream if stream is not None else sys.stderr
+    bar = _live_bar
+    if bar is not None and text.endswith("\n") and bar.draws_on(out):
+        bar.print_above(text[:-1])
+        return
     out.write(text)
     out.flush()
+
+
+def noun(count: int, singular: str, plural: str | None = None) -> str:
+    """``singular`` for a count of one, else ``plural`` (default: ``singular + "s"``)."""
+    if count == 1:
+        return singular
+    return plural if plural is not None else singular + "s"
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``count`` with thousands separators and the noun that agrees: ``1 file``,
+    ``1,234 files``."""
+    return f"{count:,} {noun(count, singular, plural)}"
 
 
 def line(text: str, *, stream: IO[str] | None = None) -> None:
@@ -181,21 +232,22 @@ def _describe_os_error(exc: OSError) -> str:
 def run_command(body: Callable[[], int | None], *, stream: IO[str] | None = None) -> int:
     """Run a command's body and turn every way it can end into an exit code.
 
-    ``UsageError`` prints its message and exits with its code; ``OSError`` prints the
-    file and reason and exits 1; Ctrl+C exits 130; a closed stdout (``| head``) exits
-    quietly; anything else is a bug, reported in one line (set ``KBUCKET_DEBUG=1`` to
-    let the traceback through).
+    ``UsageError`` prints its message and exits with its code; an ``OSError`` (a file
+    that cannot be read or written) prints the file and reason and exits 2; Ctrl+C
+    prints ``Interrupted.`` and exits 130; a closed stdout (``| head``) exits 141
+    quietly; anything else is a bug, reported in one line, exit 70 (set
+    ``KBUCKET_DEBUG=1`` to let the traceback through).
 
     Returns:
         The exit code: the body's return value, or 0 if it returned None.
     """
     try:
-        return body() or 0
+        return body() or EXIT_OK
     except UsageError as exc:
         error(exc.message, stream=stream)
         return exc.exit_code
     except KeyboardInterrupt:
-        error("interrupted", stream=stream)
+        line("Interrupted.", stream=stream)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of our stdout went away; say nothing more, and keep Python from
@@ -203,15 +255,15 @@ def run_command(body: Callable[[], int | None], *, stream: IO[str] | None = None
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         error(_describe_os_error(exc), stream=stream)
-        return 1
+        return EXIT_BAD_INPUT
     except Exception as exc:
         if os.environ.get("KBUCKET_DEBUG"):
             raise
         error(f"internal error: {type(exc).__name__}: {exc}", stream=stream)
-        return 1
+        return EXIT_INTERNAL
 
 
 def format_bytes(n: int) -> str:
@@ -241,6 +293,7 @@ class Progress:
         tty: force terminal (True) or log (False) mode; default ``stream.isatty()``.
         delay: seconds of silence before the first output.
         clock: monotonic clock in seconds (tests pass a fake).
+        quiet: count only, print nothing (``--json``, ``-q``).
     """
 
     def __init__(
@@ -253,8 +306,10 @@ class Progress:
         tty: bool | None = None,
         delay: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        quiet: bool = False,
     ) -> None:
         self.description = description
+        self.quiet = quiet
         self.total_files = total_files
         self.total_bytes = total_bytes
         self.files = 0
@@ -293,6 +348,8 @@ class Progress:
         """Add ``files`` finished files and ``nbytes`` processed bytes (deltas)."""
         self.files += files
         self.nbytes += nbytes
+        if self.quiet:
+            return
         now = self._clock()
         if now - self._start < self._delay:
             return
@@ -328,26 +385,61 @@ class Progress:
             columns.append(TimeRemainingColumn())
             # auto_refresh=False: no refresh thread, so no thread exists when the
             # hasher forks its worker processes; we refresh from update() instead.
+            # No redirection of sys.stdout/sys.stderr: lines reach the bar through
+            # print_above (see the module docstring).
             self._rich = RichProgress(
                 *columns,
                 console=Console(file=self._stream, force_terminal=True),
                 auto_refresh=False,
                 transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
             total = self.total_bytes or self.total_files
-            self._task = self._rich.add_task(inert(self.description), total=total, files="")
+            # Starts where the job stands (a resumed download: the bytes on disk).
+            self._task = self._rich.add_task(
+                inert(self.description), total=total, completed=self._completed(), files=""
+            )
             self._rich.start()
+            global _live_bar
+            _live_bar = self
         self._rich.update(
             self._task,
-            completed=self.nbytes if self.total_bytes else self.files,
+            completed=self._completed(),
             files=self._files_text() if self.total_bytes else self._summary(),
         )
         self._rich.refresh()
 
+    def _completed(self) -> int:
+        return self.nbytes if self.total_bytes else self.files
+
+    def draws_on(self, stream: IO[str]) -> bool:
+        """Whether ``stream`` shows on the terminal this bar is drawn on (its own
+        stream, or another descriptor of the same terminal device)."""
+        if stream is self._stream:
+            return True
+        try:
+            mine, theirs = self._stream.fileno(), stream.fileno()
+            return (
+                os.isatty(mine)
+                and os.isatty(theirs)
+                and os.path.samestat(os.fstat(mine), os.fstat(theirs))
+            )
+        except (OSError, ValueError, AttributeError):  # no descriptor (a StringIO)
+            return False
+
+    def print_above(self, text: str) -> None:
+        """Print the line ``text`` above the bar (no line end in ``text``): whole,
+        never wrapped, then the bar again below it."""
+        from rich.text import Text
+
+        assert self._rich is not None
+        self._rich.console.print(Text(text), soft_wrap=True, highlight=False)
+
     def _files_text(self) -> str:
         if self.total_files is not None:
-            return f"{self.files}/{self.total_files} files"
-        return f"{self.files} files"
+            return f"{self.files:,}/{counted(self.total_files, 'file')}"
+        return counted(self.files, "file")
 
     def _log_line(self, text: str) -> None:
         line(f"{self.description}: {text}", stream=self._stream)
@@ -379,6 +471,9 @@ class Progress:
         if self._rich is not None:
             if success:
                 self._draw_rich()
+            global _live_bar
+            if _live_bar is self:
+                _live_bar = None
             self._rich.stop()
             self._rich = None
         elif self._printed and success:

@@ -41,6 +41,13 @@ SMOKE_RUNS = {
         ],
         ["x curl -o", "x direct", "req/s ratio hub/bare"],
     ),
+    "bench_startup.py": (
+        [
+            *("--repeats", "1", "--no-warm-up"),
+            *("--files", "50", "--file-size", "1024", "--download-kib", "16"),
+        ],
+        ["typer / fast path, per pair"],
+    ),
     "bench_sim.py": (
         ["--hubs", "22", "--shares", "30", "--ids", "2000"],
         ["## Simulator throughput", "## Hub index memory"],

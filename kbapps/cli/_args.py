@@ -1,71 +1,85 @@
-"""Argument handling shared by ``kb-prv-find`` and ``kb-prv-download`` (internal).
+"""The command lines the ``kb-prv-*`` commands parse without typer (internal).
 
-The common invocations (positionals plus ``--hub URL`` and ``--json``) are parsed here
-without typer, which costs ~0.1 s to import; ``--help``, unknown options and wrong
-argument counts go through the command's typer application instead, whose errors
-become one ``Error:`` line.
+Importing typer (and the click it carries) costs about 0.15 s of CPU, more than a
+cached ``kb-prv-create`` of 20,000 files spends on the work itself; a same-run
+benchmark measured the whole difference (``docs/benchmarks.md``, "Start-up without
+typer"). So the common invocations, plain arguments and a few options written the
+usual way, are parsed here; anything else (``--help``, ``--version``, ``--opt=value``
+for a flag, a value starting with ``-``, a repeated option, ``--``, unknown options,
+the wrong number of arguments) returns None, and the command's typer application
+parses it, with its usage errors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import NamedTuple
 
-from kbapps.output import UsageError
-
-if TYPE_CHECKING:
-    import typer
+__all__ = ("PlainArgs", "parse_plain")
 
 
-@dataclass(frozen=True, slots=True)
-class PlainArgs:
-    """The fast-path parse: positionals, ``--hub`` and ``--json``."""
+class PlainArgs(NamedTuple):
+    """A command line parsed without typer (a NamedTuple, immutable: ``dataclasses``
+    would add ~15 ms to ``kb-prv-create``'s start-up, as ``kbapps.prvbuild`` notes).
+
+    Attributes:
+        positionals: the arguments, in order.
+        values: option name -> value, for the options given with a value.
+        flags: the names of the flags given.
+    """
 
     positionals: tuple[str, ...]
-    hub: str | None
-    as_json: bool
+    values: Mapping[str, str]
+    flags: frozenset[str]
 
 
-def parse_plain(args: list[str], *, positionals: int) -> PlainArgs | None:
-    """Parse ``args`` if they are exactly ``positionals`` plain arguments plus known
-    options; return None for anything else (let typer handle it)."""
+def parse_plain(
+    args: list[str],
+    *,
+    positionals: tuple[int, int],
+    flags: Mapping[str, str] | None = None,
+    valued: Mapping[str, str] | None = None,
+) -> PlainArgs | None:
+    """Parse ``args`` if they are a plain invocation; None for anything else.
+
+    Args:
+        args: the command line after the program name.
+        positionals: the smallest and largest number of arguments.
+        flags: each spelling of a flag (``-q``, ``--quiet``) -> its name.
+        valued: each option taking a value (``--hub``) -> its name; written as
+            ``--hub URL`` or ``--hub=URL``.
+    """
+    flags = flags or {}
+    valued = valued or {}
     found: list[str] = []
-    hub: str | None = None
-    as_json = False
+    values: dict[str, str] = {}
+    given: set[str] = set()
     index = 0
     while index < len(args):
         arg = args[index]
-        if arg == "--json":
-            as_json = True
-        elif arg == "--hub" and index + 1 < len(args):
-            hub = args[index + 1]
-            index += 1
-        elif arg.startswith("--hub="):
-            hub = arg[len("--hub=") :]
-        elif arg.startswith("-"):
-            return None
-        else:
-            found.append(arg)
         index += 1
-    if len(found) != positionals:
+        if not arg.startswith("-"):
+            found.append(arg)
+            continue
+        option, equals, value = arg.partition("=")
+        if option in flags and not equals:
+            name = flags[option]
+        elif option in valued:
+            if not equals:
+                if index == len(args):
+                    return None
+                value = args[index]
+                index += 1
+            if value.startswith("-"):
+                return None
+            name = valued[option]
+            values[name] = value
+        else:
+            return None
+        if name in given:
+            return None
+        given.add(name)
+    low, high = positionals
+    if not low <= len(found) <= high:
         return None
-    return PlainArgs(tuple(found), hub, as_json)
-
-
-def via_typer(app: typer.Typer, args: list[str], prog: str) -> int:
-    """Run ``app`` on ``args``; click's usage errors become a one-line ``UsageError``."""
-    import typer
-    import typer.main
-
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(args=args, prog_name=prog, standalone_mode=False)
-    except typer.Abort:
-        raise KeyboardInterrupt from None
-    except Exception as exc:
-        # Matched by shape: click's exceptions carry format_message() and exit_code.
-        format_message = getattr(exc, "format_message", None)
-        if not callable(format_message) or not isinstance(getattr(exc, "exit_code", None), int):
-            raise
-        raise UsageError(f"{format_message()} (see {prog} --help)") from None
-    return result if isinstance(result, int) else 0
+    return PlainArgs(tuple(found), values, frozenset(given - values.keys()))

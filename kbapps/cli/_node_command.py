@@ -1,13 +1,15 @@
 """Option parsing shared by ``kbucket-host`` and ``kbucket-hub`` (internal).
 
 Every SPEC §3.1/§3.2 prompt has an option; the typer application turns the command
-line into ``SetupOptions`` and ``RunOptions`` and hands them to
-``kbapps.noderun.run_node``. Usage errors become one ``Error:`` line (exit 2).
+line into a ``NodeArgs`` (``SetupOptions`` and ``RunOptions``), which ``main_for`` hands
+to ``kbapps.noderun.run_node``. Usage errors become one ``Error:`` line (exit 2);
+``docs/commands.md`` lists every option.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,8 +20,26 @@ if TYPE_CHECKING:
     import typer
 
     from kbapps.config import NodeType
+    from kbapps.noderun import RunOptions
+    from kbapps.nodesetup import SetupOptions
 
-__all__ = ("main_for", "make_app")
+__all__ = ("NodeArgs", "main_for", "make_app")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeArgs:
+    """The command line of ``kbucket-host``/``kbucket-hub``, parsed.
+
+    Attributes:
+        directory: DIR.
+        setup: the answers and set-up options.
+        run: the options of the running node.
+    """
+
+    directory: str
+    setup: SetupOptions
+    run: RunOptions
+
 
 _HOST_HELP = (
     "Share the directory DIR (default: the current directory) on the kbucket network: "
@@ -39,20 +59,24 @@ def make_app(kind: NodeType) -> typer.Typer:
     """The typer application of ``kbucket-host`` (``"leaf"``) or ``kbucket-hub``."""
     import typer
 
-    from kbapps.noderun import RunOptions, run_node
-    from kbapps.nodesetup import SetupOptions
+    from kbapps.cli._typer_app import Command, new_app, version_option
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = new_app()
     noun = "share" if kind == "leaf" else "hub"
 
     directory_arg = typer.Argument(".", metavar="DIR", help=f"The {noun}'s directory.")
-    name_opt = typer.Option(None, "--name", help=f"Name for this {noun}.")
+    name_opt = typer.Option(None, "--name", metavar="NAME", help=f"Name for this {noun}.")
     research_opt = typer.Option(
-        None, "--scientific-research", metavar="yes", help="Answer the research question."
+        None,
+        "--scientific-research",
+        metavar="yes|no",
+        help="Answer the research question (no: exit 1, nothing written).",
     )
-    description_opt = typer.Option(None, "--description", help=f"Brief description of the {noun}.")
-    owner_opt = typer.Option(None, "--owner", help="Owner's full name.")
-    email_opt = typer.Option(None, "--owner-email", help="Owner's email.")
+    description_opt = typer.Option(
+        None, "--description", metavar="TEXT", help=f"Brief description of the {noun}."
+    )
+    owner_opt = typer.Option(None, "--owner", metavar="NAME", help="Owner's full name.")
+    email_opt = typer.Option(None, "--owner-email", metavar="EMAIL", help="Owner's email.")
     listen_url_opt = typer.Option(
         None,
         "--listen-url",
@@ -63,7 +87,7 @@ def make_app(kind: NodeType) -> typer.Typer:
         None, "--parent-hub", metavar="URL", help="Parent hub to join ('.' = none)."
     )
     parent_pass_opt = typer.Option(
-        None, "--parent-hub-passcode", help="Passcode the parent hub requires."
+        None, "--parent-hub-passcode", metavar="PASSCODE", help="Passcode the parent hub requires."
     )
     port_help = (
         "Listen port (0 = any free port; default: the first free port from 2000 to 2999)."
@@ -98,11 +122,14 @@ def make_app(kind: NodeType) -> typer.Typer:
     confirm_opt = typer.Option(
         None,
         "--confirm-share",
-        metavar="yes",
-        help="Answer the question about sharing everything under DIR.",
+        metavar="yes|no",
+        help="Answer the question about sharing everything under DIR (no: exit 1).",
     )
     passcode_opt = typer.Option(
-        None, "--passcode", help="Passcode children must present (empty = open)."
+        None,
+        "--passcode",
+        metavar="PASSCODE",
+        help="Passcode children must present (empty = open).",
     )
     tls_cert_opt = typer.Option(
         None, "--tls-cert", metavar="FILE", help="TLS certificate (PEM): serve HTTPS."
@@ -125,7 +152,7 @@ def make_app(kind: NodeType) -> typer.Typer:
 
     if kind == "leaf":
 
-        @app.command(help=_HOST_HELP)
+        @app.command(cls=Command, help=_HOST_HELP)
         def host(
             directory: str = directory_arg,
             name: str | None = name_opt,
@@ -143,7 +170,13 @@ def make_app(kind: NodeType) -> typer.Typer:
             heartbeat_timeout: float | None = heartbeat_opt,
             max_connections_per_client: int | None = connections_opt,
             max_streams_per_client: int | None = streams_opt,
-        ) -> int:
+            version: bool = version_option(),
+        ) -> NodeArgs:
+            # Imported once the command line is valid: they pull in the transport
+            # (~0.5 s of CPU), which --help, --version and a usage error never need.
+            from kbapps.noderun import RunOptions
+            from kbapps.nodesetup import SetupOptions
+
             options = SetupOptions(
                 name=name,
                 scientific_research=scientific_research,
@@ -163,11 +196,11 @@ def make_app(kind: NodeType) -> typer.Typer:
                 max_connections_per_client=max_connections_per_client,
                 max_streams_per_client=max_streams_per_client,
             )
-            return run_node("leaf", directory, options, run)
+            return NodeArgs(directory, options, run)
 
     else:
 
-        @app.command(help=_HUB_HELP)
+        @app.command(cls=Command, help=_HUB_HELP)
         def hub(
             directory: str = directory_arg,
             name: str | None = name_opt,
@@ -189,7 +222,13 @@ def make_app(kind: NodeType) -> typer.Typer:
             heartbeat_timeout: float | None = heartbeat_opt,
             max_connections_per_client: int | None = connections_opt,
             max_streams_per_client: int | None = streams_opt,
-        ) -> int:
+            version: bool = version_option(),
+        ) -> NodeArgs:
+            # Imported once the command line is valid: they pull in the transport
+            # (~0.5 s of CPU), which --help, --version and a usage error never need.
+            from kbapps.noderun import RunOptions
+            from kbapps.nodesetup import SetupOptions
+
             options = SetupOptions(
                 name=name,
                 scientific_research=scientific_research,
@@ -213,15 +252,13 @@ def make_app(kind: NodeType) -> typer.Typer:
                 max_connections_per_client=max_connections_per_client,
                 max_streams_per_client=max_streams_per_client,
             )
-            return run_node("hub", directory, options, run)
+            return NodeArgs(directory, options, run)
 
     return app
 
 
 def main_for(kind: NodeType, prog: str, argv: list[str] | None) -> int:
     """Run ``kbucket-host``/``kbucket-hub`` on ``argv``; return the exit code."""
-    from kbapps.cli._args import via_typer
-
     args = sys.argv[1:] if argv is None else argv
     tune_allocator()
     # Console lines must reach a reading process as they happen, even through a pipe.
@@ -229,4 +266,16 @@ def main_for(kind: NodeType, prog: str, argv: list[str] | None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
-    return output.run_command(lambda: via_typer(make_app(kind), args, prog))
+
+    def body() -> int:
+        from kbapps.cli._typer_app import parse_with_typer
+
+        parsed = parse_with_typer(make_app(kind), args, prog)
+        if isinstance(parsed, int):  # --help, --version
+            return parsed
+        assert isinstance(parsed, NodeArgs)
+        from kbapps.noderun import run_node
+
+        return run_node(kind, parsed.directory, parsed.setup, parsed.run)
+
+    return output.run_command(body)

@@ -1,9 +1,9 @@
 """``kbucket-host [DIR] [options]``: share a directory (SPEC §3.1).
 
 Parsing lives in ``kbapps.cli._node_command``, the node's life in ``kbapps.noderun``.
-Exit codes: 0 after Ctrl+C/SIGTERM, 1 when the user answered "no" or no port could be
-bound, 2 for bad input (options, ``--auto`` without the yes answers, a corrupt
-``.kbucket/``).
+Exit codes (``docs/commands.md``): 0 after Ctrl+C/SIGTERM, 1 when the user answered
+"no", 2 for bad input (options, ``--auto`` without the yes answers, a corrupt
+``.kbucket/``), 3 when no port could be bound.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``kbucket-hub [DIR] [options]``: run a hub (SPEC §3.2).
 
 Parsing lives in ``kbapps.cli._node_command``, the node's life in ``kbapps.noderun``.
-Exit codes: 0 after Ctrl+C/SIGTERM, 1 when the user answered "no" or the port could not
-be bound, 2 for bad input (options, ``--auto`` without the yes answer, a missing TLS
-certificate, a corrupt ``.kbucket/``).
+Exit codes (``docs/commands.md``): 0 after Ctrl+C/SIGTERM, 1 when the user answered
+"no", 2 for bad input (options, ``--auto`` without the yes answer, a missing TLS
+certificate, a corrupt ``.kbucket/``), 3 when the port could not be bound.
 """
 
 from __future__ import annotations

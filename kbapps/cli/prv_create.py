@@ -1,10 +1,16 @@
-"""``kb-prv-create PATH [OUT]``: write the ``.prv`` of a file or the ``.prvdir`` of a
-directory (SPEC §3.3).
+"""``kb-prv-create PATH [OUT] [-q]``: write the ``.prv`` of a file or the ``.prvdir`` of
+a directory (SPEC §3.3).
+
+On success it prints one summary line on stderr (stdout stays the ``.prv`` when OUT
+is omitted): ``Wrote OUT: <n> files, <size>, <seconds> s (<k> from the hash cache)``;
+``-q`` prints nothing but warnings and errors. Exit codes are the commands' table
+(``docs/commands.md``): 0 done, 2 bad input (PATH missing or unreadable, OUT with
+the wrong suffix or not writable), 130 Ctrl+C (OUT untouched).
 
 Start-up time counts (a cached run over a big tree should cost little more than
-listing it), so the common invocation, one or two plain arguments, skips typer and
-rich entirely: importing them costs ~0.1 s each. Anything else (``--help``, options,
-wrong argument counts) goes through the typer application, which shares ``run``.
+listing it), so the common invocations (``kbapps.cli._args``) skip typer and rich
+entirely; anything else goes through the typer application, which returns the
+same ``CreateArgs``.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ import contextlib
 import os
 import stat
 import sys
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, NoReturn
 
 from kbapps import output
+from kbapps.cli._args import parse_plain
 from kbapps.output import UsageError
 
 if TYPE_CHECKING:
@@ -24,13 +32,29 @@ if TYPE_CHECKING:
 
     from kbapps.hashing import HashCache
 
-__all__ = ("HELP", "main", "make_app", "run")
+__all__ = ("HELP", "PROG", "CreateArgs", "main", "make_app", "parse", "run")
 
+PROG = "kb-prv-create"
 HELP = (
     "Write the .prv of a file (to OUT, or to stdout) or the .prvdir of a directory "
     "(OUT required). Hashes use all cores and a per-user cache, so unchanged files "
-    "are read only once."
+    "are read only once. Prints one summary line on stderr (-q: none). Exit 0 done, "
+    "2 bad input, 130 interrupted."
 )
+
+
+class CreateArgs(NamedTuple):
+    """The command line, parsed (a NamedTuple: see ``kbapps.cli._args``).
+
+    Attributes:
+        path: the file or directory to describe.
+        out: where to write (None: a file's ``.prv`` goes to stdout).
+        quiet: ``-q``: no summary line, no progress.
+    """
+
+    path: str
+    out: str | None = None
+    quiet: bool = False
 
 
 def _open_cache(lazy: bool = False) -> HashCache | None:
@@ -55,8 +79,13 @@ class _AtomicFile:
     is never joined into one more copy); ``discard`` drops what was written."""
 
     def __init__(self, out: str) -> None:
+        from kbapps.filenames import fitting_name, name_max
+
         self.out = out
-        self.tmp = f"{out}.tmp{os.getpid()}"
+        folder, name = os.path.split(out)
+        # A name of its own beside OUT, shortened when OUT's name leaves no room.
+        tmp_name = fitting_name(name, f".tmp{os.getpid()}", name_max(folder or "."))
+        self.tmp = os.path.join(folder, tmp_name)
         self.handle: BinaryIO | None = None
         try:
             # Created at once, so that a walk of a tree holding it can leave it out.
@@ -96,7 +125,7 @@ class _AtomicFile:
 
     def _failed(self, exc: OSError) -> NoReturn:
         self.discard()
-        raise UsageError(f"cannot write {self.out}: {exc.strerror}", exit_code=1) from None
+        raise UsageError(f"cannot write {self.out}: {exc.strerror or exc}") from None
 
 
 def _write_atomically(out: str, data: bytes) -> None:
@@ -105,15 +134,39 @@ def _write_atomically(out: str, data: bytes) -> None:
     target.commit()
 
 
-def run(path: str, out: str | None) -> None:
+class _Tally:
+    """What a run did, for its summary line: files, bytes, and files whose digests
+    came from the hash cache (no byte read)."""
+
+    def __init__(self, progress: output.Progress) -> None:
+        self.progress = progress
+        self.cached = 0
+
+    def add_cached(self, files: int) -> None:
+        self.cached += files
+
+    def summary(self, what: str, started: float) -> str:
+        elapsed = time.monotonic() - started
+        text = (
+            f"{what}: {output.counted(self.progress.files, 'file')}, "
+            f"{output.format_bytes(self.progress.nbytes)}, {elapsed:.1f} s"
+        )
+        if self.cached:
+            text += f" ({self.cached:,} from the hash cache)"
+        return text
+
+
+def run(args: CreateArgs) -> None:
     """Do the work of one ``kb-prv-create`` invocation.
 
     Raises:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
-            without OUT, unreadable file) or an unwritable OUT (exit 1).
+            without OUT, unreadable file, OUT that cannot be written).
     """
     from kbapps.prvbuild import BuildOptions, PrvBuildError, build_prv, write_tree
 
+    started = time.monotonic()
+    path, out = args.path, args.out
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -147,7 +200,8 @@ def run(path: str, out: str | None) -> None:
             except OSError:
                 pass
             try:
-                with output.Progress("Hashing") as progress:
+                with output.Progress("Hashing", quiet=args.quiet) as progress:
+                    tally = _Tally(progress)
 
                     def on_total(files: int) -> None:
                         # Known once the walk ends (hashing may have started): well
@@ -159,6 +213,7 @@ def run(path: str, out: str | None) -> None:
                         on_progress=progress.update,
                         on_warning=output.warning,
                         exclude=frozenset(exclude),
+                        on_cached=tally.add_cached,
                     )
                     write_tree(path, target.write, options, on_total)
                     target.commit()
@@ -166,11 +221,18 @@ def run(path: str, out: str | None) -> None:
                 raise UsageError(str(exc)) from None
             finally:
                 target.discard()
+            what = f"Wrote {out}"
         else:
             try:
-                with output.Progress("Hashing", total_files=1, total_bytes=st.st_size) as progress:
+                with output.Progress(
+                    "Hashing", total_files=1, total_bytes=st.st_size, quiet=args.quiet
+                ) as progress:
+                    tally = _Tally(progress)
                     options = BuildOptions(
-                        cache=cache, on_progress=progress.update, on_warning=output.warning
+                        cache=cache,
+                        on_progress=progress.update,
+                        on_warning=output.warning,
+                        on_cached=tally.add_cached,
                     )
                     prv = build_prv(path, options)
             except PrvBuildError as exc:
@@ -180,20 +242,27 @@ def run(path: str, out: str | None) -> None:
             data = serialize_prv(prv)
             if out is None:
                 output.print_json_bytes(data)
+                what = f"Wrote the .prv of {path} to stdout"
             else:
                 _write_atomically(out, data)
+                what = f"Wrote {out}"
     finally:
         if cache is not None:
             cache.close()
+    if not args.quiet:
+        output.line(tally.summary(what, started))
 
 
 def make_app() -> typer.Typer:
-    """Build the typer application (``--help``, option parsing, usage errors)."""
+    """Build the typer application (``--help``, ``--version``, option parsing, usage
+    errors); its command returns the ``CreateArgs``."""
     import typer
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    from kbapps.cli._typer_app import Command, new_app, version_option
 
-    @app.command(help=HELP)
+    app = new_app()
+
+    @app.command(cls=Command, help=HELP)
     def create(
         path: str = typer.Argument(..., metavar="PATH", help="The file or directory to describe."),
         out: str | None = typer.Argument(
@@ -202,34 +271,32 @@ def make_app() -> typer.Typer:
             help="Where to write: NAME.prv for a file (default: stdout), NAME.prvdir "
             "for a directory (required).",
         ),
-    ) -> None:
-        run(path, out)
+        quiet: bool = typer.Option(
+            False, "-q", "--quiet", help="Print no summary line and no progress."
+        ),
+        version: bool = version_option(),
+    ) -> CreateArgs:
+        return CreateArgs(path, out, quiet)
 
     return app
 
 
-def _is_plain(argv: list[str]) -> bool:
-    return 1 <= len(argv) <= 2 and not any(arg.startswith("-") for arg in argv)
+def parse(args: list[str]) -> CreateArgs | int:
+    """The ``CreateArgs`` of a command line, or the exit code of a command line that
+    typer answered itself (``--help``, ``--version``).
 
+    Raises:
+        UsageError: a usage error (one line).
+    """
+    plain = parse_plain(args, positionals=(1, 2), flags={"-q": "quiet", "--quiet": "quiet"})
+    if plain is not None:
+        path, *rest = plain.positionals
+        return CreateArgs(path, rest[0] if rest else None, quiet="quiet" in plain.flags)
+    from kbapps.cli._typer_app import parse_with_typer
 
-def _via_typer(argv: list[str]) -> int:
-    import typer
-    import typer.main
-
-    command = typer.main.get_command(make_app())
-    try:
-        result = command.main(args=argv, prog_name="kb-prv-create", standalone_mode=False)
-    except typer.Abort:
-        raise KeyboardInterrupt from None
-    except Exception as exc:
-        # click (vendored inside newer typer, a dependency of older ones) would print a
-        # usage block and a boxed message; SPEC §3 wants one line. Matched by shape so
-        # both layouts work.
-        format_message = getattr(exc, "format_message", None)
-        if not callable(format_message) or not isinstance(getattr(exc, "exit_code", None), int):
-            raise
-        raise UsageError(f"{format_message()} (see kb-prv-create --help)") from None
-    return result if isinstance(result, int) else 0
+    parsed = parse_with_typer(make_app(), args, PROG)
+    assert isinstance(parsed, CreateArgs | int)
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
-        if _is_plain(args):
-            run(args[0], args[1] if len(args) == 2 else None)
-            return 0
-        return _via_typer(args)
+        parsed = parse(args)
+        if isinstance(parsed, int):
+            return parsed
+        run(parsed)
+        return output.EXIT_OK
 
     return output.run_command(body)
 

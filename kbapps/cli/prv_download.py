@@ -5,23 +5,28 @@
 For a ``.prv``, OUT is the file to write (or an existing directory to write into); for
 a ``.prvdir``, OUT is a directory. The work is ``kbapps.download``'s; this module parses
 the arguments, draws the progress bar (a terminal) or milestone lines (otherwise) on
-stderr, prints ``--json`` events as JSON Lines on stdout, and turns the outcome into
-the exit code: 0 done, 1 not found anywhere, 2 bad input (OUT holding other content
-without ``--force`` included: nothing changed), 3 the hub unreachable or no source
-delivered the right bytes (each source and its error listed, one line each), 130 on
-Ctrl+C (the ``.part`` stays, and the next run resumes it). The copy into the content
-cache runs after the command, in a process of its own (``kbapps.download.cachefill``).
+stderr, and turns the outcome into the exit code: 0 done, 1 not found anywhere, 2 bad
+input (OUT holding other content without ``--force`` included: nothing changed), 3 the
+hub unreachable or no source delivered the right bytes (each source and its error
+listed, one line each), 130 on Ctrl+C: the ``.part`` stays, a line says what it holds,
+and the next run resumes it, saying so (``Resuming OUT at ...``) with its progress bar
+starting there. ``--json`` prints the events as JSON Lines on stdout and draws no
+progress (its ``progress`` events are the progress); the human lines stay on stderr
+(``docs/commands.md``). The copy into the content cache runs after the command, in a
+process of its own (``kbapps.download.cachefill``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kbapps import output
 from kbapps.allocator import tune_allocator
 from kbapps.cli._args import parse_plain
+from kbapps.cli._download_report import DownloadReport
 from kbapps.output import UsageError
 
 if TYPE_CHECKING:
@@ -29,7 +34,7 @@ if TYPE_CHECKING:
 
     from kbapps.download import ClientError, ClientOptions, DownloadResult
 
-__all__ = ("HELP", "DownloadArgs", "main", "make_app", "run")
+__all__ = ("HELP", "PROG", "DownloadArgs", "main", "make_app", "parse", "run")
 
 PROG = "kb-prv-download"
 HELP = (
@@ -37,7 +42,7 @@ HELP = (
     "verifying its SHA-1: from the local cache, else directly from the share, else "
     "through the hubs. Interrupted downloads resume from OUT.part. A file at OUT with "
     "other content is never replaced without --force. Exit 0 done, 1 not found, 2 bad "
-    "input, 3 hub unreachable or no source delivered the right bytes."
+    "input, 3 hub unreachable or no source delivered the right bytes, 130 interrupted."
 )
 
 
@@ -68,10 +73,6 @@ class DownloadArgs:
     clear_cache: bool = False
     min_speed: str | None = None
     speed_window: str | None = None
-
-
-def _print_event(event: dict[str, Any]) -> None:
-    output.print_json(event)
 
 
 def _report_failure(label: str | None, exc: ClientError) -> None:
@@ -114,7 +115,7 @@ def _cache_commands(args: DownloadArgs, options: ClientOptions) -> int:
         if args.clear_cache:
             removed = cache.clear()
             if args.as_json:
-                _print_event(
+                output.print_json(
                     {
                         "event": "cleared",
                         "path": where,
@@ -122,14 +123,15 @@ def _cache_commands(args: DownloadArgs, options: ClientOptions) -> int:
                         "bytes": removed.size,
                     }
                 )
+            entries = output.counted(removed.entries, "entry", "entries")
             output.line(
-                f"Cleared the content cache {where}: {removed.entries} entries, "
+                f"Cleared the content cache {where}: {entries}, "
                 f"{output.format_bytes(removed.size)} removed"
             )
         if args.cache_info:
             usage = cache.usage()
             if args.as_json:
-                _print_event(
+                output.print_json(
                     {
                         "event": "cache",
                         "path": where,
@@ -143,9 +145,9 @@ def _cache_commands(args: DownloadArgs, options: ClientOptions) -> int:
                 if options.cache_size
                 else "off (size 0)"
             )
+            entries = output.counted(usage.entries, "entry", "entries")
             output.line(
-                f"Content cache {where}: {usage.entries} entries, "
-                f"{output.format_bytes(usage.size)}; {bound} "
+                f"Content cache {where}: {entries}, {output.format_bytes(usage.size)}; {bound} "
                 "(--cache-size or $KBUCKET_CACHE_SIZE)"
             )
     except OSError as exc:
@@ -185,41 +187,52 @@ def run(args: DownloadArgs) -> int:
         document = download.load_prv_file(prv_path)
     except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
-    emit = _print_event if args.as_json else None
+    report = DownloadReport(as_json=args.as_json)
 
     if isinstance(document, PrvDir):
         nfiles, _ = document.count()
         total = sum(prv.size for _, prv in document.iter_files())
-        with output.Progress("Downloading", total_files=nfiles, total_bytes=total) as progress:
+        with output.Progress(
+            "Downloading", total_files=nfiles, total_bytes=total, quiet=args.as_json
+        ) as progress:
             try:
                 outcome = output.run_async(
                     lambda: download.download_prvdir(
-                        document, out, options, on_event=emit, on_progress=progress.update
+                        document, out, options, on_event=report, on_progress=progress.update
                     )
                 )
             except download.ClientError as exc:
                 progress.close(success=False)
                 _report_failure(None, exc)
                 return exc.exit_code
+            except KeyboardInterrupt:
+                progress.close(success=False)
+                partial = os.path.join(out, download.PARTIAL_DIRNAME)
+                return report.interrupted(out, partial_dir=partial, total_files=nfiles)
         for rel, problem in outcome.failed:
             _report_failure(rel, problem)
         skipped = sum(1 for r in outcome.done if r.origin == "present")
         output.line(
-            f"Downloaded {len(outcome.done) - skipped} files, skipped {skipped} already "
-            f"present, {len(outcome.failed)} failed, into {out}"
+            f"Downloaded {output.counted(len(outcome.done) - skipped, 'file')}, skipped "
+            f"{skipped} already present, {len(outcome.failed)} failed, into {out}"
         )
         return outcome.exit_code
 
-    with output.Progress("Downloading", total_files=1, total_bytes=document.size) as progress:
+    with output.Progress(
+        "Downloading", total_files=1, total_bytes=document.size, quiet=args.as_json
+    ) as progress:
         try:
             result = output.run_async(
                 lambda: download.download_prv(
-                    document, out, options, on_event=emit, on_progress=progress.update
+                    document, out, options, on_event=report, on_progress=progress.update
                 )
             )
         except download.ClientError as exc:
             progress.close(success=False)  # no "done" line for a failed download
             failure: ClientError | None = exc
+        except KeyboardInterrupt:
+            progress.close(success=False)
+            return report.interrupted(out, partial_dir=None, total_files=1)
         else:
             failure = None
     if failure is not None:
@@ -230,12 +243,15 @@ def run(args: DownloadArgs) -> int:
 
 
 def make_app() -> typer.Typer:
-    """Build the typer application (``--help``, option parsing, usage errors)."""
+    """Build the typer application (``--help``, ``--version``, option parsing, usage
+    errors); its command returns the ``DownloadArgs``."""
     import typer
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    from kbapps.cli._typer_app import Command, new_app, version_option
 
-    @app.command(help=HELP)
+    app = new_app()
+
+    @app.command(cls=Command, help=HELP)
     def download(
         prv: str | None = typer.Argument(None, metavar="PRV", help="The .prv or .prvdir file."),
         out: str | None = typer.Argument(
@@ -289,38 +305,51 @@ def make_app() -> typer.Typer:
             metavar="SECONDS",
             help="The window of --min-speed (default: $KBUCKET_SPEED_WINDOW, else 30).",
         ),
-    ) -> int:
-        return run(
-            DownloadArgs(
-                prv=prv,
-                out=out,
-                hub=hub,
-                as_json=as_json,
-                force=force,
-                cache_size=cache_size,
-                cache_info=cache_info,
-                clear_cache=clear_cache,
-                min_speed=min_speed,
-                speed_window=speed_window,
-            )
+        version: bool = version_option(),
+    ) -> DownloadArgs:
+        return DownloadArgs(
+            prv=prv,
+            out=out,
+            hub=hub,
+            as_json=as_json,
+            force=force,
+            cache_size=cache_size,
+            cache_info=cache_info,
+            clear_cache=clear_cache,
+            min_speed=min_speed,
+            speed_window=speed_window,
         )
 
     return app
 
 
+def parse(args: list[str]) -> DownloadArgs | int:
+    """The ``DownloadArgs`` of a command line, or the exit code of one typer answered
+    itself (``--help``, ``--version``).
+
+    Raises:
+        UsageError: a usage error (one line).
+    """
+    plain = parse_plain(args, positionals=(2, 2), flags={"--json": "json"}, valued={"--hub": "hub"})
+    if plain is not None:
+        prv_path, out = plain.positionals
+        hub = plain.values.get("hub")
+        return DownloadArgs(prv=prv_path, out=out, hub=hub, as_json="json" in plain.flags)
+    from kbapps.cli._typer_app import parse_with_typer
+
+    parsed = parse_with_typer(make_app(), args, PROG)
+    assert isinstance(parsed, DownloadArgs | int)
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
-    from kbapps.cli._args import via_typer
-
     args = sys.argv[1:] if argv is None else argv
     tune_allocator()
 
     def body() -> int:
-        plain = parse_plain(args, positionals=2)
-        if plain is not None:
-            prv_path, out = plain.positionals
-            return run(DownloadArgs(prv=prv_path, out=out, hub=plain.hub, as_json=plain.as_json))
-        return via_typer(make_app(), args, PROG)
+        parsed = parse(args)
+        return parsed if isinstance(parsed, int) else run(parsed)
 
     return output.run_command(body)
 

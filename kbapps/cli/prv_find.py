@@ -2,15 +2,16 @@
 
 Prints the download URLs the hub knows for the ``.prv``'s SHA-1, one per line, best
 first (``--json``: the hub's find answer, SPEC §4). Exit 0 found, 1 not found, 2 bad
-input, 3 hub unreachable.
+input, 3 hub unreachable, 130 interrupted (``docs/commands.md``).
 
-As ``kb-prv-create`` does, the plain invocation skips typer (its import costs ~0.1 s);
-``--help`` and anything unusual go through the typer application.
+As ``kb-prv-create`` does, the plain invocation skips typer (``kbapps.cli._args``);
+``--help``, ``--version`` and anything unusual go through the typer application.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kbapps import output
@@ -20,22 +21,32 @@ from kbapps.output import UsageError
 if TYPE_CHECKING:
     import typer
 
-__all__ = ("HELP", "main", "make_app", "run")
+__all__ = ("HELP", "PROG", "FindArgs", "main", "make_app", "parse", "run")
 
 PROG = "kb-prv-find"
 HELP = (
     "Ask the hub where the content of a .prv is. Prints one URL per line, best first "
     "(--json: the hub's find answer). Exit 0 found, 1 not found, 2 bad input, "
-    "3 hub unreachable."
+    "3 hub unreachable, 130 interrupted."
 )
 
 
-def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
+@dataclass(frozen=True, slots=True)
+class FindArgs:
+    """The command line, parsed: the ``.prv``, ``--hub`` and ``--json``."""
+
+    prv: str
+    hub: str | None = None
+    as_json: bool = False
+
+
+def run(args: FindArgs) -> int:
     """Do one ``kb-prv-find``; return the exit code.
 
     Raises:
         UsageError: bad input (exit 2) or an unreachable hub (exit 3).
     """
+    prv_path, hub, as_json = args.prv, args.hub, args.as_json
 
     from kbapps import download
     from kbproto.prv import PrvDir
@@ -69,12 +80,15 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
 
 
 def make_app() -> typer.Typer:
-    """Build the typer application (``--help``, option parsing, usage errors)."""
+    """Build the typer application (``--help``, ``--version``, option parsing, usage
+    errors); its command returns the ``FindArgs``."""
     import typer
 
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    from kbapps.cli._typer_app import Command, new_app, version_option
 
-    @app.command(help=HELP)
+    app = new_app()
+
+    @app.command(cls=Command, help=HELP)
     def find(
         prv: str = typer.Argument(..., metavar="PRV", help="The .prv file."),
         hub: str | None = typer.Option(
@@ -84,23 +98,37 @@ def make_app() -> typer.Typer:
             help="Hub to ask (default: $KBUCKET_URL, else http://localhost:3240).",
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the hub's JSON answer."),
-    ) -> int:
-        return run(prv, hub, as_json)
+        version: bool = version_option(),
+    ) -> FindArgs:
+        return FindArgs(prv, hub, as_json)
 
     return app
 
 
+def parse(args: list[str]) -> FindArgs | int:
+    """The ``FindArgs`` of a command line, or the exit code of one typer answered
+    itself (``--help``, ``--version``).
+
+    Raises:
+        UsageError: a usage error (one line).
+    """
+    plain = parse_plain(args, positionals=(1, 1), flags={"--json": "json"}, valued={"--hub": "hub"})
+    if plain is not None:
+        return FindArgs(plain.positionals[0], plain.values.get("hub"), "json" in plain.flags)
+    from kbapps.cli._typer_app import parse_with_typer
+
+    parsed = parse_with_typer(make_app(), args, PROG)
+    assert isinstance(parsed, FindArgs | int)
+    return parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
-    from kbapps.cli._args import via_typer
-
     args = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
-        plain = parse_plain(args, positionals=1)
-        if plain is not None:
-            return run(plain.positionals[0], plain.hub, plain.as_json)
-        return via_typer(make_app(), args, PROG)
+        parsed = parse(args)
+        return parsed if isinstance(parsed, int) else run(parsed)
 
     return output.run_command(body)
 

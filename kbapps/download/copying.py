@@ -13,6 +13,8 @@ import errno
 import os
 import sys
 
+from kbapps import output
+
 __all__ = ("FICLONE", "clone", "copy_bytes")
 
 #: ``_IOW(0x94, 9, int)`` from ``linux/fs.h``: make the target share the source's
@@ -71,4 +73,4 @@ def copy_bytes(src_fd: int, dst_fd: int, size: int) -> None:
             view = view[written:]
             done += written
     if done != size:
-        raise OSError(errno.EIO, f"source ended after {done} of {size} bytes")
+        raise OSError(errno.EIO, f"source ended after {done} of {output.counted(size, 'byte')}")

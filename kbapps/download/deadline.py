@@ -18,6 +18,8 @@ import math
 
 import anyio
 
+from kbapps import output
+
 __all__ = ("DEFAULT_MIN_SPEED", "DEFAULT_SPEED_WINDOW", "ProgressDeadline")
 
 #: Bytes per second a source must average over each window (``--min-speed``).
@@ -80,7 +82,7 @@ class ProgressDeadline:
     def reason(self) -> str:
         """Why the source was dropped, in one line (for the error list and ``--json``)."""
         return (
-            f"too slow: {self._got} bytes in {self._window:g} s, under the "
+            f"too slow: {output.counted(self._got, 'byte')} in {self._window:g} s, under the "
             f"{self._need} needed (--min-speed {self._rate} B/s over --speed-window "
             f"{self._window:g} s)"
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kbapps import output
+
 __all__ = (
     "EXIT_BAD_INPUT",
     "EXIT_NOT_FOUND",
@@ -27,10 +29,11 @@ __all__ = (
     "WrongBytes",
 )
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_BAD_INPUT = 2
-EXIT_UNREACHABLE = 3
+# The commands' table of exit codes (``kbapps.output``), under the names of downloads.
+EXIT_OK = output.EXIT_OK
+EXIT_NOT_FOUND = output.EXIT_NO
+EXIT_BAD_INPUT = output.EXIT_BAD_INPUT
+EXIT_UNREACHABLE = output.EXIT_NETWORK
 
 
 class ClientError(Exception):

@@ -42,6 +42,9 @@ class Job:
         replace: whether the target may replace what is at its name (``--force`` and
             a conflict; see ``safefs.install``).
         copies: ``(label, place, replace)`` of the other files with the same content.
+        counted: bytes of its ``.part`` the reporter counted before the job started
+            (``partfile.resumable_bytes``: the progress bar starts where the last run
+            stopped); the job counts only what differs from them.
     """
 
     prv: Prv
@@ -52,6 +55,7 @@ class Job:
     part_label: str
     replace: bool = False
     copies: list[tuple[str, Place, bool]] = field(default_factory=list)
+    counted: int = 0
 
 
 def _install(part: PartFile, place: Place, replace: bool) -> FillRequest:
@@ -83,6 +87,9 @@ async def fetch_job(
 
     A file that came from the network or a complete ``.part`` is added to ``fills``,
     for the caller to copy into the content cache once every file is in place.
+
+    Emits ``resume`` (``offset``: the verified bytes of the ``.part`` it continues).
+    When cancelled (Ctrl+C), an empty ``.part`` is removed and any other kept.
 
     Raises:
         ClientError: as ``download_prv`` documents.
@@ -117,7 +124,7 @@ async def fetch_job(
                     os.close(entry)
                 if ok:
                     await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
-                    reporter.add(files=1, nbytes=prv.size)
+                    reporter.add(files=1, nbytes=prv.size - job.counted)
                     return DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="cache")
                 cache.remove(prv.sha1)
                 resumable = False
@@ -133,12 +140,24 @@ async def fetch_job(
                 fills.append(
                     await anyio.to_thread.run_sync(_install, part, job.target, job.replace)
                 )
-                reporter.add(files=1, nbytes=prv.size)
+                reporter.add(files=1, nbytes=prv.size - job.counted)
                 return DownloadResult(path=target, sha1=prv.sha1, size=prv.size, origin="part")
             if part.offset == prv.size:  # complete but wrong: start over
                 await anyio.to_thread.run_sync(part.reset)
                 resumed = 0
-            reporter.add(nbytes=resumed)
+        if resumed != job.counted:
+            # From here on the reporter counts this job's bytes as they are on disk.
+            reporter.add(nbytes=resumed - job.counted)
+        if resumed:
+            emit(
+                {
+                    "event": "resume",
+                    "path": job.label,
+                    "part": job.part_label,
+                    "offset": resumed,
+                    "size": prv.size,
+                }
+            )
 
         within = options.speed_window if options.min_speed else None
         found = await find_content(client, options.hub_url, prv.sha1, within=within)
@@ -177,6 +196,11 @@ async def fetch_job(
         raise
     except OSError as exc:
         raise BadInputError(f"cannot write {job.part_label}: {exc.strerror or exc}") from None
+    except anyio.get_cancelled_exc_class():
+        # Ctrl+C: an empty .part is not worth keeping (the caller reports the rest).
+        if part.fd >= 0 and part.bytes_on_disk() == 0:
+            part.discard()
+        raise
     finally:
         part.close()
 

@@ -2,7 +2,8 @@
 
 A ``.part`` never exists without its sidecar (``OUT.part.json``: the expected SHA-1 and
 size), so a later run knows what it holds: a ``.part`` without a matching sidecar
-belongs to other content and is truncated, never resumed.
+belongs to other content and is truncated, never resumed. When OUT's name is too long
+for these suffixes, the part's name is shortened (``part_name``, ``kbapps.filenames``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,62 @@ import os
 import stat
 from collections.abc import Sequence
 
+from kbapps import output
 from kbapps.download import copying, safefs
 from kbapps.download.errors import SourceError, WrongBytes
+from kbapps.filenames import fitting_name, name_max
 from kbproto.prv import FCS_HEAD_BYTES, Prv
 
-__all__ = ("DISK_READ", "PartFile", "write_all")
+__all__ = (
+    "DISK_READ",
+    "PART_SUFFIX",
+    "PartFile",
+    "part_name",
+    "resumable_bytes",
+    "write_all",
+)
 
 #: Sidecar files are tiny JSON objects; anything bigger is not ours.
 _MAX_SIDECAR_BYTES = 4096
 #: Read size when hashing a file from disk: the measured best for SHA-1 (perf-baselines §1).
 DISK_READ = 64 * 1024
+#: What marks a partial file: ``OUT.part``.
+PART_SUFFIX = ".part"
+#: What marks a part's sidecar: ``OUT.part.json``.
+_SIDECAR_SUFFIX = ".json"
+
+
+def part_name(dir_fd: int, name: str) -> str:
+    """The name of the part of the file ``name`` in the directory ``dir_fd``:
+    ``name.part``, or a shortened name when that or its sidecar's name would not fit
+    the file system (the same for the same ``name``, so a later run finds it)."""
+    return fitting_name(name, PART_SUFFIX, name_max(dir_fd), reserve=len(_SIDECAR_SUFFIX))
+
+
+def _sidecar_names(dir_fd: int, sidecar: str, prv: Prv) -> bool:
+    """Whether the sidecar ``sidecar`` in ``dir_fd`` names ``prv``'s content."""
+    try:
+        fd = safefs.open_readable(dir_fd, sidecar)
+        if fd is None:
+            return False
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(_MAX_SIDECAR_BYTES + 1)
+        obj = json.loads(data)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("sha1") == prv.sha1 and obj.get("size") == prv.size
+
+
+def resumable_bytes(dir_fd: int, name: str, prv: Prv) -> int:
+    """How many bytes of the part ``name`` in ``dir_fd`` a run would resume from: its
+    size, when it is a plain file that its sidecar says holds ``prv``'s content and it
+    is not longer than that; else 0. Nothing is written or followed."""
+    st = safefs.lstat_at(dir_fd, name)
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        return 0
+    if not 0 < st.st_size <= prv.size or not _sidecar_names(dir_fd, name + _SIDECAR_SUFFIX, prv):
+        return 0
+    return st.st_size
 
 
 def write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
@@ -58,7 +105,7 @@ class PartFile:
         self.dir_fd = dir_fd
         self.name = name
         self.label = label
-        self.sidecar: str | None = name + ".json"
+        self.sidecar: str | None = name + _SIDECAR_SUFFIX
         self.prv = prv
         self.fd = -1
         self.offset = 0
@@ -81,23 +128,6 @@ class PartFile:
 
     # -- opening ---------------------------------------------------------------------
 
-    def _sidecar_matches(self) -> bool:
-        assert self.sidecar is not None
-        try:
-            fd = safefs.open_readable(self.dir_fd, self.sidecar)
-            if fd is None:
-                return False
-            with os.fdopen(fd, "rb") as handle:
-                data = handle.read(_MAX_SIDECAR_BYTES + 1)
-            obj = json.loads(data)
-        except (OSError, ValueError, RecursionError):
-            return False
-        return (
-            isinstance(obj, dict)
-            and obj.get("sha1") == self.prv.sha1
-            and obj.get("size") == self.prv.size
-        )
-
     def open(self) -> bool:
         """Open (creating) the part; return True if its existing prefix may be resumed.
 
@@ -114,7 +144,8 @@ class PartFile:
             raise safefs.UnsafeEntry(self.label, safefs.describe(st), "write")
         if st is not None and st.st_nlink > 1:
             raise safefs.UnsafeEntry(self.label, "a file with other hard links", "write")
-        matches = self._sidecar_matches()
+        assert self.sidecar is not None
+        matches = _sidecar_names(self.dir_fd, self.sidecar, self.prv)
         if not matches:
             # The sidecar first: a .part never exists without saying what it holds.
             self._write_sidecar()
@@ -181,7 +212,8 @@ class PartFile:
                 and self._head.hexdigest() != self.prv.head_sha1
             ):
                 raise WrongBytes(
-                    f"the first {self._head_len} bytes do not match the .prv's original_fcs"
+                    f"the first {output.counted(self._head_len, 'byte')} do not match "
+                    "the .prv's original_fcs"
                 )
         self._whole.update(chunk)
         self.offset += len(chunk)
@@ -195,7 +227,8 @@ class PartFile:
         """
         total = sum(len(c) for c in chunks)
         if self.offset + total > self.prv.size:
-            raise SourceError(f"sent more than the {self.prv.size} bytes expected")
+            expected = output.counted(self.prv.size, "byte")
+            raise SourceError(f"sent more than the {expected} expected")
         for chunk in chunks:
             self._hash(chunk)
         write_all(self.fd, chunks)
@@ -253,6 +286,10 @@ class PartFile:
         safefs.install(self.dir_fd, self.name, dir_fd, name, replace=replace)
         if self.sidecar is not None:
             safefs.unlink_at(self.dir_fd, self.sidecar)
+
+    def bytes_on_disk(self) -> int:
+        """The part's size on disk now (0 when it is not open)."""
+        return os.fstat(self.fd).st_size if self.fd >= 0 else 0
 
     def close(self) -> None:
         """Close the file descriptor (the part and sidecar stay for a later resume)."""

@@ -30,6 +30,7 @@ from kbapps.download.errors import (
 )
 from kbapps.download.job import Job, copy_verified, fetch_job
 from kbapps.download.options import ClientOptions, make_http_client
+from kbapps.download.partfile import PART_SUFFIX, resumable_bytes
 from kbapps.download.places import Place, split_relpath
 from kbapps.download.progress import Reporter
 from kbapps.download.results import (
@@ -38,6 +39,7 @@ from kbapps.download.results import (
     PrvDirResult,
     done_event,
     error_event,
+    kept_event,
     no_events,
 )
 from kbapps.download.transfer import DeadOrigins
@@ -131,6 +133,10 @@ async def _download_tree(
     present = found.present
     jobs: dict[str, Job] = {}
     partial_fd = -1
+    # What is already on disk (files in place, partial files) is counted in one step
+    # before any byte moves, so the first progress shown starts where the last run
+    # stopped (docs/commands.md, kb-prv-download).
+    on_disk_files = on_disk_bytes = 0
     try:
         for rel, place, prv in planned:
             conflict = found.conflicts.get(rel)
@@ -145,25 +151,41 @@ async def _download_tree(
                     path=place.path, sha1=prv.sha1, size=prv.size, origin="present"
                 )
                 done.append(result)
-                reporter.add(files=1, nbytes=prv.size)
+                on_disk_files += 1
+                on_disk_bytes += prv.size
                 emit(done_event(result, rel))
                 continue
             job = jobs.get(prv.sha1)
             if job is None:
                 if partial_fd < 0:
                     partial_fd = _open_partial_dir(root, root_fd)
+                name = prv.sha1 + PART_SUFFIX
                 jobs[prv.sha1] = Job(
                     prv=prv,
                     label=rel,
                     target=place,
                     part_dir_fd=partial_fd,
-                    part_name=f"{prv.sha1}.part",
-                    part_label=str(root / PARTIAL_DIRNAME / f"{prv.sha1}.part"),
+                    part_name=name,
+                    part_label=str(root / PARTIAL_DIRNAME / name),
                     replace=replace,
                 )
             else:
                 job.copies.append((rel, place, replace))
+        if partial_fd >= 0:
+            on_disk = await anyio.to_thread.run_sync(_parts_on_disk, partial_fd, jobs)
+            for job, nbytes in on_disk:
+                job.counted = nbytes
+                on_disk_bytes += nbytes
+        if on_disk_files or on_disk_bytes:
+            reporter.add(files=on_disk_files, nbytes=on_disk_bytes)
         await _run_jobs(list(jobs.values()), options, reporter, emit, done, fail)
+    except anyio.get_cancelled_exc_class():
+        # Ctrl+C: say what the partial files keep for the next run (plain system calls
+        # while the cancellation unwinds; the jobs have closed their files).
+        if partial_fd >= 0:
+            for job, nbytes in _parts_on_disk(partial_fd, jobs):
+                emit(kept_event(job.label, job.part_label, nbytes, job.prv.size))
+        raise
     finally:
         if partial_fd >= 0:
             os.close(partial_fd)
@@ -199,6 +221,16 @@ def _refuse(
         "written through: nothing was changed (use --force to replace files and symlinks)",
         reasons,
     )
+
+
+def _parts_on_disk(partial_fd: int, jobs: dict[str, Job]) -> list[tuple[Job, int]]:
+    """The jobs whose partial file in ``partial_fd`` a run would resume, and its bytes
+    (``partfile.resumable_bytes``); one listing of the directory, not a look per job."""
+    named = {job.part_name: job for job in jobs.values()}
+    with os.scandir(partial_fd) as listing:
+        found = [named[entry.name] for entry in listing if entry.name in named]
+    on_disk = [(job, resumable_bytes(partial_fd, job.part_name, job.prv)) for job in found]
+    return [(job, nbytes) for job, nbytes in on_disk if nbytes]
 
 
 def _open_partial_dir(root: Path, root_fd: int) -> int:

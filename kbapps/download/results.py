@@ -3,8 +3,10 @@
 Events (``on_event``) are plain JSON-ready dicts, one per happening, with an ``"event"``
 key: ``source`` (a URL is tried), ``progress`` (rate-limited), ``done`` (a file is in
 place), ``error`` (a source failed, or with ``"fatal": true`` a file failed),
-``warning`` (the hub's size disagrees with the ``.prv``) and, for a ``.prvdir``,
-``finished``. ``kb-prv-download --json`` prints them as JSON Lines.
+``warning`` (the hub's size disagrees with the ``.prv``), ``resume`` (a ``.part`` left
+by an earlier run is continued), ``kept`` (after Ctrl+C: a ``.part`` kept for the next
+run) and, for a ``.prvdir``, ``finished``. ``kb-prv-download --json`` prints them as
+JSON Lines (``docs/commands.md`` lists their fields).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = (
     "PrvDirResult",
     "done_event",
     "error_event",
+    "kept_event",
     "no_events",
 )
 
@@ -94,6 +97,12 @@ def done_event(result: DownloadResult, label: str) -> dict[str, Any]:
         event["resumed_from"] = result.resumed_from
         event["transferred"] = result.transferred
     return event
+
+
+def kept_event(label: str, part_label: str, kept: int, size: int) -> dict[str, Any]:
+    """The ``kept`` event: a cancelled download (Ctrl+C) of ``label`` left ``kept`` of
+    its ``size`` bytes in the partial file ``part_label``, for the next run."""
+    return {"event": "kept", "path": label, "part": part_label, "bytes": kept, "size": size}
 
 
 def error_event(label: str, sha1: str, exc: ClientError) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import secrets
 import stat
 
 from kbapps.download.errors import BadInputError
+from kbapps.filenames import fitting_name, name_max
 
 __all__ = (
     "FILE_MODE",
@@ -193,15 +194,18 @@ def open_readable(dir_fd: int, name: str) -> int | None:
 def create_temp(dir_fd: int, stem: str, mode: int = FILE_MODE) -> tuple[int, str]:
     """Create a new file with an unpredictable dot-name in ``dir_fd``: ``(fd, name)``.
 
-    The name starts with ``.`` (so ``kb-prv-create`` skips a leftover) and ``stem``.
-    It is opened read-write with ``O_CREAT | O_EXCL | O_NOFOLLOW``: nothing that was
-    there before, a planted symlink included, can be what is written.
+    The name starts with ``.`` (so ``kb-prv-create`` skips a leftover) and ``stem``
+    (shortened when a long stem would not fit the file system's names,
+    ``kbapps.filenames``). It is opened read-write with ``O_CREAT | O_EXCL |
+    O_NOFOLLOW``: nothing that was there before, a planted symlink included, can be
+    what is written.
 
     Raises:
         OSError: the file cannot be created.
     """
+    limit = name_max(dir_fd)
     for _ in range(_TEMP_ATTEMPTS):
-        name = f".{stem}.{secrets.token_hex(8)}.tmp"
+        name = fitting_name(f".{stem}", f".{secrets.token_hex(8)}.tmp", limit)
         try:
             fd = os.open(
                 name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _FILE_FLAGS, mode, dir_fd=dir_fd

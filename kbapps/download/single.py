@@ -16,9 +16,17 @@ from kbapps.download.conflicts import survey
 from kbapps.download.errors import BadInputError, ClientError, ConflictError
 from kbapps.download.job import Job, fetch_job
 from kbapps.download.options import ClientOptions, make_http_client
+from kbapps.download.partfile import part_name, resumable_bytes
 from kbapps.download.places import Place
 from kbapps.download.progress import Reporter
-from kbapps.download.results import DownloadResult, EventSink, done_event, error_event, no_events
+from kbapps.download.results import (
+    DownloadResult,
+    EventSink,
+    done_event,
+    error_event,
+    kept_event,
+    no_events,
+)
 from kbproto.prv import Prv, is_valid_entry_name
 from kbtransport.http_client import HttpClient
 
@@ -55,7 +63,8 @@ async def download_prv(
         prv: the parsed ``.prv``.
         out: the file to write; if it is an existing directory, the file is written
             inside it under the ``.prv``'s file name. ``out + ".part"`` (and
-            ``out + ".part.json"``) hold an unfinished download for a later resume.
+            ``out + ".part.json"``) hold an unfinished download for a later resume
+            (a shortened name when OUT's is too long for them: ``partfile.part_name``).
         options: hub, caches, timeouts.
         on_event: receives the events described in ``kbapps.download.results``.
         on_progress: called with ``(files, bytes)`` deltas (for a progress bar).
@@ -97,14 +106,35 @@ async def _download_into(
 ) -> DownloadResult:
     target = place.path
     label = str(target)
+    part = part_name(place.root_fd, place.name)
     job = Job(
         prv=prv,
         label=label,
         target=place,
         part_dir_fd=place.root_fd,
-        part_name=place.name + ".part",
-        part_label=label + ".part",
+        part_name=part,
+        part_label=str(place.root / part),
     )
+    try:
+        return await _fetch_into(job, options, emit, on_progress, client)
+    except anyio.get_cancelled_exc_class():
+        # Ctrl+C: say what the .part keeps for the next run (plain system calls while
+        # the cancellation unwinds; every file of the job is closed by now).
+        kept = resumable_bytes(place.root_fd, part, prv)
+        if kept:
+            emit(kept_event(label, job.part_label, kept, prv.size))
+        raise
+
+
+async def _fetch_into(
+    job: Job,
+    options: ClientOptions,
+    emit: EventSink,
+    on_progress: Callable[[int, int], None] | None,
+    client: HttpClient | None,
+) -> DownloadResult:
+    prv, place, label = job.prv, job.target, job.label
+    target = place.path
     cache = open_cache(options.cache_dir, options.cache_size)
     reporter = Reporter(emit, on_progress, options.progress_interval, prv.size, 1)
     found = await anyio.to_thread.run_sync(
@@ -124,6 +154,10 @@ async def _download_into(
             emit(error_event(label, prv.sha1, refused))
             raise refused
         job.replace = True
+    # The bytes a last run left count from the start (the progress bar starts there).
+    job.counted = await anyio.to_thread.run_sync(resumable_bytes, place.root_fd, job.part_name, prv)
+    if job.counted:
+        reporter.add(nbytes=job.counted)
     own = client is None
     http = client if client is not None else make_http_client(options)
     fills: list[FillRequest] = []

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import anyio
 import anyio.to_thread
 
+from kbapps import output
 from kbapps.download.deadline import ProgressDeadline
 from kbapps.download.errors import (
     DownloadFailedError,
@@ -94,7 +95,7 @@ def check_response(response: HttpResponse, offset: int, prv: Prv) -> None:
         if offset:
             raise SourceError("ignored the Range request (200 instead of 206)")
         if length is not None and length != prv.size:
-            raise SourceError(f"announced {length} bytes, expected {prv.size}")
+            raise SourceError(f"announced {output.counted(length, 'byte')}, expected {prv.size:,}")
         return
     if response.status != 206:
         raise SourceError(f"unexpected HTTP {response.status} {response.reason}".rstrip())
@@ -107,7 +108,8 @@ def check_response(response: HttpResponse, offset: int, prv: Prv) -> None:
             f"sent range {start}-{end}/{total}, asked for {offset}-{prv.size - 1}/{prv.size}"
         )
     if length is not None and length != prv.size - offset:
-        raise SourceError(f"announced {length} bytes, expected {prv.size - offset}")
+        announced = output.counted(length, "byte")
+        raise SourceError(f"announced {announced}, expected {prv.size - offset:,}")
 
 
 class Writer:
@@ -250,7 +252,8 @@ async def fetch(
     if part.offset != part.prv.size:
         if watch.expired:
             raise SourceError(watch.reason())
-        raise SourceError(f"body ended after {part.offset} of {part.prv.size} bytes")
+        expected = output.counted(part.prv.size, "byte")
+        raise SourceError(f"body ended after {part.offset:,} of {expected}")
     return received
 
 
@@ -295,8 +298,8 @@ async def download_from_sources(
                     # The resumed prefix may be what is wrong: give this source one
                     # more try from byte 0 before blaming it.
                     message += (
-                        f"; the first {start} bytes came from an earlier source or run,"
-                        " retrying from byte 0"
+                        f"; the first {output.counted(start, 'byte')} came from an earlier "
+                        "source or run, retrying from byte 0"
                     )
                     retried = True
                     again = True

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from kbapps.hashing import FileKey, HashCache, hash_files, is_database_error
-from kbapps.prvbuild._common import Key, ProgressCallback, PrvBuildError, Warn, rel, show
+from kbapps.prvbuild._common import (
+    CountCallback,
+    Key,
+    ProgressCallback,
+    PrvBuildError,
+    Warn,
+    rel,
+    show,
+)
 from kbapps.prvbuild._text import segment_texts
 from kbapps.prvbuild._worker import Jobs, Report
 
@@ -28,36 +36,46 @@ class Collected:
         warn: warning callback.
         relpaths: every directory's relative path, by index (to name a failed file;
             it may grow while the walk runs).
+        cached: called with the files whose digests came from the hash cache.
     """
 
-    def __init__(self, report: ProgressCallback, warn: Warn, relpaths: Sequence[str]) -> None:
+    def __init__(
+        self,
+        report: ProgressCallback,
+        warn: Warn,
+        relpaths: Sequence[str],
+        cached: CountCallback,
+    ) -> None:
         self.texts: dict[int, list[tuple[int, bytes, bytes, bytes, int]]] = {}
         self.raw: dict[int, list[tuple[int, list[tuple[Any, ...]]]]] = {}
         self.counts: dict[int, int] = {}
         self.report = report
+        self.cached = cached
         self.warn = warn
         self.warned = False
         self.relpaths = relpaths
 
     def take(self, reports: Sequence[Report]) -> None:
         """Record a batch of reports; raise ``PrvBuildError`` for a file that failed."""
-        files = nbytes = 0
+        files = nbytes = hits = 0
         for item in reports:
             kind = item[0]
             if kind == "t":
-                _, dir_index, first, text, keys_text, digests, newest, nfiles, size = item
+                _, dir_index, first, text, keys_text, digests, newest, nfiles, size, hit = item
                 self.texts.setdefault(dir_index, []).append(
                     (first, text, keys_text, digests, newest)
                 )
                 self.counts[dir_index] = self.counts.get(dir_index, 0) + nfiles
                 files += nfiles
                 nbytes += size
+                hits += hit
             elif kind == "r":
-                _, dir_index, first, records, nfiles, size = item
+                _, dir_index, first, records, nfiles, size, hit = item
                 self.raw.setdefault(dir_index, []).append((first, records))
                 self.counts[dir_index] = self.counts.get(dir_index, 0) + nfiles
                 files += nfiles - sum([1 for r in records if r[2] is None])
                 nbytes += size
+                hits += hit
             elif kind == "e":
                 _, dir_index, name, reason = item
                 shown = rel(self.relpaths[dir_index], name)
@@ -67,6 +85,8 @@ class Collected:
                 self.warn(item[1])
         if files or nbytes:
             self.report(files, nbytes)
+        if hits:
+            self.cached(hits)
 
 
 def wants_lookups(cache: HashCache | None, table: dict[Key, tuple[str, str]]) -> bool:
@@ -109,9 +129,11 @@ def finish_raw(
         on_progress=collected.report,
         on_warning=collected.warn,
     )
+    hits = 0
     try:
         for result in results:
             job = job_of[result.path]
+            hits += result.cached
             digest = result.digest
             if digest is None:
                 shown = rel(collected.relpaths[jobs.dirs[job]], jobs.names[job])
@@ -119,6 +141,8 @@ def finish_raw(
             digests[job] = (digest.sha1, digest.head_sha1, digest.size, *result.key)
     finally:
         results.close()
+    if hits:
+        collected.cached(hits)
     for dir_index, segments in collected.raw.items():
         for first, records in segments:
             done = [

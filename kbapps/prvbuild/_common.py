@@ -24,6 +24,8 @@ FCS_PREFIX = "head1000-"
 Warn = Callable[[str], None]
 #: Called with ``(files, bytes)`` deltas, for a progress bar.
 ProgressCallback = Callable[[int, int], None]
+#: Called with a number of files (a delta).
+CountCallback = Callable[[int], None]
 #: A file's identity in the hash cache: (st_dev, st_ino, st_size, st_mtime_ns).
 Key = tuple[int, int, int, int]
 
@@ -46,6 +48,8 @@ class BuildOptions(NamedTuple):
         on_warning: one line per skipped entry or cache problem.
         exclude: ``(st_dev, st_ino)`` of files to leave out (the output file, when it
             is written inside the tree).
+        on_cached: files whose digests came from the hash cache, no byte read
+            (deltas; for ``kb-prv-create``'s summary line).
     """
 
     cache: HashCache | None = None
@@ -53,6 +57,7 @@ class BuildOptions(NamedTuple):
     on_progress: ProgressCallback | None = None
     on_warning: Warn | None = None
     exclude: frozenset[tuple[int, int]] = frozenset()
+    on_cached: CountCallback | None = None
 
     def nworkers(self) -> int:
         """The number of processes to use (at least 1)."""
@@ -66,6 +71,10 @@ class BuildOptions(NamedTuple):
         """``on_progress``, or a function that drops the counts."""
         return self.on_progress or _ignore_counts
 
+    def cached(self) -> CountCallback:
+        """``on_cached``, or a function that drops the count."""
+        return self.on_cached or _ignore_count
+
 
 #: Build options when none are given.
 DEFAULT_OPTIONS = BuildOptions()
@@ -76,6 +85,10 @@ def _ignore(message: str) -> None:
 
 
 def _ignore_counts(files: int, nbytes: int) -> None:
+    pass
+
+
+def _ignore_count(files: int) -> None:
     pass
 
 

@@ -49,8 +49,10 @@ def build_prvdir(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) -> Prv
         on_progress=options.on_progress,
         on_warning=options.on_warning,
     )
+    count_cached = options.cached()
     try:
         for batch in batches:
+            count_cached(sum([1 for record in batch if record[5]]))
             for index, sha1, head, size, key, _, error in batch:
                 entry = scanned[index]
                 base = dirs[entry.dir_index].relpath
@@ -98,6 +100,7 @@ def build_prv(path: str, options: BuildOptions = DEFAULT_OPTIONS) -> Prv:
         if hit is not None:
             if on_progress is not None:
                 on_progress(1, st.st_size)
+            options.cached()(1)
             return _new_prv(hit[0], st.st_size, hit[1], name, path)
     results = hash_files(
         [(path, key)],
@@ -111,6 +114,8 @@ def build_prv(path: str, options: BuildOptions = DEFAULT_OPTIONS) -> Prv:
     finally:
         results.close()
     _check_result(result, path)
+    if result.cached:
+        options.cached()(1)
     digest = result.digest
     assert digest is not None
     return _new_prv(digest.sha1, digest.size, digest.head_sha1, name, path)

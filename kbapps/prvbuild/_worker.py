@@ -50,10 +50,10 @@ _QUIET_NS = RACY_WINDOW_NS
 #: plain data, so it goes to a worker started before it existed (marshal).
 Segment = tuple[int, int, int, str, list[str], list[str], list["Key | None"]]
 #: What a worker reports, as plain tuples (marshal):
-#: ("t", dir, first, entries text, key text, digests, newest mtime_ns, files, bytes);
-#: ("r", dir, first, records, files, bytes) for a segment holding big files (records
-#: as for ``segment_texts``, sha1 None for a big file); ("e", dir, name, reason);
-#: ("w", message).
+#: ("t", dir, first, entries text, key text, digests, newest mtime_ns, files, bytes,
+#: files from the hash cache); ("r", dir, first, records, files, bytes, files from the
+#: hash cache) for a segment holding big files (records as for ``segment_texts``, sha1
+#: None for a big file); ("e", dir, name, reason); ("w", message).
 Report = tuple[Any, ...]
 #: What a worker process builds its ``TreeWorker`` from (``tree_worker``): files to
 #: leave out, the stored digests by key, whether to look keys up, the cache's path.
@@ -198,6 +198,7 @@ class TreeWorker:
         records: list[tuple[Any, ...]] = []
         append = records.append
         big = False
+        hits = 0
         job = first - 1
         for path, name in zip(paths, names, strict=True):
             job += 1
@@ -207,6 +208,7 @@ class TreeWorker:
                     dev, ino, ksize, mtime = key
                     if not (exclude and (dev, ino) in exclude):
                         append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime))
+                        hits += 1
                     continue
             try:
                 fd = os_open(name, flags, dir_fd=dir_fd) if dir_fd >= 0 else open_(path)
@@ -245,10 +247,12 @@ class TreeWorker:
             append((job, name, whole, head, total, dev, ino, ksize, mtime))
         nbytes = sum([r[4] for r in records])
         if big:
-            out.append(("r", dir_index, first, records, len(paths), nbytes))
+            out.append(("r", dir_index, first, records, len(paths), nbytes, hits))
             return
         text, keys_text, digests, newest = segment_texts(records, depth, relbase)
-        out.append(("t", dir_index, first, text, keys_text, digests, newest, len(paths), nbytes))
+        out.append(
+            ("t", dir_index, first, text, keys_text, digests, newest, len(paths), nbytes, hits)
+        )
 
 
 def tree_worker(context: Context) -> TreeWorker:

@@ -152,11 +152,12 @@ def write_planned(plan: TreePlan, write: Writer) -> None:
         hit_bytes += nbytes
     if hit_files:
         report(hit_files, hit_bytes)
+        options.cached()(hit_files)
     jobs = Jobs([], [], [], [])
     for index in sorted(plan.pending):
         jobs.add(plan.pending[index], index)
 
-    collected = Collected(report, options.warn(), relpaths)
+    collected = Collected(report, options.warn(), relpaths, options.cached())
     if jobs.paths:
         # The stored digests that may answer: those of the changed directories (an
         # edited, added or renamed file, or one moved between them), or of the whole
@@ -205,7 +206,7 @@ def _write_streamed(
     relpaths = [""]
     listed: list[ScannedFile] = []
     jobs = Jobs([], [], [], [])
-    collected = Collected(options.report(), warn, relpaths)
+    collected = Collected(options.report(), warn, relpaths, options.cached())
     emitter = Emitter(dirs, depth, collected, write, cache, scope, warn)
     # The fragment file grows while the walk runs: never part of the tree.
     exclude = options.exclude | emitter.growing()

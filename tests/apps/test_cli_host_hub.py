@@ -130,7 +130,7 @@ def test_a_share_directory_is_not_a_hub(tmp_path: Path, capsys: pytest.CaptureFi
     assert "kbucket-host" in one_error(err)
 
 
-def test_a_taken_port_is_one_line_and_exit_1(
+def test_a_taken_port_is_one_line_and_exit_3(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()
@@ -151,7 +151,7 @@ def test_a_taken_port_is_one_line_and_exit_1(
             ],
             capsys,
         )
-    assert code == 1
+    assert code == 3  # the network: the port cannot be had
     assert str(port) in one_error(err)
     assert "is running" not in out
 

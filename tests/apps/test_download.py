@@ -154,7 +154,7 @@ def test_sources_announcing_the_wrong_length_or_range_are_dropped(
     result = fetch_file(prv_of(data), tmp_path / "out.dat", options(net.base, tmp_path))
     errors = [f.error for f in result.failures]
     assert errors == [
-        f"announced {SIZE - 1} bytes, expected {SIZE}",
+        f"announced {SIZE - 1:,} bytes, expected {SIZE:,}",
         f"sent range 1-{SIZE - 1}/{SIZE}, asked for 0-{SIZE - 1}/{SIZE}",
     ]
     assert (tmp_path / "out.dat").read_bytes() == data

@@ -98,3 +98,15 @@ def test_copy_bytes_fails_on_a_short_source(tmp_path: Path) -> None:
     finally:
         os.close(src)
         os.close(dst)
+
+
+def test_a_count_of_one_byte_is_singular(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(b"")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with pytest.raises(OSError, match=r"source ended after 0 of 1 byte$"):
+            copying.copy_bytes(src, dst, 1)
+    finally:
+        os.close(src)
+        os.close(dst)

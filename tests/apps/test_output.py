@@ -43,9 +43,9 @@ def test_run_command_maps_outcomes_to_one_line_and_an_exit_code() -> None:
     assert _run(lambda: None) == (0, "")
     assert _run(lambda: 3) == (3, "")
     assert _run(usage) == (2, "Error: bad input\n")
-    assert _run(missing) == (1, "Error: x.dat: No such file or directory\n")
-    assert _run(interrupted) == (130, "Error: interrupted\n")
-    assert _run(bug) == (1, "Error: internal error: ValueError: oops\n")
+    assert _run(missing) == (2, "Error: x.dat: No such file or directory\n")
+    assert _run(interrupted) == (130, "Interrupted.\n")
+    assert _run(bug) == (70, "Error: internal error: ValueError: oops\n")
 
 
 def test_progress_log_mode_prints_milestones_only_after_the_delay() -> None:
@@ -75,7 +75,7 @@ def test_progress_failed_job_prints_no_done_line() -> None:
         clock.now = 1.0
         progress.update(0, 300)
         progress.close(success=False)  # the caller saw the failure inside the block
-    assert stream.getvalue() == "Downloading: 30% (0/1 files, 300 B of 1.0 kB)\n"
+    assert stream.getvalue() == "Downloading: 30% (0/1 file, 300 B of 1.0 kB)\n"
 
 
 def test_progress_quick_job_prints_nothing() -> None:

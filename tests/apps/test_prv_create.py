@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,7 +74,9 @@ def test_installed_console_script_writes_the_spec_prv(tmp_path: Path, env: dict[
         timeout=120,
         check=False,
     )
-    assert (done.returncode, done.stderr) == (0, "")
+    assert done.returncode == 0, done.stderr
+    # One summary line, on stderr: files, bytes, seconds.
+    assert re.fullmatch(r"Wrote sample\.dat\.prv: 1 file, 2\.5 kB, \d+\.\d s\n", done.stderr)
     written = (tmp_path / "sample.dat.prv").read_bytes()
     assert written == (DATA / "sample.dat.prv").read_bytes()
     data = (DATA / "sample.dat").read_bytes()
@@ -95,7 +99,7 @@ def test_prv_to_stdout_with_an_absolute_path_holds_only_the_name(
     target = tmp_path / "deep" / "er"
     target.mkdir(parents=True)
     shutil.copy(DATA / "small.txt", target / "small.txt")
-    done = kb(env, target / "small.txt")
+    done = kb(env, target / "small.txt", "-q")
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == (DATA / "small.txt.prv").read_text()
     assert str(tmp_path) not in done.stdout
@@ -106,14 +110,16 @@ def test_prvdir_matches_the_hand_written_file(tmp_path: Path, env: dict[str, str
     shutil.copytree(DATA / "tree", tree)  # with .hidden and .hiddendir/, to be skipped
     assert (tree / ".hidden").exists()
     assert (tree / ".hiddendir" / "x.txt").exists()
-    done = kb(env, tree, tmp_path / "tree.prvdir")
+    done = kb(env, tree, tmp_path / "tree.prvdir", "--quiet")
     assert (done.returncode, done.stderr) == (0, "")
     assert (tmp_path / "tree.prvdir").read_bytes() == (DATA / "tree.prvdir").read_bytes()
 
 
 def test_readme_quick_start_job(tmp_path: Path, env: dict[str, str]) -> None:
     done = kb(env, ROOT / "examples" / "dataset_01", "dataset_01.prvdir", cwd=tmp_path)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert (done.returncode, done.stdout) == (0, "")
+    summary = r"Wrote dataset_01\.prvdir: 5 files, 66\.0 kB, \d+\.\d s\n"
+    assert re.fullmatch(summary, done.stderr), done.stderr
     tree = parse_prvdir((tmp_path / "dataset_01.prvdir").read_bytes())
     listed = dict(tree.iter_files())
     for relpath, prv in listed.items():
@@ -149,7 +155,9 @@ def test_walk_skips_dot_names_special_files_and_outside_symlinks(
     os.mkfifo(tree / "fifo")
     done = kb(env, tree, tmp_path / "d.prvdir")
     assert done.returncode == 0, done.stderr
-    warnings = sorted(done.stderr.splitlines())
+    *warned, summary = done.stderr.splitlines()
+    assert summary.startswith(f"Wrote {tmp_path / 'd.prvdir'}: 3 files, 9 B, ")
+    warnings = sorted(warned)
     assert warnings == [
         "Warning: skipping dangling: it vanished or is a broken symlink",
         "Warning: skipping fifo: not a regular file or directory",
@@ -201,10 +209,12 @@ def _many_files(tmp_path: Path, env: dict[str, str], count: int) -> None:
         (folder / f"f{i:06d}.dat").write_bytes(b"%d\n" % i)
     done = kb(env, tree, tmp_path / "many.prvdir")
     assert done.returncode == 0, done.stderr[-2000:]
-    # Not a terminal: at most one line per 10% milestone, and a final line.
-    lines = done.stderr.splitlines()
+    # Not a terminal: at most one line per 10% milestone, and a final line; then the
+    # summary line.
+    *lines, summary = done.stderr.splitlines()
     assert all(line.startswith("Hashing: ") for line in lines), lines
     assert len(lines) <= 10
+    assert summary.startswith(f"Wrote {tmp_path / 'many.prvdir'}: {count:,} files, ")
     result = parse_prvdir((tmp_path / "many.prvdir").read_bytes())
     listed = dict(result.iter_files())
     assert len(listed) == count
@@ -262,7 +272,7 @@ def test_a_corrupt_cache_is_a_warning_not_a_failure(tmp_path: Path, env: dict[st
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / hashing.HASH_CACHE_FILENAME).write_bytes(b"garbage" * 1000)
     shutil.copy(DATA / "small.txt", tmp_path / "small.txt")
-    done = kb(env, tmp_path / "small.txt")
+    done = kb(env, tmp_path / "small.txt", "-q")  # -q: warnings still show
     assert done.returncode == 0
     assert done.stdout == (DATA / "small.txt.prv").read_text()
     assert done.stderr.startswith("Warning: hash cache disabled: ")
@@ -307,7 +317,7 @@ def test_directory_without_out(tmp_path: Path, env: dict[str, str]) -> None:
 def test_unwritable_out_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
     shutil.copy(DATA / "small.txt", tmp_path / "small.txt")
     out = tmp_path / "no" / "such" / "dir" / "x.prv"
-    line = _one_error_line(kb(env, tmp_path / "small.txt", out), code=1)
+    line = _one_error_line(kb(env, tmp_path / "small.txt", out))
     assert f"cannot write {out}" in line
 
 
@@ -329,6 +339,9 @@ def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     by refusing to open it at the one place the hasher opens files."""
     path.chmod(0)
     if os.geteuid() == 0:
+        # The worker keeps the real function, to tell whether a test replaced it: it
+        # must have been imported before the replacement, whatever ran before.
+        importlib.import_module("kbapps.prvbuild._worker")
         real_open = digest.open_for_hashing
 
         def refuse(target: str | os.PathLike[str]) -> int:
@@ -402,14 +415,19 @@ def test_unreadable_directory_is_named(
     assert captured.err == f"Error: cannot read directory {locked}: Permission denied\n"
 
 
-def test_typer_app_runs_the_same_command(tmp_path: Path, env: dict[str, str]) -> None:
-    from typer.testing import CliRunner
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample.dat"],
+        ["sample.dat", "out.prv"],
+        ["-q", "sample.dat", "out.prv"],
+        ["sample.dat", "--quiet"],
+        ["tree", "t.prvdir", "-q"],
+    ],
+)
+def test_typer_parses_what_the_fast_path_parses(argv: list[str]) -> None:
+    from kbapps.cli._typer_app import parse_with_typer
 
-    shutil.copy(DATA / "sample.dat", tmp_path / "sample.dat")
-    result = CliRunner().invoke(
-        prv_create.make_app(),
-        [str(tmp_path / "sample.dat"), str(tmp_path / "out.prv")],
-        env={"KBUCKET_CACHE_DIR": env["KBUCKET_CACHE_DIR"]},
-    )
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "out.prv").read_bytes() == (DATA / "sample.dat.prv").read_bytes()
+    fast = prv_create.parse(argv)
+    assert isinstance(fast, prv_create.CreateArgs)
+    assert parse_with_typer(prv_create.make_app(), argv, prv_create.PROG) == fast

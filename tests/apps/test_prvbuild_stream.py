@@ -242,11 +242,11 @@ def test_out_and_its_temporary_file_inside_the_tree_stay_out(
     out = root / "z" / "t.prvdir"
     monkeypatch.setattr(emit_module, "OUT_PIECE_BYTES", 1)
     monkeypatch.setenv("KBUCKET_CACHE_DIR", str(scratch / "cache"))
-    prv_create.run(str(root), str(out))
+    prv_create.run(prv_create.CreateArgs(str(root), str(out)))
     first = out.read_bytes()
     assert b"t.prvdir" not in first  # neither OUT's name nor its temporary file's
     assert b'"z/data"' in first
-    prv_create.run(str(root), str(out))  # OUT exists now: left out too
+    prv_create.run(prv_create.CreateArgs(str(root), str(out)))  # OUT exists now: left out too
     assert out.read_bytes() == first
     assert sorted(p.name for p in (root / "z").iterdir()) == ["data", "t.prvdir"]
 

@@ -257,7 +257,7 @@ class Procs:
             if parent is not None and wait_joined:
                 proc.wait_line(r"Connected to parent hub: ")
             if kind == "kbucket-host":
-                proc.wait_line(r"Indexed \d+ files\.$")
+                proc.wait_line(r"Indexed \d+ files?\.$")
             return node
 
         return ready
