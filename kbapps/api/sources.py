@@ -14,7 +14,7 @@ from kbapps.uris import KBucketUri, Sha1Uri, UriError, is_uri, parse_uri
 from kbproto.prv import Prv, PrvDir, PrvFormatError, parse_document
 from kbtransport.http_client import HttpClient
 
-__all__ = ("Source", "parse_source", "resolve_source")
+__all__ = ("Source", "content_sha1", "parse_source", "resolve_source")
 
 #: A file or directory for the API: a path to a ``.prv``/``.prvdir`` file, the parsed
 #: ``.prv``/``.prvdir`` (or its JSON object as a dict), or a ``sha1://``/``kbucket://``
@@ -68,3 +68,20 @@ async def resolve_source(source: Source, client: HttpClient, hub_url: str) -> Pr
             except (NotFoundError, HubUnreachableError):
                 raise not_a_file from None
     return named
+
+
+async def content_sha1(source: Source, client: HttpClient, hub_url: str) -> str:
+    """The SHA-1 of the file ``source`` names (a ``sha1://`` URI needs no network).
+
+    Raises:
+        BadInputError: ``source`` is malformed or names a directory.
+        NotFoundError, HubUnreachableError: as ``resolve_source``.
+    """
+    named = parse_source(source)
+    if isinstance(named, Sha1Uri):
+        return named.sha1
+    document = await resolve_source(source, client, hub_url)
+    if isinstance(document, PrvDir):
+        label = source if isinstance(source, str) else "the .prvdir"
+        raise BadInputError(f"{label} is a directory, not a file")
+    return document.sha1

@@ -105,8 +105,9 @@ def _write_atomically(out: str, data: bytes) -> None:
     target.commit()
 
 
-def run(path: str, out: str | None) -> None:
-    """Do the work of one ``kb-prv-create`` invocation.
+def run(path: str, out: str | None, uri: bool = False) -> None:
+    """Do the work of one ``kb-prv-create`` invocation (``uri``: print the file's
+    ``sha1://SHA1/NAME`` URI instead of its ``.prv``).
 
     Raises:
         UsageError: bad input (exit 2: missing file, wrong OUT suffix, directory
@@ -121,6 +122,8 @@ def run(path: str, out: str | None) -> None:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     is_dir = stat.S_ISDIR(st.st_mode)
+    if uri and (is_dir or out is not None):
+        raise UsageError("--uri takes one file and no OUT")
     if is_dir:
         if out is None:
             raise UsageError(f"{path} is a directory: give an OUT ending in .prvdir")
@@ -178,7 +181,16 @@ def run(path: str, out: str | None) -> None:
             from kbproto.prv import serialize_prv  # here: a directory never needs it
 
             data = serialize_prv(prv)
-            if out is None:
+            if uri:
+                from kbapps.uris import sha1_uri
+                from kbproto.prv import is_valid_entry_name
+
+                name = os.path.basename(path)
+                output.line(
+                    sha1_uri(prv.sha1, name if is_valid_entry_name(name) else None),
+                    stream=sys.stdout,
+                )
+            elif out is None:
                 output.print_json_bytes(data)
             else:
                 _write_atomically(out, data)
@@ -202,8 +214,14 @@ def make_app() -> typer.Typer:
             help="Where to write: NAME.prv for a file (default: stdout), NAME.prvdir "
             "for a directory (required).",
         ),
+        uri: bool = typer.Option(
+            False,
+            "--uri",
+            help="Print the file's sha1://SHA1/NAME URI instead of its .prv (for "
+            "kb-prv-download, kb-prv-find and Python's kbapps.api).",
+        ),
     ) -> None:
-        run(path, out)
+        run(path, out, uri)
 
     return app
 
