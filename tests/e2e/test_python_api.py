@@ -21,7 +21,7 @@ import pytest
 
 from kbapps import api
 from kbapps.api import aio
-from kbapps.download import NotFoundError
+from kbapps.download import BadInputError, NotFoundError
 from kbproto.prv import Prv, PrvDir
 from tests.e2e.procs import UNREACHABLE, Node, Procs, command, sha1_of, wait_for, write_pattern
 
@@ -168,7 +168,7 @@ def test_api_calls_and_uri_forms(network: Network, tmp_path: Path) -> None:
         api.load_file("sha1://" + "0" * 40, tmp_path / "none", hub=hub)
     with pytest.raises(NotFoundError):
         api.get_prv(network.kb("tables/no-such.csv"), hub=hub)
-    with pytest.raises(api.aio.BadInputError):
+    with pytest.raises(BadInputError):
         api.get_prv("kbucket://not-a-node/x", hub=hub)
 
     # The async twin, on the caller's loop; and the sync API inside a running loop
