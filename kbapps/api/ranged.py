@@ -104,6 +104,11 @@ class RangeReader:
         self.transferred = 0
 
     @property
+    def failures(self) -> tuple[SourceFailure, ...]:
+        """The sources dropped so far, each with why."""
+        return tuple(self._failures)
+
+    @property
     def size(self) -> int:
         """The file's size."""
         return self.prv.size

@@ -9,8 +9,12 @@ each test checks several things through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import os
+import re
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +25,10 @@ import pytest
 
 from kbapps import api
 from kbapps.api import aio
+from kbapps.api.ranged import ContentReadError, RangeReader
 from kbapps.download import BadInputError, NotFoundError
 from kbproto.prv import Prv, PrvDir
+from kbtransport.http_client import ClientConfig, HttpClient
 from tests.e2e.procs import UNREACHABLE, Node, Procs, command, sha1_of, wait_for, write_pattern
 
 GIB = 1024**3
@@ -270,3 +276,72 @@ def test_the_commands_speak_uris(network: Network, tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     missing = run("kb-prv-find", "sha1://" + "0" * 40, "--hub", hub)
     assert missing.returncode == 1
+
+
+class _LyingSource(http.server.BaseHTTPRequestHandler):
+    """Serves ``content`` (one byte changed) with Range support, as a source that lies."""
+
+    content = b""
+
+    def do_GET(self) -> None:
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        start, end = (int(match[1]), int(match[2])) if match else (0, len(self.content) - 1)
+        body = self.content[start : end + 1]
+        self.send_response(206 if match else 200)
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(self.content)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        del format, args
+
+
+@contextlib.contextmanager
+def _liar(content: bytes, wrong_at: int) -> Iterator[str]:
+    bad = bytearray(content)
+    bad[wrong_at] ^= 0xFF
+    handler = type("Liar", (_LyingSource,), {"content": bytes(bad)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/x"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_wrong_bytes_are_never_returned_as_verified(network: Network) -> None:
+    small = network.small
+    prv = api.get_prv(f"sha1://{sha1_of(small)}", hub=network.hub.url)
+    assert isinstance(prv, Prv)
+    honest = f"{network.hub.url}/sha1/{prv.sha1}"
+    blocks = api.ReadOptions(block_size=65536, max_readahead=65536)
+
+    async def read(sources: list[str], offset: int, length: int) -> tuple[bytes, RangeReader]:
+        async with HttpClient(ClientConfig()) as client:
+            reader = RangeReader(prv, sources, client, blocks)
+            return await reader.read(offset, length), reader
+
+    # A wrong byte in the first 1000: the liar is dropped, the next source answers.
+    with _liar(small, wrong_at=500) as liar:
+        data, reader = anyio.run(read, [liar, honest], 0, 4096)
+    assert data == small[:4096]
+    assert [f.url for f in reader.failures] == [liar]
+    assert "original_fcs" in reader.failures[0].error
+
+    # A wrong byte further in: the whole file does not hash to its SHA-1, the read
+    # raises (an OSError for io callers), and every later read does too.
+    async def read_all(source: str) -> None:
+        async with HttpClient(ClientConfig()) as client:
+            reader = RangeReader(prv, [source], client, blocks)
+            with pytest.raises(ContentReadError, match="SHA-1"):
+                await reader.read(0, prv.size)
+            with pytest.raises(ContentReadError, match="cannot be trusted"):
+                await reader.read(0, 10)
+
+    with _liar(small, wrong_at=len(small) - 7) as liar:
+        anyio.run(read_all, liar)
