@@ -345,3 +345,33 @@ def test_wrong_bytes_are_never_returned_as_verified(network: Network) -> None:
 
     with _liar(small, wrong_at=len(small) - 7) as liar:
         anyio.run(read_all, liar)
+
+
+def test_the_example_notebook_runs(network: Network, tmp_path: Path) -> None:
+    import nbclient
+    import nbformat
+
+    source = Path(__file__).parents[2] / "docs" / "python-api.ipynb"
+    notebook = nbformat.from_dict(json.loads(source.read_text()))
+    saved = {k: os.environ.get(k) for k in ("KBUCKET_URL", "KBUCKET_EXAMPLE_DIR")}
+    os.environ["KBUCKET_URL"] = network.hub.url
+    os.environ["KBUCKET_EXAMPLE_DIR"] = network.kb("tables")
+    try:
+        client = nbclient.NotebookClient(
+            notebook,
+            timeout=120,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(tmp_path)}},
+        )
+        client.execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    text = json.dumps(notebook["cells"])
+    assert "masses.csv" in text
+    assert "gamma" in text  # the DataFrame
+    assert "mass" in text
+    assert f"masses.csv {len(CSV)} bytes" in text
