@@ -48,6 +48,10 @@ SMOKE_RUNS = {
         ],
         ["typer / fast path, per pair"],
     ),
+    "bench_pyapi.py": (
+        ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
+        ["throughput ratio", "reads/s ratio"],
+    ),
     "bench_sim.py": (
         ["--hubs", "22", "--shares", "30", "--ids", "2000"],
         ["## Simulator throughput", "## Hub index memory"],

@@ -50,11 +50,13 @@ class CreateArgs(NamedTuple):
         path: the file or directory to describe.
         out: where to write (None: a file's ``.prv`` goes to stdout).
         quiet: ``-q``: no summary line, no progress.
+        uri: ``--uri``: print the file's ``sha1://SHA1/NAME`` URI instead of its ``.prv``.
     """
 
     path: str
     out: str | None = None
     quiet: bool = False
+    uri: bool = False
 
 
 def _open_cache(lazy: bool = False) -> HashCache | None:
@@ -174,6 +176,8 @@ def run(args: CreateArgs) -> None:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     is_dir = stat.S_ISDIR(st.st_mode)
+    if args.uri and (is_dir or out is not None):
+        raise UsageError("--uri takes one file and no OUT")
     if is_dir:
         if out is None:
             raise UsageError(f"{path} is a directory: give an OUT ending in .prvdir")
@@ -240,7 +244,17 @@ def run(args: CreateArgs) -> None:
             from kbproto.prv import serialize_prv  # here: a directory never needs it
 
             data = serialize_prv(prv)
-            if out is None:
+            if args.uri:
+                from kbapps.uris import sha1_uri
+                from kbproto.prv import is_valid_entry_name
+
+                name = os.path.basename(path)
+                output.line(
+                    sha1_uri(prv.sha1, name if is_valid_entry_name(name) else None),
+                    stream=sys.stdout,
+                )
+                what = f"Wrote the URI of {path} to stdout"
+            elif out is None:
                 output.print_json_bytes(data)
                 what = f"Wrote the .prv of {path} to stdout"
             else:
@@ -274,9 +288,15 @@ def make_app() -> typer.Typer:
         quiet: bool = typer.Option(
             False, "-q", "--quiet", help="Print no summary line and no progress."
         ),
+        uri: bool = typer.Option(
+            False,
+            "--uri",
+            help="Print the file's sha1://SHA1/NAME URI instead of its .prv (for "
+            "kb-prv-download, kb-prv-find and Python's kbapps.api).",
+        ),
         version: bool = version_option(),
     ) -> CreateArgs:
-        return CreateArgs(path, out, quiet)
+        return CreateArgs(path, out, quiet, uri)
 
     return app
 
@@ -288,10 +308,13 @@ def parse(args: list[str]) -> CreateArgs | int:
     Raises:
         UsageError: a usage error (one line).
     """
-    plain = parse_plain(args, positionals=(1, 2), flags={"-q": "quiet", "--quiet": "quiet"})
+    plain = parse_plain(
+        args, positionals=(1, 2), flags={"-q": "quiet", "--quiet": "quiet", "--uri": "uri"}
+    )
     if plain is not None:
         path, *rest = plain.positionals
-        return CreateArgs(path, rest[0] if rest else None, quiet="quiet" in plain.flags)
+        out = rest[0] if rest else None
+        return CreateArgs(path, out, quiet="quiet" in plain.flags, uri="uri" in plain.flags)
     from kbapps.cli._typer_app import parse_with_typer
 
     parsed = parse_with_typer(make_app(), args, PROG)

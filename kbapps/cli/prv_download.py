@@ -2,7 +2,9 @@
 [--min-speed RATE] [--speed-window SECONDS]``: fetch verified content (SPEC §3.5);
 ``--cache-info``/``--clear-cache`` show and empty the content cache.
 
-For a ``.prv``, OUT is the file to write (or an existing directory to write into); for
+PRV may also be a ``sha1://`` or ``kbucket://`` URI (``docs/python-api.md``): a
+``kbucket://`` directory downloads as a ``.prvdir``. For a ``.prv``, OUT is the file
+to write (or an existing directory to write into); for
 a ``.prvdir``, OUT is a directory. The work is ``kbapps.download``'s; this module parses
 the arguments, draws the progress bar (a terminal) or milestone lines (otherwise) on
 stderr, and turns the outcome into the exit code: 0 done, 1 not found anywhere, 2 bad
@@ -165,6 +167,7 @@ def run(args: DownloadArgs) -> int:
     """
 
     from kbapps import download
+    from kbapps.uris import is_uri
     from kbproto.prv import PrvDir
 
     cache_only = args.cache_info or args.clear_cache
@@ -184,7 +187,12 @@ def run(args: DownloadArgs) -> int:
             return _cache_commands(args, options)
         if prv_path is None or out is None:
             raise UsageError(f"PRV and OUT are required (see {PROG} --help)")
-        document = download.load_prv_file(prv_path)
+        if is_uri(prv_path):  # sha1:// or kbucket:// (docs/python-api.md)
+            from kbapps.api import aio
+
+            document = output.run_async(lambda: aio.get_prv(prv_path, options=options))
+        else:
+            document = download.load_prv_file(prv_path)
     except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     report = DownloadReport(as_json=args.as_json)
@@ -253,7 +261,11 @@ def make_app() -> typer.Typer:
 
     @app.command(cls=Command, help=HELP)
     def download(
-        prv: str | None = typer.Argument(None, metavar="PRV", help="The .prv or .prvdir file."),
+        prv: str | None = typer.Argument(
+            None,
+            metavar="PRV",
+            help="The .prv or .prvdir file, or a sha1://SHA1[/NAME] or kbucket://NODE_ID/PATH URI.",
+        ),
         out: str | None = typer.Argument(
             None, metavar="OUT", help="The file to write (a directory for a .prvdir)."
         ),

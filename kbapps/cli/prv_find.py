@@ -1,5 +1,7 @@
 """``kb-prv-find PRV [--hub URL] [--json]``: where is this content? (SPEC §3.4).
 
+PRV may also be a ``sha1://SHA1`` or ``kbucket://NODE_ID/PATH`` URI (``docs/python-api.md``).
+
 Prints the download URLs the hub knows for the ``.prv``'s SHA-1, one per line, best
 first (``--json``: the hub's find answer, SPEC §4). Exit 0 found, 1 not found, 2 bad
 input, 3 hub unreachable, 130 interrupted (``docs/commands.md``).
@@ -25,7 +27,8 @@ __all__ = ("HELP", "PROG", "FindArgs", "main", "make_app", "parse", "run")
 
 PROG = "kb-prv-find"
 HELP = (
-    "Ask the hub where the content of a .prv is. Prints one URL per line, best first "
+    "Ask the hub where the content of a .prv (or a sha1:// or kbucket:// URI) is. "
+    "Prints one URL per line, best first "
     "(--json: the hub's find answer). Exit 0 found, 1 not found, 2 bad input, "
     "3 hub unreachable, 130 interrupted."
 )
@@ -49,22 +52,29 @@ def run(args: FindArgs) -> int:
     prv_path, hub, as_json = args.prv, args.hub, args.as_json
 
     from kbapps import download
+    from kbapps.uris import is_uri
     from kbproto.prv import PrvDir
 
     try:
-        document = download.load_prv_file(prv_path)
+        document = None if is_uri(prv_path) else download.load_prv_file(prv_path)
         if isinstance(document, PrvDir):
             raise download.BadInputError(f"{prv_path} is a .prvdir; kb-prv-find takes a .prv")
         options = download.default_options(hub)
 
-        async def ask() -> download.FindResult:
+        async def ask() -> tuple[str, download.FindResult]:
             async with download.make_http_client(options) as http:
-                within = options.speed_window if options.min_speed else None
-                return await download.find_content(
-                    http, options.hub_url, document.sha1, within=within
-                )
+                sha1: str
+                if document is not None:
+                    sha1 = document.sha1
+                else:  # a sha1:// or kbucket:// URI (kbapps.api, docs/python-api.md)
+                    from kbapps.api.sources import content_sha1
 
-        result = output.run_async(ask)
+                    sha1 = await content_sha1(prv_path, http, options.hub_url)
+                within = options.speed_window if options.min_speed else None
+                found = await download.find_content(http, options.hub_url, sha1, within=within)
+                return sha1, found
+
+        sha1, result = output.run_async(ask)
     except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     if as_json:
@@ -74,7 +84,7 @@ def run(args: FindArgs) -> int:
             output.line(url, stream=sys.stdout)
     if not result.found:
         if not as_json:
-            output.error(f"not found: no node of the network has {prv_path} (sha1 {document.sha1})")
+            output.error(f"not found: no node of the network has {prv_path} (sha1 {sha1})")
         return download.EXIT_NOT_FOUND
     return download.EXIT_OK
 
@@ -90,7 +100,11 @@ def make_app() -> typer.Typer:
 
     @app.command(cls=Command, help=HELP)
     def find(
-        prv: str = typer.Argument(..., metavar="PRV", help="The .prv file."),
+        prv: str = typer.Argument(
+            ...,
+            metavar="PRV",
+            help="The .prv file, or a sha1://SHA1 or kbucket://NODE_ID/PATH URI.",
+        ),
         hub: str | None = typer.Option(
             None,
             "--hub",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from kbapps.uris import sha1_uri
 from kbapps.web._format import duration, exact_bytes, human_size, natural_key, plural
 from kbapps.web._html import Child, h
 from kbapps.web.reach import Origin, origin_of, rank_sources
@@ -471,13 +472,27 @@ def _row(node_id: str, path: str, entry: Entry) -> ET.Element:
             },
             entry.sha1,
         )
+    copy: Child = (
+        None
+        if entry.sha1 is None
+        else h(
+            "button",
+            {
+                "type": "button",
+                "class": "linkish js-only copy-uri",
+                "data-uri": sha1_uri(entry.sha1, entry.name),
+                "title": "Copy its sha1:// URI (kb-prv-download, Python's kbapps.api, fsspec)",
+            },
+            "copy URI",
+        )
+    )
     return h(
         "tr",
         {"class": "row file"},
         h("td", {"class": "name"}, name),
         size,
         h("td", {"class": "prv"}, prv),
-        h("td", {"class": "sha1"}, sha1),
+        h("td", {"class": "sha1"}, sha1, copy),
     )
 
 

@@ -114,7 +114,11 @@ def test_click_through_to_share_download_file_and_prv(
     row = page.locator("table.files tr.row", has_text="raw.mda")
     expect(row.locator("td.size")).to_have_text("1.3 MB")
     expect(row.locator("td.size")).to_have_attribute("title", "1,250,000 bytes")
-    expect(row.locator("td.sha1")).to_have_text(hashlib.sha1(raw.read_bytes()).hexdigest())
+    raw_sha1 = hashlib.sha1(raw.read_bytes()).hexdigest()
+    expect(row.locator("td.sha1 a.sha")).to_have_text(raw_sha1)
+    # The copy button holds the file's sha1:// URI (issue 14).
+    copy = row.locator("td.sha1 button.copy-uri")
+    expect(copy).to_have_attribute("data-uri", f"sha1://{raw_sha1}/raw.mda")
 
     with page.expect_download() as info:
         row.locator("td.name a").click()
@@ -393,7 +397,7 @@ def test_standin_is_listed_and_downloaded_like_a_file(
     expect(page.locator("table.files td.name a")).to_have_text(["elsewhere.dat"])
     row = _row(page, "elsewhere.dat")
     expect(row.locator("td.size")).to_have_text("7 B")
-    expect(row.locator("td.sha1")).to_have_text(hashlib.sha1(ELSEWHERE).hexdigest())
+    expect(row.locator("td.sha1 a.sha")).to_have_text(hashlib.sha1(ELSEWHERE).hexdigest())
     with page.expect_download() as info:
         row.locator("td.name a").click()
     assert info.value.suggested_filename == "elsewhere.dat"

@@ -494,16 +494,18 @@ class FileTable {
     if (entry.size !== null) size.title = exactBytes(entry.size);
     let prvCell;
     let shaCell;
+    let copyButton = null;
     if (entry.prv) {
       prvCell = h("a", { href: routes.prv(this.nodeId, full), download: `${entry.name}.prv`, class: "prv-link", title: `Download ${entry.name}.prv`, text: ".prv" });
       const sha1 = entry.prv.original_checksum.toLowerCase();
       shaCell = h("a", { href: pageHref({ find: sha1, name: entry.name }), class: "mono sha", title: `${sha1} — find every copy`, text: sha1 });
+      copyButton = h("button", { type: "button", class: "linkish js-only copy-uri", "data-uri": `sha1://${sha1}/${entry.name}`, title: "Copy its sha1:// URI (kb-prv-download, Python's kbapps.api, fsspec)", text: "copy URI" });
     } else {
       prvCell = muted("—");
       shaCell = h("span", { class: "muted pending", text: "not yet indexed" });
     }
     return h("tr", { class: "row file" },
-      h("td", { class: "name" }, name), size, h("td", { class: "prv" }, prvCell), h("td", { class: "sha1" }, shaCell));
+      h("td", { class: "name" }, name), size, h("td", { class: "prv" }, prvCell), h("td", { class: "sha1" }, shaCell, copyButton));
   }
 }
 
@@ -606,6 +608,21 @@ function setupSearch() {
     }
   });
 }
+
+// "copy URI" buttons (drawn by the server or by FileTable): the file's sha1:// URI to
+// the clipboard, for kb-prv-download and Python (docs/python-api.md).
+document.addEventListener("click", async (event) => {
+  const button = event.target instanceof Element ? event.target.closest("button[data-uri]") : null;
+  if (!button) return;
+  const label = button.textContent;
+  try {
+    await navigator.clipboard.writeText(button.dataset.uri || "");
+    button.textContent = "copied";
+  } catch {
+    button.textContent = "copy failed";
+  }
+  setTimeout(() => { button.textContent = label; }, 1500);
+});
 
 setupSearch();
 for (const list of document.querySelectorAll("ol.urls")) rankUrls(list);
