@@ -40,6 +40,7 @@ FLAGS = frozenset(
         "--cache-info",
         "--clear-cache",
         "--quiet",
+        "--uri",
         "--version",
         "--help",
     }

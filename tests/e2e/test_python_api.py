@@ -352,7 +352,7 @@ def test_the_example_notebook_runs(network: Network, tmp_path: Path) -> None:
     import nbformat
 
     source = Path(__file__).parents[2] / "docs" / "python-api.ipynb"
-    notebook = nbformat.from_dict(json.loads(source.read_text()))
+    notebook = nbformat.reads(source.read_text(), as_version=4)
     saved = {k: os.environ.get(k) for k in ("KBUCKET_URL", "KBUCKET_EXAMPLE_DIR")}
     os.environ["KBUCKET_URL"] = network.hub.url
     os.environ["KBUCKET_EXAMPLE_DIR"] = network.kb("tables")
