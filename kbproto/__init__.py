@@ -13,70 +13,41 @@ interfaces (``Signer``, ``Verifier``, ``IdSource``, ``TraceSink``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    # The names as mypy and editors see them; at run time __getattr__ below provides them.
-    from kbproto._exports import *  # noqa: F403
-
-# ruff: noqa: F405  (the __all__ names come from the star import above, or lazily)
+from kbproto.actions import Action as Action
+from kbproto.actions import Dial as Dial
+from kbproto.actions import Hangup as Hangup
+from kbproto.actions import Transmit as Transmit
+from kbproto.auth import SignatureScheme as SignatureScheme
+from kbproto.auth import Signer as Signer
+from kbproto.auth import Verifier as Verifier
+from kbproto.auth import node_id_from_public_pem as node_id_from_public_pem
+from kbproto.config import HubConfig as HubConfig
+from kbproto.config import Limits as Limits
+from kbproto.config import ShareConfig as ShareConfig
+from kbproto.config import Timeouts as Timeouts
+from kbproto.core import NodeCore as NodeCore
+from kbproto.errors import LimitExceeded as LimitExceeded
+from kbproto.errors import LocalProtocolError as LocalProtocolError
+from kbproto.errors import ProtocolError as ProtocolError
+from kbproto.errors import RemoteProtocolError as RemoteProtocolError
+from kbproto.events import Event as Event
+from kbproto.hub import HubCore as HubCore
+from kbproto.ids import IdSource as IdSource
+from kbproto.ids import LinkId as LinkId
+from kbproto.ids import LookupId as LookupId
+from kbproto.ids import NodeId as NodeId
+from kbproto.ids import SeededIdSource as SeededIdSource
+from kbproto.ids import Sha1 as Sha1
+from kbproto.ids import StreamId as StreamId
+from kbproto.messages import FindResult as FindResult
+from kbproto.messages import NodeInfo as NodeInfo
+from kbproto.pump import Drained as Drained
+from kbproto.pump import drain as drain
+from kbproto.share import ShareCore as ShareCore
+from kbproto.trace import TraceRecord as TraceRecord
+from kbproto.trace import TraceSink as TraceSink
 
 __version__ = "0.1.0"
-
-#: Public name -> the module that defines it. The names are loaded on first access
-#: (PEP 562), all at once from ``kbproto._exports``: importing the whole core costs
-#: ~0.1 s of start-up, which tools that only need ``kbproto.prv`` (``kb-prv-create``)
-#: should not pay.
-_LAZY_EXPORTS = {
-    "Action": "kbproto.actions",
-    "Dial": "kbproto.actions",
-    "Drained": "kbproto.pump",
-    "Event": "kbproto.events",
-    "FindResult": "kbproto.messages",
-    "Hangup": "kbproto.actions",
-    "HubConfig": "kbproto.config",
-    "HubCore": "kbproto.hub",
-    "IdSource": "kbproto.ids",
-    "LimitExceeded": "kbproto.errors",
-    "Limits": "kbproto.config",
-    "LinkId": "kbproto.ids",
-    "LocalProtocolError": "kbproto.errors",
-    "LookupId": "kbproto.ids",
-    "NodeCore": "kbproto.core",
-    "NodeId": "kbproto.ids",
-    "NodeInfo": "kbproto.messages",
-    "ProtocolError": "kbproto.errors",
-    "RemoteProtocolError": "kbproto.errors",
-    "SeededIdSource": "kbproto.ids",
-    "Sha1": "kbproto.ids",
-    "ShareConfig": "kbproto.config",
-    "ShareCore": "kbproto.share",
-    "SignatureScheme": "kbproto.auth",
-    "Signer": "kbproto.auth",
-    "StreamId": "kbproto.ids",
-    "Timeouts": "kbproto.config",
-    "TraceRecord": "kbproto.trace",
-    "TraceSink": "kbproto.trace",
-    "Transmit": "kbproto.actions",
-    "Verifier": "kbproto.auth",
-    "drain": "kbproto.pump",
-    "node_id_from_public_pem": "kbproto.auth",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_EXPORTS:
-        raise AttributeError(f"module 'kbproto' has no attribute {name!r}")
-    from kbproto import _exports
-
-    value = getattr(_exports, name)
-    globals()[name] = value  # later accesses skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_EXPORTS})
-
 
 __all__ = (
     "Action",

@@ -75,32 +75,5 @@ def test_module_has_complete_tuple_all(path: Path) -> None:
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
-    # Names a package provides lazily (PEP 562 ``__getattr__``) are listed in an
-    # explicit ``_LAZY_EXPORTS = {name: defining module}`` dict literal.
-    bound |= {
-        key.value
-        for node in tree.body
-        if isinstance(node, ast.Assign | ast.AnnAssign)
-        and any(
-            isinstance(target, ast.Name) and target.id == "_LAZY_EXPORTS"
-            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-        )
-        and isinstance(node.value, ast.Dict)
-        for key in node.value.keys
-        if isinstance(key, ast.Constant) and isinstance(key.value, str)
-    }
     unknown = sorted(set(names) - bound)
     assert unknown == [], f"__all__ names not bound in the module: {unknown}"
-
-
-def test_lazy_exports_resolve_to_their_modules() -> None:
-    import importlib
-
-    import kbproto
-
-    lazy: dict[str, str] = kbproto._LAZY_EXPORTS
-    assert set(lazy) <= set(kbproto.__all__)
-    for name, module in lazy.items():
-        assert getattr(kbproto, name) is getattr(importlib.import_module(module), name), name
-    with pytest.raises(AttributeError):
-        kbproto.no_such_name  # noqa: B018
