@@ -18,7 +18,12 @@ so the noise of a shared machine hits every command alike, and prints median
 
 Every file is in the page cache (one warm-up run of each command first).
 
-Usage: ``python3 benchmarks/bench_hashing.py [--repeats 5] [--dir SCRATCH] [--keep]``
+``--baseline PYTHON`` also times the ``kb-prv-create`` installed beside another
+interpreter (say, a venv holding the code before a change) in every group, interleaved
+with the rest, so a before/after comparison comes from one run on one machine state.
+
+Usage: ``python3 benchmarks/bench_hashing.py [--repeats 5] [--dir SCRATCH] [--keep]
+[--baseline PYTHON]``
 """
 
 from __future__ import annotations
@@ -109,7 +114,9 @@ def _make_tree(root: Path, files: int, size: int, per_dir: int = 500) -> None:
         (folder / f"f{i:05d}.dat").write_bytes(i.to_bytes(8, "big") + noise[8:])
 
 
-def _group(title: str, commands: list[Command], repeats: int, unit_bytes: int | None) -> list[str]:
+def _group(
+    title: str, commands: list[Command], repeats: int, unit_bytes: int | None, subjects: int = 1
+) -> list[str]:
     for command in commands:  # warm-up: page cache, and fills the hash cache if used
         command.run(record=False)
     for _ in range(repeats):
@@ -131,15 +138,19 @@ def _group(title: str, commands: list[Command], repeats: int, unit_bytes: int | 
             row += f" {unit_bytes / 1e6 / statistics.median(command.walls):.0f} |"
         lines.append(row)
     lines.append("")
-    first = commands[0]
-    for other in commands[1:]:
-        # Per-repeat ratios (A and B ran back to back), then their median [min-max].
-        times = [a / b for a, b in zip(first.walls, other.walls, strict=True)]
-        speeds = [1 / t for t in times]
-        lines.append(
-            f"- time {first.name} / {other.name}: {_median_range(times, '{:.2f}')};"
-            f" throughput ratio: {_median_range(speeds, '{:.2f}')}"
-        )
+    # The first ``subjects`` commands (kb-prv-create, and its baseline if any) are
+    # compared with every command after them.
+    for index, first in enumerate(commands[:subjects]):
+        for other in commands[index + 1 :]:
+            # Per-repeat ratios (A and B ran back to back), then their median [min-max].
+            times = [a / b for a, b in zip(first.walls, other.walls, strict=True)]
+            speeds = [1 / t for t in times]
+            cpus = [a / b for a, b in zip(first.cpus, other.cpus, strict=True) if b > 0]
+            lines.append(
+                f"- time {first.name} / {other.name}: {_median_range(times, '{:.2f}')};"
+                f" throughput ratio: {_median_range(speeds, '{:.2f}')}"
+                + (f"; CPU ratio: {_median_range(cpus, '{:.2f}')}" if cpus else "")
+            )
     lines.append("")
     return lines
 
@@ -154,14 +165,23 @@ def main() -> int:
     parser.add_argument("--file-size", type=int, default=4096)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--only", choices=["big", "tree", "cached"], action="append")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="PYTHON",
+        help="also time the kb-prv-create installed beside this interpreter",
+    )
     args = parser.parse_args()
 
     # The console script installed beside this interpreter, not whatever is first on
     # PATH: a pyenv shim there is a bash script that costs ~0.1 s per run by itself.
     kb = str(Path(sys.executable).parent / "kb-prv-create")
-    if not Path(kb).exists():
-        print(f"{kb} is not installed (python3 -m pip install .)", file=sys.stderr)
-        return 2
+    base_kb = str(args.baseline.parent / "kb-prv-create") if args.baseline else None
+    for script in (kb, base_kb):
+        if script is not None and not Path(script).exists():
+            print(f"{script} is not installed (python3 -m pip install .)", file=sys.stderr)
+            return 2
     scratch = Path(tempfile.mkdtemp(prefix="kbbench-", dir=args.dir))
     try:
         big = scratch / "big.bin"
@@ -175,7 +195,7 @@ def main() -> int:
         if "tree" in groups or "cached" in groups:
             _make_tree(tree, args.files, args.file_size)
             # Files modified in the last 2 s are hashed but not cached (racy mtime
-            # window, see kbapps/hashing.py): let the new files age past it.
+            # window, see kbapps/hashing/cache.py): let the new files age past it.
             time.sleep(2.5)
 
         # A pip install compiles bytecode at install time, but this machine's
@@ -188,8 +208,27 @@ def main() -> int:
         def env_with(cache: Path) -> dict[str, str]:
             return {**base_env, "KBUCKET_CACHE_DIR": str(cache)}
 
-        cold = scratch / "cache-cold"
-        warm = scratch / "cache-warm"
+        def kb_commands(
+            name: str, source: Path, out: str, cache: str, empty: bool
+        ) -> list[Command]:
+            # kb-prv-create, then the baseline's if asked; each with a cache of its own
+            # (emptied before each run if ``empty``).
+            made: list[Command] = []
+            for script, suffix in ((kb, ""), (base_kb, "-baseline")):
+                if script is None:
+                    continue
+                where = scratch / f"{cache}{suffix}"
+                made.append(
+                    Command(
+                        f"{name} (baseline)" if suffix else name,
+                        [script, str(source), str(scratch / f"{suffix}{out}")],
+                        env_with(where),
+                        before=[str(where)] if empty else [],
+                    )
+                )
+            return made
+
+        nkb = 2 if base_kb is not None else 1
         out: list[str] = [
             f"Machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
             f"{args.repeats} interleaved repeats after one warm-up; page cache warm.",
@@ -200,29 +239,20 @@ def main() -> int:
             out += _group(
                 f"One {size >> 20} MiB file",
                 [
-                    Command(
-                        "kb-prv-create",
-                        [kb, str(big), str(scratch / "big.prv")],
-                        env_with(cold),
-                        before=[str(cold)],
-                    ),
+                    *kb_commands("kb-prv-create", big, "big.prv", "cache-cold", empty=True),
                     Command("openssl dgst -sha1", ["openssl", "dgst", "-sha1", str(big)]),
                     Command("sha1sum", ["sha1sum", str(big)]),
                 ],
                 args.repeats,
                 size,
+                nkb,
             )
         if "tree" in groups:
             total = sum(f.stat().st_size for f in tree.rglob("*.dat"))
             out += _group(
                 f"{args.files} files of {args.file_size} B (empty hash cache)",
                 [
-                    Command(
-                        "kb-prv-create",
-                        [kb, str(tree), str(scratch / "t.prvdir")],
-                        env_with(cold),
-                        before=[str(cold)],
-                    ),
+                    *kb_commands("kb-prv-create", tree, "t.prvdir", "cache-cold", empty=True),
                     Command(
                         "find \\| xargs sha1sum",
                         [
@@ -243,15 +273,14 @@ def main() -> int:
                 ],
                 args.repeats,
                 total,
+                nkb,
             )
         if "cached" in groups:
             out += _group(
                 f"{args.files} files, second run (warm hash cache) vs a bare walk",
                 [
-                    Command(
-                        "kb-prv-create (cached)",
-                        [kb, str(tree), str(scratch / "t2.prvdir")],
-                        env_with(warm),
+                    *kb_commands(
+                        "kb-prv-create (cached)", tree, "t2.prvdir", "cache-warm", empty=False
                     ),
                     Command(
                         "scandir+stat walk (python3)",
@@ -261,6 +290,7 @@ def main() -> int:
                 ],
                 args.repeats,
                 None,
+                nkb,
             )
         print("\n".join(out))
     finally:

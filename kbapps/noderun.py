@@ -8,10 +8,11 @@ Strategy
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 or 2.
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
-   routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
-   interface (``kbapps.web``) on the same router. The routes that ask the network
-   themselves (web pages, stand-in downloads) get a ``kbapps.nodeapp.NodeApp``,
-   attached to the node's whole app once it runs.
+   routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
+   (``kbapps.hashing.ProcessPool``, forked before the event loop starts any thread);
+   for both kinds, the web interface (``kbapps.web``) on the same router. The routes
+   that ask the network themselves (web pages, stand-in downloads) get a
+   ``kbapps.nodeapp.NodeApp``, attached to the node's whole app once it runs.
 3. ``kbtransport.node.serve_node`` under ``output.run_async`` (``anyio.run``): the
    listener walks the port policy (a share's default is the first free port from 2000
    to 2999: only a real bind can tell, without a race), the core is built for the port
@@ -435,12 +436,14 @@ async def _serve_once(
 
 
 def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
+    from kbapps.hashing import ProcessPool
     from kbapps.share.app import build_share_app
     from kbapps.share.index import FileIndex
-    from kbapps.share.indexer import Indexer, IndexerHooks
+    from kbapps.share.indexer import Indexer, IndexerHooks, default_hasher
     from kbapps.share.paths import ShareDir
     from kbapps.web import add_web_routes
 
+    pool = ProcessPool()  # started below, before anyio.run starts any thread
     index = FileIndex.for_share(setup.kbucket_dir, on_warning=output.warning)
     hashed = 0
     hashed_initial: list[int] = []
@@ -473,6 +476,7 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
             on_initial_done=initial_done,
             on_warning=output.warning,
         ),
+        hasher=default_hasher(pool=pool),
     )
     network = NodeApp()
     app = build_share_app(
@@ -500,10 +504,16 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
 
         return index_forever
 
+    # The hashing processes are forked now, while this process runs one thread:
+    # anyio.run starts worker threads, and a child forked beside them could inherit a
+    # lock another thread holds. The indexer's worker threads send their hashing to
+    # these processes (kbapps.hashing.pool).
+    pool.start()
     try:
         output.run_async(_serve, setup, app.router, run, console, started)
     finally:
         index.close()
+        pool.close()
 
 
 def _run_hub(setup: NodeSetup, run: RunOptions, console: _Console) -> None:

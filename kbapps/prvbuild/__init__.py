@@ -17,9 +17,10 @@ Two steps, so a command can show a progress bar with known totals:
    * ``_plan``: which directories are unchanged since their fragment was stored (on
      a re-run the walk and those checks are shared by two processes);
    * ``_worker``: the files to hash, cut into chunks, read, hashed and turned into
-     finished ``.prvdir`` text by one process;
-   * ``_pool``: those chunks on this process and forked workers fed through a pipe
-     each, while the walk still runs;
+     finished ``.prvdir`` text by one process (the job ``kbapps.hashing.pool`` runs
+     on this process and its workers, fed while the walk still runs);
+   * ``_collect``: what the workers report, per directory, and the big files they
+     leave to this process;
    * ``_fragments``: per tree, one checksummed file in the cache directory keeps
      every directory's text, the key of each of its files (name, dev, ino, size,
      mtime_ns) and their digests: an unchanged directory costs one ``stat`` per file

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from kbapps import hashing
+from kbapps.hashing import default_workers
 
 if TYPE_CHECKING:
     from kbapps.hashing import HashCache
@@ -16,10 +16,9 @@ if TYPE_CHECKING:
 # a tenth of a cached run over 20,000 files). A test checks they are equal.
 #: ``kbproto.prv.PrvLimits().max_depth``.
 MAX_DEPTH = 256
-#: ``kbproto.prv.PRV_VERSION``, ``FCS_PREFIX`` and ``FCS_HEAD_BYTES``.
+#: ``kbproto.prv.PRV_VERSION`` and ``FCS_PREFIX``.
 PRV_VERSION = "0.11"
 FCS_PREFIX = "head1000-"
-FCS_HEAD_BYTES = hashing.FCS_HEAD_BYTES
 
 #: Called with one line per warning (a skipped entry, a cache problem).
 Warn = Callable[[str], None]
@@ -57,7 +56,7 @@ class BuildOptions(NamedTuple):
 
     def nworkers(self) -> int:
         """The number of processes to use (at least 1)."""
-        return hashing.default_workers() if self.workers is None else max(1, self.workers)
+        return default_workers() if self.workers is None else max(1, self.workers)
 
     def warn(self) -> Warn:
         """``on_warning``, or a function that drops the line."""

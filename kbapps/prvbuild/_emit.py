@@ -12,13 +12,13 @@ from kbapps.hashing import RACY_WINDOW_NS, FragmentWriter, HashCache
 from kbapps.prvbuild._text import directory_text, open_dir, stored_texts
 
 if TYPE_CHECKING:
-    from kbapps.hashing import _Buffer
-    from kbapps.prvbuild._pool import Collected
+    from kbapps.hashing import Buffer
+    from kbapps.prvbuild._collect import Collected
     from kbapps.prvbuild._scan import ScannedDir
 
 #: Takes the document as lists of pieces (bytes or read-only buffers), over one or
 #: more calls: all the pieces, in order, are the document. The list is not kept.
-Writer = Callable[[list["_Buffer"]], None]
+Writer = Callable[[list["Buffer"]], None]
 #: The document is handed to ``write`` in pieces of about this much, so few writes
 #: while hashing goes on, and little held in memory.
 OUT_PIECE_BYTES = 1 << 20
@@ -52,12 +52,12 @@ class Emitter:
         self.expected: dict[int, int] = {}  # files of each listed directory
         self.children: list[list[tuple[str, int]]] = [[]]
         self.stack: list[int | bytes] = [0]
-        self.out: list[_Buffer] = []
+        self.out: list[Buffer] = []
         self.out_bytes = 0
         self.fragments: FragmentWriter | None = None
         if cache is not None:
             try:
-                self.fragments = cache.fragment_writer(scope)
+                self.fragments = cache.fragments.writer(scope)
             except OSError as exc:
                 self._store_failed(exc)
 

@@ -1,8 +1,8 @@
 """The fragment cache of a tree: finding stored digests, checking directories
 against their stored keys, and storing a tree's fragments.
 
-Per tree, one checksummed file in the cache directory (``HashCache.load_fragments``,
-``store_fragments``) keeps every directory's ``.prvdir`` text, the key of each of its
+Per tree, one checksummed file in the cache directory (``HashCache.fragments``)
+keeps every directory's ``.prvdir`` text, the key of each of its
 files and their digests (see ``_text``). An unchanged directory then costs one
 ``stat`` per file and a comparison (``check_dirs``; on two processes for big trees:
 ``check_stored``, ``check_part``). When a directory did change, the digests stored
@@ -26,14 +26,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from kbapps import hashing
-from kbapps.hashing import PARALLEL_MIN_FILES, HashCache
+from kbapps.hashing import PARALLEL_MIN_FILES, ForkedTask, HashCache
 from kbapps.prvbuild._common import Key, Warn
 from kbapps.prvbuild._scan import BY_NAME
 from kbapps.prvbuild._text import KEY_PART, key_bytes, stored_digests
 
 if TYPE_CHECKING:
-    from kbapps.hashing import _Buffer
+    from kbapps.hashing import Buffer, Fragments
     from kbapps.prvbuild._scan import ScannedDir, ScannedFile
 
 
@@ -46,7 +45,7 @@ def enclosing_digests(
     there is none."""
     scope = directory
     while True:
-        known = cache.load_fragments(scope) if itself or scope != directory else {}
+        known = cache.fragments.load(scope) if itself or scope != directory else {}
         if known:
             break
         parent = os.path.dirname(scope)
@@ -68,51 +67,43 @@ def enclosing_digests(
 def store_fragments(
     cache: HashCache,
     scope: str,
-    keep: list[tuple[str, _Buffer, _Buffer, _Buffer]],
+    keep: list[tuple[str, Buffer, Buffer, Buffer]],
     hashed: int,
     workers: int,
     warn: Warn,
 ) -> Callable[[], None] | None:
     """Store the tree's fragments; when there are many (after hashing many files),
-    in a forked process, and return a function that waits for it."""
+    in a forked process (``ForkedTask``), and return a function that waits for it."""
 
     def store() -> str | None:
         try:
-            cache.store_fragments(scope, keep)
+            cache.fragments.store(scope, keep)
         except OSError as exc:
             return f"hash cache: cannot store directory fragments: {exc.strerror or exc}"
         return None
 
-    if hashed < PARALLEL_MIN_FILES or workers < 2 or not hasattr(os, "fork"):
+    task = ForkedTask.start(store) if hashed >= PARALLEL_MIN_FILES and workers >= 2 else None
+    if task is None:
         message = store()
         if message:
             warn(message)
         return None
 
-    def body(result_fd: int) -> None:  # pragma: no cover - runs in the child
-        failed = store()
-        with os.fdopen(result_fd, "wb", buffering=0) as pipe:
-            hashing._send_frame(pipe, [("stored", failed)])
-
-    child = hashing._Child(body)
-
     def wait() -> None:
-        answer: list[tuple[str, str | None]] = []
         try:
-            while not child.eof:
-                answer.extend(child.drain(block=True))
+            stored, message = task.result()
         finally:
-            child.close(kill=False)
-        if not answer:  # the child died: store here
-            answer = [("stored", store())]
-        if answer[0][1]:
-            warn(answer[0][1])
+            task.close()
+        if not stored:  # the process died: store here
+            message = store()
+        if message:
+            warn(message)
 
     return wait
 
 
 def check_dirs(
-    items: Sequence[tuple[int, list[ScannedFile], _Buffer]], exclude: frozenset[tuple[int, int]]
+    items: Sequence[tuple[int, list[ScannedFile], Buffer]], exclude: frozenset[tuple[int, int]]
 ) -> list[tuple[int, bool, int]]:
     """Return, for each ``(dir index, files in name order, stored key text)``, whether
     the directory's key text is unchanged, and its bytes."""
@@ -155,44 +146,38 @@ def check_dirs(
 
 
 def check_stored(
-    items: Sequence[tuple[int, list[ScannedFile], _Buffer]],
+    items: Sequence[tuple[int, list[ScannedFile], Buffer]],
     exclude: frozenset[tuple[int, int]],
     workers: int,
 ) -> list[tuple[int, bool, int]]:
-    """``check_dirs`` on two processes when there are many files: a forked child
-    checks the second half (by files) while this process checks the first."""
+    """``check_dirs`` on two processes when there are many files: a forked one
+    (``ForkedTask``) checks the second half (by files) while this one checks the
+    first."""
     total = sum([len(item[1]) for item in items])
-    if workers < 2 or total < PARALLEL_MIN_FILES or not hasattr(os, "fork"):
+    if workers < 2 or total < PARALLEL_MIN_FILES:
         return check_dirs(items, exclude)
     split, counted = 0, 0
     while counted * 2 < total:
         counted += len(items[split][1])
         split += 1
     theirs_items = items[split:]
-
-    def body(result_fd: int) -> None:  # pragma: no cover - runs in the child
-        with os.fdopen(result_fd, "wb", buffering=0) as pipe:
-            hashing._send_frame(pipe, check_dirs(theirs_items, exclude))
-
-    child = hashing._Child(body)
-    ok = False
+    task = ForkedTask.start(lambda: check_dirs(theirs_items, exclude))
+    if task is None:
+        return check_dirs(items, exclude)
     try:
         mine = check_dirs(items[:split], exclude)
-        theirs: list[tuple[int, bool, int]] = []
-        while not child.eof:
-            theirs.extend(child.drain(block=True))
-        ok = True
+        checked, theirs = task.result()
     finally:
-        child.close(kill=not ok)
-    if len(theirs) != len(theirs_items):  # the child died: do its part here
+        task.close()
+    if not checked or len(theirs) != len(theirs_items):  # it died: do its part here
         theirs = check_dirs(theirs_items, exclude)
-    return mine + theirs
+    return mine + list(theirs)
 
 
 def check_part(
     found: list[ScannedFile],
     dirs: Sequence[ScannedDir],
-    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    known: Fragments,
     exclude: frozenset[tuple[int, int]],
 ) -> tuple[list[tuple[int, int, int]], list[ScannedFile]]:
     """Check the directories of ``found`` (files of one directory one after the
@@ -204,7 +189,7 @@ def check_part(
             groups[-1].append(scanned)
         else:
             groups.append([scanned])
-    to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
+    to_check: list[tuple[int, list[ScannedFile], Buffer]] = []
     pending: list[ScannedFile] = []
     by_index: dict[int, list[ScannedFile]] = {}
     for listed in groups:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kbapps import hashing
-from kbapps.hashing import PARALLEL_MIN_FILES, FileKey
+from kbapps.hashing import PARALLEL_MIN_FILES, FileKey, ForkedTask
 from kbapps.prvbuild import _fragments
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, PrvBuildError, Warn
 from kbapps.prvbuild._scan import (
@@ -22,7 +21,7 @@ from kbapps.prvbuild._scan import (
 )
 
 if TYPE_CHECKING:
-    from kbapps.hashing import _Buffer
+    from kbapps.hashing import Buffer, Fragments
 
 
 class TreePlan(NamedTuple):
@@ -34,7 +33,7 @@ class TreePlan(NamedTuple):
         pending: for each directory to (re)build, its files in name order.
         hits: for each unchanged directory (served from its stored fragment), its
             number of files and of bytes.
-        known: the tree's stored fragments (``HashCache.load_fragments``).
+        known: the tree's stored fragments (``HashCache.fragments``).
         total_files: every file of the tree (for a progress bar).
         options: what ``plan_prvdir`` was given (``write_planned`` goes on with it).
     """
@@ -43,14 +42,14 @@ class TreePlan(NamedTuple):
     dirs: tuple[ScannedDir, ...]
     pending: dict[int, list[ScannedFile]]
     hits: dict[int, tuple[int, int]]
-    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]]
+    known: Fragments
     total_files: int
     options: BuildOptions
 
 
 def plan_from_scan(
     scan: TreeScan,
-    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    known: Fragments,
     options: BuildOptions,
 ) -> TreePlan:
     """Group the files of ``scan`` by directory (each in name order) and check the
@@ -61,7 +60,7 @@ def plan_from_scan(
         if listed is None:
             files_of[scanned.dir_index] = listed = []
         listed.append(scanned)
-    to_check: list[tuple[int, list[ScannedFile], _Buffer]] = []
+    to_check: list[tuple[int, list[ScannedFile], Buffer]] = []
     for index, listed in files_of.items():
         listed.sort(key=BY_NAME)
         stored = known.get(scan.dirs[index].relpath)
@@ -82,8 +81,8 @@ def plan_prvdir(root: str, options: BuildOptions = DEFAULT_OPTIONS) -> TreePlan:
     so a caller can size a progress bar before hashing starts.
 
     When the tree has a fragment file (a re-run) of many files, the walk itself is
-    shared with a forked process: each lists and checks half of the root's
-    subdirectories, and only the files of changed directories come back.
+    shared with a forked process (``ForkedTask``): each lists and checks half of the
+    root's subdirectories, and only the files of changed directories come back.
 
     Args:
         root: the directory.
@@ -93,19 +92,17 @@ def plan_prvdir(root: str, options: BuildOptions = DEFAULT_OPTIONS) -> TreePlan:
         PrvBuildError: as ``scan_directory``.
     """
     cache = options.cache
-    known = cache.load_fragments(os.path.realpath(root)) if cache is not None else {}
+    known = cache.fragments.load(os.path.realpath(root)) if cache is not None else {}
     return plan_known(root, options, known)
 
 
-def plan_known(
-    root: str, options: BuildOptions, known: dict[str, tuple[_Buffer, _Buffer, _Buffer]]
-) -> TreePlan:
+def plan_known(root: str, options: BuildOptions, known: Fragments) -> TreePlan:
     """``plan_prvdir`` with the tree's stored fragments already loaded."""
     warn = options.warn()
     nworkers = options.nworkers()
     # 80 hex digits of digests per stored file.
     stored_files = sum([len(entry[2]) for entry in known.values()]) // 80
-    if stored_files < PARALLEL_MIN_FILES or nworkers < 2 or not hasattr(os, "fork"):
+    if stored_files < PARALLEL_MIN_FILES or nworkers < 2:
         return plan_from_scan(scan_directory(root, on_warning=warn), known, options)
     root_real, stack = start_walk(root)
     dirs: list[ScannedDir] = [ScannedDir(-1, "", "")]
@@ -127,39 +124,34 @@ def plan_known(
         walk(root, root_real, items, dirs, found, emit)
         return _fragments.check_part(found, dirs, known, options.exclude)
 
-    def body(result_fd: int) -> None:  # pragma: no cover - runs in the child
+    def their_half() -> tuple[Any, ...]:  # pragma: no cover - runs in a forked process
         messages: list[str] = []
-        answer: tuple[Any, ...]
         try:
             hits, pending = part(theirs, [], messages.append)
-            answer = (
-                None,
-                messages,
-                [tuple(d) for d in dirs[base:]],
-                hits,
-                [(f.path, tuple(f.key) if f.key else None, f.dir_index, f.name) for f in pending],
-            )
         except PrvBuildError as exc:
-            answer = (str(exc), messages)
-        with os.fdopen(result_fd, "wb", buffering=0) as pipe:
-            hashing._send_frame(pipe, [answer])
+            return (str(exc), messages)
+        return (
+            None,
+            messages,
+            [tuple(d) for d in dirs[base:]],
+            hits,
+            [(f.path, tuple(f.key) if f.key else None, f.dir_index, f.name) for f in pending],
+        )
 
-    child = hashing._Child(body)
-    ok = False
+    task = ForkedTask.start(their_half)
+    if task is None:  # this process may not fork now: it walks the rest alone
+        walk(root, root_real, stack, dirs, files, warn)
+        return plan_from_scan(TreeScan(root, tuple(dirs), tuple(files)), known, options)
     try:
         hits, pending = part(mine, files, warn)
-        answers: list[Any] = []
-        while not child.eof:
-            answers.extend(child.drain(block=True))
-        ok = True
+        answered, answer = task.result()
     finally:
-        child.close(kill=not ok)
-    if not answers:  # the child died: walk its half here
+        task.close()
+    if not answered:  # the other process died: walk its half here
         more_hits, more_pending = part(theirs, [], warn)
         hits += more_hits
         pending += more_pending
     else:
-        (answer,) = answers
         for message in answer[1]:
             warn(message)
         if answer[0] is not None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kbapps.prvbuild._common import FCS_PREFIX, PRV_VERSION, Key
 
 if TYPE_CHECKING:
-    from kbapps.hashing import _Buffer
+    from kbapps.hashing import Buffer, Fragments
     from kbapps.prvbuild._scan import ScannedDir
 
 try:
@@ -77,7 +77,7 @@ def key_bytes(text: str) -> bytes:
 
 
 def stored_digests(
-    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    known: Fragments,
 ) -> dict[Key, tuple[str, str]]:
     """Return ``key -> (sha1, head_sha1)`` for every file of a tree's stored fragments
     (from each directory's key text and digests; see ``segment_texts``)."""
@@ -163,15 +163,15 @@ def segment_texts(
 
 
 def assemble(
-    dirs: Sequence[ScannedDir], depth: list[int], fragments: list[_Buffer | None]
-) -> list[_Buffer]:
+    dirs: Sequence[ScannedDir], depth: list[int], fragments: list[Buffer | None]
+) -> list[Buffer]:
     """Return the whole document as pieces: the same layout and order as
     ``serialize_prvdir``, from the directory list and each directory's entries text
     (None or empty for a directory without files)."""
     children: list[list[tuple[str, int]]] = [[] for _ in dirs]
     for index in range(1, len(dirs)):
         children[dirs[index].parent].append((dirs[index].name, index))
-    out: list[_Buffer] = []
+    out: list[Buffer] = []
     stack: list[int | bytes] = [0]
     while stack:
         item = stack.pop()
@@ -185,10 +185,10 @@ def assemble(
 
 def open_dir(
     depth: int,
-    fragment: _Buffer | None,
+    fragment: Buffer | None,
     subdirs: list[tuple[str, int]],
     stack: list[int | bytes],
-    out: list[_Buffer],
+    out: list[Buffer],
 ) -> None:
     """One step of ``assemble``: append a directory's text up to its first
     subdirectory to ``out``, and push the rest (each subdirectory's index after the

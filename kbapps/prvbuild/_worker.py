@@ -1,15 +1,15 @@
 """One worker's hashing: the files of a chunk read, hashed and turned into their
-finished ``.prvdir`` texts (``TreeWorker``), and how the files to hash are laid out
-and cut into chunks (``Jobs``, ``cut_chunks``).
+finished ``.prvdir`` texts (``TreeWorker``, the job ``kbapps.hashing.pool`` runs in
+every process), and how the files to hash are laid out and cut into chunks (``Jobs``,
+``cut_chunks``).
 
 The files to hash are laid out directory by directory, each directory's files sorted
 by name, and cut into chunks of consecutive files (a chunk may hold the end of one
-directory and the start of the next: "segments"). A segment is plain data, so a
-chunk can be sent to a worker forked before it existed (``_pool``). A worker turns
-each segment straight into its finished texts (entries, keys, digests:
-``_text.segment_texts``): formatting runs on every core too, and one marshal message
-per chunk carries it all. Files of ``BIG_FILE_BYTES`` and up are left to the parent
-(``_pool.finish_raw``).
+directory and the start of the next: "segments"). A chunk is plain data, so it can be
+sent to a worker process started before it existed. A worker turns each segment
+straight into its finished texts (entries, keys, digests: ``_text.segment_texts``):
+formatting runs on every core too, and one marshal message per chunk carries it all.
+Files of ``BIG_FILE_BYTES`` and up are left to the caller (``_collect.finish_raw``).
 """
 
 from __future__ import annotations
@@ -21,25 +21,25 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kbapps import hashing
-from kbapps.hashing import BIG_FILE_BYTES, BUFFER_SIZE, RACY_WINDOW_NS, HashCache
-from kbapps.prvbuild._common import FCS_HEAD_BYTES, Key
+from kbapps.hashing import (
+    BIG_FILE_BYTES,
+    RACY_WINDOW_NS,
+    FileHasher,
+    HashCache,
+    error_text,
+    is_database_error,
+)
+from kbapps.hashing import digest as digest_module
+from kbapps.prvbuild._common import Key
 from kbapps.prvbuild._text import segment_texts
 
 if TYPE_CHECKING:
-    import hashlib
-    import sqlite3
-
     from kbapps.prvbuild._scan import ScannedFile
-else:  # imported when first used (see hashing._LazyModule)
-    hashlib = hashing._LazyModule("hashlib", globals())
-    sqlite3 = hashing._LazyModule("sqlite3", globals())
 
 #: Files per chunk: ~1-2 ms of work, few messages, and the last chunk finishes soon.
 CHUNK_FILES = 128
-#: ``hashing._open_for_hashing`` as it is (tests replace it), and its flags.
-_OPEN_FOR_HASHING = hashing._open_for_hashing
-_OPEN_FLAGS = hashing._OPEN_FLAGS
+#: ``open_for_hashing`` as it is (tests replace it).
+_OPEN_FOR_HASHING = digest_module.open_for_hashing
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: A file modified less than this before it is read takes the careful read (an fstat
 #: before and after); an older one is read first and fstat-ed once (see ``_segment``).
@@ -47,14 +47,17 @@ _QUIET_NS = RACY_WINDOW_NS
 
 #: A segment, the files of one directory in one chunk: (dir index, first job index,
 #: the directory's depth, its relative path, paths, names, keys). Self-contained
-#: plain data, so it goes to a worker forked before it existed (marshal).
+#: plain data, so it goes to a worker started before it existed (marshal).
 Segment = tuple[int, int, int, str, list[str], list[str], list["Key | None"]]
 #: What a worker reports, as plain tuples (marshal):
-#: ("t", chunk, dir, first, entries text, key text, digests, newest mtime_ns, files,
-#: bytes); ("r", chunk, dir, first, records, files, bytes) for a segment holding big
-#: files (records as for ``segment_texts``, sha1 None for a big file);
-#: ("e", chunk, dir, name, reason); ("w", chunk, message); ("c", chunk): chunk done.
+#: ("t", dir, first, entries text, key text, digests, newest mtime_ns, files, bytes);
+#: ("r", dir, first, records, files, bytes) for a segment holding big files (records
+#: as for ``segment_texts``, sha1 None for a big file); ("e", dir, name, reason);
+#: ("w", message).
 Report = tuple[Any, ...]
+#: What a worker process builds its ``TreeWorker`` from (``tree_worker``): files to
+#: leave out, the stored digests by key, whether to look keys up, the cache's path.
+Context = tuple[frozenset[tuple[int, int]], dict[Key, tuple[str, str]], bool, "str | None"]
 
 
 class Jobs(NamedTuple):
@@ -98,19 +101,21 @@ class TreeWorker:
         self.cache = cache
         self.table = table
         self.lookups = lookups
-        self.buffer = bytearray(BUFFER_SIZE)
-        self.view = memoryview(self.buffer)
+        self.hasher = FileHasher()
 
-    def process(self, chunk: int, segments: Sequence[Segment]) -> list[Report]:
-        """Return the reports of one chunk, ending with its ("c", chunk)."""
+    def process(self, segments: Sequence[Segment]) -> list[Report]:
+        """Return the reports of one chunk."""
         out: list[Report] = []
         for segment in segments:
-            self._segment(chunk, segment, out)
-        out.append(("c", chunk))
+            self._segment(segment, out)
         return out
 
+    def finish(self) -> list[Report]:
+        """Nothing to store at the end (the tree's digests go to its fragments)."""
+        return []
+
     def _lookup(
-        self, chunk: int, paths: Sequence[str], given: Sequence[Key | None], out: list[Report]
+        self, paths: Sequence[str], given: Sequence[Key | None], out: list[Report]
     ) -> tuple[list[Key | None], dict[Key, tuple[str, str]]]:
         # Keys (a stat per file the parent did not stat) and their known digests.
         keys: list[Key | None] = []
@@ -130,12 +135,14 @@ class TreeWorker:
                 found.update(
                     self.cache.lookup_raw([k for k in keys if k is not None and k not in found])
                 )
-            except sqlite3.Error as exc:
-                out.append(("w", chunk, f"hash cache unusable, continuing without it: {exc}"))
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                out.append(("w", f"hash cache unusable, continuing without it: {exc}"))
                 self.cache = None
         return keys, found
 
-    def _segment(self, chunk: int, segment: Segment, out: list[Report]) -> None:
+    def _segment(self, segment: Segment, out: list[Report]) -> None:
         # This loop is the whole cost of a first run over many small files: plain
         # tuples and local names only.
         #
@@ -144,13 +151,13 @@ class TreeWorker:
         # than _QUIET_NS: a write starts by setting the mtime to the (coarse) clock,
         # so a write during our read would show a recent mtime in that fstat. Any
         # other file (recent, big, short read, not regular) is read again the careful
-        # way, as ``kbapps.hashing`` does.
+        # way (``FileHasher.hash_fd``).
         _, _, _, _, paths, names, given = segment
         keys: Sequence[Key | None] = ()
         found: dict[Key, tuple[str, str]] = {}
         if self.lookups:
-            keys, found = self._lookup(chunk, paths, given, out)
-        open_ = hashing._open_for_hashing  # looked up here: tests replace it
+            keys, found = self._lookup(paths, given, out)
+        open_ = digest_module.open_for_hashing  # looked up here: tests replace it
         # Names relative to the open directory: the kernel resolves one component per
         # open instead of the whole path, and a shorter string is converted (~0.3 us
         # of ~20 per file). Only with the usual open (tests replace it to watch it).
@@ -161,14 +168,13 @@ class TreeWorker:
                     paths[0][: -len(names[0]) - 1] or "/", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
                 )
         try:
-            self._files(chunk, segment, out, keys, found, dir_fd, open_)
+            self._files(segment, out, keys, found, dir_fd, open_)
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)
 
     def _files(
         self,
-        chunk: int,
         segment: Segment,
         out: list[Report],
         keys: Sequence[Key | None],
@@ -178,16 +184,15 @@ class TreeWorker:
     ) -> None:
         # The loop of _segment (see there), with the directory open as dir_fd if >= 0.
         dir_index, first, depth, relbase, paths, names, _ = segment
-        buffer, view = self.buffer, self.view
-        full = len(buffer)
-        buffers = (buffer,)
+        hasher = self.hasher
+        full = len(hasher.buffer)
+        buffers = (hasher.buffer,)
+        digest_read, hash_fd = hasher.digest_read, hasher.hash_fd
         quiet = time.time_ns() - _QUIET_NS
-        os_open, flags = os.open, _OPEN_FLAGS
+        os_open, flags = os.open, digest_module.OPEN_FLAGS
         exclude = self.exclude
-        fstat, readv, close, hash_fd = os.fstat, os.readv, os.close, hashing._hash_fd
-        sha1 = hashlib.sha1
+        fstat, readv, close = os.fstat, os.readv, os.close
         is_reg = stat.S_ISREG
-        head_bytes = FCS_HEAD_BYTES
         # (job, name, sha1, head, size, dev, ino, key size, mtime_ns); sha1 None for
         # a big file left to the parent.
         records: list[tuple[Any, ...]] = []
@@ -206,7 +211,7 @@ class TreeWorker:
             try:
                 fd = os_open(name, flags, dir_fd=dir_fd) if dir_fd >= 0 else open_(path)
             except OSError as exc:
-                out.append(("e", chunk, dir_index, name, hashing._error_text(exc)))
+                out.append(("e", dir_index, name, error_text(exc)))
                 return
             try:
                 try:
@@ -221,13 +226,7 @@ class TreeWorker:
                 size = st.st_size
                 mtime = st.st_mtime_ns
                 if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
-                    if n <= head_bytes:
-                        whole = head = sha1(view[:n]).hexdigest()
-                    else:
-                        digest = sha1(view[:head_bytes])
-                        head = digest.hexdigest()
-                        digest.update(view[head_bytes:n])
-                        whole = digest.hexdigest()
+                    whole, head = digest_read(n)
                     append((job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime))
                     continue
                 if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
@@ -237,21 +236,34 @@ class TreeWorker:
                     continue
                 if is_reg(st.st_mode):
                     os.lseek(fd, 0, os.SEEK_SET)
-                whole, head, total, dev, ino, ksize, mtime = hash_fd(fd, buffer, view, None)
+                whole, head, total, dev, ino, ksize, mtime = hash_fd(fd)
             except OSError as exc:
-                out.append(("e", chunk, dir_index, name, hashing._error_text(exc)))
+                out.append(("e", dir_index, name, error_text(exc)))
                 return
             finally:
                 close(fd)
             append((job, name, whole, head, total, dev, ino, ksize, mtime))
         nbytes = sum([r[4] for r in records])
         if big:
-            out.append(("r", chunk, dir_index, first, records, len(paths), nbytes))
+            out.append(("r", dir_index, first, records, len(paths), nbytes))
             return
         text, keys_text, digests, newest = segment_texts(records, depth, relbase)
-        out.append(
-            ("t", chunk, dir_index, first, text, keys_text, digests, newest, len(paths), nbytes)
-        )
+        out.append(("t", dir_index, first, text, keys_text, digests, newest, len(paths), nbytes))
+
+
+def tree_worker(context: Context) -> TreeWorker:
+    """The ``TreeWorker`` of a worker process (the pool's factory): its own cache
+    connection (never one across fork), opened only if lookups may find something."""
+    exclude, table, lookups, cache_path = context
+    cache = None
+    if cache_path is not None:
+        try:
+            cache = HashCache(cache_path)
+        except Exception as exc:
+            if not isinstance(exc, OSError) and not is_database_error(exc):
+                raise
+            cache = None  # then only the stored digests answer
+    return TreeWorker(exclude, cache, table, lookups)
 
 
 def cut_chunks(

@@ -1,6 +1,7 @@
 """Writing a ``.prvdir``: the entry points of the fast path, which write the document
 straight from digests and stored fragments (``_text``), hashing only the files of
-changed directories (``_pool``) and storing the tree's fragments (``_fragments``).
+changed directories (``_worker``, on ``kbapps.hashing.pool``) and storing the tree's
+fragments (``_fragments``).
 
 ``write_tree`` is ``kb-prv-create``'s: a tree described before is planned first
 (``plan_prvdir``: its unchanged directories are checked, the rest hashed); a tree
@@ -15,22 +16,37 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from kbapps.hashing import RACY_WINDOW_NS
-from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions
+from kbapps.hashing import RACY_WINDOW_NS, HashCache, PoolRun, ProcessPool
+from kbapps.prvbuild._collect import Collected, finish_raw, wants_lookups
+from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, Key
 from kbapps.prvbuild._emit import Emitter, Writer
 from kbapps.prvbuild._fragments import enclosing_digests, store_fragments
 from kbapps.prvbuild._plan import TreePlan, plan_from_scan, plan_known
-from kbapps.prvbuild._pool import Collected, Pool, finish_raw, wants_lookups
 from kbapps.prvbuild._scan import BY_NAME, ScannedDir, ScannedFile, start_walk, walk
 from kbapps.prvbuild._text import assemble, directory_text, stored_digests, stored_texts
-from kbapps.prvbuild._worker import CHUNK_FILES, Jobs, TreeWorker, cut_chunks
+from kbapps.prvbuild._worker import CHUNK_FILES, Jobs, TreeWorker, cut_chunks, tree_worker
 
 if TYPE_CHECKING:
-    from kbapps.hashing import _Buffer
+    from kbapps.hashing import Buffer, Fragments
     from kbapps.prvbuild._scan import TreeScan
 
 #: What a tree's fragment file will hold: (relpath, key text, entries text, digests).
-_Kept = tuple[str, "_Buffer", "_Buffer", "_Buffer"]
+_Kept = tuple[str, "Buffer", "Buffer", "Buffer"]
+
+
+def _hashing_run(
+    pool: ProcessPool,
+    collected: Collected,
+    exclude: frozenset[tuple[int, int]],
+    cache: HashCache | None,
+    table: dict[Key, tuple[str, str]],
+) -> PoolRun:
+    # The job of hashing a tree's chunks on ``pool``, reported to ``collected``. Worker
+    # processes open their own connection to the cache, only if lookups may answer.
+    lookups = wants_lookups(cache, table)
+    cache_path = cache.path if cache is not None and lookups else None
+    local = TreeWorker(exclude, cache, table, lookups)
+    return pool.run(local, tree_worker, (exclude, table, lookups, cache_path), collected.take)
 
 
 def build_prvdir_bytes(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) -> bytes:
@@ -44,7 +60,7 @@ def build_prvdir_bytes(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) 
     Returns:
         The ``.prvdir`` bytes, identical to ``serialize_prvdir(build_prvdir(...))``.
     """
-    pieces: list[_Buffer] = []
+    pieces: list[Buffer] = []
     write_prvdir(scan, pieces.extend, options)
     return b"".join(pieces)
 
@@ -60,7 +76,7 @@ def write_prvdir(scan: TreeScan, write: Writer, options: BuildOptions = DEFAULT_
         PrvBuildError: as ``build_prvdir``; and whatever ``write`` raises.
     """
     cache = options.cache
-    known = cache.load_fragments(os.path.realpath(scan.root)) if cache is not None else {}
+    known = cache.fragments.load(os.path.realpath(scan.root)) if cache is not None else {}
     write_planned(plan_from_scan(scan, known, options), write)
 
 
@@ -90,7 +106,7 @@ def write_tree(
     """
     cache = options.cache
     scope = os.path.realpath(root)
-    known = cache.load_fragments(scope) if cache is not None else {}
+    known = cache.fragments.load(scope) if cache is not None else {}
     if known:
         plan = plan_known(root, options, known)
         if on_total is not None:
@@ -125,7 +141,7 @@ def write_planned(plan: TreePlan, write: Writer) -> None:
     scope = os.path.realpath(plan.root)
     known = plan.known
 
-    fragments: list[_Buffer | None] = [None] * ndirs
+    fragments: list[Buffer | None] = [None] * ndirs
     keep: list[_Kept] = []
     hit_files = hit_bytes = 0
     for index, (nfiles, nbytes) in plan.hits.items():
@@ -153,17 +169,14 @@ def write_planned(plan: TreePlan, write: Writer) -> None:
             table = stored_digests(known)
         else:
             table = stored_digests({k: v for k, v in stored_of.items() if v is not None})
-        lookups = wants_lookups(cache, table)
-        cache_path = cache.path if cache is not None and lookups else None
-        worker = TreeWorker(options.exclude, cache, table, lookups)
-        pool = Pool(worker, collected, nworkers, cache_path)
-        ok = False
+        pool = ProcessPool(nworkers)
+        run = _hashing_run(pool, collected, options.exclude, cache, table)
         try:
-            pool.add(cut_chunks(jobs, 0, len(jobs.paths), depth, relpaths), len(jobs.paths))
-            pool.finish()
-            ok = True
+            run.add(cut_chunks(jobs, 0, len(jobs.paths), depth, relpaths), len(jobs.paths))
+            run.finish()
         finally:
-            pool.close(kill=not ok)
+            run.close()
+            pool.close()
         if collected.raw:
             finish_raw(jobs, collected, depth, cache, nworkers)
     _finish(dirs, depth, fragments, keep, collected, len(jobs.paths), scope, known, options, write)
@@ -177,7 +190,7 @@ def _write_streamed(
     on_total: Callable[[int], None] | None,
 ) -> None:
     # A tree never described: list it one directory at a time and queue its files
-    # in chunks as they are found; the pool forks its children once there is enough
+    # in chunks as they are found; the pool forks its workers once there is enough
     # work, and this process walks, feeds them, then hashes with them. Directories
     # are written out (document and fragment file) as they complete, in the walk's
     # order, which is the document's: little is left to do once the last file is in.
@@ -186,8 +199,6 @@ def _write_streamed(
     nworkers = options.nworkers()
     # Maybe part of a tree that was described (a subdirectory): its digests answer.
     table = enclosing_digests(cache, scope, whole=True, itself=False) if cache else {}
-    lookups = wants_lookups(cache, table)
-    cache_path = cache.path if cache is not None and lookups else None
     root_real, stack = start_walk(root)
     dirs: list[ScannedDir] = [ScannedDir(-1, "", "")]
     depth = [0]
@@ -198,7 +209,8 @@ def _write_streamed(
     emitter = Emitter(dirs, depth, collected, write, cache, scope, warn)
     # The fragment file grows while the walk runs: never part of the tree.
     exclude = options.exclude | emitter.growing()
-    pool = Pool(TreeWorker(exclude, cache, table, lookups), collected, nworkers, cache_path)
+    pool = ProcessPool(nworkers)
+    run = _hashing_run(pool, collected, exclude, cache, table)
     queued = 0
     ok = False
     try:
@@ -220,19 +232,20 @@ def _write_streamed(
                 if (ready - queued) % CHUNK_FILES < CHUNK_FILES // 2:
                     ready -= (ready - queued) % CHUNK_FILES
                 if ready > queued:
-                    pool.add(cut_chunks(jobs, queued, ready, depth, relpaths), ready - queued)
+                    run.add(cut_chunks(jobs, queued, ready, depth, relpaths), ready - queued)
                     queued = ready
-                pool.pump()
+                run.pump()
                 emitter.advance()
         total = len(jobs.paths)
         if queued < total:
-            pool.add(cut_chunks(jobs, queued, total, depth, relpaths), total - queued)
+            run.add(cut_chunks(jobs, queued, total, depth, relpaths), total - queued)
         if on_total is not None:
             on_total(total)
-        pool.finish(emitter.advance)
+        run.finish(emitter.advance)
         ok = True
     finally:
-        pool.close(kill=not ok)
+        run.close()
+        pool.close()
         if not ok:
             emitter.abort()
     if collected.raw:
@@ -244,12 +257,12 @@ def _write_streamed(
 def _finish(
     dirs: Sequence[ScannedDir],
     depth: list[int],
-    fragments: list[_Buffer | None],
+    fragments: list[Buffer | None],
     keep: list[_Kept],
     collected: Collected,
     hashed: int,
     scope: str,
-    known: dict[str, tuple[_Buffer, _Buffer, _Buffer]],
+    known: Fragments,
     options: BuildOptions,
     write: Writer,
 ) -> None:

@@ -28,11 +28,13 @@ Strategy
   read; the result is recorded only if its ``fstat`` matches the walk's stamp). With
   ``settle`` at least the index's racy window, entries are trusted as soon as hashed;
   an entry still inside it (a restart just after a write) is re-hashed when it ends.
-* **Off the loop, in bounded batches.** Walks and hashing run in worker threads
-  (hashing of many files forks ``kbapps.hashing``'s worker processes), at most
-  ``batch_files`` files or ``batch_bytes`` bytes per batch; each batch is one SQLite
-  transaction and its deltas go to the sink before the next starts, so a big first
-  scan makes files findable as it goes and the node keeps serving.
+* **Off the loop, in bounded batches.** Walks and hashing run in worker threads, at
+  most ``batch_files`` files or ``batch_bytes`` bytes per batch; each batch is one
+  SQLite transaction and its deltas go to the sink before the next starts, so a big
+  first scan makes files findable as it goes and the node keeps serving. Many small
+  files are hashed on the worker processes of a ``kbapps.hashing.ProcessPool``, which
+  ``kbapps.noderun`` starts before ``anyio.run`` starts any thread: a process never
+  forks while it runs threads (without such a pool, a worker thread hashes alone).
 * **Interval.** The next full walk starts ``max(min_interval, walk_time * (1/f - 1))``
   seconds after the last one ended (``f`` = ``cpu_fraction``, capped at
   ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (perf-baselines §2), so
@@ -58,7 +60,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from kbapps.hashing import FileKey, HashResult, hash_files
+from kbapps.hashing import FileKey, HashResult, ProcessPool, hash_files
 from kbapps.share.index import FileIndex, FileStamp, IndexEntry, stamp_of
 from kbapps.share.paths import (
     MAX_PATH_BYTES,
@@ -128,8 +130,8 @@ class IndexerConfig:
             as soon as they are hashed.
         batch_files: most files hashed per batch (one transaction, one delta burst).
         batch_bytes: most bytes hashed per batch (a single bigger file is one batch).
-        workers: hashing processes/threads (``kbapps.hashing.default_workers()`` if
-            None).
+        workers: for ``default_hasher`` when no hasher is given: threads for big
+            files (``kbapps.hashing.default_workers()`` if None).
     """
 
     min_interval: float = 2.0
@@ -173,13 +175,22 @@ class IndexerHooks:
     on_warning: Callable[[str], None] | None = None
 
 
-def default_hasher(workers: int | None = None) -> Hasher:
-    """``kbapps.hashing.hash_files`` without a cache (the index is the cache)."""
+def default_hasher(workers: int | None = None, pool: ProcessPool | None = None) -> Hasher:
+    """``kbapps.hashing.hash_files`` without a cache (the index is the cache).
+
+    Args:
+        workers: threads for big files when no ``pool`` is given. Processes for small
+            files would have to be forked from the indexer's worker thread, which
+            ``hash_files`` never does: without a pool, that thread hashes them alone.
+        pool: a ``ProcessPool`` started before the program's threads
+            (``kbapps.noderun``): its processes hash the small files of a batch, and
+            its size is the number of threads for big files.
+    """
 
     def hasher(
         items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
     ) -> Iterator[HashResult]:
-        return hash_files(items, workers=workers, on_progress=on_progress)
+        return hash_files(items, workers=workers, pool=pool, on_progress=on_progress)
 
     return hasher
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from kbapps import hashing
 from kbapps.hashing import (
     BIG_FILE_BYTES,
     PARALLEL_MIN_FILES,
@@ -20,6 +19,8 @@ from kbapps.hashing import (
     FileKey,
     HashCache,
     HashResult,
+    batch,
+    digest,
     hash_file,
     hash_files,
 )
@@ -110,8 +111,8 @@ def test_cache_round_trip_and_staleness(tmp_path: Path) -> None:
     assert (db.stat().st_mode & 0o777) <= 0o755
     with HashCache(db) as reopened:  # persisted
         assert reopened.lookup(newer) == _digest(b"abcd")
-        rows = reopened._db.execute("SELECT COUNT(*) FROM file_sha1").fetchone()
-        assert rows == (1,)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM file_sha1").fetchone() == (1,)
 
 
 def test_cache_skips_racy_and_inconsistent_entries(tmp_path: Path) -> None:
@@ -214,13 +215,13 @@ def test_hash_files_big_files_use_threads_with_byte_progress(
     files[str(small)] = b"tiny"
     progress: list[tuple[int, int]] = []
     thread_names: set[str] = set()
-    real_open = hashing._open_for_hashing
+    real_open = digest.open_for_hashing
 
     def spy(path: str) -> int:
         thread_names.add(threading.current_thread().name)
         return real_open(path)
 
-    monkeypatch.setattr(hashing, "_open_for_hashing", spy)
+    monkeypatch.setattr(digest, "open_for_hashing", spy)
     results = list(
         hash_files(
             _items([Path(p) for p in files]),
@@ -292,13 +293,13 @@ def test_hash_files_hard_links_are_hashed_once(
     b = tmp_path / "b"
     os.link(a, b)
     calls: list[str] = []
-    real = hashing._open_for_hashing
+    real = digest.open_for_hashing
 
     def spy(path: str) -> int:
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(hashing, "_open_for_hashing", spy)
+    monkeypatch.setattr(digest, "open_for_hashing", spy)
     results = list(hash_files(_items([a, b]), workers=1))
     assert len(calls) == 1
     assert {r.path for r in results} == {str(a), str(b)}
@@ -337,23 +338,27 @@ def test_closing_hash_files_early_stops_the_workers(tmp_path: Path) -> None:
 
 
 def test_a_worker_that_dies_leaves_its_work_to_the_parent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     files: dict[str, bytes] = {}
     for i in range(2 * PARALLEL_MIN_FILES):
         path = tmp_path / f"f{i}"
         files[str(path)] = b"%d" % i
         path.write_bytes(files[str(path)])
+    parent = os.getpid()
+    real = batch._UnitWorker.process
 
-    def crash(queue_fd: int, *args: object) -> None:
-        assert hashing._claim(queue_fd) is not None  # take a chunk off the queue...
-        raise MemoryError("simulated death of a worker")  # ...and die without results
+    def crash(self: object, unit: object) -> object:
+        if os.getpid() != parent:
+            raise MemoryError("simulated death of a worker")  # holding its units
+        return real(self, unit)  # type: ignore[arg-type]
 
-    # The forked child runs the patched function; the chunk it took is done by the
+    # The forked worker runs the patched method; the units it held are done by the
     # parent, and every item still gets exactly one result.
-    monkeypatch.setattr(hashing, "_child_main", crash)
+    monkeypatch.setattr(batch._UnitWorker, "process", crash)
     results = list(hash_files(_items([Path(p) for p in files]), workers=2))
     _check(results, files)
+    assert forks
 
 
 def test_the_cache_path_as_a_string_is_the_cache_dir(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from kbapps import hashing
 from kbapps.cli import prv_create
+from kbapps.hashing import digest, fragments
 from kbproto.prv import parse_prv, parse_prvdir
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -226,7 +227,7 @@ def test_second_run_reads_no_file_content(tmp_path: Path, env: dict[str, str]) -
     first = kb(env, tree, tmp_path / "1.prvdir")
     assert first.returncode == 0, first.stderr
     # A tree of small files is remembered in its fragment file, in the cache directory.
-    assert len(list((tmp_path / "cache" / hashing._FRAGMENT_DIR).iterdir())) == 1
+    assert len(list((tmp_path / "cache" / fragments.FRAGMENT_DIR).iterdir())) == 1
     # Change every file's bytes but keep its size and mtime: a run that read any file
     # would see the new content, so the old digests prove the cache answered.
     for i, path in enumerate(files):
@@ -328,14 +329,14 @@ def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     by refusing to open it at the one place the hasher opens files."""
     path.chmod(0)
     if os.geteuid() == 0:
-        real_open = hashing._open_for_hashing
+        real_open = digest.open_for_hashing
 
         def refuse(target: str | os.PathLike[str]) -> int:
             if os.fspath(target).endswith(path.name):
                 raise PermissionError(13, "Permission denied", os.fspath(target))
             return real_open(target)
 
-        monkeypatch.setattr(hashing, "_open_for_hashing", refuse)
+        monkeypatch.setattr(digest, "open_for_hashing", refuse)
 
 
 def test_unreadable_file_in_a_directory_is_named(

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbapps import hashing, prvbuild
-from kbapps.hashing import HashCache
+from kbapps.hashing import HashCache, digest, fragments
 from kbapps.prvbuild import (
     BuildOptions,
     _common,
@@ -144,13 +144,13 @@ class _Counting:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.names: list[str] = []
-        real = hashing._open_for_hashing
+        real = digest.open_for_hashing
 
         def spy(path: str | os.PathLike[str]) -> int:
             self.names.append("/".join(os.fspath(path).rsplit("/", 2)[-2:]))
             return real(path)
 
-        monkeypatch.setattr(hashing, "_open_for_hashing", spy)
+        monkeypatch.setattr(digest, "open_for_hashing", spy)
 
     def take(self) -> list[str]:
         names, self.names = sorted(self.names), []
@@ -185,7 +185,7 @@ def test_unchanged_directories_are_served_from_their_fragment(
     with HashCache(scratch / "c.db") as cache:
         first, hashed = _run(root, cache, seen)
         assert len(hashed) == 12
-        assert set(cache.load_fragments(os.path.realpath(root))) == {"d1", "d2", "d3"}
+        assert set(cache.fragments.load(os.path.realpath(root))) == {"d1", "d2", "d3"}
         # Nothing hashed, nothing even looked up per file.
         assert _run(root, cache, seen) == (first, [])
 
@@ -211,12 +211,12 @@ def test_unchanged_directories_are_served_from_their_fragment(
         # Moved to another directory of the tree: still known by its key.
         (root / "d1" / "f2").rename(root / "d3" / "moved")
         assert _run(root, cache, seen)[1] == []
-        assert set(cache.load_fragments(os.path.realpath(root))) == {"d1", "d2", "d3"}
+        assert set(cache.fragments.load(os.path.realpath(root))) == {"d1", "d2", "d3"}
         assert _run(root, cache, seen)[1] == []
         # A directory renamed: its files are still known.
         (root / "d3").rename(root / "d4")
         assert _run(root, cache, seen)[1] == []
-        assert set(cache.load_fragments(os.path.realpath(root))) == {"d1", "d2", "d4"}
+        assert set(cache.fragments.load(os.path.realpath(root))) == {"d1", "d2", "d4"}
 
 
 def test_a_directory_with_a_racy_file_is_not_remembered(
@@ -229,7 +229,7 @@ def test_a_directory_with_a_racy_file_is_not_remembered(
     seen = _Counting(monkeypatch)
     with HashCache(scratch / "c.db") as cache:
         _run(root, cache, seen)
-        stored = cache.load_fragments(os.path.realpath(root))
+        stored = cache.fragments.load(os.path.realpath(root))
         assert {relpath for relpath, entry in stored.items() if entry[1]} == {"d2", "d3"}
         # Only the racy file is read again: the other files of its directory keep
         # their digests, their directory only its text.
@@ -281,7 +281,7 @@ def test_constants_repeated_from_kbproto_prv_are_equal() -> None:
 
     assert _common.PRV_VERSION == prv.PRV_VERSION
     assert _common.FCS_PREFIX == prv.FCS_PREFIX
-    assert _common.FCS_HEAD_BYTES == hashing.FCS_HEAD_BYTES == prv.FCS_HEAD_BYTES
+    assert hashing.FCS_HEAD_BYTES == prv.FCS_HEAD_BYTES
     assert prv.PrvLimits().max_depth == _common.MAX_DEPTH
 
 
@@ -307,7 +307,7 @@ def test_a_cached_directory_run_imports_no_model_database_or_openssl(scratch: Pa
     env = {
         **os.environ,
         "KBUCKET_CACHE_DIR": str(scratch / "cache"),
-        "PYTHONPATH": str(Path(hashing.__file__).resolve().parent.parent),
+        "PYTHONPATH": str(Path(hashing.__file__).resolve().parents[2]),
     }
     runs = [
         subprocess.run(
@@ -335,17 +335,17 @@ def test_a_damaged_fragment_file_reads_as_absent(scratch: Path) -> None:
     with HashCache(scratch / "c.db") as cache:
         expected = _run_plain(root, cache)
         scope = os.path.realpath(root)
-        (stored,) = (scratch / hashing._FRAGMENT_DIR).iterdir()
+        (stored,) = (scratch / fragments.FRAGMENT_DIR).iterdir()
         data = bytearray(stored.read_bytes())
         data[-5] ^= 0x01  # one bit of the last directory's digests
         stored.write_bytes(bytes(data))
-        assert cache.load_fragments(scope) == {}
+        assert cache.fragments.load(scope) == {}
         stored.write_bytes(bytes(data[:100]))  # torn
-        assert cache.load_fragments(scope) == {}
+        assert cache.fragments.load(scope) == {}
         stored.write_bytes(b"")
-        assert cache.load_fragments(scope) == {}
+        assert cache.fragments.load(scope) == {}
         assert _run_plain(root, cache) == expected  # rebuilt, and stored again
-        assert set(cache.load_fragments(scope)) == {"d1", "d2", "d3"}
+        assert set(cache.fragments.load(scope)) == {"d1", "d2", "d3"}
 
 
 def _run_plain(root: Path, cache: HashCache, workers: int = 1) -> bytes:
@@ -362,21 +362,24 @@ def _many(root: Path, dirs: int = 4, per_dir: int = 200) -> None:
     _age(root)
 
 
-def test_two_processes_check_and_hash_a_tree(scratch: Path) -> None:
+def test_two_processes_check_and_hash_a_tree(scratch: Path, forks: list[int]) -> None:
     root = scratch / "t"
     _many(root)
     with HashCache(scratch / "c.db") as cache:
         _run_plain(root, cache, workers=2)  # hashed by two processes
+        assert forks
+        forks.clear()
         _run_plain(root, cache, workers=2)  # checked by two processes
-        (root / "d3" / "f007").write_bytes(b"changed")  # in the child's half
+        assert forks
+        (root / "d3" / "f007").write_bytes(b"changed")  # in the other process's half
         _age_one(root / "d3" / "f007")
-        (root / "d0" / "f100").unlink()  # in the parent's half
+        (root / "d0" / "f100").unlink()  # in this process's half
         _run_plain(root, cache, workers=2)
         _run_plain(root, cache, workers=2)
 
 
 def test_a_checking_child_that_dies_leaves_its_part_to_the_parent(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     root = scratch / "t"
     _many(root)
@@ -392,7 +395,9 @@ def test_a_checking_child_that_dies_leaves_its_part_to_the_parent(
         expected = _run_plain(root, cache, workers=2)
         monkeypatch.setattr(_fragments, "check_dirs", check)
         seen = _Counting(monkeypatch)
+        forks.clear()
         data = build_prvdir_bytes(scan_directory(str(root)), BuildOptions(cache=cache, workers=2))
+        assert forks  # (it had started)
         assert seen.take() == []  # the parent checked everything: nothing was read
         assert data == expected
 
@@ -427,7 +432,9 @@ def _planned(root: Path, cache: HashCache, warnings: list[str] | None = None) ->
     return b"".join(pieces)
 
 
-def test_the_shared_walk_gives_the_same_document_and_warnings(scratch: Path) -> None:
+def test_the_shared_walk_gives_the_same_document_and_warnings(
+    scratch: Path, forks: list[int]
+) -> None:
     root = scratch / "t"
     _many(root, dirs=5, per_dir=150)
     (root / "d1" / "deep" / "er").mkdir(parents=True)
@@ -454,10 +461,11 @@ def test_the_shared_walk_gives_the_same_document_and_warnings(scratch: Path) -> 
         (root / "d2" / "f100").unlink()
         assert _planned(root, cache) == _model_bytes(root)
         assert _planned(root, cache) == _model_bytes(root)
+    assert forks  # the walks were shared
 
 
 def test_an_unreadable_directory_in_the_other_half_is_named(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     root = scratch / "t"
     _many(root)
@@ -478,7 +486,7 @@ def test_an_unreadable_directory_in_the_other_half_is_named(
 
 
 def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     root = scratch / "t"
     _many(root)
@@ -494,7 +502,9 @@ def test_a_walking_child_that_dies_leaves_its_half_to_the_parent(
         expected = _planned(root, cache)
         monkeypatch.setattr(_fragments, "check_part", check)
         seen = _Counting(monkeypatch)
+        forks.clear()
         plan = prvbuild.plan_prvdir(str(root), BuildOptions(cache=cache, workers=2))
+        assert forks  # (it had started)
         assert plan.pending == {}  # everything checked, nothing to read
         assert len(plan.hits) == 4
         pieces: list[Any] = []

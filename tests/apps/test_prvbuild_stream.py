@@ -14,12 +14,10 @@ from typing import Any
 
 import pytest
 
-from kbapps import hashing
-from kbapps.hashing import HashCache
+from kbapps.hashing import HashCache, digest
 from kbapps.prvbuild import (
     BuildOptions,
     PrvBuildError,
-    _pool,
     _worker,
     build_prvdir,
     scan_directory,
@@ -116,54 +114,52 @@ def test_a_small_tree_never_forks(scratch: Path, monkeypatch: pytest.MonkeyPatch
     assert _write(root, BuildOptions(workers=2))[0] == _model_bytes(root)
 
 
-def test_a_hashing_child_that_dies_leaves_its_chunks_to_the_parent(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_hashing_worker_that_dies_leaves_its_chunks_to_the_parent(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     root = scratch / "t"
     _tree(root)
     expected = _model_bytes(root)
+    parent = os.getpid()
+    real = _worker.TreeWorker.process
 
-    def die(self: Any, work_fd: int, result_fd: int) -> None:
-        os._exit(3)
+    def die(self: Any, segments: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(3)  # the worker dies holding its chunk
+        return real(self, segments)
 
-    monkeypatch.setattr(_pool.Pool, "_child_main", die)
+    monkeypatch.setattr(_worker.TreeWorker, "process", die)
     assert _write(root, BuildOptions(workers=2))[0] == expected
+    assert forks
 
 
-def test_an_unreadable_file_is_named_even_when_a_child_reads_it(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_unreadable_file_is_named_even_when_a_worker_reads_it(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     root = scratch / "t"
     _tree(root)
-    real = hashing._open_for_hashing
+    real = digest.open_for_hashing
 
     def refuse(path: str | os.PathLike[str]) -> int:
         if os.fspath(path).endswith("a/c/f200"):
             raise PermissionError(13, "Permission denied")
         return real(path)
 
-    monkeypatch.setattr(hashing, "_open_for_hashing", refuse)  # the children too (fork)
+    monkeypatch.setattr(digest, "open_for_hashing", refuse)  # the workers too (fork)
     for workers in (1, 2):
         with pytest.raises(PrvBuildError, match="cannot read a/c/f200: Permission denied"):
             _write(root, BuildOptions(workers=workers))
+    assert forks  # (the second run had a worker)
 
 
 def test_an_unreadable_directory_stops_the_walk_and_the_workers(
-    scratch: Path, monkeypatch: pytest.MonkeyPatch
+    scratch: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
 ) -> None:
     root = scratch / "t"
     _tree(root)
     # The last directory listed (after "a" and its children have been queued and
-    # the child forked); refused the way a mode-000 directory is, even for root.
+    # the worker forked); refused the way a mode-000 directory is, even for root.
     real = os.scandir
-    forked: list[int] = []
-    real_fork = os.fork
-
-    def fork() -> int:
-        pid = real_fork()
-        if pid:
-            forked.append(pid)
-        return pid
 
     def scandir(path: Any) -> Any:
         if os.fspath(path).endswith("/b"):
@@ -171,11 +167,10 @@ def test_an_unreadable_directory_stops_the_walk_and_the_workers(
         return real(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr(os, "fork", fork)
     with pytest.raises(PrvBuildError, match=r"cannot read directory .*/b: Permission denied"):
         _write(root, BuildOptions(workers=2))
-    assert forked  # the worker had started...
-    for pid in forked:  # ...and was reaped
+    assert forks  # the worker had started...
+    for pid in forks:  # ...and was reaped
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
@@ -221,7 +216,7 @@ def test_a_racy_file_is_read_again_but_not_its_quiet_neighbours(
     _tree(root)
     (root / "b" / "f007").write_bytes(b"just written")  # within the racy window
     opened: list[str] = []
-    real = hashing._open_for_hashing
+    real = digest.open_for_hashing
 
     def spy(path: str | os.PathLike[str]) -> int:
         opened.append(os.fspath(path))
@@ -230,7 +225,7 @@ def test_a_racy_file_is_read_again_but_not_its_quiet_neighbours(
     with HashCache(scratch / "c.db") as cache:
         first = _write(root, BuildOptions(cache=cache, workers=1))[0]
         assert first == _model_bytes(root)
-        monkeypatch.setattr(hashing, "_open_for_hashing", spy)
+        monkeypatch.setattr(digest, "open_for_hashing", spy)
         assert _write(root, BuildOptions(cache=cache, workers=1))[0] == first
     assert opened == [str(root / "b" / "f007")]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,9 +14,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kbapps.hashing import FileKey, HashResult, hash_files
+from kbapps.hashing import FileKey, HashResult, ProcessPool, digest, hash_files
 from kbapps.share.index import INDEX_FILENAME, FileIndex
-from kbapps.share.indexer import Indexer, IndexerConfig, IndexerHooks, walk_share
+from kbapps.share.indexer import Indexer, IndexerConfig, IndexerHooks, default_hasher, walk_share
 
 MS = 1_000_000
 #: Short timings so changes show within a fraction of a second (the defaults are 2 s).
@@ -397,18 +398,31 @@ async def test_directory_renamed_inside_the_share_is_not_rehashed(tmp_path: Path
         assert len(hasher.paths) == before
 
 
-@pytest.mark.anyio
-async def test_many_files_use_worker_processes_while_the_loop_runs(tmp_path: Path) -> None:
+def test_many_files_use_worker_processes_while_the_loop_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: list[int]
+) -> None:
     root = tmp_path / "share"
+    past = time.time_ns() - 3600 * 10**9  # settled: hashed by the first walk, at once
     for d in range(6):
         (root / f"d{d}").mkdir(parents=True)
         for i in range(110):
-            (root / f"d{d}" / f"f{i}.txt").write_bytes(f"{d}/{i}".encode())
-    config = IndexerConfig(
-        min_interval=0.05, max_interval=0.2, settle=0.1, workers=2, batch_files=600
-    )
+            path = root / f"d{d}" / f"f{i}.txt"
+            path.write_bytes(f"{d}/{i}".encode())
+            os.utime(path, ns=(past, past))
+    opened_by = tmp_path / "opened-by"
+    real_open = digest.open_for_hashing
+
+    def open_for_hashing(path: str | os.PathLike[str]) -> int:
+        with opened_by.open("a") as log:  # (appends of a line are atomic)
+            log.write(f"{os.getpid()}\n")
+        return real_open(path)
+
+    # Before the pool starts: its worker inherits the spy.
+    monkeypatch.setattr(digest, "open_for_hashing", open_for_hashing)
+    config = IndexerConfig(min_interval=0.05, max_interval=0.2, settle=0.1, batch_files=600)
     progress: list[tuple[int, int]] = []
     ticks = 0
+    sink = Sink()
 
     async def ticker() -> None:
         nonlocal ticks
@@ -416,24 +430,38 @@ async def test_many_files_use_worker_processes_while_the_loop_runs(tmp_path: Pat
             ticks += 1
             await anyio.sleep(0.005)
 
-    index = FileIndex(None, racy_window_ns=RACY_NS)
-    indexer = Indexer(
-        root,
-        index,
-        config=config,
-        hooks=IndexerHooks(on_hash_progress=lambda f, b: progress.append((f, b))),
-    )
-    sink = Sink()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        tg.start_soon(indexer.run, sink)
-        with anyio.fail_after(WAIT):
-            await indexer.initial_done.wait()
-        tg.cancel_scope.cancel()
+    async def index_all(indexer: Indexer) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            tg.start_soon(indexer.run, sink)
+            with anyio.fail_after(WAIT):
+                await indexer.initial_done.wait()
+            tg.cancel_scope.cancel()
+
+    # As kbucket-host does: the pool's worker is forked before the event loop starts
+    # threads, and the indexer's worker threads send it their batches.
+    pool = ProcessPool(2)
+    try:
+        assert pool.start()
+        index = FileIndex(None, racy_window_ns=RACY_NS)
+        indexer = Indexer(
+            root,
+            index,
+            config=config,
+            hooks=IndexerHooks(on_hash_progress=lambda f, b: progress.append((f, b))),
+            hasher=default_hasher(pool=pool),
+        )
+        anyio.run(index_all, indexer, backend="asyncio")
+        assert pool.workers == 1  # still there for the next batches
+    finally:
+        pool.close()
     assert len(sink.files) == 660
     assert sink.files["d5/f109.txt"] == (sha1_of(b"5/109"), 5)
     assert sum(f for f, _ in progress) == 660
     assert ticks > 1  # the event loop kept running while hashing
+    pids = opened_by.read_text().split()
+    assert len(pids) == 660
+    assert str(forks[0]) in pids  # the worker process hashed some of them
 
 
 def test_config_validation(tmp_path: Path) -> None:
