@@ -22,15 +22,8 @@ from pathlib import Path
 import pytest
 
 from kbproto.config import Limits
-from kbproto.sim import (
-    FaultPlan,
-    NodeSpec,
-    SimNetwork,
-    Topology,
-    build_world,
-    sha1_hex,
-    tree,
-)
+from kbproto.sim import FaultPlan, sha1_hex, tree
+from kbproto.sim.golden import golden_run
 from tests.sim.scenarios import SEEDS, TIMEOUTS, make_world, settle
 
 GOLDEN = Path(__file__).parent / "golden" / "two_hubs_three_shares_lookup.trace"
@@ -97,34 +90,10 @@ def test_digest_does_not_depend_on_string_hashing() -> None:
     assert digests == {busy_run(7)}
 
 
-def golden_lines() -> list[str]:
-    """2 hubs, 3 shares, one lookup from the root; every message whole."""
-    topology = Topology(
-        (
-            NodeSpec(name="h0", kind="hub", parent=None, start_at=0.0),
-            NodeSpec(name="h1", kind="hub", parent="h0", start_at=0.05),
-            NodeSpec(name="s0", kind="share", parent="h1", start_at=0.1),
-            NodeSpec(name="s1", kind="share", parent="h1", start_at=0.15),
-            NodeSpec(name="s2", kind="share", parent="h0", start_at=0.2),
-        )
-    )
-    files = {
-        "s0": {"data/a.txt": b"alpha", "data/b.txt": b"beta"},
-        "s1": {"c.txt": b"gamma"},
-        "s2": {"copy-of-a.txt": b"alpha"},
-    }
-    net = SimNetwork(3240, FaultPlan(whole_chance=1.0), keep_trace=True)
-    world = build_world(net, topology, files, timeouts=TIMEOUTS)
-    world.install_invariants()
-    net.run_until(lambda: world.all_joined() and world.indexes_converged(), timeout=5)
-    record = world.apps["h0"].find(world.nodes["h0"], sha1_hex(b"alpha"))
-    net.run_until(lambda: record.done, timeout=5)
-    assert record.share_ids == sorted([world.ids["s0"], world.ids["s2"]])
-    return net.trace.lines
-
-
 def test_golden_trace() -> None:
-    lines = golden_lines()
+    run = golden_run()
+    assert sorted(run.found) == ["s0", "s2"]
+    lines = run.lines
     if os.environ.get("KBPROTO_REGEN_GOLDEN") == "1":
         GOLDEN.write_text("\n".join(lines) + "\n", encoding="utf-8")
     expected = GOLDEN.read_text(encoding="utf-8").splitlines()
