@@ -13,39 +13,13 @@ interfaces (``Signer``, ``Verifier``, ``IdSource``, ``TraceSink``).
 
 from __future__ import annotations
 
-from kbproto.actions import Action as Action
-from kbproto.actions import Dial as Dial
-from kbproto.actions import Hangup as Hangup
-from kbproto.actions import Transmit as Transmit
-from kbproto.auth import SignatureScheme as SignatureScheme
-from kbproto.auth import Signer as Signer
-from kbproto.auth import Verifier as Verifier
-from kbproto.auth import node_id_from_public_pem as node_id_from_public_pem
-from kbproto.config import HubConfig as HubConfig
-from kbproto.config import Limits as Limits
-from kbproto.config import ShareConfig as ShareConfig
-from kbproto.config import Timeouts as Timeouts
-from kbproto.core import NodeCore as NodeCore
-from kbproto.errors import LimitExceeded as LimitExceeded
-from kbproto.errors import LocalProtocolError as LocalProtocolError
-from kbproto.errors import ProtocolError as ProtocolError
-from kbproto.errors import RemoteProtocolError as RemoteProtocolError
-from kbproto.events import Event as Event
-from kbproto.hub import HubCore as HubCore
-from kbproto.ids import IdSource as IdSource
-from kbproto.ids import LinkId as LinkId
-from kbproto.ids import LookupId as LookupId
-from kbproto.ids import NodeId as NodeId
-from kbproto.ids import SeededIdSource as SeededIdSource
-from kbproto.ids import Sha1 as Sha1
-from kbproto.ids import StreamId as StreamId
-from kbproto.messages import FindResult as FindResult
-from kbproto.messages import NodeInfo as NodeInfo
-from kbproto.pump import Drained as Drained
-from kbproto.pump import drain as drain
-from kbproto.share import ShareCore as ShareCore
-from kbproto.trace import TraceRecord as TraceRecord
-from kbproto.trace import TraceSink as TraceSink
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # The names as mypy and editors see them; at run time __getattr__ provides them.
+    from kbproto._exports import *  # noqa: F403
+
+# ruff: noqa: F405  (the __all__ names come from the star import above, or lazily)
 
 __version__ = "0.1.0"
 
@@ -85,3 +59,18 @@ __all__ = (
     "drain",
     "node_id_from_public_pem",
 )
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the first public name asked for loads them all, from kbproto._exports.
+    if name not in __all__:
+        raise AttributeError(f"module 'kbproto' has no attribute {name!r}")
+    from kbproto import _exports
+
+    value = getattr(_exports, name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
