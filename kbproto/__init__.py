@@ -16,67 +16,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    # The names as mypy and editors see them; at run time __getattr__ below provides them.
+    # The names as mypy and editors see them; at run time __getattr__ provides them.
     from kbproto._exports import *  # noqa: F403
 
 # ruff: noqa: F405  (the __all__ names come from the star import above, or lazily)
 
 __version__ = "0.1.0"
-
-#: Public name -> the module that defines it. The names are loaded on first access
-#: (PEP 562), all at once from ``kbproto._exports``: importing the whole core costs
-#: ~0.1 s of start-up, which tools that only need ``kbproto.prv`` (``kb-prv-create``)
-#: should not pay.
-_LAZY_EXPORTS = {
-    "Action": "kbproto.actions",
-    "Dial": "kbproto.actions",
-    "Drained": "kbproto.pump",
-    "Event": "kbproto.events",
-    "FindResult": "kbproto.messages",
-    "Hangup": "kbproto.actions",
-    "HubConfig": "kbproto.config",
-    "HubCore": "kbproto.hub",
-    "IdSource": "kbproto.ids",
-    "LimitExceeded": "kbproto.errors",
-    "Limits": "kbproto.config",
-    "LinkId": "kbproto.ids",
-    "LocalProtocolError": "kbproto.errors",
-    "LookupId": "kbproto.ids",
-    "NodeCore": "kbproto.core",
-    "NodeId": "kbproto.ids",
-    "NodeInfo": "kbproto.messages",
-    "ProtocolError": "kbproto.errors",
-    "RemoteProtocolError": "kbproto.errors",
-    "SeededIdSource": "kbproto.ids",
-    "Sha1": "kbproto.ids",
-    "ShareConfig": "kbproto.config",
-    "ShareCore": "kbproto.share",
-    "SignatureScheme": "kbproto.auth",
-    "Signer": "kbproto.auth",
-    "StreamId": "kbproto.ids",
-    "Timeouts": "kbproto.config",
-    "TraceRecord": "kbproto.trace",
-    "TraceSink": "kbproto.trace",
-    "Transmit": "kbproto.actions",
-    "Verifier": "kbproto.auth",
-    "drain": "kbproto.pump",
-    "node_id_from_public_pem": "kbproto.auth",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_EXPORTS:
-        raise AttributeError(f"module 'kbproto' has no attribute {name!r}")
-    from kbproto import _exports
-
-    value = getattr(_exports, name)
-    globals()[name] = value  # later accesses skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_EXPORTS})
-
 
 __all__ = (
     "Action",
@@ -114,3 +59,18 @@ __all__ = (
     "drain",
     "node_id_from_public_pem",
 )
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the first public name asked for loads them all, from kbproto._exports.
+    if name not in __all__:
+        raise AttributeError(f"module 'kbproto' has no attribute {name!r}")
+    from kbproto import _exports
+
+    value = getattr(_exports, name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -13,7 +13,8 @@ from kbproto.config import Limits
 from kbproto.events import Event
 from kbproto.ids import LinkId, LookupId, NodeId, StreamId
 from kbproto.messages import FindResult, NodeInfo
-from kbproto.proxy import HopStreams, StreamRole
+from kbproto.proxy import HopStreams
+from kbproto.state import StreamRole
 
 
 class _CoreCommon:

@@ -1,8 +1,10 @@
-"""The eager re-exports behind ``kbproto``'s lazy package attributes.
+"""The eager re-exports behind ``kbproto``'s package attributes.
 
 ``kbproto/__init__.py`` loads this module on the first access to one of its public
 names, so importing a leaf module (``kbproto.prv``, ``kbproto.ids``) does not import
-the whole protocol core.
+the whole protocol core: that costs ``kb-prv-create`` about 0.1 s of start-up
+(``docs/benchmarks.md``, "Start-up"). ``tests/test_public_api.py`` checks that the
+names here are exactly ``kbproto.__all__``.
 """
 
 from __future__ import annotations
@@ -40,39 +42,3 @@ from kbproto.pump import drain as drain
 from kbproto.share import ShareCore as ShareCore
 from kbproto.trace import TraceRecord as TraceRecord
 from kbproto.trace import TraceSink as TraceSink
-
-__all__ = (
-    "Action",
-    "Dial",
-    "Drained",
-    "Event",
-    "FindResult",
-    "Hangup",
-    "HubConfig",
-    "HubCore",
-    "IdSource",
-    "LimitExceeded",
-    "Limits",
-    "LinkId",
-    "LocalProtocolError",
-    "LookupId",
-    "NodeCore",
-    "NodeId",
-    "NodeInfo",
-    "ProtocolError",
-    "RemoteProtocolError",
-    "SeededIdSource",
-    "Sha1",
-    "ShareConfig",
-    "ShareCore",
-    "SignatureScheme",
-    "Signer",
-    "StreamId",
-    "Timeouts",
-    "TraceRecord",
-    "TraceSink",
-    "Transmit",
-    "Verifier",
-    "drain",
-    "node_id_from_public_pem",
-)

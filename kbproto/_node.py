@@ -9,13 +9,27 @@ expose the commands that fit their role (STYLE rule 10: compose, do not inherit)
 
 ``_Node`` owns the per-link machinery and the driver-facing queues, and delegates:
 lookups to ``routing.Lookups``, streams to ``proxy.Streams``, index data to
-``index``. Those parts call back through a small internal surface: ``send``,
-``send_bulk``, ``emit``, ``route``, ``fail_link`` and the ``deadlines`` registry.
+``index``. Lookups and streams reach the node only through the narrow ports of
+``kbproto.port``, which ``_Node`` implements (``send``, ``send_bulk``, ``emit``,
+``trace``, ``set_timer``/``cancel_timer``, ``route``, ``parent_link``,
+``in_subtree``, ``local_answer``).
+
+Two of the node's lifecycles are tables in ``kbproto.state``, driven from here:
+
+* each link's (``LINK_TRANSITIONS``): every decoded frame, EOF and link timeout is a
+  link input; the effect it names is one of the ``_LINK_EFFECTS`` methods below
+  (register, admit, join, apply an index report, hand a find or a stream frame on,
+  close);
+* the way to the parent (``PARENT_TRANSITIONS``): start, dial, join, and after a
+  lost link back off and dial again (``_PARENT_EFFECTS``).
+
+Every timer is a ``timers.TimerKey``; ``handle_timer`` hands each due key to the
+handler of its kind (``_TIMER_HANDLERS``).
 
 Receive path (STYLE rule 8): ``receive_data`` feeds the link's ``FrameBuffer``,
-decodes each frame, moves the link's state machine and dispatches. Any
-``ProtocolError`` raised on the way is caught right there and ends *that link*:
-an ``Error`` frame and a ``Hangup`` are queued and ``LinkClosed`` is emitted.
+decodes each frame and feeds it to the link's machine. Any ``ProtocolError`` raised
+on the way is caught right there and ends *that link*: an ``Error`` frame and a
+``Hangup`` are queued and ``LinkClosed`` is emitted.
 
 Output ordering: ``_actions`` holds ``Dial``/``Hangup`` and transmits that must come
 before a hangup; links with queued frames wait in ``_ready`` (round-robin), and
@@ -26,12 +40,13 @@ first (see ``link.py``).
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
 from kbproto.auth import Signer, Verifier, node_id_from_public_pem
 from kbproto.budget import IndexBudget
-from kbproto.codec import decode_split, encode, encoded_size
+from kbproto.codec import decode_split, encode
 from kbproto.config import HubConfig, ShareConfig
 from kbproto.errors import LimitExceeded, LocalProtocolError, ProtocolError, RemoteProtocolError
 from kbproto.events import (
@@ -44,10 +59,11 @@ from kbproto.events import (
     PlacementRefused,
 )
 from kbproto.handshake import check_registration
-from kbproto.ids import IdSource, LinkId, NodeId
+from kbproto.ids import IdSource, LinkId, NodeId, StreamId
 from kbproto.index import HubIndex, ShareIndex, UplinkSync
 from kbproto.link import Link
 from kbproto.messages import (
+    MAX_RESULTS,
     MAX_SEQ,
     MAX_TIMEOUT_MS,
     Challenge,
@@ -57,6 +73,7 @@ from kbproto.messages import (
     Error,
     Find,
     FindReply,
+    FindResult,
     HubIndexUpdate,
     IndexAck,
     Message,
@@ -74,14 +91,23 @@ from kbproto.messages import (
 from kbproto.placement import VerifiedPlacements, sign_placement
 from kbproto.proxy import Streams
 from kbproto.routing import Lookups
-from kbproto.state import LinkInput, LinkState
-from kbproto.timers import Deadlines
+from kbproto.state import (
+    PARENT_TRANSITIONS,
+    LinkEffect,
+    LinkInput,
+    LinkState,
+    ParentEffect,
+    ParentInput,
+    ParentState,
+    StateMachine,
+)
+from kbproto.timers import Deadlines, TimerKey, TimerKind
 from kbproto.trace import NullTraceSink, TraceRecord, TraceSink
 
 #: The shortest ping interval a peer's announced heartbeat timeout can ask of us (a
 #: hostile peer announcing 1 ms must not turn our pings into a busy loop).
 _MIN_PING_INTERVAL = 0.5
-#: Which state-machine input each received message is.
+#: Which link input each received message is.
 _INPUT: dict[type[Message], LinkInput] = {
     Challenge: LinkInput.CHALLENGE,
     Register: LinkInput.REGISTER,
@@ -90,10 +116,10 @@ _INPUT: dict[type[Message], LinkInput] = {
     Ping: LinkInput.PING,
     ShareIndexUpdate: LinkInput.INDEX_REPORT,
     HubIndexUpdate: LinkInput.INDEX_REPORT,
-    IndexAck: LinkInput.INDEX_CONTROL,
-    Resync: LinkInput.INDEX_CONTROL,
-    Find: LinkInput.LOOKUP,
-    FindReply: LinkInput.LOOKUP,
+    IndexAck: LinkInput.INDEX_ACK,
+    Resync: LinkInput.RESYNC,
+    Find: LinkInput.FIND,
+    FindReply: LinkInput.FIND_REPLY,
     Open: LinkInput.STREAM,
     Response: LinkInput.STREAM,
     Data: LinkInput.STREAM,
@@ -101,10 +127,16 @@ _INPUT: dict[type[Message], LinkInput] = {
     Credit: LinkInput.STREAM,
     Reset: LinkInput.STREAM,
 }
+#: The timers every link has from birth to close.
+_LINK_TIMERS = (TimerKind.HANDSHAKE, TimerKind.PING, TimerKind.SILENCE)
+_REDIAL = TimerKey(TimerKind.REDIAL)
 
 
 class _Node:
-    """The shared engine (internal; use ``HubCore`` or ``ShareCore``)."""
+    """The shared engine (internal; use ``HubCore`` or ``ShareCore``).
+
+    Implements ``kbproto.port.StreamPort`` and ``kbproto.port.LookupPort``.
+    """
 
     def __init__(
         self,
@@ -144,11 +176,17 @@ class _Node:
         # Every open link, by the driver's id. A link leaves this table exactly once,
         # in ``_close``; everything keyed by link id elsewhere is cleaned up there.
         self.links: dict[LinkId, Link] = {}
-        # The link to our parent from the moment we dial it (not only once joined):
-        # its loss, in any state, is what schedules the next redial.
+        # The link to our parent from the moment it opens (not only once joined): its
+        # loss, in any state, is what the parent cycle backs off from.
         self.parent: Link | None = None
         self.parent_info: NodeInfo | None = None
-        self.deadlines = Deadlines()
+        # Where we are on the way to our parent (docs/protocol.md §4.3).
+        self._parent_cycle: StateMachine[ParentState, ParentInput, ParentEffect] = StateMachine(
+            "parent link", PARENT_TRANSITIONS, ParentState.NOT_STARTED
+        )
+        # Consecutive failed joins: the backoff exponent, reset by Welcome.
+        self._attempt = 0
+        self.deadlines: Deadlines[TimerKey] = Deadlines()
         self._events: deque[Event] = deque()
         # Dial/Hangup, and the last bytes of a link being closed: these must come
         # out before anything else so a Hangup always follows its link's goodbye.
@@ -156,21 +194,14 @@ class _Node:
         # Links with queued frames, oldest first (a dict is an ordered set); a link
         # with more output than one Transmit goes to the back: round-robin fairness.
         self._ready: dict[LinkId, None] = {}
-        self._started = False
-        # At most one Dial is in flight; the driver answers it with
-        # link_opened(dialed=True) or dial_failed (core.py).
-        self._dialing = False
-        # Consecutive failed joins: the backoff exponent, reset by Welcome.
-        self._attempt = 0
-        # Our parent closed the link for a ``limit``: the next dial waits longer.
-        self._limited = False
         self.hub_index: HubIndex | None = None
         self.share_index: ShareIndex | None = None
         self.placements: VerifiedPlacements | None = None
+        index: HubIndex | ShareIndex
         if self.is_hub:
             assert verifier is not None
             self.placements = VerifiedPlacements(verifier)
-            self.hub_index = HubIndex(
+            index = self.hub_index = HubIndex(
                 self._changed,
                 self._changed,
                 self._placement_refused,
@@ -180,18 +211,20 @@ class _Node:
                 ),
                 max_nodes=self.limits.max_nodes_per_child,
             )
+            keys = index.report_keys
         else:
-            self.share_index = ShareIndex(self._changed)
+            index = self.share_index = ShareIndex(self._changed)
+            keys = index.keys
         # What we still owe our parent about our index (share files, or the hub's
-        # reachable content and node ids); idle until we join.
+        # reachable content and node ids); stopped until we join.
         self.uplink = UplinkSync(
-            self._uplink_keys,
-            self._uplink_build,
-            self._uplink_cost,
+            keys,
+            index.report,
+            index.report_cost,
+            self._index_synced,
             window=self.limits.index_window,
             batch_bytes=self.limits.index_batch_bytes,
         )
-        self._synced_reported = False
         self.lookups = Lookups(self)
         self.streams = Streams(self)
 
@@ -199,22 +232,17 @@ class _Node:
 
     def start(self, now: float, wall_ms: int | None = None) -> None:
         """Begin: dial the parent if there is one (``_CoreCommon.start``)."""
-        if self._started:
-            raise LocalProtocolError("start() was already called")
-        self._started = True
+        alone = self.config.parent_url is None
+        self._parent_input(ParentInput.START_ALONE if alone else ParentInput.START, now)
         if wall_ms is not None:
             self._wall_offset_ms = wall_ms - now * 1000
-        if self.config.parent_url is not None:
-            self._dial(now)
 
     def link_opened(self, link_id: LinkId, now: float, *, dialed: bool = False) -> None:
         """A link is up; a hub challenges an accepted child, a share refuses it."""
         if link_id in self.links:
             raise LocalProtocolError(f"link {link_id} is already open")
         if dialed:
-            if not self._dialing:
-                raise LocalProtocolError("link_opened(dialed=True) without a pending Dial")
-            self._dialing = False
+            self._parent_input(ParentInput.CONNECTED, now)
         link = Link(
             link_id,
             dialed=dialed,
@@ -244,17 +272,19 @@ class _Node:
                     heartbeat_timeout_ms=self._heartbeat_timeout_ms,
                 ),
             )
-        self.deadlines.set(("hs", link_id), now + self.timeouts.handshake_timeout)
-        self.deadlines.set(("ping", link_id), now + self.timeouts.heartbeat_interval)
-        self.deadlines.set(("rx", link_id), now + self.timeouts.heartbeat_timeout)
+        self.deadlines.set(
+            TimerKey(TimerKind.HANDSHAKE, link_id), now + self.timeouts.handshake_timeout
+        )
+        self.deadlines.set(
+            TimerKey(TimerKind.PING, link_id), now + self.timeouts.heartbeat_interval
+        )
+        self.deadlines.set(
+            TimerKey(TimerKind.SILENCE, link_id), now + self.timeouts.heartbeat_timeout
+        )
 
     def dial_failed(self, now: float, reason: str) -> None:
         """The pending dial failed: schedule the next one with backoff."""
-        if not self._dialing:
-            raise LocalProtocolError("dial_failed() without a pending Dial")
-        self._dialing = False
-        self._trace(now, "link", None, f"dial failed: {reason}")
-        self._schedule_redial(now)
+        self._parent_input(ParentInput.DIAL_FAILED, now, reason)
 
     def receive_data(self, link_id: LinkId, data: bytes, now: float) -> None:
         """Parse, decode and dispatch every complete frame; a protocol error ends the link."""
@@ -271,20 +301,19 @@ class _Node:
                 frame = link.frames.next_split()
                 if frame is None:
                     break
-                self._dispatch(link, decode_split(*frame), now)
+                message = decode_split(*frame)
+                self._link_input(link, _INPUT[type(message)], message, now)
         except ProtocolError as exc:
-            # The state machine may already say CLOSED; what matters is whether we
-            # have said goodbye yet (the link is still in the table).
-            if self.links.get(link_id) is link:
-                code = "limit" if isinstance(exc, LimitExceeded) else "protocol"
-                self.fail_link(link, now, code, str(exc))
+            # No effect raises after closing its own link, so the link is still open
+            # here (its machine may already say CLOSED): say goodbye.
+            code = "limit" if isinstance(exc, LimitExceeded) else "protocol"
+            self.fail_link(link, now, code, str(exc))
 
     def receive_eof(self, link_id: LinkId, now: float) -> None:
         """The peer went away: close the link and fail what depended on it."""
         link = self.links.get(link_id)
-        if link is None:
-            return
-        self._close(link, now, "closed by peer")
+        if link is not None:
+            self._link_input(link, LinkInput.EOF, None, now)
 
     def close_link(self, link_id: LinkId, now: float, reason: str) -> None:
         """Close a link on the app's request, with an ``Error(shutdown)`` goodbye."""
@@ -298,21 +327,10 @@ class _Node:
         return self.deadlines.earliest()
 
     def handle_timer(self, now: float) -> None:
-        """Fire every due deadline by kind (redial, lookup, stream, or a link timer)."""
+        """Fire every due deadline, each by the handler of its kind."""
         # One key at a time: firing one may cancel another due key (see pop_next_due).
         while (key := self.deadlines.pop_next_due(now)) is not None:
-            assert isinstance(key, tuple)
-            kind = key[0]
-            if kind == "redial":
-                self._dial(now)
-            elif kind == "lookup":
-                self.lookups.on_timer(key[1], now)
-            elif kind == "stream":
-                self.streams.on_timer(key[1], now)
-            else:
-                link = self.links.get(key[1])
-                if link is not None:
-                    self._link_timer(kind, link, now)
+            _TIMER_HANDLERS[key.kind](self, key.subject, now)
 
     def next_event(self) -> Event | None:
         """Pop the next app-facing event."""
@@ -338,7 +356,7 @@ class _Node:
         link = self.links.get(link_id)
         return link.pending_bytes() if link is not None else 0
 
-    # --- internal surface for routing/proxy -------------------------------------------
+    # --- the ports (kbproto.port) -----------------------------------------------------
 
     def send(self, link: Link, message: Message) -> None:
         """Queue a control message on ``link``."""
@@ -353,6 +371,23 @@ class _Node:
     def emit(self, event: Event) -> None:
         """Queue an app-facing event."""
         self._events.append(event)
+
+    def trace(self, now: float, category: str, link: Link | None, detail: str) -> None:
+        """Hand one record to the trace sink."""
+        self._trace(now, category, link.link_id if link is not None else None, detail)
+
+    def set_timer(self, key: TimerKey, when: float) -> None:
+        """Arm (or re-arm) ``key`` for absolute time ``when``."""
+        self.deadlines.set(key, when)
+
+    def cancel_timer(self, key: TimerKey) -> None:
+        """Disarm ``key`` (a no-op if it is not armed)."""
+        self.deadlines.cancel(key)
+
+    def parent_link(self) -> Link | None:
+        """The link to our parent while it is up, else None."""
+        parent = self.parent
+        return parent if parent is not None and parent.is_up else None
 
     def route(self, target: str, came_from: Link | None) -> Link | Literal["self"] | None:
         """Where a request for node ``target`` goes next, loop-free by construction.
@@ -370,8 +405,8 @@ class _Node:
                 if came_from is not None and link_id == came_from.link_id:
                     return None
                 return self.links[link_id]
-        parent = self.parent
-        if parent is not None and parent.is_up and came_from is not parent:
+        parent = self.parent_link()
+        if parent is not None and came_from is not parent:
             return parent
         return None
 
@@ -381,6 +416,62 @@ class _Node:
             return True
         return self.hub_index is not None and self.hub_index.has_node(node_id)
 
+    def local_answer(
+        self, raw: bytes, share_id: NodeId | None, came_from: Link | None
+    ) -> tuple[list[FindResult], list[Link]]:
+        """What this node answers for content ``raw`` from its own index, and which
+        child hubs to ask (docs/protocol.md §6 step 1). No side effects.
+
+        A share: its own file (if ``share_id`` is absent or itself), no hubs. A hub, in
+        one pass over the index's holders of ``raw`` (skipping ``came_from``): each
+        direct share child holding it, without duplicates and at most ``MAX_RESULTS``
+        (as ``routing`` keeps a find's results, so ``answer_now`` and ``find``
+        agree), and each child hub whose subtree holds it (and ``share_id``, if given).
+        """
+        results: list[FindResult] = []
+        hubs: list[Link] = []
+        if self.share_index is not None:
+            if share_id is None or share_id == self.node_id:
+                entry = self.share_index.representative(raw)
+                if entry is not None:
+                    results.append(
+                        FindResult(
+                            kbshare_id=self.node_id,
+                            share_url=self.info.listen_url,
+                            path=entry[0],
+                            size=entry[1],
+                            hops=(),
+                        )
+                    )
+            return results, hubs
+        hub = self.hub_index
+        assert hub is not None
+        seen: set[tuple[str, str]] = set()
+        for link_id in hub.holders(raw):
+            link = self.links.get(link_id)
+            if link is None or link is came_from or link.peer is None:
+                continue
+            peer = link.peer
+            if peer.node_type == "leaf":
+                if share_id is None or share_id == peer.node_id:
+                    entry = hub.share_entry(link_id, raw)
+                    assert entry is not None
+                    key = (peer.node_id, entry[0])
+                    if key not in seen and len(results) < MAX_RESULTS:
+                        seen.add(key)
+                        results.append(
+                            FindResult(
+                                kbshare_id=peer.node_id,
+                                share_url=peer.listen_url,
+                                path=entry[0],
+                                size=entry[1],
+                                hops=(),
+                            )
+                        )
+            elif share_id is None or hub.child_reaches(link_id, share_id):
+                hubs.append(link)
+        return results, hubs
+
     def fail_link(
         self, link: Link, now: float, code: str, reason: str, *, timed_out: bool = False
     ) -> None:
@@ -389,140 +480,16 @@ class _Node:
         link.queue_control(encode(Error(code=code, reason=reason[:4096])))
         self._close(link, now, reason, timed_out=timed_out)
 
-    def trace(self, now: float, category: str, link: Link | None, detail: str) -> None:
-        """Hand one record to the trace sink."""
-        self._trace(now, category, link.link_id if link is not None else None, detail)
+    # --- the link machine -------------------------------------------------------------
 
-    # --- index ------------------------------------------------------------------------
+    def _link_input(self, link: Link, event: LinkInput, payload: Any, now: float) -> None:
+        """Feed ``event`` to ``link``'s machine and run the effect its table names."""
+        effect = link.machine.process(event)
+        if effect is not None:
+            _LINK_EFFECTS[effect](self, link, payload, now)
 
-    def _changed(self, key: bytes) -> None:
-        """An index key changed locally: the uplink reports it at the next flush."""
-        self.uplink.changed(key)
-
-    def _uplink_keys(self) -> list[bytes]:
-        """Every key a full sync must send (for a hub: node ids first, since a parent
-        sizes a child hub's quota by the nodes it proves, then content ids)."""
-        if self.share_index is not None:
-            return self.share_index.keys()
-        assert self.hub_index is not None
-        return self.hub_index.node_keys() + self.hub_index.content_keys()
-
-    def _uplink_cost(self, key: bytes) -> int:
-        """The worst-case encoded size of one key's index entry."""
-        if self.share_index is not None:
-            rep = self.share_index.representative(key)
-            # Worst case: every path character escaped as \u00XX by the JSON encoder.
-            return 64 + (6 * len(rep[0]) if rep is not None else 0)
-        if len(key) == 12:
-            assert self.hub_index is not None
-            placement = self.hub_index.placement(key)
-            # A placement, exactly (it can be tens of KiB); a drop is a short id.
-            return 32 + (encoded_size(placement) if placement is not None else 0)
-        return 48
-
-    def _uplink_build(
-        self, reset: bool, seq: int, keys: list[bytes]
-    ) -> ShareIndexUpdate | HubIndexUpdate:
-        """One index message for ``keys``, from their state *now* (put if present, else drop)."""
-        if self.share_index is not None:
-            put: list[tuple[str, str, int]] = []
-            drop: list[str] = []
-            for key in keys:
-                rep = self.share_index.representative(key)
-                # A key removed since it was queued is dropped, even in a reset batch
-                # (the parent ignores drops of entries it does not hold).
-                if rep is None:
-                    drop.append(key.hex())
-                else:
-                    put.append((key.hex(), rep[0], rep[1]))
-            return ShareIndexUpdate(seq=seq, reset=reset, put=tuple(put), drop=tuple(drop))
-        hub = self.hub_index
-        assert hub is not None
-        cput: list[str] = []
-        cdrop: list[str] = []
-        nput: list[Placement] = []
-        ndrop: list[NodeId] = []
-        for key in keys:
-            # Node ids are 12 ASCII bytes, content ids 20 raw bytes: the length tells.
-            if len(key) == 12:
-                placement = hub.placement(key)
-                if placement is not None:
-                    nput.append(placement)
-                else:
-                    ndrop.append(NodeId(key.decode()))
-            else:
-                (cput if hub.has_content(key) else cdrop).append(key.hex())
-        return HubIndexUpdate(
-            seq=seq,
-            reset=reset,
-            content_put=tuple(cput),
-            content_drop=tuple(cdrop),
-            nodes_put=tuple(nput),
-            nodes_drop=tuple(ndrop),
-        )
-
-    def flush_index(self) -> None:
-        """Send whatever index messages the window allows."""
-        parent = self.parent
-        if parent is None or not parent.is_up:
-            return
-        for message in self.uplink.next_messages():
-            self.send(parent, message)
-            self._synced_reported = False
-        if self.uplink.idle and not self._synced_reported:
-            self._synced_reported = True
-            count = (
-                self.share_index.content_count
-                if self.share_index is not None
-                else self.hub_index.content_count  # type: ignore[union-attr]
-            )
-            self.emit(IndexSynced(link_id=parent.link_id, entries=count))
-
-    # --- receive dispatch -------------------------------------------------------------
-
-    def _dispatch(self, link: Link, message: Message, now: float) -> None:
-        """Move the state machine for ``message``, then hand it to the part that owns it."""
-        was_registering = link.state in (LinkState.DIALED, LinkState.REGISTERING)
-        link.machine.process(_INPUT[type(message)])
-        if isinstance(message, Data | Open | Response | End | Credit | Reset):
-            self.streams.on_message(link, message, now)
-        elif isinstance(message, Ping):
-            pass
-        elif isinstance(message, Find):
-            self.lookups.on_find(link, message, now)
-        elif isinstance(message, FindReply):
-            self.lookups.on_reply(link, message, now)
-        elif isinstance(message, ShareIndexUpdate | HubIndexUpdate):
-            self._on_index(link, message, now)
-        elif isinstance(message, IndexAck):
-            self.uplink.acked(message.seq)
-            self.flush_index()
-        elif isinstance(message, Resync):
-            self._trace(
-                now, "index", link.link_id, f"parent asked for resync at {message.expected}"
-            )
-            self.uplink.resync()
-            self.flush_index()
-        elif isinstance(message, Challenge):
-            self._on_challenge(link, message, now)
-        elif isinstance(message, Register):
-            self._on_register(link, message, now)
-        elif isinstance(message, Welcome):
-            self._on_welcome(link, message, now)
-        else:
-            assert isinstance(message, Error)
-            reason = f"peer closed the link: {message.reason}"
-            if was_registering and link.dialed:
-                self.emit(JoinRefused(link_id=link.link_id, reason=message.reason))
-            if link.dialed and message.code == "limit":
-                # Rejoining soon would send the same index and be refused again: a
-                # full sync every few seconds for both sides. The next dial waits
-                # ``limit_backoff`` instead of the usual short backoff.
-                self._limited = True
-            self._close(link, now, reason)
-
-    def _on_challenge(self, link: Link, message: Challenge, now: float) -> None:
-        """Child side: sign the transcript and register."""
+    def _register(self, link: Link, message: Challenge, now: float) -> None:
+        """Child side: sign a placement for the challenge and register."""
         link.nonce = message.nonce
         link.peer_max_streams = message.max_streams
         link.peer_max_lookups = message.max_lookups
@@ -564,12 +531,12 @@ class _Node:
         wanted = max(peer_timeout_ms / 3000, _MIN_PING_INTERVAL)
         interval = min(self.timeouts.heartbeat_interval, wanted)
         link.ping_interval = interval
-        key = ("ping", link.link_id)
+        key = TimerKey(TimerKind.PING, link.link_id)
         due = self.deadlines.get(key)
         if due is None or due > now + interval:
             self.deadlines.set(key, now + interval)
 
-    def _on_register(self, link: Link, message: Register, now: float) -> None:
+    def _admit(self, link: Link, message: Register, now: float) -> None:
         """Parent side: check the registration, then welcome or refuse the child.
 
         The checks that need no hub state are in ``handshake.check_registration``;
@@ -610,25 +577,21 @@ class _Node:
             is_hub=info.node_type == "hub",
             trusted=bool(self.config.passcode),
         )
-        self.deadlines.cancel(("hs", link.link_id))
+        self.deadlines.cancel(TimerKey(TimerKind.HANDSHAKE, link.link_id))
         self.send(link, Welcome(info=self.info))
         self._trace(now, "link", link.link_id, f"child {info.node_id} ({info.name}) joined")
         self.emit(ChildJoined(link_id=link.link_id, info=info))
         self.flush_index()
 
-    def _on_welcome(self, link: Link, message: Welcome, now: float) -> None:
-        """Child side: joined; start the full index sync."""
+    def _join(self, link: Link, message: Welcome, now: float) -> None:
+        """Child side: the parent welcomed us; the parent cycle takes it from here."""
         link.peer = message.info
-        self.parent_info = message.info
-        self._attempt = 0
-        self.deadlines.cancel(("hs", link.link_id))
-        self._trace(now, "link", link.link_id, f"joined parent {message.info.node_id}")
-        self.emit(ParentConnected(link_id=link.link_id, info=message.info))
-        self._synced_reported = False
-        self.uplink.start()
-        self.flush_index()
+        self.deadlines.cancel(TimerKey(TimerKind.HANDSHAKE, link.link_id))
+        self._parent_input(ParentInput.WELCOME, now, message)
 
-    def _on_index(self, link: Link, message: ShareIndexUpdate | HubIndexUpdate, now: float) -> None:
+    def _apply_index(
+        self, link: Link, message: ShareIndexUpdate | HubIndexUpdate, now: float
+    ) -> None:
         """Parent side: apply an index batch (or ask for a resync), acknowledge it.
 
         Every batch is acknowledged, even one ignored while waiting for a reset: the
@@ -646,6 +609,44 @@ class _Node:
             self.send(link, Resync(expected=expected))
         self.send(link, IndexAck(seq=message.seq))
         self.flush_index()
+
+    def _index_acked(self, link: Link, message: IndexAck, now: float) -> None:
+        """Child side: the parent acknowledged one of our index messages."""
+        self.uplink.acked(message.seq)
+        self.flush_index()
+
+    def _resend_index(self, link: Link, message: Resync, now: float) -> None:
+        """Child side: the parent saw a gap and wants our whole index again."""
+        self._trace(now, "index", link.link_id, f"parent asked for resync at {message.expected}")
+        self.uplink.resync()
+        self.flush_index()
+
+    def _find(self, link: Link, message: Find, now: float) -> None:
+        self.lookups.on_find(link, message, now)
+
+    def _find_reply(self, link: Link, message: FindReply, now: float) -> None:
+        self.lookups.on_reply(link, message, now)
+
+    def _stream(
+        self, link: Link, message: Open | Response | Data | End | Credit | Reset, now: float
+    ) -> None:
+        self.streams.on_message(link, message, now)
+
+    def _parent_closed(self, link: Link, message: Error, now: float) -> None:
+        """Our parent said goodbye: tell the parent cycle why, then close."""
+        limited = message.code == "limit"
+        self._parent_input(ParentInput.LIMIT_ERROR if limited else ParentInput.ERROR, now, message)
+        self._close(link, now, f"peer closed the link: {message.reason}")
+
+    def _child_closed(self, link: Link, message: Error, now: float) -> None:
+        """A child (or a link not yet registered) said goodbye."""
+        self._close(link, now, f"peer closed the link: {message.reason}")
+
+    def _peer_gone(self, link: Link, payload: None, now: float) -> None:
+        self._close(link, now, "closed by peer")
+
+    def _time_out(self, link: Link, reason: str, now: float) -> None:
+        self.fail_link(link, now, "timeout", reason, timed_out=True)
 
     def _placement_refused(self, link_id: int, placement: Placement, reason: str) -> None:
         """A child reported a node id without a valid placement: it was dropped. The
@@ -666,25 +667,6 @@ class _Node:
                 )
             )
 
-    # --- timers, closing, redial ------------------------------------------------------
-
-    def _link_timer(self, kind: str, link: Link, now: float) -> None:
-        """A per-link deadline fired: send a ping, or close a silent or stuck link."""
-        if kind == "ping":
-            self.send(link, Ping())
-            self.deadlines.set(("ping", link.link_id), now + link.ping_interval)
-        elif kind == "rx":
-            due = link.last_rx + self.timeouts.heartbeat_timeout
-            if due > now:
-                self.deadlines.set(("rx", link.link_id), due)
-            else:
-                silent = self.timeouts.heartbeat_timeout
-                self.fail_link(
-                    link, now, "timeout", f"no frame from peer for {silent:g} s", timed_out=True
-                )
-        else:  # "hs": cancelled when the handshake finishes, so it is still pending
-            self.fail_link(link, now, "timeout", "handshake timed out", timed_out=True)
-
     def _close(self, link: Link, now: float, reason: str, *, timed_out: bool = False) -> None:
         """Flush the outbox, hang up, forget the link and fail everything that used it.
 
@@ -704,8 +686,8 @@ class _Node:
         self._actions.append(Hangup(link_id=link.link_id, reason=reason))
         del self.links[link.link_id]
         self._ready.pop(link.link_id, None)
-        for kind in ("hs", "ping", "rx"):
-            self.deadlines.cancel((kind, link.link_id))
+        for kind in _LINK_TIMERS:
+            self.deadlines.cancel(TimerKey(kind, link.link_id))
         self._trace(now, "link", link.link_id, f"closed: {reason}")
         self.emit(
             LinkClosed(
@@ -722,30 +704,154 @@ class _Node:
             self.parent = None
             self.parent_info = None
             self.uplink.stop()
-            self._schedule_redial(now)
+            self._parent_input(ParentInput.LINK_LOST, now)
         elif was_child:
             assert self.hub_index is not None
             self.hub_index.drop_child(link.link_id)
             self.flush_index()
 
-    def _dial(self, now: float) -> None:
+    # --- the parent cycle -------------------------------------------------------------
+
+    def _parent_input(self, event: ParentInput, now: float, payload: Any = None) -> None:
+        """Feed the parent cycle; run the effect its table names.
+
+        Raises:
+            LocalProtocolError: the driver's call does not fit (``dial_failed()`` with
+                no dial out, a second ``start()``).
+        """
+        effect = self._parent_cycle.process(event)
+        if effect is not None:
+            _PARENT_EFFECTS[effect](self, now, payload)
+
+    def _dial(self, now: float, payload: None) -> None:
         """Ask the driver to dial the parent."""
         url = self.config.parent_url
         assert url is not None
-        self._dialing = True
         self._trace(now, "link", None, f"dialing {url}")
         self._actions.append(Dial(address=url))
 
-    def _schedule_redial(self, now: float) -> None:
+    def _back_off(self, now: float, payload: None) -> None:
         """Arm the next dial: capped exponential backoff with jitter in [0.5, 1]."""
-        if self._limited:
-            self._limited = False
-            delay = self.timeouts.limit_backoff
+        delay = min(self.timeouts.reconnect_max, self.timeouts.reconnect_min * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        self.deadlines.set(_REDIAL, now + delay * self.ids.uniform(0.5, 1.0))
+
+    def _back_off_failed_dial(self, now: float, reason: str) -> None:
+        self._trace(now, "link", None, f"dial failed: {reason}")
+        self._back_off(now, None)
+
+    def _back_off_long(self, now: float, payload: None) -> None:
+        """Rejoining soon would send the same index and be refused again: a full sync
+        every few seconds for both sides. The next dial waits ``limit_backoff``."""
+        self.deadlines.set(_REDIAL, now + self.timeouts.limit_backoff * self.ids.uniform(0.5, 1.0))
+
+    def _enter_tree(self, now: float, message: Welcome) -> None:
+        """Joined: reset the backoff, tell the app, start the full index sync."""
+        parent = self.parent
+        assert parent is not None  # the link that was welcomed
+        self.parent_info = message.info
+        self._attempt = 0
+        self._trace(now, "link", parent.link_id, f"joined parent {message.info.node_id}")
+        self.emit(ParentConnected(link_id=parent.link_id, info=message.info))
+        self.uplink.start()
+        self.flush_index()
+
+    def _report_refusal(self, now: float, message: Error) -> None:
+        parent = self.parent
+        assert parent is not None  # the link being refused
+        self.emit(JoinRefused(link_id=parent.link_id, reason=message.reason))
+
+    # --- timers -----------------------------------------------------------------------
+
+    def _redial_due(self, subject: int, now: float) -> None:
+        self._parent_input(ParentInput.REDIAL_DUE, now)
+
+    def _lookup_due(self, subject: int, now: float) -> None:
+        self.lookups.on_timer(subject, now)
+
+    def _stream_due(self, subject: int, now: float) -> None:
+        self.streams.on_timer(StreamId(subject), now)
+
+    def _handshake_due(self, subject: int, now: float) -> None:
+        # Cancelled when the handshake finishes, or when the link closes.
+        self._link_input(self.links[LinkId(subject)], LinkInput.TIMEOUT, "handshake timed out", now)
+
+    def _ping_due(self, subject: int, now: float) -> None:
+        link = self.links[LinkId(subject)]
+        self.send(link, Ping())
+        self.deadlines.set(TimerKey(TimerKind.PING, subject), now + link.ping_interval)
+
+    def _silence_due(self, subject: int, now: float) -> None:
+        """Re-arm from the last bytes received, or close a link silent for too long."""
+        link = self.links[LinkId(subject)]
+        silent = self.timeouts.heartbeat_timeout
+        due = link.last_rx + silent
+        if due > now:
+            self.deadlines.set(TimerKey(TimerKind.SILENCE, subject), due)
         else:
-            delay = min(self.timeouts.reconnect_max, self.timeouts.reconnect_min * 2**self._attempt)
-            self._attempt = min(self._attempt + 1, 32)
-        self.deadlines.set(("redial",), now + delay * self.ids.uniform(0.5, 1.0))
+            self._link_input(link, LinkInput.TIMEOUT, f"no frame from peer for {silent:g} s", now)
+
+    # --- index ------------------------------------------------------------------------
+
+    def _changed(self, key: bytes) -> None:
+        """An index key changed locally: the uplink reports it at the next flush."""
+        self.uplink.changed(key)
+
+    def flush_index(self) -> None:
+        """Send whatever index messages the window allows (once joined)."""
+        parent = self.parent_link()
+        if parent is not None:
+            self.uplink.flush(lambda message: self.send(parent, message))
+
+    def _index_synced(self) -> None:
+        """Everything we reported was acknowledged: tell the app."""
+        parent = self.parent
+        assert parent is not None  # the uplink runs only while joined
+        index = self.share_index if self.share_index is not None else self.hub_index
+        assert index is not None
+        self.emit(IndexSynced(link_id=parent.link_id, entries=index.content_count))
 
     def _trace(self, now: float, category: str, link_id: LinkId | None, detail: str) -> None:
         """Hand one record to the trace sink."""
         self.tracer.record(TraceRecord(now=now, category=category, link_id=link_id, detail=detail))
+
+
+#: Each effect of ``LINK_TRANSITIONS``, bound to what does it. The payload is the
+#: decoded message for a frame, None for EOF, the reason for a timeout: the table's
+#: input decides which (so it is ``Any`` here).
+_LINK_EFFECTS: dict[LinkEffect, Callable[[_Node, Link, Any, float], None]] = {
+    LinkEffect.REGISTER: _Node._register,
+    LinkEffect.ADMIT: _Node._admit,
+    LinkEffect.JOIN: _Node._join,
+    LinkEffect.APPLY_INDEX: _Node._apply_index,
+    LinkEffect.INDEX_ACKED: _Node._index_acked,
+    LinkEffect.RESEND_INDEX: _Node._resend_index,
+    LinkEffect.FIND: _Node._find,
+    LinkEffect.FIND_REPLY: _Node._find_reply,
+    LinkEffect.STREAM: _Node._stream,
+    LinkEffect.PARENT_CLOSED: _Node._parent_closed,
+    LinkEffect.CHILD_CLOSED: _Node._child_closed,
+    LinkEffect.PEER_GONE: _Node._peer_gone,
+    LinkEffect.TIME_OUT: _Node._time_out,
+}
+
+#: Each effect of ``PARENT_TRANSITIONS``, bound to what does it (the payload: the
+#: parent's ``Welcome`` or ``Error``, the reason a dial failed, or None).
+_PARENT_EFFECTS: dict[ParentEffect, Callable[[_Node, float, Any], None]] = {
+    ParentEffect.DIAL: _Node._dial,
+    ParentEffect.BACK_OFF: _Node._back_off,
+    ParentEffect.BACK_OFF_FAILED_DIAL: _Node._back_off_failed_dial,
+    ParentEffect.BACK_OFF_LONG: _Node._back_off_long,
+    ParentEffect.ENTER_TREE: _Node._enter_tree,
+    ParentEffect.REPORT_REFUSAL: _Node._report_refusal,
+}
+
+#: What runs when a timer of each kind fires, with the key's subject.
+_TIMER_HANDLERS: dict[TimerKind, Callable[[_Node, int, float], None]] = {
+    TimerKind.REDIAL: _Node._redial_due,
+    TimerKind.LOOKUP: _Node._lookup_due,
+    TimerKind.STREAM: _Node._stream_due,
+    TimerKind.HANDSHAKE: _Node._handshake_due,
+    TimerKind.PING: _Node._ping_due,
+    TimerKind.SILENCE: _Node._silence_due,
+}

@@ -184,11 +184,10 @@ class FrameBuffer:
         """The next ``count`` unconsumed bytes (``count`` <= ``len(self)``), not consumed."""
         out = b""
         pos = self._pos
-        for chunk in self._chunks:
-            out += chunk[pos : pos + count - len(out)]
+        chunks = iter(self._chunks)
+        while len(out) < count:
+            out += next(chunks)[pos : pos + count - len(out)]
             pos = 0
-            if len(out) == count:
-                break
         return out
 
     def _skip(self, count: int) -> None:

@@ -30,16 +30,24 @@ Three pure data structures, no links and no timers (the node wires them up):
     million-entry index never floods the outbox and churn is coalesced (a file that
     changes ten times while the link is busy is reported once).
 
+The two ends of index sync are state machines in ``kbproto.state``:
+``INDEX_SEND_TRANSITIONS`` drives ``UplinkSync`` (stopped, a reset due, sending,
+synced) and ``INDEX_RECEIVE_TRANSITIONS`` drives ``HubIndex.apply`` for each child
+(in step, or waiting for the reset a gap asked for). docs/protocol.md §5 is the
+protocol; §4.4 draws the machines.
+
 Content ids are kept as 20 raw bytes (not 40-char strings): half the memory per key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 from kbproto.budget import IndexBudget
-from kbproto.errors import LocalProtocolError, RemoteProtocolError
-from kbproto.ids import LinkId, is_sha1
+from kbproto.codec import encoded_size
+from kbproto.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from kbproto.ids import LinkId, NodeId, is_sha1
 from kbproto.messages import (
     MAX_BATCH_ENTRIES,
     MAX_PATH,
@@ -49,6 +57,17 @@ from kbproto.messages import (
     ShareIndexUpdate,
 )
 from kbproto.nodetable import NodeTable
+from kbproto.state import (
+    INDEX_RECEIVE_TRANSITIONS,
+    INDEX_SEND_TRANSITIONS,
+    IndexReceiveEffect,
+    IndexReceiveInput,
+    IndexReceiveState,
+    IndexSendEffect,
+    IndexSendInput,
+    IndexSendState,
+    StateMachine,
+)
 
 __all__ = ("HubIndex", "ShareIndex", "UplinkSync")
 
@@ -133,6 +152,28 @@ class ShareIndex:
         """Every indexed path (snapshot)."""
         return list(self._by_path)
 
+    # --- reporting upward (``UplinkSync``'s keys, cost and build) ---------------------
+
+    def report_cost(self, raw: bytes) -> int:
+        """The worst-case encoded size of content ``raw``'s entry in a report."""
+        rep = self._rep.get(raw)
+        # Worst case: every path character escaped as \u00XX by the JSON encoder.
+        return 64 + (6 * len(rep[0]) if rep is not None else 0)
+
+    def report(self, reset: bool, seq: int, keys: list[bytes]) -> ShareIndexUpdate:
+        """One index message for content ids ``keys``, from their state *now*."""
+        put: list[tuple[str, str, int]] = []
+        drop: list[str] = []
+        for key in keys:
+            rep = self._rep.get(key)
+            # A key removed since it was queued is dropped, even in a reset batch
+            # (the parent ignores drops of entries it does not hold).
+            if rep is None:
+                drop.append(key.hex())
+            else:
+                put.append((key.hex(), rep[0], rep[1]))
+        return ShareIndexUpdate(seq=seq, reset=reset, put=tuple(put), drop=tuple(drop))
+
     def _refresh(self, raw: bytes) -> None:
         """Recompute the representative of ``raw`` and report it if it changed."""
         paths = self._paths.get(raw)
@@ -151,15 +192,18 @@ class ShareIndex:
 
 
 def _add(table: dict[bytes, int | list[int]], key: bytes, link: int) -> bool:
-    """Record that ``key`` is reachable via ``link``; True if ``key`` is new."""
+    """Record that ``key`` is reachable via ``link``; True if ``key`` is new.
+
+    The caller knows ``key`` is not recorded via ``link`` yet (the per-child sets and
+    maps mirror this table, and a child's repeated put never reaches here).
+    """
     current = table.get(key)
     if current is None:
         table[key] = link
         return True
     if isinstance(current, int):
-        if current != link:
-            table[key] = [current, link]
-    elif link not in current:
+        table[key] = [current, link]
+    else:
         current.append(link)
     return False
 
@@ -191,7 +235,7 @@ def _links(table: dict[bytes, int | list[int]], key: bytes) -> list[int]:
 class _Child:
     """What one direct child brought to a hub's content index."""
 
-    __slots__ = ("content", "cost", "expected_seq", "files", "is_hub", "resyncing")
+    __slots__ = ("content", "cost", "expected_seq", "files", "is_hub", "reports")
 
     def __init__(self, is_hub: bool) -> None:
         self.is_hub = is_hub
@@ -199,8 +243,12 @@ class _Child:
         self.content: set[bytes] = set()
         #: Budget entries its content costs (``kbproto.budget.entry_cost`` each).
         self.cost = 0
+        #: The ``seq`` of the next index message, while in step.
         self.expected_seq = 0
-        self.resyncing = False
+        #: Where we are in following its reports (``INDEX_RECEIVE_TRANSITIONS``).
+        self.reports: StateMachine[IndexReceiveState, IndexReceiveInput, IndexReceiveEffect] = (
+            StateMachine("index receive", INDEX_RECEIVE_TRANSITIONS, IndexReceiveState.IN_STEP)
+        )
 
 
 #: A table that shrank below this share of its peak is rebuilt: CPython dicts never
@@ -254,17 +302,9 @@ class HubIndex:
         """Snapshot of routable node ids (ASCII bytes)."""
         return self.nodes.keys()
 
-    def has_content(self, raw: bytes) -> bool:
-        """True if ``raw`` is reachable in the subtree."""
-        return raw in self._where
-
     def has_node(self, node_id: str) -> bool:
         """True if ``node_id`` is routable in the subtree (a child or below)."""
         return self.nodes.route(node_id) is not None
-
-    def placement(self, key: bytes) -> Placement | None:
-        """The placement node id ``key`` (ASCII bytes) is routed on, if routable."""
-        return self.nodes.placement(key)
 
     def route(self, node_id: str) -> LinkId | None:
         """The child link toward ``node_id``, or None."""
@@ -282,6 +322,49 @@ class HubIndex:
     def child_reaches(self, link: int, node_id: str) -> bool:
         """True if ``node_id`` is routed through the child on ``link``."""
         return self.nodes.reaches(link, node_id)
+
+    # --- reporting upward (``UplinkSync``'s keys, cost and build) ---------------------
+
+    def report_keys(self) -> list[bytes]:
+        """Every key a full sync sends: node ids first (a parent sizes a child hub's
+        quota by the nodes it proves), then content ids."""
+        return self.node_keys() + self.content_keys()
+
+    def report_cost(self, key: bytes) -> int:
+        """The worst-case encoded size of ``key``'s entry in a report."""
+        # Node ids are 12 ASCII bytes, content ids 20 raw bytes: the length tells.
+        if len(key) == 12:
+            placement = self.nodes.placement(key)
+            # A placement, exactly (it can be tens of KiB); a drop is a short id.
+            return 32 + (encoded_size(placement) if placement is not None else 0)
+        return 48
+
+    def report(self, reset: bool, seq: int, keys: list[bytes]) -> HubIndexUpdate:
+        """One index message for ``keys`` (node ids and content ids), from their state
+        *now*: put if routable or reachable, else drop."""
+        cput: list[str] = []
+        cdrop: list[str] = []
+        nput: list[Placement] = []
+        ndrop: list[NodeId] = []
+        for key in keys:
+            if len(key) == 12:
+                placement = self.nodes.placement(key)
+                if placement is not None:
+                    nput.append(placement)
+                else:
+                    ndrop.append(NodeId(key.decode()))
+            else:
+                (cput if key in self._where else cdrop).append(key.hex())
+        return HubIndexUpdate(
+            seq=seq,
+            reset=reset,
+            content_put=tuple(cput),
+            content_drop=tuple(cdrop),
+            nodes_put=tuple(nput),
+            nodes_drop=tuple(ndrop),
+        )
+
+    # --- children ---------------------------------------------------------------------
 
     def add_child(self, link: int, placement: Placement, *, is_hub: bool, trusted: bool) -> None:
         """A child joined on ``link`` with ``placement``: its own id becomes routable.
@@ -330,22 +413,40 @@ class HubIndex:
             kind = "hub" if child.is_hub else "share"
             raise RemoteProtocolError(f"a {kind} sent the wrong kind of index message")
         if message.reset:
-            self._clear(link, child)
-            self.nodes.clear(link)
-            child.resyncing = False
-        elif child.resyncing:
-            child.expected_seq = message.seq + 1
-            return None
-        elif message.seq != child.expected_seq:
-            child.resyncing = True
-            return child.expected_seq
+            event = IndexReceiveInput.RESET
+        elif message.seq == child.expected_seq:
+            event = IndexReceiveInput.NEXT
+        else:
+            event = IndexReceiveInput.GAP
+        effect = child.reports.process(event)
+        if effect is None:
+            return None  # waiting for a reset: acknowledged, ignored
+        return _RECEIVE_EFFECTS[effect](self, link, child, message)
+
+    def _replace(
+        self, link: int, child: _Child, message: ShareIndexUpdate | HubIndexUpdate
+    ) -> None:
+        """A reset: drop everything the child reported, then apply the message."""
+        self._clear(link, child)
+        self.nodes.clear(link)
+        self._apply_next(link, child, message)
+
+    def _apply_next(
+        self, link: int, child: _Child, message: ShareIndexUpdate | HubIndexUpdate
+    ) -> None:
+        """Apply the message in sequence."""
         child.expected_seq = message.seq + 1
         if isinstance(message, ShareIndexUpdate):
             self._apply_share(link, child, message)
         else:
             self._apply_hub(link, child, message)
         self._where_peak = max(self._where_peak, len(self._where))
-        return None
+
+    def _ask_resync(
+        self, link: int, child: _Child, message: ShareIndexUpdate | HubIndexUpdate
+    ) -> int:
+        """A gap: the seq we wanted, for the ``Resync`` the node sends."""
+        return child.expected_seq
 
     def _apply_share(self, link: int, child: _Child, message: ShareIndexUpdate) -> None:
         """Apply a share child's puts and drops, within its index quota."""
@@ -415,14 +516,32 @@ class HubIndex:
         child.cost += added
 
 
+#: Each effect of ``INDEX_RECEIVE_TRANSITIONS``, bound to what does it; an effect
+#: returns the seq for a ``Resync``, or None.
+_RECEIVE_EFFECTS: dict[
+    IndexReceiveEffect,
+    Callable[[HubIndex, int, _Child, ShareIndexUpdate | HubIndexUpdate], int | None],
+] = {
+    IndexReceiveEffect.REPLACE: HubIndex._replace,
+    IndexReceiveEffect.APPLY: HubIndex._apply_next,
+    IndexReceiveEffect.ASK_RESYNC: HubIndex._ask_resync,
+}
+
+
 class UplinkSync:
     """Paces a child's index reports to its parent (see the module docstring).
+
+    Its life is ``kbproto.state.INDEX_SEND_TRANSITIONS``: ``start`` when the parent
+    welcomes us, ``stop`` when the link is lost, ``resync`` on the parent's request,
+    ``acked`` per ``IndexAck``, and ``flush`` whenever there may be something to send.
 
     Args:
         keys: returns a snapshot of every key to send in a full sync.
         build: turns ``(reset, seq, keys)`` into one message for those keys, reading
             their *current* state (present: put, absent: drop).
         cost: estimated encoded bytes of one key's entry.
+        on_synced: called each time everything sent has been acknowledged and
+            nothing is left to send (the node reports ``IndexSynced``).
         window: messages that may be unacknowledged.
         batch_bytes: target encoded size of one message.
     """
@@ -432,6 +551,7 @@ class UplinkSync:
         keys: Callable[[], list[bytes]],
         build: Callable[[bool, int, list[bytes]], ShareIndexUpdate | HubIndexUpdate],
         cost: Callable[[bytes], int],
+        on_synced: Callable[[], None],
         *,
         window: int,
         batch_bytes: int,
@@ -439,52 +559,33 @@ class UplinkSync:
         self._keys = keys
         self._build = build
         self._cost = cost
+        self._on_synced = on_synced
         self._window = window
         self._batch_bytes = batch_bytes
         self._snapshot: list[bytes] = []
         self._cursor = 0
         self._dirty: dict[bytes, None] = {}
-        self._reset_next = False
         self._seq = 0
         self._unacked: list[int] = []
-        self.active = False
-
-    @property
-    def idle(self) -> bool:
-        """True when everything has been sent and acknowledged."""
-        return (
-            not self._unacked
-            and not self._dirty
-            and self._cursor >= len(self._snapshot)
-            and not self._reset_next
+        self._machine: StateMachine[IndexSendState, IndexSendInput, IndexSendEffect] = StateMachine(
+            "index send", INDEX_SEND_TRANSITIONS, IndexSendState.STOPPED
         )
 
     def start(self) -> None:
         """The link to the parent is up: begin a full sync from sequence 0."""
-        self.active = True
-        self._seq = 0
-        self._unacked = []
-        self.resync()
+        self._input(IndexSendInput.START)
 
     def stop(self) -> None:
         """The link to the parent is gone: forget everything in flight."""
-        self.active = False
-        self._snapshot = []
-        self._cursor = 0
-        self._dirty = {}
-        self._unacked = []
-        self._reset_next = False
+        self._input(IndexSendInput.STOP)
 
     def resync(self) -> None:
-        """Send everything again, starting with a reset message."""
-        self._snapshot = self._keys()
-        self._cursor = 0
-        self._dirty = {}
-        self._reset_next = True
+        """The parent asked: send everything again, starting with a reset message."""
+        self._input(IndexSendInput.RESYNC)
 
     def changed(self, key: bytes) -> None:
-        """``key`` changed locally: report its current state soon."""
-        if self.active:
+        """``key`` changed locally: report its current state soon (once joined)."""
+        if self._machine.state is not IndexSendState.STOPPED:
             self._dirty[key] = None
 
     def acked(self, seq: int) -> None:
@@ -493,33 +594,91 @@ class UplinkSync:
         Raises:
             RemoteProtocolError: ``seq`` is not the oldest unacknowledged message.
         """
+        self._input(IndexSendInput.ACKED, seq, RemoteProtocolError)
+
+    def flush(self, send: Callable[[ShareIndexUpdate | HubIndexUpdate], None]) -> None:
+        """Hand ``send`` the messages the window allows now; report ``on_synced`` when
+        nothing is left to send or to be acknowledged. Call only while started."""
+        while len(self._unacked) < self._window:
+            batch = self._next_batch()
+            reset = self._machine.state is IndexSendState.RESET_DUE
+            if not batch and not reset:
+                break
+            message = self._build(reset, self._seq, batch)
+            self._input(IndexSendInput.SENT)
+            self._unacked.append(self._seq)
+            self._seq += 1
+            send(message)
+        if not self._unacked and not self._dirty and self._cursor >= len(self._snapshot):
+            self._input(IndexSendInput.SETTLED)
+
+    def _next_batch(self) -> list[bytes]:
+        """Keys for one message: the full sync's next ones, then changed ones, up to
+        ``batch_bytes`` of estimated size and ``MAX_BATCH_ENTRIES``."""
+        batch: list[bytes] = []
+        budget = self._batch_bytes
+        while len(batch) < MAX_BATCH_ENTRIES and budget > 0:
+            if self._cursor < len(self._snapshot):
+                key = self._snapshot[self._cursor]
+                self._cursor += 1
+                if self._cursor == len(self._snapshot):
+                    self._snapshot = []
+                    self._cursor = 0
+            elif self._dirty:
+                key = next(iter(self._dirty))
+                del self._dirty[key]
+            else:
+                break
+            batch.append(key)
+            budget -= self._cost(key)
+        return batch
+
+    def _input(
+        self,
+        event: IndexSendInput,
+        arg: object = None,
+        error: type[ProtocolError] = LocalProtocolError,
+    ) -> None:
+        """Feed the machine; run the effect the table names."""
+        effect = self._machine.process(event, error)
+        if effect is not None:
+            _SEND_EFFECTS[effect](self, arg)
+
+    # --- effects ----------------------------------------------------------------------
+
+    def _begin(self, arg: None) -> None:
+        """Numbering restarts at 0 on a new link; the full sync follows."""
+        self._seq = 0
+        self._unacked = []
+        self._snapshot_all(arg)
+
+    def _snapshot_all(self, arg: None) -> None:
+        """Every key, for a full sync; changes so far are in it."""
+        self._snapshot = self._keys()
+        self._cursor = 0
+        self._dirty = {}
+
+    def _forget(self, arg: None) -> None:
+        self._snapshot = []
+        self._cursor = 0
+        self._dirty = {}
+        self._unacked = []
+
+    def _pop_ack(self, seq: int) -> None:
         if not self._unacked or self._unacked[0] != seq:
             raise RemoteProtocolError(f"index ack for unexpected seq {seq}")
         self._unacked.pop(0)
 
-    def next_messages(self) -> Iterable[ShareIndexUpdate | HubIndexUpdate]:
-        """Yield the messages to send now (within the window)."""
-        while self.active and len(self._unacked) < self._window:
-            batch: list[bytes] = []
-            budget = self._batch_bytes
-            while len(batch) < MAX_BATCH_ENTRIES and budget > 0:
-                if self._cursor < len(self._snapshot):
-                    key = self._snapshot[self._cursor]
-                    self._cursor += 1
-                    if self._cursor == len(self._snapshot):
-                        self._snapshot = []
-                        self._cursor = 0
-                elif self._dirty:
-                    key = next(iter(self._dirty))
-                    del self._dirty[key]
-                else:
-                    break
-                batch.append(key)
-                budget -= self._cost(key)
-            if not batch and not self._reset_next:
-                return
-            message = self._build(self._reset_next, self._seq, batch)
-            self._reset_next = False
-            self._unacked.append(self._seq)
-            self._seq += 1
-            yield message
+    def _report_synced(self, arg: None) -> None:
+        self._on_synced()
+
+
+#: Each effect of ``INDEX_SEND_TRANSITIONS``, bound to what does it (the payload is
+#: the acknowledged seq for ``POP_ACK``, else None).
+_SEND_EFFECTS: dict[IndexSendEffect, Callable[[UplinkSync, Any], None]] = {
+    IndexSendEffect.BEGIN: UplinkSync._begin,
+    IndexSendEffect.SNAPSHOT: UplinkSync._snapshot_all,
+    IndexSendEffect.FORGET: UplinkSync._forget,
+    IndexSendEffect.POP_ACK: UplinkSync._pop_ack,
+    IndexSendEffect.REPORT_SYNCED: UplinkSync._report_synced,
+}

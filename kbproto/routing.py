@@ -1,4 +1,4 @@
-"""Lookup routing: answering finds from the subtree, then asking up (SPEC §5 "Lookup").
+"""Lookup routing: answering finds from the subtree, then asking up (docs/protocol.md §6).
 
 Strategy
 --------
@@ -27,21 +27,22 @@ Bounds: finds the peer has pending at us per link (``max_lookups_per_link``, a
 over it, a peer gets an empty answer and the app a ``LookupFailed``), our own
 sub-queries per link (the peer's announced limit: over it, that branch is skipped),
 and results per reply (``MAX_RESULTS``, and the frame cap).
+
+``Lookups`` reaches its node only through ``kbproto.port.LookupPort``: what the node
+answers from its own index (``local_answer``), whether an id is below it, its parent
+link, and the outbox, events and timers.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from kbproto.codec import encode
 from kbproto.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from kbproto.events import LookupFailed, LookupResolved
 from kbproto.ids import LinkId, LookupId, NodeId, is_node_id, is_sha1
+from kbproto.link import Link
 from kbproto.messages import MAX_ID, MAX_RESULTS, Find, FindReply, FindResult
-
-if TYPE_CHECKING:
-    from kbproto._node import _Node
-    from kbproto.link import Link
+from kbproto.port import LookupPort
+from kbproto.timers import TimerKey, TimerKind
 
 __all__ = ("Lookups",)
 
@@ -74,8 +75,10 @@ class _Pending:
         self.deadline = deadline
         self.results: list[FindResult] = []
         self.seen: set[tuple[str, str]] = set()
-        self.waiting: set[tuple[LinkId, int]] = set()
-        self.from_link: LinkId | None = None
+        #: Our open sub-queries, as ``(link id, query)`` -> the link they went on.
+        self.waiting: dict[tuple[LinkId, int], Link] = {}
+        #: Who asked: a peer's link (and its query number), or the app (a lookup id).
+        self.from_link: Link | None = None
         self.query = 0
         self.lookup_id: LookupId | None = None
 
@@ -88,10 +91,14 @@ class _Pending:
 
 
 class Lookups:
-    """Every pending find at one node (see the module docstring)."""
+    """Every pending find at one node (see the module docstring).
 
-    def __init__(self, node: _Node) -> None:
-        self._node = node
+    Args:
+        port: what the lookups may use of their node.
+    """
+
+    def __init__(self, port: LookupPort) -> None:
+        self._port = port
         self._pending: dict[int, _Pending] = {}
         self._out: dict[tuple[LinkId, int], int] = {}
         self._incoming: dict[tuple[LinkId, int], int] = {}
@@ -103,7 +110,12 @@ class Lookups:
         return len(self._pending)
 
     def find(self, sha1: str, now: float, share_id: str | None = None) -> LookupId:
-        """Start a find for the app; the answer is ``LookupResolved`` or ``LookupFailed``."""
+        """Start a find for the app; the answer is ``LookupResolved`` or ``LookupFailed``.
+
+        Raises:
+            LocalProtocolError: malformed ``sha1`` or ``share_id``.
+        """
+        port = self._port
         if not is_sha1(sha1):
             raise LocalProtocolError(f"not a sha1: {sha1!r}")
         if share_id is not None and not is_node_id(share_id):
@@ -111,54 +123,65 @@ class Lookups:
         lookup_id = LookupId(self._next_lookup)
         self._next_lookup += 1
         sid = NodeId(share_id) if share_id is not None else None
-        if len(self._pending) >= self._node.limits.max_pending_lookups:
-            self._node.emit(
+        if len(self._pending) >= port.limits.max_pending_lookups:
+            port.emit(
                 LookupFailed(
                     lookup_id=lookup_id, sha1=sha1, share_id=sid, reason="too many pending finds"
                 )
             )
             return lookup_id
-        pending = self._new(sha1, sid, now + self._node.timeouts.lookup_timeout)
+        pending = self._new(sha1, sid, now + port.timeouts.lookup_timeout)
         pending.lookup_id = lookup_id
-        self._node.trace(now, "lookup", None, f"find {sha1} share={share_id} as #{lookup_id}")
+        port.trace(now, "lookup", None, f"find {sha1} share={share_id} as #{lookup_id}")
         self._begin(pending, None, allow_up=True, now=now)
         return lookup_id
 
     def on_find(self, link: Link, message: Find, now: float) -> None:
-        """A peer asks us; see the module docstring for where it goes next."""
-        node = self._node
+        """A peer asks us; see the module docstring for where it goes next.
+
+        Raises:
+            RemoteProtocolError: the find came from the wrong side, or reuses an open
+                query number; ``LimitExceeded`` past the peer's share of finds.
+        """
+        port = self._port
+        limits = port.limits
         if message.up == link.dialed:
             direction = "up" if message.up else "down"
             raise RemoteProtocolError(f"a find going {direction} arrived from the wrong side")
         key = (link.link_id, message.query)
         if key in self._incoming:
             raise RemoteProtocolError(f"find {message.query} is already pending on this link")
-        if link.peer_lookups >= node.limits.max_lookups_per_link:
+        if link.peer_lookups >= limits.max_lookups_per_link:
             raise LimitExceeded(
-                f"more than {node.limits.max_lookups_per_link} finds pending on one link",
+                f"more than {limits.max_lookups_per_link} finds pending on one link",
                 "max_lookups_per_link",
             )
-        if len(self._pending) >= node.limits.max_pending_lookups:
-            node.send(link, FindReply(query=message.query, results=()))
+        if len(self._pending) >= limits.max_pending_lookups:
+            port.send(link, FindReply(query=message.query, results=()))
             return
-        ttl = min(message.ttl_ms / 1000.0, node.timeouts.lookup_timeout)
+        ttl = min(message.ttl_ms / 1000.0, port.timeouts.lookup_timeout)
         pending = self._new(message.sha1, message.share_id, now + ttl)
-        pending.from_link = link.link_id
+        pending.from_link = link
         pending.query = message.query
         self._incoming[key] = pending.key
         link.peer_lookups += 1
         self._begin(pending, link, allow_up=message.up, now=now)
 
     def on_reply(self, link: Link, message: FindReply, now: float) -> None:
-        """An answer to one of our sub-queries."""
-        key = self._out.pop((link.link_id, message.query), None)
+        """An answer to one of our sub-queries.
+
+        Raises:
+            RemoteProtocolError: a reply to a query never sent.
+        """
+        out_key = (link.link_id, message.query)
+        key = self._out.pop(out_key, None)
         if key is None:
             if message.query >= link.next_query:
                 raise RemoteProtocolError(f"reply to find {message.query} that was never sent")
             return  # a late answer to a find we already finished
         link.our_lookups -= 1
         pending = self._pending[key]  # finishing a find removes its sub-queries from _out
-        pending.waiting.discard((link.link_id, message.query))
+        del pending.waiting[out_key]
         for result in message.results:
             if pending.share_id is None or result.kbshare_id == pending.share_id:
                 pending.add(result)
@@ -168,7 +191,7 @@ class Lookups:
     def on_timer(self, key: int, now: float) -> None:
         """A find's deadline passed: answer with what we have."""
         pending = self._pending[key]  # finishing a find cancels its deadline
-        self._node.trace(now, "timer", None, f"find {pending.sha1} deadline")
+        self._port.trace(now, "timer", None, f"find {pending.sha1} deadline")
         self._finish(pending, now, timed_out=True)
 
     def link_lost(self, link: Link, now: float) -> None:
@@ -183,37 +206,9 @@ class Lookups:
             if out_key[0] == link_id:
                 del self._out[out_key]
                 pending = self._pending[key]
-                pending.waiting.discard(out_key)
+                del pending.waiting[out_key]
                 if not pending.waiting:
                     self._finish(pending, now)
-
-    # --- internals --------------------------------------------------------------------
-
-    def _new(self, sha1: str, share_id: NodeId | None, deadline: float) -> _Pending:
-        """Register a pending find with its deadline."""
-        key = self._next_key
-        self._next_key += 1
-        pending = _Pending(key, sha1, share_id, deadline)
-        self._pending[key] = pending
-        self._node.deadlines.set(("lookup", key), deadline)
-        return pending
-
-    def _begin(
-        self, pending: _Pending, came_from: Link | None, *, allow_up: bool, now: float
-    ) -> None:
-        """Answer locally, ask child hubs below, or ask the parent (module docstring)."""
-        node = self._node
-        share_id = pending.share_id
-        results, hubs = self._scan(pending.raw, share_id, came_from)
-        for result in results:
-            pending.add(result)
-        for link in hubs:
-            self._ask(pending, link, up=False, now=now)
-        if not pending.results and not pending.waiting and self._goes_up(share_id, allow_up):
-            assert node.parent is not None  # _goes_up checked it
-            self._ask(pending, node.parent, up=True, now=now)
-        if not pending.waiting:
-            self._finish(pending, now)
 
     def answer_now(self, sha1: str, share_id: str | None = None) -> tuple[FindResult, ...] | None:
         """The whole answer ``find`` would give at once, or None if it would ask a peer.
@@ -232,126 +227,90 @@ class Lookups:
             raise LocalProtocolError(f"not a sha1: {sha1!r}")
         if share_id is not None and not is_node_id(share_id):
             raise LocalProtocolError(f"not a node id: {share_id!r}")
-        if len(self._pending) >= self._node.limits.max_pending_lookups:
+        if len(self._pending) >= self._port.limits.max_pending_lookups:
             return None  # find answers LookupFailed("too many pending finds") then
         sid = NodeId(share_id) if share_id is not None else None
-        results, hubs = self._scan(bytes.fromhex(sha1), sid, None)
-        if hubs or (not results and self._goes_up(sid, allow_up=True)):
+        results, hubs = self._port.local_answer(bytes.fromhex(sha1), sid, None)
+        if hubs or (not results and self._up_link(sid, allow_up=True) is not None):
             return None
         return tuple(results)
 
-    def _scan(
-        self, raw: bytes, share_id: NodeId | None, came_from: Link | None
-    ) -> tuple[list[FindResult], list[Link]]:
-        """What this node answers from its own index, and which child hubs to ask.
+    # --- internals --------------------------------------------------------------------
 
-        No side effects. A share: its own file, no hubs. A hub, in one pass over the
-        index's holders of ``raw`` (skipping ``came_from``): each direct share child
-        holding it, without duplicates and at most ``MAX_RESULTS`` (as
-        ``_Pending.add`` keeps them, so ``answer_now`` and ``find`` agree), and each
-        child hub whose subtree holds it (and ``share_id``, if given).
-        """
-        node = self._node
-        results: list[FindResult] = []
-        hubs: list[Link] = []
-        if node.share_index is not None:
-            if share_id is None or share_id == node.node_id:
-                entry = node.share_index.representative(raw)
-                if entry is not None:
-                    results.append(
-                        FindResult(
-                            kbshare_id=node.node_id,
-                            share_url=node.info.listen_url,
-                            path=entry[0],
-                            size=entry[1],
-                            hops=(),
-                        )
-                    )
-            return results, hubs
-        hub = node.hub_index
-        assert hub is not None
-        seen: set[tuple[str, str]] = set()
-        for link_id in hub.holders(raw):
-            link = node.links.get(link_id)
-            if link is None or link is came_from or link.peer is None:
-                continue
-            peer = link.peer
-            if peer.node_type == "leaf":
-                if share_id is None or share_id == peer.node_id:
-                    entry = hub.share_entry(link_id, raw)
-                    assert entry is not None
-                    key = (peer.node_id, entry[0])
-                    if key not in seen and len(results) < MAX_RESULTS:
-                        seen.add(key)
-                        results.append(
-                            FindResult(
-                                kbshare_id=peer.node_id,
-                                share_url=peer.listen_url,
-                                path=entry[0],
-                                size=entry[1],
-                                hops=(),
-                            )
-                        )
-            elif share_id is None or hub.child_reaches(link_id, share_id):
-                hubs.append(link)
-        return results, hubs
+    def _new(self, sha1: str, share_id: NodeId | None, deadline: float) -> _Pending:
+        """Register a pending find with its deadline."""
+        key = self._next_key
+        self._next_key += 1
+        pending = _Pending(key, sha1, share_id, deadline)
+        self._pending[key] = pending
+        self._port.set_timer(TimerKey(TimerKind.LOOKUP, key), deadline)
+        return pending
 
-    def _goes_up(self, share_id: NodeId | None, allow_up: bool) -> bool:
-        """Whether a find that found nothing below is asked of the parent.
+    def _begin(
+        self, pending: _Pending, came_from: Link | None, *, allow_up: bool, now: float
+    ) -> None:
+        """Answer locally, ask child hubs below, or ask the parent (module docstring)."""
+        results, hubs = self._port.local_answer(pending.raw, pending.share_id, came_from)
+        for result in results:
+            pending.add(result)
+        for link in hubs:
+            self._ask(pending, link, up=False, now=now)
+        if not pending.results and not pending.waiting:
+            parent = self._up_link(pending.share_id, allow_up)
+            if parent is not None:
+                self._ask(pending, parent, up=True, now=now)
+        if not pending.waiting:
+            self._finish(pending, now)
+
+    def _up_link(self, share_id: NodeId | None, allow_up: bool) -> Link | None:
+        """The parent link, if a find that found nothing below is asked of it.
 
         Only for finds that came from below (or our app), and, for a share-limited
         find, only when that share is not in our subtree: it cannot be anywhere else.
         """
-        node = self._node
-        return (
-            allow_up
-            and (share_id is None or not node.in_subtree(share_id))
-            and node.parent is not None
-            and node.parent.is_up
-        )
+        if not allow_up or (share_id is not None and self._port.in_subtree(share_id)):
+            return None
+        return self._port.parent_link()
 
     def _ask(self, pending: _Pending, link: Link, *, up: bool, now: float) -> None:
         """Send one sub-query on ``link`` with 80 % of the remaining time."""
         if link.our_lookups >= link.peer_max_lookups:
-            self._node.trace(now, "lookup", link, "peer's find limit reached: branch skipped")
+            self._port.trace(now, "lookup", link, "peer's find limit reached: branch skipped")
             return
         query = link.next_query
         link.next_query = (query + 1) % (MAX_ID + 1)
         link.our_lookups += 1
         ttl_ms = max(0, int((pending.deadline - now) * 1000 * _TTL_SHARE))
-        self._node.send(
+        self._port.send(
             link,
             Find(query=query, sha1=pending.sha1, share_id=pending.share_id, up=up, ttl_ms=ttl_ms),
         )
         self._out[(link.link_id, query)] = pending.key
-        pending.waiting.add((link.link_id, query))
+        pending.waiting[(link.link_id, query)] = link
 
     def _drop(self, pending: _Pending) -> None:
         """Forget ``pending`` and its open sub-queries."""
-        node = self._node
         del self._pending[pending.key]
-        node.deadlines.cancel(("lookup", pending.key))
-        for out_key in pending.waiting:
-            # ``waiting`` mirrors ``_out``, and ``link_lost`` clears a dead link's
-            # sub-queries first, so the link is still open.
+        self._port.cancel_timer(TimerKey(TimerKind.LOOKUP, pending.key))
+        for out_key, link in pending.waiting.items():
+            # ``waiting`` mirrors ``_out``; ``link_lost`` clears a dead link's
+            # sub-queries first, so these links are open.
             del self._out[out_key]
-            node.links[out_key[0]].our_lookups -= 1
+            link.our_lookups -= 1
         pending.waiting.clear()
-        if pending.from_link is not None:
-            in_key = (pending.from_link, pending.query)
-            del self._incoming[in_key]
-            link = node.links.get(pending.from_link)
-            if link is not None:
-                link.peer_lookups -= 1
+        asker = pending.from_link
+        if asker is not None:
+            del self._incoming[(asker.link_id, pending.query)]
+            # The asker's link may be the one closing: its count no longer matters.
+            asker.peer_lookups -= 1
 
     def _finish(self, pending: _Pending, now: float, *, timed_out: bool = False) -> None:
         """Answer the app or the asking link with what was found, appending our hop."""
-        node = self._node
-        from_link = node.links.get(pending.from_link) if pending.from_link is not None else None
+        port = self._port
         self._drop(pending)
         if pending.lookup_id is not None:
             if pending.results:
-                node.emit(
+                port.emit(
                     LookupResolved(
                         lookup_id=pending.lookup_id,
                         sha1=pending.sha1,
@@ -360,7 +319,7 @@ class Lookups:
                     )
                 )
             else:
-                node.emit(
+                port.emit(
                     LookupFailed(
                         lookup_id=pending.lookup_id,
                         sha1=pending.sha1,
@@ -370,9 +329,10 @@ class Lookups:
                     )
                 )
             return
-        assert from_link is not None  # link_lost drops the finds of a closing link
+        asker = pending.from_link
+        assert asker is not None  # a find has either a lookup id or a link that asked
         # Relaying a reply, we become one more hub between the share and the asker.
-        hop = ((node.node_id, node.info.listen_url),)
+        hop = ((port.info.node_id, port.info.listen_url),)
         results = [
             FindResult(
                 kbshare_id=r.kbshare_id,
@@ -386,6 +346,6 @@ class Lookups:
         ]
         reply = FindReply(query=pending.query, results=tuple(results))
         # Long paths can push a full reply over the frame cap: halve until it fits.
-        while len(encode(reply)) > node.limits.max_control_frame:
+        while len(encode(reply)) > port.limits.max_control_frame:
             reply = FindReply(query=pending.query, results=reply.results[: len(reply.results) // 2])
-        node.send(from_link, reply)
+        port.send(asker, reply)

@@ -7,6 +7,8 @@ part of its dotted name starts with an underscore.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,32 +77,36 @@ def test_module_has_complete_tuple_all(path: Path) -> None:
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
-    # Names a package provides lazily (PEP 562 ``__getattr__``) are listed in an
-    # explicit ``_LAZY_EXPORTS = {name: defining module}`` dict literal.
-    bound |= {
-        key.value
-        for node in tree.body
-        if isinstance(node, ast.Assign | ast.AnnAssign)
-        and any(
-            isinstance(target, ast.Name) and target.id == "_LAZY_EXPORTS"
-            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
-        )
-        and isinstance(node.value, ast.Dict)
-        for key in node.value.keys
-        if isinstance(key, ast.Constant) and isinstance(key.value, str)
-    }
+    if path == ROOT / "kbproto" / "__init__.py":
+        # Its names come from kbproto._exports on first use (PEP 562 __getattr__);
+        # the test below checks that they load and match.
+        exports = ast.parse((ROOT / "kbproto" / "_exports.py").read_text())
+        bound |= {
+            alias.asname or alias.name
+            for node in exports.body
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
     unknown = sorted(set(names) - bound)
     assert unknown == [], f"__all__ names not bound in the module: {unknown}"
 
 
-def test_lazy_exports_resolve_to_their_modules() -> None:
-    import importlib
-
-    import kbproto
-
-    lazy: dict[str, str] = kbproto._LAZY_EXPORTS
-    assert set(lazy) <= set(kbproto.__all__)
-    for name, module in lazy.items():
-        assert getattr(kbproto, name) is getattr(importlib.import_module(module), name), name
-    with pytest.raises(AttributeError):
-        kbproto.no_such_name  # noqa: B018
+def test_kbproto_names_load_on_first_use_and_match_their_exports() -> None:
+    # A leaf module (what kb-prv-create imports) must not pull in the protocol core:
+    # docs/benchmarks.md ("Start-up") measures what that saves each command.
+    code = (
+        "import sys, kbproto.prv;"
+        "print(sorted(m for m in sys.modules if m.startswith('kbproto.')));"
+        "import kbproto, kbproto._exports as e;"
+        "print(sorted(n for n in vars(e) if not n.startswith('_') and n != 'annotations'));"
+        "print(sorted(n for n in kbproto.__all__ if n != '__version__'));"
+        "print(kbproto.HubCore.__module__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    leaf, exported, public, hub = done.stdout.splitlines()
+    assert "kbproto.hub" not in leaf, leaf
+    assert "kbproto._exports" not in leaf, leaf
+    assert exported == public
+    assert hub == "kbproto.hub"

@@ -593,3 +593,36 @@ def test_an_incomplete_frame_does_not_keep_a_large_read_alive() -> None:
     buffer.feed(second[8:])
     assert buffer.next_split() == (KIND_DATA, 4, b"y" * 100)
     assert len(buffer) == 0
+
+
+def _frames_of(reads: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """Every ``next_split`` result of ``reads`` fed one after the other."""
+    buffer = FrameBuffer()
+    frames = []
+    for read in reads:
+        buffer.feed(read)
+        while (frame := buffer.next_split()) is not None:
+            frames.append(frame)
+    assert len(buffer) == 0
+    return frames
+
+
+def test_frames_split_at_every_byte_near_their_edges_between_large_reads() -> None:
+    # Reads of 4 KiB and more are kept as they came (smaller ones are gathered), so
+    # only large reads put a frame's header or payload across two or three chunks.
+    body = bytes(range(256)) * 20
+    wire = b"".join(
+        [
+            encode_frame(KIND_DATA, (7).to_bytes(4, "big") + body),
+            encode_frame(KIND_CONTROL, b""),  # an empty payload is a frame too
+            encode_frame(KIND_CONTROL, body),
+        ]
+    )
+    expected = [(KIND_DATA, 7, body), (KIND_CONTROL, 0, b""), (KIND_CONTROL, 0, body)]
+    assert _frames_of([wire]) == expected
+    edges = [0, 6 + 4 + len(body), 6 + 4 + len(body) + 6, len(wire)]
+    for edge in edges:
+        for cut in range(max(0, edge - 12), min(len(wire), edge + 12)):
+            assert _frames_of([wire[:cut], wire[cut:]]) == expected, cut
+            middle = cut + 5000
+            assert _frames_of([wire[:cut], wire[cut:middle], wire[middle:]]) == expected, cut

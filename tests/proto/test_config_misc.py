@@ -114,7 +114,7 @@ def test_protocol_error_is_abstract() -> None:
 
 
 def test_deadlines() -> None:
-    deadlines = Deadlines()
+    deadlines: Deadlines[str] = Deadlines()
     deadlines.set("a", 5.0)
     deadlines.set("a", 5.0)  # unchanged: no new heap entry
     deadlines.set("b", 1.0)

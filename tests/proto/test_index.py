@@ -131,6 +131,23 @@ def test_aggregation_counts_content_once_and_drops_with_the_child() -> None:
     assert hub_a.children() == ()  # type: ignore[union-attr]
 
 
+def test_content_held_by_three_children_stays_with_the_two_left() -> None:
+    net = Net()
+    net.add_hub("H")
+    for name in ("S1", "S2", "S3"):
+        net.add_share(name, parent="H", files={name: b"a"})
+    hub = net.cores["H"]
+    assert _hub(net, "H") == 1
+    net.crash("S2")
+    assert _hub(net, "H") == 1
+    answer = hub.answer_now(A)
+    assert answer is not None
+    assert {r.kbshare_id for r in answer} == {net.cores[n].node_id for n in ("S1", "S3")}
+    net.crash("S1")
+    net.crash("S3")
+    assert _hub(net, "H") == 0
+
+
 def test_gap_forces_a_resync() -> None:
     net = Net()
     net.add_hub("H")

@@ -17,7 +17,7 @@ from kbproto.events import (
 from kbproto.framing import FrameBuffer
 from kbproto.ids import NodeId
 from kbproto.messages import Credit, Data, End, Error, Open, Reset, Response
-from kbproto.proxy import StreamRole
+from kbproto.state import StreamRole
 from tests.helpers import FAST, SMALL, Net, file_server
 
 DATA = bytes(i % 251 for i in range(50_000))  # larger than the 4096-byte window
@@ -198,14 +198,14 @@ def test_target_misuse_and_writable_events() -> None:
     assert share.stream_role(served) is StreamRole.TARGET
     assert share.response_link(served) == share.parent_link  # the response goes back up
     assert net.cores["A"].response_link(sid) is None  # A is the origin, not a target
-    with pytest.raises(LocalProtocolError, match="before respond"):
+    with pytest.raises(LocalProtocolError, match=r"send_data\(\) in target stream state awa"):
         share.send_data(served, b"x", net.now)
-    with pytest.raises(LocalProtocolError, match="before respond"):
+    with pytest.raises(LocalProtocolError, match=r"end_stream\(\) in target stream state awa"):
         share.end_stream(served, net.now)
     with pytest.raises(LocalProtocolError, match="bad response"):
         share.respond(served, 99, now=net.now)
     share.respond(served, 200, now=net.now)
-    with pytest.raises(LocalProtocolError, match="already called"):
+    with pytest.raises(LocalProtocolError, match=r"respond\(\) in target stream state stream"):
         share.respond(served, 200, now=net.now)
     net.pump()
     share.send_data(served, b"", net.now)  # nothing to send: nothing queued
@@ -213,7 +213,7 @@ def test_target_misuse_and_writable_events() -> None:
     assert share.send_capacity(served) == 4096
     with pytest.raises(LocalProtocolError, match="only 4096 of credit"):
         share.send_data(served, b"x" * 5000, net.now)
-    with pytest.raises(LocalProtocolError, match="not a origin stream"):
+    with pytest.raises(LocalProtocolError, match=r"grant_credit\(\) in target stream state"):
         share.grant_credit(served, 1, net.now)
     with pytest.raises(LocalProtocolError, match="no such stream"):
         share.send_data(StreamId(999), b"x", net.now)
@@ -299,20 +299,23 @@ def _joined_child_with_stream() -> tuple[Net, object, StreamId]:
 @pytest.mark.parametrize(
     ("messages", "needle"),
     [
-        ([Data(stream=2, data=b"x")], "data before the response head"),
-        ([End(stream=2)], "end before the response head"),
+        ([Data(stream=2, data=b"x")], "unexpected data in origin stream state awaiting_head"),
+        ([End(stream=2)], "unexpected end in origin stream state awaiting_head"),
         (
             [
                 Response(stream=2, status=200, headers=()),
                 Response(stream=2, status=200, headers=()),
             ],
-            "second response head",
+            "unexpected response in origin stream state streaming",
         ),
         (
             [Response(stream=2, status=200, headers=()), Data(stream=2, data=b"x" * 5000)],
             "only 4096 of credit",
         ),
-        ([Credit(stream=2, credit=5)], "credit from the responding side"),
+        (
+            [Credit(stream=2, credit=5)],
+            "unexpected credit from the responder in origin stream state awaiting_head",
+        ),
         ([Data(stream=4, data=b"x")], "never opened"),
         ([Data(stream=3, data=b"x")], "never opened"),
         (
@@ -386,7 +389,10 @@ def test_requester_credit_overflow_and_wrong_frames() -> None:
     peer2.join()
     peer2.send(Open(stream=1, target=hub.node_id, method="GET", path="/", headers=(), credit=10))
     peer2.send(Data(stream=1, data=b"x"))
-    assert "from the requesting side" in peer2.of(Error)[0].reason
+    assert (
+        "unexpected data from the requester in target stream state awaiting_head"
+        in peer2.of(Error)[0].reason
+    )
 
 
 def test_requester_reset_reaches_the_target_app() -> None:
