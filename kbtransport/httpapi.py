@@ -49,14 +49,14 @@ from kbtransport.http import (
     error_response,
     json_response,
 )
-from kbtransport.node import (
-    Node,
+from kbtransport.node import Node
+from kbtransport.origins import OriginPolicy
+from kbtransport.proxy_stream import (
     ProxyResponse,
     StreamResetError,
     discard_response,
     request_from_target,
 )
-from kbtransport.origins import OriginPolicy
 from kbtransport.usercontent import is_worker_request, user_content_headers
 
 __all__ = (

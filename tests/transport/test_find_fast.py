@@ -191,28 +191,3 @@ def test_find_body_of_one_direct_result(share_url: str, own_url: str, path: str)
     )
     expected = json_response(200, find_payload(answer, own_url)).body
     assert find_body(answer, own_url) == expected
-
-
-async def test_an_immediate_answer_is_reused_only_until_the_core_changes(tmp_path: Path) -> None:
-    write_file(tmp_path / "t" / "t.dat", 3000, 3)
-    t_sha1 = sha1_file(tmp_path / "t" / "t.dat")
-    async with tree() as net:
-        a = await net.hub("A")
-        t = await net.share("T", tmp_path / "t", "A")
-
-        async def indexed() -> bool:
-            return isinstance(await a.node.find(t_sha1), LookupResolved)
-
-        await wait_until(indexed, what="T indexed at A")
-        first = await a.node.find(t_sha1)
-        # No driver step in between (no await that yields): the same answer object.
-        assert await a.node.find(t_sha1) is first
-        # The share drops the file: its index update is a driver step at A, after
-        # which the old answer is never given again.
-        await t.remove_file("t.dat")
-
-        async def gone() -> bool:
-            return isinstance(await a.node.find(t_sha1), LookupFailed)
-
-        await wait_until(gone, what="the removal seen at A")
-        assert isinstance(await a.node.find(t_sha1), LookupFailed)
