@@ -1,4 +1,9 @@
-"""Shared fixtures for the transport tests: the anyio backend, TLS material, servers."""
+"""Shared fixtures for the transport tests: the anyio backends, TLS material, servers.
+
+Every transport test runs on asyncio and on trio: kbtransport is written against anyio's
+portable API, and the few asyncio-only speed paths (``kbtransport._accel``) each fall
+back to it, so both backends must pass the same tests.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ import pytest
 import trustme
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")
