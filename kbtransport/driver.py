@@ -40,6 +40,10 @@ Two deliberate departures from the letter of rule 11, each for a real need:
 Links are anything with ``send(bytes)``, ``receive() -> bytes`` and ``aclose()``
 (``kbtransport.websocket.WebSocketLink``; an in-memory double in tests). ``receive``
 raising a ``TransportError`` (``WebSocketClosed`` included) is the link's end.
+
+Why one module of some 640 lines: the loop, the inbox and the link tasks share each
+link's queue, read gate and room (``_Link``); split apart, each part would reach into
+the others' state. A third of the lines are this explanation and the docstrings.
 """
 
 from __future__ import annotations

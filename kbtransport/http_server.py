@@ -23,6 +23,12 @@ Limits, each one a ``ServerConfig`` field:
 Nothing escapes from the handler except cancellation: peer errors end the connection
 (after a JSON error answer when one can still be sent), and an app that raises gets
 its client a 500.
+
+Why one module of some 640 lines: it has one job, the request cycle of one
+connection, and every part of it reads or writes through the same h11 connection and
+the same deadlines; what stands alone is already elsewhere (parsing:
+``http_request``; response heads: ``http_heads``; upgrades: ``http_upgrade``; the
+429 of a refused connection: ``http_refusal``).
 """
 
 from __future__ import annotations

@@ -48,12 +48,8 @@ from kbtransport.http import (
 )
 from kbtransport.node import Node
 from kbtransport.origins import OriginPolicy
-from kbtransport.proxy_stream import (
-    ProxyResponse,
-    StreamResetError,
-    discard_response,
-    request_from_target,
-)
+from kbtransport.proxy_stream import ProxyResponse, StreamResetError
+from kbtransport.served_streams import discard_response, request_from_target
 from kbtransport.usercontent import is_worker_request, user_content_headers
 
 __all__ = (

@@ -8,8 +8,8 @@ driver task, never blocks, and hands each event to the part it belongs to:
 
 * finds: ``find`` returns the ``LookupResolved``/``LookupFailed`` event of one find
   (answered at once, without the driver, when this node's own index settles it);
-* proxied streams: ``open_request`` and the requests this node serves
-  (``kbtransport.proxy_stream``);
+* proxied streams: ``open_request`` (``kbtransport.proxy_stream``) and the requests
+  this node serves (``kbtransport.served_streams``);
 * links: a child's join settles its attempt (``kbtransport.links``), and the console
   hooks hear of parents and children coming and going.
 
@@ -36,6 +36,12 @@ from kbproto.events import (
     LookupResolved,
     ParentConnected,
     PlacementRefused,
+    RequestReceived,
+    ResponseData,
+    ResponseEnded,
+    ResponseStarted,
+    StreamReset,
+    StreamWritable,
 )
 from kbproto.hub import HubCore
 from kbproto.ids import LinkId, LookupId, NodeId
@@ -49,6 +55,7 @@ from kbtransport.links import ChildLinks, ParentDialer
 from kbtransport.listener import BoundAddress
 from kbtransport.metrics import NodeMetrics, ServerCounters
 from kbtransport.proxy_stream import ProxyResponse, ProxyStreams
+from kbtransport.served_streams import ServedStreams
 from kbtransport.stream_budget import StreamBudget
 
 __all__ = (
@@ -66,6 +73,15 @@ NodeCoreType = HubCore | ShareCore
 FindAnswer = LookupResolved | LookupFailed
 #: The ``lookup_id`` of a ``Node.find`` answer given at once, without a find in the core.
 IMMEDIATE_LOOKUP = LookupId(-1)
+#: Events of proxied streams (``kbtransport.proxy_stream``, ``kbtransport.served_streams``).
+_STREAM_EVENTS = (
+    RequestReceived,
+    ResponseData,
+    ResponseEnded,
+    ResponseStarted,
+    StreamReset,
+    StreamWritable,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,7 +206,8 @@ class Node:
             high_water=high_water if high_water is not None else DEFAULT_HIGH_WATER,
         )
         self._lookups: dict[LookupId, _LookupWait] = {}
-        self._streams = ProxyStreams(core, self.driver, self.metrics, stream_budget)
+        self._streams = ProxyStreams(core, self.driver, stream_budget)
+        self._served = ServedStreams(core, self.driver, self.metrics)
         self._children_links = ChildLinks(
             self.driver,
             self.clock,
@@ -204,11 +221,11 @@ class Node:
     def request_app(self) -> App:
         """Serves requests addressed to this node (set by ``serve_node`` to the node's
         own routes; a 404 answer until then)."""
-        return self._streams.app
+        return self._served.app
 
     @request_app.setter
     def request_app(self, app: App) -> None:
-        self._streams.app = app
+        self._served.app = app
 
     # --- running ----------------------------------------------------------------------
 
@@ -220,7 +237,7 @@ class Node:
         self.metrics.started = self.clock.now()
         try:
             async with anyio.create_task_group() as tg:
-                self._streams.start(tg)
+                self._served.start(tg)
                 self._children_links.start(tg)
                 await tg.start(self.driver.run)
                 task_status.started()
@@ -230,6 +247,7 @@ class Node:
                 wait.done.set()
             self._lookups.clear()
             self._streams.stop()
+            self._served.stop()
 
     # --- links ------------------------------------------------------------------------
 
@@ -398,10 +416,12 @@ class Node:
     # --- events (driver task; never block) --------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if self._streams.on_event(event):
-            return
         hooks = self.hooks
-        if isinstance(event, LookupResolved | LookupFailed):
+        if isinstance(event, _STREAM_EVENTS):
+            # A reset may be of a stream this node opened or of one it serves.
+            self._streams.on_event(event)
+            self._served.on_event(event)
+        elif isinstance(event, LookupResolved | LookupFailed):
             wait = self._lookups.pop(event.lookup_id, None)
             if wait is not None:
                 wait.answer = event

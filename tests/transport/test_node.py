@@ -505,7 +505,7 @@ async def test_target_capacity_is_read_from_the_core_not_from_a_stale_event() ->
     from kbproto.events import StreamWritable
     from kbproto.ids import StreamId
     from kbtransport.node import Node
-    from kbtransport.proxy_stream import _Target
+    from kbtransport.served_streams import _Target
 
     core = ShareCore(
         ShareConfig(name="s", listen_url="http://s:1"),
@@ -515,6 +515,6 @@ async def test_target_capacity_is_read_from_the_core_not_from_a_stale_event() ->
     node = Node(core)
     sid = StreamId(7)
     target = _Target(sid, capacity=0, link=None)
-    node._streams._streams[sid] = target
+    node._served._streams[sid] = target
     node._on_event(StreamWritable(stream_id=sid, capacity=1 << 20))
     assert target.capacity == core.send_capacity(sid) == 0
