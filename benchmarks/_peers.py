@@ -48,10 +48,14 @@ def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, not ending in 443 (a node on such a port
+    turns HTTPS on and would need a certificate)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port % 1000 != 443:
+            return port
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -119,6 +119,20 @@ def command(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", MODULES[name], *args]
 
 
+def wait_gone(pid: int, timeout: float) -> None:
+    """Wait until process ``pid`` (not our child) has ended, at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"process {pid} still running after {timeout} s")
+
+
 class Procs:
     """Started processes; ``close`` stops every one of them."""
 
@@ -388,6 +402,11 @@ def main() -> int:
                         f"kb-prv-download via {hub}: {done.returncode} {done.stderr[-2000:]}"
                     )
                 events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+                # The copy into the content cache runs after the command, in a process
+                # of its own: let it end before the next measurement (and before the
+                # next clean(), which it would otherwise race).
+                for pid in [e["pid"] for e in events if e.get("event") == "caching"]:
+                    wait_gone(pid, timeout=120)
                 if check:
                     assert make_big(out, args.size_mib) == big_sha1
                     urls = [e["url"] for e in events if e.get("event") == "source"]

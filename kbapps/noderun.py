@@ -8,27 +8,16 @@ Strategy
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 or 2.
 2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
-<<<<<<< HEAD
-   routes (``kbapps.share.app``) and the ``Indexer``; for both kinds, the web
-   interface (``kbapps.web``) on the same router. The routes that ask the network
-   themselves (web pages, stand-in downloads) get a ``kbapps.nodeapp.NodeApp``,
-   attached to the node's whole app once it runs.
+   routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
+   (``kbapps.hashing.ProcessPool``, forked before the event loop starts any thread);
+   for both kinds, the web interface (``kbapps.web``) on the same router. The routes
+   that ask the network themselves (web pages, stand-in downloads) get a
+   ``kbapps.nodeapp.NodeApp``, attached to the node's whole app once it runs.
 3. ``kbtransport.serve.serve_node`` under ``output.run_async`` (``anyio.run``): the
    listener walks the port policy (a share's default is the first free port from 2000
    to 2999: only a real bind can tell, without a race), the core is built for the port
    actually bound (``--port 0``), and ``NodeHooks`` print the SPEC console lines as
    they happen.
-=======
-   routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
-   (``kbapps.hashing.ProcessPool``, forked before ``anyio.run`` starts any thread);
-   for both kinds, the web interface (``kbapps.web``) on the same router. The routes
-   that ask the network themselves (web pages, stand-in downloads) get a
-   ``kbapps.nodeapp.NodeApp``, attached to the node's whole app once it runs.
-3. ``kbtransport.serve.serve_node`` under ``anyio.run``: the listener walks the port
-   policy (a share's default is the first free port from 2000 to 2999: only a real
-   bind can tell, without a race), the core is built for the port actually bound
-   (``--port 0``), and ``NodeHooks`` print the SPEC console lines as they happen.
->>>>>>> wip/hashing
 4. SIGINT/SIGTERM cancel everything; the process exits 0 with no traceback.
 
 Console lines go to stdout, one ``output.line`` each (inert: names and reasons come

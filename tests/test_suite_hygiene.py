@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,20 @@ def test_setup_script_says_what_it_installs(tmp_path: Path) -> None:
     # (nginx counts as present where /usr/sbin/nginx exists: sbin is not on every PATH)
     assert "chromium" in calls
     assert "wrk openssl" in calls
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    # A marker inside a docstring or a Markdown file breaks nothing a linter sees.
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], capture_output=True, cwd=ROOT, timeout=60, check=True
+    ).stdout.split(b"\0")
+    marked = []
+    for name in filter(None, listed):
+        path = ROOT / os.fsdecode(name)
+        if not path.is_file() or path.suffix in {".png", ".gz", ".sqlite"}:
+            continue
+        for line in path.read_bytes().splitlines():
+            if line.startswith((b"<<<<<<< ", b">>>>>>> ")) or line == b"=======":
+                marked.append(str(path.relative_to(ROOT)))
+                break
+    assert marked == []

@@ -1,17 +1,22 @@
-"""``kb-prv-download PRV OUT [--hub URL] [--json]``: fetch verified content (SPEC §3.5).
+"""``kb-prv-download PRV OUT [--hub URL] [--json] [--force] [--cache-size SIZE]
+[--min-speed RATE] [--speed-window SECONDS]``: fetch verified content (SPEC §3.5);
+``--cache-info``/``--clear-cache`` show and empty the content cache.
 
 For a ``.prv``, OUT is the file to write (or an existing directory to write into); for
-a ``.prvdir``, OUT is a directory. The work is ``kbapps.client``'s; this module parses
+a ``.prvdir``, OUT is a directory. The work is ``kbapps.download``'s; this module parses
 the arguments, draws the progress bar (a terminal) or milestone lines (otherwise) on
 stderr, prints ``--json`` events as JSON Lines on stdout, and turns the outcome into
-the exit code: 0 done, 1 not found anywhere, 2 bad input, 3 the hub unreachable or no
-source delivered the right bytes (each source and its error listed, one line each),
-130 on Ctrl+C (the ``.part`` stays, and the next run resumes it).
+the exit code: 0 done, 1 not found anywhere, 2 bad input (OUT holding other content
+without ``--force`` included: nothing changed), 3 the hub unreachable or no source
+delivered the right bytes (each source and its error listed, one line each), 130 on
+Ctrl+C (the ``.part`` stays, and the next run resumes it). The copy into the content
+cache runs after the command, in a process of its own (``kbapps.download.cachefill``).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kbapps import output
@@ -22,49 +27,165 @@ from kbapps.output import UsageError
 if TYPE_CHECKING:
     import typer
 
-    from kbapps.client import ClientError
+    from kbapps.download import ClientError, ClientOptions, DownloadResult
 
-__all__ = ("HELP", "main", "make_app", "run")
+__all__ = ("HELP", "DownloadArgs", "main", "make_app", "run")
 
 PROG = "kb-prv-download"
 HELP = (
     "Download the content of a .prv to OUT (or of a .prvdir into the directory OUT), "
     "verifying its SHA-1: from the local cache, else directly from the share, else "
-    "through the hubs. Interrupted downloads resume from OUT.part. Exit 0 done, 1 not "
-    "found, 2 bad input, 3 hub unreachable or no source delivered the right bytes."
+    "through the hubs. Interrupted downloads resume from OUT.part. A file at OUT with "
+    "other content is never replaced without --force. Exit 0 done, 1 not found, 2 bad "
+    "input, 3 hub unreachable or no source delivered the right bytes."
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadArgs:
+    """The command line, parsed.
+
+    Attributes:
+        prv: the ``.prv``/``.prvdir`` (None with ``cache_info``/``clear_cache`` alone).
+        out: where to write it.
+        hub: ``--hub``.
+        as_json: ``--json``.
+        force: ``--force``.
+        cache_size: ``--cache-size`` as given (None: ``$KBUCKET_CACHE_SIZE`` or 10G).
+        cache_info: ``--cache-info``.
+        clear_cache: ``--clear-cache``.
+        min_speed: ``--min-speed`` as given (None: ``$KBUCKET_MIN_SPEED`` or 1K).
+        speed_window: ``--speed-window`` as given (None: ``$KBUCKET_SPEED_WINDOW`` or 30).
+    """
+
+    prv: str | None = None
+    out: str | None = None
+    hub: str | None = None
+    as_json: bool = False
+    force: bool = False
+    cache_size: str | None = None
+    cache_info: bool = False
+    clear_cache: bool = False
+    min_speed: str | None = None
+    speed_window: str | None = None
 
 
 def _print_event(event: dict[str, Any]) -> None:
     output.print_json(event)
 
 
-def _report_failure(label: str, exc: ClientError) -> None:
-    from kbapps.client import DownloadFailedError
+def _report_failure(label: str | None, exc: ClientError) -> None:
+    """One ``Error:`` line (prefixed with ``label`` unless it names it), then one
+    indented line per failed source or conflicting file."""
+    from kbapps.download import ConflictError, DownloadFailedError
 
-    output.error(exc.message if exc.message.startswith(label) else f"{label}: {exc.message}")
+    named = label is None or exc.message.startswith(label)
+    output.error(exc.message if named else f"{label}: {exc.message}")
     if isinstance(exc, DownloadFailedError):
         for failure in exc.failures:
             # One line per source (SPEC §3.5: every source and its error are listed).
             output.line(f"  {failure.url}: {failure.error}")
+    elif isinstance(exc, ConflictError):
+        for conflict in exc.conflicts:
+            if conflict not in exc.message:
+                output.line(f"  {conflict}")
 
 
-def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) -> int:
+def _done_line(result: DownloadResult) -> str:
+    size = output.format_bytes(result.size)
+    if result.origin == "present":
+        return f"Already present: {result.path} ({size}) holds this content; kept as it is"
+    where = {
+        "cache": "the local cache",
+        "part": "the complete .part on disk",
+        "empty": "nowhere (empty file)",
+    }.get(result.origin, result.url or "")
+    return f"Downloaded {result.path} ({size}) from {where}"
+
+
+def _cache_commands(args: DownloadArgs, options: ClientOptions) -> int:
+    """``--clear-cache`` then ``--cache-info``: one line each (a JSON event with --json)."""
+    from kbapps.download import ClientError, ContentCache
+
+    assert options.cache_dir is not None
+    cache = ContentCache(options.cache_dir, options.cache_size)
+    where = str(options.cache_dir)
+    try:
+        if args.clear_cache:
+            removed = cache.clear()
+            if args.as_json:
+                _print_event(
+                    {
+                        "event": "cleared",
+                        "path": where,
+                        "entries": removed.entries,
+                        "bytes": removed.size,
+                    }
+                )
+            output.line(
+                f"Cleared the content cache {where}: {removed.entries} entries, "
+                f"{output.format_bytes(removed.size)} removed"
+            )
+        if args.cache_info:
+            usage = cache.usage()
+            if args.as_json:
+                _print_event(
+                    {
+                        "event": "cache",
+                        "path": where,
+                        "entries": usage.entries,
+                        "bytes": usage.size,
+                        "bound": options.cache_size,
+                    }
+                )
+            bound = (
+                f"at most {output.format_bytes(options.cache_size)}"
+                if options.cache_size
+                else "off (size 0)"
+            )
+            output.line(
+                f"Content cache {where}: {usage.entries} entries, "
+                f"{output.format_bytes(usage.size)}; {bound} "
+                "(--cache-size or $KBUCKET_CACHE_SIZE)"
+            )
+    except OSError as exc:
+        raise UsageError(f"cannot use the content cache {where}: {exc.strerror or exc}") from None
+    except ClientError as exc:  # the cache directory is a symlink or not a directory
+        raise UsageError(exc.message, exc.exit_code) from None
+    return 0
+
+
+def run(args: DownloadArgs) -> int:
     """Do one ``kb-prv-download``; return the exit code.
 
     Raises:
         UsageError: bad input (exit 2).
     """
 
-    from kbapps import client
+    from kbapps import download
     from kbproto.prv import PrvDir
 
+    cache_only = args.cache_info or args.clear_cache
+    prv_path, out = args.prv, args.out
+    if cache_only and (prv_path is not None or out is not None):
+        raise UsageError("--cache-info and --clear-cache take no PRV or OUT")
     try:
-        document = client.load_prv_file(prv_path)
-        options = client.default_options(hub)
-    except client.ClientError as exc:
+        options = download.default_options(
+            args.hub,
+            cache_size=args.cache_size,
+            min_speed=args.min_speed,
+            speed_window=args.speed_window,
+            force=args.force,
+            cache_in_background=True,
+        )
+        if cache_only:
+            return _cache_commands(args, options)
+        if prv_path is None or out is None:
+            raise UsageError(f"PRV and OUT are required (see {PROG} --help)")
+        document = download.load_prv_file(prv_path)
+    except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
-    emit = _print_event if as_json else None
+    emit = _print_event if args.as_json else None
 
     if isinstance(document, PrvDir):
         nfiles, _ = document.count()
@@ -72,12 +193,14 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
         with output.Progress("Downloading", total_files=nfiles, total_bytes=total) as progress:
             try:
                 outcome = output.run_async(
-                    lambda: client.download_prvdir(
+                    lambda: download.download_prvdir(
                         document, out, options, on_event=emit, on_progress=progress.update
                     )
                 )
-            except client.ClientError as exc:
-                raise UsageError(exc.message, exc.exit_code) from None
+            except download.ClientError as exc:
+                progress.close(success=False)
+                _report_failure(None, exc)
+                return exc.exit_code
         for rel, problem in outcome.failed:
             _report_failure(rel, problem)
         skipped = sum(1 for r in outcome.done if r.origin == "present")
@@ -90,11 +213,11 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
     with output.Progress("Downloading", total_files=1, total_bytes=document.size) as progress:
         try:
             result = output.run_async(
-                lambda: client.download_prv(
+                lambda: download.download_prv(
                     document, out, options, on_event=emit, on_progress=progress.update
                 )
             )
-        except client.ClientError as exc:
+        except download.ClientError as exc:
             progress.close(success=False)  # no "done" line for a failed download
             failure: ClientError | None = exc
         else:
@@ -102,13 +225,8 @@ def run(prv_path: str, out: str, hub: str | None = None, as_json: bool = False) 
     if failure is not None:
         _report_failure(out, failure)
         return failure.exit_code
-    where = {
-        "cache": "the local cache",
-        "part": "the complete .part on disk",
-        "empty": "nowhere (empty file)",
-    }.get(result.origin, result.url or "")
-    output.line(f"Downloaded {result.path} ({output.format_bytes(result.size)}) from {where}")
-    return client.EXIT_OK
+    output.line(_done_line(result))
+    return download.EXIT_OK
 
 
 def make_app() -> typer.Typer:
@@ -119,9 +237,9 @@ def make_app() -> typer.Typer:
 
     @app.command(help=HELP)
     def download(
-        prv: str = typer.Argument(..., metavar="PRV", help="The .prv or .prvdir file."),
-        out: str = typer.Argument(
-            ..., metavar="OUT", help="The file to write (a directory for a .prvdir)."
+        prv: str | None = typer.Argument(None, metavar="PRV", help="The .prv or .prvdir file."),
+        out: str | None = typer.Argument(
+            None, metavar="OUT", help="The file to write (a directory for a .prvdir)."
         ),
         hub: str | None = typer.Option(
             None,
@@ -130,10 +248,62 @@ def make_app() -> typer.Typer:
             help="Hub to ask (default: $KBUCKET_URL, else http://localhost:3240).",
         ),
         as_json: bool = typer.Option(
-            False, "--json", help="Print JSON Lines events (source, progress, done, error)."
+            False,
+            "--json",
+            help="Print JSON Lines events (source, progress, done, error, caching).",
+        ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Replace files at OUT that hold other content (without it such a file "
+            "stops the download and nothing changes). Symlinks are replaced, never "
+            "written through; directories are never replaced.",
+        ),
+        cache_size: str | None = typer.Option(
+            None,
+            "--cache-size",
+            metavar="SIZE",
+            help="Bound of the content cache: 500M, 20G..., 0 turns it off "
+            "(default: $KBUCKET_CACHE_SIZE, else 10G). Least recently used content "
+            "goes first.",
+        ),
+        cache_info: bool = typer.Option(
+            False,
+            "--cache-info",
+            help="Show where the content cache is, what it holds and its bound (no PRV/OUT).",
+        ),
+        clear_cache: bool = typer.Option(
+            False, "--clear-cache", help="Empty the content cache (no PRV/OUT)."
+        ),
+        min_speed: str | None = typer.Option(
+            None,
+            "--min-speed",
+            metavar="RATE",
+            help="Bytes per second (1K, 100K...) a source must average over each "
+            "--speed-window, or the next source continues from the bytes on disk; 0: "
+            "no minimum (default: $KBUCKET_MIN_SPEED, else 1K).",
+        ),
+        speed_window: str | None = typer.Option(
+            None,
+            "--speed-window",
+            metavar="SECONDS",
+            help="The window of --min-speed (default: $KBUCKET_SPEED_WINDOW, else 30).",
         ),
     ) -> int:
-        return run(prv, out, hub, as_json)
+        return run(
+            DownloadArgs(
+                prv=prv,
+                out=out,
+                hub=hub,
+                as_json=as_json,
+                force=force,
+                cache_size=cache_size,
+                cache_info=cache_info,
+                clear_cache=clear_cache,
+                min_speed=min_speed,
+                speed_window=speed_window,
+            )
+        )
 
     return app
 
@@ -149,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         plain = parse_plain(args, positionals=2)
         if plain is not None:
             prv_path, out = plain.positionals
-            return run(prv_path, out, plain.hub, plain.as_json)
+            return run(DownloadArgs(prv=prv_path, out=out, hub=plain.hub, as_json=plain.as_json))
         return via_typer(make_app(), args, PROG)
 
     return output.run_command(body)

@@ -37,21 +37,24 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
         UsageError: bad input (exit 2) or an unreachable hub (exit 3).
     """
 
-    from kbapps import client
+    from kbapps import download
     from kbproto.prv import PrvDir
 
     try:
-        document = client.load_prv_file(prv_path)
+        document = download.load_prv_file(prv_path)
         if isinstance(document, PrvDir):
-            raise client.BadInputError(f"{prv_path} is a .prvdir; kb-prv-find takes a .prv")
-        options = client.default_options(hub)
+            raise download.BadInputError(f"{prv_path} is a .prvdir; kb-prv-find takes a .prv")
+        options = download.default_options(hub)
 
-        async def ask() -> client.FindResult:
-            async with client.make_http_client(options) as http:
-                return await client.find_content(http, options.hub_url, document.sha1)
+        async def ask() -> download.FindResult:
+            async with download.make_http_client(options) as http:
+                within = options.speed_window if options.min_speed else None
+                return await download.find_content(
+                    http, options.hub_url, document.sha1, within=within
+                )
 
         result = output.run_async(ask)
-    except client.ClientError as exc:
+    except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     if as_json:
         output.print_json(result.response, indent=4)
@@ -61,8 +64,8 @@ def run(prv_path: str, hub: str | None = None, as_json: bool = False) -> int:
     if not result.found:
         if not as_json:
             output.error(f"not found: no node of the network has {prv_path} (sha1 {document.sha1})")
-        return client.EXIT_NOT_FOUND
-    return client.EXIT_OK
+        return download.EXIT_NOT_FOUND
+    return download.EXIT_OK
 
 
 def make_app() -> typer.Typer:

@@ -12,6 +12,7 @@ from kbapps.cli import host, hub
 from kbapps.noderun import heartbeat_timeouts
 from kbapps.output import UsageError
 from kbproto.config import Timeouts
+from tests.e2e.procs import free_port
 
 
 def run(main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -132,10 +133,10 @@ def test_a_share_directory_is_not_a_hub(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_taken_port_is_one_line_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    port = free_port()
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", port))
         taken.listen()
-        port = taken.getsockname()[1]
         code, out, err = run(
             hub.main,
             [

@@ -23,7 +23,7 @@ import trustme
 
 from kbapps.cli import prv_download
 from kbproto.prv import PrvDir
-from tests.apps.test_client_support import (
+from tests.apps.test_download_support import (
     SLOW_PREFIX,
     FakeNetwork,
     closed_port,
@@ -31,6 +31,7 @@ from tests.apps.test_client_support import (
     events_of,
     fake_network,
     prv_of,
+    wait_for_caching,
     write_prv,
     write_prvdir,
 )
@@ -250,8 +251,9 @@ def test_second_download_comes_from_the_cache_with_the_server_stopped(
     with fake_network(tmp_path) as network:
         network.add(data, ["good"])
         hub = network.base
-        first = kb(env, tmp_path / "f.prv", tmp_path / "one", "--hub", hub)
+        first = kb(env, tmp_path / "f.prv", tmp_path / "one", "--hub", hub, "--json")
         assert first.returncode == 0, first.stderr
+        assert wait_for_caching(first.stdout) == 1  # the copy runs after the command
     # Same hub URL, nothing listening there any more.
     second = kb(env, tmp_path / "f.prv", tmp_path / "two", "--hub", hub, "--json")
     assert second.returncode == 0, second.stderr

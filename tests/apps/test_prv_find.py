@@ -14,7 +14,7 @@ import pytest
 
 from kbapps.cli import prv_find
 from kbproto.prv import PrvDir
-from tests.apps.test_client_support import (
+from tests.apps.test_download_support import (
     FakeNetwork,
     closed_port,
     content,

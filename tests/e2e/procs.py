@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -273,6 +274,17 @@ class Procs:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait(10)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, not ending in 443 (a node on such a port
+    turns HTTPS on and would need a certificate)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port % 1000 != 443:
+            return port
 
 
 def write_pattern(path: Path, size: int, seed: int) -> bytes:

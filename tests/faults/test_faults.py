@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,6 +28,7 @@ from tests.e2e.procs import (
     Node,
     Procs,
     command,
+    free_port,
     iter_json_lines,
     sha1_of,
     wait_for,
@@ -292,13 +292,6 @@ def test_download_cut_at_random_points_resumes_to_exact_bytes(procs: Procs) -> N
     assert out.read_bytes() == data
     print(f"cut after {cuts} bytes of {size}")
     assert len(cuts) >= 2, cuts
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_parent_down_at_share_start_is_joined_when_it_comes_up(procs: Procs) -> None:

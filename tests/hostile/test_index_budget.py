@@ -35,7 +35,7 @@ from kbproto.messages import (
     Welcome,
 )
 from kbtransport.websocket import WebSocketLink, connect_websocket
-from tests.e2e.procs import Node, Procs
+from tests.e2e.procs import Node, Procs, wait_for
 from tests.helpers import Ed25519Signer, make_placement
 from tests.hostile.helpers import find_json
 
@@ -195,7 +195,10 @@ async def test_a_flooding_child_is_cut_at_its_quota_and_the_hub_stays_small(
         lambda: procs.node("kbucket-host", tmp_path / "share", name="real", parent=hub)
     )
     sha1 = hashlib.sha1(content).hexdigest()
-    assert find_json(hub, sha1)["found"] is True
+    # The share's index reaches the hub just after its "Indexed" line.
+    await anyio.to_thread.run_sync(
+        lambda: wait_for(lambda: find_json(hub, sha1)["found"] is True, 20, "the share's index")
+    )
     pid = hub.proc.popen.pid
     before = _rss_mb(pid)
     sampler = _Sampler(pid)

@@ -122,7 +122,8 @@ def downloader(
     out = procs.workdir / f"out-{n}.bin"
     while time.monotonic() < until:
         done = subprocess.run(
-            command("kb-prv-download", str(prv), str(out), "--hub", hub.url),
+            # No content cache, so every run goes through the hub.
+            command("kb-prv-download", str(prv), str(out), "--hub", hub.url, "--cache-size", "0"),
             capture_output=True,
             text=True,
             env=env,
@@ -136,10 +137,6 @@ def downloader(
                 stats.errors.append(f"download {n}: exit {done.returncode}: {done.stderr[-500:]}")
                 return
         out.unlink()
-        # A fresh cache each time, so every run goes through the hub.
-        for f in Path(env["KBUCKET_CACHE_DIR"]).rglob("*"):
-            if f.is_file():
-                f.unlink()
 
 
 def run_phase(

@@ -34,6 +34,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -305,3 +306,26 @@ def fake_network(root: Path, ssl_context: ssl.SSLContext | None = None) -> Itera
 def events_of(stdout: str) -> list[dict[str, object]]:
     """Parse JSON Lines output."""
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def process_gone(pid: int) -> bool:
+    """True once process ``pid`` has ended (gone, or a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def wait_for_caching(stdout: str, timeout: float = 60.0) -> int:
+    """Wait until the background cache copies announced in ``stdout`` (``--json``
+    ``caching`` events) have ended; return how many there were."""
+    pids = [e["pid"] for e in events_of(stdout) if e["event"] == "caching"]
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        assert isinstance(pid, int)
+        while not process_gone(pid):
+            assert time.monotonic() < deadline, f"cache copy {pid} still running"
+            time.sleep(0.02)
+    return len(pids)

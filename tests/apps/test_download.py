@@ -1,4 +1,4 @@
-"""``kbapps.client`` against a stand-in network with misbehaving sources (127.0.0.1 only).
+"""``kbapps.download`` against a stand-in network with misbehaving sources (127.0.0.1 only).
 
 What these prove: the source order and fallback with every failure listed; that OUT
 never holds wrong bytes (nothing at OUT, or the old OUT untouched, on failure); resume
@@ -20,16 +20,18 @@ from typing import Any
 import anyio
 import pytest
 
-from kbapps import client
-from kbapps.client import (
+from kbapps import download
+from kbapps.download import (
     BadInputError,
     ClientOptions,
+    ConflictError,
     DownloadFailedError,
     HubUnreachableError,
     NotFoundError,
 )
+from kbapps.download.places import split_relpath
 from kbproto.prv import Prv, PrvDir
-from tests.apps.test_client_support import (
+from tests.apps.test_download_support import (
     SLOW_PREFIX,
     FakeNetwork,
     closed_port,
@@ -38,7 +40,7 @@ from tests.apps.test_client_support import (
     prv_of,
 )
 
-#: Above kbapps.client's inline limit (256 KiB): bodies go through the writer thread.
+#: Above kbapps.download's inline limit (256 KiB): bodies go through the writer thread.
 SIZE = 300_000
 
 
@@ -61,11 +63,11 @@ def options(hub: str, tmp_path: Path, **kw: Any) -> ClientOptions:
     return ClientOptions(**values)
 
 
-def download(
+def fetch_file(
     prv: Prv, out: Path, opts: ClientOptions, events: list[dict[str, Any]] | None = None
-) -> client.DownloadResult:
+) -> download.DownloadResult:
     sink = events.append if events is not None else None
-    return anyio.run(lambda: client.download_prv(prv, out, opts, on_event=sink))
+    return anyio.run(lambda: download.download_prv(prv, out, opts, on_event=sink))
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -77,15 +79,15 @@ def leftovers(directory: Path) -> list[str]:
 
 def test_hub_url_option_then_environment_then_default() -> None:
     env = {"KBUCKET_URL": "http://hub.example:3240/"}
-    assert client.resolve_hub_url("https://other:8443/", env) == "https://other:8443"
-    assert client.resolve_hub_url(None, env) == "http://hub.example:3240"
-    assert client.resolve_hub_url(None, {}) == "http://localhost:3240"
+    assert download.resolve_hub_url("https://other:8443/", env) == "https://other:8443"
+    assert download.resolve_hub_url(None, env) == "http://hub.example:3240"
+    assert download.resolve_hub_url(None, {}) == "http://localhost:3240"
 
 
 @pytest.mark.parametrize("bad", ["ftp://x", "not a url", "http://", "ws://h:1", "http://h/?q=1"])
 def test_bad_hub_url_is_bad_input(bad: str) -> None:
     with pytest.raises(BadInputError) as info:
-        client.resolve_hub_url(bad, {})
+        download.resolve_hub_url(bad, {})
     assert info.value.exit_code == 2
     assert "--hub" in info.value.message
 
@@ -97,9 +99,9 @@ def test_find_keeps_the_hubs_order_and_adds_the_hub_itself_last(
     sha1 = net.add(data, ["good", "ftp://nowhere/x", "cut", "good"])
     opts = options(net.base, tmp_path)
 
-    async def ask() -> client.FindResult:
-        async with client.make_http_client(opts) as http:
-            return await client.find_content(http, opts.hub_url, sha1)
+    async def ask() -> download.FindResult:
+        async with download.make_http_client(opts) as http:
+            return await download.find_content(http, opts.hub_url, sha1)
 
     found = anyio.run(ask)
     assert found.found
@@ -107,7 +109,7 @@ def test_find_keeps_the_hubs_order_and_adds_the_hub_itself_last(
     # Only http(s), duplicates dropped, order kept.
     assert found.urls == (net.url("good", sha1), net.url("cut", sha1))
     assert found.response["urls"][1] == "ftp://nowhere/x"  # the answer as received
-    assert client.download_sources(found, net.base, sha1) == (
+    assert download.download_sources(found, net.base, sha1) == (
         net.url("good", sha1),
         net.url("cut", sha1),
         f"{net.base}/sha1/{sha1}",
@@ -123,7 +125,7 @@ def test_falls_back_in_order_and_lists_each_failure(net: FakeNetwork, tmp_path: 
     sha1 = net.add(data, [down, "wrong", "missing", "badetag", "good"])
     out = tmp_path / "out.dat"
     events: list[dict[str, Any]] = []
-    result = download(prv_of(data), out, options(net.base, tmp_path), events)
+    result = fetch_file(prv_of(data), out, options(net.base, tmp_path), events)
 
     assert out.read_bytes() == data
     assert result.origin == "network"
@@ -149,7 +151,7 @@ def test_sources_announcing_the_wrong_length_or_range_are_dropped(
 ) -> None:
     data = content(SIZE, 17)
     net.add(data, ["shortlen", "badrange", "good"])
-    result = download(prv_of(data), tmp_path / "out.dat", options(net.base, tmp_path))
+    result = fetch_file(prv_of(data), tmp_path / "out.dat", options(net.base, tmp_path))
     errors = [f.error for f in result.failures]
     assert errors == [
         f"announced {SIZE - 1} bytes, expected {SIZE}",
@@ -166,7 +168,7 @@ def test_every_source_failing_lists_them_all_and_writes_nothing(
     sha1 = net.add(data, ["wrongtail", "cut", "norange", "missing"])
     out = tmp_path / "out.dat"
     with pytest.raises(DownloadFailedError) as info:
-        download(prv_of(data), out, options(net.base, tmp_path))
+        fetch_file(prv_of(data), out, options(net.base, tmp_path))
     failures = info.value.failures
     assert [f.url for f in failures] == [
         net.url("wrongtail", sha1),
@@ -189,7 +191,7 @@ def test_a_failed_download_leaves_no_empty_part(net: FakeNetwork, tmp_path: Path
     net.serve_sha1 = False
     net.add(data, ["wrong", "missing"])
     with pytest.raises(DownloadFailedError):
-        download(prv_of(data), tmp_path / "out.dat", options(net.base, tmp_path))
+        fetch_file(prv_of(data), tmp_path / "out.dat", options(net.base, tmp_path))
     assert leftovers(tmp_path) == ["blobs"]
 
 
@@ -199,8 +201,8 @@ def test_wrong_bytes_never_replace_an_existing_out(net: FakeNetwork, tmp_path: P
     net.add(data, ["wrongtail"])
     out = tmp_path / "out.dat"
     out.write_bytes(b"the user's previous file")
-    with pytest.raises(DownloadFailedError):
-        download(prv_of(data), out, options(net.base, tmp_path))
+    with pytest.raises(DownloadFailedError):  # --force: it may be replaced, by right bytes only
+        fetch_file(prv_of(data), out, options(net.base, tmp_path, force=True))
     assert out.read_bytes() == b"the user's previous file"
 
 
@@ -211,7 +213,7 @@ def test_cut_source_is_continued_by_the_next_with_a_range(
     data = content(size, 4)
     sha1 = net.add(data, ["cut", "norange", "good"])
     out = tmp_path / "out.dat"
-    result = download(prv_of(data), out, options(net.base, tmp_path))
+    result = fetch_file(prv_of(data), out, options(net.base, tmp_path))
     assert out.read_bytes() == data
     half = size // 2
     assert result.resumed_from == half
@@ -230,7 +232,7 @@ def test_a_stalled_source_times_out_and_the_next_continues(
     data = content(SIZE, 5)
     net.add(data, ["slow", "good"])
     out = tmp_path / "out.dat"
-    result = download(prv_of(data), out, options(net.base, tmp_path, read_timeout=0.5))
+    result = fetch_file(prv_of(data), out, options(net.base, tmp_path, read_timeout=0.5))
     assert out.read_bytes() == data
     assert "no data" in result.failures[0].error
     (good,) = net.requests("good")
@@ -249,7 +251,7 @@ def test_interrupted_download_resumes_and_transfers_only_the_rest(
     out = tmp_path / "out.dat"
     opts = options(net.base, tmp_path)
     with pytest.raises(DownloadFailedError):
-        download(prv_of(data), out, opts)
+        fetch_file(prv_of(data), out, opts)
     part = tmp_path / "out.dat.part"
     assert part.read_bytes() == data[: SIZE // 2]
     assert not out.exists()
@@ -257,7 +259,7 @@ def test_interrupted_download_resumes_and_transfers_only_the_rest(
     assert sidecar == {"sha1": sha1, "size": SIZE}
 
     net.sources[sha1] = ["good"]
-    result = download(prv_of(data), out, opts)
+    result = fetch_file(prv_of(data), out, opts)
     assert out.read_bytes() == data
     assert result.resumed_from == SIZE // 2
     assert result.transferred == SIZE - SIZE // 2
@@ -277,7 +279,7 @@ def test_a_part_of_other_content_is_never_resumed(
     (tmp_path / "out.dat.part").write_bytes(content(SIZE // 3, 70))
     if sidecar is not None:
         (tmp_path / "out.dat.part.json").write_text(json.dumps(sidecar))
-    result = download(prv_of(data), out, options(net.base, tmp_path))
+    result = fetch_file(prv_of(data), out, options(net.base, tmp_path))
     assert out.read_bytes() == data
     assert result.resumed_from == 0
     (good,) = net.requests("good")
@@ -292,7 +294,7 @@ def test_a_corrupt_resumed_prefix_is_caught_and_refetched(net: FakeNetwork, tmp_
     prefix[50_000] ^= 0xFF  # past the first 1000 bytes: only the whole SHA-1 can tell
     (tmp_path / "out.dat.part").write_bytes(prefix)
     (tmp_path / "out.dat.part.json").write_text(json.dumps({"sha1": sha1, "size": SIZE}))
-    result = download(prv_of(data), out, options(net.base, tmp_path))
+    result = fetch_file(prv_of(data), out, options(net.base, tmp_path))
     assert out.read_bytes() == data
     assert "retrying from byte 0" in result.failures[0].error
     assert [r.range for r in net.requests("good")] == ["bytes=100000-", None]
@@ -304,7 +306,7 @@ def test_a_complete_part_is_installed_without_the_network(tmp_path: Path) -> Non
     (tmp_path / "out.dat.part").write_bytes(data)
     (tmp_path / "out.dat.part.json").write_text(json.dumps({"sha1": prv.sha1, "size": SIZE}))
     hub = f"http://127.0.0.1:{closed_port()}"
-    result = download(prv, tmp_path / "out.dat", options(hub, tmp_path))
+    result = fetch_file(prv, tmp_path / "out.dat", options(hub, tmp_path))
     assert result.origin == "part"
     assert (tmp_path / "out.dat").read_bytes() == data
 
@@ -318,15 +320,18 @@ def test_second_download_makes_no_request_at_all(tmp_path: Path) -> None:
     with fake_network(tmp_path) as network:
         network.add(data, ["good"])
         opts = options(network.base, tmp_path)
-        first = download(prv, tmp_path / "one.dat", opts)
+        first = fetch_file(prv, tmp_path / "one.dat", opts)
         assert first.origin == "network"
     # The server is gone; a hub URL where nothing listens proves no request is made.
     opts = options(f"http://127.0.0.1:{closed_port()}", tmp_path)
-    second = download(prv, tmp_path / "two.dat", opts)
+    second = fetch_file(prv, tmp_path / "two.dat", opts)
     assert second.origin == "cache"
     assert (tmp_path / "two.dat").read_bytes() == data
-    # A copy, not a link: editing one output never changes another or the cache.
-    assert os.stat(tmp_path / "two.dat").st_ino != os.stat(tmp_path / "one.dat").st_ino
+    # Copies, not links: editing one output never changes another or the cache.
+    cache = download.ContentCache(tmp_path / "cache" / "content", download.DEFAULT_CACHE_SIZE)
+    inodes = {os.stat(p).st_ino for p in (tmp_path / "one.dat", tmp_path / "two.dat")}
+    assert len(inodes) == 2
+    assert os.stat(cache.path_for(prv.sha1)).st_ino not in inodes
 
 
 def test_a_corrupted_cache_entry_is_dropped_and_refetched(net: FakeNetwork, tmp_path: Path) -> None:
@@ -334,11 +339,11 @@ def test_a_corrupted_cache_entry_is_dropped_and_refetched(net: FakeNetwork, tmp_
     prv = prv_of(data)
     net.add(data, ["good"])
     opts = options(net.base, tmp_path)
-    cache = client.ContentCache(tmp_path / "cache" / "content")
+    cache = download.ContentCache(tmp_path / "cache" / "content", download.DEFAULT_CACHE_SIZE)
     entry = cache.path_for(prv.sha1)
     entry.parent.mkdir(parents=True)
     entry.write_bytes(content(SIZE, 12))  # right size, wrong bytes
-    result = download(prv, tmp_path / "out.dat", opts)
+    result = fetch_file(prv, tmp_path / "out.dat", opts)
     assert result.origin == "network"
     assert (tmp_path / "out.dat").read_bytes() == data
     assert entry.read_bytes() == data  # replaced by the verified download
@@ -346,7 +351,7 @@ def test_a_corrupted_cache_entry_is_dropped_and_refetched(net: FakeNetwork, tmp_
 
 def test_an_empty_file_needs_no_network(tmp_path: Path) -> None:
     hub = f"http://127.0.0.1:{closed_port()}"
-    result = download(prv_of(b""), tmp_path / "empty.dat", options(hub, tmp_path))
+    result = fetch_file(prv_of(b""), tmp_path / "empty.dat", options(hub, tmp_path))
     assert result.origin == "empty"
     assert (tmp_path / "empty.dat").read_bytes() == b""
 
@@ -356,7 +361,7 @@ def test_an_empty_file_needs_no_network(tmp_path: Path) -> None:
 
 def test_not_found(net: FakeNetwork, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError) as info:
-        download(prv_of(content(10, 13)), tmp_path / "o", options(net.base, tmp_path))
+        fetch_file(prv_of(content(10, 13)), tmp_path / "o", options(net.base, tmp_path))
     assert info.value.exit_code == 1
     assert not (tmp_path / "o").exists()
     assert not (tmp_path / "o.part").exists()
@@ -365,7 +370,7 @@ def test_not_found(net: FakeNetwork, tmp_path: Path) -> None:
 def test_hub_unreachable(tmp_path: Path) -> None:
     hub = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(HubUnreachableError) as info:
-        download(prv_of(content(10, 14)), tmp_path / "o", options(hub, tmp_path))
+        fetch_file(prv_of(content(10, 14)), tmp_path / "o", options(hub, tmp_path))
     assert info.value.exit_code == 3
     assert "cannot reach hub" in info.value.message
 
@@ -384,13 +389,13 @@ def test_hub_errors_are_exit_3(
 ) -> None:
     net.find_status, net.find_body = status, body
     with pytest.raises(HubUnreachableError) as info:
-        download(prv_of(content(10, 15)), tmp_path / "o", options(net.base, tmp_path))
+        fetch_file(prv_of(content(10, 15)), tmp_path / "o", options(net.base, tmp_path))
     assert expected in info.value.message
 
 
 def test_out_in_a_missing_directory_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInputError):
-        download(prv_of(b"x"), tmp_path / "no" / "such" / "o", options("http://h", tmp_path))
+        fetch_file(prv_of(b"x"), tmp_path / "no" / "such" / "o", options("http://h", tmp_path))
 
 
 def test_out_an_existing_directory_gets_the_prv_file_name(net: FakeNetwork, tmp_path: Path) -> None:
@@ -398,7 +403,7 @@ def test_out_an_existing_directory_gets_the_prv_file_name(net: FakeNetwork, tmp_
     net.add(data, ["good"])
     target = tmp_path / "into"
     target.mkdir()
-    result = download(prv_of(data, "named.bin"), target, options(net.base, tmp_path))
+    result = fetch_file(prv_of(data, "named.bin"), target, options(net.base, tmp_path))
     assert result.path == target / "named.bin"
     assert result.path.read_bytes() == data
 
@@ -427,9 +432,9 @@ def tree_of(files: dict[str, bytes]) -> PrvDir:
 
 def download_dir(
     tree: PrvDir, out: Path, opts: ClientOptions, events: list[dict[str, Any]] | None = None
-) -> client.PrvDirResult:
+) -> download.PrvDirResult:
     sink = events.append if events is not None else None
-    return anyio.run(lambda: client.download_prvdir(tree, out, opts, on_event=sink))
+    return anyio.run(lambda: download.download_prvdir(tree, out, opts, on_event=sink))
 
 
 def test_prvdir_downloads_several_files_at_once(net: FakeNetwork, tmp_path: Path) -> None:
@@ -468,7 +473,12 @@ def test_prvdir_skips_files_already_present(net: FakeNetwork, tmp_path: Path) ->
     (out / "a.dat").write_bytes(files["a.dat"])
     (out / "b" / "b.dat").write_bytes(files["b/b.dat"])
     (out / "c.dat").write_bytes(b"0123456789")  # right size, wrong content
-    result = download_dir(tree_of(files), out, options(net.base, tmp_path))
+    with pytest.raises(ConflictError) as info:  # other content: nothing changes
+        download_dir(tree_of(files), out, options(net.base, tmp_path))
+    assert info.value.conflicts == (f"{out / 'c.dat'} holds other content",)
+    assert net.requests() == []
+    assert (out / "c.dat").read_bytes() == b"0123456789"
+    result = download_dir(tree_of(files), out, options(net.base, tmp_path, force=True))
     origins = {r.path.relative_to(out).as_posix(): r.origin for r in result.done}
     assert origins == {"a.dat": "present", "b/b.dat": "present", "c.dat": "network"}
     assert [r.sha1 for r in net.requests("good")] == [hashlib.sha1(files["c.dat"]).hexdigest()]
@@ -484,7 +494,13 @@ def test_prvdir_never_writes_through_a_symlink(net: FakeNetwork, tmp_path: Path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "link").symlink_to(outside)
-    result = download_dir(tree_of(files), out, options(net.base, tmp_path))
+    with pytest.raises(ConflictError) as info:
+        download_dir(tree_of(files), out, options(net.base, tmp_path))
+    assert info.value.conflicts == (
+        f"{out / 'link'} is a symlink (never replaced, even with --force)",
+    )
+    assert sorted(os.listdir(out)) == ["link"]
+    result = download_dir(tree_of(files), out, options(net.base, tmp_path, force=True))
     assert (out / "safe.dat").read_bytes() == files["safe.dat"]
     ((rel, error),) = result.failed
     assert rel == "link/evil.dat"
@@ -494,9 +510,9 @@ def test_prvdir_never_writes_through_a_symlink(net: FakeNetwork, tmp_path: Path)
 
 
 @pytest.mark.parametrize("rel", ["../x", "/abs", "a/../b", ".hidden", "a/.git/x", "a//b", ""])
-def test_safe_target_refuses_escapes(tmp_path: Path, rel: str) -> None:
+def test_split_relpath_refuses_escapes(rel: str) -> None:
     with pytest.raises(BadInputError):
-        client.safe_target(tmp_path, rel)
+        split_relpath(rel)
 
 
 def test_prvdir_stops_when_the_hub_is_unreachable(tmp_path: Path) -> None:
@@ -532,11 +548,15 @@ def test_an_out_already_holding_the_content_is_kept(net: FakeNetwork, tmp_path: 
     net.add(data, ["good"])
     out = tmp_path / "out.dat"
     out.write_bytes(data)
-    result = download(prv_of(data), out, options(net.base, tmp_path))
+    result = fetch_file(prv_of(data), out, options(net.base, tmp_path))
     assert result.origin == "present"
     assert net.requests() == []  # not even a find
-    out.write_bytes(content(SIZE, 61))  # same size, other bytes: fetched again
-    assert download(prv_of(data), out, options(net.base, tmp_path)).origin == "network"
+    out.write_bytes(content(SIZE, 61))  # same size, other bytes: replaced with --force only
+    with pytest.raises(ConflictError):
+        fetch_file(prv_of(data), out, options(net.base, tmp_path))
+    assert net.requests() == []
+    opts = options(net.base, tmp_path, force=True)
+    assert fetch_file(prv_of(data), out, opts).origin == "network"
     assert out.read_bytes() == data
 
 
@@ -548,7 +568,7 @@ def test_prvdir_resumes_its_partial_files(net: FakeNetwork, tmp_path: Path) -> N
     tree = tree_of({"big.dat": data})
     first = download_dir(tree, out, options(net.base, tmp_path))
     assert first.exit_code == 3
-    partial = out / client.PARTIAL_DIRNAME / f"{sha1}.part"
+    partial = out / download.PARTIAL_DIRNAME / f"{sha1}.part"
     assert partial.read_bytes() == data[: SIZE // 2]
     net.sources[sha1] = ["good"]
     second = download_dir(tree, out, options(net.base, tmp_path))
