@@ -248,6 +248,13 @@ def main() -> int:
     parser.add_argument("--files-per-share", type=int, default=3000)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-repeats", type=int, default=3)
+    parser.add_argument(
+        "--find-conns",
+        type=int,
+        action="append",
+        default=[],
+        help="(iv): wrk connection counts (repeatable; default 1, 16 and 64)",
+    )
     parser.add_argument("--only", choices=["downloads", "finds", "sha1"], default=None)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument(
@@ -722,7 +729,7 @@ def find_hub_finds(
     pids = {name: p.pid for name, p in procs.all}
     cpu_name = {label: name for label, (name, _) in hubs.items()}
     cpu_name[bare] = "bare"
-    conns = [1, 16, 64]
+    conns = args.find_conns or [1, 16, 64]
     res: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     for rep in range(args.wrk_repeats + 1):  # repeat 0 warms up
         print(f"wrk repeat {rep}", file=sys.stderr, flush=True)
