@@ -337,6 +337,9 @@ class NodeDriver:
         self._tg: TaskGroup | None = None
         self._running = False
         self._dial_address = ""
+        #: Driver steps taken. The core changes only in a step, so a pure read of it
+        #: (``answer_now``) gives the same answer while this count stays the same.
+        self.steps = 0
 
     # --- public surface -----------------------------------------------------------------
 
@@ -484,6 +487,7 @@ class NodeDriver:
                 with anyio.CancelScope(deadline=deadline):
                     await inbox.wait()
             # (a) call the core: every queued input, then the timer if due.
+            self.steps += 1
             now = self._clock.now()
             # Bound one step, so a flood of inputs cannot starve the timer.
             for _ in range(64):

@@ -136,6 +136,8 @@ _CROSS_SITE_UPGRADE = error_response(
 )
 #: The answer to a request for a worker's script (``is_worker_request``).
 _NO_WORKER_SCRIPTS = error_response(403, "A node serves no worker scripts")
+#: Most find answers kept between two driver steps (see ``build_node_app``).
+_ANSWERS_KEPT = 4096
 
 
 def _download_tail(result: FindResult) -> str:
@@ -330,9 +332,26 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return _NOT_FOUND
         return Response(status=200, headers=_JSON_HEADERS, body=find_body(results, own_url))
 
+    # An answer given at once (``Node.answer_now``, a pure read of the core) stays
+    # exact until the driver's next step, so its whole response is reused until then:
+    # a repeated find (a popular file, a find flood) costs a dictionary lookup. Worth
+    # ~10 % of a hub's CPU per find (docs/benchmarks.md, "Speed paths of kbtransport").
+    driver = node.driver
+    answers: dict[tuple[str, str | None], Response] = {}
+    answers_step = -1
+
     def find_now(raw_sha1: str, share_id: str | None) -> Response | None:
         """The answer if this node gives it at once (or a 400 for a malformed share
         id); None: ask the tree."""
+        nonlocal answers_step
+        key = (raw_sha1, share_id)
+        if driver.steps != answers_step or not driver.running:
+            answers.clear()
+            answers_step = driver.steps
+        else:
+            answer = answers.get(key)
+            if answer is not None:
+                return answer
         sha1 = raw_sha1.lower()
         if not is_sha1(sha1):
             return _MALFORMED_NOT_FOUND
@@ -340,7 +359,12 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             results = node.answer_now(sha1, share_id)
         except LocalProtocolError as exc:
             return error_response(400, str(exc))
-        return None if results is None else found(results)
+        if results is None:
+            return None
+        answer = found(results)
+        if len(answers) < _ANSWERS_KEPT:
+            answers[key] = answer
+        return answer
 
     async def find(raw_sha1: str, share_id: str | None) -> Response:
         # find_now validated the SHA-1 and share id (node.find checks them again).

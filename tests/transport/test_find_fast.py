@@ -169,3 +169,32 @@ def test_find_body_is_valid_json_for_any_path_and_url(
         # This node's own URL for every result, after every other URL of it.
         for tail in tails:
             assert own_url.rstrip("/") + tail in urls
+
+
+async def test_a_find_answer_is_reused_only_until_the_core_changes(tmp_path: Path) -> None:
+    """The /find route keeps the answers it gave at once until the driver's next step:
+    the same bytes while nothing changes, and never the old answer once the share's
+    index update reached the hub."""
+    write_file(tmp_path / "t" / "t.dat", 3000, 3)
+    t_sha1 = sha1_file(tmp_path / "t" / "t.dat")
+    async with tree() as net, HttpClient() as client:
+        a = await net.hub("A")
+        t = await net.share("T", tmp_path / "t", "A")
+
+        async def found_at_a() -> bool:
+            _, body = await client.request("GET", f"{a.local_url}/find/{t_sha1}")
+            return bool(json.loads(body)["found"])
+
+        await wait_until(found_at_a, what="T indexed at A")
+        _, first = await client.request("GET", f"{a.local_url}/find/{t_sha1}")
+        _, again = await client.request("GET", f"{a.local_url}/find/{t_sha1.upper()}")
+        assert json.loads(first)["found"] is True
+        assert again == first
+        await t.remove_file("t.dat")
+
+        async def gone() -> bool:
+            return not await found_at_a()
+
+        await wait_until(gone, what="the removal seen at A")
+        for _ in range(3):
+            assert not await found_at_a()
