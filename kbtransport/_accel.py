@@ -173,6 +173,10 @@ class IdleWatch:
             return None
         return cls(loop, timeout, since, scope)
 
+    def now(self) -> float:
+        """The event loop's time (``anyio.current_time`` there, minus its lookups)."""
+        return self._loop.time()
+
     def _fire(self) -> None:
         since = self._since()
         now = self._loop.time()

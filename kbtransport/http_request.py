@@ -120,7 +120,11 @@ def build_request(
         if not path.startswith("/"):
             raise RequestRefused(400, "Request target must be an absolute path")
         try:
-            segments = tuple(unquote(s, errors="strict") for s in path[1:].split("/"))
+            # Without a "%" there is nothing to decode (the usual request).
+            if "%" in path:
+                segments = tuple(unquote(s, errors="strict") for s in path[1:].split("/"))
+            else:
+                segments = tuple(path[1:].split("/"))
             if query:
                 pairs = parse_qsl(
                     query, keep_blank_values=True, errors="strict", max_num_fields=256

@@ -262,7 +262,10 @@ class _Connection:
                 else:
                     await serve_raw_upgrade(self, request, body)
                 return
-            await self.send_response(request, response)
+            if isinstance(body, bytes):
+                await self.send_bytes(request, response, body)
+            else:
+                await self.send_response(request, response)
             if conn.their_state is h11.SEND_BODY:
                 await self.drain_body()
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
@@ -351,12 +354,14 @@ class _Connection:
         """Wait for the next request's first bytes; False if the connection ended
         (EOF is handed to h11, which then reports it) or stayed idle too long."""
         slot = self.slot
-        slot.since = anyio.current_time()
+        watch = self.watch
         try:
-            if self.watch is not None:
+            if watch is not None:
                 # The watch closes the connection if this wait outlasts idle_timeout.
+                slot.since = watch.now()
                 await self.receive()
                 return True
+            slot.since = anyio.current_time()
             with anyio.move_on_after(self.config.idle_timeout) as idle:
                 await self.receive()
             return not idle.cancelled_caught
@@ -433,21 +438,30 @@ class _Connection:
                 + (self.conn.send(_END) or b"")
             )
 
+    async def send_bytes(self, request: Request, response: Response, body: bytes) -> None:
+        """Send a response whose body is ``body``: head, body and end in one write (one
+        system call and one write deadline per small response, such as a find answer)."""
+        conn = self.conn
+        status = response.status
+        try:
+            if status == 204 or status == 304:
+                out = self.heads.head(conn, response, None)
+            else:
+                out = self.heads.head(conn, response, len(body))
+                if body and request.method != "HEAD":
+                    out += conn.send(h11.Data(data=body)) or b""
+            out += conn.send(_END) or b""
+        except h11.LocalProtocolError as exc:
+            raise _framing_error(request, exc) from exc
+        await self.send(out)
+
     async def send_response(self, request: Request, response: Response) -> None:
+        """Send a file or stream response (``send_bytes`` sends bytes bodies)."""
         body = response.body
         head_only = request.method == "HEAD" or response.status in (204, 304)
         heads = self.heads
         conn = self.conn
         try:
-            if isinstance(body, bytes):
-                # Head, body and end in one write: one syscall and one write deadline
-                # per small response (a find answer) instead of two or three.
-                no_length = response.status in (204, 304)
-                out = heads.head(conn, response, None if no_length else len(body))
-                if not head_only and body:
-                    out += conn.send(h11.Data(data=body)) or b""
-                await self.send(out + (conn.send(_END) or b""))
-                return
             if isinstance(body, FileBody):
                 await self.send(heads.head(conn, response, body.length))
                 if not head_only:
@@ -463,10 +477,7 @@ class _Connection:
         except h11.LocalProtocolError as exc:
             # A malformed header, or the app's stream produced more or fewer bytes
             # than it announced.
-            _log.error(
-                "response to %s %r broke HTTP framing: %s", request.method, request.target, exc
-            )
-            raise WriteError(str(exc)) from exc
+            raise _framing_error(request, exc) from exc
         finally:
             if isinstance(body, FileBody):
                 body.file.close()
@@ -597,6 +608,12 @@ def _peer_address(stream: ByteStream) -> tuple[str, int] | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return (str(address[0]), int(address[1]))
     return None
+
+
+def _framing_error(request: Request, exc: h11.LocalProtocolError) -> WriteError:
+    """Log a response that broke HTTP framing; the ``WriteError`` that ends its connection."""
+    _log.error("response to %s %r broke HTTP framing: %s", request.method, request.target, exc)
+    return WriteError(str(exc))
 
 
 async def serve_http_connection(
