@@ -24,7 +24,7 @@ Nothing escapes from the handler except cancellation: peer errors end the connec
 (after a JSON error answer when one can still be sent), and an app that raises gets
 its client a 500.
 
-Why one module of some 640 lines: it has one job, the request cycle of one
+Why one module of some 660 lines: it has one job, the request cycle of one
 connection, and every part of it reads or writes through the same h11 connection and
 the same deadlines; what stands alone is already elsewhere (parsing:
 ``http_request``; response heads: ``http_heads``; upgrades: ``http_upgrade``; the
