@@ -248,6 +248,13 @@ def main() -> int:
     parser.add_argument("--files-per-share", type=int, default=3000)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-repeats", type=int, default=3)
+    parser.add_argument(
+        "--find-conns",
+        type=int,
+        action="append",
+        default=[],
+        help="(iv): wrk connection counts (repeatable; default 1, 16 and 64)",
+    )
     parser.add_argument("--only", choices=["downloads", "finds", "sha1"], default=None)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument(
@@ -255,7 +262,7 @@ def main() -> int:
         type=Path,
         action="append",
         default=[],
-        help="(v): also measure a hub and share running the code in this directory"
+        help="(iv), (v): also measure a hub and shares running the code in this directory"
         " (repeatable; e.g. a checkout of an older commit)",
     )
     args = parser.parse_args()
@@ -577,10 +584,13 @@ def proxied_sha1(args: argparse.Namespace, work: Path, env: dict[str, str], proc
     walls: dict[str, list[float]] = {label: [] for label in urls}
     cpus: dict[str, list[float]] = {label: [] for label in urls}
     loop_cpus: dict[str, list[float]] = {label: [] for label in urls}
+    share_cpus: dict[str, list[float]] = {label: [] for label in urls}
     for round_no in range(args.rounds + 1):  # round 0 warms up (and checks the bytes)
         print(f"sha1 round {round_no}", file=sys.stderr, flush=True)
         for label, (hub_name, url) in urls.items():
+            share_name = hub_name.replace("hub", "hidden")
             before = cpu_seconds(pids[hub_name])
+            share_before = cpu_seconds(pids[share_name])
             loop_before = cpu_seconds(pids[hub_name], main_thread=True)
             start = time.perf_counter()
             if round_no == 0:
@@ -605,6 +615,7 @@ def proxied_sha1(args: argparse.Namespace, work: Path, env: dict[str, str], proc
             walls[label].append(wall)
             cpus[label].append(cpu_seconds(pids[hub_name]) - before)
             loop_cpus[label].append(cpu_seconds(pids[hub_name], main_thread=True) - loop_before)
+            share_cpus[label].append(cpu_seconds(pids[share_name]) - share_before)
     mb = size / 1e6
     gib = size / (1 << 30)
     first = next(iter(urls))
@@ -613,15 +624,17 @@ def proxied_sha1(args: argparse.Namespace, work: Path, env: dict[str, str], proc
         f"{args.rounds} interleaved rounds\n"
     )
     print(
-        "| route | MB/s | wall s | hub CPU s per GiB | of it, the event loop's | throughput ratio |"
+        "| route | MB/s | wall s | hub CPU s per GiB | of it, the event loop's "
+        "| share CPU s per GiB | throughput ratio |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for label in urls:
         ratio = [f / w for f, w in zip(walls[first], walls[label], strict=True)]
         print(
             f"| {label} | {fmt([mb / w for w in walls[label]])} | {fmt(walls[label], 3)} "
             f"| {fmt([c / gib for c in cpus[label]], 2)} "
-            f"| {fmt([c / gib for c in loop_cpus[label]], 2)} | {fmt(ratio, 2)} x {first} |"
+            f"| {fmt([c / gib for c in loop_cpus[label]], 2)} "
+            f"| {fmt([c / gib for c in share_cpus[label]], 2)} | {fmt(ratio, 2)} x {first} |"
         )
 
 
@@ -633,6 +646,9 @@ def find_hub_finds(
     hub_url: str,
     logs: Path,
 ) -> None:
+    """(iv): finds at ``hub_url`` next to the bare server; with ``--also-code DIR`` also
+    at a hub running the code in DIR, with shares of its own running that code too
+    (the same files), all measured in the same interleaved repeats."""
     print("Creating the small-file shares ...", file=sys.stderr, flush=True)
     sha1s: list[tuple[str, str]] = []
     for i in range(args.find_shares):
@@ -643,34 +659,63 @@ def find_hub_finds(
             names = make_small_share(d, i, args.files_per_share)
             (d / ".sha1s").write_text(json.dumps(names))
         sha1s += [(s, f"small{i:02d}") for s in names]
-    for i in range(args.find_shares):
-        name = f"small{i:02d}"
+    # One hub per code: this code's is ``hub_url``; every other code gets a hub and
+    # shares of its own (a copy of each share's files, so each share has its own
+    # ``.kbucket``), so every process of a variant runs the variant's code.
+    hubs: dict[str, tuple[str, str]] = {"hub /find (kbucket-hub)": ("hub", hub_url)}
+    shares: list[tuple[str, Path, dict[str, str], str, Path | None]] = [
+        (f"small{i:02d}", work / f"small{i:02d}", env, hub_url, None)
+        for i in range(args.find_shares)
+    ]
+    for index, other in enumerate(args.also_code):
+        code = other.resolve()
+        code_env = {**env, "PYTHONPATH": str(code)}
+        name = f"findhub{index}"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        (work / name).mkdir(exist_ok=True)
+        procs.start(
+            name,
+            command("kbucket-hub", str(work / name), *node_args(name, port, url, ".")),
+            code_env,
+            cwd=code,
+        )
+        procs.wait_line(name, r"kbucket-hub is running http on port")
+        hubs[f"hub /find, code in {other.name}"] = (name, url)
+        for i in range(args.find_shares):
+            copy = work / f"{name}-small{i:02d}"
+            if not copy.exists():
+                shutil.copytree(work / f"small{i:02d}", copy, ignore=shutil.ignore_patterns(".*"))
+            shares.append((f"{name}-small{i:02d}", copy, code_env, url, code))
+    for name, directory, share_env, parent, cwd in shares:
         procs.start(
             name,
             command(
                 "kbucket-host",
-                str(work / name),
-                *node_args(name, free_port(), UNREACHABLE, hub_url),
+                str(directory),
+                *node_args(name, free_port(), UNREACHABLE, parent),
                 "--confirm-share",
                 "yes",
             ),
-            env,
+            share_env,
+            cwd=cwd,
         )
-    for i in range(args.find_shares):
-        procs.wait_line(f"small{i:02d}", r"^Indexed \d+ files?\.$", timeout=300)
-        procs.wait_line(f"small{i:02d}", r"^Connected to parent hub: ")
-    # 1,000 known SHA-1s spread over all shares, every one checked findable at the hub.
+    for name, *_ in shares:
+        procs.wait_line(name, r"^Indexed \d+ files?\.$", timeout=300)
+        procs.wait_line(name, r"^Connected to parent hub: ")
+    # 1,000 known SHA-1s spread over all shares, every one checked findable at each hub.
     step = max(1, len(sha1s) // 1000)
     sample = [s for s, _ in sha1s[::step]][:1000]
     deadline = time.monotonic() + 120
-    for sha1 in sample:
-        while True:
-            with urllib.request.urlopen(f"{hub_url}/find/{sha1}", timeout=10) as r:
-                if json.loads(r.read())["found"]:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{sha1} not findable at the hub after 120 s")
-            time.sleep(0.2)
+    for _, url in hubs.values():
+        for sha1 in sample:
+            while True:
+                with urllib.request.urlopen(f"{url}/find/{sha1}", timeout=10) as r:
+                    if json.loads(r.read())["found"]:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{sha1} not findable at {url} after 120 s")
+                time.sleep(0.2)
     paths = work / "paths.txt"
     paths.write_text("".join(f"/find/{s}\n" for s in sample))
     lua = work / "rotate.lua"
@@ -678,13 +723,13 @@ def find_hub_finds(
 
     procs.start("bare", [sys.executable, "-c", BARE_SERVER], env)
     bare_port = int(procs.wait_line("bare", r"^(\d+)$").group(1))
-    targets = {
-        "hub /find (kbucket-hub)": hub_url,
-        "bare h11+anyio, constant JSON": f"http://127.0.0.1:{bare_port}",
-    }
+    bare = "bare h11+anyio, constant JSON"
+    targets = {label: url for label, (_, url) in hubs.items()}
+    targets[bare] = f"http://127.0.0.1:{bare_port}"
     pids = {name: p.pid for name, p in procs.all}
-    cpu_name = {"hub /find (kbucket-hub)": "hub", "bare h11+anyio, constant JSON": "bare"}
-    conns = [1, 16, 64]
+    cpu_name = {label: name for label, (name, _) in hubs.items()}
+    cpu_name[bare] = "bare"
+    conns = args.find_conns or [1, 16, 64]
     res: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
     for rep in range(args.wrk_repeats + 1):  # repeat 0 warms up
         print(f"wrk repeat {rep}", file=sys.stderr, flush=True)
@@ -721,18 +766,24 @@ def find_hub_finds(
         f"wrk -t1 -d{args.wrk_seconds}s, "
         f"{args.wrk_repeats} interleaved repeats\n"
     )
-    print("| server | conns | req/s | p50 ms | p99 ms | server CPU µs/req | req/s ratio hub/bare |")
-    print("|---|---|---|---|---|---|---|")
+    first = next(iter(hubs))
+    print(
+        "| server | conns | req/s | p50 ms | p99 ms | server CPU µs/req "
+        "| req/s ratio hub/bare | CPU µs/req ratio to this code |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for c in conns:
-        hub = res[("hub /find (kbucket-hub)", c)]
-        bare_r = res[("bare h11+anyio, constant JSON", c)]
-        ratio = [h[0] / b[0] for h, b in zip(hub, bare_r, strict=True)]
+        bare_r = res[(bare, c)]
+        mine = res[(first, c)]
         for label in targets:
             rows = res[(label, c)]
+            ratio = [h[0] / b[0] for h, b in zip(rows, bare_r, strict=True)]
+            cpu_ratio = [r[3] / m[3] for r, m in zip(rows, mine, strict=True)]
+            hub = label in hubs
             print(
                 f"| {label} | {c} | {fmt([r[0] for r in rows])} | {fmt([r[1] for r in rows], 3)} "
                 f"| {fmt([r[2] for r in rows], 3)} | {fmt([r[3] for r in rows])} "
-                f"| {fmt(ratio, 2) if label.startswith('hub') else ''} |"
+                f"| {fmt(ratio, 2) if hub else ''} | {fmt(cpu_ratio, 2) if hub else ''} |"
             )
 
 

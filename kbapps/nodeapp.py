@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from kbtransport.http import App, Request, Response, error_response
-from kbtransport.node import request_from_target
+from kbtransport.served_streams import request_from_target
 
 __all__ = ("NodeApp",)
 
@@ -51,7 +51,7 @@ class NodeApp:
 
         Returns:
             The node's response; the caller sends or discards it
-            (``kbtransport.node.discard_response``). 503 before ``attach``.
+            (``kbtransport.served_streams.discard_response``). 503 before ``attach``.
 
         Raises:
             ValueError: ``target`` is not a valid request target (our own bug).

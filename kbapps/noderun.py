@@ -14,7 +14,7 @@ Strategy
    for both kinds, the web interface (``kbapps.web``) on the same router. The routes
    that ask the network themselves (web pages, stand-in downloads) get a
    ``kbapps.nodeapp.NodeApp``, attached to the node's whole app once it runs.
-3. ``kbtransport.node.serve_node`` under ``output.run_async`` (``anyio.run``): the
+3. ``kbtransport.serve.serve_node`` under ``output.run_async`` (``anyio.run``): the
    listener walks the port policy (a share's default is the first free port from 2000
    to 2999: only a real bind can tell, without a race), the core is built for the port
    actually bound (``--port 0``), and ``NodeHooks`` print the SPEC console lines as
@@ -70,9 +70,10 @@ from kbtransport.errors import ConnectError
 from kbtransport.httpapi import NodeAppConfig
 from kbtransport.join_guard import RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
-from kbtransport.node import NodeHandle, NodeHooks, serve_node
+from kbtransport.node import NodeHooks
 from kbtransport.origins import OriginPolicy
 from kbtransport.routing import Router
+from kbtransport.serve import NodeHandle, serve_node
 from kbtransport.stream_budget import StreamBudget
 
 __all__ = (

@@ -43,6 +43,8 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 __all__ = (
+    "ANYIO_BACKENDS",
+    "BACKEND_VARIABLE",
     "EXIT_BAD_INPUT",
     "EXIT_BROKEN_PIPE",
     "EXIT_INTERNAL",
@@ -52,6 +54,7 @@ __all__ = (
     "EXIT_OK",
     "Progress",
     "UsageError",
+    "anyio_backend",
     "counted",
     "error",
     "format_bytes",
@@ -87,6 +90,10 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 #: The reader of stdout went away (``| head``), as shells report a SIGPIPE death (128 + 13).
 EXIT_BROKEN_PIPE = 141
+#: The environment variable choosing the event loop (``anyio_backend``).
+BACKEND_VARIABLE = "KBUCKET_ANYIO_BACKEND"
+#: The anyio backends the commands run on.
+ANYIO_BACKENDS = ("asyncio", "trio")
 
 
 class UsageError(Exception):
@@ -203,22 +210,45 @@ def warning(message: str, *, stream: IO[str] | None = None) -> None:
     line(f"Warning: {message}", stream=stream)
 
 
+def anyio_backend() -> str:
+    """The event loop the commands run on: ``$KBUCKET_ANYIO_BACKEND`` (``asyncio``, the
+    default, or ``trio``), for testing the nodes and clients on both.
+
+    Raises:
+        UsageError: any other value (exit code 2).
+    """
+    backend = os.environ.get(BACKEND_VARIABLE, "") or "asyncio"
+    if backend not in ANYIO_BACKENDS:
+        raise UsageError(
+            f"{BACKEND_VARIABLE} must be one of {', '.join(ANYIO_BACKENDS)}, not {backend!r}"
+        )
+    return backend
+
+
 def run_async(func: Callable[..., Awaitable[T]], *args: object) -> T:
     """``anyio.run(func, *args)``, with log records printed inert on stderr meanwhile.
 
-    The one way ``kbapps`` runs an event loop (a test checks), so whatever
-    ``kbtransport`` logs (level WARNING and up: a failed handler, a peer's odd
-    behaviour, often with text the peer chose) is printed through this module, one
-    inert line per record (a traceback line by line), like Python's last-resort
-    handler prints the message alone. ``anyio`` and ``logging`` are imported here,
-    not at start-up: commands that need no event loop never pay for them.
+    The one way ``kbapps`` runs an event loop (a test checks), on the backend
+    ``anyio_backend`` names, so whatever ``kbtransport`` logs (level WARNING and up: a
+    failed handler, a peer's odd behaviour, often with text the peer chose) is printed
+    through this module, one inert line per record (a traceback line by line), like
+    Python's last-resort handler prints the message alone. ``anyio`` and ``logging``
+    are imported here, not at start-up: commands that need no event loop never pay
+    for them.
+
+    Raises:
+        UsageError: ``$KBUCKET_ANYIO_BACKEND`` names no backend we run on.
     """
+    backend = anyio_backend()
     import anyio
 
     from kbapps._logs import inert_log_records
 
+    if backend != "asyncio":
+        # Said once, so a test (or a user) sees the variable was honoured.
+        line(f"Note: running on {backend} (${BACKEND_VARIABLE})", stream=sys.stderr)
     with inert_log_records(_one_line, inert, lambda text: _write(text, sys.stderr)):
-        return anyio.run(func, *args)
+        return anyio.run(func, *args, backend=backend)
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -28,11 +28,11 @@ from kbtransport.listener import BoundAddress as BoundAddress
 from kbtransport.listener import ListenConfig as ListenConfig
 from kbtransport.listener import serve_http as serve_http
 from kbtransport.listener import serve_tcp as serve_tcp
-from kbtransport.node import NodeHandle as NodeHandle
 from kbtransport.node import NodeHooks as NodeHooks
-from kbtransport.node import serve_node as serve_node
 from kbtransport.ranges import file_response as file_response
 from kbtransport.routing import Router as Router
+from kbtransport.serve import NodeHandle as NodeHandle
+from kbtransport.serve import serve_node as serve_node
 from kbtransport.websocket import WebSocketClosed as WebSocketClosed
 from kbtransport.websocket import WebSocketLink as WebSocketLink
 from kbtransport.websocket import connect_websocket as connect_websocket

@@ -40,6 +40,10 @@ Two deliberate departures from the letter of rule 11, each for a real need:
 Links are anything with ``send(bytes)``, ``receive() -> bytes`` and ``aclose()``
 (``kbtransport.websocket.WebSocketLink``; an in-memory double in tests). ``receive``
 raising a ``TransportError`` (``WebSocketClosed`` included) is the link's end.
+
+Why one module of some 640 lines: the loop, the inbox and the link tasks share each
+link's queue, read gate and room (``_Link``); split apart, each part would reach into
+the others' state. A third of the lines are this explanation and the docstrings.
 """
 
 from __future__ import annotations
@@ -70,7 +74,6 @@ __all__ = (
     "DriverStopped",
     "LinkTransport",
     "NodeDriver",
-    "StepMemo",
 )
 
 _log = logging.getLogger("kbtransport.driver")
@@ -92,8 +95,6 @@ _WRITE_BATCH = 512 * 1024
 _CLOSE_GRACE = 5.0
 
 T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class DriverStopped(TransportError):
@@ -336,8 +337,8 @@ class NodeDriver:
         self._tg: TaskGroup | None = None
         self._running = False
         self._dial_address = ""
-        #: Driver steps taken (each may change the core). A pure query of the core
-        #: (``answer_now``) gives the same answer while this stays the same.
+        #: Driver steps taken. The core changes only in a step, so a pure read of it
+        #: (``answer_now``) gives the same answer while this count stays the same.
         self.steps = 0
 
     # --- public surface -----------------------------------------------------------------
@@ -641,34 +642,3 @@ async def _aclose(transport: LinkTransport) -> None:
             await transport.aclose()
         except Exception:  # closing a broken link can fail in many ways; it is gone anyway
             _log.debug("closing a link failed", exc_info=True)
-
-
-class StepMemo(Generic[K, V]):
-    """Values computed from the core that stay right until the driver's next step.
-
-    The core changes only in driver steps (``NodeDriver.steps`` counts them), so a
-    pure read of it between two steps can be reused until the count moves; then the
-    memo starts over. At most ``limit`` values are kept per step.
-    """
-
-    __slots__ = ("_driver", "_limit", "_step", "_values")
-
-    def __init__(self, driver: NodeDriver, limit: int) -> None:
-        self._driver = driver
-        self._limit = limit
-        self._step = -1
-        self._values: dict[K, V] = {}
-
-    def get(self, key: K) -> V | None:
-        """The value stored for ``key`` in this step, or None."""
-        steps = self._driver.steps
-        if self._step != steps:
-            self._values.clear()
-            self._step = steps
-            return None
-        return self._values.get(key)
-
-    def put(self, key: K, value: V) -> None:
-        """Keep ``value`` for ``key`` until the next step (dropped once ``limit`` is reached)."""
-        if self._step == self._driver.steps and len(self._values) < self._limit:
-            self._values[key] = value

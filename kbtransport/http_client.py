@@ -5,13 +5,14 @@ Strategy
 Used by ``kb-prv-download`` (which streams a body to disk while hashing it) and by
 nodes calling each other. Redirects are *not* followed: the caller sees the 3xx.
 
-Speed (perf-baselines §3): an h11+anyio receiver gets ~0.28 GB/s on asyncio because
+Speed (``docs/benchmarks.md``): an h11+anyio receiver gets ~0.28 GB/s on asyncio because
 anyio's asyncio stream returns one transport chunk (~95 KB) per ``receive`` and
 toggles epoll around each one. Two things here help: bodies with a ``Content-Length``
 bypass h11's receive buffer once the head is parsed (we count the bytes ourselves;
-h11 only copies), and plain ``http`` connections use ``RawSocketStream``, a byte
-stream over a non-blocking socket that reads with ``recv_into`` into a large buffer and
-waits for readability only when the socket is empty (``docs/benchmarks.md``).
+h11 only copies), and connections use ``kbtransport._accel.RawSocketStream`` where the
+event loop allows it, a byte stream over a non-blocking socket that reads up to 1 MiB
+per ``recv`` and waits for readability only when the socket is empty
+(``docs/benchmarks.md``).
 
 Keep-alive: a response read to its end on a connection that may be reused goes back to
 a small per-origin idle pool; a request on a pooled connection that fails before any
@@ -31,6 +32,7 @@ import h11
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSStream
 
+from kbtransport._accel import open_tcp
 from kbtransport.errors import (
     CONNECT_ERRORS,
     READ_ERRORS,
@@ -44,7 +46,6 @@ from kbtransport.errors import (
 )
 from kbtransport.http import Headers
 from kbtransport.net import Url, default_ssl_context, parse_url
-from kbtransport.rawsocket import open_raw_tcp
 
 __all__ = ("ClientConfig", "HttpClient", "HttpResponse")
 
@@ -64,7 +65,8 @@ class ClientConfig:
             reads are what lifts a Python receiver's throughput).
         ssl_context: TLS client context; the system store (``SSL_CERT_FILE``) if None.
         max_idle_per_origin: keep-alive connections kept per (scheme, host, port).
-        raw_sockets: use ``RawSocketStream`` for plain ``http`` (faster receive).
+        raw_sockets: use ``kbtransport._accel.RawSocketStream`` where the event loop
+            allows it (faster receive); ``anyio.connect_tcp`` otherwise.
         user_agent: the ``User-Agent`` header.
     """
 
@@ -344,11 +346,7 @@ class HttpClient:
                 if url.secure:
                     if self._ssl_context is None:
                         self._ssl_context = default_ssl_context()
-                    transport: ByteStream
-                    if self.config.raw_sockets:
-                        transport = await open_raw_tcp(url.host, url.port)
-                    else:
-                        transport = await anyio.connect_tcp(url.host, url.port)
+                    transport = await open_tcp(url.host, url.port, raw=self.config.raw_sockets)
                     try:
                         stream = await TLSStream.wrap(
                             transport,
@@ -360,10 +358,8 @@ class HttpClient:
                         with anyio.CancelScope(shield=True):
                             await transport.aclose()
                         raise
-                elif self.config.raw_sockets:
-                    stream = await open_raw_tcp(url.host, url.port)
                 else:
-                    stream = await anyio.connect_tcp(url.host, url.port)
+                    stream = await open_tcp(url.host, url.port, raw=self.config.raw_sockets)
         except TransportTimeout as exc:
             raise TransportTimeout(
                 f"connecting to {url.host}:{url.port} timed out after {timeout:g} s"

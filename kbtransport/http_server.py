@@ -4,9 +4,12 @@ Theory of operation
 -------------------
 ``serve_http_connection`` runs one request at a time (h11 pauses on pipelined input
 until the current response is done, so pipelining is safe by construction): it reads a
-bounded request head and body, builds a frozen ``Request``, calls the app, and writes
-the app's ``Response`` (bytes, stream, file or websocket upgrade). Then it starts the
-next cycle or closes, as h11's keep-alive rules say.
+bounded request head and body, builds a frozen ``Request`` (``kbtransport.http_request``),
+calls the app, and writes the app's ``Response`` (bytes, stream, file, or an upgrade:
+``kbtransport.http_upgrade``). Then it starts the next cycle or closes, as h11's
+keep-alive rules say. It runs on any anyio backend; where the event loop allows, a few
+measured speed paths from ``kbtransport._accel`` replace portable steps (sendfile,
+direct writes of small responses, one idle timer per connection).
 
 Limits, each one a ``ServerConfig`` field:
 
@@ -20,28 +23,28 @@ Limits, each one a ``ServerConfig`` field:
 Nothing escapes from the handler except cancellation: peer errors end the connection
 (after a JSON error answer when one can still be sent), and an app that raises gets
 its client a 500.
+
+Why one module of some 660 lines: it has one job, the request cycle of one
+connection, and every part of it reads or writes through the same h11 connection and
+the same deadlines; what stands alone is already elsewhere (parsing:
+``http_request``; response heads: ``http_heads``; upgrades: ``http_upgrade``; the
+429 of a refused connection: ``http_refusal``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
-import os
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import NoReturn, cast
-from urllib.parse import parse_qsl, unquote
 
 import anyio
 import anyio.lowlevel
 import h11
 from anyio.abc import ByteStream, SocketAttribute
-from wsproto import ConnectionType
-from wsproto.connection import Connection as WsConnection
 
+from kbtransport._accel import IdleWatch, direct_writer, sendfile
 from kbtransport.errors import (
     READ_ERRORS,
     WRITE_ERRORS,
@@ -57,6 +60,7 @@ from kbtransport.http import (
     CORS_HEADERS,
     App,
     FileBody,
+    Headers,
     RawUpgrade,
     Request,
     Response,
@@ -64,12 +68,19 @@ from kbtransport.http import (
     WebSocketAccept,
     error_response,
 )
+from kbtransport.http_heads import ResponseHeads
+from kbtransport.http_request import (
+    RequestRefused,
+    ambiguous_framing,
+    build_request,
+    content_length,
+    read_head,
+)
+from kbtransport.http_upgrade import serve_raw_upgrade, serve_websocket
 from kbtransport.metrics import ServerCounters
 from kbtransport.slots import ConnectionSlot
-from kbtransport.tcp import asyncio_transport
-from kbtransport.websocket import WebSocketLink, accept_key
 
-__all__ = ("ServerConfig", "refuse_http_connection", "serve_http_connection")
+__all__ = ("ServerConfig", "response_heads", "serve_http_connection")
 
 _log = logging.getLogger("kbtransport.http")
 
@@ -78,6 +89,11 @@ _READ_SIZE = 64 * 1024
 #: Methods answered by the OPTIONS preflight; the app decides which it really serves.
 _ALLOW_METHODS = "GET, HEAD, POST, OPTIONS"
 _ALLOW_HEADERS = "Range, If-Range, If-None-Match, Content-Type, Authorization"
+#: Writes up to this size may go out at once when nothing is buffered (``_accel``).
+_SMALL_WRITE = 16384
+#: h11 events are immutable values: one ``EndOfMessage`` serves every response
+#: (building one validates an empty trailer list each time).
+_END = h11.EndOfMessage()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,17 +139,13 @@ class ServerConfig:
                 raise ValueError(f"ServerConfig.{name} must be positive")
 
 
-class _HttpError(Exception):
-    """An answer-and-close decided while reading a request."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-#: Writes up to this size skip the write deadline when nothing is buffered (``send``).
-_SMALL_WRITE = 16384
+def response_heads(config: ServerConfig) -> ResponseHeads:
+    """The response heads of a server with ``config`` (its ``Server`` and CORS
+    headers); one per listener, shared by its connections."""
+    base = [(b"server", config.server_name.encode("latin-1"))]
+    if config.cors:
+        base += [(k.encode(), v.encode()) for k, v in CORS_HEADERS]
+    return ResponseHeads(base)
 
 
 class _FileLength:
@@ -146,107 +158,35 @@ class _FileLength:
         return self._length
 
 
-class _IdleWatch:
-    """Closes a connection left idle between requests for ``timeout`` seconds.
-
-    Why not ``move_on_after`` around each wait for a request: a cancel scope with a
-    deadline costs ~10-25 µs to enter and leave (a loop timer armed and cancelled),
-    as much as h11's parsing of a small request, on every request of every
-    keep-alive connection. Here the connection runs in one plain scope for its whole
-    life (its ``ConnectionSlot``'s), marks ``slot.since`` when it starts waiting for
-    a request (None again once bytes arrive: a float store per request, which also
-    tells the listener which connections may yield their slot), and one loop timer,
-    re-armed lazily, checks: when it fires and the connection has been waiting
-    ``timeout`` seconds, it cancels the scope; otherwise it re-arms for
-    ``since + timeout`` (or ``now + timeout`` while a request is being served). A
-    connection still closes exactly ``timeout`` after it went idle, with at most one
-    extra timer wake-up per ``timeout``. asyncio only (the loop's ``call_at``);
-    elsewhere the caller falls back to a scope per wait.
-    """
-
-    __slots__ = ("handle", "loop", "slot", "timeout")
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, timeout: float, slot: ConnectionSlot
-    ) -> None:
-        self.loop = loop
-        self.timeout = timeout
-        self.slot = slot
-        self.handle: asyncio.TimerHandle | None = loop.call_at(loop.time() + timeout, self.fire)
-
-    @classmethod
-    def start(cls, timeout: float, slot: ConnectionSlot) -> _IdleWatch | None:
-        """A watch on the running asyncio loop, or None on another event loop."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return cls(loop, timeout, slot)
-
-    def fire(self) -> None:
-        since = self.slot.since
-        now = self.loop.time()
-        if since is not None and now - since >= self.timeout:
-            self.handle = None
-            self.slot.scope.cancel()
-            return
-        self.handle = self.loop.call_at((now if since is None else since) + self.timeout, self.fire)
-
-    def stop(self) -> None:
-        """Never fire again (the connection ended or left HTTP)."""
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
 class _Connection:
     """State of one server connection (not public: use ``serve_http_connection``)."""
 
     def __init__(
-        self, stream: ByteStream, app: App, config: ServerConfig, slot: ConnectionSlot
+        self,
+        stream: ByteStream,
+        app: App,
+        config: ServerConfig,
+        slot: ConnectionSlot,
+        heads: ResponseHeads,
     ) -> None:
         self.stream = stream
         self.slot = slot
-        # Plain TCP on asyncio: lets ``send`` see whether a write can block at all.
-        self.transport = asyncio_transport(stream)
         self.app = app
         self.config = config
         self.counters = config.counters
+        self.heads = heads
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_bytes)
         self.client = _peer_address(stream)
-        self.watch: _IdleWatch | None = None
+        self.watch: IdleWatch | None = None
+        #: Writes a small response at once where that cannot block (``_accel``).
+        self.write_now: Callable[[bytes], bool] = direct_writer(stream, _SMALL_WRITE) or _never
         self.base_headers: list[tuple[bytes, bytes]] = [
             (b"server", config.server_name.encode("latin-1"))
         ]
         if config.cors:
             self.base_headers += [(k.encode(), v.encode()) for k, v in CORS_HEADERS]
-        self.base_block = _validated_block(self.base_headers)
 
     # -- I/O helpers ---------------------------------------------------------------
-
-    def write_now(self, data: bytes) -> bool:
-        """Write ``data`` at once if that cannot block; False if ``send`` must do it.
-
-        On plain asyncio TCP a transport write never blocks: what the kernel does not
-        take at once waits in the transport's buffer. Writing only into an empty buffer,
-        and at most ``_SMALL_WRITE`` bytes, bounds what a client that stops reading can
-        make us hold to one small response; with anything buffered, ``send`` waits
-        under its deadline. Such a write goes straight to the transport: anyio's
-        ``send`` would add a shielded cancel scope and a pass of the event loop (its
-        checkpoint) to every response, more Python than the rest of a small response.
-        (The connection's task still yields once per request: waiting for it, or
-        ``read_request``'s checkpoint for a pipelined one.)
-        """
-        transport = self.transport
-        if (
-            transport is None
-            or len(data) > _SMALL_WRITE
-            or transport.is_closing()
-            or transport.get_write_buffer_size()
-        ):
-            return False
-        transport.write(data)
-        return True
 
     async def send(self, data: bytes) -> None:
         if not data or self.write_now(data):
@@ -279,24 +219,20 @@ class _Connection:
     # -- the request cycle ---------------------------------------------------------
 
     async def run(self) -> None:
-        watch = _IdleWatch.start(self.config.idle_timeout, self.slot)
-        self.watch = watch
-        if watch is None:
-            await self.cycle()
-            return
         # The slot's scope (the whole connection) is cancelled by the idle watch, and
         # by the listener when the slot is evicted, only while the connection waits
         # on its client.
+        slot = self.slot
+        self.watch = IdleWatch.start(self.config.idle_timeout, lambda: slot.since, slot.scope)
         try:
             await self.cycle()
         finally:
-            watch.stop()
+            if self.watch is not None:
+                self.watch.stop()
 
     async def cycle(self) -> None:
         # The request loop, with the common case (a small request answered with bytes)
-        # inline: every coroutine frame and call here runs once or twice per request,
-        # cold between two requests, and that, not any one step, was most of a find's
-        # cost at a hub next to a bare h11 loop.
+        # inline: every coroutine frame and call here runs once or twice per request.
         conn = self.conn
         app = self.app
         cors = self.config.cors
@@ -315,30 +251,19 @@ class _Connection:
                 except Exception as exc:
                     response = _app_failed(request, exc)
             body = response.body
-            if type(body) is bytes:
-                try:
-                    out = self.bytes_response(request, response, body)
-                except h11.LocalProtocolError as exc:
-                    _log.error(
-                        "response to %s %r broke HTTP framing: %s",
-                        request.method,
-                        request.target,
-                        exc,
-                    )
-                    raise WriteError(str(exc)) from exc
-                if not self.write_now(out):
-                    await self.send(out)
-            elif isinstance(body, (WebSocketAccept, RawUpgrade)):
+            if isinstance(body, WebSocketAccept | RawUpgrade):
                 # The connection is no longer HTTP: its own protocol watches liveness,
                 # and it never yields its slot to another connection.
                 self.slot.since = None
                 if self.watch is not None:
                     self.watch.stop()
                 if isinstance(body, WebSocketAccept):
-                    await self.upgrade(request, body)
+                    await serve_websocket(self, request, body)
                 else:
-                    await self.raw_upgrade(request, body)
+                    await serve_raw_upgrade(self, request, body)
                 return
+            if isinstance(body, bytes):
+                await self.send_bytes(request, response, body)
             else:
                 await self.send_response(request, response)
             if conn.their_state is h11.SEND_BODY:
@@ -368,9 +293,9 @@ class _Connection:
                     except Exception:
                         _reraise_mapped(READ_ERRORS)
                 if event is h11.NEED_DATA:
-                    # The head came in pieces: only now is a deadline (a cancel scope,
-                    # as costly as h11's parsing) worth opening. Meanwhile the
-                    # connection waits on its client, so it may yield its slot.
+                    # The head came in pieces: only now is a deadline worth opening.
+                    # Meanwhile the connection waits on its client, so it may yield
+                    # its slot.
                     self.slot.since = anyio.current_time()
                     try:
                         with anyio.fail_after(config.header_timeout):
@@ -379,7 +304,7 @@ class _Connection:
                         self.slot.since = None
             else:
                 # A pipelined request, already buffered: let other tasks run first
-                # (responses are written without a checkpoint, see ``write_now``).
+                # (small responses may be written without a checkpoint).
                 await anyio.lowlevel.checkpoint()
         except TimeoutError:
             await self.send_error(408, "Request head not received in time")
@@ -392,43 +317,22 @@ class _Connection:
         if type(event) is not h11.Request:
             # ConnectionClosed, or PAUSED (h11 waits for a protocol switch).
             return None
-        # One pass over the headers: bytes pairs for the app, the head's size (h11
-        # bounds only heads that arrive in pieces; a head that came whole in one read
-        # is measured here, so the limit holds however the bytes were chunked), and
-        # whether the request may carry a body.
-        size = len(event.target)
-        pairs: list[tuple[bytes, bytes]] = []
-        plain = True
-        for raw_name, raw_value in event.headers.raw_items():
-            name = bytes(raw_name).lower()
-            value = bytes(raw_value)
-            pairs.append((name, value))
-            size += len(name) + len(value) + 4
-            if name in _BODY_HEADERS:
-                plain = False
-        headers = tuple(pairs)
+        headers, size, plain = read_head(event)
         if size > config.max_head_bytes:
             await self.send_error(431, _peer_error_text(431))
             return None
         if not plain:
-            ambiguous = _ambiguous_framing(headers, event.http_version)
+            ambiguous = ambiguous_framing(headers, event.http_version)
             if ambiguous is not None:
                 await self.send_error(400, ambiguous)
                 return None
         try:
+            body = b"" if plain else await self.read_body(headers)
             if plain:
-                # No Content-Length, Transfer-Encoding or Expect: no body (RFC 9112
-                # §6.3), and h11 has the EndOfMessage ready; no body deadline needed.
-                try:
-                    end = conn.next_event()
-                except Exception:
-                    _reraise_mapped(READ_ERRORS)
-                if type(end) is not h11.EndOfMessage:
-                    raise ReadError(f"unexpected event after a request without a body: {end!r}")
-                return self.build_request(event, headers, b"")
-            body = await self.read_body(headers)
-            return self.build_request(event, headers, body)
-        except _HttpError as exc:
+                # No body: h11 has the EndOfMessage ready, no body deadline needed.
+                self.end_of_bodiless_request()
+            return build_request(event, headers, body, self.client)
+        except RequestRefused as exc:
             await self.send_error(exc.status, exc.message)
             return None
         except PeerProtocolError as exc:
@@ -437,43 +341,40 @@ class _Connection:
         except (ReadError, TransportTimeout):
             return None
 
+    def end_of_bodiless_request(self) -> None:
+        """Take the ``EndOfMessage`` h11 has ready after a request without a body."""
+        try:
+            end = self.conn.next_event()
+        except Exception:
+            _reraise_mapped(READ_ERRORS)
+        if type(end) is not h11.EndOfMessage:
+            raise ReadError(f"unexpected event after a request without a body: {end!r}")
+
     async def wait_idle(self) -> bool:
         """Wait for the next request's first bytes; False if the connection ended
         (EOF is handed to h11, which then reports it) or stayed idle too long."""
-        watch = self.watch
         slot = self.slot
-        if watch is None:
-            slot.since = anyio.current_time()
-            try:
-                with anyio.move_on_after(self.config.idle_timeout) as idle:
-                    try:
-                        await self.receive()
-                    except ReadError:
-                        return False
-            finally:
-                slot.since = None
-            return not idle.cancelled_caught
-        # The watch closes the connection if this wait outlasts idle_timeout.
-        slot.since = watch.loop.time()
+        watch = self.watch
         try:
-            data = await self.stream.receive(_READ_SIZE)
-        except anyio.EndOfStream:
-            data = b""
-        except Exception:
+            if watch is not None:
+                # The watch closes the connection if this wait outlasts idle_timeout.
+                slot.since = watch.now()
+                await self.receive()
+                return True
+            slot.since = anyio.current_time()
+            with anyio.move_on_after(self.config.idle_timeout) as idle:
+                await self.receive()
+            return not idle.cancelled_caught
+        except ReadError:
             return False
         finally:
             slot.since = None
-        try:
-            self.conn.receive_data(data)
-        except Exception:
-            return False
-        return True
 
-    async def read_body(self, headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    async def read_body(self, headers: Headers) -> bytes:
         limit = self.config.max_body_bytes
-        length = _content_length(headers)
+        length = content_length(headers)
         if length is not None and length > limit:
-            raise _HttpError(413, f"Request body larger than {limit} bytes")
+            raise RequestRefused(413, f"Request body larger than {limit} bytes")
         if self.conn.they_are_waiting_for_100_continue:
             await self.send(
                 self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
@@ -481,15 +382,8 @@ class _Connection:
         if length == 0 or (
             length is None and not any(n == b"transfer-encoding" for n, _ in headers)
         ):
-            # No body (a GET): h11 has the EndOfMessage ready, so skip the body
-            # deadline's cancel scope; bodies take the bounded path below.
-            try:
-                event = self.conn.next_event()
-            except Exception:
-                _reraise_mapped(READ_ERRORS)
-            if isinstance(event, h11.EndOfMessage):
-                return b""
-            raise ReadError(f"unexpected event after a request without a body: {event!r}")
+            self.end_of_bodiless_request()
+            return b""
         parts: list[bytes] = []
         size = 0
         try:
@@ -501,7 +395,7 @@ class _Connection:
                     if isinstance(event, h11.Data):
                         size += len(event.data)
                         if size > limit:
-                            raise _HttpError(413, f"Request body larger than {limit} bytes")
+                            raise RequestRefused(413, f"Request body larger than {limit} bytes")
                         parts.append(bytes(event.data))
                     elif isinstance(event, h11.EndOfMessage):
                         return b"".join(parts)
@@ -529,50 +423,6 @@ class _Connection:
                 else:
                     return
 
-    def build_request(
-        self,
-        head: h11.Request,
-        headers: tuple[tuple[bytes, bytes], ...],
-        body: bytes,
-    ) -> Request:
-        target = bytes(head.target)
-        method = head.method.decode("ascii", "replace").upper()
-        try:
-            text = target.decode("ascii")
-        except UnicodeDecodeError:
-            raise _HttpError(400, "Request target is not ASCII") from None
-        path, _, query = text.partition("?")
-        segments: tuple[str, ...] = ()
-        pairs: list[tuple[str, str]] = []
-        if not (path == "*" and method == "OPTIONS"):
-            if not path.startswith("/"):
-                raise _HttpError(400, "Request target must be an absolute path")
-            try:
-                # Split first, decode second: an encoded "/" stays inside its segment.
-                # (Without a "%" there is nothing to decode: unquote would return each
-                # segment as it is, so skip its call per segment.)
-                if "%" in path:
-                    segments = tuple(unquote(s, errors="strict") for s in path[1:].split("/"))
-                else:
-                    segments = tuple(path[1:].split("/"))
-                if query:
-                    pairs = parse_qsl(
-                        query, keep_blank_values=True, errors="strict", max_num_fields=256
-                    )
-            except (UnicodeDecodeError, ValueError):
-                raise _HttpError(400, "Malformed percent-encoding in request target") from None
-        return Request(
-            method=method,
-            target=target,
-            path=path,
-            segments=segments,
-            query=tuple(pairs),
-            headers=headers,
-            body=body,
-            http_version=head.http_version.decode("ascii"),
-            client=self.client,
-        )
-
     # -- writing -------------------------------------------------------------------
 
     async def send_error(self, status: int, message: str) -> None:
@@ -580,86 +430,54 @@ class _Connection:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         response = error_response(status, message, (("Connection", "close"),))
+        body = cast(bytes, response.body)
         with contextlib.suppress(TransportError, h11.LocalProtocolError):
-            await self.send_head(response, len(cast(bytes, response.body)))
-            await self.send(self.conn.send(h11.Data(data=cast(bytes, response.body))) or b"")
-            await self.send(self.conn.send(_END))
+            await self.send(
+                self.heads.head(self.conn, response, len(body))
+                + (self.conn.send(h11.Data(data=body)) or b"")
+                + (self.conn.send(_END) or b"")
+            )
 
-    async def send_head(self, response: Response, length: int | None) -> None:
-        await self.send(self.head_bytes(response, length))
-
-    def head_bytes(self, response: Response, length: int | None) -> bytes:
-        # h11 validates every header of every response (twice: building the event and
-        # cleaning it up for sending), the largest cost of a small response. Only the
-        # headers that decide framing and keep-alive go through h11 each time; the
-        # others (ours, the CORS pair, the app's) are validated by h11 once per
-        # distinct set and cached as bytes, then spliced in before the blank line
-        # that ends h11's head. The wire bytes differ only in header order.
-        # The h11 event itself (status, framing headers, length) is immutable and
-        # h11 never changes it when sending (it builds a new one when it must add
-        # ``Connection: close``), so one built event serves every response with the
-        # same head: building it is most of h11's cost for a small response.
-        framing, block = _header_block(response.headers)
-        status = response.status
-        key = (status, framing, length)
-        event = _events.get(key)
-        if event is None:
-            headers = list(framing)
-            if length is not None:
-                headers.append((b"content-length", str(length).encode("ascii")))
-            event = h11.Response(status_code=status, headers=headers, reason=_reason(status))
-            if len(_events) >= _EVENT_CACHE_SIZE:
-                _events.clear()
-            _events[key] = event
-        head = self.conn.send(event)
-        # h11 ends a head with an empty line; ours goes right before it.
-        assert head.endswith(b"\r\n\r\n"), head
-        return b"".join((head[:-2], self.base_block, block, b"\r\n"))
-
-    def bytes_response(self, request: Request, response: Response, body: bytes) -> bytes:
-        """Head, body and end of a bytes response as one piece of output (one write)."""
+    async def send_bytes(self, request: Request, response: Response, body: bytes) -> None:
+        """Send a response whose body is ``body``: head, body and end in one write (one
+        system call and one write deadline per small response, such as a find answer)."""
         conn = self.conn
         status = response.status
-        if status == 204 or status == 304:
-            out = self.head_bytes(response, None)
-        else:
-            out = self.head_bytes(response, len(body))
-            if body and request.method != "HEAD":
-                out += conn.send(h11.Data(data=body))
-        return out + conn.send(_END)
+        try:
+            if status == 204 or status == 304:
+                out = self.heads.head(conn, response, None)
+            else:
+                out = self.heads.head(conn, response, len(body))
+                if body and request.method != "HEAD":
+                    out += conn.send(h11.Data(data=body)) or b""
+            out += conn.send(_END) or b""
+        except h11.LocalProtocolError as exc:
+            raise _framing_error(request, exc) from exc
+        await self.send(out)
 
     async def send_response(self, request: Request, response: Response) -> None:
+        """Send a file or stream response (``send_bytes`` sends bytes bodies)."""
         body = response.body
         head_only = request.method == "HEAD" or response.status in (204, 304)
+        heads = self.heads
+        conn = self.conn
         try:
-            if isinstance(body, bytes):
-                # Head, body and end in one write: one syscall and one write deadline
-                # per small response (a find answer) instead of two or three.
-                no_length = response.status in (204, 304)
-                out = self.head_bytes(response, None if no_length else len(body))
-                if not head_only and body:
-                    out += self.conn.send(h11.Data(data=body)) or b""
-                out += self.conn.send(_END)
-                await self.send(out)
+            if isinstance(body, FileBody):
+                await self.send(heads.head(conn, response, body.length))
+                if not head_only:
+                    await self.send_file(body)
+                    if self.counters is not None:
+                        self.counters.file_bytes += body.length
             else:
-                if isinstance(body, FileBody):
-                    await self.send_head(response, body.length)
-                    if not head_only:
-                        await self.send_file(body)
-                        if self.counters is not None:
-                            self.counters.file_bytes += body.length
-                else:
-                    assert isinstance(body, StreamBody)
-                    await self.send_head(response, body.length)
-                    if not head_only:
-                        await self.send_stream(body.chunks)
-                await self.send(self.conn.send(_END))
+                assert isinstance(body, StreamBody)
+                await self.send(heads.head(conn, response, body.length))
+                if not head_only:
+                    await self.send_stream(body.chunks)
+            await self.send(conn.send(_END) or b"")
         except h11.LocalProtocolError as exc:
-            # The app's stream produced more or fewer bytes than it announced.
-            _log.error(
-                "response to %s %r broke HTTP framing: %s", request.method, request.target, exc
-            )
-            raise WriteError(str(exc)) from exc
+            # A malformed header, or the app's stream produced more or fewer bytes
+            # than it announced.
+            raise _framing_error(request, exc) from exc
         finally:
             if isinstance(body, FileBody):
                 body.file.close()
@@ -685,25 +503,18 @@ class _Connection:
         self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _FileLength(body.length))))
         if body.length == 0:
             return
-        transport = _sendfile_transport(self.stream) if self.config.use_sendfile else None
-        if transport is not None:
-            await self._loop_sendfile(transport, body)
-        else:
-            await self._read_and_send(body)
-
-    async def _loop_sendfile(self, transport: asyncio.Transport, body: FileBody) -> None:
-        # perf-baselines §3: sendfile costs ~0.20 s CPU per GiB against 0.35 for
-        # read+send. asyncio's loop.sendfile waits for the transport's write buffer to
-        # drain first (so the head goes out before the body) and pauses reading.
-        loop = asyncio.get_running_loop()
-        with map_exceptions(WRITE_ERRORS):
-            sent = await loop.sendfile(transport, body.file, body.offset, body.length)
-        if sent != body.length:
-            raise WriteError(f"file shrank while being sent ({sent} of {body.length} bytes)")
+        if self.config.use_sendfile:
+            try:
+                with map_exceptions(WRITE_ERRORS):
+                    if await sendfile(self.stream, body.file, body.offset, body.length):
+                        return
+            except EOFError as exc:
+                raise WriteError(str(exc)) from exc
+        await self._read_and_send(body)
 
     async def _read_and_send(self, body: FileBody) -> None:
-        # Blocking reads on the loop: perf-baselines §3 measured 1 MiB reads at 0.35 s
-        # CPU/GiB against 0.50 for a worker-thread hop per read (page cache assumed).
+        # Blocking reads on the loop: 1 MiB page-cache reads cost 0.35 s CPU/GiB against
+        # 0.50 for a worker-thread hop per read (docs/benchmarks.md).
         remaining = body.length
         body.file.seek(body.offset)
         chunk_size = self.config.file_chunk_size
@@ -714,51 +525,15 @@ class _Connection:
             remaining -= len(chunk)
             await self.send(chunk)
 
-    async def upgrade(self, request: Request, accept: WebSocketAccept) -> None:
-        key = request.header("sec-websocket-key")
-        version = request.header("sec-websocket-version")
-        if not request.wants_websocket or key is None or version != "13":
-            await self.send_error(400, "Not a valid websocket upgrade request")
-            return
-        headers = [
-            (b"upgrade", b"websocket"),
-            (b"connection", b"Upgrade"),
-            (b"sec-websocket-accept", accept_key(key.encode("latin-1"))),
-            *self.base_headers,
-        ]
-        if accept.subprotocol is not None:
-            headers.append((b"sec-websocket-protocol", accept.subprotocol.encode("latin-1")))
-        trailing = await self._switch(headers)
-        if trailing is None:
-            return
-        link = WebSocketLink(
-            self.stream,
-            WsConnection(ConnectionType.SERVER, trailing_data=trailing),
-            max_message_bytes=accept.max_message_bytes,
-            subprotocol=accept.subprotocol,
-        )
-        try:
-            await accept.handler(link)
-        finally:
-            await link.aclose()
+    # -- leaving HTTP (``kbtransport.http_upgrade.UpgradeChannel``) -----------------
 
-    async def raw_upgrade(self, request: Request, accept: RawUpgrade) -> None:
-        asked = (request.header("upgrade") or "").strip().lower()
+    @property
+    def might_switch(self) -> bool:
+        """True if the request asked to switch protocols."""
         # h11 exports the state but leaves it out of ``__all__``.
-        switching = self.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
-        if asked != accept.protocol.lower() or not switching:
-            await self.send_error(400, f"Not an Upgrade to {accept.protocol}")
-            return
-        headers = [
-            (b"upgrade", accept.protocol.encode("latin-1")),
-            (b"connection", b"Upgrade"),
-            *self.base_headers,
-        ]
-        trailing = await self._switch(headers)
-        if trailing is not None:
-            await accept.handler(self.stream, trailing)
+        return self.conn.their_state is h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
 
-    async def _switch(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    async def switch(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
         """Send ``101 Switching Protocols``; return the bytes the client sent after its
         request head, or None if the 101 could not be written."""
         try:
@@ -771,52 +546,9 @@ class _Connection:
         return bytes(trailing)
 
 
-#: Response headers h11 must see to frame the body and decide keep-alive.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
-#: Request headers that mean a body may follow (or a 100 Continue is awaited).
-_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
-#: h11 events are immutable values: one ``EndOfMessage`` serves every response
-#: (building one validates an empty trailer list each time).
-_END = h11.EndOfMessage()
-#: Most distinct response heads kept as built h11 events (see ``head_bytes``).
-_EVENT_CACHE_SIZE = 1024
-_events: dict[tuple[int, tuple[tuple[bytes, bytes], ...], int | None], h11.Response] = {}
-#: Most distinct header sets cached (apps mostly answer with a few constant sets;
-#: per-response values such as Content-Range make new ones: the cache then restarts).
-_BLOCK_CACHE_SIZE = 256
-_blocks: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
-
-
-def _validated_block(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """``headers`` as header lines, after h11's own validation (LocalProtocolError)."""
-    h11.Response(status_code=200, headers=headers)
-    return b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
-
-
-def _header_block(
-    headers: tuple[tuple[str, str], ...],
-) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
-    """Split an app's response headers into framing ones (for h11) and the rest as
-    validated header lines, cached per distinct tuple of headers.
-
-    Raises:
-        h11.LocalProtocolError: a malformed header (as h11 would when sending it).
-    """
-    if type(headers) is not tuple:  # a list from a careless app: make it a key
-        headers = tuple((str(n), str(v)) for n, v in headers)
-    cached = _blocks.get(headers)
-    if cached is not None:
-        return cached
-    framing: list[tuple[bytes, bytes]] = []
-    other: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        pair = (name.encode("latin-1"), value.encode("latin-1"))
-        (framing if pair[0].lower() in _FRAMING else other).append(pair)
-    result = (tuple(framing), _validated_block(other))
-    if len(_blocks) >= _BLOCK_CACHE_SIZE:
-        _blocks.clear()
-    _blocks[headers] = result
-    return result
+def _never(data: bytes) -> bool:
+    """The direct writer where there is none: every write goes through ``send``."""
+    return False
 
 
 def _preflight(request: Request) -> Response:
@@ -835,7 +567,7 @@ def _app_failed(request: Request, exc: Exception) -> Response:
     """The answer when the app raised ``exc`` instead of returning a response."""
     if isinstance(exc, TransportTimeout):
         # An upstream the app called timed out and the app did not say what to
-        # answer: that is a gateway timeout (SPEC §4 504).
+        # answer: that is a gateway timeout (docs/http.md, 504).
         _log.info("upstream timeout on %s %r: %s", request.method, request.target, exc)
         return error_response(504, "Upstream timed out")
     if isinstance(exc, TransportError):
@@ -865,60 +597,6 @@ async def _aclose_iterable(chunks: AsyncIterable[bytes]) -> None:
             await aclose()
 
 
-def _ambiguous_framing(headers: tuple[tuple[bytes, bytes], ...], http_version: bytes) -> str | None:
-    """Why a request's body framing cannot be trusted, or None if it can.
-
-    h11 already refuses the other malformed framings: Content-Length values that
-    differ or are not plain digits (400), a transfer coding other than ``chunked`` or
-    ``Transfer-Encoding`` twice (501). It accepts two cases that RFC 9112 says must
-    end the connection, because the bytes after such a request may be read as a
-    second, smuggled request by a server or proxy that framed the body differently:
-    ``Transfer-Encoding`` together with ``Content-Length`` (§6.3: the server must close
-    the connection after responding) and ``Transfer-Encoding`` in an HTTP/1.0 request
-    (§6.1: the framing is faulty). Both are answered 400 and the connection closed
-    (docs/security.md, "Request framing").
-    """
-    has_te = has_cl = False
-    for name, _value in headers:
-        if name == b"transfer-encoding":
-            has_te = True
-        elif name == b"content-length":
-            has_cl = True
-    if not has_te:
-        return None
-    if has_cl:
-        return "Content-Length together with Transfer-Encoding"
-    if http_version == b"1.0":
-        return "Transfer-Encoding in an HTTP/1.0 request"
-    return None
-
-
-def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-#: Reason phrases by status (an ``HTTPStatus`` lookup per response costs a few µs).
-_REASONS: dict[int, bytes] = {}
-
-
-def _reason(status: int) -> bytes:
-    reason = _REASONS.get(status)
-    if reason is None:
-        try:
-            reason = HTTPStatus(status).phrase.encode("ascii")
-        except ValueError:
-            reason = b""
-        if len(_REASONS) < 1000:  # bounded whatever statuses apps invent
-            _REASONS[status] = reason
-    return reason
-
-
 def _peer_error_text(status: int) -> str:
     if status == 431:
         return "Request header fields too large"
@@ -932,11 +610,10 @@ def _peer_address(stream: ByteStream) -> tuple[str, int] | None:
     return None
 
 
-def _sendfile_transport(stream: ByteStream) -> asyncio.Transport | None:
-    """The transport ``loop.sendfile`` can use for ``stream``, else None (read+send)."""
-    if not hasattr(os, "sendfile"):
-        return None
-    return asyncio_transport(stream)
+def _framing_error(request: Request, exc: h11.LocalProtocolError) -> WriteError:
+    """Log a response that broke HTTP framing; the ``WriteError`` that ends its connection."""
+    _log.error("response to %s %r broke HTTP framing: %s", request.method, request.target, exc)
+    return WriteError(str(exc))
 
 
 async def serve_http_connection(
@@ -945,6 +622,7 @@ async def serve_http_connection(
     config: ServerConfig | None = None,
     *,
     slot: ConnectionSlot | None = None,
+    heads: ResponseHeads | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the client or a limit ends it.
 
@@ -955,23 +633,26 @@ async def serve_http_connection(
         slot: the listener's slot for this connection, whose scope the caller runs
             this in (``kbtransport.slots``); this function keeps its ``since``. None:
             a slot of its own, counted nowhere.
+        heads: the listener's ``response_heads(config)``, shared by its connections;
+            None: one for this connection.
 
     Never raises except on cancellation (the slot's scope, cancelled by the idle
     timer or an eviction, ends it quietly): transport errors end the connection.
     """
     cfg = config if config is not None else ServerConfig()
+    own_heads = heads if heads is not None else response_heads(cfg)
     if slot is None:
         own = ConnectionSlot("", None)
         with own.scope:
-            await _serve_connection(stream, app, cfg, own)
+            await _serve_connection(stream, app, cfg, own, own_heads)
     else:
-        await _serve_connection(stream, app, cfg, slot)
+        await _serve_connection(stream, app, cfg, slot, own_heads)
 
 
 async def _serve_connection(
-    stream: ByteStream, app: App, config: ServerConfig, slot: ConnectionSlot
+    stream: ByteStream, app: App, config: ServerConfig, slot: ConnectionSlot, heads: ResponseHeads
 ) -> None:
-    connection = _Connection(stream, app, config, slot)
+    connection = _Connection(stream, app, config, slot, heads)
     try:
         await connection.run()
     except TransportError as exc:
@@ -979,44 +660,3 @@ async def _serve_connection(
     finally:
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await stream.aclose()
-
-
-#: What a connection refused by the per-client cap is told (``refuse_http_connection``).
-_REFUSAL = json.dumps(
-    {
-        "success": False,
-        "error": "Too many connections from your address; close some, then try again",
-    }
-).encode("utf-8")
-#: Request bytes read and dropped after a refusal, so closing does not reset the
-#: connection (and lose the answer) while the client's request is still unread.
-_REFUSAL_DRAIN = 64 * 1024
-
-
-async def refuse_http_connection(stream: ByteStream) -> None:
-    """Answer a connection the listener refused (its client is at its connection cap,
-    ``kbtransport.slots``) and return.
-
-    One JSON error (the shape of ``kbtransport.http.error_response``), status 429, with
-    ``Retry-After`` and ``Connection: close``, written without reading the request (its
-    head may never come); then the request bytes that arrive are read and dropped (at
-    most ``_REFUSAL_DRAIN``) until the client closes, so the answer is not lost to a
-    reset. The caller bounds the time and closes the stream.
-    """
-    head = (
-        "HTTP/1.1 429 Too Many Requests\r\n"
-        "Content-Type: application/json; charset=utf-8\r\n"
-        f"Content-Length: {len(_REFUSAL)}\r\n"
-        "Retry-After: 1\r\n"
-        "Connection: close\r\n"
-        + "".join(f"{name}: {value}\r\n" for name, value in CORS_HEADERS)
-        + "\r\n"
-    )
-    await stream.send(head.encode("ascii") + _REFUSAL)
-    await stream.send_eof()
-    left = _REFUSAL_DRAIN
-    while left > 0:
-        try:
-            left -= len(await stream.receive(_READ_SIZE))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            return

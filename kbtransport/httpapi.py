@@ -28,10 +28,8 @@ for requests that reach it through the tree.
 
 from __future__ import annotations
 
-import json
 import json.encoder
 import logging
-import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -40,7 +38,6 @@ from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
 from kbtransport.contentcheck import EMPTY_SHA1, BadSources, ContentCheck, covers_whole
-from kbtransport.driver import StepMemo
 from kbtransport.http import (
     App,
     Request,
@@ -49,14 +46,10 @@ from kbtransport.http import (
     error_response,
     json_response,
 )
-from kbtransport.node import (
-    Node,
-    ProxyResponse,
-    StreamResetError,
-    discard_response,
-    request_from_target,
-)
+from kbtransport.node import Node
 from kbtransport.origins import OriginPolicy
+from kbtransport.proxy_stream import ProxyResponse, StreamResetError
+from kbtransport.served_streams import discard_response, request_from_target
 from kbtransport.usercontent import is_worker_request, user_content_headers
 
 __all__ = (
@@ -65,7 +58,6 @@ __all__ = (
     "NodeAppConfig",
     "build_node_app",
     "find_body",
-    "find_payload",
     "node_info_json",
     "own_node_app",
     "proxied_response",
@@ -125,9 +117,6 @@ def node_info_json(info: NodeInfo) -> dict[str, object]:
     }
 
 
-#: Paths made only of characters ``quote(path, safe="/")`` leaves alone (most paths):
-#: they need no call to ``quote``, which costs more than the rest of a URL.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
 #: The string escaping of ``json.dumps(..., ensure_ascii=False)`` (C-accelerated).
 _json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
@@ -147,19 +136,16 @@ _CROSS_SITE_UPGRADE = error_response(
 )
 #: The answer to a request for a worker's script (``is_worker_request``).
 _NO_WORKER_SCRIPTS = error_response(403, "A node serves no worker scripts")
-#: Most find responses reused between two driver steps (see ``build_node_app``).
-_RESPONSE_CACHE = 4096
+#: Most find answers kept between two driver steps (see ``build_node_app``).
+_ANSWERS_KEPT = 4096
 
 
 def _download_tail(result: FindResult) -> str:
-    path = result.path
-    if not _PLAIN_PATH.fullmatch(path):
-        path = quote(path, safe="/")
-    return f"/{result.kbshare_id}/download/{path}"
+    return f"/{result.kbshare_id}/download/{quote(result.path, safe='/')}"
 
 
 def _find_urls(results: tuple[FindResult, ...], own_url: str) -> list[str]:
-    """``urls`` of SPEC §4's find answer (see ``find_payload``)."""
+    """``urls`` of the find answer (see ``find_body``)."""
     # chains[i][d]: result i's URL at distance d from its share ("" if that node has no
     # listen URL); URLs are listed by distance, so every direct source comes first.
     tails = [_download_tail(result) for result in results]
@@ -182,61 +168,28 @@ def _find_urls(results: tuple[FindResult, ...], own_url: str) -> list[str]:
     return urls
 
 
-def find_payload(answer: LookupResolved, own_url: str) -> dict[str, object]:
-    """SPEC §4's find answer for ``answer`` asked at the node whose URL is ``own_url``.
+def find_body(results: tuple[FindResult, ...], own_url: str) -> bytes:
+    """The find answer for ``results`` (at least one) asked at the node whose URL is
+    ``own_url``, as JSON bytes (``docs/http.md``)::
+
+        {"success":true,"found":true,"size":N,"urls":[...],
+         "results":[{"kbshare_id":...,"size":N,"path":...}, ...]}
 
     ``urls`` is best first: every result's share URL, then the hubs in between by
     distance from the share, then this node's own URL; duplicates and empty base URLs
     (a node that has none) are left out.
+
+    Written out directly, the route's one JSON writer: building the dicts and lists
+    only to hand them to ``json.dumps`` cost ~20 µs more per find, some 7 % of a
+    hub's CPU per find (``docs/benchmarks.md``). Strings go through the escaping
+    function ``json.dumps(..., ensure_ascii=False)`` uses, integers are their ``repr``.
     """
-    first = answer.results[0]
-    return {
-        "success": True,
-        "found": True,
-        "size": first.size,
-        "urls": _find_urls(answer.results, own_url),
-        "results": [
-            {"kbshare_id": r.kbshare_id, "size": r.size, "path": r.path} for r in answer.results
-        ],
-    }
-
-
-def find_body(answer: LookupResolved, own_url: str) -> bytes:
-    """``json_response``'s body for ``find_payload(answer, own_url)``, byte for byte.
-
-    Written out directly because a find is the hot route and building the dicts and
-    lists only to encode them costs more than the encoding: strings go through the
-    same escaping function ``json.dumps(..., ensure_ascii=False)`` uses, integers are
-    their ``repr``, keys keep ``find_payload``'s order (a test compares the bytes).
-    """
-    return _results_body(answer.results, own_url)
-
-
-def _results_body(results: tuple[FindResult, ...], own_url: str) -> bytes:
-    """``find_body`` from the results alone."""
-    if len(results) == 1 and not results[0].hops:
-        # The usual answer at a hub (one direct share) or a share (its own file),
-        # without the general loops: each comprehension is a call of its own, and
-        # every call counts when the code runs cold between requests.
-        only = results[0]
-        tail = _download_tail(only)
-        share = only.share_url.rstrip("/") + tail if only.share_url else ""
-        own = own_url.rstrip("/") + tail if own_url else ""
-        if share and own and own != share:
-            urls = f"{_json_string(share)},{_json_string(own)}"
-        else:
-            urls = _json_string(share or own) if share or own else ""
-        items = (
-            f'{{"kbshare_id":{_json_string(only.kbshare_id)},"size":{only.size:d},'
-            f'"path":{_json_string(only.path)}}}'
-        )
-    else:
-        urls = ",".join(map(_json_string, _find_urls(results, own_url)))
-        items = ",".join(
-            f'{{"kbshare_id":{_json_string(r.kbshare_id)},"size":{r.size:d},'
-            f'"path":{_json_string(r.path)}}}'
-            for r in results
-        )
+    urls = ",".join(map(_json_string, _find_urls(results, own_url)))
+    items = ",".join(
+        f'{{"kbshare_id":{_json_string(r.kbshare_id)},"size":{r.size:d},'
+        f'"path":{_json_string(r.path)}}}'
+        for r in results
+    )
     text = (
         f'{{"success":true,"found":true,"size":{results[0].size:d},'
         f'"urls":[{urls}],"results":[{items}]}}'
@@ -372,28 +325,33 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
     own = own_node_app(node, local)
     own_url = node.info.listen_url
 
-    driver = node.driver
     metrics = node.metrics
-    # Find answers given at once from this node's own index (``Node.answer_now``) are
-    # exact until the driver's next step (the core changes only in driver steps), so
-    # their whole HTTP response is reused until then: repeated finds (a popular file,
-    # a find flood) cost a dictionary lookup. Keyed by the SHA-1 as the client wrote it.
-    responses: StepMemo[tuple[str, str | None], Response] = StepMemo(driver, _RESPONSE_CACHE)
-
-    def cached_find(sha1: str, share_id: str | None) -> Response | None:
-        if not driver.running:
-            return None  # find() raises DriverStopped
-        return responses.get((sha1, share_id))
 
     def found(results: tuple[FindResult, ...]) -> Response:
         if not results:
             return _NOT_FOUND
-        # json_response's headers and bytes, without building the payload (hot route).
-        return Response(status=200, headers=_JSON_HEADERS, body=_results_body(results, own_url))
+        return Response(status=200, headers=_JSON_HEADERS, body=find_body(results, own_url))
+
+    # An answer given at once (``Node.answer_now``, a pure read of the core) stays
+    # exact until the driver's next step, so its whole response is reused until then:
+    # a repeated find (a popular file, a find flood) costs a dictionary lookup. Worth
+    # ~10 % of a hub's CPU per find (docs/benchmarks.md, "Speed paths of kbtransport").
+    driver = node.driver
+    answers: dict[tuple[str, str | None], Response] = {}
+    answers_step = -1
 
     def find_now(raw_sha1: str, share_id: str | None) -> Response | None:
         """The answer if this node gives it at once (or a 400 for a malformed share
         id); None: ask the tree."""
+        nonlocal answers_step
+        key = (raw_sha1, share_id)
+        if driver.steps != answers_step or not driver.running:
+            answers.clear()
+            answers_step = driver.steps
+        else:
+            answer = answers.get(key)
+            if answer is not None:
+                return answer
         sha1 = raw_sha1.lower()
         if not is_sha1(sha1):
             return _MALFORMED_NOT_FOUND
@@ -403,9 +361,10 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return error_response(400, str(exc))
         if results is None:
             return None
-        response = found(results)
-        responses.put((raw_sha1, share_id), response)
-        return response
+        answer = found(results)
+        if len(answers) < _ANSWERS_KEPT:
+            answers[key] = answer
+        return answer
 
     async def find(raw_sha1: str, share_id: str | None) -> Response:
         # find_now validated the SHA-1 and share id (node.find checks them again).
@@ -531,7 +490,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 return error_response(405, f"Method {request.method} not allowed here")
             metrics.finds += 1
             sha1 = segments[1]
-            return cached_find(sha1, None) or find_now(sha1, None) or await find(sha1, None)
+            return find_now(sha1, None) or await find(sha1, None)
         if is_worker_request(request):
             # No response of a node is a worker's script (kbtransport.usercontent); the
             # find route above answers JSON, which no browser runs as one.
@@ -546,7 +505,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                     return error_response(405, f"Method {request.method} not allowed here")
                 metrics.finds += 1
                 sha1 = segments[3]
-                return cached_find(sha1, first) or find_now(sha1, first) or await find(sha1, first)
+                return find_now(sha1, first) or await find(sha1, first)
             if first == node.node_id:
                 return await own(request)
             return await proxy(request, first)

@@ -30,7 +30,8 @@ from anyio.streams.tls import TLSStream
 from kbtransport.clients import client_key
 from kbtransport.errors import CONNECT_ERRORS, ConnectError, map_exceptions
 from kbtransport.http import App
-from kbtransport.http_server import ServerConfig, refuse_http_connection, serve_http_connection
+from kbtransport.http_refusal import refuse_http_connection
+from kbtransport.http_server import ServerConfig, response_heads, serve_http_connection
 from kbtransport.slots import ConnectionSlot, ConnectionSlots
 
 __all__ = ("BoundAddress", "ListenConfig", "serve_http", "serve_tcp")
@@ -266,7 +267,10 @@ async def serve_http(
         ConnectError: the address cannot be bound.
     """
 
+    config = server if server is not None else ServerConfig()
+    heads = response_heads(config)  # one per listener: its connections share the heads
+
     async def handle(stream: ByteStream, slot: ConnectionSlot) -> None:
-        await serve_http_connection(stream, app, server, slot=slot)
+        await serve_http_connection(stream, app, config, slot=slot, heads=heads)
 
     await _serve(handle, listen, refuse_http_connection, task_status)

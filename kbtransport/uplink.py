@@ -34,6 +34,7 @@ import anyio
 import h11
 from anyio.abc import ByteStream
 
+from kbtransport._accel import set_read_size
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import (
     READ_ERRORS,
@@ -45,7 +46,6 @@ from kbtransport.errors import (
     map_exceptions,
 )
 from kbtransport.net import Url, open_stream, parse_url
-from kbtransport.tcp import set_read_size
 from kbtransport.websocket import WebSocketLink
 
 __all__ = (
@@ -68,7 +68,7 @@ UPLINK_HEADER = "X-Kbucket-Uplink"
 UPLINK_PREFIX = "/_kblink/"
 #: The ``Upgrade`` token of that request.
 UPLINK_PROTOCOL = "kbucket-uplink"
-#: One read at the parent, and the socket read size under it (``kbtransport.tcp``).
+#: One read at the parent, and the socket read size under it (``kbtransport._accel``).
 _READ_SIZE = 1024 * 1024
 #: How long a parent waits for the upward connection of a link upgraded with a token.
 _ATTACH_TIMEOUT = 10.0

@@ -18,9 +18,7 @@ carried on a plain HTTP connection than client->server over a websocket.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -61,7 +59,6 @@ from kbtransport.net import Url, open_stream, parse_url
 __all__ = (
     "WebSocketClosed",
     "WebSocketLink",
-    "accept_key",
     "connect_websocket",
     "websocket_url",
 )
@@ -74,13 +71,6 @@ DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 _CLOSE_TIMEOUT = 5.0
 #: Cap on the handshake response (status line + headers) from a server.
 _MAX_HANDSHAKE_BYTES = 64 * 1024
-
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def accept_key(key: bytes) -> bytes:
-    """The ``Sec-WebSocket-Accept`` value for a client's ``Sec-WebSocket-Key`` (RFC 6455)."""
-    return base64.b64encode(hashlib.sha1(key.strip() + _WS_GUID).digest())
 
 
 class WebSocketClosed(ReadError):

@@ -40,7 +40,7 @@ from kbapps.web._html import Child, serialize
 from kbapps.web.reach import Origin, origin_of
 from kbtransport.errors import TransportError
 from kbtransport.http import FileBody, StreamBody
-from kbtransport.node import discard_response
+from kbtransport.served_streams import discard_response
 
 __all__ = (
     "MAX_ANSWER_BYTES",

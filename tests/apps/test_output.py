@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from kbapps.cachedir import ensure_user_cache_dir, user_cache_dir
-from kbapps.output import Progress, UsageError, format_bytes, run_command
+from kbapps.output import (
+    BACKEND_VARIABLE,
+    Progress,
+    UsageError,
+    format_bytes,
+    run_async,
+    run_command,
+)
 
 
 class FakeClock:
@@ -130,3 +137,27 @@ def test_user_cache_dir_defaults_to_the_real_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("KBUCKET_CACHE_DIR", "/some/where")
     assert user_cache_dir() == Path("/some/where")
     assert sys.stderr is not None
+
+
+async def _current_backend() -> str:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return "not asyncio"
+    return "asyncio"
+
+
+def test_run_async_runs_on_the_backend_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(BACKEND_VARIABLE, raising=False)
+    assert run_async(_current_backend) == "asyncio"
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv(BACKEND_VARIABLE, "trio")
+    assert run_async(_current_backend) == "not asyncio"
+    assert capsys.readouterr().err == "Note: running on trio ($KBUCKET_ANYIO_BACKEND)\n"
+    monkeypatch.setenv(BACKEND_VARIABLE, "curio")
+    with pytest.raises(UsageError, match="KBUCKET_ANYIO_BACKEND must be one of asyncio, trio"):
+        run_async(_current_backend)

@@ -20,7 +20,7 @@ from kbapps.share.index import INDEX_FILENAME, FileIndex, IndexEntry, stamp_of
 from kbapps.share.indexer import Indexer, IndexerConfig
 from kbtransport.http import FileBody, Response
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
-from kbtransport.node import request_from_target
+from kbtransport.served_streams import request_from_target
 from kbtransport.testing import RawResponse, parse_raw_responses, raw_http
 
 NODE = "abcdef012345"

@@ -25,7 +25,8 @@ from kbproto import SeededIdSource, ShareConfig, ShareCore
 from kbproto.auth import node_id_from_public_pem
 from kbtransport.http import Request, Response, StreamBody, error_response
 from kbtransport.listener import ListenConfig
-from kbtransport.node import NodeHooks, serve_node
+from kbtransport.node import NodeHooks
+from kbtransport.serve import serve_node
 from tests.e2e.procs import Procs
 from tests.helpers import Ed25519Signer
 

@@ -5,7 +5,7 @@ The hub (a real ``kbucket-hub``) shows any node of its network as HTML it writes
 send (markup, wrong types, nesting, a body past the budget, no JSON at all) makes the
 hub fail, hang or put a node's text in the page as markup. The attacker is our own
 share: a real ``ShareCore`` joined over a real websocket, whose routes answer what a
-malicious share would (``kbtransport.node.serve_node`` with a hand-written router).
+malicious share would (``kbtransport.serve.serve_node`` with a hand-written router).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from kbproto.ids import SeededIdSource
 from kbtransport.errors import ReadError
 from kbtransport.http import Request, Response, StreamBody, json_response
 from kbtransport.listener import ListenConfig
-from kbtransport.node import NodeHandle, serve_node
 from kbtransport.routing import Match, Router
+from kbtransport.serve import NodeHandle, serve_node
 from tests.e2e.procs import LINE_TIMEOUT, Node, Procs, wait_for
 from tests.helpers import Ed25519Signer
 from tests.hostile.helpers import http_get

@@ -1,16 +1,47 @@
-"""Shared fixtures for the transport tests: the anyio backend, TLS material, servers."""
+"""Shared fixtures for the transport tests: the anyio backends, TLS material, servers.
+
+kbtransport is written against anyio's portable API, and its few asyncio-only speed
+paths (``kbtransport._accel``) each fall back to it, so it must pass on asyncio and on
+trio. The modules in ``BOTH_BACKENDS`` run on both: the HTTP server and client, the
+websocket, the connection slots and ``_accel`` itself, where the two backends take
+different paths. The others (the driver, budgets, routes: code with no backend-specific
+path) run on asyncio only, to keep the default run short; ``tests/e2e/test_trio.py``
+runs whole nodes and commands on trio besides (proxied and direct downloads, finds).
+"""
 
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import pytest
 import trustme
 
+#: Test modules whose async tests run on asyncio and on trio (see the docstring).
+BOTH_BACKENDS = frozenset(
+    {
+        "test_accel",
+        "test_http_client",
+        "test_http_server",
+        "test_http_server_heads",
+        "test_http_server_lean",
+        "test_sendfile_listener",
+        "test_slots",
+        "test_websocket",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "anyio_backend" in metafunc.fixturenames:
+        both = Path(str(metafunc.module.__file__)).stem in BOTH_BACKENDS
+        backends = ["asyncio", "trio"] if both else ["asyncio"]
+        metafunc.parametrize("anyio_backend", backends, indirect=True)
+
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,9 @@ from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
 from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
-from kbtransport.node import NodeHandle, NodeHooks, serve_node
+from kbtransport.node import NodeHooks
 from kbtransport.routing import Router
+from kbtransport.serve import NodeHandle, serve_node
 from kbtransport.stream_budget import StreamBudget
 from tests.helpers import CryptoVerifier, Ed25519Signer
 

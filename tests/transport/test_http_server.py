@@ -292,3 +292,30 @@ async def test_unhandled_transport_errors_in_the_app_become_502_and_504() -> Non
     timeout, down = parse_raw_responses(data)
     assert (timeout.status, down.status) == (504, 502)
     assert json.loads(down.body) == {"success": False, "error": "Upstream failed"}
+
+
+async def _one_chunk() -> AsyncIterator[bytes]:
+    yield b"x"
+
+
+@pytest.mark.parametrize("kind", ["bytes", "stream"])
+async def test_a_response_with_a_malformed_header_ends_only_its_connection(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app's header that would break the framing is never sent: that connection
+    closes without an answer, one error line is logged, and the server goes on."""
+
+    async def app(request: Request) -> Response:
+        if request.path == "/bad":
+            body = b"x" if kind == "bytes" else StreamBody(length=1, chunks=_one_chunk())
+            return Response(status=200, headers=(("X-Bad", "a\r\nInjected: 1"),), body=body)
+        return await echo_app(request)
+
+    async with memory_server(app) as client:
+        data = await raw_http(client, b"GET /bad HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"Injected" not in data
+    assert parse_raw_responses(data) == []
+    assert "broke HTTP framing" in caplog.text
+    async with memory_server(app) as client:
+        (good,) = parse_raw_responses(await raw_http(client, GET_CLOSE))
+    assert good.status == 200

@@ -11,8 +11,8 @@ from kbproto.events import LookupResolved
 from kbproto.ids import LookupId, NodeId
 from kbproto.messages import FindResult
 from kbtransport.http_client import HttpClient
-from kbtransport.httpapi import find_payload
-from kbtransport.node import request_from_target
+from kbtransport.httpapi import find_body
+from kbtransport.served_streams import request_from_target
 from kbtransport.uplink import UplinkRegistry, uplink_url
 from tests.transport.node_helpers import sha1_file, tree, write_file
 
@@ -36,7 +36,7 @@ def test_find_urls_are_ordered_share_then_hops_then_this_node() -> None:
             result(S2, "", "x#y?.dat", ((H2, "http://h2:3240/"), (H1, "http://h1:3240"))),
         ),
     )
-    payload = find_payload(answer, "http://top:3240")
+    payload = json.loads(find_body(answer.results, "http://top:3240"))
     one = f"/{S1}/download/d/a%20b.dat"
     two = f"/{S2}/download/x%23y%3F.dat"
     assert payload["urls"] == [
@@ -66,7 +66,9 @@ def test_find_urls_of_a_local_result_are_not_repeated() -> None:
         share_id=None,
         results=(result(S1, "http://s1:2000", "a", ()),),
     )
-    assert find_payload(answer, "http://s1:2000/")["urls"] == [f"http://s1:2000/{S1}/download/a"]
+    assert json.loads(find_body(answer.results, "http://s1:2000/"))["urls"] == [
+        f"http://s1:2000/{S1}/download/a"
+    ]
 
 
 def test_request_from_target_splits_before_decoding() -> None:

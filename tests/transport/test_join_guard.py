@@ -16,11 +16,6 @@ from tests.transport.node_helpers import tree, wait_until
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- the join guard -----------------------------------------------------------------------
 
 

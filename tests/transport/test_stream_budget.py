@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 LINK = LinkId(7)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- the stream ledger ------------------------------------------------------------------
 
 

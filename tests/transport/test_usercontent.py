@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kbtransport.node import request_from_target
+from kbtransport.served_streams import request_from_target
 from kbtransport.usercontent import USER_CONTENT_POLICY, is_worker_request, user_content_headers
 
 

@@ -10,6 +10,7 @@ from anyio.abc import ByteStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, Ping, Pong, Request
+from wsproto.utilities import generate_accept_token
 
 from kbtransport.errors import ConnectError, PeerProtocolError, TransportTimeout
 from kbtransport.http import Request as HttpRequest
@@ -18,7 +19,6 @@ from kbtransport.listener import BoundAddress, ListenConfig, serve_tcp
 from kbtransport.websocket import (
     WebSocketClosed,
     WebSocketLink,
-    accept_key,
     connect_websocket,
     websocket_url,
 )
@@ -61,7 +61,7 @@ async def manual_client(stream: ByteStream, first_frames: bytes) -> WebSocketLin
     head, rest = buffer.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 101 ")
     key = request.split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0]
-    assert accept_key(key) in head
+    assert generate_accept_token(key) in head
     return WebSocketLink(stream, Connection(ConnectionType.CLIENT, trailing_data=rest))
 
 

@@ -1,31 +1,23 @@
-"""The lean find path: reused responses and h11 events, direct writes, one header pass.
+"""The server's reused response heads and direct writes, and its one header pass.
 
-What each shortcut must keep:
+What each must keep (``kbtransport.http_heads``, ``kbtransport._accel.direct_writer``,
+``kbtransport.http_request.read_head``):
 
-- ``build_node_app`` reuses a whole /find response only while the core cannot have
-  changed (no driver step), and never after a step that changed the answer;
-- the HTTP server writes small responses straight to the transport and reuses built
-  h11 ``Response`` events: every response still carries its own length, an HTTP/1.0
-  client still gets ``Connection: close``, HEAD/204/304 carry no body, pipelined
-  requests are answered in order, large bodies still go out whole;
+- every response still carries its own length, an HTTP/1.0 client still gets
+  ``Connection: close``, HEAD/204/304 carry no body, pipelined requests are answered
+  in order, large bodies still go out whole;
 - the one pass over request headers still lowercases names, finds bodies (Content-Length,
   chunked, ``Expect: 100-continue``) and bounds the head.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anyio
 import pytest
 
-from kbproto.events import LookupFailed, LookupResolved
-from kbtransport.driver import DriverStopped
 from kbtransport.http import Request, Response
 from kbtransport.http_server import ServerConfig
-from kbtransport.httpapi import build_node_app
 from kbtransport.testing import parse_raw_responses, raw_http
-from tests.transport.node_helpers import sha1_file, tree, wait_until, write_file
 from tests.transport.transport_helpers import loopback_server, memory_server
 
 pytestmark = pytest.mark.anyio
@@ -44,94 +36,6 @@ def get(path: str, upgrade: str | None = None) -> Request:
 
 async def no_local(request: Request) -> Response:
     return Response(status=418, body=b"local")
-
-
-async def test_a_find_response_is_reused_until_a_driver_step_changes_the_answer(
-    tmp_path: Path,
-) -> None:
-    write_file(tmp_path / "t" / "t.dat", 3000, 3)
-    sha1 = sha1_file(tmp_path / "t" / "t.dat")
-    async with tree() as net:
-        a = await net.hub("A")
-        t = await net.share("T", tmp_path / "t", "A")
-
-        async def indexed() -> bool:
-            return isinstance(await a.node.find(sha1), LookupResolved)
-
-        await wait_until(indexed, what="T indexed at A")
-        # The results the route reads are those of the node's own find.
-        answer = await a.node.find(sha1)
-        assert isinstance(answer, LookupResolved)
-        assert a.node.answer_now(sha1) == answer.results
-        app = build_node_app(a.node, no_local)
-        # The first call fills the cache only if no driver step ran during it: ask
-        # until two answers in a row come from the same step.
-        for _ in range(100):
-            steps = a.node.driver.steps
-            first = await app(get(f"/find/{sha1}"))
-            second = await app(get(f"/find/{sha1}"))
-            if a.node.driver.steps == steps:
-                break
-            await anyio.sleep(0.01)
-        assert second is first
-        assert first.status == 200
-        assert isinstance(first.body, bytes)
-        assert b'"found":true' in first.body
-        # Any case of the SHA-1, or a share-limited find, is its own entry and its own
-        # answer, equal to the plain one where it should be.
-        upper = await app(get(f"/find/{sha1.upper()}"))
-        assert upper.body == first.body
-        limited = await app(get(f"/{t.node.node_id}/api/find/{sha1}"))
-        assert limited.body == first.body
-        # A websocket upgrade to the find path is still a child link, not a find.
-        upgrade = await app(get(f"/find/{sha1}", upgrade="websocket"))
-        assert upgrade.status == 101
-        # Another Upgrade value does not make it one.
-        other = await app(get(f"/find/{sha1}", upgrade="h2c"))
-        assert other.body == first.body
-        # The share drops the file: a driver step at A, after which the old
-        # response is never given again.
-        await t.remove_file("t.dat")
-
-        async def gone() -> bool:
-            return isinstance(await a.node.find(sha1), LookupFailed)
-
-        await wait_until(gone, what="the removal seen at A")
-        after = await app(get(f"/find/{sha1}"))
-        assert after.body == b'{"success":true,"found":false}'
-        assert (await app(get(f"/find/{sha1}"))).body == after.body
-
-
-async def test_a_stopped_node_answers_no_find_from_the_cache(tmp_path: Path) -> None:
-    write_file(tmp_path / "t" / "t.dat", 100, 4)
-    sha1 = sha1_file(tmp_path / "t" / "t.dat")
-    async with tree() as net:
-        a = await net.hub("A")
-        await net.share("T", tmp_path / "t", "A")
-
-        async def indexed() -> bool:
-            return isinstance(await a.node.find(sha1), LookupResolved)
-
-        await wait_until(indexed, what="T indexed at A")
-        app = build_node_app(a.node, no_local)
-        await app(get(f"/find/{sha1}"))
-        cached = await app(get(f"/find/{sha1}"))
-        driver = a.node.driver
-        # The driver ending without a step in between (as when its task is cancelled
-        # while it waits): the cached response must not outlive it.
-        steps = driver.steps
-        driver._running = False
-        try:
-            with pytest.raises(DriverStopped):
-                await app(get(f"/find/{sha1}"))
-        finally:
-            driver._running = True
-        assert driver.steps == steps
-        assert (await app(get(f"/find/{sha1}"))).body == cached.body
-        a.stop()
-        await a.wait()
-        with pytest.raises(DriverStopped):
-            await app(get(f"/find/{sha1}"))
 
 
 async def sized_app(request: Request) -> Response:
