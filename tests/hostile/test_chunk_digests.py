@@ -13,7 +13,8 @@ the honest share's content and answers its list with: another file's list of the
 length (well formed, wrong root), a list of the wrong length (the hub skips it for the
 honest share), and a list that is right except for one digest (its chunk would be
 refused). Each lie is caught: by the hub where the length gives it away, by the
-verifier otherwise, never by trusting a source.
+verifier otherwise, never by trusting a source. An original five-field ``.prv`` still
+downloads through the same hub.
 """
 
 from __future__ import annotations
@@ -180,6 +181,32 @@ def test_digest_lists_from_a_share_and_its_hub_check_and_lies_are_caught(
     bad = bytearray(third[2 * MIB : 3 * MIB])
     bad[500] ^= 0xFF
     assert not honest.chunk_ok(2, bytes(bad))
+
+    # An original five-field .prv (no chunks field, an absolute path) still downloads
+    # through the hub, verified whole.
+    original = {
+        "original_checksum": sha["tiny.txt"],
+        "original_size": len(contents["tiny.txt"]),
+        "original_fcs": "head1000-" + sha["tiny.txt"],
+        "original_path": "/home/someone/data/tiny.txt",
+        "prv_version": "0.11",
+    }
+    (tmp_path / "original.prv").write_text(json.dumps(original, indent=4))
+    done = subprocess.run(
+        command(
+            "kb-prv-download",
+            str(tmp_path / "original.prv"),
+            str(tmp_path / "got.txt"),
+            "--hub",
+            hub.url,
+        ),
+        capture_output=True,
+        timeout=120,
+        check=False,
+        env={"KBUCKET_CACHE_DIR": str(tmp_path / "client-cache"), "PATH": "/usr/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "got.txt").read_bytes() == contents["tiny.txt"]
 
     assert hub.proc.popen.poll() is None
     assert "Traceback" not in hub.proc.stderr()
