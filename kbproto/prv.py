@@ -40,6 +40,7 @@ from json.encoder import encode_basestring
 from types import MappingProxyType
 from typing import Any
 
+from kbproto.chunks import ChunkSpec, parse_chunk_field
 from kbproto.errors import LocalProtocolError, RemoteProtocolError
 from kbproto.ids import Sha1
 
@@ -199,6 +200,9 @@ class Prv:
         path: ``original_path``. Files we write hold a relative path; files written
             by the original tool may hold an absolute one, which is kept as read.
         version: ``prv_version``; any string starting with ``0.``.
+        chunks: the optional ``chunks`` field (``kbproto.chunks``): the root of the
+            file's chunk digests, or None (old ``.prv`` files, and any whose field a
+            reader could not check: whole-file verification only).
 
     Raises:
         LocalProtocolError: if a value is malformed.
@@ -209,6 +213,7 @@ class Prv:
     head_sha1: Sha1
     path: str
     version: str = PRV_VERSION
+    chunks: ChunkSpec | None = None
 
     def __post_init__(self) -> None:
         # Fast path: what we write and what we read is nearly always plain ASCII
@@ -226,8 +231,11 @@ class Prv:
             and path.isascii()
             and "\x00" not in path
             and self.version == PRV_VERSION
+            and (self.chunks is None or type(self.chunks) is ChunkSpec)
         ):
             return
+        if self.chunks is not None and not isinstance(self.chunks, ChunkSpec):
+            raise LocalProtocolError(f"Prv.chunks must be a ChunkSpec: {self.chunks!r:.80}")
         for name, problem in (
             ("sha1", _check_sha1(self.sha1)),
             ("size", _check_size(self.size)),
@@ -244,14 +252,18 @@ class Prv:
         return FCS_PREFIX + self.head_sha1
 
     def to_json_object(self) -> dict[str, Any]:
-        """Return the five fields as a dict in SPEC §2.1 order (for embedding in JSON)."""
-        return {
+        """Return the fields as a dict in the written order (for embedding in JSON):
+        the original five, then ``chunks`` when present."""
+        obj: dict[str, Any] = {
             "original_checksum": self.sha1,
             "original_size": self.size,
             "original_fcs": self.fcs,
             "original_path": self.path,
             "prv_version": self.version,
         }
+        if self.chunks is not None:
+            obj["chunks"] = self.chunks.to_json_object()
+        return obj
 
 
 def _is_relative_path(path: str) -> bool:
@@ -260,7 +272,9 @@ def _is_relative_path(path: str) -> bool:
     return all(is_valid_entry_name(part) for part in path.split("/"))
 
 
-def make_prv(*, sha1: str, size: int, head_sha1: str, path: str) -> Prv:
+def make_prv(
+    *, sha1: str, size: int, head_sha1: str, path: str, chunks_root: str | None = None
+) -> Prv:
     """Build the ``.prv`` we write for a file whose digests the caller computed.
 
     Args:
@@ -269,6 +283,8 @@ def make_prv(*, sha1: str, size: int, head_sha1: str, path: str) -> Prv:
         head_sha1: SHA-1 of the first ``FCS_HEAD_BYTES`` bytes.
         path: the file's name, or its ``/``-separated path relative to the directory
             of a ``.prvdir``. Never absolute (SPEC §2.1: nothing about the machine).
+        chunks_root: the root of the file's chunk digests (``kbproto.chunks``), for
+            a ``chunks`` field of ``CHUNK_SIZE`` chunks; None for none.
 
     Returns:
         A ``Prv`` with ``prv_version`` ``0.11``.
@@ -279,7 +295,8 @@ def make_prv(*, sha1: str, size: int, head_sha1: str, path: str) -> Prv:
     """
     if not isinstance(path, str) or not _is_relative_path(path):
         raise LocalProtocolError(f"original_path must be a relative path: {path!r:.80}")
-    return Prv(sha1=Sha1(sha1), size=size, head_sha1=Sha1(head_sha1), path=path)
+    chunks = None if chunks_root is None else ChunkSpec(root=chunks_root)
+    return Prv(sha1=Sha1(sha1), size=size, head_sha1=Sha1(head_sha1), path=path, chunks=chunks)
 
 
 def _freeze_entries(
@@ -379,14 +396,25 @@ class PrvDir:
 # --- serializing -------------------------------------------------------------------
 
 
+def _chunks_lines(spec: ChunkSpec, inner: str) -> str:
+    """The ``chunks`` member as ``json.dumps(indent=4)`` writes it inside an object
+    whose members are indented by ``inner`` (with the comma before it)."""
+    deeper = inner + "    "
+    return (
+        f',\n{inner}"chunks": {{\n{deeper}"algorithm": {encode_basestring(spec.algorithm)},\n'
+        f'{deeper}"size": {spec.size},\n{deeper}"root": "{spec.root}"\n{inner}}}'
+    )
+
+
 def _prv_lines(prv: Prv, indent: str, out: list[str]) -> None:
     inner = indent + "    "
+    chunks = "" if prv.chunks is None else _chunks_lines(prv.chunks, inner)
     out.append(
         f'{{\n{inner}"original_checksum": "{prv.sha1}",\n'
         f'{inner}"original_size": {prv.size},\n'
         f'{inner}"original_fcs": "{FCS_PREFIX}{prv.head_sha1}",\n'
         f'{inner}"original_path": {encode_basestring(prv.path)},\n'
-        f'{inner}"prv_version": {encode_basestring(prv.version)}\n{indent}}}'
+        f'{inner}"prv_version": {encode_basestring(prv.version)}{chunks}\n{indent}}}'
     )
 
 
@@ -478,10 +506,25 @@ def _load_object(data: bytes | str, limits: PrvLimits) -> dict[str, Any]:
     return obj
 
 
-def _prv_from_object(obj: object) -> Prv:
+def _chunks_of(obj: dict[str, Any], where: str, warnings: list[str] | None) -> ChunkSpec | None:
+    # The optional field: one we cannot check is left out (with a warning), never an
+    # error, so the file is still verified whole (kbproto.chunks).
+    value = obj.get("chunks")
+    if value is None:
+        return None
+    spec, problem = parse_chunk_field(value)
+    if problem is not None and warnings is not None:
+        field_name = f"{where}.chunks" if where else "chunks"
+        warnings.append(f"{field_name} ignored (whole-file check only): {problem}")
+    return spec
+
+
+def _prv_from_object(obj: object, where: str = "", warnings: list[str] | None = None) -> Prv:
     # Errors name fields relative to this object; callers inside a .prvdir prefix them.
+    # ``where`` names the entry for warnings about an ignored ``chunks`` field.
     if not isinstance(obj, dict):
         raise PrvFormatError("", "must be a JSON object")
+    chunks = _chunks_of(obj, where, warnings) if "chunks" in obj else None
     # Let the model validate (its checks are the same); only when it refuses, go
     # field by field to name the culprit.
     fcs = obj.get("original_fcs")
@@ -493,6 +536,7 @@ def _prv_from_object(obj: object) -> Prv:
             head_sha1=head,  # type: ignore[arg-type]
             path=obj.get("original_path"),  # type: ignore[arg-type]
             version=obj.get("prv_version"),  # type: ignore[arg-type]
+            chunks=chunks,
         )
     except LocalProtocolError:
         pass
@@ -515,21 +559,28 @@ def _prv_from_object(obj: object) -> Prv:
     raise AssertionError("the model refused fields that all passed its checks")  # pragma: no cover
 
 
-def parse_prv(data: bytes | str, *, limits: PrvLimits = _DEFAULT_LIMITS) -> Prv:
+def parse_prv(
+    data: bytes | str,
+    *,
+    limits: PrvLimits = _DEFAULT_LIMITS,
+    warnings: list[str] | None = None,
+) -> Prv:
     """Parse the bytes of a ``.prv`` file.
 
     Args:
         data: the whole document.
         limits: bounds on the input.
+        warnings: if given, one line is appended per field read but ignored (a
+            ``chunks`` field that cannot be checked: ``kbproto.chunks``).
 
     Returns:
-        The ``Prv``; extra fields are ignored.
+        The ``Prv``; unknown fields are ignored.
 
     Raises:
         PrvFormatError: if the document is not a valid ``.prv``; ``field`` names the
             culprit. No other exception escapes.
     """
-    return _prv_from_object(_load_object(data, limits))
+    return _prv_from_object(_load_object(data, limits), "", warnings)
 
 
 def _entry_where(parents: list[tuple[int, str]], index: int) -> str:
@@ -541,7 +592,9 @@ def _entry_where(parents: list[tuple[int, str]], index: int) -> str:
     return ".".join(reversed(parts))
 
 
-def _prvdir_from_object(obj: dict[str, Any], limits: PrvLimits) -> PrvDir:
+def _prvdir_from_object(
+    obj: dict[str, Any], limits: PrvLimits, warnings: list[str] | None = None
+) -> PrvDir:
     # Pass 1 (pre-order, explicit stack): check every directory object and remember
     # its parent, so pass 2 can build the frozen tree bottom-up without recursion.
     nodes: list[dict[str, Any]] = [obj]
@@ -587,7 +640,14 @@ def _prvdir_from_object(obj: dict[str, Any], limits: PrvLimits) -> PrvDir:
         files: dict[str, Prv] = {}
         for name, value in node["files"].items():
             try:
-                files[name] = _prv_from_object(value)
+                if type(value) is dict and "chunks" in value:
+                    # The entry's name only when a warning may need it (rare).
+                    where = _entry_where(parents, index)
+                    step = f"files[{json.dumps(name)}]"
+                    entry = ".".join(part for part in (where, step) if part)
+                    files[name] = _prv_from_object(value, entry, warnings)
+                else:
+                    files[name] = _prv_from_object(value)
             except PrvFormatError as exc:
                 where = _entry_where(parents, index)
                 step = f"files[{json.dumps(name)}]"
@@ -617,12 +677,18 @@ def _bad_name_error(node: dict[str, Any], where: str) -> PrvFormatError:
     raise AssertionError("PrvDir refused a node with valid names")  # pragma: no cover
 
 
-def parse_prvdir(data: bytes | str, *, limits: PrvLimits = _DEFAULT_LIMITS) -> PrvDir:
+def parse_prvdir(
+    data: bytes | str,
+    *,
+    limits: PrvLimits = _DEFAULT_LIMITS,
+    warnings: list[str] | None = None,
+) -> PrvDir:
     """Parse the bytes of a ``.prvdir`` file.
 
     Args:
         data: the whole document.
         limits: bounds on size, depth and entry count.
+        warnings: as for ``parse_prv``; each line names the entry.
 
     Returns:
         The ``PrvDir``; extra fields at any level are ignored.
@@ -632,19 +698,24 @@ def parse_prvdir(data: bytes | str, *, limits: PrvLimits = _DEFAULT_LIMITS) -> P
             missing ``files``/``dirs`` object, an unsafe name, a bad ``.prv`` inside,
             a limit crossed); ``field`` names the culprit. No other exception escapes.
     """
-    return _prvdir_from_object(_load_object(data, limits), limits)
+    return _prvdir_from_object(_load_object(data, limits), limits, warnings)
 
 
-def parse_document(data: bytes | str, *, limits: PrvLimits = _DEFAULT_LIMITS) -> Prv | PrvDir:
+def parse_document(
+    data: bytes | str,
+    *,
+    limits: PrvLimits = _DEFAULT_LIMITS,
+    warnings: list[str] | None = None,
+) -> Prv | PrvDir:
     """Parse either kind of document, telling them apart by their fields.
 
     A document with ``original_checksum`` is a ``.prv``; otherwise it must be a
-    ``.prvdir``.
+    ``.prvdir``. ``warnings`` as for ``parse_prv``.
 
     Raises:
         PrvFormatError: as ``parse_prv`` or ``parse_prvdir``.
     """
     obj = _load_object(data, limits)
     if "original_checksum" in obj:
-        return _prv_from_object(obj)
-    return _prvdir_from_object(obj, limits)
+        return _prv_from_object(obj, "", warnings)
+    return _prvdir_from_object(obj, limits, warnings)

@@ -11,6 +11,11 @@
   (and one of ``/ID/sha1/SHA1`` for another node) is checked against SHA1 as it
   streams and cut before its end if it does not match; that source is not asked for
   that id again (``kbtransport.contentcheck``);
+* ``GET, HEAD /sha1/SHA1/chunks``: the content's digest list (``kbproto.chunks``), from
+  the first share holding the content that has one (``/ID/sha1/SHA1/chunks``); a
+  source whose announced length cannot be the list's (32 bytes per 1 MiB of the size
+  the find gave) is skipped. Nothing else is checked here: only the reader's ``.prv``
+  holds the root a list must hash to (``docs/security.md``, "Chunk digests");
 * ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, anything else to ``local``;
 * ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
   and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
@@ -33,6 +38,7 @@ import logging
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from kbproto.chunks import DIGEST_BYTES, chunk_count
 from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
@@ -215,6 +221,12 @@ def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
         for name, value in request.headers
         if name.decode("latin-1") in FORWARDED_HEADERS
     )
+
+
+def _list_length(size: int) -> int:
+    """The length of a digest list of content of ``size`` bytes, as shares compute it
+    (``kbproto.chunks.CHUNK_SIZE`` chunks)."""
+    return DIGEST_BYTES * chunk_count(size)
 
 
 def proxied_response(
@@ -472,6 +484,49 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return proxied_response(response, request.method, content_check(response, source, sha1))
         return last
 
+    async def chunks_by_sha1(request: Request, sha1: str) -> Response:
+        sha1 = sha1.lower()
+        if request.method not in ("GET", "HEAD"):
+            return error_response(405, f"Method {request.method} not allowed here")
+        if not is_sha1(sha1):
+            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+        answer = await node.find(sha1)
+        if not isinstance(answer, LookupResolved) or not answer.results:
+            return error_response(404, "Content not found")
+        headers = _forwarded(request)
+        last = error_response(404, "No chunk digests for this content")
+        # As by_sha1: our own list first, then each share in the find's order.
+        results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
+        for result in results:
+            source = result.kbshare_id
+            target = f"/{source}/sha1/{sha1}/chunks"
+            if source == node.node_id:
+                local_response = await own(request_from_target(request.method, target, headers))
+                if local_response.status != 404:
+                    return local_response
+                await discard_response(local_response)
+                continue
+            try:
+                response = await node.open_request(
+                    source, request.method, target, headers, client=_client(request)
+                )
+            except StreamResetError as exc:
+                last = _reset_response(exc)
+                continue
+            if response.status == 404 or response.status >= 500:
+                await response.aclose()
+                if response.status >= 500:
+                    last = error_response(502, f"Share answered {response.status}")
+                continue
+            length = response.content_length
+            if response.status == 200 and length not in (None, _list_length(result.size)):
+                await response.aclose()
+                _log.warning("node %s sent a digest list of the wrong length for %s", source, sha1)
+                last = error_response(502, "Every source sent a digest list of the wrong length")
+                continue
+            return proxied_response(response, request.method)
+        return last
+
     async def app(request: Request) -> Response:
         # A websocket upgrade on any path is a child link. (The loop finds the rare
         # ``Upgrade`` header without a call per request.) Every upgrade, websocket or
@@ -499,6 +554,8 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return node.uplink_accept(request, segments[1])
         if first == "sha1" and len(segments) == 2:
             return await by_sha1(request, segments[1])
+        if first == "sha1" and len(segments) == 3 and segments[2] == "chunks":
+            return await chunks_by_sha1(request, segments[1])
         if is_node_id(first):
             if len(segments) >= 4 and segments[1:3] == ("api", "find"):
                 if request.method != "GET":

@@ -3,7 +3,8 @@
 One job per module:
 
 * ``digest``: one pass over one file (``FileHasher``, ``hash_file``): the whole-file
-  SHA-1 and the SHA-1 of its first 1000 bytes (``original_fcs``) from one read.
+  SHA-1, the SHA-1 of its first 1000 bytes (``original_fcs``) and the SHA-256 of each
+  1 MiB chunk (the digest list of ``kbproto.chunks``) from one read.
 * ``cache``: the SQLite hash cache (``HashCache``), keyed by device, inode, size and
   mtime, so a second run over unchanged files reads no file content.
 * ``fragments``: the per-tree fragment files beside it (``HashCache.fragments``), in
@@ -31,11 +32,13 @@ from kbapps.hashing.cache import HashCache as HashCache
 from kbapps.hashing.cache import RawKey as RawKey
 from kbapps.hashing.cache import is_database_error as is_database_error
 from kbapps.hashing.digest import BUFFER_SIZE as BUFFER_SIZE
+from kbapps.hashing.digest import CHUNK_BYTES as CHUNK_BYTES
 from kbapps.hashing.digest import FCS_HEAD_BYTES as FCS_HEAD_BYTES
 from kbapps.hashing.digest import FileChangedError as FileChangedError
 from kbapps.hashing.digest import FileDigest as FileDigest
 from kbapps.hashing.digest import FileHasher as FileHasher
 from kbapps.hashing.digest import FileKey as FileKey
+from kbapps.hashing.digest import chunks_root as chunks_root
 from kbapps.hashing.digest import error_text as error_text
 from kbapps.hashing.digest import hash_file as hash_file
 from kbapps.hashing.fragments import Buffer as Buffer
@@ -50,6 +53,7 @@ from kbapps.hashing.pool import default_workers as default_workers
 __all__ = (
     "BIG_FILE_BYTES",
     "BUFFER_SIZE",
+    "CHUNK_BYTES",
     "FCS_HEAD_BYTES",
     "HASH_CACHE_FILENAME",
     "PARALLEL_MIN_FILES",
@@ -68,6 +72,7 @@ __all__ = (
     "ProcessPool",
     "RawKey",
     "RawResult",
+    "chunks_root",
     "default_workers",
     "error_text",
     "hash_file",

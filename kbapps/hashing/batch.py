@@ -77,17 +77,20 @@ class HashResult(NamedTuple):
 
 
 #: One result of ``hash_records``, a plain tuple: ``(index, sha1, head_sha1, size,
-#: key, cached, error)``. On success ``error`` is None; on failure ``sha1`` and
-#: ``head_sha1`` are None and ``error`` says why. ``key`` is a ``(dev, ino, size,
-#: mtime_ns)`` tuple (equal to the ``FileKey`` of the same values).
-RawResult = tuple[int, "Sha1 | None", "Sha1 | None", int, RawKey, bool, "str | None"]
+#: key, cached, error, digest list)``. On success ``error`` is None; on failure
+#: ``sha1``, ``head_sha1`` and the digest list are None and ``error`` says why.
+#: ``key`` is a ``(dev, ino, size, mtime_ns)`` tuple (equal to the ``FileKey`` of the
+#: same values).
+RawResult = tuple[
+    int, "Sha1 | None", "Sha1 | None", int, RawKey, bool, "str | None", "bytes | None"
+]
 #: An item: ``(path, key or None)``, or longer tuples whose first two fields are those
 #: (so a scanner's own records can be passed as they are).
 _Item = tuple[str, "FileKey | None"] | tuple[str, "FileKey | None", Any, Any]
 #: A unit of work: ``(index, path, key or None)`` per file, plain tuples (marshal).
 _Unit = list[tuple[int, str, "RawKey | None"]]
 #: Records, plain tuples so they marshal fast:
-#: ``(index, "ok", sha1, head, size, dev, ino, key size, mtime_ns, cached)``,
+#: ``(index, "ok", sha1, head, size, dev, ino, key size, mtime_ns, cached, digest list)``,
 #: ``(index, "err", reason)``, ``(index, "big", dev, ino, size, mtime_ns)`` for a big
 #: file left to the caller (threads, byte progress), and ``(-1, "warn", message)``.
 _Record = tuple[Any, ...]
@@ -102,8 +105,9 @@ class _UnitWorker:
         #: False when the cache held no digest when the run began: nothing to find.
         self.lookups = lookups
         self.hasher = FileHasher()
-        #: (dev, ino, size, mtime_ns, sha1, head_sha1, bytes hashed) not yet stored.
-        self.fresh: list[tuple[int, int, int, int, str, str, int]] = []
+        #: (dev, ino, size, mtime_ns, sha1, head_sha1, bytes hashed, digest list) not
+        #: yet stored.
+        self.fresh: list[tuple[int, int, int, int, str, str, int, bytes | None]] = []
 
     def process(self, unit: _Unit) -> list[_Record]:
         """Return the records of the files of ``unit``."""
@@ -153,15 +157,15 @@ class _UnitWorker:
                          before.st_mtime_ns)
                     )  # fmt: skip
                     continue
-                sha1, head, total, dev, ino, size, mtime_ns = hash_fd(fd, None, before)
+                sha1, head, total, dev, ino, size, mtime_ns, chunks = hash_fd(fd, None, before)
             except OSError as exc:
                 append((index, "err", error_text(exc)))
                 continue
             finally:
                 os.close(fd)
-            append((index, "ok", sha1, head, total, dev, ino, size, mtime_ns, False))
+            append((index, "ok", sha1, head, total, dev, ino, size, mtime_ns, False, chunks))
             if store:
-                fresh.append((dev, ino, size, mtime_ns, sha1, head, total))
+                fresh.append((dev, ino, size, mtime_ns, sha1, head, total, chunks))
         return out
 
     def _process_keyed(self, unit: _Unit) -> list[_Record]:
@@ -179,7 +183,7 @@ class _UnitWorker:
                 keyed.append((index, path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)))
             else:
                 keyed.append((index, path, given))
-        found: dict[RawKey, tuple[str, str]] = {}
+        found: dict[RawKey, tuple[str, str, bytes]] = {}
         if self.cache is not None and self.lookups:
             try:
                 found = self.cache.lookup_raw([key for _, _, key in keyed])
@@ -190,7 +194,7 @@ class _UnitWorker:
         for index, path, key in keyed:
             hit = found.get(key)
             if hit is not None:
-                out.append((index, "ok", hit[0], hit[1], key[2], *key, True))
+                out.append((index, "ok", hit[0], hit[1], key[2], *key, True, hit[2]))
                 continue
             if key[2] >= BIG_FILE_BYTES:
                 out.append((index, "big", *key))
@@ -202,16 +206,16 @@ class _UnitWorker:
             try:
                 fd = digest.open_for_hashing(path)
                 try:
-                    sha1, head, total, dev, ino, size, mtime_ns = self.hasher.hash_fd(fd)
+                    sha1, head, total, dev, ino, size, mtime_ns, chunks = self.hasher.hash_fd(fd)
                 finally:
                     os.close(fd)
             except OSError as exc:
                 out.append((index, "err", error_text(exc)))
                 continue
-            record = (index, "ok", sha1, head, total, dev, ino, size, mtime_ns, False)
+            record = (index, "ok", sha1, head, total, dev, ino, size, mtime_ns, False, chunks)
             done[key] = record
             out.append(record)
-            fresh.append((dev, ino, size, mtime_ns, sha1, head, total))
+            fresh.append((dev, ino, size, mtime_ns, sha1, head, total, chunks))
         return out
 
     def _flush(self, out: list[_Record]) -> None:
@@ -369,13 +373,15 @@ def hash_records(
             for record in records:
                 kind = record[1]
                 if kind == "ok":
-                    index, _, sha1, head, size, dev, ino, ksize, mtime, cached = record
-                    batch.append((index, sha1, head, size, (dev, ino, ksize, mtime), cached, None))
+                    index, _, sha1, head, size, dev, ino, ksize, mtime, cached, chunks = record
+                    batch.append(
+                        (index, sha1, head, size, (dev, ino, ksize, mtime), cached, None, chunks)
+                    )
                     nbytes += size
                 elif kind == "err":
                     index = record[0]
                     given = items[index][1]
-                    batch.append((index, None, None, 0, given or _NO_KEY, False, record[2]))
+                    batch.append((index, None, None, 0, given or _NO_KEY, False, record[2], None))
                 elif kind == "big":
                     big.append((record[0], FileKey(*record[2:])))
                 elif not warned:  # "warn": report the first cache failure only
@@ -420,11 +426,11 @@ def _hash_big(
         file_digest = result.digest
         report(1, (file_digest.size if file_digest else 0) - moved)
         if file_digest is None:
-            return [(index, None, None, 0, result.key, False, result.error)]
+            return [(index, None, None, 0, result.key, False, result.error, None)]
         fresh.append((result.key, file_digest))
         return [
             (index, file_digest.sha1, file_digest.head_sha1, file_digest.size, result.key, False,
-             None)
+             None, file_digest.chunks)
         ]  # fmt: skip
 
     try:
@@ -504,8 +510,10 @@ def hash_files(
     )
     try:
         for batch in batches:
-            for index, sha1, head, size, key, cached, error in batch:
-                file_digest = None if sha1 is None or head is None else FileDigest(sha1, head, size)
+            for index, sha1, head, size, key, cached, error, chunks in batch:
+                file_digest = (
+                    None if sha1 is None or head is None else FileDigest(sha1, head, size, chunks)
+                )
                 yield HashResult(listed[index][0], FileKey(*key), file_digest, error, cached)
     finally:
         batches.close()

@@ -2,13 +2,15 @@
 
 Strategy
 --------
-A table maps ``(device, inode)`` to ``(size, mtime_ns, sha1, head_sha1)`` (the cache
-key of ``kb-prv-create``, README "Commands"). A lookup hits only if size and mtime also
-match, so an edited file is re-hashed; keying rows by ``(device, inode)`` means a file
-rewritten many times keeps one row. A file modified less than ``RACY_WINDOW_NS``
-before it was read is hashed but not cached: a second write within the same mtime
-tick (1-2 s on some file systems) could otherwise leave a stale digest under an
-unchanged key.
+A table maps ``(device, inode)`` to ``(size, mtime_ns, sha1, head_sha1, chunks)`` (the
+cache key of ``kb-prv-create``, README "Commands"; ``chunks`` is the file's digest
+list, ``kbproto.chunks``). A lookup hits only if size and mtime also match, so an
+edited file is re-hashed, and only if the row has its digest list (a row stored before
+lists existed is a miss: each such file is re-hashed once); keying rows by
+``(device, inode)`` means a file rewritten many times keeps one row. A file modified
+less than ``RACY_WINDOW_NS`` before it was read is hashed but not cached: a second
+write within the same mtime tick (1-2 s on some file systems) could otherwise leave a
+stale digest under an unchanged key.
 
 The database is opened only when first used if asked (``lazy=True``): a
 ``kb-prv-create`` of a tree of small files may need it for nothing (their digests go
@@ -50,8 +52,8 @@ HASH_CACHE_FILENAME = "hashes.sqlite3"
 RawKey = tuple[int, int, int, int]
 
 #: 2 added a ``dir_files`` table; 3 moved those fragments out to files
-#: (``kbapps.hashing.fragments``).
-_SCHEMA_VERSION = 3
+#: (``kbapps.hashing.fragments``); 4 added the ``chunks`` column (digest lists).
+_SCHEMA_VERSION = 4
 #: SQLite allows 32766 host parameters; 500 keeps each statement small.
 _LOOKUP_CHUNK = 500
 
@@ -145,16 +147,20 @@ class HashCache:
         if version == _SCHEMA_VERSION:
             return
         db.execute("BEGIN IMMEDIATE")
-        # 2 -> 3 only moved the directory fragments out to files: keep the digests.
-        if version != 2:
+        # 2 -> 3 only moved the directory fragments out to files, 3 -> 4 added a
+        # column: keep the digests (rows without a digest list are misses).
+        if version not in (2, 3):
             db.execute("DROP TABLE IF EXISTS file_sha1")
         db.execute("DROP TABLE IF EXISTS dir_files")
         db.execute(
             "CREATE TABLE IF NOT EXISTS file_sha1 (dev INTEGER NOT NULL,"
             " ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
-            " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL,"
+            " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL, chunks BLOB,"
             " PRIMARY KEY (dev, ino)) WITHOUT ROWID"
         )
+        columns = [row[1] for row in db.execute("PRAGMA table_info(file_sha1)")]
+        if "chunks" not in columns:
+            db.execute("ALTER TABLE file_sha1 ADD COLUMN chunks BLOB")
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         db.execute("COMMIT")
 
@@ -196,15 +202,17 @@ class HashCache:
         wanted = list(keys)
         raw = self.lookup_raw(wanted)
         return {
-            key: FileDigest(cast("Sha1", raw[key][0]), cast("Sha1", raw[key][1]), key.size)
+            key: FileDigest(
+                cast("Sha1", raw[key][0]), cast("Sha1", raw[key][1]), key.size, raw[key][2]
+            )
             for key in wanted
             if key in raw
         }
 
-    def lookup_raw(self, keys: Iterable[RawKey]) -> dict[RawKey, tuple[str, str]]:
+    def lookup_raw(self, keys: Iterable[RawKey]) -> dict[RawKey, tuple[str, str, bytes]]:
         """Like ``lookup_many`` with plain tuples: ``(dev, ino, size, mtime_ns)`` ->
-        ``(sha1, head_sha1)``. For hot loops, where building ``FileKey`` and
-        ``FileDigest`` objects costs more than the lookup itself."""
+        ``(sha1, head_sha1, digest list)``. For hot loops, where building ``FileKey``
+        and ``FileDigest`` objects costs more than the lookup itself."""
         by_device: dict[int, dict[int, RawKey]] = {}
         for key in keys:
             inode = key[1]
@@ -213,7 +221,7 @@ class HashCache:
                 wanted = by_device[key[0]] = {}
             # st_ino is unsigned 64-bit; SQLite integers are signed.
             wanted[inode if inode < 1 << 63 else inode - (1 << 64)] = key
-        found: dict[RawKey, tuple[str, str]] = {}
+        found: dict[RawKey, tuple[str, str, bytes]] = {}
         if not by_device or self._absent():
             return found
         execute = self._connect().execute
@@ -222,14 +230,15 @@ class HashCache:
             for start in range(0, len(inodes), _LOOKUP_CHUNK):
                 chunk = inodes[start : start + _LOOKUP_CHUNK]
                 rows = execute(
-                    "SELECT ino, size, mtime_ns, sha1, head_sha1 FROM file_sha1"
-                    f" WHERE dev = ? AND ino IN ({','.join('?' * len(chunk))})",
+                    "SELECT ino, size, mtime_ns, sha1, head_sha1, chunks FROM file_sha1"
+                    f" WHERE dev = ? AND ino IN ({','.join('?' * len(chunk))})"
+                    " AND chunks IS NOT NULL",
                     (_i64(device), *chunk),
                 )
-                for ino, size, mtime_ns, sha1, head in rows:
+                for ino, size, mtime_ns, sha1, head, chunks in rows:
                     key = wanted[ino]
                     if key[2] == size and key[3] == mtime_ns:
-                        found[key] = (sha1.hex(), head.hex())
+                        found[key] = (sha1.hex(), head.hex(), chunks)
         return found
 
     def store_many(
@@ -239,29 +248,35 @@ class HashCache:
 
         Entries modified within ``racy_window_ns`` of ``now_ns`` (default: the wall
         clock now) are skipped, as are entries whose digest size differs from the key.
+        An entry without a digest list is stored as one (a later lookup misses it).
         """
         return self.store_raw(
-            [(*key, digest.sha1, digest.head_sha1, digest.size) for key, digest in entries],
+            [
+                (*key, digest.sha1, digest.head_sha1, digest.size, digest.chunks)
+                for key, digest in entries
+            ],
             now_ns=now_ns,
         )
 
     def store_raw(
         self,
-        entries: Iterable[tuple[int, int, int, int, str, str, int]],
+        entries: Iterable[tuple[int, int, int, int, str, str, int, bytes | None]],
         *,
         now_ns: int | None = None,
     ) -> int:
         """``store_many`` with plain tuples ``(dev, ino, size, mtime_ns, sha1,
-        head_sha1, bytes hashed)``, for hot loops."""
+        head_sha1, bytes hashed, digest list)``, for hot loops."""
         limit = (time.time_ns() if now_ns is None else now_ns) - self.racy_window_ns
         rows = [
-            (_i64(dev), _i64(ino), size, mtime, bytes.fromhex(sha1), bytes.fromhex(head))
-            for dev, ino, size, mtime, sha1, head, hashed in entries
+            (_i64(dev), _i64(ino), size, mtime, bytes.fromhex(sha1), bytes.fromhex(head), chunks)
+            for dev, ino, size, mtime, sha1, head, hashed, chunks in entries
             if mtime <= limit and hashed == size
         ]
         if rows:
             with self._transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO file_sha1 VALUES (?, ?, ?, ?, ?, ?)", rows)
+                db.executemany(
+                    "INSERT OR REPLACE INTO file_sha1 VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
         return len(rows)
 
     @contextlib.contextmanager

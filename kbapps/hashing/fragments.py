@@ -12,10 +12,11 @@ makes a damaged file read as absent, and a lost one costs a re-hash of that tree
 worst, never a wrong digest; so no fsync. A file is written beside its final name and
 renamed over it (``FragmentWriter``), a directory at a time as they are made.
 
-The format (version 5): the magic, the CRC-32 of everything after the head, the size
-of the index, then every directory's three parts in index order, then the index, a
-marshal dump of ``(scope, [(relpath, (len keys, len fragment, len digests))])``, last,
-so that the parts can be written as they are made.
+The format (version 6, which added each file's chunk root to the digests part): the
+magic, the CRC-32 of everything after the head, the size of the index, then every
+directory's three parts in index order, then the index, a marshal dump of ``(scope,
+[(relpath, (len keys, len fragment, len digests))])``, last, so that the parts can be
+written as they are made.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ Fragments = dict[str, tuple[Buffer, Buffer, Buffer]]
 #: Directory, beside the hash cache's database, of the per-tree fragment files.
 FRAGMENT_DIR = "prvdir-fragments"
 #: First bytes of a fragment file (older formats read as absent: one re-hash).
-_MAGIC = b"kbucket-fragments-5\n"
+_MAGIC = b"kbucket-fragments-6\n"
 #: The head: the magic, the CRC-32 of everything after the head, the index's size.
 _HEAD = struct.Struct(f"!{len(_MAGIC)}sII")
 

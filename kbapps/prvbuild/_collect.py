@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kbapps.hashing import FileKey, HashCache, hash_files, is_database_error
+from kbapps.hashing import FileKey, HashCache, chunks_root, hash_files, is_database_error
 from kbapps.prvbuild._common import (
     CountCallback,
     Key,
     ProgressCallback,
     PrvBuildError,
+    Stored,
     Warn,
     rel,
     show,
@@ -89,7 +90,7 @@ class Collected:
             self.cached(hits)
 
 
-def wants_lookups(cache: HashCache | None, table: dict[Key, tuple[str, str]]) -> bool:
+def wants_lookups(cache: HashCache | None, table: dict[Key, Stored]) -> bool:
     """Whether workers should take each file's key and look it up before reading it:
     only if some digest could answer (``table`` or the database holds any)."""
     if table:
@@ -138,7 +139,11 @@ def finish_raw(
             if digest is None:
                 shown = rel(collected.relpaths[jobs.dirs[job]], jobs.names[job])
                 raise PrvBuildError(f"cannot read {show(shown)}: {result.error}")
-            digests[job] = (digest.sha1, digest.head_sha1, digest.size, *result.key)
+            if digest.chunks is None:  # (a hash_files result always has its list)
+                raise PrvBuildError(f"no chunk digests for {jobs.names[job]}")
+            digests[job] = (
+                digest.sha1, digest.head_sha1, digest.size, *result.key, chunks_root(digest.chunks)
+            )  # fmt: skip
     finally:
         results.close()
     if hits:

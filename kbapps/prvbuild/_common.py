@@ -19,6 +19,11 @@ MAX_DEPTH = 256
 #: ``kbproto.prv.PRV_VERSION`` and ``FCS_PREFIX``.
 PRV_VERSION = "0.11"
 FCS_PREFIX = "head1000-"
+#: ``kbproto.chunks.CHUNK_ALGORITHM`` and ``CHUNK_SIZE``: the ``chunks`` field written.
+CHUNK_ALGORITHM = "sha256"
+CHUNK_SIZE = 1 << 20
+#: Hex digits a fragment keeps per file: its SHA-1, its head's SHA-1, its chunk root.
+DIGESTS_HEX = 40 + 40 + 64
 
 #: Called with one line per warning (a skipped entry, a cache problem).
 Warn = Callable[[str], None]
@@ -28,6 +33,8 @@ ProgressCallback = Callable[[int, int], None]
 CountCallback = Callable[[int], None]
 #: A file's identity in the hash cache: (st_dev, st_ino, st_size, st_mtime_ns).
 Key = tuple[int, int, int, int]
+#: A file's stored digests: (sha1, head_sha1, root of its chunk digests), hex.
+Stored = tuple[str, str, str]
 
 
 class PrvBuildError(Exception):

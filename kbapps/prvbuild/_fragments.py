@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from kbapps.hashing import PARALLEL_MIN_FILES, ForkedTask, HashCache
-from kbapps.prvbuild._common import Key, Warn
+from kbapps.prvbuild._common import Key, Stored, Warn
 from kbapps.prvbuild._scan import BY_NAME
 from kbapps.prvbuild._text import KEY_PART, key_bytes, stored_digests
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 def enclosing_digests(
     cache: HashCache, directory: str, *, whole: bool, itself: bool
-) -> dict[Key, tuple[str, str]]:
+) -> dict[Key, Stored]:
     """Return the stored digests (by key) of the files of ``directory`` (a real
     path) and, if ``whole``, of everything below it, from the nearest tree holding
     it (``directory`` itself too if ``itself``) that has a fragment file; empty if

@@ -8,7 +8,7 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
-from kbapps.hashing import FileKey, HashResult, hash_files, hash_records
+from kbapps.hashing import FileKey, HashResult, chunks_root, hash_files, hash_records
 from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, PrvBuildError, show
 from kbapps.prvbuild._fragments import enclosing_digests
 
@@ -36,6 +36,7 @@ def build_prvdir(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) -> Prv
     Raises:
         PrvBuildError: if a file cannot be read (the message names it).
     """
+    from kbproto.chunks import ChunkSpec
     from kbproto.prv import Prv, PrvDir
 
     files_of: list[dict[str, Prv]] = [{} for _ in scan.dirs]
@@ -53,16 +54,20 @@ def build_prvdir(scan: TreeScan, options: BuildOptions = DEFAULT_OPTIONS) -> Prv
     try:
         for batch in batches:
             count_cached(sum([1 for record in batch if record[5]]))
-            for index, sha1, head, size, key, _, error in batch:
+            for index, sha1, head, size, key, _, error, chunks in batch:
                 entry = scanned[index]
                 base = dirs[entry.dir_index].relpath
                 relpath = f"{base}/{entry.name}" if base else entry.name
-                if sha1 is None or head is None:
+                if sha1 is None or head is None or chunks is None:
                     raise PrvBuildError(f"cannot read {show(relpath)}: {error}")
                 if exclude and (key[0], key[1]) in exclude:
                     continue
                 files_of[entry.dir_index][entry.name] = Prv(
-                    sha1=sha1, size=size, head_sha1=head, path=relpath
+                    sha1=sha1,
+                    size=size,
+                    head_sha1=head,
+                    path=relpath,
+                    chunks=ChunkSpec(root=chunks_root(chunks)),
                 )
     finally:
         batches.close()
@@ -101,7 +106,7 @@ def build_prv(path: str, options: BuildOptions = DEFAULT_OPTIONS) -> Prv:
             if on_progress is not None:
                 on_progress(1, st.st_size)
             options.cached()(1)
-            return _new_prv(hit[0], st.st_size, hit[1], name, path)
+            return _new_prv(hit[0], st.st_size, hit[1], hit[2], name, path)
     results = hash_files(
         [(path, key)],
         cache=cache,
@@ -117,16 +122,25 @@ def build_prv(path: str, options: BuildOptions = DEFAULT_OPTIONS) -> Prv:
     if result.cached:
         options.cached()(1)
     digest = result.digest
-    assert digest is not None
-    return _new_prv(digest.sha1, digest.size, digest.head_sha1, name, path)
+    assert digest is not None  # (as _check_result says)
+    assert digest.chunks is not None  # (every hash_files result has its list)
+    root = chunks_root(digest.chunks)
+    return _new_prv(digest.sha1, digest.size, digest.head_sha1, root, name, path)
 
 
-def _new_prv(sha1: str, size: int, head: str, name: str, path: str) -> Prv:
+def _new_prv(sha1: str, size: int, head: str, root: str, name: str, path: str) -> Prv:
+    from kbproto.chunks import ChunkSpec
     from kbproto.errors import LocalProtocolError
     from kbproto.ids import Sha1
     from kbproto.prv import Prv
 
     try:
-        return Prv(sha1=Sha1(sha1), size=size, head_sha1=Sha1(head), path=name)
+        return Prv(
+            sha1=Sha1(sha1),
+            size=size,
+            head_sha1=Sha1(head),
+            path=name,
+            chunks=ChunkSpec(root=root),
+        )
     except LocalProtocolError:
         raise PrvBuildError(f"{show(path)}: the file name is not valid UTF-8 text") from None

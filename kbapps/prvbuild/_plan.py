@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kbapps.hashing import PARALLEL_MIN_FILES, FileKey, ForkedTask
 from kbapps.prvbuild import _fragments
-from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, PrvBuildError, Warn
+from kbapps.prvbuild._common import (
+    DEFAULT_OPTIONS,
+    DIGESTS_HEX,
+    BuildOptions,
+    PrvBuildError,
+    Warn,
+)
 from kbapps.prvbuild._scan import (
     BY_NAME,
     ScannedDir,
@@ -100,8 +106,8 @@ def plan_known(root: str, options: BuildOptions, known: Fragments) -> TreePlan:
     """``plan_prvdir`` with the tree's stored fragments already loaded."""
     warn = options.warn()
     nworkers = options.nworkers()
-    # 80 hex digits of digests per stored file.
-    stored_files = sum([len(entry[2]) for entry in known.values()]) // 80
+    # DIGESTS_HEX hex digits of digests per stored file.
+    stored_files = sum([len(entry[2]) for entry in known.values()]) // DIGESTS_HEX
     if stored_files < PARALLEL_MIN_FILES or nworkers < 2:
         return plan_from_scan(scan_directory(root, on_warning=warn), known, options)
     root_real, stack = start_walk(root)

@@ -8,8 +8,9 @@ written directly (``files_fragment``, ``segment_texts``: byte-identical to
 joined around them (``assemble``).
 
 Beside its text, a directory's fragment holds its key text (every file's name, dev,
-ino, size and mtime_ns: ``KEY_PART``) and its files' digests (sha1 then head_sha1,
-80 hex digits per file); ``stored_digests`` reads them back as a table by key.
+ino, size and mtime_ns: ``KEY_PART``) and its files' digests (sha1, head_sha1 and the
+root of its chunk digests: ``DIGESTS_HEX`` hex digits per file); ``stored_digests``
+reads them back as a table by key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kbapps.prvbuild._common import FCS_PREFIX, PRV_VERSION, Key
+from kbapps.prvbuild._common import (
+    CHUNK_ALGORITHM,
+    CHUNK_SIZE,
+    DIGESTS_HEX,
+    FCS_PREFIX,
+    PRV_VERSION,
+    Key,
+    Stored,
+)
 
 if TYPE_CHECKING:
     from kbapps.hashing import Buffer, Fragments
@@ -32,9 +41,12 @@ except ImportError:  # pragma: no cover - not CPython
 
 
 _VERSION_TEXT = encode_basestring(PRV_VERSION)
+_ALGORITHM_TEXT = encode_basestring(CHUNK_ALGORITHM)
 
 
-def files_fragment(depth: int, relbase: str, entries: Sequence[tuple[str, str, str, int]]) -> str:
+def files_fragment(
+    depth: int, relbase: str, entries: Sequence[tuple[str, str, str, int, str]]
+) -> str:
     """Return the entries of one directory's ``"files"`` object as ``serialize_prvdir``
     writes them (without the braces around them), for a directory ``depth`` levels
     below the root whose relative path is ``relbase``.
@@ -42,26 +54,31 @@ def files_fragment(depth: int, relbase: str, entries: Sequence[tuple[str, str, s
     Args:
         depth: 0 for the root.
         relbase: the directory's ``/``-separated path relative to the root ("" for it).
-        entries: ``(name, sha1, head_sha1, size)``, sorted by name.
+        entries: ``(name, sha1, head_sha1, size, chunk root)``, sorted by name.
     """
     template, prefix = _entry_template(depth, relbase)
     return ",\n".join(
         [
-            template % (encode_basestring(name), sha1, size, head, encode_basestring(prefix + name))
-            for name, sha1, head, size in entries
+            template
+            % (encode_basestring(name), sha1, size, head, encode_basestring(prefix + name), root)
+            for name, sha1, head, size, root in entries
         ]
     )
 
 
 def _entry_template(depth: int, relbase: str) -> tuple[str, str]:
     # The fixed parts of every entry of one directory, formatted once per directory:
-    # (template taking name, sha1, size, head, original_path; prefix of the paths).
+    # (template taking name, sha1, size, head, original_path, chunk root; prefix of
+    # the paths). The chunks member is kbproto.prv's, as json.dumps(indent=4) nests it.
     i2 = " " * (8 * depth + 8)
     inner = i2 + "    "
+    deeper = inner + "    "
     template = (
         f'{i2}%s: {{\n{inner}"original_checksum": "%s",\n{inner}"original_size": %d,\n'
         f'{inner}"original_fcs": "{FCS_PREFIX}%s",\n{inner}"original_path": %s,\n'
-        f'{inner}"prv_version": {_VERSION_TEXT}\n{i2}}}'
+        f'{inner}"prv_version": {_VERSION_TEXT},\n'
+        f'{inner}"chunks": {{\n{deeper}"algorithm": {_ALGORITHM_TEXT},\n'
+        f'{deeper}"size": {CHUNK_SIZE},\n{deeper}"root": "%s"\n{inner}}}\n{i2}}}'
     )
     return template, (f"{relbase}/" if relbase else "")
 
@@ -78,10 +95,11 @@ def key_bytes(text: str) -> bytes:
 
 def stored_digests(
     known: Fragments,
-) -> dict[Key, tuple[str, str]]:
-    """Return ``key -> (sha1, head_sha1)`` for every file of a tree's stored fragments
-    (from each directory's key text and digests; see ``segment_texts``)."""
-    table: dict[Key, tuple[str, str]] = {}
+) -> dict[Key, Stored]:
+    """Return ``key -> (sha1, head_sha1, chunk root)`` for every file of a tree's
+    stored fragments (from each directory's key text and digests; see
+    ``segment_texts``)."""
+    table: dict[Key, Stored] = {}
     for stored in known.values():
         try:
             keys_text, _, digests = stored
@@ -93,9 +111,9 @@ def stored_digests(
             numbers = parts[2 * position + 1].split(" ")
             if len(numbers) != 4:
                 break
-            at = 80 * position
+            at = DIGESTS_HEX * position
             key = (int(numbers[0]), int(numbers[1]), int(numbers[2]), int(numbers[3]))
-            table[key] = (hexes[at : at + 40], hexes[at + 40 : at + 80])
+            table[key] = (hexes[at : at + 40], hexes[at + 40 : at + 80], hexes[at + 80 : at + 144])
     return table
 
 
@@ -110,7 +128,7 @@ def quiet_only(keys_text: bytes, digests: bytes, limit: int) -> tuple[bytes, byt
         numbers = parts[2 * position + 1]
         if int(numbers.rsplit(" ", 1)[1]) <= limit:
             kept_keys.append(f"{parts[2 * position]}\0{numbers}\0")
-            kept_digests.append(hexes[80 * position : 80 * position + 80])
+            kept_digests.append(hexes[DIGESTS_HEX * position : DIGESTS_HEX * (position + 1)])
     return key_bytes("".join(kept_keys)), "".join(kept_digests).encode("ascii")
 
 
@@ -145,19 +163,20 @@ def _first_job(part: tuple[Any, ...]) -> int:
 def segment_texts(
     records: Sequence[tuple[Any, ...]], depth: int, relbase: str
 ) -> tuple[bytes, bytes, bytes, int]:
-    """Return the ``.prvdir`` entries text, the key text, the digests text (sha1 then
-    head_sha1, 80 hex digits per file) and the newest mtime of records ``(job, name,
-    sha1, head, size, dev, ino, key size, mtime_ns)`` of one directory, in name
-    order."""
+    """Return the ``.prvdir`` entries text, the key text, the digests text (sha1,
+    head_sha1 and chunk root, ``DIGESTS_HEX`` hex digits per file) and the newest mtime
+    of records ``(job, name, sha1, head, size, dev, ino, key size, mtime_ns, chunk
+    root)`` of one directory, in name order."""
     template, prefix = _entry_template(depth, relbase)
     text = ",\n".join(
         [
-            template % (encode_basestring(r[1]), r[2], r[4], r[3], encode_basestring(prefix + r[1]))
+            template
+            % (encode_basestring(r[1]), r[2], r[4], r[3], encode_basestring(prefix + r[1]), r[9])
             for r in records
         ]
     )
     keys_text = "".join([KEY_PART % (r[1], r[5], r[6], r[7], r[8]) for r in records])
-    digests = "".join([r[2] + r[3] for r in records])
+    digests = "".join([r[2] + r[3] + r[9] for r in records])
     newest = max([r[8] for r in records], default=0)
     return text.encode("utf-8"), key_bytes(keys_text), digests.encode("ascii"), newest
 

@@ -26,11 +26,12 @@ from kbapps.hashing import (
     RACY_WINDOW_NS,
     FileHasher,
     HashCache,
+    chunks_root,
     error_text,
     is_database_error,
 )
 from kbapps.hashing import digest as digest_module
-from kbapps.prvbuild._common import Key
+from kbapps.prvbuild._common import Key, Stored
 from kbapps.prvbuild._text import segment_texts
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ Segment = tuple[int, int, int, str, list[str], list[str], list["Key | None"]]
 Report = tuple[Any, ...]
 #: What a worker process builds its ``TreeWorker`` from (``tree_worker``): files to
 #: leave out, the stored digests by key, whether to look keys up, the cache's path.
-Context = tuple[frozenset[tuple[int, int]], dict[Key, tuple[str, str]], bool, "str | None"]
+Context = tuple[frozenset[tuple[int, int]], dict[Key, Stored], bool, "str | None"]
 
 
 class Jobs(NamedTuple):
@@ -94,7 +95,7 @@ class TreeWorker:
         self,
         exclude: frozenset[tuple[int, int]],
         cache: HashCache | None,
-        table: dict[Key, tuple[str, str]],
+        table: dict[Key, Stored],
         lookups: bool,
     ) -> None:
         self.exclude = exclude
@@ -116,7 +117,7 @@ class TreeWorker:
 
     def _lookup(
         self, paths: Sequence[str], given: Sequence[Key | None], out: list[Report]
-    ) -> tuple[list[Key | None], dict[Key, tuple[str, str]]]:
+    ) -> tuple[list[Key | None], dict[Key, Stored]]:
         # Keys (a stat per file the parent did not stat) and their known digests.
         keys: list[Key | None] = []
         for path, key in zip(paths, given, strict=True):
@@ -132,8 +133,12 @@ class TreeWorker:
         found = {key: table[key] for key in keys if key is not None and key in table}
         if self.cache is not None and len(found) < len(keys):
             try:
+                rows = self.cache.lookup_raw([k for k in keys if k is not None and k not in found])
                 found.update(
-                    self.cache.lookup_raw([k for k in keys if k is not None and k not in found])
+                    {
+                        key: (sha1, head, chunks_root(chunks))
+                        for key, (sha1, head, chunks) in rows.items()
+                    }
                 )
             except Exception as exc:
                 if not is_database_error(exc):
@@ -154,7 +159,7 @@ class TreeWorker:
         # way (``FileHasher.hash_fd``).
         _, _, _, _, paths, names, given = segment
         keys: Sequence[Key | None] = ()
-        found: dict[Key, tuple[str, str]] = {}
+        found: dict[Key, Stored] = {}
         if self.lookups:
             keys, found = self._lookup(paths, given, out)
         open_ = digest_module.open_for_hashing  # looked up here: tests replace it
@@ -178,7 +183,7 @@ class TreeWorker:
         segment: Segment,
         out: list[Report],
         keys: Sequence[Key | None],
-        found: dict[Key, tuple[str, str]],
+        found: dict[Key, Stored],
         dir_fd: int,
         open_: Callable[[str], int],
     ) -> None:
@@ -188,13 +193,14 @@ class TreeWorker:
         full = len(hasher.buffer)
         buffers = (hasher.buffer,)
         digest_read, hash_fd = hasher.digest_read, hasher.hash_fd
+        root_of = hasher.chunks_root
         quiet = time.time_ns() - _QUIET_NS
         os_open, flags = os.open, digest_module.OPEN_FLAGS
         exclude = self.exclude
         fstat, readv, close = os.fstat, os.readv, os.close
         is_reg = stat.S_ISREG
-        # (job, name, sha1, head, size, dev, ino, key size, mtime_ns); sha1 None for
-        # a big file left to the parent.
+        # (job, name, sha1, head, size, dev, ino, key size, mtime_ns, chunk root); sha1
+        # None for a big file left to the parent.
         records: list[tuple[Any, ...]] = []
         append = records.append
         big = False
@@ -207,7 +213,7 @@ class TreeWorker:
                 if key is not None and (hit := found.get(key)) is not None:
                     dev, ino, ksize, mtime = key
                     if not (exclude and (dev, ino) in exclude):
-                        append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime))
+                        append((job, name, hit[0], hit[1], ksize, dev, ino, ksize, mtime, hit[2]))
                         hits += 1
                     continue
             try:
@@ -228,23 +234,25 @@ class TreeWorker:
                 size = st.st_size
                 mtime = st.st_mtime_ns
                 if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
-                    whole, head = digest_read(n)
-                    append((job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime))
+                    whole, head, chunks = digest_read(n)
+                    append(
+                        (job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime, root_of(chunks))
+                    )
                     continue
                 if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
                     # Left to the parent: threads, and progress while it streams.
                     big = True
-                    append((job, name, None, None, 0, st.st_dev, st.st_ino, size, mtime))
+                    append((job, name, None, None, 0, st.st_dev, st.st_ino, size, mtime, None))
                     continue
                 if is_reg(st.st_mode):
                     os.lseek(fd, 0, os.SEEK_SET)
-                whole, head, total, dev, ino, ksize, mtime = hash_fd(fd)
+                whole, head, total, dev, ino, ksize, mtime, chunks = hash_fd(fd)
             except OSError as exc:
                 out.append(("e", dir_index, name, error_text(exc)))
                 return
             finally:
                 close(fd)
-            append((job, name, whole, head, total, dev, ino, ksize, mtime))
+            append((job, name, whole, head, total, dev, ino, ksize, mtime, root_of(chunks)))
         nbytes = sum([r[4] for r in records])
         if big:
             out.append(("r", dir_index, first, records, len(paths), nbytes, hits))

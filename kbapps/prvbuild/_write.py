@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from kbapps.hashing import RACY_WINDOW_NS, HashCache, PoolRun, ProcessPool
 from kbapps.prvbuild._collect import Collected, finish_raw, wants_lookups
-from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, Key
+from kbapps.prvbuild._common import DEFAULT_OPTIONS, BuildOptions, Key, Stored
 from kbapps.prvbuild._emit import Emitter, Writer
 from kbapps.prvbuild._fragments import enclosing_digests, store_fragments
 from kbapps.prvbuild._plan import TreePlan, plan_from_scan, plan_known
@@ -39,7 +39,7 @@ def _hashing_run(
     collected: Collected,
     exclude: frozenset[tuple[int, int]],
     cache: HashCache | None,
-    table: dict[Key, tuple[str, str]],
+    table: dict[Key, Stored],
 ) -> PoolRun:
     # The job of hashing a tree's chunks on ``pool``, reported to ``collected``. Worker
     # processes open their own connection to the cache, only if lookups may answer.

@@ -11,7 +11,11 @@ node runtime routes them through the tree before they get here):
   it (``original_path`` = the file name); 404 if the file is not indexed or changed;
 * ``GET, HEAD /ID/sha1/SHA1``: this share's own copy of content ``SHA1`` (Range,
   ETag), which the runtime's ``/sha1/SHA1`` should use for local content (also
-  ``ShareApp.content_response``).
+  ``ShareApp.content_response``);
+* ``GET, HEAD /ID/sha1/SHA1/chunks``: the digest list of content ``SHA1`` as computed
+  while indexing (``kbproto.chunks``; ``application/octet-stream``), 404 while the
+  share has none (not indexed yet); the runtime's ``/sha1/SHA1/chunks`` uses it. The
+  list is not to be trusted by anyone: a reader checks it against its ``.prv``'s root.
 
 ``.prv`` stand-ins (``kbapps.share.standins``) are listed by readdir like files;
 ``/ID/prv/X`` answers a stand-in's pointer, and ``/ID/download/X`` (GET, HEAD, Range)
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+
+import anyio.to_thread
 
 from kbapps.nodeapp import NodeApp
 from kbapps.share.index import FileIndex, IndexEntry, stamp_of
@@ -86,6 +92,7 @@ class ShareApp:
         )
         self.router.add(("GET",), "/{node_id}/prv/{path*}", self._prv)
         self.router.add(("GET", "HEAD"), "/{node_id}/sha1/{sha1}", self._sha1)
+        self.router.add(("GET", "HEAD"), "/{node_id}/sha1/{sha1}/chunks", self._chunks)
 
     def _current(self, relpath: str, st: os.stat_result) -> IndexEntry | None:
         """``index.current``, and ``on_stale`` when the file changed since hashed (not
@@ -165,6 +172,34 @@ class ShareApp:
         if match.params["node_id"] != self.node_id:
             return error_response(404, "Unknown node id")
         return await self.content_response(request, match.params["sha1"])
+
+    async def _chunks(self, request: Request, match: Match) -> Response:
+        if match.params["node_id"] != self.node_id:
+            return error_response(404, "Unknown node id")
+        return await self.chunks_response(match.params["sha1"])
+
+    async def chunks_response(self, sha1: str) -> Response:
+        """The digest list of this share's content ``sha1`` (GET or HEAD).
+
+        Returns:
+            200 ``application/octet-stream`` with the list (32 bytes per 1 MiB
+            chunk; empty for empty content); 400 for a malformed SHA-1; 404 if this
+            share has no list for it (not held, or not indexed yet).
+        """
+        sha1 = sha1.lower()
+        if not is_sha1(sha1):
+            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
+        if not self.index.paths_for(sha1):
+            return error_response(404, "Content not found on this share")
+        # The list is read from the index's database (up to 32 KiB per GiB).
+        digests = await anyio.to_thread.run_sync(self.index.chunk_list, sha1)
+        if digests is None:
+            return error_response(404, "No chunk digests for this content yet")
+        return Response(
+            status=200,
+            headers=(("Content-Type", "application/octet-stream"),),
+            body=digests,
+        )
 
     async def content_response(self, request: Request, sha1: str) -> Response:
         """Serve this share's own copy of ``sha1`` (GET or HEAD, with Range and ETag).

@@ -23,8 +23,15 @@ with the identity of the version that was hashed:
 Storage: one SQLite table in ``DIR/.kbucket/index.sqlite`` (WAL, one transaction per
 batch of changes), mirrored in memory (two dicts) and loaded whole at start: 100,000
 files load in ~0.2 s and take ~30 MB, and every lookup is a dict access, so the HTTP
-routes never wait on the database. A database that cannot be read is deleted and
-rebuilt with one warning; if even that fails, the index lives in memory only.
+routes never wait on the database. Each entry also keeps the root of its chunk
+digests (``kbproto.chunks``); the digest lists themselves (32 KiB per GiB) stay in a
+second table, by content SHA-1, and are read from it for ``/ID/sha1/SHA1/chunks``
+only (``chunk_list``), off the event loop. Lists of content no file holds any more
+are dropped when the index is next opened (a file renamed between two walks keeps
+its digests and its list). An entry of an index written before chunk digests has
+no root (``chunks_root`` None): the indexer hashes that file once more. A database that
+cannot be read is deleted and rebuilt with one warning; if even that fails, the index
+lives in memory only.
 
 Threads: one writer at a time (the indexer's worker thread calls ``apply``) and any
 number of readers on any thread; the in-memory dicts are guarded by a lock held only
@@ -37,11 +44,12 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from kbapps.hashing import RACY_WINDOW_NS
+from kbproto.chunks import ChunkSpec
 from kbproto.ids import Sha1
 from kbproto.prv import Prv
 
@@ -57,7 +65,8 @@ __all__ = (
 INDEX_FILENAME = "index.sqlite"
 #: Shown in warnings instead of the absolute path (SPEC §6: no log line holds one).
 _SHOWN_NAME = f".kbucket/{INDEX_FILENAME}"
-_SCHEMA_VERSION = 1
+#: 2 added each entry's ``chunks_root`` and the ``chunk_lists`` table.
+_SCHEMA_VERSION = 2
 #: Rows per ``executemany`` call inside one transaction: bounds the list built per call.
 _WRITE_CHUNK = 10_000
 
@@ -95,6 +104,8 @@ class IndexEntry(NamedTuple):
         sha1: SHA-1 of the whole file.
         head_sha1: SHA-1 of its first 1000 bytes (``original_fcs``).
         hashed_ns: wall-clock time (ns) just before the hash started.
+        chunks_root: the root of its chunk digests (64 hex digits), or None for an
+            entry recorded before they existed (then hashed once more).
     """
 
     path: str
@@ -106,6 +117,7 @@ class IndexEntry(NamedTuple):
     sha1: Sha1
     head_sha1: Sha1
     hashed_ns: int
+    chunks_root: str | None = None
 
     @property
     def stamp(self) -> FileStamp:
@@ -118,12 +130,14 @@ class IndexEntry(NamedTuple):
         return self.hashed_ns - window_ns < newest <= self.hashed_ns + window_ns
 
     def prv(self) -> Prv:
-        """The SPEC §2.1 ``.prv`` of this file; ``original_path`` is its name only."""
+        """The SPEC §2.1 ``.prv`` of this file, with its ``chunks`` field when known;
+        ``original_path`` is its name only."""
         return Prv(
             sha1=self.sha1,
             size=self.size,
             head_sha1=self.head_sha1,
             path=self.path.rsplit("/", 1)[-1],
+            chunks=None if self.chunks_root is None else ChunkSpec(root=self.chunks_root),
         )
 
 
@@ -151,6 +165,7 @@ def _row(entry: IndexEntry) -> tuple[object, ...]:
         bytes.fromhex(entry.sha1),
         bytes.fromhex(entry.head_sha1),
         entry.hashed_ns,
+        None if entry.chunks_root is None else bytes.fromhex(entry.chunks_root),
     )
 
 
@@ -164,11 +179,15 @@ _BAD_ROWS = (
     " OR typeof(ctime_ns) != 'integer' OR typeof(hashed_ns) != 'integer'"
     " OR typeof(sha1) != 'blob' OR length(sha1) != 20"
     " OR typeof(head_sha1) != 'blob' OR length(head_sha1) != 20"
+    " OR (chunks_root IS NOT NULL AND (typeof(chunks_root) != 'blob'"
+    " OR length(chunks_root) != 32))"
 )
 _LOAD = (
     "SELECT path, dev, ino, size, mtime_ns, ctime_ns, lower(hex(sha1)),"
-    " lower(hex(head_sha1)), hashed_ns FROM files"
+    " lower(hex(head_sha1)), hashed_ns, lower(hex(chunks_root)) FROM files"
 )
+#: Digest lists of content no indexed file holds (dropped when the index is opened).
+_DROP_ORPHAN_LISTS = "DELETE FROM chunk_lists WHERE sha1 NOT IN (SELECT sha1 FROM files)"
 
 
 def _load(db: sqlite3.Connection) -> list[IndexEntry]:
@@ -181,6 +200,8 @@ def _load(db: sqlite3.Connection) -> list[IndexEntry]:
     for row in db.execute(_LOAD):
         if row[1] < 0 or row[2] < 0:
             row = (row[0], _u64(row[1]), _u64(row[2]), *row[3:])
+        if not row[9]:  # hex(NULL) is "": an entry from before chunk digests
+            row = (*row[:9], None)
         append(new(IndexEntry, row))
     return entries
 
@@ -210,6 +231,8 @@ class FileIndex:
         self._by_path: dict[str, IndexEntry] = {}
         # sha1 -> paths holding it, as an insertion-ordered set (dict of None).
         self._by_sha1: dict[str, dict[str, None]] = {}
+        # Digest lists by SHA-1 while the index lives in memory only (no database).
+        self._mem_lists: dict[str, bytes] = {}
         self._db: sqlite3.Connection | None = None
         self.db_path = Path(db_path) if db_path is not None else None
         if self.db_path is not None:
@@ -266,17 +289,27 @@ class FileIndex:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version != _SCHEMA_VERSION:
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("DROP TABLE IF EXISTS files")
+                if version == 1:
+                    # Keep the digests: each file is hashed once more, for its chunks.
+                    db.execute("ALTER TABLE files ADD COLUMN chunks_root BLOB")
+                else:
+                    db.execute("DROP TABLE IF EXISTS files")
+                    db.execute(
+                        "CREATE TABLE files (path TEXT PRIMARY KEY NOT NULL,"
+                        " dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,"
+                        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+                        " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL,"
+                        " hashed_ns INTEGER NOT NULL, chunks_root BLOB) WITHOUT ROWID"
+                    )
+                db.execute("DROP TABLE IF EXISTS chunk_lists")
                 db.execute(
-                    "CREATE TABLE files (path TEXT PRIMARY KEY NOT NULL,"
-                    " dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,"
-                    " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-                    " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL,"
-                    " hashed_ns INTEGER NOT NULL) WITHOUT ROWID"
+                    "CREATE TABLE chunk_lists (sha1 BLOB PRIMARY KEY NOT NULL,"
+                    " digests BLOB NOT NULL) WITHOUT ROWID"
                 )
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 db.execute("COMMIT")
             rows = _load(db)
+            db.execute(_DROP_ORPHAN_LISTS)
         except BaseException:
             db.close()
             raise
@@ -328,6 +361,26 @@ class FileIndex:
             return None
         return entry
 
+    def chunk_list(self, sha1: str) -> bytes | None:
+        """The digest list stored for content ``sha1`` (``kbproto.chunks``), or None.
+
+        Reads the database (a list is up to 32 KiB per GiB): call it off the event
+        loop. The list is as computed while indexing; a reader checks it against the
+        root of its own ``.prv`` (``kbproto.chunks.DigestList.check``).
+        """
+        if sha1 not in self._by_sha1:
+            return None
+        with self._db_lock:
+            if self._db is None:
+                return self._mem_lists.get(sha1)
+            try:
+                row = self._db.execute(
+                    "SELECT digests FROM chunk_lists WHERE sha1 = ?", (bytes.fromhex(sha1),)
+                ).fetchone()
+            except (sqlite3.Error, ValueError):
+                return None
+        return None if row is None else bytes(row[0])
+
     def prv_for(self, path: str) -> Prv | None:
         """The ``.prv`` of the file indexed at ``path`` (name only as ``original_path``).
 
@@ -338,20 +391,33 @@ class FileIndex:
 
     # --- writing (one thread at a time) -----------------------------------------------
 
-    def apply(self, puts: Iterable[IndexEntry] = (), removes: Iterable[str] = ()) -> None:
+    def apply(
+        self,
+        puts: Iterable[IndexEntry] = (),
+        removes: Iterable[str] = (),
+        lists: Mapping[str, bytes] | None = None,
+    ) -> None:
         """Record new or changed entries and forget paths, in one transaction.
+
+        Args:
+            puts: entries to record (replacing those at the same paths).
+            removes: paths to forget.
+            lists: digest lists of the content of ``puts``, by SHA-1.
 
         A database failure is reported once through ``on_warning``; the index then
         carries on in memory only.
         """
         put_list = list(puts)
         remove_list = [p for p in removes if p in self._by_path]
+        list_rows = dict(lists or {})
         if not put_list and not remove_list:
             return
         with self._db_lock:
-            if self._db is not None:
+            if self._db is None:
+                self._mem_lists.update(list_rows)
+            else:
                 try:
-                    self._write(self._db, put_list, remove_list)
+                    self._write(self._db, put_list, remove_list, list_rows)
                 except sqlite3.Error as exc:
                     self._warn(
                         f"share index {_SHOWN_NAME} cannot be written ({exc});"
@@ -360,6 +426,7 @@ class FileIndex:
                     with contextlib.suppress(sqlite3.Error):
                         self._db.close()
                     self._db = None
+                    self._mem_lists.update(list_rows)
         with self._mem_lock:
             for path in remove_list:
                 self._remove_mem(path)
@@ -367,7 +434,12 @@ class FileIndex:
                 self._put_mem(entry)
 
     @staticmethod
-    def _write(db: sqlite3.Connection, puts: list[IndexEntry], removes: list[str]) -> None:
+    def _write(
+        db: sqlite3.Connection,
+        puts: list[IndexEntry],
+        removes: list[str],
+        lists: dict[str, bytes],
+    ) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(removes), _WRITE_CHUNK):
@@ -377,9 +449,13 @@ class FileIndex:
                 )
             for start in range(0, len(puts), _WRITE_CHUNK):
                 db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_row(e) for e in puts[start : start + _WRITE_CHUNK]],
                 )
+            db.executemany(
+                "INSERT OR REPLACE INTO chunk_lists VALUES (?, ?)",
+                [(bytes.fromhex(sha1), digests) for sha1, digests in lists.items()],
+            )
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
@@ -404,3 +480,4 @@ class FileIndex:
             paths.pop(entry.path, None)
             if not paths:
                 del self._by_sha1[entry.sha1]
+                self._mem_lists.pop(entry.sha1, None)

@@ -60,7 +60,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from kbapps.hashing import FileKey, HashResult, ProcessPool, hash_files
+from kbapps.hashing import FileKey, HashResult, ProcessPool, chunks_root, hash_files
 from kbapps.share.index import FileIndex, FileStamp, IndexEntry, stamp_of
 from kbapps.share.paths import (
     MAX_PATH_BYTES,
@@ -510,6 +510,11 @@ class Indexer:
                 plan.removes.append(path)
             else:
                 unchanged.add(path)
+                if trusted and entry.chunks_root is None:
+                    # Indexed before chunk digests: hashed once more, for them; it
+                    # stays advertised meanwhile (its SHA-1 is still right).
+                    plan.hash_now.append((path, stamp))
+                    continue
                 if trusted:
                     continue
                 if now_ns >= newest + window:
@@ -628,6 +633,7 @@ class Indexer:
         puts: list[IndexEntry] = []
         removes: list[str] = []
         warnings: list[str] = []
+        lists: dict[str, bytes] = {}
         results = self._hasher(items, self._progress)
         try:
             for result in results:
@@ -635,8 +641,16 @@ class Indexer:
                     raise _Stopped
                 path, stamp = by_full[result.path]
                 digest = result.digest
-                if digest is not None and result.key == FileKey(*stamp[:4]):
-                    puts.append(IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns))
+                if (
+                    digest is not None
+                    and digest.chunks is not None
+                    and result.key == FileKey(*stamp[:4])
+                ):
+                    root = chunks_root(digest.chunks)
+                    puts.append(
+                        IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns, root)
+                    )
+                    lists[digest.sha1] = digest.chunks
                     self._failed.pop(path, None)
                     continue
                 if self.index.get(path) is not None:
@@ -660,7 +674,7 @@ class Indexer:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-        self.index.apply(puts, removes)
+        self.index.apply(puts, removes, lists)
         return puts, removes, warnings
 
     # --- reporting -------------------------------------------------------------------

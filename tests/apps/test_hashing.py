@@ -24,6 +24,7 @@ from kbapps.hashing import (
     hash_file,
     hash_files,
 )
+from kbproto.chunks import CHUNK_SIZE, chunk_digests, digest_list_root
 from kbproto.ids import Sha1
 
 HOUR_NS = 3600 * 10**9
@@ -54,6 +55,75 @@ def test_hash_file_matches_hashlib(tmp_path: Path, size: int) -> None:
     assert (digest.sha1, digest.head_sha1) == _expected(data)
     assert digest.size == size == key.size
     assert key == FileKey.from_stat(path.stat())
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 65536, MIB - 1, MIB, MIB + 1, 3 * MIB - 5, 4 * MIB, 5 * MIB + 7],
+)
+@pytest.mark.parametrize("read_cap", [None, 1000])
+def test_the_chunk_digests_come_from_the_same_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, read_cap: int | None
+) -> None:
+    """Every path of FileHasher (one read, several, the helper thread from 4 MiB on)
+    gives kbproto.chunks' digest list, also when reads come back short (read_cap)."""
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    if read_cap is not None:
+        real_readv = os.readv
+
+        def short_readv(fd: int, buffers: list[bytearray | memoryview]) -> int:
+            with memoryview(buffers[0]) as view:
+                return real_readv(fd, [view[:read_cap]])
+
+        monkeypatch.setattr(os, "readv", short_readv)
+    _, result = hash_file(path)
+    assert result.chunks == chunk_digests(data)
+    assert (result.sha1, result.head_sha1) == _expected(data)
+
+
+def test_the_copies_of_kbproto_constants_agree() -> None:
+    assert digest.CHUNK_BYTES == CHUNK_SIZE
+    assert digest.chunks_root(b"x" * 64) == digest_list_root(b"x" * 64)
+    assert digest.FileHasher().chunks_root(b"") == digest_list_root(b"")
+
+
+def test_an_entry_without_a_digest_list_is_a_miss_and_is_hashed_once(tmp_path: Path) -> None:
+    """A cache made before chunk digests (schema 3) keeps its rows, but each is
+    hashed once more, for its list, then found."""
+    db = tmp_path / "hashes.sqlite3"
+    path = tmp_path / "f"
+    key = _write(path, b"old content")
+    old = sqlite3.connect(db)
+    old.execute(
+        "CREATE TABLE file_sha1 (dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+        " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha1 BLOB NOT NULL,"
+        " head_sha1 BLOB NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID"
+    )
+    whole, head = _expected(b"old content")
+    old.execute(
+        "INSERT INTO file_sha1 VALUES (?, ?, ?, ?, ?, ?)",
+        (key.device, key.inode, key.size, key.mtime_ns, bytes.fromhex(whole), bytes.fromhex(head)),
+    )
+    old.execute("PRAGMA user_version=3")
+    old.commit()
+    old.close()
+    with HashCache(db) as cache:
+        assert cache.has_files()
+        assert cache.lookup(key) is None
+        (first,) = hash_files([(str(path), key)], cache=cache, workers=1)
+        assert not first.cached
+        assert first.digest == _digest(b"old content")
+        (second,) = hash_files([(str(path), key)], cache=cache, workers=1)
+        assert second.cached
+        assert second.digest == _digest(b"old content")
+        # One stored without a list (by an older writer) is a miss as well.
+        cache.store_many([(key, _digest(b"old content")._replace(chunks=None))], now_ns=2**62)
+        assert cache.lookup(key) is None
 
 
 def test_hash_file_reports_bytes_and_detects_a_change_while_reading(tmp_path: Path) -> None:
@@ -90,7 +160,7 @@ def test_hash_file_missing(tmp_path: Path) -> None:
 
 def _digest(data: bytes) -> FileDigest:
     whole, head = _expected(data)
-    return FileDigest(Sha1(whole), Sha1(head), len(data))
+    return FileDigest(Sha1(whole), Sha1(head), len(data), chunk_digests(data))
 
 
 def test_cache_round_trip_and_staleness(tmp_path: Path) -> None:

@@ -84,13 +84,21 @@ def test_installed_console_script_writes_the_spec_prv(tmp_path: Path, env: dict[
     assert prv["original_checksum"] == hashlib.sha1(data).hexdigest()
     assert prv["original_fcs"] == "head1000-" + hashlib.sha1(data[:1000]).hexdigest()
     assert prv["original_size"] == len(data)
+    # The original tool's five fields first, as it wrote them, then chunks (issue 13).
     assert list(prv) == [
         "original_checksum",
         "original_size",
         "original_fcs",
         "original_path",
         "prv_version",
+        "chunks",
     ]
+    digest_list = hashlib.sha256(data).digest()  # one chunk: 2,500 bytes
+    assert prv["chunks"] == {
+        "algorithm": "sha256",
+        "size": 1048576,
+        "root": hashlib.sha256(digest_list).hexdigest(),
+    }
 
 
 def test_prv_to_stdout_with_an_absolute_path_holds_only_the_name(

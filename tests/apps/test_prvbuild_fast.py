@@ -30,6 +30,7 @@ from kbapps.prvbuild import (
     files_fragment,
     scan_directory,
 )
+from kbproto.chunks import ChunkSpec
 from kbproto.ids import Sha1
 from kbproto.prv import Prv, PrvDir, serialize_prvdir
 
@@ -72,16 +73,23 @@ def test_files_fragment_matches_the_model_serializer(
     path = names[:depth] + ["x"] * max(0, depth - len(names))
     relbase = "/".join(path)
     prefix = f"{relbase}/" if relbase else ""
+    root = hashlib.sha256(repr(files).encode()).hexdigest()
     leaf = PrvDir(
         files={
-            name: Prv(sha1=Sha1(sha1), head_sha1=Sha1(head), size=size, path=prefix + name)
+            name: Prv(
+                sha1=Sha1(sha1),
+                head_sha1=Sha1(head),
+                size=size,
+                path=prefix + name,
+                chunks=ChunkSpec(root=root),
+            )
             for name, (sha1, head, size) in files.items()
         }
     )
     tree = leaf
     for name in reversed(path):
         tree = PrvDir(dirs={name: tree})
-    entries = sorted((name, sha1, head, size) for name, (sha1, head, size) in files.items())
+    entries = sorted((name, sha1, head, size, root) for name, (sha1, head, size) in files.items())
     fragment = files_fragment(depth, relbase, entries)
     text = serialize_prvdir(tree).decode()
     i1 = " " * (8 * depth + 4)
@@ -283,6 +291,10 @@ def test_constants_repeated_from_kbproto_prv_are_equal() -> None:
     assert _common.FCS_PREFIX == prv.FCS_PREFIX
     assert hashing.FCS_HEAD_BYTES == prv.FCS_HEAD_BYTES
     assert prv.PrvLimits().max_depth == _common.MAX_DEPTH
+    from kbproto import chunks
+
+    assert _common.CHUNK_ALGORITHM == chunks.CHUNK_ALGORITHM
+    assert _common.CHUNK_SIZE == chunks.CHUNK_SIZE
 
 
 def test_a_cached_directory_run_imports_no_model_database_or_openssl(scratch: Path) -> None:
@@ -409,7 +421,7 @@ def test_a_lazy_cache_creates_no_database_until_it_stores(scratch: Path) -> None
         assert not cache.has_files()
         assert cache.lookup_raw([(1, 2, 3, 4)]) == {}
         assert not path.exists()
-        assert cache.store_raw([(1, 2, 3, 4, "a" * 40, "b" * 40, 3)], now_ns=10**19) == 1
+        assert cache.store_raw([(1, 2, 3, 4, "a" * 40, "b" * 40, 3, b"")], now_ns=10**19) == 1
         assert path.is_file()
         assert cache.has_files()
     finally:

@@ -144,7 +144,7 @@ def test_malformed_row_is_rebuilt(tmp_path: Path) -> None:
     db = tmp_path / INDEX_FILENAME
     FileIndex(db).close()
     raw = sqlite3.connect(db)
-    raw.execute("INSERT INTO files VALUES ('a', 1, 2, 3, 4, 5, x'0102', x'0304', 6)")
+    raw.execute("INSERT INTO files VALUES ('a', 1, 2, 3, 4, 5, x'0102', x'0304', 6, NULL)")
     raw.commit()
     raw.close()
     warnings: list[str] = []
@@ -228,7 +228,8 @@ def test_bad_path_rows_are_rebuilt(tmp_path: Path, bad: str) -> None:
     FileIndex(db).close()
     raw = sqlite3.connect(db)
     raw.execute(
-        "INSERT INTO files VALUES (?, 1, 2, 3, 4, 5, ?, ?, 6)", (bad, b"\x00" * 20, b"\x00" * 20)
+        "INSERT INTO files VALUES (?, 1, 2, 3, 4, 5, ?, ?, 6, NULL)",
+        (bad, b"\x00" * 20, b"\x00" * 20),
     )
     raw.commit()
     raw.close()

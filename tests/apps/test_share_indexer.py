@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -17,6 +18,7 @@ import pytest
 from kbapps.hashing import FileKey, HashResult, ProcessPool, digest, hash_files
 from kbapps.share.index import INDEX_FILENAME, FileIndex
 from kbapps.share.indexer import Indexer, IndexerConfig, IndexerHooks, default_hasher, walk_share
+from kbproto.chunks import ChunkSpec, chunk_digests, digest_list_root
 
 MS = 1_000_000
 #: Short timings so changes show within a fraction of a second (the defaults are 2 s).
@@ -256,6 +258,64 @@ async def test_restart_does_not_rehash_unchanged_files(tmp_path: Path) -> None:
         set_call = run.sink.calls[0]
         assert set_call == ("set", str(len(files) - 1))
     assert third.names() == ["a.dat"]
+
+
+@pytest.mark.anyio
+async def test_chunk_digests_are_indexed_kept_and_not_recomputed(tmp_path: Path) -> None:
+    """The indexer stores each file's digest list with the index; a restart reads no
+    file and still has every list and root (issue 13, chunk digests)."""
+    root = tmp_path / "share"
+    root.mkdir()
+    files = make_share(root)
+    big = os.urandom((1 << 20) + 5)  # two chunks
+    (root / "two-chunks.bin").write_bytes(big)
+    files["two-chunks.bin"] = big
+    db = tmp_path / INDEX_FILENAME
+    async with running(root, hasher=CountingHasher(), db=db):
+        pass
+    again = CountingHasher()
+    async with running(root, hasher=again, db=db) as run:
+        for relpath, data in files.items():
+            recorded = run.index.get(relpath)
+            assert recorded is not None
+            digests = chunk_digests(data)
+            assert run.index.chunk_list(sha1_of(data)) == digests
+            assert recorded.chunks_root == digest_list_root(digests)
+            assert recorded.prv().chunks == ChunkSpec(root=digest_list_root(digests))
+    assert again.paths == []
+
+
+@pytest.mark.anyio
+async def test_an_index_from_before_chunk_digests_is_hashed_once_more(tmp_path: Path) -> None:
+    """Schema 1 (no chunk digests): its entries are kept and advertised, each file is
+    read once more for its list, then never again."""
+    root = tmp_path / "share"
+    root.mkdir()
+    files = make_share(root)
+    db = tmp_path / INDEX_FILENAME
+    async with running(root, hasher=CountingHasher(), db=db) as run:
+        advertised = dict(run.sink.files)
+    # Make it what the previous version wrote: no chunks_root column, no lists.
+    raw = sqlite3.connect(db)
+    raw.execute("DROP TABLE chunk_lists")
+    raw.execute("ALTER TABLE files DROP COLUMN chunks_root")
+    raw.execute("PRAGMA user_version=1")
+    raw.commit()
+    raw.close()
+    second = CountingHasher()
+    async with running(root, hasher=second, db=db) as run:
+        assert run.sink.calls[0] == ("set", str(len(files)))  # advertised at once
+        await eventually(
+            lambda: all(run.index.chunk_list(sha1_of(d)) is not None for d in files.values())
+        )
+        assert run.sink.files == advertised
+    assert second.names() == sorted(os.path.basename(p) for p in files)
+    third = CountingHasher()
+    async with running(root, hasher=third, db=db) as run:
+        assert run.index.chunk_list(sha1_of(files["sub/a.dat"])) == chunk_digests(
+            files["sub/a.dat"]
+        )
+    assert third.paths == []
 
 
 # --- changes while running -------------------------------------------------------------

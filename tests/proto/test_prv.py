@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kbproto.chunks import ChunkSpec
 from kbproto.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from kbproto.ids import Sha1
 from kbproto.prv import (
@@ -60,6 +62,12 @@ prvs = st.builds(
     head_sha1=hex40,
     path=text,
     version=st.sampled_from([PRV_VERSION, "0.1", "0.99-beta"]),
+    chunks=st.none()
+    | st.builds(
+        ChunkSpec,
+        root=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+        size=st.sampled_from([1 << 16, 1 << 20, 1 << 26]),
+    ),
 )
 prvdirs = st.recursive(
     st.builds(PrvDir, files=st.dictionaries(names, prvs, max_size=3)),
@@ -75,14 +83,30 @@ prvdirs = st.recursive(
 # --- exact bytes ---------------------------------------------------------------------
 
 
+def _root_of(path: Path) -> str:
+    # The chunks root computed here with hashlib alone (docs/formats.md).
+    data = path.read_bytes()
+    digests = b"".join(
+        hashlib.sha256(data[at : at + (1 << 20)]).digest() for at in range(0, len(data), 1 << 20)
+    )
+    return hashlib.sha256(digests).hexdigest()
+
+
 def test_serialize_prv_matches_hand_written_file() -> None:
-    prv = make_prv(sha1=SHA_A, size=2500, head_sha1=SHA_B, path="sample.dat")
+    prv = make_prv(
+        sha1=SHA_A,
+        size=2500,
+        head_sha1=SHA_B,
+        path="sample.dat",
+        chunks_root=_root_of(DATA / "sample.dat"),
+    )
     assert serialize_prv(prv) == (DATA / "sample.dat.prv").read_bytes()
 
 
 def test_serialize_prvdir_matches_hand_written_file() -> None:
     def p(sha: str, size: int, path: str, head: str | None = None) -> Prv:
-        return make_prv(sha1=sha, size=size, head_sha1=head or sha, path=path)
+        root = _root_of(DATA / "tree" / path)
+        return make_prv(sha1=sha, size=size, head_sha1=head or sha, path=path, chunks_root=root)
 
     tree = PrvDir(
         files={"a.txt": p("d046cd9b7ffb7661e449683313d41f6fc33e3130", 6, "a.txt")},

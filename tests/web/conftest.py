@@ -127,12 +127,21 @@ def _prv_object(path: Path, name: str) -> dict[str, Any]:
 
 
 def _prv_of(data: bytes, name: str) -> dict[str, Any]:
+    # The chunks root computed here with hashlib alone (docs/formats.md, "Chunk digests").
+    digests = b"".join(
+        hashlib.sha256(data[at : at + (1 << 20)]).digest() for at in range(0, len(data), 1 << 20)
+    )
     return {
         "original_checksum": hashlib.sha1(data).hexdigest(),
         "original_size": len(data),
         "original_fcs": "head1000-" + hashlib.sha1(data[:1000]).hexdigest(),
         "original_path": name,
         "prv_version": "0.11",
+        "chunks": {
+            "algorithm": "sha256",
+            "size": 1 << 20,
+            "root": hashlib.sha256(digests).hexdigest(),
+        },
     }
 
 
