@@ -110,3 +110,6 @@ def test_kbproto_names_load_on_first_use_and_match_their_exports() -> None:
     assert "kbproto._exports" not in leaf, leaf
     assert exported == public
     assert hub == "kbproto.hub"
+    import kbproto
+
+    assert set(kbproto.__all__) <= set(dir(kbproto))  # names listed before they load

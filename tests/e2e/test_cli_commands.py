@@ -5,6 +5,7 @@ one table of exit codes (``docs/commands.md``), and counts that agree with their
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -14,7 +15,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from kbapps.output import format_bytes
-from kbproto.prv import PrvDir, serialize_prv, serialize_prvdir
+from kbproto.chunks import chunk_digests, digest_list_root
+from kbproto.prv import PrvDir, make_prv, serialize_prv, serialize_prvdir
 from tests.e2e.procs import Procs, command, free_port, wait_for
 from tests.hostile.client_net import FakeSource, Served, fake_source, prv_of
 
@@ -159,7 +161,15 @@ def test_kb_prv_create_prints_one_summary_line_and_nothing_with_q(tmp_path: Path
     wrote = re.escape(f"Wrote {tmp_path / 'f0.prv'}: 1 file, 1.0 kB, ")
     assert re.fullmatch(rf"{wrote}{seconds} \(1 from the hash cache\)\n", one.stderr)
     to_stdout = _run(env, "kb-prv-create", tree / "f1.bin")
-    assert to_stdout.stdout == serialize_prv(prv_of(b"x" * 1001, "f1.bin")).decode()
+    data = b"x" * 1001
+    expected = make_prv(
+        sha1=hashlib.sha1(data).hexdigest(),
+        size=len(data),
+        head_sha1=hashlib.sha1(data[:1000]).hexdigest(),
+        path="f1.bin",
+        chunks_root=digest_list_root(chunk_digests(data)),
+    )
+    assert to_stdout.stdout == serialize_prv(expected).decode()
     assert to_stdout.stderr.startswith(f"Wrote the .prv of {tree / 'f1.bin'} to stdout: 1 file, ")
 
     for quiet in ("-q", "--quiet"):
