@@ -1,9 +1,9 @@
-"""Where the per-user caches live (SPEC §3.3).
+"""Where the per-user caches live (docs/commands.md, kb-prv-create).
 
 The hash cache of ``kb-prv-create`` and the download cache of ``kb-prv-download`` share
 one directory: ``$KBUCKET_CACHE_DIR`` if it is set, else the platform's user cache
 directory, ``$XDG_CACHE_HOME/kbucket`` or ``~/.cache/kbucket`` on Linux. A share keeps
-its own caches inside its ``.kbucket/`` instead (SPEC §2.3).
+its own caches inside its ``.kbucket/`` instead (docs/formats.md §3).
 """
 
 from __future__ import annotations

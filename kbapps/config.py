@@ -1,4 +1,4 @@
-"""The node's configuration file, ``DIR/.kbucket/kbnode.json`` (SPEC §2.3).
+"""The node's configuration file, ``DIR/.kbucket/kbnode.json`` (docs/formats.md §3).
 
 Strategy
 --------
@@ -54,7 +54,7 @@ __all__ = (
     "save_config",
 )
 
-#: The node's private directory inside the shared directory (never served, SPEC §6).
+#: The node's private directory inside the shared directory (never served, docs/security.md).
 KBUCKET_DIR_NAME = ".kbucket"
 #: The configuration file inside ``.kbucket/``.
 CONFIG_FILE_NAME = "kbnode.json"
@@ -66,7 +66,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_ENTRIES = 1_000_000_000
 
 NodeType = Literal["leaf", "hub"]
-#: The two kinds of node (SPEC §2.3 ``node_type``).
+#: The two kinds of node (docs/formats.md §3 ``node_type``).
 NODE_TYPES: tuple[NodeType, ...] = ("leaf", "hub")
 
 #: The original tool called shares ``share`` in its legacy ``kbnode_type`` key.
@@ -120,7 +120,7 @@ def _frozen_extra(extra: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
-    """The contents of ``kbnode.json`` (SPEC §2.3).
+    """The contents of ``kbnode.json`` (docs/formats.md §3).
 
     Empty strings mean "not answered yet"; ``listen_port`` None means "not set".
     ``extra`` holds the fields this version does not know, kept for the round trip.

@@ -1,4 +1,4 @@
-"""Node keys: ``.kbucket/private.pem`` and ``public.pem`` (SPEC §2.3), signing and checking.
+"""Node keys: ``.kbucket/private.pem`` and ``public.pem`` (docs/formats.md §3): signing, checking.
 
 Strategy
 --------

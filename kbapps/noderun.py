@@ -4,7 +4,7 @@ Strategy
 --------
 ``run_node`` is the whole life of a node process, in the order the user sees it:
 
-1. ``kbapps.nodesetup.setup_node``: ``.kbucket/``, keys, the SPEC §3.1/§3.2 questions
+1. ``kbapps.nodesetup.setup_node``: ``.kbucket/``, keys, the docs/commands.md questions
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 (the
    user declined) or 2 (bad input); a port that cannot be bound exits 3.
@@ -17,7 +17,7 @@ Strategy
 3. ``kbtransport.serve.serve_node`` under ``output.run_async`` (``anyio.run``): the
    listener walks the port policy (a share's default is the first free port from 2000
    to 2999: only a real bind can tell, without a race), the core is built for the port
-   actually bound (``--port 0``), and ``NodeHooks`` print the SPEC console lines as
+   actually bound (``--port 0``), and ``NodeHooks`` print the console lines of docs/commands.md as
    they happen.
 4. SIGINT/SIGTERM cancel everything; the process exits 0 with no traceback.
 
@@ -26,7 +26,7 @@ from the network), flushed (stdout is made line-buffered by the commands), so a 
 process reading a pipe sees every line as it happens.
 Warnings (unreadable files, ...) go to stderr.
 
-The SPEC lines (exact prefixes)::
+The console lines (exact prefixes, docs/commands.md)::
 
     kbucket-share is running http on port <N>      (kbucket-hub ... http|https ...)
     Connecting to parent hub: <url>
@@ -92,7 +92,7 @@ class RunOptions:
 
     Attributes:
         heartbeat_timeout: seconds of silence after which a peer (parent or child) is
-            declared dead (SPEC §5: 30 s by default, "configurable"); None = default.
+            declared dead (docs/protocol.md: 30 s by default, "configurable"); None = default.
         max_connections_per_client: connections served at once for one client
             address (``ListenConfig.max_connections_per_client``); None = default.
         max_streams_per_client: proxied requests open at once for one client address
@@ -133,7 +133,7 @@ def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
 
 
 class _Console:
-    """One flushed line per event on stdout (the SPEC console lines)."""
+    """One flushed line per event on stdout (the console lines of docs/commands.md)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -455,7 +455,7 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     def hash_start(files: int, nbytes: int) -> None:
         nonlocal hashed
         hashed += files
-        # A bar on a terminal, milestone lines otherwise (SPEC §3), on stderr.
+        # A bar on a terminal, milestone lines otherwise (docs/commands.md), on stderr.
         bar.append(output.Progress("Hashing", total_files=files, total_bytes=nbytes))
         if not hashed_initial:
             console.line(

@@ -1,4 +1,4 @@
-"""Set-up of a node before it runs: ``kbucket-host`` and ``kbucket-hub`` (SPEC §3.1, §3.2).
+"""Set-up of a node before it runs: ``kbucket-host`` and ``kbucket-hub`` (docs/commands.md).
 
 Strategy
 --------
@@ -10,7 +10,7 @@ order the user sees it:
    (``hub`` instead of ``share`` for a hub); on a later run, ``DIR/.kbucket/`` is
    locked for this process (``kbapps.nodelock``: one node per directory) and the
    keys are loaded, before anything is asked;
-2. the questions, in SPEC order and with SPEC's exact texts. Each answer comes from
+2. the questions, in the order and with the exact texts of docs/commands.md. Each answer comes from
    its option when one was given (the question is then not asked), else from a line
    of the input source; under ``--auto`` nothing is asked: options, then saved
    answers, then defaults. On a node with no saved ``yes``, the yes/no questions never
@@ -80,11 +80,11 @@ __all__ = (
     "wants_tls",
 )
 
-#: Default bind address (SPEC §3.1 ``--host``).
+#: Default bind address (docs/commands.md, kbucket-host ``--host``).
 DEFAULT_HOST = "0.0.0.0"
-#: A hub's default port (SPEC §3.2).
+#: A hub's default port (docs/commands.md, kbucket-hub).
 DEFAULT_HUB_PORT = 3240
-#: A share's default: the first free port in this range (SPEC §3.1), as the original's
+#: A share's default: the first free port in this range (docs/commands.md), as the original's
 #: ``HEMLOCK_LEAF_PORT_RANGE`` default.
 SHARE_PORT_RANGE = (2000, 2999)
 
@@ -281,7 +281,7 @@ class NodeSetup:
 
 
 def wants_tls(port: int, tls_cert: Path | None) -> bool:
-    """SPEC §3.2: a hub serves HTTPS when its port ends in 443, or a cert is given."""
+    """docs/commands.md: a hub serves HTTPS when its port ends in 443, or a cert is given."""
     return tls_cert is not None or (port != 0 and str(port).endswith("443"))
 
 

@@ -1,6 +1,6 @@
 """Console output shared by every kbucket command: errors, warnings, progress.
 
-SPEC §3: every error is one clear line on stderr and a non-zero exit code, never a
+docs/commands.md: every error is one clear line on stderr and a non-zero exit code, never a
 traceback; long work shows a progress bar on a terminal and stays quiet, one line per
 milestone, when stderr is not a terminal.
 

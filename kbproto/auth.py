@@ -3,14 +3,14 @@
 Strategy
 --------
 A node proves it owns its node id by signing a fresh challenge from its parent
-(SPEC §5 "Joining"). kbproto decides *what* is signed and checks the result, but holds
+(docs/protocol.md "Joining"). kbproto decides *what* is signed and checks the result, but holds
 no key material: the private key stays behind a ``Signer`` that kbapps builds from
 ``.kbucket/private.pem``, and signatures are checked through a ``Verifier`` (backed by
 the ``cryptography`` package outside kbproto). That keeps the core pure and keeps keys
 inside ``.kbucket/``.
 
 The node id is the first 12 hex digits of the SHA-1 of the exact text of
-``public.pem`` (SPEC §1; the original tool, ``src/hemlock/hemlocknode.js``), so the id
+``public.pem`` (docs/protocol.md §3.1; the original tool, ``src/hemlock/hemlocknode.js``), so the id
 depends on the PEM formatting, not only on the key.
 """
 

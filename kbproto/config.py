@@ -107,7 +107,7 @@ class Timeouts:
 
     Attributes:
         heartbeat_interval: how often each side sends ``Ping``.
-        heartbeat_timeout: silence after which a peer is declared dead (SPEC §5: 30 s).
+        heartbeat_timeout: silence after which a peer is declared dead (docs/protocol.md: 30 s).
         handshake_timeout: time allowed from link open to ``Welcome``.
         lookup_timeout: how long a find may take end to end.
         request_timeout: time allowed for a stream's response head to arrive.

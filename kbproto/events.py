@@ -128,7 +128,7 @@ class LookupResolved:
     """The find ``lookup_id`` found the content in at least one place.
 
     ``results[i].hops`` lists the hubs between the share and this node, nearest the
-    share first; the app builds SPEC §4 ``urls`` as the share's URL, each hop's URL,
+    share first; the app builds docs/http.md ``urls`` as the share's URL, each hop's URL,
     then this node's own URL.
     """
 

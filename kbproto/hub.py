@@ -1,4 +1,4 @@
-"""``HubCore``: the protocol core of a hub (SPEC §3.2 and §5).
+"""``HubCore``: the protocol core of a hub (docs/commands.md, kbucket-hub and §5).
 
 Strategy
 --------

@@ -27,9 +27,9 @@ __all__ = (
     "is_sha1",
 )
 
-#: 12 lowercase hex digits: the first 12 of SHA-1(public.pem text) (SPEC §1).
+#: 12 lowercase hex digits: the first 12 of SHA-1(public.pem text) (docs/protocol.md §3.1).
 NodeId = NewType("NodeId", str)
-#: 40 lowercase hex digits: the SHA-1 of a file's bytes (SPEC §1).
+#: 40 lowercase hex digits: the SHA-1 of a file's bytes (docs/protocol.md §3.1).
 Sha1 = NewType("Sha1", str)
 #: A driver-local handle for one peer connection; never sent on the wire.
 LinkId = NewType("LinkId", int)

@@ -13,7 +13,7 @@ Three pure data structures, no links and no timers (the node wires them up):
 ``HubIndex``
     A hub's view of its subtree. For every content id, the child links through which
     it is reachable (``int`` for one link, a list for several: almost every id has one,
-    and this keeps the table at one dict slot per id, SPEC §5 and the 1,000,000-id
+    and this keeps the table at one dict slot per id, docs/protocol.md and the 1,000,000-id
     memory benchmark). For each direct share child, its ``sha1 -> (path, size)`` map
     (so finds for direct shares are answered locally); for each child hub, the set of
     content ids it reported. Node ids, for routing requests and share-limited finds,

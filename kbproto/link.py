@@ -6,7 +6,7 @@ A ``Link`` is bookkeeping, not policy: the node decides what to send and how to 
 the link keeps the per-connection facts the node needs (STYLE rule 10).
 
 The outbox has two lanes so control messages are never stuck behind bulk data
-(SPEC §5 "One large download never delays index messages or finds"): *control*
+(docs/protocol.md "One large download never delays index messages or finds"): *control*
 (handshake, pings, index, finds, stream heads, credit, resets) and *bulk* (data frames
 and ``End``, which must stay behind the data of its stream). ``take()`` always empties
 the control lane first. Bulk bytes are bounded by flow control (each stream's credit),

@@ -120,7 +120,7 @@ MAX_SEQ = 2**53 - 1
 MAX_SIZE = 2**63 - 1
 #: One credit grant, and the largest window a stream may ever have open.
 MAX_CREDIT = 2**31 - 1
-#: The two kinds of node (SPEC §2.3 ``node_type``).
+#: The two kinds of node (docs/formats.md §3 ``node_type``).
 NODE_TYPES = ("leaf", "hub")
 
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
@@ -206,7 +206,7 @@ def _hops(value: object) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeInfo:
-    """What a node says about itself (SPEC §2.3 and the ``nodeinfo`` route).
+    """What a node says about itself (docs/formats.md §3 and the ``nodeinfo`` route).
 
     Sent by the child inside ``Register`` and by the parent inside ``Welcome``.
     ``confirm_share`` is ``"yes"`` for a share that agreed to share its directory and

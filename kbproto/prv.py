@@ -2,8 +2,8 @@
 
 Strategy
 --------
-A ``.prv`` names one file's content by its SHA-1 (SPEC §2.1); a ``.prvdir`` is a tree
-of them (SPEC §2.2). Both are JSON, compatible with the original tool
+A ``.prv`` names one file's content by its SHA-1 (docs/formats.md §1); a ``.prvdir`` is a tree
+of them (docs/formats.md §2). Both are JSON, compatible with the original tool
 (``src/kbucket/kbnodeshareindexer.js``, ``computePrvObject`` and
 ``computePrvDirectoryObject``), which wrote them with ``JSON.stringify(obj, null, 4)``.
 
@@ -27,7 +27,7 @@ back. Three rules shape it:
   limits (``PrvLimits``). Tree walks use explicit stacks, never recursion, so the
   depth limit is a choice rather than an accident of the interpreter's stack. The
   serializer writes the exact bytes ``json.dumps(obj, indent=4, ensure_ascii=False)``
-  would, plus the final newline SPEC §2.1 asks for, without its recursion.
+  would, plus the final newline docs/formats.md §1 asks for, without its recursion.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ __all__ = (
     "serialize_prvdir",
 )
 
-#: The version string we write; the original tool's last version (SPEC §2.1).
+#: The version string we write; the original tool's last version (docs/formats.md §1).
 PRV_VERSION = "0.11"
 #: ``original_fcs`` is this prefix followed by the SHA-1 of the file's first bytes.
 FCS_PREFIX = "head1000-"
@@ -190,7 +190,7 @@ def _check_version(value: object) -> str | None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prv:
-    """The pointer to one file's content (SPEC §2.1).
+    """The pointer to one file's content (docs/formats.md §1).
 
     Attributes:
         sha1: SHA-1 of the whole file (``original_checksum``).
@@ -282,7 +282,7 @@ def make_prv(
         size: the number of bytes hashed.
         head_sha1: SHA-1 of the first ``FCS_HEAD_BYTES`` bytes.
         path: the file's name, or its ``/``-separated path relative to the directory
-            of a ``.prvdir``. Never absolute (SPEC §2.1: nothing about the machine).
+            of a ``.prvdir``. Never absolute (docs/formats.md §1: nothing about the machine).
         chunks_root: the root of the file's chunk digests (``kbproto.chunks``), for
             a ``chunks`` field of ``CHUNK_SIZE`` chunks; None for none.
 
@@ -309,14 +309,14 @@ def _freeze_entries(
             raise LocalProtocolError(f"PrvDir.{what}: invalid entry name {name!r:.80}")
         if not isinstance(value, kind):
             raise LocalProtocolError(f"PrvDir.{what}[{name!r:.80}] must be a {kind.__name__}")
-    # SPEC §2.2: keys sorted. Sorting here makes equal trees compare and serialize equal
+    # docs/formats.md §2: keys sorted. Sorting here makes equal trees compare and serialize equal
     # whatever order the caller inserted them in.
     return MappingProxyType(dict(sorted(entries.items())))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
 class PrvDir:
-    """A directory tree of ``.prv`` pointers (SPEC §2.2).
+    """A directory tree of ``.prv`` pointers (docs/formats.md §2).
 
     Attributes:
         files: entry name -> ``Prv``, sorted by name, read-only.
@@ -419,7 +419,7 @@ def _prv_lines(prv: Prv, indent: str, out: list[str]) -> None:
 
 
 def serialize_prv(prv: Prv) -> bytes:
-    """Return the ``.prv`` file bytes: SPEC §2.1 layout, UTF-8, final newline.
+    """Return the ``.prv`` file bytes: docs/formats.md §1 layout, UTF-8, final newline.
 
     The text is exactly ``json.dumps(prv.to_json_object(), indent=4,
     ensure_ascii=False) + "\\n"``.
@@ -431,7 +431,7 @@ def serialize_prv(prv: Prv) -> bytes:
 
 
 def serialize_prvdir(prvdir: PrvDir) -> bytes:
-    """Return the ``.prvdir`` file bytes: SPEC §2.2 layout, UTF-8, final newline.
+    """Return the ``.prvdir`` file bytes: docs/formats.md §2 layout, UTF-8, final newline.
 
     ``{"files": {...}, "dirs": {...}}`` at every level, names sorted, 4-space indent,
     exactly as ``json.dumps(..., indent=4, ensure_ascii=False)`` would write it, but

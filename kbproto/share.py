@@ -1,4 +1,4 @@
-"""``ShareCore``: the protocol core of a share (SPEC §3.1 and §5).
+"""``ShareCore``: the protocol core of a share (docs/commands.md, kbucket-host and §5).
 
 Strategy
 --------

@@ -44,7 +44,7 @@ __all__ = (
 #: Header pairs as h11 gives them: lowercase names, raw bytes values.
 Headers = tuple[tuple[bytes, bytes], ...]
 
-#: SPEC §4: every response allows any origin and exposes the download headers.
+#: docs/http.md: every response allows any origin and exposes the download headers.
 CORS_HEADERS: tuple[tuple[str, str], ...] = (
     ("Access-Control-Allow-Origin", "*"),
     ("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, ETag"),
@@ -228,7 +228,7 @@ def json_response(
 def error_response(
     status: int, message: str | None = None, headers: tuple[tuple[str, str], ...] = ()
 ) -> Response:
-    """Return SPEC §4's error shape ``{"success": false, "error": message}``.
+    """Return docs/http.md's error shape ``{"success": false, "error": message}``.
 
     Args:
         status: 400, 404, 413, 416, 431, 502, 504...

@@ -111,7 +111,7 @@ class ServerConfig:
             reading is dropped after it).
         file_chunk_size: read size when a file cannot go out by ``sendfile``.
         use_sendfile: allow ``sendfile`` on plain TCP sockets (asyncio backend).
-        cors: add SPEC §4's CORS headers and answer OPTIONS preflights.
+        cors: add docs/http.md's CORS headers and answer OPTIONS preflights.
         server_name: the ``Server`` header.
         counters: where the server counts requests and the file and streamed body
             bytes it sent (a node's ``metrics``); None counts nothing. Not a limit:

@@ -1,11 +1,12 @@
-"""The HTTP routes every node serves the same way (SPEC §4), over a running ``Node``.
+"""The HTTP routes every node serves the same way (docs/http.md), over a running ``Node``.
 
 ``build_node_app(node, local)`` returns the node's whole HTTP app:
 
 * a websocket upgrade on any path: a child link (the core refuses it on a share);
 * ``GET /find/SHA1[/NAME]`` and ``GET /ID/api/find/SHA1[/NAME]``: ``Node.find``, answered
-  with SPEC's JSON (``urls`` best first: the share's own URL, each hub between the share
-  and this node, then this node; each ``BASE/ID/download/PATH``, PATH URL-encoded);
+  with the JSON of docs/http.md (``urls`` best first: the share's own URL, each hub
+  between the share and this node, then this node; each ``BASE/ID/download/PATH``,
+  PATH URL-encoded);
 * ``GET, HEAD /sha1/SHA1``: the content from wherever it is (this share's own file
   through ``local``, else a proxied request to a share holding it). A proxied body
   (and one of ``/ID/sha1/SHA1`` for another node) is checked against SHA1 as it
@@ -449,7 +450,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         last = error_response(404, "Content not found")
         # Our own copy first, then the others in the order the find gave them. Each share
         # is asked for the content by SHA-1 (``/ID/sha1/SHA1``), not by path: a share
-        # serves that only while its file is unchanged since hashing (SPEC §6), and
+        # serves that only while its file is unchanged since hashing (docs/security.md), and
         # answers 404 otherwise, in which case the next source is tried.
         results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
         for result in results:

@@ -56,7 +56,7 @@ class ListenConfig:
     """Where and how to listen.
 
     Attributes:
-        host: bind address (SPEC §3.1 default ``0.0.0.0``; tests use ``127.0.0.1``).
+        host: bind address (docs/commands.md default ``0.0.0.0``; tests use ``127.0.0.1``).
         port: TCP port; 0 picks a free one (reported through ``task_status``).
         ssl_context: a server-side context to serve TLS (HTTPS/WSS), or None.
         max_connections: connections served at once; 1024 stays under the usual

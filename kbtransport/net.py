@@ -2,7 +2,7 @@
 
 Certificates are verified against the system store; ``ssl.create_default_context``
 loads OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
-(SPEC §3.2). Tests pass their own context (trustme).
+(docs/commands.md, kbucket-hub). Tests pass their own context (trustme).
 """
 
 from __future__ import annotations

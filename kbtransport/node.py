@@ -94,7 +94,7 @@ class NodeHooks:
         on_dial_failed: ``(url, reason)``: the dial failed (a redial is scheduled).
         on_parent_connected: joined the parent (``Connected to parent hub: <name>``).
         on_parent_lost: the parent link closed (reason); the core redials.
-        on_join_refused: the parent refused us (one line, SPEC §5).
+        on_join_refused: the parent refused us (one line, docs/protocol.md).
         on_child_joined / on_child_left: hubs print one line per child
             (``info.name``, ``info.node_id``, ``info.node_type``; left: also a reason).
         on_placement_refused: ``(child, node_id, reason)``: a child reported a node id

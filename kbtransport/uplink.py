@@ -2,7 +2,7 @@
 
 Why: a websocket client must mask every frame it sends, and wsproto masks and parses in
 pure Python, so child-to-parent bytes cost several CPU seconds per GiB on *both* ends
-(perf-baselines §5: ~190 MB/s at best). Proxied downloads flow exactly that way (share
+(docs/benchmarks.md, ceilings §5: ~190 MB/s at best). Proxied downloads flow exactly that way (share
 to hub). So a child offers the ``kbucket.uplink`` websocket subprotocol with a fresh
 random token (header ``X-Kbucket-Uplink``); a parent that supports it selects the
 subprotocol, and the child then opens a second connection to the same origin,

@@ -10,7 +10,7 @@ is answered and then raised as ``WebSocketClosed``. ``send()`` may run in anothe
 than ``receive()``: writes are serialised by a lock so control replies never interleave
 with a data frame.
 
-Performance note (perf-baselines §5): wsproto masks client frames in pure Python, so
+Performance note (docs/benchmarks.md, ceilings §5): wsproto masks client frames in pure Python, so
 a client sending to a server tops out near 190 MB/s; server-to-client is unmasked
 (~500 MB/s). Large messages are fine (fewer per-frame costs); bulk bytes are better
 carried on a plain HTTP connection than client->server over a websocket.

@@ -1,6 +1,6 @@
 """Option parsing shared by ``kbucket-host`` and ``kbucket-hub`` (internal).
 
-Every SPEC §3.1/§3.2 prompt has an option; the typer application turns the command
+Every docs/commands.md prompt has an option; the typer application turns the command
 line into a ``NodeArgs`` (``SetupOptions`` and ``RunOptions``), which ``main_for`` hands
 to ``kbapps.noderun.run_node``. Usage errors become one ``Error:`` line (exit 2);
 ``docs/commands.md`` lists every option.

@@ -1,4 +1,4 @@
-"""``kbucket-host [DIR] [options]``: share a directory (SPEC §3.1).
+"""``kbucket-host [DIR] [options]``: share a directory (docs/commands.md, kbucket-host).
 
 Parsing lives in ``kbapps.cli._node_command``, the node's life in ``kbapps.noderun``.
 Exit codes (``docs/commands.md``): 0 after Ctrl+C/SIGTERM, 1 when the user answered

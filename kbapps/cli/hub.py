@@ -1,4 +1,4 @@
-"""``kbucket-hub [DIR] [options]``: run a hub (SPEC §3.2).
+"""``kbucket-hub [DIR] [options]``: run a hub (docs/commands.md, kbucket-hub).
 
 Parsing lives in ``kbapps.cli._node_command``, the node's life in ``kbapps.noderun``.
 Exit codes (``docs/commands.md``): 0 after Ctrl+C/SIGTERM, 1 when the user answered

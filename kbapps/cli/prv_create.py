@@ -1,5 +1,5 @@
 """``kb-prv-create PATH [OUT] [-q]``: write the ``.prv`` of a file or the ``.prvdir`` of
-a directory (SPEC §3.3).
+a directory (docs/commands.md, kb-prv-create).
 
 On success it prints one summary line on stderr (stdout stays the ``.prv`` when OUT
 is omitted): ``Wrote OUT: <n> files, <size>, <seconds> s (<k> from the hash cache)``;

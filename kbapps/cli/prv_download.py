@@ -1,5 +1,5 @@
 """``kb-prv-download PRV OUT [--hub URL] [--json] [--force] [--cache-size SIZE]
-[--min-speed RATE] [--speed-window SECONDS]``: fetch verified content (SPEC §3.5);
+[--min-speed RATE] [--speed-window SECONDS]``: fetch verified content (docs/commands.md);
 ``--cache-info``/``--clear-cache`` show and empty the content cache.
 
 PRV may also be a ``sha1://`` or ``kbucket://`` URI (``docs/python-api.md``): a
@@ -86,7 +86,7 @@ def _report_failure(label: str | None, exc: ClientError) -> None:
     output.error(exc.message if named else f"{label}: {exc.message}")
     if isinstance(exc, DownloadFailedError):
         for failure in exc.failures:
-            # One line per source (SPEC §3.5: every source and its error are listed).
+            # One line per source (docs/commands.md: every source and its error are listed).
             output.line(f"  {failure.url}: {failure.error}")
     elif isinstance(exc, ConflictError):
         for conflict in exc.conflicts:

@@ -1,9 +1,9 @@
-"""``kb-prv-find PRV [--hub URL] [--json]``: where is this content? (SPEC §3.4).
+"""``kb-prv-find PRV [--hub URL] [--json]``: where is this content? (docs/commands.md, kb-prv-find).
 
 PRV may also be a ``sha1://SHA1`` or ``kbucket://NODE_ID/PATH`` URI (``docs/python-api.md``).
 
 Prints the download URLs the hub knows for the ``.prv``'s SHA-1, one per line, best
-first (``--json``: the hub's find answer, SPEC §4). Exit 0 found, 1 not found, 2 bad
+first (``--json``: the hub's find answer, docs/http.md). Exit 0 found, 1 not found, 2 bad
 input, 3 hub unreachable, 130 interrupted (``docs/commands.md``).
 
 As ``kb-prv-create`` does, the plain invocation skips typer (``kbapps.cli._args``);

@@ -1,4 +1,4 @@
-"""The download client: find content by SHA-1, fetch it verified, resume, cache (SPEC §3.4/§3.5).
+"""The download client: find content by SHA-1, fetch it verified, resume, cache (docs/commands.md).
 
 Strategy
 --------
@@ -15,7 +15,7 @@ byte has been hashed. The rules, in the order a download applies them:
   byte. A ``.part`` without a matching sidecar belongs to other content and is
   discarded, never resumed.
 * **Find, then sources in order.** ``GET <hub>/find/<sha1>`` gives ``urls`` best first
-  (SPEC §4: the share's own URL, then the hubs nearest the share, then the queried
+  (docs/http.md: the share's own URL, then the hubs nearest the share, then the queried
   node); the client adds ``<hub>/sha1/<sha1>`` last, the one address it knows it can
   reach. Each source is asked with ``Range: bytes=<offset>-`` when bytes are already
   on disk, so a later source continues where an earlier one stopped; what makes a

@@ -35,7 +35,7 @@ _MAX_ERROR_BODY = 4096
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FindResult:
-    """A hub's answer to ``/find/SHA1`` (SPEC §4).
+    """A hub's answer to ``/find/SHA1`` (docs/http.md).
 
     Attributes:
         found: whether any node holds the content.
@@ -80,7 +80,7 @@ async def find_content(
 
     Raises:
         HubUnreachableError: no usable answer (connect failure, timeout, an error
-            status, a body that is not SPEC §4's JSON, not complete ``within``).
+            status, a body that is not docs/http.md's JSON, not complete ``within``).
     """
     url = f"{hub_url}/find/{sha1}"
     body = b""
@@ -126,7 +126,7 @@ async def find_content(
 def download_sources(found: FindResult, hub_url: str, sha1: str) -> tuple[str, ...]:
     """Return the URLs to try, best first.
 
-    The hub's ``urls`` in its order (SPEC §4: direct from the share, then the hubs
+    The hub's ``urls`` in its order (docs/http.md: direct from the share, then the hubs
     nearest the share, then the queried node), then ``<hub_url>/sha1/<sha1>``: the hub
     the user named is reachable (it just answered), even when the listen URLs the
     nodes advertise are not (a hub configured as ``localhost`` seen from elsewhere).

@@ -15,7 +15,7 @@ def load_prv_file(path: str | os.PathLike[str]) -> Prv | PrvDir:
 
     Raises:
         BadInputError: the file cannot be read or is malformed; the message names the
-            file and, for a malformed one, the field (SPEC §2.1).
+            file and, for a malformed one, the field (docs/formats.md §1).
     """
     name = os.fspath(path)
     limit = PrvLimits().max_bytes

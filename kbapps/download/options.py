@@ -35,7 +35,7 @@ __all__ = (
     "resolve_size",
 )
 
-#: SPEC §3.4: the hub when neither ``--hub`` nor ``$KBUCKET_URL`` is given.
+#: docs/commands.md, kb-prv-find: the hub when neither ``--hub`` nor ``$KBUCKET_URL`` is given.
 DEFAULT_HUB_URL = "http://localhost:3240"
 #: Environment variable naming the hub (the original tool used the same).
 HUB_URL_ENV = "KBUCKET_URL"

@@ -32,7 +32,7 @@ __all__ = (
 
 #: Sidecar files are tiny JSON objects; anything bigger is not ours.
 _MAX_SIDECAR_BYTES = 4096
-#: Read size when hashing a file from disk: the measured best for SHA-1 (perf-baselines §1).
+#: Read size when hashing a file from disk: the measured best for SHA-1 (docs/benchmarks.md).
 DISK_READ = 64 * 1024
 #: What marks a partial file: ``OUT.part``.
 PART_SUFFIX = ".part"

@@ -1,4 +1,4 @@
-"""``download_prvdir``: every file of a ``.prvdir`` into a directory (SPEC §3.5).
+"""``download_prvdir``: every file of a ``.prvdir`` into a directory (docs/commands.md).
 
 The files are fanned out over a few concurrent workers sharing one HTTP client; files
 already present with the right content are skipped (the per-user hash cache of
@@ -61,7 +61,7 @@ async def download_prvdir(
     on_event: EventSink | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> PrvDirResult:
-    """Download every file of a ``.prvdir`` into the directory ``out_dir`` (SPEC §3.5).
+    """Download every file of a ``.prvdir`` into the directory ``out_dir`` (docs/commands.md).
 
     Files already present with the right content are skipped; identical contents are
     fetched once; up to ``options.concurrency`` files download at once over one

@@ -1,4 +1,4 @@
-"""``download_prv``: the content of one ``.prv`` to OUT, verified (SPEC §3.5)."""
+"""``download_prv``: the content of one ``.prv`` to OUT, verified (docs/commands.md)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def download_prv(
     on_progress: Callable[[int, int], None] | None = None,
     client: HttpClient | None = None,
 ) -> DownloadResult:
-    """Download the content of one ``.prv`` to ``out``, verified (SPEC §3.5).
+    """Download the content of one ``.prv`` to ``out``, verified (docs/commands.md).
 
     Args:
         prv: the parsed ``.prv``.

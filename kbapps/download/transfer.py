@@ -8,7 +8,7 @@ short, stalls past the read timeout, or delivers a whole file whose SHA-1 differ
 When a mismatch is found at the end of a download that was *resumed*, the prefix may
 be the culprit, so the same source is tried once more from byte 0 before it is blamed.
 
-Speed (perf-baselines §3; ``docs/benchmarks.md``): ``HttpClient`` reads up to 1 MiB per
+Speed (docs/benchmarks.md): ``HttpClient`` reads up to 1 MiB per
 ``recv`` from a raw socket; the event loop only receives and queues each chunk, and one
 dedicated writer thread hashes it and appends it with ``os.writev`` while the next
 chunk arrives. hashlib and ``writev`` release the GIL, so receiving and hashing+writing

@@ -1,4 +1,4 @@
-"""Building ``.prv`` and ``.prvdir`` documents from files on disk (SPEC §2, §3.3).
+"""Building ``.prv`` and ``.prvdir`` documents from files on disk (docs/formats.md, §3.3).
 
 Two steps, so a command can show a progress bar with known totals:
 

@@ -1,4 +1,4 @@
-"""The share side of kbucket: path safety, directory listing and file serving (SPEC §6)."""
+"""The share side of kbucket: path safety, directory listing and file serving (docs/security.md)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The share's own HTTP routes (SPEC §4, "on a share"), backed by its ``FileIndex``.
+"""The share's own HTTP routes (docs/http.md, "on a share"), backed by its ``FileIndex``.
 
 ``ShareApp.router`` serves, for this share's node id only (other ids answer 404; the
 node runtime routes them through the tree before they get here):
 
 * ``GET, HEAD /ID/download/PATH`` (``kbapps.share.server``) with ``ETag`` = the quoted
   SHA-1 when the file is indexed and unchanged;
-* ``GET /ID/api/readdir/PATH``, each file entry with ``prv`` (the SPEC §2.1 object)
+* ``GET /ID/api/readdir/PATH``, each file entry with ``prv`` (the docs/formats.md §1 object)
   when the file is indexed and unchanged, and without it otherwise;
 * ``GET /ID/prv/PATH``: the file's ``.prv``, byte for byte as ``kb-prv-create`` writes
   it (``original_path`` = the file name); 404 if the file is not indexed or changed;
@@ -25,7 +25,7 @@ the content anywhere in the tree and streams it (this share's own copy first).
 Every SHA-1 handed out goes through ``FileIndex.current``: the open file's ``fstat``
 (device, inode, size, mtime, ctime) must equal the stamp recorded when it was hashed,
 and the entry must be outside the racy window, so a file changed after it was hashed
-is never served or described under its old SHA-1 (SPEC §6). When a route meets a
+is never served or described under its old SHA-1 (docs/security.md). When a route meets a
 changed file it calls ``on_stale`` (the command connects ``Indexer.request_rescan``),
 so the change reaches the index and the hub without waiting for the next walk.
 """
@@ -205,7 +205,7 @@ class ShareApp:
         """Serve this share's own copy of ``sha1`` (GET or HEAD, with Range and ETag).
 
         Tries each indexed path holding it and serves the first whose open file is
-        still the version hashed; never a changed file (SPEC §6).
+        still the version hashed; never a changed file (docs/security.md).
 
         Returns:
             200/206/304/416 with the bytes; 400 for a malformed SHA-1; 404 if no

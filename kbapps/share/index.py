@@ -4,13 +4,13 @@ Strategy
 --------
 A share must answer "which SHA-1 is this file?" (ETag, readdir ``prv``, ``/ID/prv/PATH``)
 and "which file has this SHA-1?" (``/sha1/SHA1``) without reading files, and a restart
-must not re-read unchanged files (SPEC §5 "Faults"). So every hashed file is recorded
+must not re-read unchanged files (docs/reliability.md). So every hashed file is recorded
 with the identity of the version that was hashed:
 
 * ``FileStamp`` = ``(device, inode, size, mtime_ns, ctime_ns)``. The ctime is in it on
   purpose: it cannot be set from user space and changes on every write, so a same-size
   rewrite whose mtime was restored (``cp -p``, ``rsync -t --inplace``) still shows as a
-  change. It costs one re-hash after a ``chmod`` or a rename, a fair price for SPEC §6
+  change. It costs one re-hash after a ``chmod`` or a rename, a fair price for docs/security.md
   ("a file changed after it was hashed is never served under its old SHA-1").
 * An entry is **trusted** only when its stamp was taken before the hash started and its
   newest timestamp is older than the hash start by at least ``racy_window_ns`` (as git
@@ -61,9 +61,9 @@ __all__ = (
     "stamp_of",
 )
 
-#: The database file inside ``DIR/.kbucket/`` (SPEC §2.3: "anything else ... yours").
+#: The database file inside ``DIR/.kbucket/`` (docs/formats.md §3: "anything else ... yours").
 INDEX_FILENAME = "index.sqlite"
-#: Shown in warnings instead of the absolute path (SPEC §6: no log line holds one).
+#: Shown in warnings instead of the absolute path (docs/security.md: no log line holds one).
 _SHOWN_NAME = f".kbucket/{INDEX_FILENAME}"
 #: 2 added each entry's ``chunks_root`` and the ``chunk_lists`` table.
 _SCHEMA_VERSION = 2
@@ -130,7 +130,7 @@ class IndexEntry(NamedTuple):
         return self.hashed_ns - window_ns < newest <= self.hashed_ns + window_ns
 
     def prv(self) -> Prv:
-        """The SPEC §2.1 ``.prv`` of this file, with its ``chunks`` field when known;
+        """The docs/formats.md §1 ``.prv`` of this file, with its ``chunks`` field when known;
         ``original_path`` is its name only."""
         return Prv(
             sha1=self.sha1,
@@ -354,7 +354,7 @@ class FileIndex:
     def current(self, path: str, st: os.stat_result) -> IndexEntry | None:
         """The entry at ``path`` if it is trusted and ``st`` is the version hashed.
 
-        This is the check every SHA-1 a share hands out goes through (SPEC §6).
+        This is the check every SHA-1 a share hands out goes through (docs/security.md).
         """
         entry = self._by_path.get(path)
         if entry is None or entry.stamp != stamp_of(st) or not self.trusted(entry):

@@ -13,7 +13,7 @@ Strategy
   share's did, so nothing in them is advertised). It is its own walker because a share
   must keep going where ``kb-prv-create`` stops: an unreadable sub-directory is one
   warning and is skipped, not fatal, and every file needs its ``stat`` (a rescan
-  compares stamps). It also skips what SPEC §6 path checks would refuse to serve
+  compares stamps). It also skips what docs/security.md path checks would refuse to serve
   (control characters, backslashes, more than 64 levels), so nothing is advertised
   that cannot be downloaded.
 * **Diff.** Each walk is compared with the index: a path whose stamp is unchanged and
@@ -37,7 +37,7 @@ Strategy
   forks while it runs threads (without such a pool, a worker thread hashes alone).
 * **Interval.** The next full walk starts ``max(min_interval, walk_time * (1/f - 1))``
   seconds after the last one ended (``f`` = ``cpu_fraction``, capped at
-  ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (perf-baselines §2), so
+  ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (docs/benchmarks.md, ceilings §2), so
   such a share is rescanned every 2 s, and a ten-times bigger one spends at most a
   fifth of a core on it.
 
@@ -122,7 +122,7 @@ class IndexerConfig:
 
     Attributes:
         min_interval: seconds between full walks at least (2 s: a file added to a
-            100,000-file share is findable in ~2-5 s, well inside SPEC's 10 s).
+            100,000-file share is findable in ~2-5 s, well inside the 10 s docs/protocol.md allows).
         max_interval: seconds between full walks at most, however slow the walk.
         cpu_fraction: the share of one core full walks may take on average.
         settle: seconds a new or changed file must be quiet before it is hashed; at
@@ -269,7 +269,7 @@ def walk_share(
             continue
         prefix = f"{rel}/" if rel else ""
         # The loop below runs once per file on every walk: locals and inlined tests
-        # keep it near the cost of the stat calls (perf-baselines §2).
+        # keep it near the cost of the stat calls (docs/benchmarks.md, ceilings §2).
         for entry in entries:
             name = entry.name
             if name[0] == ".":

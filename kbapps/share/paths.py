@@ -1,4 +1,4 @@
-"""Mapping request paths to files inside a share directory, safely (SPEC §6).
+"""Mapping request paths to files inside a share directory, safely (docs/security.md).
 
 Strategy
 --------
@@ -136,7 +136,7 @@ class DirListing:
     dirs: tuple[str, ...]
 
     def to_json(self) -> dict[str, list[dict[str, object]]]:
-        """``{"files": [{"name", "size"}], "dirs": [{"name"}]}`` (SPEC §4 readdir)."""
+        """``{"files": [{"name", "size"}], "dirs": [{"name"}]}`` (docs/http.md readdir)."""
         return {
             "files": [{"name": name, "size": size} for name, size in self.files],
             "dirs": [{"name": name} for name in self.dirs],

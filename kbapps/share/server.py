@@ -21,7 +21,7 @@ from kbtransport.routing import Match, Router
 __all__ = ("EtagLookup", "FileExtra", "StandinServer", "build_share_router")
 
 #: ``(relative path, stat of the open file) -> quoted SHA-1 ETag or None``. The lookup
-#: must answer None when the file changed since it was hashed (SPEC §6: never serve
+#: must answer None when the file changed since it was hashed (docs/security.md: never serve
 #: changed bytes under an old SHA-1), e.g. by comparing size and mtime_ns.
 EtagLookup = Callable[[str, os.stat_result], str | None]
 #: ``(relative path, size) -> extra JSON fields`` for a readdir file entry (e.g. "prv").

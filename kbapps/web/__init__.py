@@ -1,4 +1,4 @@
-"""The web interface every node serves at ``/`` and ``/web/...`` (SPEC §7).
+"""The web interface every node serves at ``/`` and ``/web/...`` (docs/http.md, web pages).
 
 Each page is drawn on the server (``kbapps.web.pages``): node details, a hub's
 children, a share's folders with links, where content is, all as plain HTML, so
@@ -7,7 +7,7 @@ page. The shipped script (``static/app.js``) then enhances it: a folder's comple
 listing in one scrollable, filterable table, ``.prvdir`` downloads, opening a dropped
 ``.prv`` file, and trying the find page's URLs from the browser itself.
 
-The data comes from the serving node's own API routes (SPEC §4) through its whole app
+The data comes from the serving node's own API routes (docs/http.md) through its whole app
 (``kbapps.nodeapp.NodeApp``), so any node of the network can be shown, through the
 tree, like the script itself asks for it. Serving, on kbtransport's route table::
 
@@ -134,7 +134,7 @@ def add_web_routes(
     """Register ``GET``/``HEAD`` ``/``, ``/web`` and ``/web/...`` on a kbtransport router.
 
     Args:
-        router: the node's route table; add these after the SPEC §4 API routes or
+        router: the node's route table; add these after the docs/http.md API routes or
             before, they do not overlap (``web`` is never a 12-hex node id).
         node_id: the serving node's id (the page shown when the URL names none).
         node_type: ``"hub"`` or ``"leaf"``.

@@ -11,7 +11,7 @@ its name (so node ids are stable across runs and restarts), a per-node seeded
 tests ask: node ids, the subtree of a hub, which shares hold a content id, and the
 *oracle* for what a find at a given hub must return.
 
-The find oracle follows SPEC §5 and ``kbproto.routing``: a node answers from its own
+The find oracle follows docs/protocol.md and ``kbproto.routing``: a node answers from its own
 subtree when any share there holds the content, and only otherwise asks its parent,
 which answers from *its* subtree. So a find at hub H returns exactly the live, joined
 holders in the subtree of the lowest ancestor-or-self of H whose subtree holds the

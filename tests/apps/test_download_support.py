@@ -1,7 +1,7 @@
 """A stand-in network for the download client tests (no tests of its own).
 
 The real hubs and shares are built elsewhere; these tests need something that answers
-the two SPEC §4 routes a client uses, with sources the test controls, including
+the two docs/http.md routes a client uses, with sources the test controls, including
 misbehaving ones. ``FakeNetwork`` serves on 127.0.0.1 from an event loop in a
 background thread (an anyio blocking portal), so the client under test (its API in
 the test's own ``anyio.run``, or the console scripts as subprocesses) talks to it over
@@ -9,7 +9,7 @@ real sockets.
 
 Routes (``SHA1`` is a content id the network was given with ``add``):
 
-- ``GET /find/SHA1``: SPEC §4's find JSON; ``urls`` come from ``sources[SHA1]``
+- ``GET /find/SHA1``: docs/http.md's find JSON; ``urls`` come from ``sources[SHA1]``
   (names of the routes below, or full URLs), ``found: false`` for unknown content.
 - ``GET /good/SHA1``: the bytes, with Range (``kbtransport.ranges.file_response``).
 - ``GET /wrong/SHA1``: other bytes of the same length (first 1000 bytes wrong too).
@@ -19,7 +19,7 @@ Routes (``SHA1`` is a content id the network was given with ``add``):
 - ``GET /shortlen/SHA1``: 200 with one byte less than the content.
 - ``GET /badrange/SHA1``: 206 with ``bytes 1-END/SIZE`` whatever was asked.
 - ``GET /slow/SHA1``: sends 64 KiB, then nothing (the client's read timeout fires).
-- ``GET /missing/SHA1``: 404 with SPEC's error JSON.
+- ``GET /missing/SHA1``: 404 with the error JSON of docs/http.md.
 - ``GET /sha1/SHA1``: the bytes, with Range (the hub's fallback route).
 
 Every request is logged with its Range header and the number of body bytes the server

@@ -1,4 +1,4 @@
-"""kbucket-host / kbucket-hub set-up (SPEC §3.1, §3.2): prompts, options, --auto, TLS, ports."""
+"""kbucket-host / kbucket-hub set-up (docs/commands.md): prompts, options, --auto, TLS, ports."""
 
 from __future__ import annotations
 

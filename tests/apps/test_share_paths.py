@@ -1,4 +1,4 @@
-"""SPEC §6 path safety: ShareDir unit tests, then raw HTTP requests over a real socket."""
+"""docs/security.md path safety: ShareDir unit tests, then raw HTTP requests over a real socket."""
 
 from __future__ import annotations
 

@@ -299,7 +299,7 @@ def test_download_killed_half_way_resumes_from_part(net: Net) -> None:
     assert out.read_bytes() == net.big
 
 
-# --- path safety (SPEC §6) against the real share process ---------------------------
+# --- path safety (docs/security.md) against the real share process ---------------------------
 
 
 def raw_get(node: Node, target: str) -> tuple[int, bytes]:

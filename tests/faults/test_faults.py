@@ -1,4 +1,4 @@
-"""Faults with real processes on 127.0.0.1 (issue 6 part 2, SPEC §5 "Faults", §6).
+"""Faults with real processes on 127.0.0.1 (issue 6 part 2, docs/reliability.md, docs/security.md).
 
 - a hub in the middle of the tree is killed (SIGKILL) during downloads: a client that
   can reach another path finishes with the exact bytes, a client whose only path ran

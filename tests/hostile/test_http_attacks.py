@@ -1,4 +1,4 @@
-"""Raw-HTTP attacks on a running hub and share (issue 6 "Hostile input", SPEC §6).
+"""Raw-HTTP attacks on a running hub and share (issue 6 "Hostile input", docs/security.md).
 
 Every test sends its attack over a raw socket to the real processes, checks that the
 answer is a clear 4xx error or a closed connection that leaks nothing, and then, in

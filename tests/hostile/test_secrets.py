@@ -1,7 +1,7 @@
-"""Secrets and permissions (issue 6 part 5, SPEC §2.3 and §6).
+"""Secrets and permissions (issue 6 part 5, docs/formats.md §3 and §6).
 
 A small network of real processes: a hub with a passcode, a share joined with that
-passcode, a second share presenting a wrong passcode (refused). Every SPEC §4 route is
+passcode, a second share presenting a wrong passcode (refused). Every docs/http.md route is
 exercised through the share and through the hub (nodeinfo, readdir, prv, download,
 HEAD, Range, find, api/find, sha1, web pages, OPTIONS, errors), the clients run
 (``kb-prv-create``, ``kb-prv-find``, ``kb-prv-download`` with ``--json``), and then
@@ -10,8 +10,8 @@ every process, every ``.prv`` written, every log file under ``.kbucket/`` — is
 grepped for the private keys' PEM bodies, both passcodes (right and wrong) and the
 absolute temporary paths.
 
-One exemption, by the SPEC itself: ``kbucket-host``'s first-run line ``Creating new
-kbucket share configuration in <abs DIR>/.kbucket ...`` (SPEC §3.1) names the
+One exemption, by the contract itself (docs/commands.md, kbucket-host): its first-run
+line ``Creating new kbucket share configuration in <abs DIR>/.kbucket ...`` names the
 directory on the owner's own console; that exact line is the only place an absolute
 path may appear.
 """
@@ -31,8 +31,8 @@ from tests.hostile.helpers import raw_exchange, status_of
 PASSCODE = "hub-passcode-7f3a9c1e"
 WRONG_PASSCODE = "wrong-passcode-0b8d2e44"
 CONTENT = b"secret-free content for the secrets test\n" * 50
-#: SPEC §3.1 requires this console line to name the absolute directory.
-SPEC_ABS_LINE = "Creating new kbucket "
+#: docs/commands.md, kbucket-host requires this console line to name the absolute directory.
+FIRST_RUN_LINE = "Creating new kbucket "
 
 
 def _key_body(node: Node) -> list[str]:
@@ -178,7 +178,7 @@ def test_keys_passcodes_and_paths_never_leak(procs: Procs, tmp_path: Path) -> No
     for name in ("data.prv", "share.prvdir"):
         texts[name] = (work / name).read_text()
     for proc in procs.all:
-        stdout = [line for line in proc.lines if not line.startswith(SPEC_ABS_LINE)]
+        stdout = [line for line in proc.lines if not line.startswith(FIRST_RUN_LINE)]
         texts[f"{proc.name} stdout"] = "\n".join(stdout)
         assert proc.stderr_path is not None
         texts[f"{proc.name} stderr"] = proc.stderr_path.read_text(errors="replace")

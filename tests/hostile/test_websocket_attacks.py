@@ -1,4 +1,4 @@
-"""Websocket attacks on a running hub (issue 6 "Hostile input", SPEC §5/§6).
+"""Websocket attacks on a running hub (issue 6 "Hostile input", docs/protocol.md, docs/security.md).
 
 The attacker speaks kbproto's framing (docs/protocol.md §2: version, kind, u32 length,
 payload) over a real websocket to the ``kbucket-hub`` process: oversized messages and

@@ -79,7 +79,7 @@ async def test_direct_shares_are_answered_at_once_and_the_rest_through_the_drive
         assert isinstance(on_s, LookupResolved)
         assert on_s.lookup_id != IMMEDIATE_LOOKUP
 
-        # The HTTP answer (SPEC §4) is the same JSON either way.
+        # The HTTP answer (docs/http.md) is the same JSON either way.
         response, body = await client.request("GET", f"{a.local_url}/find/{t_sha1}")
         assert response.status == 200
         payload = json.loads(body)

@@ -1,4 +1,4 @@
-"""The node's SPEC §4 routes: pure helpers, and a standalone share on 127.0.0.1."""
+"""The node's docs/http.md routes: pure helpers, and a standalone share on 127.0.0.1."""
 
 from __future__ import annotations
 

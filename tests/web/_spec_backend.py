@@ -10,12 +10,12 @@ against a real share. It serves, with one stdlib ``http.server`` per node on 127
   ``kbapps.web.pages.render_page`` from this module's own answers, and the shipped
   files (``/web/...``), with the CSP header;
 - ``GET /ID/api/nodeinfo``, ``/ID/api/readdir/PATH``, ``/ID/download/PATH``,
-  ``/ID/prv/PATH`` and ``/find/SHA1`` in SPEC §4's JSON shapes, built from REAL
+  ``/ID/prv/PATH`` and ``/find/SHA1`` in docs/http.md's JSON shapes, built from REAL
   directories: real listings (dot-names hidden), real bytes, and real SHA-1 ``.prv``
   objects computed with ``hashlib``.
 
 Shortcut: every node's server answers for every node of the network (a real node routes
-such requests through the tree, SPEC §4). Nothing else about routing, websockets or
+such requests through the tree, docs/http.md). Nothing else about routing, websockets or
 indexing is imitated.
 """
 
@@ -150,7 +150,7 @@ class SpecNetwork:
         host, port = self._servers[node_id].server_address[:2]
         return f"http://{host!s}:{port}"
 
-    # -- SPEC §4 answers ----------------------------------------------------------------
+    # -- docs/http.md answers ----------------------------------------------------------------
 
     def _info(self, node: SpecNode) -> dict[str, Any]:
         return {

@@ -94,7 +94,7 @@ def build_share_dir(root: Path) -> None:
     _write(root / "recordings" / "session_01" / "geom.csv", b"0,0\n0,20\n0,40\n0,60\n")
     _write(root / "recordings" / "session_02" / "raw.mda", rng.randbytes(734_002))
     _write(root / "recordings" / "session_02" / "notes.txt", "Électrode 7 bruitée.\n".encode())
-    # Integer-like and non-ASCII names: the .prvdir key order must still be SPEC §2.2's.
+    # Integer-like and non-ASCII names: the .prvdir key order must still be docs/formats.md §2's.
     _write(root / "recordings" / "2024", b"numbered\n")
     _write(root / "recordings" / "10", b"ten\n")
     _write(root / "recordings" / "données.csv", b"a,b\n1,2\n")
@@ -113,12 +113,12 @@ def build_evil_dir(root: Path) -> None:
 
 
 def expected_prv(path: Path, name: str) -> bytes:
-    """The SPEC §2.1 ``.prv`` bytes of ``path`` with ``original_path`` = ``name``."""
+    """The docs/formats.md §1 ``.prv`` bytes of ``path`` with ``original_path`` = ``name``."""
     return expected_prv_bytes(path.read_bytes(), name)
 
 
 def expected_prv_bytes(data: bytes, name: str) -> bytes:
-    """The SPEC §2.1 ``.prv`` bytes of content ``data`` with ``original_path`` = ``name``."""
+    """The ``.prv`` bytes (docs/formats.md §1) of ``data`` with ``original_path`` ``name``."""
     return (json.dumps(_prv_of(data, name), indent=4, ensure_ascii=False) + "\n").encode()
 
 
@@ -146,7 +146,7 @@ def _prv_of(data: bytes, name: str) -> dict[str, Any]:
 
 
 def expected_prvdir(directory: Path) -> bytes:
-    """The SPEC §2.2 ``.prvdir`` bytes of ``directory`` (dot-names skipped, names sorted)."""
+    """The ``.prvdir`` bytes (docs/formats.md §2) of ``directory`` (dot-names skipped, sorted)."""
 
     def tree(current: Path, rel: str) -> dict[str, Any]:
         entries = sorted(p for p in current.iterdir() if not p.name.startswith("."))

@@ -150,7 +150,7 @@ def test_prvdir_of_a_folder_matches_spec(watched: Watched, web_network: WebNetwo
     assert info.value.suggested_filename == "recordings.prvdir"
     data = _downloaded(info.value)
     assert data == expected_prvdir(web_network.share_dir / "recordings")
-    # Integer-like and non-ASCII names kept in SPEC order, UTF-8, relative paths.
+    # Integer-like and non-ASCII names kept in order (docs/formats.md), UTF-8, relative paths.
     assert json.loads(data)["dirs"]["session_02"]["files"]["notes.txt"]["original_path"] == (
         "session_02/notes.txt"
     )

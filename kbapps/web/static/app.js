@@ -1,4 +1,4 @@
-// KBucket web interface (SPEC §7): the script that enhances the pages. Plain JavaScript,
+// KBucket web interface (docs/http.md, web pages): the script that enhances the pages. Plain JavaScript,
 // no build step, no framework.
 //
 // Every page arrives whole from the node (kbapps/web/pages.py draws it on the server), so
@@ -8,7 +8,7 @@
 // built from the listings, opening a .prv file picked or dropped on the page, and the
 // find page's download URLs ordered by what this browser can reach. It reads what it
 // needs from the page's data-* attributes and asks only the node that served the page
-// (same origin), through the SPEC §4 routes.
+// (same origin), through the docs/http.md routes.
 //
 // Safety: everything a node reports is put in the page with textContent or as attribute
 // values we build ourselves; no HTML-parsing DOM API is ever used. The node sends a
@@ -19,14 +19,14 @@ document.documentElement.classList.add("js");
 const NODE_ID_RE = /^[0-9a-f]{12}$/;
 const SHA1_RE = /^[0-9a-f]{40}$/;
 // An API call that takes longer than this is reported as timed out (the hub's own
-// routing timeout, SPEC §4 504, is shorter, so this only catches a stuck connection).
+// routing timeout, docs/http.md 504, is shorter, so this only catches a stuck connection).
 const API_TIMEOUT_MS = 60000;
 // Fixed row height of the file table, in CSS pixels (style.css `--row-height`): the
 // listing is virtualized, so only the rows near the viewport exist in the DOM.
 const ROW_HEIGHT = 36;
 // Rows rendered above and below the viewport, so small scrolls need no re-render.
 const OVERSCAN = 20;
-// Bounds of a client-side .prvdir (SPEC §2.2 requires 100,000 files to work).
+// Bounds of a client-side .prvdir (docs/formats.md §2 requires 100,000 files to work).
 const PRVDIR_MAX_FILES = 200000;
 const PRVDIR_MAX_DIRS = 50000;
 // readdir requests in flight while building a .prvdir: enough to hide latency through
@@ -167,7 +167,7 @@ async function getJson(url, signal) {
 }
 
 // ---------------------------------------------------------------------------------------
-// .prv and .prvdir text, byte for byte as SPEC §2.1/§2.2 and kb-prv-create write it:
+// .prv and .prvdir text, byte for byte as docs/formats.md §1/§2.2 and kb-prv-create write it:
 // json.dumps(obj, indent=4, ensure_ascii=False) plus a final newline.
 
 const PRV_KEYS = ["original_checksum", "original_size", "original_fcs", "original_path",
@@ -179,7 +179,7 @@ function isIndexedPrv(prv) {
     SHA1_RE.test(prv.original_checksum.toLowerCase());
 }
 
-// The .prv as an ordered Map: the five SPEC fields in SPEC order, with original_path set
+// The .prv as an ordered Map: the five original fields in their order , with original_path set
 // to `path` (the file's name, or its path inside a .prvdir), then any extra fields.
 function prvMap(prv, path) {
   const out = new Map();
