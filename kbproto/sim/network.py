@@ -810,10 +810,9 @@ class SimNetwork:
 
     def _flow(self, end: SimLink) -> None:
         end.scheduled = False
+        # A half-open end (``blackhole``) dropped its queue and, no longer ``sending``,
+        # never queues again: the empty queue is all that stops it.
         if not end.queue:
-            return
-        if end.blackhole:
-            self._drop_queue(end)
             return
         peer = end.peer
         if not self.connected(end.node, peer.node):
