@@ -24,7 +24,7 @@ import pytest
 from kbproto.config import Limits
 from kbproto.sim import FaultPlan, sha1_hex, tree
 from kbproto.sim.golden import golden_run
-from tests.sim.scenarios import SEEDS, TIMEOUTS, make_world, settle
+from tests.sim.scenarios import SEED_PARAMS, TIMEOUTS, make_world, settle
 
 GOLDEN = Path(__file__).parent / "golden" / "two_hubs_three_shares_lookup.trace"
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +59,7 @@ def busy_run(seed: int) -> str:
     return net.trace.digest()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEED_PARAMS)
 def test_same_seed_same_digest(seed: int) -> None:
     assert busy_run(seed) == busy_run(seed)
 

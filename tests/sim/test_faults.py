@@ -22,7 +22,7 @@ from kbproto.config import Limits
 from kbproto.sim import Crash, Restart, SimWorld, Slow, chain, sha1_hex, tree
 from tests.sim.scenarios import (
     LIGHT_CHUNKING,
-    SEEDS,
+    SEED_PARAMS,
     TIMEOUTS,
     content_pool,
     find_all,
@@ -40,7 +40,7 @@ def _finds_agree(hubs: list[str], world: SimWorld, sha1s: list[str]) -> None:
             assert record.share_ids == world.expected_find(hub, record.sha1), (hub, record.sha1)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEED_PARAMS)
 def test_partition_then_heal_converges_again(seed: int) -> None:
     rng = random.Random(seed)
     pool = content_pool(rng, 20)

@@ -32,8 +32,7 @@ from kbproto.sim import (
     SimNode,
     Slow,
 )
-
-SEEDS = range(50)
+from tests.sim.scenarios import SEED_PARAMS
 
 
 class EchoCore:
@@ -158,7 +157,7 @@ def _echoed(cores: dict[str, EchoCore]) -> bytes:
     return bytes(b"".join(bytes(v) for v in client.received.values())).replace(b".", b"")
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEED_PARAMS)
 def test_bytes_arrive_whole_and_in_order_under_chunking(seed: int) -> None:
     net, cores = _pair(seed, FaultPlan(max_pieces=50, single_byte_chance=0.9, whole_chance=0))
     payload = [bytes([65 + i % 26]) * (1 + (i * 37) % 300) for i in range(20)]

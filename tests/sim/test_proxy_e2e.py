@@ -22,7 +22,7 @@ import pytest
 
 from kbproto.config import Limits
 from kbproto.sim import Crash, FaultPlan, Restart, SimWorld, chain
-from tests.sim.scenarios import SEEDS, TIMEOUTS, make_world, settle
+from tests.sim.scenarios import SEED_PARAMS, TIMEOUTS, make_world, settle
 
 TOPOLOGY = chain(3, shares=1)
 HARD_CHUNKING = FaultPlan(max_pieces=16, whole_chance=0.1, single_byte_chance=0.5)
@@ -51,7 +51,7 @@ def _url(world: SimWorld, path: str) -> str:
     return f"/{world.ids['s0']}/download/{path}"
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEED_PARAMS)
 def test_download_through_three_hubs_is_exact_and_bounded(seed: int) -> None:
     rng = random.Random(seed)
     size = rng.randint(20_000, 60_000)
@@ -105,7 +105,7 @@ def test_unknown_path_and_missing_node_answer_cleanly(seed: int) -> None:
 FAULTS = ("crash-h1", "silent-crash-h1", "kill-h1-h2", "kill-h2-s0", "kill-h0-h1")
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEED_PARAMS)
 def test_killing_a_hub_or_link_mid_download_fails_the_stream_at_both_ends(seed: int) -> None:
     rng = random.Random(seed)
     fault = FAULTS[seed % len(FAULTS)]
@@ -149,7 +149,7 @@ def test_killing_a_hub_or_link_mid_download_fails_the_stream_at_both_ends(seed: 
     net.run_until_quiescent()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEED_PARAMS)
 def test_half_open_link_is_detected_by_heartbeats_and_fails_the_stream(seed: int) -> None:
     rng = random.Random(seed)
     world, data, _limits = _setup(seed, rng, size=40_000, credit_delay=0.05, windows=(2048, 4096))
