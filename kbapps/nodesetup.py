@@ -32,6 +32,11 @@ prompts; the commands pass ``sys.stdin`` and ``sys.stdout``. Every failure is a
 Text answers are later sent to other nodes and shown on web pages, so each has a
 length limit (name 1-100 characters and description at most 1000, like the original)
 and control characters are refused.
+
+Why one module of some 860 lines: its one job is the questions of docs/commands.md in
+their order, and the parts (the question table, each answer's check, the prompter,
+option and saved answers, TLS and port choices) are read together when a question
+changes; about half of the lines are the question texts, checks and their docstrings.
 """
 
 from __future__ import annotations

@@ -42,6 +42,10 @@ module, qualname, context)``, ``(_UNIT, number, unit)``, ``(_END,)``; from a wor
 ``(number, records)`` per unit and ``(_ENDED, records)`` in answer to ``_END``.
 ``ForkedTask`` is the other use of ``_fork``: one function run beside the caller on a
 copy of its memory (``kbapps.prvbuild`` checks half a tree that way).
+
+Why one module of some 620 lines: the pool, a job's run and ``ForkedTask`` share the
+one rule that makes forking safe (``single_threaded``, ``_fork``) and the framing of
+the pipes; kept together, no other module can fork.
 """
 
 from __future__ import annotations

@@ -37,12 +37,16 @@ Strategy
   forks while it runs threads (without such a pool, a worker thread hashes alone).
 * **Interval.** The next full walk starts ``max(min_interval, walk_time * (1/f - 1))``
   seconds after the last one ended (``f`` = ``cpu_fraction``, capped at
-  ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (docs/benchmarks.md, ceilings §2), so
-  such a share is rescanned every 2 s, and a ten-times bigger one spends at most a
-  fifth of a core on it.
+  ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (docs/benchmarks.md,
+  ceilings §2), so such a share is rescanned every 2 s, and a ten-times bigger one
+  spends at most a fifth of a core on it.
 
 Hooks run in the event loop's thread (worker threads hand them over), so a
 ``kbapps.output.Progress`` can be driven from them directly.
+
+Why one module of some 720 lines: the walk, the plan of a pass and the loop that
+schedules passes share the stop signal and the stamps compared between passes; the
+strategy above is most of its length.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ The markup is the contract with ``app.js``, which enhances it (``data-*`` attrib
 say what it needs: the share and folder of a listing, the ``.prvdir`` buttons, the
 URLs to try from the browser) and draws a long listing's rows itself with the same
 classes.
+
+Why one module of some 730 lines: the views share the small element helpers and the
+hostile-value readers above, and the markup of every page is one contract with
+``app.js`` and ``style.css``, best read in one place.
 """
 
 from __future__ import annotations
