@@ -2,9 +2,9 @@
 
 ``kbproto/__init__.py`` loads this module on the first access to one of its public
 names, so importing a leaf module (``kbproto.prv``, ``kbproto.ids``) does not import
-the whole protocol core: that costs ``kb-prv-create`` about 0.1 s of start-up
-(``docs/benchmarks.md``, "Start-up"). ``tests/test_public_api.py`` checks that the
-names here are exactly ``kbproto.__all__``.
+the whole protocol core: that would cost ``kb-prv-create`` +50 % CPU
+(``docs/benchmarks.md``, "kbproto's names loaded on first use").
+``tests/test_public_api.py`` checks that the names here are exactly ``kbproto.__all__``.
 """
 
 from __future__ import annotations
