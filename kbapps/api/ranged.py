@@ -10,9 +10,14 @@ Fetched blocks stay in a least-recently-used cache of ``cache_blocks`` blocks, s
 memory is bounded by ``(cache_blocks + max_readahead / block_size) * block_size``.
 
 Every fetched span goes through ``ContentVerifier.check_span`` before a byte of it
-is returned (``kbapps.api.verify`` says which bytes that checks). A source that fails,
-answers with another range or length, announces other content (its ``ETag``), or
-sends a head that does not match ``original_fcs`` is dropped and the next is asked;
+is returned (``kbapps.api.verify`` says which bytes that checks). When the ``.prv``
+has a ``chunks`` field, the first read fetches the digest list
+(``BASE/ID/sha1/SHA1/chunks`` for a source ``BASE/ID/download/PATH``,
+``BASE/sha1/SHA1/chunks`` for ``BASE/sha1/SHA1``; the first list that matches the
+root is used, ``kbproto.chunks``) and blocks are whole chunks, so every byte returned
+was checked with its chunk. A source that fails, answers with another range or
+length, announces other content (its ``ETag``), or sends a head or a chunk that does
+not match its digest is dropped and the next is asked;
 when none is left, or when the whole file does not hash to its SHA-1, the read raises
 and the reader refuses every later read (``docs/python-api.md``).
 """
@@ -25,9 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from kbapps.api.verify import ContentVerifier, HeadMismatchError, VerificationError
+from kbapps.api.verify import ContentVerifier, SourceContentError, VerificationError
 from kbapps.download import DownloadFailedError, SourceFailure
 from kbapps.download.find import short
+from kbproto.chunks import ChunkListError, DigestList
 from kbproto.prv import Prv
 from kbtransport.errors import TransportError
 from kbtransport.http_client import HttpClient, HttpResponse
@@ -36,6 +42,7 @@ __all__ = ("DEFAULT_READ_OPTIONS", "ContentReadError", "RangeReader", "ReadOptio
 
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
+_DOWNLOAD_URL_RE = re.compile(r"(.*/)([0-9a-f]{12})/download/.*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +100,10 @@ class RangeReader:
         self.prv = prv
         self.options = options
         self.verifier = ContentVerifier(prv)
+        chunk = prv.chunks.size if prv.chunks is not None else 1
+        #: The block size: ``options.block_size``, rounded up to whole chunks.
+        self.block_size = -(-options.block_size // chunk) * chunk
+        self._digests_asked = prv.chunks is None
         self._sources = list(sources)
         self._failures: list[SourceFailure] = []
         self._client = client
@@ -125,7 +136,9 @@ class RangeReader:
         end = min(self.prv.size, offset + max(length, 0))
         if offset < 0 or offset >= end:
             return b""
-        size = self.options.block_size
+        if not self._digests_asked:
+            await self._fetch_digests()
+        size = self.block_size
         first, last = offset // size, (end - 1) // size
         missing = [index for index in range(first, last + 1) if index not in self._blocks]
         if missing:
@@ -142,7 +155,7 @@ class RangeReader:
         return self._blocks[index]
 
     async def _fetch_missing(self, missing: list[int]) -> None:
-        total_blocks = -(-self.prv.size // self.options.block_size)
+        total_blocks = -(-self.prv.size // self.block_size)
         sequential = missing[0] == self._next_block
         runs: list[list[int]] = []
         for index in missing:
@@ -150,7 +163,7 @@ class RangeReader:
                 runs[-1].append(index)
             else:
                 runs.append([index])
-        limit = self.options.max_readahead // self.options.block_size
+        limit = max(1, self.options.max_readahead // self.block_size)
         if sequential:
             self._ahead = min(self._ahead * 2, limit)
             ahead = min(self._ahead, self.options.cache_blocks)
@@ -166,14 +179,14 @@ class RangeReader:
         self._next_block = runs[-1][-1] + 1
 
     async def _fetch_run(self, first: int, last: int) -> None:
-        size = self.options.block_size
+        size = self.block_size
         start, end = first * size, min(self.prv.size, (last + 1) * size)
         while self._sources:
             url = self._sources[0]
             try:
                 data = await self._fetch_span(url, start, end)
                 self.verifier.check_span(start, data)
-            except (_SourceFailed, HeadMismatchError) as exc:
+            except (_SourceFailed, SourceContentError) as exc:
                 self._failures.append(SourceFailure(url, str(exc)))
                 self._sources.pop(0)
                 continue
@@ -189,10 +202,35 @@ class RangeReader:
             self._failures,
         )
 
+    async def _fetch_digests(self) -> None:
+        """Use the first digest list a source serves that matches the ``.prv``'s root;
+        with none, reads keep the head and whole-file checks (``kbapps.api.verify``)."""
+        self._digests_asked = True
+        spec = self.prv.chunks
+        assert spec is not None  # (asked only then)
+        length = spec.list_length(self.prv.size)
+        for url in self._sources:
+            if (list_url := _digest_list_url(url, self.prv.sha1)) is None:
+                continue
+            try:
+                async with self._client.stream("GET", list_url) as response:
+                    if response.status != 200:
+                        continue
+                    data = bytearray()
+                    async for part in response.iter_bytes():
+                        data += part
+                        if len(data) > length:
+                            break
+                digests = DigestList.check(spec, self.prv.size, data)
+            except (TransportError, ChunkListError):
+                continue
+            self.verifier.use_digests(digests)
+            return
+
     def _hash_cached_blocks(self) -> None:
         """Extend the whole-file hash over cached blocks that continue its prefix (read
         out of order earlier), so a file read in any order is fully verified at the end."""
-        size = self.options.block_size
+        size = self.block_size
         index = self.verifier.hashed // size
         while index in self._blocks and self.verifier.hashed == index * size:
             try:
@@ -243,3 +281,11 @@ class RangeReader:
             or (total != "*" and int(total) != self.prv.size)
         ):
             raise _SourceFailed(f"sent another range than {start}-{end - 1}/{self.prv.size}")
+
+
+def _digest_list_url(source: str, sha1: str) -> str | None:
+    """Where the node behind a download URL serves the digest list of ``sha1``."""
+    if source.endswith(f"/sha1/{sha1}"):
+        return f"{source}/chunks"
+    match = _DOWNLOAD_URL_RE.fullmatch(source)
+    return f"{match[1]}{match[2]}/sha1/{sha1}/chunks" if match else None

@@ -27,7 +27,8 @@ from kbapps import api
 from kbapps.api import aio
 from kbapps.api.ranged import ContentReadError, RangeReader
 from kbapps.download import BadInputError, NotFoundError
-from kbproto.prv import Prv, PrvDir
+from kbproto.chunks import chunk_digests, digest_list_root
+from kbproto.prv import Prv, PrvDir, make_prv
 from kbtransport.http_client import ClientConfig, HttpClient
 from tests.e2e.procs import UNREACHABLE, Node, Procs, command, sha1_of, wait_for, write_pattern
 
@@ -158,13 +159,14 @@ def test_api_calls_and_uri_forms(network: Network, tmp_path: Path) -> None:
     assert result.failed == ()
     assert (tmp_path / "tables" / "sub" / "small.bin").read_bytes() == network.small
 
-    # open_file: seek and read a range; the head is verified, the whole once read.
+    # open_file: seek and read a range; each chunk read is checked against its digest
+    # (blocks are whole 1 MiB chunks: this file is one), the whole file once read.
     small_blocks = api.ReadOptions(block_size=65536, max_readahead=65536)
     with api.open_file(network.kb("tables/sub/small.bin"), hub=hub, read_options=small_blocks) as f:
         assert f.size == len(network.small)
         f.seek(123_456)
         assert f.read(1000) == network.small[123_456:124_456]
-        assert f.remote.reader.verifier.hashed < f.size  # only the head is checked yet
+        assert f.remote.reader.verifier.chunk_checked
         f.seek(0)
         assert f.read() == network.small
         assert f.remote.reader.verifier.fully_verified
@@ -282,8 +284,15 @@ class _LyingSource(http.server.BaseHTTPRequestHandler):
     """Serves ``content`` (one byte changed) with Range support, as a source that lies."""
 
     content = b""
+    digest_list = b""  # served at .../chunks: the honest list of the honest content
 
     def do_GET(self) -> None:
+        if self.path.endswith("/chunks"):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.digest_list)))
+            self.end_headers()
+            self.wfile.write(self.digest_list)
+            return
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
         start, end = (int(match[1]), int(match[2])) if match else (0, len(self.content) - 1)
         body = self.content[start : end + 1]
@@ -299,15 +308,17 @@ class _LyingSource(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _liar(content: bytes, wrong_at: int) -> Iterator[str]:
+def _liar(content: bytes, wrong_at: int, path: str = "/x") -> Iterator[str]:
     bad = bytearray(content)
     bad[wrong_at] ^= 0xFF
-    handler = type("Liar", (_LyingSource,), {"content": bytes(bad)})
+    handler = type(
+        "Liar", (_LyingSource,), {"content": bytes(bad), "digest_list": chunk_digests(content)}
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/x"
+        yield f"http://127.0.0.1:{server.server_address[1]}{path}"
     finally:
         server.shutdown()
         server.server_close()
@@ -318,6 +329,10 @@ def test_wrong_bytes_are_never_returned_as_verified(network: Network) -> None:
     small = network.small
     prv = api.get_prv(f"sha1://{sha1_of(small)}", hub=network.hub.url)
     assert isinstance(prv, Prv)
+    assert prv.chunks is not None  # the share's .prv carries the chunk digests' root
+    chunked = prv
+    # First a .prv without them (an older one): the head and whole-file checks.
+    prv = make_prv(sha1=prv.sha1, size=prv.size, head_sha1=prv.head_sha1, path="small.bin")
     honest = f"{network.hub.url}/sha1/{prv.sha1}"
     blocks = api.ReadOptions(block_size=65536, max_readahead=65536)
 
@@ -345,6 +360,25 @@ def test_wrong_bytes_are_never_returned_as_verified(network: Network) -> None:
 
     with _liar(small, wrong_at=len(small) - 7) as liar:
         anyio.run(read_all, liar)
+
+    # With chunk digests (a .prv from kb-prv-create): a wrong byte in the middle of a
+    # ranged read is caught in its chunk, before any byte of the read is returned,
+    # even from a source that serves the honest digest list.
+    assert chunked.chunks is not None
+    assert chunked.chunks.root == digest_list_root(chunk_digests(small))
+
+    async def read_middle(sources: list[str]) -> tuple[bytes, RangeReader]:
+        async with HttpClient(ClientConfig()) as client:
+            reader = RangeReader(chunked, sources, client, blocks)
+            return await reader.read(100_000, 4096), reader
+
+    with _liar(small, wrong_at=101_000, path=f"/sha1/{prv.sha1}") as liar:
+        with pytest.raises(ContentReadError, match=r"chunk 0 \(bytes 0-299999\) does not match"):
+            anyio.run(read_middle, [liar])
+        data, reader = anyio.run(read_middle, [liar, honest])
+    assert data == small[100_000:104_096]
+    assert reader.verifier.chunk_checked
+    assert [f.url for f in reader.failures] == [liar]
 
 
 def test_the_example_notebook_runs(network: Network, tmp_path: Path) -> None:
