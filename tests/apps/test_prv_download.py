@@ -35,6 +35,7 @@ from tests.apps.test_download_support import (
     write_prv,
     write_prvdir,
 )
+from tests.e2e.procs import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -215,6 +216,7 @@ def test_ctrl_c_leaves_a_resumable_part(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         deadline = time.monotonic() + 60
@@ -228,7 +230,7 @@ def test_ctrl_c_leaves_a_resumable_part(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"Interrupted: kept {part} " in stderr
     assert not out.exists()

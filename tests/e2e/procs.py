@@ -182,6 +182,7 @@ class Procs:
                 stderr=err_file,
                 text=True,
                 env=env if env is not None else self.env,
+                preexec_fn=default_sigint,
             )
         proc = Proc(name, popen, stderr_path=err)
         self.all.append(proc)
@@ -274,6 +275,13 @@ class Procs:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait(10)
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of the processes a test may Ctrl+C: SIGINT back to its default, as
+    in a terminal (a shell without job control starts background jobs with SIGINT
+    ignored, and a Python started so ignores Ctrl+C: as users expect, but not a test)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

@@ -23,6 +23,8 @@ from types import TracebackType
 
 import pytest
 
+from tests.e2e.procs import default_sigint
+
 __all__ = ("Terminal", "lines_of")
 
 
@@ -52,6 +54,7 @@ class Terminal:
                 stderr=slave,
                 env=environment,
                 start_new_session=True,  # the pty becomes its controlling terminal
+                preexec_fn=default_sigint,
             )
         finally:
             os.close(slave)

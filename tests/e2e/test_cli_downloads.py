@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kbapps.output import format_bytes
 from kbproto.prv import PrvDir, serialize_prv, serialize_prvdir
-from tests.e2e.procs import command, wait_for, write_pattern
+from tests.e2e.procs import command, default_sigint, wait_for, write_pattern
 from tests.e2e.terminal import Terminal, lines_of
 from tests.hostile.client_net import FakeSource, Served, fake_source, prv_of
 
@@ -63,7 +63,12 @@ def _serve(source: FakeSource, mode: str, served: Served) -> str:
 def _interrupt(argv: list[str], env: dict[str, str], ready: Callable[[], bool]) -> tuple[int, str]:
     """Run ``argv``, send SIGINT (Ctrl+C) once ``ready()`` holds; exit code and stderr."""
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     try:
         wait_for(lambda: ready() or proc.poll() is not None, 60, "bytes on disk")
