@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json.encoder
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -437,25 +438,36 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return error_response(502, "That node sent wrong bytes for this content")
         return proxied_response(response, request.method, content_check(response, node_id, sha1))
 
-    async def by_sha1(request: Request, sha1: str) -> Response:
+    async def from_holders(
+        request: Request,
+        sha1: str,
+        suffix: str,
+        missing: str,
+        answer: Callable[[ProxyResponse, FindResult], Awaitable[tuple[bool, Response]]],
+    ) -> Response:
+        """What ``/sha1/SHA1{suffix}`` names, from the first holder of ``sha1`` serving it.
+
+        Our own copy first, then the others in the order the find gave them. Each share
+        is asked by SHA-1 (``/ID/sha1/SHA1{suffix}``), not by path: a share serves that
+        only while its file is unchanged since hashing (docs/security.md), and answers
+        404 otherwise, in which case the next holder is tried. ``answer`` turns a
+        holder's answer into ours: ``(True, response)`` to send it, or ``(False,
+        refusal)`` after closing it, to try the next holder (the refusal is sent if none
+        serves). Holders remembered as sending wrong bytes for ``sha1`` are never asked.
+        """
         sha1 = sha1.lower()
         if request.method not in ("GET", "HEAD"):
             return error_response(405, f"Method {request.method} not allowed here")
         if not is_sha1(sha1):
             return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
-        answer = await node.find(sha1)
-        if not isinstance(answer, LookupResolved) or not answer.results:
+        found = await node.find(sha1)
+        if not isinstance(found, LookupResolved) or not found.results:
             return error_response(404, "Content not found")
         headers = _forwarded(request)
-        last = error_response(404, "Content not found")
-        # Our own copy first, then the others in the order the find gave them. Each share
-        # is asked for the content by SHA-1 (``/ID/sha1/SHA1``), not by path: a share
-        # serves that only while its file is unchanged since hashing (docs/security.md), and
-        # answers 404 otherwise, in which case the next source is tried.
-        results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
-        for result in results:
+        last = error_response(404, missing)
+        for result in sorted(found.results, key=lambda r: r.kbshare_id != node.node_id):
             source = result.kbshare_id
-            target = f"/{source}/sha1/{sha1}"
+            target = f"/{source}/sha1/{sha1}{suffix}"
             if bad_sources.has(source, sha1):
                 # It sent wrong bytes for this content before: never asked again.
                 last = error_response(502, "Every source of this content sent wrong bytes")
@@ -478,55 +490,38 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 if response.status >= 500:
                     last = error_response(502, f"Share answered {response.status}")
                 continue
-            if lies_at_once(response, source, sha1):
-                await response.aclose()
-                last = error_response(502, "Every source of this content sent wrong bytes")
-                continue
-            return proxied_response(response, request.method, content_check(response, source, sha1))
+            final, ours = await answer(response, result)
+            if final:
+                return ours
+            last = ours
         return last
 
-    async def chunks_by_sha1(request: Request, sha1: str) -> Response:
-        sha1 = sha1.lower()
-        if request.method not in ("GET", "HEAD"):
-            return error_response(405, f"Method {request.method} not allowed here")
-        if not is_sha1(sha1):
-            return error_response(400, "Malformed SHA-1 (40 hex digits expected)")
-        answer = await node.find(sha1)
-        if not isinstance(answer, LookupResolved) or not answer.results:
-            return error_response(404, "Content not found")
-        headers = _forwarded(request)
-        last = error_response(404, "No chunk digests for this content")
-        # As by_sha1: our own list first, then each share in the find's order.
-        results = sorted(answer.results, key=lambda r: r.kbshare_id != node.node_id)
-        for result in results:
-            source = result.kbshare_id
-            target = f"/{source}/sha1/{sha1}/chunks"
-            if source == node.node_id:
-                local_response = await own(request_from_target(request.method, target, headers))
-                if local_response.status != 404:
-                    return local_response
-                await discard_response(local_response)
-                continue
-            try:
-                response = await node.open_request(
-                    source, request.method, target, headers, client=_client(request)
-                )
-            except StreamResetError as exc:
-                last = _reset_response(exc)
-                continue
-            if response.status == 404 or response.status >= 500:
+    async def by_sha1(request: Request, sha1: str) -> Response:
+        async def checked(response: ProxyResponse, result: FindResult) -> tuple[bool, Response]:
+            source, content = result.kbshare_id, sha1.lower()
+            if lies_at_once(response, source, content):
                 await response.aclose()
-                if response.status >= 500:
-                    last = error_response(502, f"Share answered {response.status}")
-                continue
+                return False, error_response(502, "Every source of this content sent wrong bytes")
+            check = content_check(response, source, content)
+            return True, proxied_response(response, request.method, check)
+
+        return await from_holders(request, sha1, "", "Content not found", checked)
+
+    async def chunks_by_sha1(request: Request, sha1: str) -> Response:
+        async def sized(response: ProxyResponse, result: FindResult) -> tuple[bool, Response]:
             length = response.content_length
             if response.status == 200 and length not in (None, _list_length(result.size)):
                 await response.aclose()
-                _log.warning("node %s sent a digest list of the wrong length for %s", source, sha1)
-                last = error_response(502, "Every source sent a digest list of the wrong length")
-                continue
-            return proxied_response(response, request.method)
-        return last
+                _log.warning(
+                    "node %s sent a digest list of the wrong length for %s", result.kbshare_id, sha1
+                )
+                refusal = error_response(502, "Every source sent a digest list of the wrong length")
+                return False, refusal
+            return True, proxied_response(response, request.method)
+
+        return await from_holders(
+            request, sha1, "/chunks", "No chunk digests for this content", sized
+        )
 
     async def app(request: Request) -> Response:
         # A websocket upgrade on any path is a child link. (The loop finds the rare
