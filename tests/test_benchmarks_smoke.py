@@ -38,8 +38,9 @@ SMOKE_RUNS = {
             "1",
             "--wrk-repeats",
             "1",
+            *("--also-code", str(ROOT), "--pinned"),
         ],
-        ["x curl -o", "x direct", "req/s ratio hub/bare"],
+        ["x curl -o", "x direct", "req/s ratio hub/bare", "finds, pinned"],
     ),
     "bench_startup.py": (
         [
