@@ -48,6 +48,10 @@ SMOKE_RUNS = {
         ],
         ["typer / fast path, per pair"],
     ),
+    "bench_parallel.py": (
+        ["--rounds", "1", "--size-mib", "4", "--rate", "4M"],
+        ["## Two sources vs one", "speed-up both/one"],
+    ),
     "bench_pyapi.py": (
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
