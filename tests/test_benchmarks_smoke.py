@@ -23,7 +23,10 @@ SMOKE_RUNS = {
         ["--repeats", "1", "--big-mib", "4", "--files", "50", "--file-size", "1024"],
         ["throughput ratio"],
     ),
-    "bench_serving.py": (["--rounds", "1", "--size-mib", "4"], ["ratio to curl -o"]),
+    "bench_serving.py": (
+        ["--rounds", "1", "--size-mib", "4", "--upload-rate", "1000000000"],
+        ["ratio to curl -o", "| ours limited |"],
+    ),
     "bench_network.py": (
         [
             "--rounds",
@@ -48,6 +51,10 @@ SMOKE_RUNS = {
             *("--files", "50", "--file-size", "1024", "--download-kib", "16"),
         ],
         ["typer / fast path, per pair"],
+    ),
+    "bench_parallel.py": (
+        ["--rounds", "1", "--size-mib", "4", "--rate", "4M"],
+        ["## Two sources vs one", "speed-up both/one"],
     ),
     "bench_pyapi.py": (
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],

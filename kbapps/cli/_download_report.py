@@ -2,7 +2,7 @@
 
 ``DownloadReport`` is the download's event sink: with ``--json`` it prints every event
 as one JSON Lines record on stdout, and in every mode it prints the human lines on
-stderr that the events call for (a resumed ``.part``) and remembers what an
+stderr that the events call for (a resumed ``.part``, a warning) and remembers what an
 interruption must report: the files in place and the partial files kept for the
 next run (``docs/commands.md``, ``kb-prv-download``).
 """
@@ -38,6 +38,8 @@ class DownloadReport:
             self.done += 1
         elif kind == "kept":
             self.kept[str(event["part"])] = event
+        elif kind == "warning" and not self.as_json:
+            output.warning(f"{event['path']}: {event['message']}")
         elif kind == "resume":
             output.line(
                 f"Resuming {event['path']} at {output.format_bytes(event['offset'])} of "

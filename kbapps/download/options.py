@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from kbapps.download.cache import CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE
 from kbapps.download.deadline import DEFAULT_MIN_SPEED, DEFAULT_SPEED_WINDOW
 from kbapps.download.errors import BadInputError
 from kbapps.hashing import HASH_CACHE_FILENAME
+from kbapps.sizes import size_in_bytes
 from kbtransport.errors import ConnectError
 from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.net import parse_url
@@ -44,10 +44,6 @@ CONTENT_CACHE_DIRNAME = "content"
 #: Environment variables for ``--min-speed`` and ``--speed-window``.
 MIN_SPEED_ENV = "KBUCKET_MIN_SPEED"
 SPEED_WINDOW_ENV = "KBUCKET_SPEED_WINDOW"
-#: A size: a number, then optionally K, M, G or T (powers of 1024), then optionally
-#: ``B`` or ``iB`` (``500M``, ``20G``, ``1.5GiB``, ``4096``).
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,12 +122,12 @@ def parse_size(text: str, where: str) -> int:
     Raises:
         BadInputError: ``text`` is not a size; the message names ``where`` it came from.
     """
-    match = _SIZE_RE.fullmatch(text.strip().upper())
-    if match is None:
+    size = size_in_bytes(text)
+    if size is None:
         raise BadInputError(
             f"{where}: not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return size
 
 
 def resolve_size(
