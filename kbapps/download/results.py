@@ -43,7 +43,9 @@ class DownloadResult:
         url: the source that delivered the last bytes (network only).
         resumed_from: bytes already on disk when the successful source started.
         transferred: bytes received from the network for this file.
-        failures: sources that failed before one worked.
+        failures: sources that failed before one worked (or were dropped).
+        sources: ``(url, bytes)`` each source delivered, for a file fetched from
+            several at once (``kbapps.download.parallel``); empty otherwise.
     """
 
     path: Path
@@ -54,6 +56,7 @@ class DownloadResult:
     resumed_from: int = 0
     transferred: int = 0
     failures: tuple[SourceFailure, ...] = ()
+    sources: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +99,8 @@ def done_event(result: DownloadResult, label: str) -> dict[str, Any]:
         event["url"] = result.url
         event["resumed_from"] = result.resumed_from
         event["transferred"] = result.transferred
+    if result.sources:
+        event["sources"] = dict(result.sources)
     return event
 
 
