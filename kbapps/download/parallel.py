@@ -383,7 +383,8 @@ async def fetch_parallel(
     run = _Run(
         client, part, digests, unit, scheduler, options, reporter, emit, label, dead, on_disk
     )
-    workers = max(1, min(options.max_sources, len(on_disk)))
+    # Nodes first; a URL naming no node may be one of them, so it waits in reserve.
+    workers = max(1, min(options.max_sources, sum(1 for s in on_disk if s.node)))
     try:
         async with anyio.create_task_group() as group:
             for _ in range(workers):
