@@ -16,6 +16,8 @@ wrote, so this module is deliberately forgiving on read and careful on write:
 - A hub's index budget (``index_budget``, ``open_child_quota``: entries, see
   docs/security.md §3) is written only once set, by option or by hand, so a hub that
   never set it follows the release's default.
+- A share's upload rate limit (``max_upload_rate``: bytes per second, 0 for none;
+  ``kbucket-host --max-upload-rate``) is likewise written only once set.
 - Saving writes a temporary file inside ``.kbucket/`` and renames it over the old one,
   so a crash never leaves half a file. The file holds passcodes, so it is 0600.
 
@@ -44,6 +46,7 @@ __all__ = (
     "KBUCKET_DIR_NAME",
     "MAX_CONFIG_BYTES",
     "MAX_ENTRIES",
+    "MAX_UPLOAD_RATE",
     "NODE_TYPES",
     "NodeConfig",
     "NodeType",
@@ -64,6 +67,9 @@ MAX_CONFIG_BYTES = 1024 * 1024
 #: Largest index budget or quota accepted (entries): ~300 GB of index at today's cost
 #: per entry, beyond any machine; it only keeps a typo from meaning "unbounded".
 MAX_ENTRIES = 1_000_000_000
+#: Highest upload rate limit accepted (bytes per second): 1 TiB/s, beyond any network
+#: link; like ``MAX_ENTRIES`` it only keeps a typo from passing unseen.
+MAX_UPLOAD_RATE = 1024**4
 
 NodeType = Literal["leaf", "hub"]
 #: The two kinds of node (docs/formats.md §3 ``node_type``).
@@ -95,6 +101,7 @@ _KNOWN_FIELDS = frozenset(
         *_TEXT_FIELDS,
         *_PARENT_FIELDS,
         *_BUDGET_FIELDS,
+        "max_upload_rate",
     }
 )
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
@@ -152,6 +159,9 @@ class NodeConfig:
     #: Hubs: index entries per proven node of a child without the passcode (None:
     #: kbproto's default).
     open_child_quota: int | None = None
+    #: Shares: the upload rate limit in bytes per second, 0 for none (None: not set,
+    #: no limit).
+    max_upload_rate: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,6 +181,8 @@ class NodeConfig:
             value = getattr(self, name)
             if value is not None and not _is_entry_count(value):
                 raise ValueError(f"{name} must be an integer from 1 to {MAX_ENTRIES}")
+        if self.max_upload_rate is not None and not _is_rate(self.max_upload_rate):
+            raise ValueError(f"max_upload_rate must be an integer from 0 to {MAX_UPLOAD_RATE}")
         if _KNOWN_FIELDS & set(self.extra) or _LEGACY_FIELDS & set(self.extra):
             raise ValueError("extra must hold only unknown fields")
         # Freeze the mapping too, so a NodeConfig cannot change after it is built.
@@ -203,6 +215,8 @@ class NodeConfig:
         for name in _BUDGET_FIELDS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.max_upload_rate is not None:
+            out["max_upload_rate"] = self.max_upload_rate
         out.update(self.extra)
         return out
 
@@ -245,12 +259,23 @@ class NodeConfig:
                         f" from 1 to {MAX_ENTRIES}"
                     )
                 values[name] = data[name]
+        if data.get("max_upload_rate") is not None:
+            if not _is_rate(data["max_upload_rate"]):
+                raise SetupError(
+                    f"{where}: field 'max_upload_rate' must be a number of bytes per second"
+                    f" from 0 (no limit) to {MAX_UPLOAD_RATE}"
+                )
+            values["max_upload_rate"] = data["max_upload_rate"]
         extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS | _LEGACY_FIELDS}
         return cls(**values, extra=extra)
 
 
 def _is_entry_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ENTRIES
+
+
+def _is_rate(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UPLOAD_RATE
 
 
 def _is_port(value: object) -> bool:

@@ -67,11 +67,13 @@ from kbproto.nodetable import MAX_UNPROVEN_CLAIMS
 from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
+from kbtransport.http_server import ServerConfig
 from kbtransport.httpapi import NodeAppConfig
 from kbtransport.join_guard import RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHooks
 from kbtransport.origins import OriginPolicy
+from kbtransport.ratelimit import UploadLimiter
 from kbtransport.routing import Router
 from kbtransport.serve import NodeHandle, serve_node
 from kbtransport.stream_budget import StreamBudget
@@ -399,6 +401,14 @@ def _app_config(setup: NodeSetup) -> NodeAppConfig:
     return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins))
 
 
+def _server_config(setup: NodeSetup) -> ServerConfig:
+    """The HTTP server's settings: a share's upload rate limit (``--max-upload-rate``),
+    one token bucket for all its connections and the streams its hub proxies."""
+    if setup.upload_rate == 0:
+        return ServerConfig()
+    return ServerConfig(upload_limit=UploadLimiter(setup.upload_rate))
+
+
 async def _serve_once(
     setup: NodeSetup,
     router: Router,
@@ -418,6 +428,7 @@ async def _serve_once(
                 hooks=hooks,
                 app_config=_app_config(setup),
                 stream_budget=streams,
+                server_config=_server_config(setup),
             ) as handle,
             anyio.create_task_group() as tg,
         ):

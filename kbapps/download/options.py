@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from kbapps.download.cache import CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE
 from kbapps.download.deadline import DEFAULT_MIN_SPEED, DEFAULT_SPEED_WINDOW
 from kbapps.download.errors import BadInputError
 from kbapps.hashing import HASH_CACHE_FILENAME
+from kbapps.sizes import size_in_bytes
 from kbtransport.errors import ConnectError
 from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.net import parse_url
@@ -53,10 +53,6 @@ DEFAULT_MAX_SOURCES = 4
 #: one request costs less than the extra requests, connections and the second pass
 #: that hashes the file once it is whole.
 PARALLEL_MIN_SIZE = 16 * 1024 * 1024
-#: A size: a number, then optionally K, M, G or T (powers of 1024), then optionally
-#: ``B`` or ``iB`` (``500M``, ``20G``, ``1.5GiB``, ``4096``).
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,12 +140,12 @@ def parse_size(text: str, where: str) -> int:
     Raises:
         BadInputError: ``text`` is not a size; the message names ``where`` it came from.
     """
-    match = _SIZE_RE.fullmatch(text.strip().upper())
-    if match is None:
+    size = size_in_bytes(text)
+    if size is None:
         raise BadInputError(
             f"{where}: not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return size
 
 
 def resolve_size(
