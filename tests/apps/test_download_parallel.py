@@ -26,7 +26,7 @@ from kbapps import download
 from kbapps.download import ClientOptions
 from kbapps.download.partfile import PieceRecord
 from kbproto.chunks import CHUNK_SIZE
-from kbproto.prv import Prv
+from kbproto.prv import Prv, PrvDir
 from tests.apps.test_download_support import FakeNetwork, content, fake_network, prv_of
 
 MIB = 1 << 20
@@ -305,3 +305,26 @@ def test_every_source_failing_keeps_the_finished_pieces(net: FakeNetwork, tmp_pa
     assert record.runs == ((0, 6),)
     assert (tmp_path / "out.bin.part").read_bytes()[: 6 * MIB] == data[: 6 * MIB]
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_a_prvdir_fetches_its_large_files_in_pieces(net: FakeNetwork, tmp_path: Path) -> None:
+    big, small = content(3 * MIB + 5, seed=11), content(5000, seed=12)
+    for data in (big, small):
+        sha1 = net.add(data, [])
+        net.sources[sha1] = [
+            net.node_url(NODE_A, "good", sha1),
+            net.node_url(NODE_B, "good", sha1),
+        ]
+    tree = PrvDir(files={"big.bin": prv_of(big, chunks=True), "small.txt": prv_of(small)}, dirs={})
+    events: list[dict[str, Any]] = []
+    outcome = anyio.run(
+        lambda: download.download_prvdir(
+            tree, tmp_path / "out", options(net.base), on_event=events.append
+        )
+    )
+    assert not outcome.failed
+    assert (tmp_path / "out" / "big.bin").read_bytes() == big
+    assert (tmp_path / "out" / "small.txt").read_bytes() == small
+    done = {str(e["path"]).rsplit("/", 1)[-1]: e for e in events if e["event"] == "done"}
+    assert len(done["big.bin"]["sources"]) == 2
+    assert "sources" not in done["small.txt"]
