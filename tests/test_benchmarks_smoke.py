@@ -52,6 +52,10 @@ SMOKE_RUNS = {
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
     ),
+    "bench_parallel.py": (
+        ["--rounds", "1", "--size-mib", "17", "--rate", "0"],
+        ["two sources / one, transfer"],
+    ),
     "bench_sim.py": (
         ["--hubs", "22", "--shares", "30", "--ids", "2000"],
         ["## Simulator throughput", "## Hub index memory"],
