@@ -41,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from kbapps import output
@@ -192,6 +193,8 @@ class _Run:
         self.scopes: dict[str, anyio.CancelScope] = {}
         self._changed = anyio.Event()
         self._saved = time.monotonic()
+        #: A local error (writing the part) that ended the fetch.
+        self.fatal: OSError | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -220,11 +223,16 @@ class _Run:
 
     # -- workers -------------------------------------------------------------------------
 
-    async def worker(self) -> None:
+    async def worker(self, group: anyio.abc.TaskGroup) -> None:
         """Fetch pieces with the next reserve source until the file is complete or no
-        source is left."""
-        while self.reserve and not self.sched.complete:
-            await self._use(self.reserve.pop(0))
+        source is left. A local failure (the part cannot be written) stops every
+        worker; ``fatal`` holds it for ``fetch_parallel`` to raise."""
+        try:
+            while self.reserve and not self.sched.complete:
+                await self._use(self.reserve.pop(0))
+        except OSError as exc:
+            self.fatal = exc
+            group.cancel_scope.cancel()
         self._notify()  # an idle worker waiting on this one looks again
 
     async def _use(self, source: Source) -> None:
@@ -374,6 +382,7 @@ async def fetch_parallel(
     Raises:
         DownloadFailedError: every source was dropped before the file was complete
             (the finished units are recorded for the next run).
+        OSError: the part could not be written.
     """
     prv = part.prv
     unit = unit_size(prv, digests)
@@ -388,10 +397,12 @@ async def fetch_parallel(
     try:
         async with anyio.create_task_group() as group:
             for _ in range(workers):
-                group.start_soon(run.worker)
+                group.start_soon(run.worker, group)
     finally:
         if not scheduler.complete:
             run.save()  # the finished units, for the next run (also after Ctrl+C)
+    if run.fatal is not None:
+        raise run.fatal
     if not scheduler.complete:
         count = len(run.outcome.failures)
         record = PieceRecord(unit, tuple(scheduler.done_ranges()))

@@ -3,6 +3,7 @@
 Events (``on_event``) are plain JSON-ready dicts, one per happening, with an ``"event"``
 key: ``source`` (a URL is tried), ``progress`` (rate-limited), ``done`` (a file is in
 place), ``error`` (a source failed, or with ``"fatal": true`` a file failed),
+``dropped`` (one of several sources used at once failed and was dropped),
 ``warning`` (the hub's size disagrees with the ``.prv``), ``resume`` (a ``.part`` left
 by an earlier run is continued), ``kept`` (after Ctrl+C: a ``.part`` kept for the next
 run) and, for a ``.prvdir``, ``finished``. ``kb-prv-download --json`` prints them as

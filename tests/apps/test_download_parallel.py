@@ -12,8 +12,10 @@ time; the same node behind two URLs counts once; small files keep one request.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,3 +330,19 @@ def test_a_prvdir_fetches_its_large_files_in_pieces(net: FakeNetwork, tmp_path: 
     done = {str(e["path"]).rsplit("/", 1)[-1]: e for e in events if e["event"] == "done"}
     assert len(done["big.bin"]["sources"]) == 2
     assert "sources" not in done["small.txt"]
+
+
+def test_a_part_that_cannot_be_written_is_one_clear_error(
+    net: FakeNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content(3 * MIB, seed=13)
+    sha1 = net.add(data, [])
+    net.sources[sha1] = [net.node_url(NODE_A, "good", sha1), net.node_url(NODE_B, "good", sha1)]
+
+    def full(fd: int, data: object, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)  # the downloader writes pieces with it
+    with pytest.raises(download.BadInputError, match="No space left on device"):
+        fetch(prv_of(data, chunks=True), tmp_path / "out.bin", options(net.base), [])
+    assert not (tmp_path / "out.bin").exists()
