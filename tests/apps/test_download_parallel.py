@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -24,7 +25,8 @@ from typing import Any
 import anyio
 import pytest
 
-from kbapps import download
+from kbapps import download, output
+from kbapps.cli._download_report import DownloadReport
 from kbapps.download import ClientOptions
 from kbapps.download.partfile import PieceRecord
 from kbproto.chunks import CHUNK_SIZE
@@ -346,3 +348,31 @@ def test_a_part_that_cannot_be_written_is_one_clear_error(
     with pytest.raises(download.BadInputError, match="No space left on device"):
         fetch(prv_of(data, chunks=True), tmp_path / "out.bin", options(net.base), [])
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_the_progress_lines_say_how_many_sources_are_sending(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    now = [0.0]
+    stream = io.StringIO()
+    report = DownloadReport(as_json=False)
+    with output.Progress(
+        "Downloading",
+        total_files=1,
+        total_bytes=1000,
+        stream=stream,
+        tty=False,
+        clock=lambda: now[0],
+    ) as progress:
+        report.progress = progress
+        now[0] = 1.0
+        report({"event": "progress", "sources": {"a": 100, "b": 100}, "active_sources": 2})
+        progress.update(0, 200)
+        report({"event": "progress", "sources": {"a": 300, "b": 200}, "active_sources": 1})
+        progress.update(0, 300)
+        progress.close(success=False)
+    assert stream.getvalue().splitlines() == [
+        "Downloading: 20% (0/1 file, 2 sources, 200 B of 1.0 kB)",
+        "Downloading: 50% (0/1 file, 500 B of 1.0 kB)",
+    ]
+    assert capsys.readouterr().out == ""  # not --json: no events printed
