@@ -15,8 +15,9 @@ against its digest before it is written: a source sending a wrong byte is droppe
 after at most one chunk of bad data and its piece goes back to the others. Without
 one (an original five-field ``.prv``), the first 1000 bytes are checked against
 ``original_fcs`` and the rest only by the whole-file SHA-1. The whole file is always
-hashed at the end (``whole_sha1``: one sequential read; the caller falls back to one
-source at a time when it does not match).
+hashed, in order, as the units land (a unit that lands after its successors is hashed
+with them, read back from the part), so the final check costs no second pass; when
+it does not match, the caller fetches the file again from one source at a time.
 
 A source is dropped, with its reason (a ``dropped`` event), when a URL fails to
 connect, answers another status or range, names other content, sends a wrong chunk,
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,10 +81,12 @@ __all__ = (
 
 #: The unit of a ``.prv`` without chunk digests (with them: the chunk size).
 UNIT_BYTES = 1 << 20
-#: Bytes one request asks for at most: small enough that the last pieces of a file
-#: are short (a slow source holds little when the others are done), large enough that
-#: the request per piece costs little (4 requests per 16 MiB).
+#: Bytes one request asks for at least: the request per piece then costs little
+#: (at most 4 requests per 16 MiB). A large file's pieces are larger, about a quarter
+#: of each source's share, up to ``_MAX_PIECE_BYTES``: fewer requests, and the end
+#: game splits what a slow source still holds (``PieceScheduler``).
 PIECE_BYTES = 4 << 20
+_MAX_PIECE_BYTES = 32 << 20
 #: Seconds between two records of the finished pieces in the sidecar.
 _SAVE_INTERVAL = 1.0
 #: Read size of the final whole-file hash: measured faster than ``DISK_READ`` for
@@ -98,11 +102,14 @@ class ParallelOutcome:
         transferred: bytes received from the network (duplicates included).
         sources: verified bytes each URL delivered that were kept, in first-use order.
         failures: the URLs dropped, each with why.
+        sha1: the SHA-1 of the part's bytes, hashed in order as the units landed (None
+            if the run did not complete).
     """
 
     transferred: int = 0
     sources: dict[str, int] = field(default_factory=dict)
     failures: list[SourceFailure] = field(default_factory=list)
+    sha1: str | None = None
 
     @property
     def url(self) -> str | None:
@@ -176,6 +183,7 @@ class _Run:
         label: str,
         dead: DeadOrigins,
         reserve: list[Source],
+        kept: Iterable[int],
     ) -> None:
         self.client = client
         self.part = part
@@ -195,6 +203,16 @@ class _Run:
         self._saved = time.monotonic()
         #: A local error (writing the part) that ended the fetch.
         self.fatal: OSError | None = None
+        # The writer threads' state, under _lock: units a writer took (each is written
+        # once, so the bytes hashed are the bytes on disk), units on disk, and the
+        # SHA-1 of the file's prefix, extended as the units land in order.
+        self._lock = threading.Lock()
+        self._taken = bytearray(scheduler.units)
+        self._written = bytearray(scheduler.units)
+        for index in kept:
+            self._taken[index] = self._written[index] = 1
+        self._prefix = hashlib.sha1()
+        self._prefix_units = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -351,7 +369,27 @@ class _Run:
                 raise WrongBytes(
                     f"the first {output.counted(head, 'byte')} do not match the .prv's original_fcs"
                 )
+        with self._lock:
+            if self._taken[index]:
+                return  # a twin is writing (or wrote) it
+            self._taken[index] = 1
         _pwrite_all(self.part.fd, data, start)
+        with self._lock:
+            self._written[index] = 1
+            while self._prefix_units < self.sched.units and self._written[self._prefix_units]:
+                at = self._prefix_units
+                if at == index:
+                    self._prefix.update(data)
+                else:  # landed earlier, out of order (or kept from an earlier run)
+                    first, last = _span(at, self.unit, self.prv.size)
+                    self._prefix.update(os.pread(self.part.fd, last - first, first))
+                self._prefix_units += 1
+
+    def whole_sha1(self) -> str | None:
+        """The SHA-1 of the whole part, if every unit landed and was hashed in order."""
+        with self._lock:
+            done = self._prefix_units == self.sched.units
+            return self._prefix.hexdigest() if done else None
 
 
 async def fetch_parallel(
@@ -387,13 +425,15 @@ async def fetch_parallel(
     prv = part.prv
     unit = unit_size(prv, digests)
     units = -(-prv.size // unit)
-    scheduler = PieceScheduler(units, max(1, PIECE_BYTES // unit), kept)
     on_disk = [u for u in sources if u.urls]
-    run = _Run(
-        client, part, digests, unit, scheduler, options, reporter, emit, label, dead, on_disk
-    )
     # Nodes first; a URL naming no node may be one of them, so it waits in reserve.
     workers = max(1, min(options.max_sources, sum(1 for s in on_disk if s.node)))
+    piece_units = min(max(units // (4 * workers), PIECE_BYTES // unit), _MAX_PIECE_BYTES // unit)
+    kept = list(kept)
+    scheduler = PieceScheduler(units, max(1, piece_units), kept)
+    run = _Run(
+        client, part, digests, unit, scheduler, options, reporter, emit, label, dead, on_disk, kept
+    )
     try:
         async with anyio.create_task_group() as group:
             for _ in range(workers):
@@ -412,6 +452,7 @@ async def fetch_parallel(
             f"dropped, {missing} missing; the rest is kept for the next run)",
             run.outcome.failures,
         )
+    run.outcome.sha1 = run.whole_sha1()
     return run.outcome
 
 
@@ -473,7 +514,7 @@ async def download_in_pieces(
     outcome = await fetch_parallel(
         client, sources, part, digests, kept, options, reporter, emit, label, dead
     )
-    digest = await anyio.to_thread.run_sync(whole_sha1, part.fd, prv.size)
+    digest = outcome.sha1 or await anyio.to_thread.run_sync(whole_sha1, part.fd, prv.size)
     if digest == prv.sha1:
         return outcome
     emit(

@@ -9,10 +9,12 @@ reports each unit as it lands (``unit_done``); when it is done, or fails, it cal
 ``release``, and whatever it did not finish goes back to the pool for the next asker.
 A faster source therefore asks more often and does more of the file (work stealing).
 
-Near the end, when every missing unit is already held, an idle source *duplicates*
-the held piece with the most units left (the slowest, most likely): both fetch it,
-the first to land a unit wins it, and once a piece has nothing left the other source
-is told to stop (``unit_done`` returns who). A piece is duplicated at most once.
+Near the end, when every missing unit is already held, an idle source *steals* from
+the held piece with the most units left (the slowest, most likely): with two units
+left or more, it takes the second half of them and the holder's piece ends where
+that half starts (the holder stops reading there); with one left, it *duplicates*
+it: both fetch that unit, the first to land it wins, and the other is told to stop
+(``unit_done`` returns who). A piece is duplicated at most once.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Piece:
 
 @dataclass(slots=True)
 class _Assignment:
-    piece: Piece
+    piece: Piece  # shortened when another source steals its tail
     next: int  # the next unit its stream delivers
     duplicated: bool = False
 
@@ -143,6 +145,13 @@ class PieceScheduler:
                 best = held
         if best is None:
             return None
+        if self._left(best) >= 2:
+            # Split: the holder keeps the first half of what it has left.
+            middle = best.next + (best.piece.end - best.next + 1) // 2
+            stolen = Piece(middle, best.piece.end)
+            best.piece = Piece(best.piece.start, middle)
+            self._assigned[source] = _Assignment(stolen, middle)
+            return stolen
         best.duplicated = True
         start = best.next
         while self._done[start]:

@@ -13,18 +13,21 @@ from kbapps.download.sources import Source, group_sources, node_of
 
 
 def deliver(sched: PieceScheduler, source: str, count: int | None = None) -> set[str]:
-    """Let ``source`` land ``count`` units of its piece (all by default); return
-    the sources told to stop along the way."""
+    """Let ``source`` land ``count`` more units of its piece (all by default), from the
+    next one its stream delivers; return the sources told to stop along the way."""
     piece = sched.piece_of(source)
     assert piece is not None
     stop: set[str] = set()
-    start = piece.start
-    while start < piece.end and (count is None or count > 0):
-        _, finished = sched.unit_done(source, start)
+    landed = 0
+    for index in range(piece.start, piece.end):
+        if count is not None and landed == count:
+            break
+        try:
+            _, finished = sched.unit_done(source, index)
+        except ValueError:
+            continue  # delivered before this call
+        landed += 1
         stop |= finished
-        start += 1
-        if count is not None:
-            count -= 1
         if source in finished:
             break
     return stop
@@ -74,39 +77,58 @@ def test_a_failed_source_keeps_its_landed_units_and_frees_the_rest() -> None:
     assert sched.assign("d") == Piece(0, 4)
 
 
-def test_the_end_game_duplicates_the_piece_with_most_left_and_first_lander_wins() -> None:
+def test_the_end_game_steals_half_of_the_slowest_piece() -> None:
     sched = PieceScheduler(8, 4)
     sched.assign("a")  # 0-4
     sched.assign("b")  # 4-8
-    deliver(sched, "a", 3)  # a has one unit left, b four
-    # c is idle: nothing is free, so it duplicates b's piece (the most left).
-    assert sched.assign("c") == Piece(4, 8)
-    # d duplicates a's piece from its next unit (b's has its twin already).
+    deliver(sched, "a", 1)  # a has three units left, b four
+    # c is idle: nothing is free, so it takes the second half of b's piece.
+    assert sched.assign("c") == Piece(6, 8)
+    assert sched.piece_of("b") == Piece(4, 6)
+    # b stops once it landed its (shorter) piece; c's units are not b's any more.
+    assert deliver(sched, "b") == {"b"}
+    sched.release("b")
+    # Next: a has units 1-3 left: it keeps the larger half (it is sending it already).
+    assert sched.assign("b") == Piece(3, 4)
+    assert sched.piece_of("a") == Piece(0, 3)
+    for name in ("a", "b", "c"):
+        deliver(sched, name)
+        sched.release(name)
+    assert sched.complete
+
+
+def test_the_last_unit_is_duplicated_and_the_first_lander_wins() -> None:
+    sched = PieceScheduler(4, 2)
+    sched.assign("a")  # 0-2
+    sched.assign("b")  # 2-4
+    deliver(sched, "a", 1)
+    deliver(sched, "b", 1)
+    # One unit left each: c duplicates a's (the first with most left), d b's.
+    assert sched.assign("c") == Piece(1, 2)
     assert sched.assign("d") == Piece(3, 4)
     assert sched.assign("e") is None  # every piece with units left is duplicated
-    # c lands all of b's units first: b is told to stop.
-    stop = deliver(sched, "c")
-    assert stop == {"b", "c"}
-    # b's stream still delivers unit 4 before it stops: it does not count again.
-    new, _ = sched.unit_done("b", 4)
+    # c lands unit 1 first: a is told to stop, and so is c (done).
+    assert deliver(sched, "c") == {"a", "c"}
+    # a's stream still delivers unit 1 before it stops: it does not count again.
+    new, _ = sched.unit_done("a", 1)
     assert new is False
-    for name in ("b", "c"):
+    for name in ("a", "c"):
         sched.release(name)
-    assert sched.done_count == 7
-    assert deliver(sched, "d") == {"a", "d"}  # d landed a's last unit first
+    assert sched.done_count == 3
+    assert deliver(sched, "b") == {"b", "d"}
     assert sched.complete
-    sched.release("a")
+    sched.release("b")
     sched.release("d")
-    assert sched.done_ranges() == [(0, 8)]
+    assert sched.done_ranges() == [(0, 4)]
 
 
 def test_a_released_twin_lets_its_piece_be_duplicated_again() -> None:
-    sched = PieceScheduler(4, 4)
+    sched = PieceScheduler(1, 4)
     sched.assign("a")
-    assert sched.assign("b") == Piece(0, 4)
+    assert sched.assign("b") == Piece(0, 1)
     assert sched.assign("c") is None
     sched.release("b")  # the duplicate failed
-    assert sched.assign("c") == Piece(0, 4)
+    assert sched.assign("c") == Piece(0, 1)
 
 
 def test_resumed_units_are_never_handed_out() -> None:
@@ -114,8 +136,9 @@ def test_resumed_units_are_never_handed_out() -> None:
     assert sched.done_count == 4
     assert sched.assign("a") == Piece(2, 5)
     assert sched.assign("b") == Piece(6, 9)
-    # Nothing is free: c duplicates the first of the pieces with most left.
-    assert sched.assign("c") == Piece(2, 5)
+    # Nothing is free: c takes the second half of the first piece with most left.
+    assert sched.assign("c") == Piece(4, 5)
+    assert sched.piece_of("a") == Piece(2, 4)
     with pytest.raises(ValueError, match="no unit"):
         PieceScheduler(3, 1, done=[3])
     with pytest.raises(ValueError, match="piece_units"):
