@@ -6,8 +6,9 @@
 chunk digests, else 1 MiB), fetches it with one ranged GET and writes each unit where
 it belongs in the ``.part`` with ``os.pwrite`` as soon as it is whole. A faster source
 comes back for more sooner and so does more of the file; near the end an idle source
-duplicates the piece with the most left, and the first to land each unit wins it (the
-other is stopped once its piece has nothing left).
+takes the second half of what the slowest source still holds (that one stops reading
+where the half starts), and a last unit is fetched by two sources, the first to land
+it winning (the other is stopped).
 
 Checks: with a digest list (fetched once from any source and accepted only if it
 hashes to the ``.prv``'s root, ``kbapps.download.digests``), each unit is checked
