@@ -76,6 +76,7 @@ __all__ = (
     "ParallelOutcome",
     "download_in_pieces",
     "fetch_parallel",
+    "unit_size",
     "verify_kept",
     "whole_sha1",
 )
