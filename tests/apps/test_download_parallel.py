@@ -375,4 +375,7 @@ def test_the_progress_lines_say_how_many_sources_are_sending(
         "Downloading: 20% (0/1 file, 2 sources, 200 B of 1.0 kB)",
         "Downloading: 50% (0/1 file, 500 B of 1.0 kB)",
     ]
-    assert capsys.readouterr().out == ""  # not --json: no events printed
+    report({"event": "dropped", "url": "http://x/0123456789ab/download/f", "message": "cut"})
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not --json: no events printed
+    assert captured.err == "Dropped source http://x/0123456789ab/download/f: cut\n"
