@@ -10,7 +10,11 @@ CPU time (utime+stime from /proc). Then our HTTP client downloads the same file 
 server, writing it and hashing it with SHA-1 as ``kb-prv-download`` will, next to
 ``curl -o FILE``.
 
+With ``--also-code DIR`` the share file server of the code in DIR (e.g. a checkout of an
+older commit) is one more server in the same rounds, ``ours@DIR``.
+
 Usage: python benchmarks/bench_serving.py [--rounds 5] [--size-mib 1024] [--dir /tmp/x]
+       [--also-code DIR]
 Prints median [min-max] tables in Markdown.
 """
 
@@ -100,6 +104,13 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--install-nginx", action="store_true")
+    parser.add_argument(
+        "--also-code",
+        type=Path,
+        action="append",
+        default=[],
+        help="also serve with the code in this directory (repeatable)",
+    )
     args = parser.parse_args()
 
     if shutil.which("nginx") is None and args.install_nginx:
@@ -141,6 +152,17 @@ def main() -> int:
         port = int(ours.stdout.readline())
         procs["ours"] = ours
         urls["ours"] = f"http://127.0.0.1:{port}/{NODE}/download/big.bin"
+        for code in args.also_code:
+            other = subprocess.Popen(
+                [sys.executable, "-c", SERVER_CODE, str(share), NODE],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=dict(env, PYTHONPATH=str(code.resolve())),
+            )
+            assert other.stdout is not None
+            name = f"ours@{code}"
+            procs[name] = other
+            urls[name] = f"http://127.0.0.1:{int(other.stdout.readline())}/{NODE}/download/big.bin"
         if nginx:
             ndir = work / "nginx"
             (ndir / "tmp").mkdir(parents=True, exist_ok=True)

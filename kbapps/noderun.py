@@ -81,6 +81,7 @@ from kbtransport.stream_budget import StreamBudget
 __all__ = (
     "RunOptions",
     "heartbeat_timeouts",
+    "rate_text",
     "run_node",
 )
 
@@ -104,6 +105,15 @@ class RunOptions:
     heartbeat_timeout: float | None = None
     max_connections_per_client: int | None = None
     max_streams_per_client: int | None = None
+
+
+def rate_text(rate: int) -> str:
+    """An upload rate for people, in the powers of 1024 ``--max-upload-rate`` takes:
+    ``2 MiB/s``, ``500 KiB/s``, ``1.5 GiB/s``, ``100 B/s``."""
+    for unit, name in ((1024**4, "TiB"), (1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if rate >= unit:
+            return f"{rate / unit:.4g} {name}/s"
+    return f"{rate} B/s"
 
 
 def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
@@ -157,6 +167,12 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
 
     def listening(bound: BoundAddress) -> None:
         console.line(f"kbucket-{noun} is running {setup.url_scheme} on port {bound.port}")
+        if setup.upload_rate:
+            # Saved in kbnode.json, so a limit set once is said at every start.
+            console.line(
+                f"Upload rate limit: {rate_text(setup.upload_rate)}"
+                " (--max-upload-rate; saved in kbnode.json, 0 removes it)"
+            )
 
     def joined(info: NodeInfo) -> None:
         console.line(f"Child {_child_word(info)} joined: {info.name} ({info.node_id})")

@@ -48,13 +48,13 @@ SMOKE_RUNS = {
         ],
         ["typer / fast path, per pair"],
     ),
+    "bench_parallel.py": (
+        ["--rounds", "1", "--size-mib", "4", "--rate", "4M"],
+        ["## Two sources vs one", "speed-up both/one, transfer"],
+    ),
     "bench_pyapi.py": (
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
-    ),
-    "bench_parallel.py": (
-        ["--rounds", "1", "--size-mib", "17", "--rate", "0"],
-        ["two sources / one, transfer"],
     ),
     "bench_sim.py": (
         ["--hubs", "22", "--shares", "30", "--ids", "2000"],

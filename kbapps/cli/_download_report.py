@@ -2,8 +2,8 @@
 
 ``DownloadReport`` is the download's event sink: with ``--json`` it prints every event
 as one JSON Lines record on stdout, and in every mode it prints the human lines on
-stderr that the events call for (a resumed ``.part``, a source dropped from a
-download from several sources) and remembers what an
+stderr that the events call for (a resumed ``.part``, a warning, a source dropped
+from a download from several sources) and remembers what an
 interruption must report: the files in place and the partial files kept for the
 next run (``docs/commands.md``, ``kb-prv-download``). While a file comes from several
 sources at once, its ``progress`` events tell the progress bar how many are sending.
@@ -47,6 +47,8 @@ class DownloadReport:
             self.kept[str(event["part"])] = event
         elif kind == "dropped":
             output.line(f"Dropped source {event['url']}: {event['message']}")
+        elif kind == "warning" and not self.as_json:
+            output.warning(f"{event['path']}: {event['message']}")
         elif kind == "resume":
             output.line(
                 f"Resuming {event['path']} at {output.format_bytes(event['offset'])} of "

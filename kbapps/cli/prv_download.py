@@ -178,6 +178,7 @@ def run(args: DownloadArgs) -> int:
 
     cache_only = args.cache_info or args.clear_cache
     prv_path, out = args.prv, args.out
+    ignored: list[str] = []
     if cache_only and (prv_path is not None or out is not None):
         raise UsageError("--cache-info and --clear-cache take no PRV or OUT")
     if args.max_sources is not None and not 1 <= args.max_sources <= _MAX_SOURCES_LIMIT:
@@ -202,10 +203,12 @@ def run(args: DownloadArgs) -> int:
 
             document = output.run_async(lambda: aio.get_prv(prv_path, options=options))
         else:
-            document = download.load_prv_file(prv_path)
+            document = download.load_prv_file(prv_path, ignored)
     except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     report = DownloadReport(as_json=args.as_json)
+    for message in ignored:  # a malformed ``chunks`` field: whole-file check only
+        report({"event": "warning", "path": prv_path, "message": message})
 
     if isinstance(document, PrvDir):
         nfiles, _ = document.count()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kbapps.cli import host, hub
-from kbapps.noderun import heartbeat_timeouts
+from kbapps.noderun import heartbeat_timeouts, rate_text
 from kbapps.output import UsageError
 from kbproto.config import Timeouts
 from tests.e2e.procs import free_port
@@ -178,3 +178,11 @@ def test_heartbeat_timeouts() -> None:
     for bad in (0.0, -1.0, 4000.0, float("nan")):
         with pytest.raises(UsageError):
             heartbeat_timeouts(bad)
+
+
+def test_rate_text_speaks_the_units_of_the_option() -> None:
+    assert rate_text(2 * 1024 * 1024) == "2 MiB/s"
+    assert rate_text(500 * 1024) == "500 KiB/s"
+    assert rate_text(3 * 1024**3 // 2) == "1.5 GiB/s"
+    assert rate_text(1024**4) == "1 TiB/s"
+    assert rate_text(100) == "100 B/s"

@@ -48,6 +48,7 @@ def test_rate_limited_share_paces_direct_and_proxied_downloads(
         "kbucket-host", tmp_path / "S", "--max-upload-rate", "2M", name="share-S", parent=hub
     )
     sid = share.node_id
+    share.proc.wait_line(r"Upload rate limit: 2 MiB/s \(--max-upload-rate; saved in kbnode.json")
     saved = json.loads((share.directory / ".kbucket" / "kbnode.json").read_text())
     assert saved["max_upload_rate"] == RATE
 
@@ -68,6 +69,7 @@ def test_the_limit_is_kept_across_a_restart(procs: Procs, tmp_path: Path) -> Non
     assert first.proc.stop() == 0
     # No option this time: the saved limit applies.
     again: Node = procs.node("kbucket-host", tmp_path / "S")
+    again.proc.wait_line(r"Upload rate limit: 2 MiB/s ")
     saved = json.loads((again.directory / ".kbucket" / "kbnode.json").read_text())
     assert saved["max_upload_rate"] == RATE
     part = 4 * 1024 * 1024
@@ -83,3 +85,4 @@ def test_the_limit_is_kept_across_a_restart(procs: Procs, tmp_path: Path) -> Non
     assert saved["max_upload_rate"] == 0
     body, _ = timed_get(f"{off.url}/{off.node_id}/download/{NAME}")
     assert body == data
+    assert not off.proc.has_line(r"Upload rate limit")
