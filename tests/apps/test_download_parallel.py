@@ -379,3 +379,27 @@ def test_the_progress_lines_say_how_many_sources_are_sending(
     captured = capsys.readouterr()
     assert captured.out == ""  # not --json: no events printed
     assert captured.err == "Dropped source http://x/0123456789ab/download/f: cut\n"
+
+
+def test_a_stalling_source_is_dropped_and_the_other_finishes(
+    net: FakeNetwork, tmp_path: Path
+) -> None:
+    data = content(6 * MIB, seed=14)
+    sha1 = net.add(data, [])
+    net.pace = 2 * MIB  # node A: 3 s for the file, so B's silence outlasts the time-out
+    net.node_pace = {NODE_B: 1}  # answers its head, then sends nothing
+    stalling = net.node_url(NODE_B, "paced", sha1)
+    net.sources[sha1] = [net.node_url(NODE_A, "paced", sha1), stalling]
+    events: list[dict[str, Any]] = []
+    result = fetch(
+        prv_of(data, chunks=True), tmp_path / "out.bin", options(net.base, read_timeout=1.0), events
+    )
+    assert (tmp_path / "out.bin").read_bytes() == data
+    dropped = [e for e in events if e["event"] == "dropped"]
+    assert [e["url"] for e in dropped] == [stalling]
+    assert dropped[0]["bytes"] == 0
+    # A and the reserve that took B's place (the hub's /sha1/ URL) delivered the rest.
+    per_source = dict(result.sources)
+    assert per_source.pop(stalling) == 0
+    assert set(per_source) == {net.node_url(NODE_A, "paced", sha1), net.url("sha1", sha1)}
+    assert sum(per_source.values()) == len(data)

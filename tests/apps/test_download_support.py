@@ -134,8 +134,10 @@ class FakeNetwork:
     #: ``gated`` requests wait until this many are in flight at once (or 10 s).
     gate: int = 2
     max_in_flight: int = 0
-    #: Bytes per second of the ``paced`` route, per request (0: unpaced).
+    #: Bytes per second of the ``paced`` route, per request (0: unpaced), and per node
+    #: where ``node_pace`` says otherwise (1: a source that stalls after its head).
     pace: int = 0
+    node_pace: dict[str, int] = field(default_factory=dict)
     #: Nodes whose digest list is wrong (one digest changed).
     bad_lists: set[str] = field(default_factory=set)
     #: Where ``wrongmid`` starts lying (None: the middle).
@@ -213,7 +215,7 @@ class FakeNetwork:
             start, end = int(first), (int(last) + 1 if last else size)
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
-        pace = self.pace
+        pace = self.node_pace.get(node, self.pace)
 
         async def body() -> AsyncIterator[bytes]:
             step = 64 * 1024
