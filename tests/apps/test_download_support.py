@@ -142,10 +142,6 @@ class FakeNetwork:
     bad_lists: set[str] = field(default_factory=set)
     #: Where ``wrongmid`` starts lying (None: the middle).
     bad_from: int | None = None
-    #: Body bytes ``paced``/``wrongmid`` requests handed to the socket, by node (``-``:
-    #: no node), and of those the wrong ones.
-    sent: dict[str, int] = field(default_factory=dict)
-    sent_bad: dict[str, int] = field(default_factory=dict)
     _in_flight: int = 0
     _gate_open: anyio.Event | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -203,10 +199,8 @@ class FakeNetwork:
         finally:
             self._in_flight -= 1
 
-    def _paced(self, request: Request, data: bytes, node: str, bad: int) -> Response:
-        """``data`` (with Range) in 64 KiB steps, at most ``pace`` bytes per second,
-        counting in ``sent`` what was handed to the socket (in ``sent_bad`` what of it
-        lies at or after ``bad``)."""
+    def _paced(self, request: Request, data: bytes, node: str) -> Response:
+        """``data`` (with Range) in 64 KiB steps, at most the node's pace per second."""
         size = len(data)
         start, end, status, headers = 0, size, 200, [("Content-Type", "application/octet-stream")]
         asked = request.header("range") or ""
@@ -222,12 +216,7 @@ class FakeNetwork:
             for offset in range(start, end, step):
                 if pace:
                     await anyio.sleep(step / pace)
-                stop = min(offset + step, end)
-                with self._lock:
-                    self.sent[node] = self.sent.get(node, 0) + stop - offset
-                    wrong = max(0, stop - max(offset, bad))
-                    self.sent_bad[node] = self.sent_bad.get(node, 0) + wrong
-                yield data[offset:stop]
+                yield data[offset : min(offset + step, end)]
 
         return Response(
             status=status,
@@ -283,11 +272,10 @@ class FakeNetwork:
                 size = len(data)
                 node = match.params.get("node", "-")
                 if route_as in ("paced", "wrongmid"):
-                    bad = size
                     if route_as == "wrongmid":
                         bad = size // 2 if self.bad_from is None else self.bad_from
                         data = data[:bad] + data[bad:].translate(_FLIP)
-                    response = self._paced(request, data, node, bad)
+                    response = self._paced(request, data, node)
                     return self._record(route, sha1, request, response)
                 if route == "wrong":
                     data = content(size, seed=999)
