@@ -190,10 +190,10 @@ def test_an_interrupted_download_from_two_shares_resumes_with_what_it_kept(
     (resume,) = [e for e in events if e["event"] == "resume"]
     assert resume["offset"] == kept["bytes"]
     (finished,) = [e for e in events if e["event"] == "done"]
-    # Only the chunks not kept were fetched again (and at most the one chunk the end
-    # game fetches twice).
+    # Only the chunks not kept were fetched again (and the last chunk of a piece, which
+    # the end game may fetch twice: a couple at most).
     assert sum(finished["sources"].values()) == size - kept["bytes"]
-    assert finished["transferred"] <= size - kept["bytes"] + MIB
+    assert finished["transferred"] <= size - kept["bytes"] + 2 * MIB
 
 
 @pytest.mark.slow
