@@ -1,14 +1,16 @@
 """Parallel downloads from several sources against the stand-in network (127.0.0.1
-only; ``kbapps.download.parallel``, issue 13 items 2 and 3).
+only; ``kbapps.download.parallel``, issue 13 items 2 to 4).
 
 What these prove: two paced sources are both used and the file ends exact; a source
 that lies from the middle of the file is dropped at the first wrong chunk it sends
 (nothing of it written) and its pieces come from the other; a source that stalls is
-dropped at the read time-out and a reserve takes its place; an interrupted download with two sources in
-flight resumes without asking again for the chunks it finished; an original
-five-field ``.prv`` (no chunk digests) still downloads from several sources, and when
-its pieces do not hash to its SHA-1 the file is fetched again from one source at a
-time; the same node behind two URLs counts once; small files keep one request.
+dropped at the read time-out and a reserve takes its place; an interrupted download
+with two sources in flight resumes without asking again for the chunks it finished,
+and a kept chunk changed on disk is fetched again; an original five-field ``.prv``
+(no chunk digests) still downloads from several sources, and when its pieces do not
+hash to its SHA-1 the file is fetched again from one source at a time; the same node
+behind two URLs counts once; small files keep one request; a ``.prvdir`` uses the
+same engine; ``--max-sources`` and the progress lines.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import anyio
 import pytest
 
 from kbapps import download, output
+from kbapps.cli import prv_download
 from kbapps.cli._download_report import DownloadReport
 from kbapps.download import ClientOptions
 from kbapps.download.partfile import PieceRecord
 from kbproto.chunks import CHUNK_SIZE
-from kbproto.prv import Prv, PrvDir
+from kbproto.prv import Prv, PrvDir, serialize_prv
 from tests.apps.test_download_support import FakeNetwork, content, fake_network, prv_of
 
 MIB = 1 << 20
@@ -408,3 +411,22 @@ def test_a_stalling_source_is_dropped_and_the_other_finishes(
     assert per_source.pop(stalling) == 0
     assert set(per_source) == {net.node_url(NODE_A, "paced", sha1), net.url("sha1", sha1)}
     assert sum(per_source.values()) == len(data)
+
+
+@pytest.mark.parametrize("value", ["0", "33", "two"])
+def test_max_sources_out_of_range_is_one_usage_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    prv = tmp_path / "f.prv"
+    prv.write_bytes(serialize_prv(prv_of(b"x")))
+    code = prv_download.main(["--max-sources", value, str(prv), str(tmp_path / "out")])
+    assert code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--max-sources" in line or "'two'" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_sources_reaches_the_options() -> None:
+    parsed = prv_download.parse(["--max-sources", "3", "a.prv", "out"])
+    assert isinstance(parsed, prv_download.DownloadArgs)
+    assert parsed.max_sources == 3
