@@ -315,7 +315,10 @@ class _Run:
                     if response.status not in (200, 206):
                         raise SourceError(await error_text(response))
                     check_piece_response(response, start, end, self.prv)
-                    buffer = bytearray()
+                    # The unit's parts (views of the received chunks, joined once: one
+                    # copy per byte) and their length.
+                    parts: list[memoryview] = []
+                    have = 0
                     need = _span(index, self.unit, size)[1] - start
                     async for chunk in response.iter_bytes():
                         watch.feed(len(chunk))
@@ -323,12 +326,14 @@ class _Run:
                         while view:
                             if index == piece.end:
                                 raise SourceError(f"sent more than the {end - start:,} bytes asked")
-                            take = need - len(buffer)
-                            buffer += view[:take]
-                            view = view[take:]
-                            if len(buffer) == need:
-                                stop = await self._land(key, url, index, bytes(buffer))
-                                buffer.clear()
+                            take = view[: need - have]
+                            parts.append(take)
+                            have += len(take)
+                            view = view[len(take) :]
+                            if have == need:
+                                stop = await self._land(key, url, index, b"".join(parts))
+                                parts.clear()
+                                have = 0
                                 index += 1
                                 if stop:
                                     return  # the piece is done (by this source or a twin)
