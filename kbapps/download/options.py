@@ -23,8 +23,10 @@ from kbtransport.net import parse_url
 __all__ = (
     "CONTENT_CACHE_DIRNAME",
     "DEFAULT_HUB_URL",
+    "DEFAULT_MAX_SOURCES",
     "HUB_URL_ENV",
     "MIN_SPEED_ENV",
+    "PARALLEL_MIN_SIZE",
     "SPEED_WINDOW_ENV",
     "ClientOptions",
     "default_options",
@@ -44,6 +46,13 @@ CONTENT_CACHE_DIRNAME = "content"
 #: Environment variables for ``--min-speed`` and ``--speed-window``.
 MIN_SPEED_ENV = "KBUCKET_MIN_SPEED"
 SPEED_WINDOW_ENV = "KBUCKET_SPEED_WINDOW"
+#: ``--max-sources``: distinct nodes a large file is read from at once. Four keeps a
+#: few connections per download (a .prvdir runs ``concurrency`` files at once).
+DEFAULT_MAX_SOURCES = 4
+#: The smallest file fetched from several sources at once: 16 MiB, 16 chunks. Below it
+#: one request costs less than the extra requests, connections and the second pass
+#: that hashes the file once it is whole.
+PARALLEL_MIN_SIZE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +82,11 @@ class ClientOptions:
             returns by default).
         force: replace files at OUT that hold other content (``--force``); without
             it such a file stops the download before anything changes.
+        max_sources: distinct sources (nodes) a large file is fetched from at once
+            (``--max-sources``; 1: one source at a time, as before issue 13).
+        parallel_min_size: files this large or larger, found on at least two distinct
+            nodes, are fetched in pieces from several at once
+            (``kbapps.download.parallel``); smaller ones with one request.
     """
 
     hub_url: str = DEFAULT_HUB_URL
@@ -89,10 +103,14 @@ class ClientOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     cache_in_background: bool = False
     force: bool = False
+    max_sources: int = DEFAULT_MAX_SOURCES
+    parallel_min_size: int = PARALLEL_MIN_SIZE
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("ClientOptions.concurrency must be at least 1")
+        if self.concurrency < 1 or self.max_sources < 1:
+            raise ValueError("ClientOptions.concurrency and max_sources must be at least 1")
+        if self.parallel_min_size < 1:
+            raise ValueError("ClientOptions.parallel_min_size must be positive")
         if self.progress_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("ClientOptions sizes and timeouts must be positive")
         if self.cache_size < 0 or self.min_speed < 0:
@@ -216,7 +234,7 @@ def make_http_client(options: ClientOptions) -> HttpClient:
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
             ssl_context=options.ssl_context,
-            max_idle_per_origin=max(4, options.concurrency),
+            max_idle_per_origin=max(4, options.concurrency, options.max_sources),
             user_agent="kb-prv-download",
         )
     )
