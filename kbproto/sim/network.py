@@ -93,6 +93,11 @@ _FAULT = 5  # a scheduled fault
 #: that keeps re-arming a timer in the past would otherwise spin at one instant.
 MAX_STEPS_AT_ONE_TIME = 200_000
 
+#: ``trace_frames`` decodes a frame of at most this many payload bytes only once per
+#: ``_FRAME_CACHE_SIZE`` distinct frames.
+_CACHED_FRAME_BYTES = 512
+_FRAME_CACHE_SIZE = 4096
+
 
 class SimFailure(AssertionError):
     """A simulated run broke a bound or an invariant.
@@ -376,6 +381,7 @@ class SimNetwork:
         self._cuts: list[frozenset[str]] = []
         self._stalled: dict[int, SimLink] = {}
         self._invariants: list[Callable[[SimNetwork], None]] = []
+        self._frame_cache: dict[tuple[int, bytes], tuple[Message, str]] = {}
         #: Nodes drained during the current step (per-step invariants check only these).
         self.touched: list[SimNode] = []
         #: Called with ``(link end, message)`` for every message a core sends (only
@@ -799,8 +805,8 @@ class SimNetwork:
         try:
             frames.feed(data)
             while (frame := frames.next_frame()) is not None:
-                message = decode(*frame)
-                self.trace.add(self.clock.now, end.node, "tx", end.link_id, summarize(message))
+                message, summary = self._decoded(frame)
+                self.trace.add(self.clock.now, end.node, "tx", end.link_id, summary)
                 for observe in self.frame_observers:
                     try:
                         observe(end, message)
@@ -810,6 +816,20 @@ class SimNetwork:
                         self.fail(f"wire invariant failed on {end.node}:{end.link_id}: {exc}")
         except ProtocolError as exc:
             self.fail(f"{end.node} sent a malformed frame on link {end.link_id}: {exc}")
+
+    def _decoded(self, frame: tuple[int, bytes]) -> tuple[Message, str]:
+        # Most frames repeat byte for byte (pings, acks, credits): decode and
+        # summarize each small one once. Messages are frozen, so sharing is safe; the
+        # cache is emptied when full, so it stays small and the run stays the same.
+        cached = self._frame_cache.get(frame)
+        if cached is None:
+            message = decode(*frame)
+            cached = (message, summarize(message))
+            if len(frame[1]) <= _CACHED_FRAME_BYTES:
+                if len(self._frame_cache) >= _FRAME_CACHE_SIZE:
+                    self._frame_cache.clear()
+                self._frame_cache[frame] = cached
+        return cached
 
     def _enqueue(self, end: SimLink, piece: bytes | None, due: float) -> None:
         if due < end.last_due:

@@ -6,6 +6,8 @@
 * ``SimWorld.indexes_converged`` (cached expected counts) agrees with the plain
   per-hub oracle through crashes, restarts and new files.
 * The network's count of dialed links always equals a walk over the links.
+* Decoded frames are cached for the trace: a tiny cache (emptied again and again)
+  gives the same trace as the normal one.
 * ``TraceLog`` hashes lines in batches: the digest is still the SHA-256 of every
   line, and the tail is the newest lines, across batch boundaries.
 """
@@ -17,7 +19,7 @@ import random
 
 import pytest
 
-from kbproto.sim import SimWorld, TraceLog
+from kbproto.sim import SimWorld, TraceLog, network
 from kbproto.sim.scale import ScaleSpec, check_finds, join, scale_world
 
 
@@ -95,6 +97,22 @@ def test_cached_convergence_agrees_with_the_oracle_through_faults(seed: int) -> 
     net.run_until(world.indexes_converged, 600)
     assert _converged_by_oracle(world)
     assert agreed == {True, False}  # both answers were seen and checked
+
+
+def test_a_tiny_frame_cache_gives_the_same_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run() -> tuple[str, int]:
+        spec = ScaleSpec(shares=6, ids=30, depth=1, fanout=2)
+        world = scale_world(spec)
+        world.network.trace_frames = True
+        join(world)
+        check_finds(world, spec, finds=3, downloads=1)
+        return world.network.trace.digest(), len(world.network._frame_cache)
+
+    normal, cached = run()
+    monkeypatch.setattr(network, "_FRAME_CACHE_SIZE", 3)
+    tiny, cached_tiny = run()
+    assert tiny == normal
+    assert cached_tiny <= 3 < cached
 
 
 def test_trace_digest_is_the_hash_of_every_line_across_batches() -> None:
