@@ -377,10 +377,18 @@ class SimWorld:
         expected counts are computed once per set of live shares and files, so a
         run can poll this on a network of thousands of shares and a million ids.
         """
-        live = self._live_map()
+        # ``live`` of every node in one pass (parents come before their children),
+        # leaving at the first live node whose reports are not acknowledged yet.
+        live: dict[str, bool] = {}
+        nodes, apps = self.nodes, self.apps
         for spec in self.topology.nodes:
-            if live[spec.name] and spec.parent is not None and not self.apps[spec.name].synced:
-                return False
+            name = spec.name
+            if spec.parent is None:
+                live[name] = nodes[name].alive
+            else:
+                live[name] = live[spec.parent] and nodes[name].alive and apps[name].joined
+                if live[name] and not apps[name].synced:
+                    return False
         counts = self._expected_counts(live)
         for hub_name, expected in counts.items():
             if self.hub(hub_name).content_count() != expected:
@@ -392,17 +400,6 @@ class SimWorld:
             ):
                 return False
         return True
-
-    def _live_map(self) -> dict[str, bool]:
-        # ``live`` for every node in one pass (parents come before their children).
-        live: dict[str, bool] = {}
-        for spec in self.topology.nodes:
-            name = spec.name
-            if spec.parent is None:
-                live[name] = self.nodes[name].alive
-            else:
-                live[name] = live[spec.parent] and self.nodes[name].alive and self.apps[name].joined
-        return live
 
     def _expected_counts(self, live: dict[str, bool]) -> dict[str, int]:
         # ``expected_content_count`` of every live hub, cached on which shares are
