@@ -22,6 +22,12 @@ the driver for every node at once:
   commands from inside ``on_event`` (the surrounding drain picks up what they queue),
   or at any time through ``SimNode.command`` (which drains afterwards).
 
+Cost: a step is one call into a core plus its drain, and the simulator's own share of
+it is kept small because scenarios run tens of thousands of nodes and millions of
+steps (docs/benchmarks.md, "Simulator speed"): heap items are plain tuples pushed
+inline, links point at their ``SimNode``, partitions are only looked at while one
+exists, and the trace hashes its lines in batches.
+
 Determinism: one ``random.Random(seed)`` for the network, and per-node generators
 ``Random(f"{seed}/{name}")`` for each node's app and ``IdSource`` (with the node's
 incarnation, so a restarted node draws fresh nonces). No set or hash order reaches
@@ -217,6 +223,8 @@ class SimNode:
         alive: False between a crash and a restart.
         incarnation: 0 at first start, +1 per restart.
         links: the node's open link ends by ``LinkId``.
+        dialed_links: how many of ``links`` this node dialed (kept by the network as
+            it adds and removes links, so the parent-link invariant needs no walk).
         rng: the node's own seeded generator (for its app).
     """
 
@@ -238,7 +246,6 @@ class SimNode:
         self.started = False
         self.incarnation = -1
         self.links: dict[LinkId, SimLink] = {}
-        #: How many of ``links`` this node dialed (its parent links; at most one).
         self.dialed_links = 0
         self.dialing = False
         self.timer: float | None = None
