@@ -688,11 +688,11 @@ class SimNetwork:
         for action in drained.actions:
             if not node.alive or node.core is not core:
                 break  # an app crashed its own node from an event handler
-            kind = type(action)
-            if kind is Transmit:
-                self._transmit(node, cast("Transmit", action))
-            elif kind is Dial:
-                self._dial(node, cast("Dial", action))
+            # Transmits first: they are most of the actions.
+            if isinstance(action, Transmit):
+                self._transmit(node, action)
+            elif isinstance(action, Dial):
+                self._dial(node, action)
             else:
                 assert isinstance(action, Hangup)
                 self._hangup(node, action)
