@@ -289,7 +289,7 @@ def scale_part(args: argparse.Namespace) -> None:
     )
     # Wall and CPU time per phase (CPU time is the figure to trust on a shared machine).
     t0, c0 = time.perf_counter(), time.process_time()
-    world = scale_world(spec, invariants=True)
+    world = scale_world(spec)
     t1, c1 = time.perf_counter(), time.process_time()
     join(world)
     t2, c2 = time.perf_counter(), time.process_time()

@@ -59,15 +59,15 @@ def _check_node(node: SimNode, limits: Limits) -> int:
         )
     core_links = core.link_ids()
     sim_links = node.links
-    if len(core_links) != len(sim_links) or not all(link in sim_links for link in core_links):
-        raise AssertionError(
-            f"{node.name}: core holds links {sorted(core_links)}, driver {sorted(sim_links)}"
-        )
+    links_differ = f"{node.name}: core holds links {sorted(core_links)}, driver {sorted(sim_links)}"
+    assert len(core_links) == len(sim_links), links_differ
+    assert all(link in sim_links for link in core_links), links_differ
     # ``dialed_links`` counts the dialed ends in ``links`` (kept by the network as it
     # adds and removes them), so the common case costs no walk over the links.
-    if node.dialed_links > 1:
-        parents = [end.link_id for end in node.links.values() if end.dialed]
-        raise AssertionError(f"{node.name} has {len(parents)} parent links: {parents}")
+    assert node.dialed_links <= 1, (
+        f"{node.name} has {node.dialed_links} parent links:"
+        f" {[end.link_id for end in node.links.values() if end.dialed]}"
+    )
     return buffered
 
 

@@ -491,8 +491,8 @@ class SimNetwork:
     # --- running --------------------------------------------------------------------
 
     def _push(self, when: float, kind: int, payload: object) -> None:
-        if kind != _TIMER:
-            self._pending += 1
+        # Every kind but timers (``_set_timer`` pushes those itself).
+        self._pending += 1
         _heappush(self._heap, (when, next(self._seq), kind, payload))
 
     def _clean_head(self) -> None:
@@ -700,8 +700,7 @@ class SimNetwork:
             self._set_timer(node, drained.timer)
 
     def _set_timer(self, node: SimNode, timer: float | None) -> None:
-        if timer == node.timer:
-            return
+        # Called only with a timer that differs from ``node.timer``.
         node.timer = timer
         node.timer_gen += 1
         if timer is not None:

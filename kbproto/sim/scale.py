@@ -86,18 +86,12 @@ class ScaleSpec:
         )
 
 
-def scale_world(spec: ScaleSpec, *, invariants: bool = True) -> SimWorld:
-    """Build (not run) the network of ``spec`` on a fresh ``SimNetwork``.
-
-    Args:
-        spec: the size and seed.
-        invariants: check the per-step invariants (``kbproto.sim.invariants``), as
-            the tests do.
-    """
-    network = SimNetwork(spec.seed, LIGHT_CHUNKING, trace_frames=False, check_every_step=invariants)
+def scale_world(spec: ScaleSpec) -> SimWorld:
+    """Build (not run) the network of ``spec`` on a fresh ``SimNetwork``, with the
+    per-step invariants (``kbproto.sim.invariants``) installed, as in the tests."""
+    network = SimNetwork(spec.seed, LIGHT_CHUNKING, trace_frames=False)
     world = build_world(network, spec.topology(), spec.files, limits=spec.limits())
-    if invariants:
-        world.install_invariants()
+    world.install_invariants()
     return world
 
 

@@ -19,7 +19,7 @@ import random
 
 import pytest
 
-from kbproto.sim import SimWorld, TraceLog, network
+from kbproto.sim import SimWorld, TraceLog, invariants, network
 from kbproto.sim.scale import ScaleSpec, check_finds, join, scale_world
 
 
@@ -60,6 +60,22 @@ def test_small_scale_network_converges_and_answers_right() -> None:
     assert (checked.finds_right, checked.downloads_right) == (40, 4)
     world.network.run_until_quiescent()
     _dialed_links_consistent(world)
+
+
+def test_step_checks_catch_a_forgotten_link_and_two_parent_links() -> None:
+    spec = ScaleSpec(shares=4, ids=8, depth=1, fanout=2)
+    world = scale_world(spec)
+    join(world)
+    node = world.nodes["s0"]
+    invariants.check_all_nodes(world.network, world.limits)
+    link_id, end = next(iter(node.links.items()))
+    del node.links[link_id]
+    with pytest.raises(AssertionError, match="core holds links"):
+        invariants.check_all_nodes(world.network, world.limits)
+    node.links[link_id] = end
+    node.dialed_links = 2
+    with pytest.raises(AssertionError, match="s0 has 2 parent links"):
+        invariants.check_all_nodes(world.network, world.limits)
 
 
 def test_scale_spec_rejects_impossible_sizes() -> None:
