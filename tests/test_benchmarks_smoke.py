@@ -62,8 +62,19 @@ SMOKE_RUNS = {
         ["throughput ratio", "reads/s ratio"],
     ),
     "bench_sim.py": (
-        ["--hubs", "22", "--shares", "30", "--ids", "2000"],
-        ["## Simulator throughput", "## Hub index memory"],
+        [
+            *("--hubs", "22", "--shares", "30", "--ids", "2000"),
+            *("--parts", "sim,scale,memory", "--also-code", str(ROOT)),
+            *("--scale-shares", "20", "--scale-ids", "200", "--scale-depth", "2"),
+        ],
+        [
+            "## Simulator throughput",
+            "steps/s ratio this code / code in",
+            "(same trace digest)",
+            "## Simulator at scale",
+            "50/50 finds, 5/5 downloads",
+            "## Hub index memory",
+        ],
     ),
 }
 

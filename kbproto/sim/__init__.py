@@ -19,7 +19,8 @@ A scenario in a few lines::
 Modules: ``network`` (scheduler, links, faults applied), ``faults`` (``FaultPlan``
 and fault records), ``clock``, ``apps`` (``SimApp``: file store, finds, downloads),
 ``topology`` (``star``/``chain``/``tree``, ``SimWorld`` and its find oracle),
-``invariants``, ``identity`` (deterministic stand-in keys), ``tracelog``.
+``invariants``, ``identity`` (deterministic stand-in keys), ``tracelog``, ``scale``
+(a network of thousands of shares and a million content ids: ``ScaleSpec``).
 """
 
 from __future__ import annotations

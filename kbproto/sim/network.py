@@ -22,6 +22,12 @@ the driver for every node at once:
   commands from inside ``on_event`` (the surrounding drain picks up what they queue),
   or at any time through ``SimNode.command`` (which drains afterwards).
 
+Cost: a step is one call into a core plus its drain, and the simulator's own share of
+it is kept small because scenarios run tens of thousands of nodes and millions of
+steps (docs/benchmarks.md, "Simulator speed"): heap items are plain tuples pushed
+inline, links point at their ``SimNode``, partitions are only looked at while one
+exists, and the trace hashes its lines in batches.
+
 Determinism: one ``random.Random(seed)`` for the network, and per-node generators
 ``Random(f"{seed}/{name}")`` for each node's app and ``IdSource`` (with the node's
 incarnation, so a restarted node draws fresh nonces). No set or hash order reaches
@@ -35,12 +41,13 @@ raises ``SimFailure`` with the seed and the tail of the trace (as aioquic's
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import fields, is_dataclass
+from heapq import heappop as _heappop
+from heapq import heappush as _heappush
 from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from kbproto.actions import Dial, Hangup, Transmit
@@ -91,6 +98,11 @@ _FAULT = 5  # a scheduled fault
 #: Steps allowed without the clock moving before the run is declared stuck. A core
 #: that keeps re-arming a timer in the past would otherwise spin at one instant.
 MAX_STEPS_AT_ONE_TIME = 200_000
+
+#: ``trace_frames`` decodes a frame of at most this many payload bytes only once per
+#: ``_FRAME_CACHE_SIZE`` distinct frames.
+_CACHED_FRAME_BYTES = 512
+_FRAME_CACHE_SIZE = 4096
 
 
 class SimFailure(AssertionError):
@@ -149,6 +161,7 @@ class SimLink:
 
     Attributes:
         node: the owning node's name.
+        host: the owning ``SimNode`` (the same node as ``node``, without a lookup).
         link_id: the ``LinkId`` the owning core knows this link by.
         peer: the other end.
         dialed: True on the dialer's end.
@@ -163,6 +176,7 @@ class SimLink:
         "_frames",
         "blackhole",
         "dialed",
+        "host",
         "incarnation",
         "last_due",
         "link_id",
@@ -178,8 +192,9 @@ class SimLink:
         "stalled",
     )
 
-    def __init__(self, node: str, link_id: LinkId, incarnation: int, serial: int, dialed: bool):
-        self.node = node
+    def __init__(self, host: SimNode, link_id: LinkId, incarnation: int, serial: int, dialed: bool):
+        self.host = host
+        self.node = host.name
         self.link_id = link_id
         self.incarnation = incarnation
         self.serial = serial
@@ -208,6 +223,8 @@ class SimNode:
         alive: False between a crash and a restart.
         incarnation: 0 at first start, +1 per restart.
         links: the node's open link ends by ``LinkId``.
+        dialed_links: how many of ``links`` this node dialed (kept by the network as
+            it adds and removes links, so the parent-link invariant needs no walk).
         rng: the node's own seeded generator (for its app).
     """
 
@@ -229,6 +246,7 @@ class SimNode:
         self.started = False
         self.incarnation = -1
         self.links: dict[LinkId, SimLink] = {}
+        self.dialed_links = 0
         self.dialing = False
         self.timer: float | None = None
         self.timer_gen = 0
@@ -275,6 +293,9 @@ class SimNode:
             if end.peer.node == other:
                 return end
         return None
+
+    def _on_event(self, event: Event) -> None:
+        self.network._on_event(self, event)
 
     def _new_link_id(self) -> LinkId:
         # Never reused across restarts, so a stale delivery can never hit a new link.
@@ -367,6 +388,7 @@ class SimNetwork:
         self._cuts: list[frozenset[str]] = []
         self._stalled: dict[int, SimLink] = {}
         self._invariants: list[Callable[[SimNetwork], None]] = []
+        self._frame_cache: dict[tuple[int, bytes], tuple[Message, str]] = {}
         #: Nodes drained during the current step (per-step invariants check only these).
         self.touched: list[SimNode] = []
         #: Called with ``(link end, message)`` for every message a core sends (only
@@ -469,19 +491,18 @@ class SimNetwork:
     # --- running --------------------------------------------------------------------
 
     def _push(self, when: float, kind: int, payload: object) -> None:
-        if kind != _TIMER:
-            self._pending += 1
-        heapq.heappush(self._heap, (when, next(self._seq), kind, payload))
+        # Every kind but timers (``_set_timer`` pushes those itself).
+        self._pending += 1
+        _heappush(self._heap, (when, next(self._seq), kind, payload))
 
     def _clean_head(self) -> None:
         # Drop stale timer items at the head so peeking sees a real due time.
         heap = self._heap
         while heap and heap[0][2] == _TIMER:
-            name, gen = cast("tuple[str, int]", heap[0][3])
-            node = self.nodes[name]
+            node, gen = cast("tuple[SimNode, int]", heap[0][3])
             if node.alive and node.timer_gen == gen:
                 return
-            heapq.heappop(heap)
+            _heappop(heap)
 
     def next_due(self) -> float | None:
         """The time of the next thing that will happen, or None if nothing will."""
@@ -499,12 +520,11 @@ class SimNetwork:
         Returns:
             False if nothing at all is scheduled.
         """
+        heap = self._heap
         self._clean_head()
-        if not self._heap:
+        if not heap:
             return False
-        due, _seq, kind, payload = heapq.heappop(self._heap)
-        if kind != _TIMER:
-            self._pending -= 1
+        due, _seq, kind, payload = _heappop(heap)
         if due > self.clock.now:
             self.clock.advance_to(due)
             self._same_time_steps = 0
@@ -514,13 +534,21 @@ class SimNetwork:
                 self.fail(f"{MAX_STEPS_AT_ONE_TIME} steps without the clock moving")
         self.steps += 1
         self.touched.clear()
+        # Most steps are pieces and timers: test for them first.
         if kind == _FLOW:
-            assert isinstance(payload, SimLink)
-            self._flow(payload)
+            self._pending -= 1
+            self._flow(cast("SimLink", payload))
         elif kind == _TIMER:
-            name, _gen = cast("tuple[str, int]", payload)
-            self._fire_timer(self.nodes[name])
-        elif kind == _OPEN:
+            self._fire_timer(cast("tuple[SimNode, int]", payload)[0])
+        else:
+            self._pending -= 1
+            self._step_other(kind, payload)
+        if self.check_every_step and self._invariants:
+            self.check_invariants()
+        return True
+
+    def _step_other(self, kind: int, payload: object) -> None:
+        if kind == _OPEN:
             self._open(*cast("tuple[str, int, str]", payload))
         elif kind == _DIAL_FAIL:
             self._dial_fail(*cast("tuple[str, int, str]", payload))
@@ -534,9 +562,6 @@ class SimNetwork:
         else:
             assert kind == _FAULT
             self.apply_fault(cast("Fault", payload))
-        if self.check_every_step and self._invariants:
-            self.check_invariants()
-        return True
 
     def run_until(
         self,
@@ -657,12 +682,13 @@ class SimNetwork:
         self.touched.append(node)
         node._draining = True
         try:
-            drained = drain(core, lambda event: self._on_event(node, event))
+            drained = drain(core, node._on_event)
         finally:
             node._draining = False
         for action in drained.actions:
             if not node.alive or node.core is not core:
                 break  # an app crashed its own node from an event handler
+            # Transmits first: they are most of the actions.
             if isinstance(action, Transmit):
                 self._transmit(node, action)
             elif isinstance(action, Dial):
@@ -670,17 +696,18 @@ class SimNetwork:
             else:
                 assert isinstance(action, Hangup)
                 self._hangup(node, action)
-        if node.alive and node.core is core:
+        if node.alive and node.core is core and drained.timer != node.timer:
             self._set_timer(node, drained.timer)
 
     def _set_timer(self, node: SimNode, timer: float | None) -> None:
-        if timer == node.timer:
-            return
+        # Called only with a timer that differs from ``node.timer``.
         node.timer = timer
         node.timer_gen += 1
         if timer is not None:
             when = timer - self.clock.offset(node.name) + node.slow
-            self._push(max(when, self.clock.now), _TIMER, (node.name, node.timer_gen))
+            now = self.clock.now
+            due = when if when > now else now
+            _heappush(self._heap, (due, next(self._seq), _TIMER, (node, node.timer_gen)))
 
     def _fire_timer(self, node: SimNode) -> None:
         core = node.core
@@ -740,12 +767,13 @@ class SimNetwork:
             self._dial_fail(name, incarnation, reason)
             return
         node.dialing = False
-        mine = SimLink(name, node._new_link_id(), node.incarnation, next(self._serial), True)
+        mine = SimLink(node, node._new_link_id(), node.incarnation, next(self._serial), True)
         theirs = SimLink(
-            target_name, target._new_link_id(), target.incarnation, next(self._serial), False
+            target, target._new_link_id(), target.incarnation, next(self._serial), False
         )
         mine.peer, theirs.peer = theirs, mine
         node.links[mine.link_id] = mine
+        node.dialed_links += 1
         target.links[theirs.link_id] = theirs
         self.trace.add(
             self.clock.now, name, "open", mine.link_id, f"to {target_name}:{theirs.link_id}"
@@ -763,16 +791,18 @@ class SimNetwork:
         end = node.links.get(action.link_id)
         if end is None:
             self.fail(f"{node.name} transmitted on link {action.link_id}, which it does not hold")
+        data = action.data
+        now = self.clock.now
         if self.trace_frames:
-            self._trace_frames(end, action.data)
+            self._trace_frames(end, data)
         else:
-            self.trace.add(self.clock.now, node.name, "tx", end.link_id, f"{len(action.data)}b")
+            self.trace.add(now, node.name, "tx", end.link_id, f"{len(data)}b")
         if not end.sending:
             return
-        pieces = self.plan.chunk(action.data, self.rng)
-        slow = self.nodes[end.peer.node].slow
-        for piece in pieces:
-            self._enqueue(end, piece, self.clock.now + self.plan.delay(self.rng) + slow)
+        plan, rng = self.plan, self.rng
+        slow = end.peer.host.slow
+        for piece in plan.chunk(data, rng):
+            self._enqueue(end, piece, now + plan.delay(rng) + slow)
 
     def _trace_frames(self, end: SimLink, data: bytes) -> None:
         frames = end._frames
@@ -781,8 +811,8 @@ class SimNetwork:
         try:
             frames.feed(data)
             while (frame := frames.next_frame()) is not None:
-                message = decode(*frame)
-                self.trace.add(self.clock.now, end.node, "tx", end.link_id, summarize(message))
+                message, summary = self._decoded(frame)
+                self.trace.add(self.clock.now, end.node, "tx", end.link_id, summary)
                 for observe in self.frame_observers:
                     try:
                         observe(end, message)
@@ -793,16 +823,33 @@ class SimNetwork:
         except ProtocolError as exc:
             self.fail(f"{end.node} sent a malformed frame on link {end.link_id}: {exc}")
 
+    def _decoded(self, frame: tuple[int, bytes]) -> tuple[Message, str]:
+        # Most frames repeat byte for byte (pings, acks, credits): decode and
+        # summarize each small one once. Messages are frozen, so sharing is safe; the
+        # cache is emptied when full, so it stays small and the run stays the same.
+        cached = self._frame_cache.get(frame)
+        if cached is None:
+            message = decode(*frame)
+            cached = (message, summarize(message))
+            if len(frame[1]) <= _CACHED_FRAME_BYTES:
+                if len(self._frame_cache) >= _FRAME_CACHE_SIZE:
+                    self._frame_cache.clear()
+                self._frame_cache[frame] = cached
+        return cached
+
     def _enqueue(self, end: SimLink, piece: bytes | None, due: float) -> None:
-        due = max(due, end.last_due)
+        if due < end.last_due:
+            due = end.last_due
         end.last_due = due
         end.queue.append((due, piece))
         if piece is not None:
-            end.queued_bytes += len(piece)
-            end.max_queued_bytes = max(end.max_queued_bytes, end.queued_bytes)
+            queued = end.queued_bytes = end.queued_bytes + len(piece)
+            if queued > end.max_queued_bytes:
+                end.max_queued_bytes = queued
         if not end.scheduled and not end.stalled:
             end.scheduled = True
-            self._push(end.queue[0][0], _FLOW, end)
+            self._pending += 1
+            _heappush(self._heap, (end.queue[0][0], next(self._seq), _FLOW, end))
 
     def _drop_queue(self, end: SimLink) -> None:
         end.queue.clear()
@@ -815,18 +862,22 @@ class SimNetwork:
         if not end.queue:
             return
         peer = end.peer
-        if not self.connected(end.node, peer.node):
+        if self._cuts and not self.connected(end.node, peer.node):
             # A partition: TCP keeps the bytes and retries; ``heal`` restarts the flow.
             end.stalled = True
             self._stalled[end.serial] = end
             return
-        _due, piece = end.queue.popleft()
+        queue = end.queue
+        piece = queue.popleft()[1]
         if piece is not None:
             end.queued_bytes -= len(piece)
-        if end.queue:
+        if queue:
             end.scheduled = True
-            self._push(max(end.queue[0][0], self.clock.now), _FLOW, end)
-        target = self.nodes[peer.node]
+            due = queue[0][0]
+            now = self.clock.now
+            self._pending += 1
+            _heappush(self._heap, (due if due > now else now, next(self._seq), _FLOW, end))
+        target = peer.host
         if not (target.alive and target.incarnation == peer.incarnation and peer.open):
             return  # the receiving end is gone: the bytes fall on the floor (an RST)
         core = target.core
@@ -843,6 +894,8 @@ class SimNetwork:
         end = node.links.pop(action.link_id, None)
         if end is None:
             self.fail(f"{node.name} hung up link {action.link_id}, which it does not hold")
+        if end.dialed:
+            node.dialed_links -= 1
         self.trace.add(self.clock.now, node.name, "hangup", end.link_id, action.reason[:60])
         end.open = False
         if end.sending:
@@ -947,6 +1000,7 @@ class SimNetwork:
                 self._drop_queue(end.peer)
                 end.peer.sending = False
         node.links.clear()
+        node.dialed_links = 0
         node.core = None
 
     def restart(self, name: str) -> None:

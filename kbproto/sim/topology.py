@@ -233,6 +233,9 @@ class SimWorld:
     credit_delay: float = 0.0
     #: The per-step invariant check, once ``install_invariants`` ran.
     step_check: StepCheck | None = None
+    _counts_cache: tuple[tuple[tuple[str, FileStore | None], ...], dict[str, int]] | None = field(
+        default=None, repr=False
+    )
 
     def add_node(self, spec: NodeSpec, files: Mapping[str, bytes] | None = None) -> SimNode:
         """Add one hub or share (its parent must already be in the world).
@@ -245,6 +248,10 @@ class SimWorld:
             ValueError: a duplicate name, or a parent that is not a hub here.
         """
         self.topology = Topology((*self.topology.nodes, spec))
+        return self._add(spec, files)
+
+    def _add(self, spec: NodeSpec, files: Mapping[str, bytes] | None) -> SimNode:
+        # The node alone; the caller keeps ``topology`` up to date.
         name = spec.name
         parent_url = _address(spec.parent) if spec.parent is not None else None
         limits, timeouts = self.limits, self.timeouts
@@ -364,23 +371,69 @@ class SimWorld:
 
     def indexes_converged(self) -> bool:
         """Every live node's reports are acknowledged, and every live hub's
-        ``content_count`` and known node ids match its live subtree."""
+        ``content_count`` and known node ids match its live subtree.
+
+        Cheap while the network is still joining (one pass over the nodes); the
+        expected counts are computed once per set of live shares and files, so a
+        run can poll this on a network of thousands of shares and a million ids.
+        """
+        # ``live`` of every node in one pass (parents come before their children),
+        # leaving at the first live node whose reports are not acknowledged yet.
+        live: dict[str, bool] = {}
+        nodes, apps = self.nodes, self.apps
         for spec in self.topology.nodes:
-            if not self.live(spec.name):
-                continue
-            if spec.parent is not None and not self.apps[spec.name].synced:
+            name = spec.name
+            if spec.parent is None:
+                live[name] = nodes[name].alive
+            else:
+                live[name] = live[spec.parent] and nodes[name].alive and apps[name].joined
+                if live[name] and not apps[name].synced:
+                    return False
+        counts = self._expected_counts(live)
+        for hub_name, expected in counts.items():
+            if self.hub(hub_name).content_count() != expected:
                 return False
-            if spec.kind == "hub":
-                hub = self.hub(spec.name)
-                if hub.content_count() != self.expected_content_count(spec.name):
-                    return False
-                if not all(
-                    hub.knows_node(self.ids[n])
-                    for n in self.topology.subtree(spec.name)
-                    if self.live(n)
-                ):
-                    return False
+        for hub_name in counts:
+            hub = self.hub(hub_name)
+            if not all(
+                hub.knows_node(self.ids[n]) for n in self.topology.subtree(hub_name) if live[n]
+            ):
+                return False
         return True
+
+    def _expected_counts(self, live: dict[str, bool]) -> dict[str, int]:
+        # ``expected_content_count`` of every live hub, cached on which shares are
+        # live and which store each has (a store is never changed in place).
+        key = tuple(
+            (spec.name, self.apps[spec.name].store)
+            for spec in self.topology.nodes
+            if live[spec.name] and spec.kind == "share"
+        )
+        cached = self._counts_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # Bottom up: a hub's ids are its shares' and its child hubs'. A node's set is
+        # merged into its parent's (the smaller into the larger) and then dropped.
+        ids: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}
+        for spec in reversed(self.topology.nodes):
+            name = spec.name
+            if not live[name]:
+                continue
+            if spec.kind == "hub":
+                mine = ids.pop(name, set())
+                counts[name] = len(mine)
+            else:
+                mine = set(self.store(name).sha1s())
+            if spec.parent is not None:
+                above = ids.setdefault(spec.parent, mine)
+                if above is not mine:
+                    if len(above) < len(mine):
+                        above, mine = mine, above
+                        ids[spec.parent] = above
+                    above |= mine
+        self._counts_cache = (key, counts)
+        return counts
 
 
 def build_world(
@@ -415,5 +468,7 @@ def build_world(
             if spec.kind == "share"
             else {}
         )
-        world.add_node(spec, share_files)
+        # ``topology`` is already valid: set it once, not node by node (O(n) each).
+        world._add(spec, share_files)
+    world.topology = topology
     return world
