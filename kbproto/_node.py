@@ -40,7 +40,7 @@ first (see ``link.py``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
@@ -213,7 +213,7 @@ class _Node:
                 ),
                 max_nodes=self.limits.max_nodes_per_child,
             )
-            keys = index.report_keys
+            keys: Callable[[], Iterable[bytes]] = index.report_keys
         else:
             index = self.share_index = (
                 ShareIndex(self._changed) if share_files is None else StoreView(share_files)

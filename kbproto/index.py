@@ -26,10 +26,11 @@ Three pure data structures, no links and no timers (the node wires them up):
 ``UplinkSync``
     What a child still has to tell its parent: a full-sync cursor over the keys (a
     snapshot list, or an iterator a store yields a page at a time:
-    ``kbproto.sharestore``), plus a coalescing set of keys changed since. Messages are built on demand up
-    to a byte budget and sent only while fewer than ``window`` are unacknowledged, so a
-    million-entry index never floods the outbox and churn is coalesced (a file that
-    changes ten times while the link is busy is reported once).
+    ``kbproto.sharestore``), plus a coalescing set of keys changed since. Messages
+    are built on demand up to a byte budget and sent only while fewer than ``window``
+    are unacknowledged, so a million-entry index never floods the outbox and churn
+    is coalesced (a file that changes ten times while the link is busy is reported
+    once).
 
 The two ends of index sync are state machines in ``kbproto.state``:
 ``INDEX_SEND_TRANSITIONS`` drives ``UplinkSync`` (stopped, a reset due, sending,

@@ -109,6 +109,11 @@ class NodeHandle:
         """Share only: many removes and puts at once (see ``Node.update_files``)."""
         return await self.node.update_files(puts, removes)
 
+    async def content_changed(self, sha1s: Iterable[str]) -> None:
+        """Share only: the files holding these SHA-1s changed, for a core reading its
+        files from a store (see ``Node.content_changed``)."""
+        await self.node.content_changed(sha1s)
+
     def stop(self) -> None:
         """Stop serving: the listener, every link and the driver are cancelled."""
         self._stopped.set()

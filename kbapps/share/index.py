@@ -56,7 +56,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -429,7 +429,7 @@ class FileIndex:
             if not keep:
                 db.close()
 
-    def _query(self, sql: str, params: Iterable[object] | Mapping[str, object] = ()) -> list[Any]:
+    def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         try:
             with self._reader() as db:
                 return db.execute(sql, params).fetchall()
@@ -621,12 +621,12 @@ class FileIndex:
             # Old rows at the paths written or removed, and the content they held.
             old: list[bytes] = []
             paths = removes + [e.path for e in puts]
-            for part in _chunks(paths, _IN_CHUNK):
+            for names in _chunks(paths, _IN_CHUNK):
                 old.extend(
                     bytes(r[0])
                     for r in db.execute(
-                        f"DELETE FROM files WHERE path IN ({_marks(len(part))}) RETURNING sha1",
-                        part,
+                        f"DELETE FROM files WHERE path IN ({_marks(len(names))}) RETURNING sha1",
+                        names,
                     )
                 )
             new = [bytes.fromhex(e.sha1) for e in puts]

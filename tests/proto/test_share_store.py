@@ -38,7 +38,9 @@ class Store:
         return len(self.files)
 
 
-def _share(net: Net, store: Store, parent: str | None = "H", limits: Limits | None = None) -> ShareCore:
+def _share(
+    net: Net, store: Store, parent: str | None = "H", limits: Limits | None = None
+) -> ShareCore:
     config = ShareConfig(
         name="S",
         listen_url="http://S:2000",
@@ -46,7 +48,7 @@ def _share(net: Net, store: Store, parent: str | None = "H", limits: Limits | No
         limits=limits or Limits(),
         timeouts=FAST,
     )
-    core = ShareCore(config, signer=Ed25519Signer(77), ids=SeededIdSource("s"), files=store)  # type: ignore[arg-type]
+    core = ShareCore(config, signer=Ed25519Signer(77), ids=SeededIdSource("s"), files=store)
     net._register("S", "http://S:2000", core, True)
     net.pump()
     return core
