@@ -86,6 +86,7 @@ __all__ = (
     "IndexerConfig",
     "IndexerHooks",
     "default_hasher",
+    "iter_share",
     "walk_share",
 )
 

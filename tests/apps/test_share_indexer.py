@@ -16,8 +16,16 @@ import anyio
 import pytest
 
 from kbapps.hashing import FileKey, HashResult, ProcessPool, digest, hash_files
+from kbapps.share import indexer as indexer_module
 from kbapps.share.index import INDEX_FILENAME, FileIndex
-from kbapps.share.indexer import Indexer, IndexerConfig, IndexerHooks, default_hasher, walk_share
+from kbapps.share.indexer import (
+    Indexer,
+    IndexerConfig,
+    IndexerHooks,
+    default_hasher,
+    iter_share,
+    walk_share,
+)
 from kbproto.chunks import ChunkSpec, chunk_digests, digest_list_root
 
 MS = 1_000_000
@@ -189,6 +197,58 @@ def test_walk_depth_limit_and_missing_root(tmp_path: Path) -> None:
     assert any("deeper than 64" in w for w in warnings)
     with pytest.raises(FileNotFoundError):
         walk_share(tmp_path / "missing")
+
+
+def test_walk_yields_the_order_of_the_index(tmp_path: Path) -> None:
+    """``iter_share`` yields in the byte order of the UTF-8 paths, which is SQLite's
+    order of the index's primary key: the indexer merges the two without holding
+    either (``a-b`` before ``a/x``, a name before its longer siblings, non-ASCII last)."""
+    root = tmp_path / "share"
+    names = ["a/x", "a-b", "a.c", "a0", "ab/y", "a/b/c", "a/b-", "b", "é/z", "Z", "a/b/d"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+    walked = [path for path, _ in iter_share(root)]
+    assert sorted(walked, key=lambda p: p.encode()) == walked
+    assert sorted(walked) == sorted(names)
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (path TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in names])
+    assert [row[0] for row in db.execute("SELECT path FROM t ORDER BY path")] == walked
+
+
+@pytest.mark.anyio
+async def test_a_rename_to_a_later_name_is_not_rehashed_either(tmp_path: Path) -> None:
+    """The walk meets the vanished paths first here (``aaa/`` < ``zzz/``)."""
+    root = tmp_path / "share"
+    (root / "aaa").mkdir(parents=True)
+    for i in range(5):
+        (root / "aaa" / f"f{i}.dat").write_bytes(b"file %d" % i)
+    hasher = CountingHasher()
+    async with running(root, hasher=hasher) as run:
+        before = len(hasher.paths)
+        (root / "aaa").rename(root / "zzz")
+        await eventually(lambda: set(run.sink.files) == {f"zzz/f{i}.dat" for i in range(5)})
+        assert len(hasher.paths) == before
+
+
+@pytest.mark.anyio
+async def test_more_new_files_than_the_buffer_are_all_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New paths are held in a bounded buffer; past it they are hashed as they come."""
+    monkeypatch.setattr(indexer_module, "_NEW_BUFFER", 7)
+    monkeypatch.setattr(indexer_module, "_STRETCH", 5)
+    root = tmp_path / "share"
+    for i in range(40):
+        (root / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 4}" / f"f{i}.dat").write_bytes(b"n %d" % i)
+    async with running(root) as run:
+        assert len(run.sink.files) == 40
+        assert run.done == [40]
+        for i in range(0, 40, 2):
+            (root / f"d{i % 4}" / f"f{i}.dat").unlink()
+        await eventually(lambda: len(run.sink.files) == 20)
 
 
 # --- first scan and restart ------------------------------------------------------------
