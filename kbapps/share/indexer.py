@@ -626,30 +626,28 @@ class Indexer:
             iter_share(self._root.real, on_warning=warnings.append)
         )
         spent = 0.0
-        try:
-            while True:
-                started = time.monotonic()
-                try:
-                    plan = await self._thread(next, plans, None)
-                except OSError as exc:
-                    # The root went away or became unreadable: keep what we have, say
-                    # so once.
-                    self._warn(f"cannot read the share directory: {exc.strerror or exc}")
-                    return
-                finally:
-                    spent += time.monotonic() - started
-                    for message in warnings:
-                        self._warn(message)
-                    warnings.clear()
-                if plan is None:
-                    break
-                if plan.removes or plan.reuse:
-                    await self._report(
-                        sink, await self._thread(self.index.apply, plan.reuse, plan.removes)
-                    )
-                await self._hash(sink, plan.hash_now)
-        finally:
-            plans.close()
+        # Not closed on cancellation: a worker thread abandoned mid-``next`` may still
+        # run it; it is dropped with the pass.
+        while True:
+            started = time.monotonic()
+            try:
+                plan = await self._thread(next, plans, None)
+            except OSError as exc:
+                # The root went away or became unreadable: keep what we have, say so once.
+                self._warn(f"cannot read the share directory: {exc.strerror or exc}")
+                return
+            finally:
+                spent += time.monotonic() - started
+                for message in warnings:
+                    self._warn(message)
+                warnings.clear()
+            if plan is None:
+                break
+            if plan.removes or plan.reuse:
+                await self._report(
+                    sink, await self._thread(self.index.apply, plan.reuse, plan.removes)
+                )
+            await self._hash(sink, plan.hash_now)
         self.walks += 1
         self.last_walk_seconds = spent
 
