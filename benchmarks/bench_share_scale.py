@@ -107,7 +107,8 @@ def run_share(tree: Path, env: dict[str, str], logs: Path, label: str) -> ShareR
     out_path, err_path = logs / f"{label}.stdout", logs / f"{label}.stderr"
     started = time.perf_counter()
     with out_path.open("wb") as out, err_path.open("wb") as err:
-        share = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
+        # cwd: ``python -m`` puts it first on sys.path, before PYTHONPATH.
+        share = subprocess.Popen(argv, env=env, stdout=out, stderr=err, cwd=logs)
     try:
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -148,6 +149,7 @@ def prv_create(tree: Path, env: dict[str, str], scratch: Path) -> float:
     subprocess.run(
         command("kbapps.cli.prv_create", str(tree), str(out)),
         env={**env, "KBUCKET_CACHE_DIR": str(cache)},
+        cwd=scratch,
         check=True,
         capture_output=True,
         timeout=TIMEOUT,
@@ -202,6 +204,7 @@ def main() -> int:
                 subprocess.run(
                     [sys.executable, "-m", "compileall", "-q", run_env["PYTHONPATH"]],
                     env=run_env,
+                    cwd=scratch,
                     check=False,
                     capture_output=True,
                     timeout=TIMEOUT,
