@@ -8,7 +8,8 @@ Strategy
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 (the
    user declined) or 2 (bad input); a port that cannot be bound exits 3.
-2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
+2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/`` (also the
+   store its core reads its files from: ``kbproto.sharestore``), the share's
    routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
    (``kbapps.hashing.ProcessPool``, forked before the event loop starts any thread);
    for both kinds, the web interface (``kbapps.web``) on the same router. The routes
