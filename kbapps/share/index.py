@@ -444,6 +444,18 @@ class FileIndex:
         rows = self._query(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,))
         return _entry(rows[0]) if rows else None
 
+    def get_many(self, paths: Sequence[str]) -> dict[str, IndexEntry]:
+        """The entries at ``paths`` that are indexed (trusted or not), by path: one
+        query per 500 paths (a listing of 10,000 files is 20 queries, not 10,000)."""
+        found: dict[str, IndexEntry] = {}
+        for part in _chunks(list(paths), _IN_CHUNK):
+            rows = self._query(
+                f"SELECT {_COLUMNS} FROM files WHERE path IN ({_marks(len(part))})", part
+            )
+            for row in rows:
+                found[row[0]] = _entry(row)
+        return found
+
     def entries(self) -> Iterator[IndexEntry]:
         """Every entry, in path order (byte order of the UTF-8 path), read a page at a
         time (a consistent snapshot only while no ``apply`` runs)."""
