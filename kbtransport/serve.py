@@ -21,8 +21,9 @@ short)::
     async with serve_node(make_core, share_router, ListenConfig(port=0),
                           hooks=hooks) as handle:
         print(handle.port, handle.node.node_id)
-        await handle.set_files([(sha1, "data/a.dat", 1234)])   # from the indexer task
+        await handle.set_files([(sha1, "data/a.dat", 1234)])   # a core with its own copy
         await handle.put_file(sha1b, "data/b.dat", 99)
+        # (a core reading a store, ShareCore(files=...), hears content_changed instead)
         await handle.wait()        # until handle.stop() or cancellation (Ctrl+C)
 """
 
