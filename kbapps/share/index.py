@@ -601,9 +601,12 @@ class FileIndex:
                         " keeping the index in memory (files are re-hashed after a restart)"
                     )
                     db, self._db = self._db, None
-                    self._to_memory(self._readable_copy(db))
-                    with contextlib.suppress(sqlite3.Error):
-                        db.close()
+                    copy = self._readable_copy(db)
+                    self._to_memory(copy)
+                    for conn in (db, copy):  # the same one, or a second to close too
+                        if conn is not None:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.close()
             assert self._mem is not None
             return self._write(self._mem, put_list, remove_list, list_rows)
 
