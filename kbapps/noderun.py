@@ -8,7 +8,8 @@ Strategy
    (stdin lines), ``kbnode.json``, the port policy and the TLS decision. Its
    ``SetupError`` is a ``UsageError``, so the command prints one line and exits 1 (the
    user declined) or 2 (bad input); a port that cannot be bound exits 3.
-2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/``, the share's
+2. The app: for a share, the persistent ``FileIndex`` in ``.kbucket/`` (also the
+   store its core reads its files from: ``kbproto.sharestore``), the share's
    routes (``kbapps.share.app``) and the ``Indexer`` with its hashing processes
    (``kbapps.hashing.ProcessPool``, forked before the event loop starts any thread);
    for both kinds, the web interface (``kbapps.web``) on the same router. The routes
@@ -65,6 +66,7 @@ from kbproto.hub import HubCore
 from kbproto.messages import NodeInfo
 from kbproto.nodetable import MAX_UNPROVEN_CLAIMS
 from kbproto.share import ShareCore
+from kbproto.sharestore import ShareFiles
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
 from kbtransport.http_server import ServerConfig
@@ -264,7 +266,7 @@ class _ParentLines:
 
 
 def _make_core(
-    setup: NodeSetup, timeouts: Timeouts
+    setup: NodeSetup, timeouts: Timeouts, files: ShareFiles | None = None
 ) -> Callable[[BoundAddress], HubCore | ShareCore]:
     def make(bound: BoundAddress) -> HubCore | ShareCore:
         config = setup.core_config(bound.port, timeouts=timeouts)
@@ -273,7 +275,7 @@ def _make_core(
                 config, signer=setup.signer, verifier=CryptoVerifier(), ids=SystemIdSource()
             )
         assert isinstance(config, ShareConfig)
-        return ShareCore(config, signer=setup.signer, ids=SystemIdSource())
+        return ShareCore(config, signer=setup.signer, ids=SystemIdSource(), files=files)
 
     return make
 
@@ -368,8 +370,10 @@ async def _serve(
     run: RunOptions,
     console: _Console,
     started: Callable[[NodeHandle], object],
+    files: ShareFiles | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"."""
+    """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"; a share's
+    core reads its files from ``files`` (its ``FileIndex``)."""
     timeouts = heartbeat_timeouts(run.heartbeat_timeout)
     per_client, streams = _budgets(run)
     ssl_context = setup.tls.server_context() if setup.tls is not None else None
@@ -395,7 +399,7 @@ async def _serve(
         )
         failed = False
         try:
-            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started)
+            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started, files)
         except* ConnectError as group:
             if bound:
                 raise
@@ -433,8 +437,9 @@ async def _serve_once(
     listen: ListenConfig,
     hooks: NodeHooks,
     started: Callable[[NodeHandle], object],
+    files: ShareFiles | None,
 ) -> None:
-    core = _make_core(setup, timeouts)
+    core = _make_core(setup, timeouts, files)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with (
             serve_node(
@@ -484,7 +489,7 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
         hashed += files
         # A bar on a terminal, milestone lines otherwise (docs/commands.md), on stderr.
         bar.append(output.Progress("Hashing", total_files=files, total_bytes=nbytes))
-        if not hashed_initial:
+        if not hashed_initial and hashed == files:  # the first stretch of the first scan
             console.line(
                 f"Hashing {files} {output.noun(files, 'file')} ({output.format_bytes(nbytes)})..."
             )
@@ -542,7 +547,7 @@ def _run_share(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
     # these processes (kbapps.hashing.pool).
     pool.start()
     try:
-        output.run_async(_serve, setup, app.router, run, console, started)
+        output.run_async(_serve, setup, app.router, run, console, started, index)
     finally:
         index.close()
         pool.close()

@@ -40,7 +40,7 @@ first (see ``link.py``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
@@ -91,6 +91,7 @@ from kbproto.messages import (
 from kbproto.placement import VerifiedPlacements, sign_placement
 from kbproto.proxy import Streams
 from kbproto.routing import Lookups
+from kbproto.sharestore import ShareFiles, StoreView
 from kbproto.state import (
     PARENT_TRANSITIONS,
     LinkEffect,
@@ -146,6 +147,7 @@ class _Node:
         verifier: Verifier | None,
         ids: IdSource,
         trace: TraceSink | None,
+        share_files: ShareFiles | None = None,
     ) -> None:
         """Build the engine; see ``HubCore``/``ShareCore`` for the arguments."""
         self.config = config
@@ -195,9 +197,9 @@ class _Node:
         # with more output than one Transmit goes to the back: round-robin fairness.
         self._ready: dict[LinkId, None] = {}
         self.hub_index: HubIndex | None = None
-        self.share_index: ShareIndex | None = None
+        self.share_index: ShareIndex | StoreView | None = None
         self.placements: VerifiedPlacements | None = None
-        index: HubIndex | ShareIndex
+        index: HubIndex | ShareIndex | StoreView
         if self.is_hub:
             assert verifier is not None
             self.placements = VerifiedPlacements(verifier)
@@ -211,9 +213,11 @@ class _Node:
                 ),
                 max_nodes=self.limits.max_nodes_per_child,
             )
-            keys = index.report_keys
+            keys: Callable[[], Iterable[bytes]] = index.report_keys
         else:
-            index = self.share_index = ShareIndex(self._changed)
+            index = self.share_index = (
+                ShareIndex(self._changed) if share_files is None else StoreView(share_files)
+            )
             keys = index.keys
         # What we still owe our parent about our index (share files, or the hub's
         # reachable content and node ids); stopped until we join.

@@ -24,11 +24,13 @@ Three pure data structures, no links and no timers (the node wires them up):
     callback, which feeds the hub's own upward sync.
 
 ``UplinkSync``
-    What a child still has to tell its parent: a full-sync cursor over a snapshot of
-    keys, plus a coalescing set of keys changed since. Messages are built on demand up
-    to a byte budget and sent only while fewer than ``window`` are unacknowledged, so a
-    million-entry index never floods the outbox and churn is coalesced (a file that
-    changes ten times while the link is busy is reported once).
+    What a child still has to tell its parent: a full-sync cursor over the keys (a
+    snapshot list, or an iterator a store yields a page at a time:
+    ``kbproto.sharestore``), plus a coalescing set of keys changed since. Messages
+    are built on demand up to a byte budget and sent only while fewer than ``window``
+    are unacknowledged, so a million-entry index never floods the outbox and churn
+    is coalesced (a file that changes ten times while the link is busy is reported
+    once).
 
 The two ends of index sync are state machines in ``kbproto.state``:
 ``INDEX_SEND_TRANSITIONS`` drives ``UplinkSync`` (stopped, a reset due, sending,
@@ -41,7 +43,7 @@ Content ids are kept as 20 raw bytes (not 40-char strings): half the memory per 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from kbproto.budget import IndexBudget
@@ -536,7 +538,8 @@ class UplinkSync:
     ``acked`` per ``IndexAck``, and ``flush`` whenever there may be something to send.
 
     Args:
-        keys: returns a snapshot of every key to send in a full sync.
+        keys: returns every key to send in a full sync (a snapshot, or an iterator
+            read as the sync goes; keys changed meanwhile are reported again anyway).
         build: turns ``(reset, seq, keys)`` into one message for those keys, reading
             their *current* state (present: put, absent: drop).
         cost: estimated encoded bytes of one key's entry.
@@ -548,7 +551,7 @@ class UplinkSync:
 
     def __init__(
         self,
-        keys: Callable[[], list[bytes]],
+        keys: Callable[[], Iterable[bytes]],
         build: Callable[[bool, int, list[bytes]], ShareIndexUpdate | HubIndexUpdate],
         cost: Callable[[bytes], int],
         on_synced: Callable[[], None],
@@ -562,8 +565,7 @@ class UplinkSync:
         self._on_synced = on_synced
         self._window = window
         self._batch_bytes = batch_bytes
-        self._snapshot: list[bytes] = []
-        self._cursor = 0
+        self._full: Iterator[bytes] | None = None
         self._dirty: dict[bytes, None] = {}
         self._seq = 0
         self._unacked: list[int] = []
@@ -609,7 +611,7 @@ class UplinkSync:
             self._unacked.append(self._seq)
             self._seq += 1
             send(message)
-        if not self._unacked and not self._dirty and self._cursor >= len(self._snapshot):
+        if not self._unacked and not self._dirty and self._full is None:
             self._input(IndexSendInput.SETTLED)
 
     def _next_batch(self) -> list[bytes]:
@@ -618,17 +620,13 @@ class UplinkSync:
         batch: list[bytes] = []
         budget = self._batch_bytes
         while len(batch) < MAX_BATCH_ENTRIES and budget > 0:
-            if self._cursor < len(self._snapshot):
-                key = self._snapshot[self._cursor]
-                self._cursor += 1
-                if self._cursor == len(self._snapshot):
-                    self._snapshot = []
-                    self._cursor = 0
-            elif self._dirty:
+            key = next(self._full, None) if self._full is not None else None
+            if key is None:
+                self._full = None  # every key of the full sync was taken
+                if not self._dirty:
+                    break
                 key = next(iter(self._dirty))
                 del self._dirty[key]
-            else:
-                break
             batch.append(key)
             budget -= self._cost(key)
         return batch
@@ -654,13 +652,11 @@ class UplinkSync:
 
     def _snapshot_all(self, arg: None) -> None:
         """Every key, for a full sync; changes so far are in it."""
-        self._snapshot = self._keys()
-        self._cursor = 0
+        self._full = iter(self._keys())
         self._dirty = {}
 
     def _forget(self, arg: None) -> None:
-        self._snapshot = []
-        self._cursor = 0
+        self._full = None
         self._dirty = {}
         self._unacked = []
 

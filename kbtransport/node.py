@@ -413,6 +413,18 @@ class Node:
         remove_list = list(removes)
         return await self.driver.call(lambda now: share.update_files(put_list, remove_list, now))
 
+    async def content_changed(self, sha1s: Iterable[str]) -> None:
+        """Share only: the files holding these SHA-1s changed; the core reports each
+        one's current state to the parent (``ShareCore.content_changed``).
+
+        Raises:
+            TypeError: this node is a hub.
+            LocalProtocolError: a malformed SHA-1.
+        """
+        share = self._share()
+        items = list(sha1s)
+        await self.driver.call(lambda now: share.content_changed(items, now))
+
     def _share(self) -> ShareCore:
         if not isinstance(self._core, ShareCore):
             raise TypeError("index changes apply to shares only")

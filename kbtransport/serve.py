@@ -21,8 +21,9 @@ short)::
     async with serve_node(make_core, share_router, ListenConfig(port=0),
                           hooks=hooks) as handle:
         print(handle.port, handle.node.node_id)
-        await handle.set_files([(sha1, "data/a.dat", 1234)])   # from the indexer task
+        await handle.set_files([(sha1, "data/a.dat", 1234)])   # a core with its own copy
         await handle.put_file(sha1b, "data/b.dat", 99)
+        # (a core reading a store, ShareCore(files=...), hears content_changed instead)
         await handle.wait()        # until handle.stop() or cancellation (Ctrl+C)
 """
 
@@ -108,6 +109,11 @@ class NodeHandle:
     ) -> list[tuple[str, str]]:
         """Share only: many removes and puts at once (see ``Node.update_files``)."""
         return await self.node.update_files(puts, removes)
+
+    async def content_changed(self, sha1s: Iterable[str]) -> None:
+        """Share only: the files holding these SHA-1s changed, for a core reading its
+        files from a store (see ``Node.content_changed``)."""
+        await self.node.content_changed(sha1s)
 
     def stop(self) -> None:
         """Stop serving: the listener, every link and the driver are cancelled."""

@@ -61,6 +61,7 @@ SMOKE_RUNS = {
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
     ),
+    "bench_share_scale.py": (["--files", "300"], ["ratio first index / kb-prv-create"]),
     "bench_sim.py": (
         [
             *("--hubs", "22", "--shares", "30", "--ids", "2000"),

@@ -21,21 +21,33 @@ with the identity of the version that was hashed:
   cannot be hit again by a later write until the clock gets there, so it is trusted.
 
 Storage: one SQLite table in ``DIR/.kbucket/index.sqlite`` (WAL, one transaction per
-batch of changes), mirrored in memory (two dicts) and loaded whole at start: 100,000
-files load in ~0.2 s and take ~30 MB, and every lookup is a dict access, so the HTTP
-routes never wait on the database. Each entry also keeps the root of its chunk
+batch of changes), with an index on the SHA-1 column. Rows are **not** mirrored in
+memory: a share of a million files would need ~1 KB of Python objects per file for
+that (docs/benchmarks.md, "A lean share"). Lookups are point queries (a few
+microseconds, from SQLite's page cache) on a small pool of reader connections, so a
+route never waits for the writer's transaction (WAL readers see the last commit);
+``entries`` streams the rows in path order, a page at a time. Opening an index reads
+no rows (a check of their shape runs in SQL), so a restart of a million-file share
+is ready in about a second. In memory are only the counts of files and of distinct
+content. Each entry also keeps the root of its chunk
 digests (``kbproto.chunks``); the digest lists themselves (32 KiB per GiB) stay in a
 second table, by content SHA-1, and are read from it for ``/ID/sha1/SHA1/chunks``
 only (``chunk_list``), off the event loop. Lists of content no file holds any more
 are dropped when the index is next opened (a file renamed between two walks keeps
 its digests and its list). An entry of an index written before chunk digests has
 no root (``chunks_root`` None): the indexer hashes that file once more. A database that
-cannot be read is deleted and rebuilt with one warning; if even that fails, the index
-lives in memory only.
+cannot be read is deleted and rebuilt with one warning; if even that fails, or a
+write fails later, the index lives in an in-memory SQLite database (copied from the
+file when it can still be read).
+
+For the share's protocol core the index is also its ``kbproto.share.ShareFiles``
+store (``representative``, ``content_keys``, ``content_count``): the core keeps no
+copy of the files, and reads a content id's representative (the smallest trusted
+path holding it) when it reports it to its hub or answers a find.
 
 Threads: one writer at a time (the indexer's worker thread calls ``apply``) and any
-number of readers on any thread; the in-memory dicts are guarded by a lock held only
-for dict operations, the database by another.
+number of readers on any thread, each on a reader connection of its own while it
+reads (an in-memory index shares its one connection under a lock).
 """
 
 from __future__ import annotations
@@ -44,9 +56,9 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from kbapps.hashing import RACY_WINDOW_NS
 from kbproto.chunks import ChunkSpec
@@ -61,6 +73,8 @@ __all__ = (
     "stamp_of",
 )
 
+T = TypeVar("T")
+
 #: The database file inside ``DIR/.kbucket/`` (docs/formats.md §3: "anything else ... yours").
 INDEX_FILENAME = "index.sqlite"
 #: Shown in warnings instead of the absolute path (docs/security.md: no log line holds one).
@@ -69,6 +83,12 @@ _SHOWN_NAME = f".kbucket/{INDEX_FILENAME}"
 _SCHEMA_VERSION = 2
 #: Rows per ``executemany`` call inside one transaction: bounds the list built per call.
 _WRITE_CHUNK = 10_000
+#: Parameters per ``IN (...)`` list (SQLite allows 32,766).
+_IN_CHUNK = 500
+#: Rows per page when streaming the index in path order, or its content ids.
+_PAGE = 2048
+#: Idle reader connections kept for the next lookup.
+_MAX_IDLE_READERS = 8
 
 
 class FileStamp(NamedTuple):
@@ -182,32 +202,69 @@ _BAD_ROWS = (
     " OR (chunks_root IS NOT NULL AND (typeof(chunks_root) != 'blob'"
     " OR length(chunks_root) != 32))"
 )
-_LOAD = (
-    "SELECT path, dev, ino, size, mtime_ns, ctime_ns, lower(hex(sha1)),"
-    " lower(hex(head_sha1)), hashed_ns, lower(hex(chunks_root)) FROM files"
+_COLUMNS = (
+    "path, dev, ino, size, mtime_ns, ctime_ns, lower(hex(sha1)),"
+    " lower(hex(head_sha1)), hashed_ns, lower(hex(chunks_root))"
 )
 #: Digest lists of content no indexed file holds (dropped when the index is opened).
 _DROP_ORPHAN_LISTS = "DELETE FROM chunk_lists WHERE sha1 NOT IN (SELECT sha1 FROM files)"
+_CREATE_FILES = (
+    "CREATE TABLE files (path TEXT PRIMARY KEY NOT NULL,"
+    " dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+    " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL,"
+    " hashed_ns INTEGER NOT NULL, chunks_root BLOB) WITHOUT ROWID"
+)
+_CREATE_LISTS = (
+    "CREATE TABLE chunk_lists (sha1 BLOB PRIMARY KEY NOT NULL, digests BLOB NOT NULL) WITHOUT ROWID"
+)
+#: Content ids by SHA-1 (``paths_for``, ``representative``, ``content_keys``).
+_CREATE_SHA1_INDEX = "CREATE INDEX IF NOT EXISTS files_sha1 ON files (sha1, path)"
+#: A row is trusted (outside the racy window, ``IndexEntry.racy``); one parameter:
+#: the window in ns.
+_TRUSTED_SQL = (
+    "NOT (hashed_ns - :w < max(mtime_ns, ctime_ns) AND max(mtime_ns, ctime_ns) <= hashed_ns + :w)"
+)
 
 
-def _load(db: sqlite3.Connection) -> list[IndexEntry]:
-    (bad,) = db.execute(_BAD_ROWS).fetchone()
-    if bad:
-        raise _Unreadable(f"{bad} malformed rows")
-    new = tuple.__new__  # 4x cheaper than the NamedTuple constructor, per row
-    entries: list[IndexEntry] = []
-    append = entries.append
-    for row in db.execute(_LOAD):
-        if row[1] < 0 or row[2] < 0:
-            row = (row[0], _u64(row[1]), _u64(row[2]), *row[3:])
-        if not row[9]:  # hex(NULL) is "": an entry from before chunk digests
-            row = (*row[:9], None)
-        append(new(IndexEntry, row))
-    return entries
+def _entry(row: tuple[object, ...]) -> IndexEntry:
+    if row[1] < 0 or row[2] < 0:  # type: ignore[operator]
+        row = (row[0], _u64(row[1]), _u64(row[2]), *row[3:])  # type: ignore[arg-type]
+    if not row[9]:  # hex(NULL) is "": an entry from before chunk digests
+        row = (*row[:9], None)
+    return tuple.__new__(IndexEntry, row)  # 4x cheaper than the NamedTuple constructor
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _present(db: sqlite3.Connection, raws: list[bytes]) -> set[bytes]:
+    """The content ids of ``raws`` some row holds."""
+    found: set[bytes] = set()
+    for part in _chunks(raws, _IN_CHUNK):
+        found.update(
+            bytes(r[0])
+            for r in db.execute(
+                f"SELECT DISTINCT sha1 FROM files WHERE sha1 IN ({_marks(len(part))})", part
+            )
+        )
+    return found
+
+
+def _create(db: sqlite3.Connection) -> None:
+    db.execute(_CREATE_FILES)
+    db.execute(_CREATE_LISTS)
+    db.execute(_CREATE_SHA1_INDEX)
 
 
 class FileIndex:
-    """The share's file index, persisted in SQLite and mirrored in memory.
+    """The share's file index, persisted in SQLite (see the module notes).
 
     Args:
         db_path: the database file (``DIR/.kbucket/index.sqlite``); None for an index
@@ -226,17 +283,19 @@ class FileIndex:
     ) -> None:
         self.racy_window_ns = racy_window_ns
         self._warn = on_warning or (lambda message: None)
-        self._mem_lock = threading.Lock()
         self._db_lock = threading.Lock()
-        self._by_path: dict[str, IndexEntry] = {}
-        # sha1 -> paths holding it, as an insertion-ordered set (dict of None).
-        self._by_sha1: dict[str, dict[str, None]] = {}
-        # Digest lists by SHA-1 while the index lives in memory only (no database).
-        self._mem_lists: dict[str, bytes] = {}
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._files = 0
+        self._contents = 0
         self._db: sqlite3.Connection | None = None
+        #: The in-memory database when there is no file (shared, under ``_db_lock``).
+        self._mem: sqlite3.Connection | None = None
         self.db_path = Path(db_path) if db_path is not None else None
         if self.db_path is not None:
             self._open(self.db_path)
+        if self._db is None:
+            self._to_memory(None)
 
     @classmethod
     def for_share(
@@ -257,14 +316,14 @@ class FileIndex:
 
     def _open(self, path: Path) -> None:
         try:
-            self._db, rows = self._connect(path)
+            self._db = self._connect(path)
         except (sqlite3.Error, _Unreadable, OSError) as exc:
             self._warn(f"share index {_SHOWN_NAME} is unreadable ({exc}); rebuilding it")
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(OSError):
                     os.unlink(f"{path}{suffix}")
             try:
-                self._db, rows = self._connect(path)
+                self._db = self._connect(path)
             except (sqlite3.Error, _Unreadable, OSError) as again:
                 self._warn(
                     f"share index {_SHOWN_NAME} cannot be created ({again});"
@@ -272,14 +331,14 @@ class FileIndex:
                 )
                 self._db = None
                 return
-        by_path = self._by_path
-        by_sha1 = self._by_sha1
-        for entry in rows:  # paths are unique (primary key): no old entries to drop
-            by_path[entry.path] = entry
-            by_sha1.setdefault(entry.sha1, {})[entry.path] = None
+        self._count(self._db)
+
+    def _count(self, db: sqlite3.Connection) -> None:
+        (self._files,) = db.execute("SELECT count(*) FROM files").fetchone()
+        (self._contents,) = db.execute("SELECT count(DISTINCT sha1) FROM files").fetchone()
 
     @staticmethod
-    def _connect(path: Path) -> tuple[sqlite3.Connection, list[IndexEntry]]:
+    def _connect(path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
         try:
             # WAL + NORMAL: a crash may lose the last batch (re-hashed next start), never
@@ -294,69 +353,156 @@ class FileIndex:
                     db.execute("ALTER TABLE files ADD COLUMN chunks_root BLOB")
                 else:
                     db.execute("DROP TABLE IF EXISTS files")
-                    db.execute(
-                        "CREATE TABLE files (path TEXT PRIMARY KEY NOT NULL,"
-                        " dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,"
-                        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
-                        " sha1 BLOB NOT NULL, head_sha1 BLOB NOT NULL,"
-                        " hashed_ns INTEGER NOT NULL, chunks_root BLOB) WITHOUT ROWID"
-                    )
+                    db.execute(_CREATE_FILES)
                 db.execute("DROP TABLE IF EXISTS chunk_lists")
-                db.execute(
-                    "CREATE TABLE chunk_lists (sha1 BLOB PRIMARY KEY NOT NULL,"
-                    " digests BLOB NOT NULL) WITHOUT ROWID"
-                )
+                db.execute(_CREATE_LISTS)
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 db.execute("COMMIT")
-            rows = _load(db)
+            (bad,) = db.execute(_BAD_ROWS).fetchone()
+            if bad:
+                raise _Unreadable(f"{bad} malformed rows")
+            # An index written before the SHA-1 index had none: built once, here.
+            db.execute(_CREATE_SHA1_INDEX)
             db.execute(_DROP_ORPHAN_LISTS)
         except BaseException:
             db.close()
             raise
-        return db, rows
+        return db
+
+    def _to_memory(self, source: sqlite3.Connection | None) -> None:
+        """Carry on in an in-memory database, a copy of ``source`` if it can be read."""
+        mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            if source is None:
+                raise sqlite3.Error("nothing to copy")
+            source.backup(mem)
+        except sqlite3.Error:
+            mem.close()
+            mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            _create(mem)
+        self._mem = mem
+        self._count(mem)
+        self._close_readers()
 
     @property
     def persistent(self) -> bool:
         """True while changes are written to the database."""
         return self._db is not None
 
+    def _close_readers(self) -> None:
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
     def close(self) -> None:
-        """Close the database (the in-memory view stays readable)."""
+        """Close the database file; the index then reads as empty (in memory)."""
         with self._db_lock:
             if self._db is not None:
-                self._db.close()
-                self._db = None
+                db, self._db = self._db, None
+                self._to_memory(None)
+                db.close()
 
     # --- reading (any thread) ---------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A connection to read with: a pooled reader of the file, or the memory one."""
+        if self._db is None or self.db_path is None:
+            with self._db_lock:
+                assert self._mem is not None
+                yield self._mem
+            return
+        with self._pool_lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = sqlite3.connect(
+                self.db_path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        try:
+            yield db
+        finally:
+            with self._pool_lock:
+                keep = self._db is not None and len(self._idle) < _MAX_IDLE_READERS
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
+
+    def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        try:
+            with self._reader() as db:
+                return db.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return []  # an index that cannot be read holds nothing (the writer warns)
+
     def __len__(self) -> int:
-        return len(self._by_path)
+        return self._files
 
     def get(self, path: str) -> IndexEntry | None:
         """The entry at share-relative ``path``, trusted or not, or None."""
-        return self._by_path.get(path)
+        rows = self._query(f"SELECT {_COLUMNS} FROM files WHERE path = ?", (path,))
+        return _entry(rows[0]) if rows else None
 
-    def entries(self) -> list[IndexEntry]:
-        """A snapshot of every entry."""
-        with self._mem_lock:
-            return list(self._by_path.values())
+    def get_many(self, paths: Sequence[str]) -> dict[str, IndexEntry]:
+        """The entries at ``paths`` that are indexed (trusted or not), by path: one
+        query per 500 paths (a listing of 10,000 files is 20 queries, not 10,000)."""
+        found: dict[str, IndexEntry] = {}
+        for part in _chunks(list(paths), _IN_CHUNK):
+            rows = self._query(
+                f"SELECT {_COLUMNS} FROM files WHERE path IN ({_marks(len(part))})", part
+            )
+            for row in rows:
+                found[row[0]] = _entry(row)
+        return found
+
+    def entries(self) -> Iterator[IndexEntry]:
+        """Every entry, in path order (byte order of the UTF-8 path), read a page at a
+        time (a consistent snapshot only while no ``apply`` runs)."""
+        return self.entries_after(None)
+
+    def entries_after(self, path: str | None) -> Iterator[IndexEntry]:
+        """The entries whose path sorts after ``path`` (all for None), in path order."""
+        while True:
+            if path is None:
+                rows = self._query(f"SELECT {_COLUMNS} FROM files ORDER BY path LIMIT {_PAGE}")
+            else:
+                rows = self._query(
+                    f"SELECT {_COLUMNS} FROM files WHERE path > ? ORDER BY path LIMIT {_PAGE}",
+                    (path,),
+                )
+            for row in rows:
+                yield _entry(row)
+            if len(rows) < _PAGE:
+                return
+            path = rows[-1][0]
 
     def paths_for(self, sha1: str) -> tuple[str, ...]:
-        """The paths whose recorded SHA-1 is ``sha1`` (trusted or not), oldest first."""
-        with self._mem_lock:
-            paths = self._by_sha1.get(sha1)
-            return tuple(paths) if paths else ()
+        """The paths whose recorded SHA-1 is ``sha1`` (trusted or not), in path order."""
+        try:
+            raw = bytes.fromhex(sha1)
+        except ValueError:
+            return ()
+        rows = self._query("SELECT path FROM files WHERE sha1 = ? ORDER BY path", (raw,))
+        return tuple(row[0] for row in rows)
 
     def trusted(self, entry: IndexEntry) -> bool:
         """True if ``entry`` is outside the racy window (see the module notes)."""
         return not entry.racy(self.racy_window_ns)
+
+    def trusted_count(self) -> int:
+        """Entries outside the racy window (one scan: call it off the event loop)."""
+        rows = self._query(
+            f"SELECT count(*) FROM files WHERE {_TRUSTED_SQL}", {"w": self.racy_window_ns}
+        )
+        return int(rows[0][0]) if rows else 0
 
     def current(self, path: str, st: os.stat_result) -> IndexEntry | None:
         """The entry at ``path`` if it is trusted and ``st`` is the version hashed.
 
         This is the check every SHA-1 a share hands out goes through (docs/security.md).
         """
-        entry = self._by_path.get(path)
+        entry = self.get(path)
         if entry is None or entry.stamp != stamp_of(st) or not self.trusted(entry):
             return None
         return entry
@@ -364,30 +510,59 @@ class FileIndex:
     def chunk_list(self, sha1: str) -> bytes | None:
         """The digest list stored for content ``sha1`` (``kbproto.chunks``), or None.
 
-        Reads the database (a list is up to 32 KiB per GiB): call it off the event
-        loop. The list is as computed while indexing; a reader checks it against the
-        root of its own ``.prv`` (``kbproto.chunks.DigestList.check``).
+        A list is up to 32 KiB per GiB: call it off the event loop. The list is as
+        computed while indexing; a reader checks it against the root of its own
+        ``.prv`` (``kbproto.chunks.DigestList.check``).
         """
-        if sha1 not in self._by_sha1:
+        try:
+            raw = bytes.fromhex(sha1)
+        except ValueError:
             return None
-        with self._db_lock:
-            if self._db is None:
-                return self._mem_lists.get(sha1)
-            try:
-                row = self._db.execute(
-                    "SELECT digests FROM chunk_lists WHERE sha1 = ?", (bytes.fromhex(sha1),)
-                ).fetchone()
-            except (sqlite3.Error, ValueError):
-                return None
-        return None if row is None else bytes(row[0])
+        rows = self._query(
+            "SELECT digests FROM chunk_lists WHERE sha1 = ?"
+            " AND EXISTS (SELECT 1 FROM files WHERE sha1 = ?)",
+            (raw, raw),
+        )
+        return bytes(rows[0][0]) if rows else None
 
     def prv_for(self, path: str) -> Prv | None:
         """The ``.prv`` of the file indexed at ``path`` (name only as ``original_path``).
 
         No ``stat`` is done here: callers serving it check ``current`` first.
         """
-        entry = self._by_path.get(path)
+        entry = self.get(path)
         return entry.prv() if entry is not None else None
+
+    # --- the protocol core's view (``kbproto.share.ShareFiles``) ----------------------
+
+    def representative(self, raw: bytes) -> tuple[str, int] | None:
+        """``(path, size)`` of the smallest trusted path holding content ``raw``."""
+        rows = self._query(
+            f"SELECT path, size FROM files WHERE sha1 = :s AND {_TRUSTED_SQL}"
+            " ORDER BY path LIMIT 1",
+            {"w": self.racy_window_ns, "s": raw},
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def content_keys(self) -> Iterator[bytes]:
+        """Every content id (raw), in byte order, read a page at a time: a full sync
+        to the hub holds one page in memory, not a million keys."""
+        last = b""
+        while True:
+            rows = self._query(
+                f"SELECT DISTINCT sha1 FROM files WHERE sha1 > ? ORDER BY sha1 LIMIT {_PAGE}",
+                (last,),
+            )
+            for row in rows:
+                yield bytes(row[0])
+            if len(rows) < _PAGE:
+                return
+            last = bytes(rows[-1][0])
+
+    @property
+    def content_count(self) -> int:
+        """Distinct content ids indexed (trusted or not)."""
+        return self._contents
 
     # --- writing (one thread at a time) -----------------------------------------------
 
@@ -396,7 +571,7 @@ class FileIndex:
         puts: Iterable[IndexEntry] = (),
         removes: Iterable[str] = (),
         lists: Mapping[str, bytes] | None = None,
-    ) -> None:
+    ) -> set[str]:
         """Record new or changed entries and forget paths, in one transaction.
 
         Args:
@@ -404,53 +579,79 @@ class FileIndex:
             removes: paths to forget.
             lists: digest lists of the content of ``puts``, by SHA-1.
 
+        Returns:
+            The SHA-1s whose set of paths changed: those of ``puts`` and of the
+            entries replaced or removed (what the share's core re-reports).
+
         A database failure is reported once through ``on_warning``; the index then
         carries on in memory only.
         """
         put_list = list(puts)
-        remove_list = [p for p in removes if p in self._by_path]
+        remove_list = list(removes)
         list_rows = dict(lists or {})
         if not put_list and not remove_list:
-            return
+            return set()
         with self._db_lock:
-            if self._db is None:
-                self._mem_lists.update(list_rows)
-            else:
+            if self._db is not None:
                 try:
-                    self._write(self._db, put_list, remove_list, list_rows)
+                    return self._write(self._db, put_list, remove_list, list_rows)
                 except sqlite3.Error as exc:
                     self._warn(
                         f"share index {_SHOWN_NAME} cannot be written ({exc});"
                         " keeping the index in memory (files are re-hashed after a restart)"
                     )
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.close()
-                    self._db = None
-                    self._mem_lists.update(list_rows)
-        with self._mem_lock:
-            for path in remove_list:
-                self._remove_mem(path)
-            for entry in put_list:
-                self._put_mem(entry)
+                    db, self._db = self._db, None
+                    copy = self._readable_copy(db)
+                    self._to_memory(copy)
+                    for conn in (db, copy):  # the same one, or a second to close too
+                        if conn is not None:
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.close()
+            assert self._mem is not None
+            return self._write(self._mem, put_list, remove_list, list_rows)
 
-    @staticmethod
+    def _readable_copy(self, db: sqlite3.Connection) -> sqlite3.Connection | None:
+        """A connection the failed writer's data can still be copied from, if any."""
+        try:
+            db.execute("SELECT 1").fetchone()
+            return db
+        except sqlite3.Error:
+            pass
+        if self.db_path is None:
+            return None
+        try:
+            return sqlite3.connect(self.db_path, check_same_thread=False)
+        except sqlite3.Error:
+            return None
+
     def _write(
+        self,
         db: sqlite3.Connection,
         puts: list[IndexEntry],
         removes: list[str],
         lists: dict[str, bytes],
-    ) -> None:
+    ) -> set[str]:
         db.execute("BEGIN IMMEDIATE")
         try:
-            for start in range(0, len(removes), _WRITE_CHUNK):
-                db.executemany(
-                    "DELETE FROM files WHERE path = ?",
-                    [(p,) for p in removes[start : start + _WRITE_CHUNK]],
+            # Old rows at the paths written or removed, and the content they held.
+            old: list[bytes] = []
+            paths = removes + [e.path for e in puts]
+            for names in _chunks(paths, _IN_CHUNK):
+                old.extend(
+                    bytes(r[0])
+                    for r in db.execute(
+                        f"DELETE FROM files WHERE path IN ({_marks(len(names))}) RETURNING sha1",
+                        names,
+                    )
                 )
-            for start in range(0, len(puts), _WRITE_CHUNK):
+            new = [bytes.fromhex(e.sha1) for e in puts]
+            touched = list(set(old).union(new))
+            still = _present(db, touched)
+            before = still.union(old)
+            for part in _chunks(puts, _WRITE_CHUNK):
                 db.executemany(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_row(e) for e in puts[start : start + _WRITE_CHUNK]],
+                    [_row(e) for e in part],
                 )
             db.executemany(
                 "INSERT OR REPLACE INTO chunk_lists VALUES (?, ?)",
@@ -461,23 +662,7 @@ class FileIndex:
                 db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-
-    def _put_mem(self, entry: IndexEntry) -> None:
-        old = self._by_path.get(entry.path)
-        if old is not None:
-            self._forget_sha1(old)
-        self._by_path[entry.path] = entry
-        self._by_sha1.setdefault(entry.sha1, {})[entry.path] = None
-
-    def _remove_mem(self, path: str) -> None:
-        old = self._by_path.pop(path, None)
-        if old is not None:
-            self._forget_sha1(old)
-
-    def _forget_sha1(self, entry: IndexEntry) -> None:
-        paths = self._by_sha1.get(entry.sha1)
-        if paths is not None:
-            paths.pop(entry.path, None)
-            if not paths:
-                del self._by_sha1[entry.sha1]
-                self._mem_lists.pop(entry.sha1, None)
+        after = still.union(new)
+        self._files += len(puts) - len(old)
+        self._contents += len(after) - len(before)
+        return {raw.hex() for raw in touched}

@@ -3,9 +3,10 @@
 Strategy
 --------
 ``Indexer.run(sink)`` keeps ``FileIndex`` in step with the directory and tells ``sink``
-(the node's handle: ``set_files``/``put_file``/``remove_file``) what it may advertise.
+(the node's handle) the SHA-1s of what changed (``content_changed``); the share's core
+reads what it advertises from the index (only trusted entries: ``kbproto.sharestore``).
 
-* **Walk.** ``walk_share`` lists every servable regular file with its ``FileStamp``,
+* **Walk.** ``iter_share`` yields every servable regular file with its ``FileStamp``,
   following the ``.prvdir`` rules of ``kbapps.prvbuild.scan_directory`` (dot-names
   skipped; symlinks only when the target stays inside and not under a dot-name; no
   loops; special files skipped with a warning), and also skips folders named
@@ -16,10 +17,14 @@ Strategy
   compares stamps). It also skips what docs/security.md path checks would refuse to serve
   (control characters, backslashes, more than 64 levels), so nothing is advertised
   that cannot be downloaded.
-* **Diff.** Each walk is compared with the index: a path whose stamp is unchanged and
-  trusted costs nothing (so a restart reads no unchanged file); a vanished or changed
-  one is un-advertised at once; a file whose stamp re-appears under another path
-  (a directory renamed inside the share) reuses its digests.
+  It yields in path order, one directory listing per level in memory at a time.
+* **Diff.** Each walk is merged with the index, read in the same order a page at a
+  time (``FileIndex.entries``), so neither the walk nor the index is ever held whole
+  (a million-file share: docs/benchmarks.md, "A lean share"): a path whose stamp is
+  unchanged and trusted costs nothing (so a restart reads no unchanged file); a
+  vanished or changed one is un-advertised at once; a file whose stamp re-appears
+  under another path (a directory renamed inside the share) reuses its digests: new
+  paths are held (up to ``_NEW_BUFFER``) until the walk has met the vanished ones.
 * **Settle, then hash.** A new or changed file is hashed once its newest timestamp is
   ``settle`` seconds old, or once its stamp stayed the same for ``settle`` seconds;
   until then it waits in ``pending`` and is re-``stat``-ed (alone, not by a full walk)
@@ -56,9 +61,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -81,6 +86,7 @@ __all__ = (
     "IndexerConfig",
     "IndexerHooks",
     "default_hasher",
+    "iter_share",
     "walk_share",
 )
 
@@ -96,27 +102,21 @@ _IFREG = stat.S_IFREG
 _IFDIR = stat.S_IFDIR
 #: Distinct warnings remembered (so rescans do not repeat them); past it, one last line.
 _MAX_WARNINGS = 10_000
-#: Digests kept for vanished files, so a directory renamed inside the share (its
-#: files keep their stamps) is not re-hashed; cleared when full (memory bound).
-_MAX_TOMBSTONES = 200_000
+#: Digests kept for files vanished in a walk, so a directory renamed inside the share
+#: (its files keep their stamps) is not re-hashed; cleared when full and after each
+#: walk (memory bound).
+_MAX_TOMBSTONES = 50_000
 #: Changed files reported to the node per call (one driver step each).
 _REPORT_BATCH = 4096
 
 
 class IndexSink(Protocol):
-    """Where the indexer reports what the share may advertise (``NodeHandle`` fits).
+    """Where the indexer reports changes (``NodeHandle`` fits): the share's core reads
+    what it advertises from the index itself (``FileIndex`` is its store), so it is
+    told only which content ids to report again."""
 
-    Entries are ``(sha1, path, size)``; only trusted, unchanged files are reported.
-    """
-
-    async def set_files(self, entries: Iterable[tuple[str, str, int]]) -> None:
-        """Replace everything advertised (called once, after the first walk)."""
-
-    async def update_files(
-        self, puts: Iterable[tuple[str, str, int]], removes: Iterable[str] = ()
-    ) -> list[tuple[str, str]]:
-        """Stop advertising ``removes``, then advertise (or replace) ``puts``; return the
-        puts refused as ``(path, reason)``."""
+    async def content_changed(self, sha1s: Collection[str]) -> None:
+        """The files holding these SHA-1s changed (added, removed, re-hashed)."""
         ...
 
 
@@ -243,81 +243,124 @@ class _Root:
 def walk_share(
     root: str | os.PathLike[str], *, on_warning: Callable[[str], None] | None = None
 ) -> dict[str, FileStamp]:
-    """List the files a share serves: share-relative POSIX path -> ``FileStamp``.
+    """List the files a share serves: share-relative POSIX path -> ``FileStamp``
+    (``iter_share`` gathered in a dict; the indexer streams instead).
 
-    Symlinked files appear under the link's path with the target's stamp.
+    Raises:
+        OSError: the root itself cannot be read.
+    """
+    return dict(iter_share(root, on_warning=on_warning))
+
+
+def iter_share(
+    root: str | os.PathLike[str], *, on_warning: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, FileStamp]]:
+    """Yield the files a share serves as ``(share-relative POSIX path, FileStamp)``, in
+    the byte order of their UTF-8 paths (the order of ``FileIndex.entries``).
+
+    That order is a depth-first walk that visits a directory's entries sorted by name,
+    a sub-directory's name followed by ``/`` (so ``a-b`` comes before ``a/x``, as
+    ``-`` < ``/``). Only one directory's listing per level is held at a time: a walk
+    of a million files holds thousands of entries, not a million. Symlinked files
+    appear under the link's path with the target's stamp.
 
     Args:
         root: the share directory.
         on_warning: one line per skipped entry (may repeat on every walk).
 
     Raises:
-        OSError: the root itself cannot be read.
+        OSError: the root itself cannot be read (at the first ``next``).
     """
     warn = on_warning or (lambda message: None)
-    new_stamp = tuple.__new__  # 4x cheaper than the NamedTuple constructor
     base = _Root(root)
     root_st = os.stat(base.real)
     os.scandir(base.real).close()  # an unreadable root is an error, not an empty share
-    found: dict[str, FileStamp] = {}
-    stack: list[tuple[str, str, int, frozenset[tuple[int, int]]]] = [
-        ("", base.real, 0, frozenset({(root_st.st_dev, root_st.st_ino)}))
-    ]
-    while stack:
-        rel, path, depth, ancestors = stack.pop()
-        try:
-            with os.scandir(path) as listing:
-                entries = list(listing)
-        except OSError as exc:
-            warn(f"skipping directory {_show(rel)}: {exc.strerror or exc}")
+    yield from _walk_dir(
+        base, warn, "", base.real, 0, frozenset({(root_st.st_dev, root_st.st_ino)})
+    )
+
+
+def _walk_dir(
+    base: _Root,
+    warn: Callable[[str], None],
+    rel: str,
+    path: str,
+    depth: int,
+    ancestors: frozenset[tuple[int, int]],
+) -> Iterator[tuple[str, FileStamp]]:
+    try:
+        with os.scandir(path) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        warn(f"skipping directory {_show(rel)}: {exc.strerror or exc}")
+        return
+    new_stamp = tuple.__new__  # 4x cheaper than the NamedTuple constructor
+    prefix = f"{rel}/" if rel else ""
+    # (sort key, stamp) for a file; (name + "/", (path, depth, ancestors)) for a folder.
+    found: list[tuple[str, Any]] = []
+    # The loop below runs once per file on every walk: locals and inlined tests
+    # keep it near the cost of the stat calls (docs/benchmarks.md, ceilings §2).
+    for entry in entries:
+        name = entry.name
+        if name[0] == ".":
             continue
-        prefix = f"{rel}/" if rel else ""
-        # The loop below runs once per file on every walk: locals and inlined tests
-        # keep it near the cost of the stat calls (docs/benchmarks.md, ceilings §2).
-        for entry in entries:
-            name = entry.name
-            if name[0] == ".":
-                continue
-            relname = prefix + name
-            if not (name.isascii() and name.isprintable() and "\\" not in name) and (
-                not _servable_name(name)
-            ):
-                warn(f"skipping {_show(relname)}: a share cannot serve this name")
-                continue
-            try:
-                if entry.is_symlink():
-                    if not base.inside(os.path.realpath(entry.path)):
-                        warn(f"skipping {_show(relname)}: symlink points outside the share")
-                        continue
-                    st = os.stat(entry.path)
-                else:
-                    st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # vanished since listed, or a dangling link: nothing to serve
-            except OSError as exc:
-                warn(f"skipping {_show(relname)}: {exc.strerror or exc}")
-                continue
-            kind = st.st_mode & _IFMT
-            if kind == _IFREG:
-                if len(relname) * 4 >= MAX_PATH_BYTES and len(relname.encode()) >= MAX_PATH_BYTES:
-                    warn(f"skipping {_show(relname)}: path too long to serve")
+        relname = prefix + name
+        if not (name.isascii() and name.isprintable() and "\\" not in name) and (
+            not _servable_name(name)
+        ):
+            warn(f"skipping {_show(relname)}: a share cannot serve this name")
+            continue
+        try:
+            if entry.is_symlink():
+                if not base.inside(os.path.realpath(entry.path)):
+                    warn(f"skipping {_show(relname)}: symlink points outside the share")
                     continue
-                found[relname] = new_stamp(
-                    FileStamp, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                )
-            elif kind == _IFDIR:
-                if name in UNLISTED_DIR_NAMES:
-                    continue  # never listed, so never indexed (the original skipped them too)
-                key = (st.st_dev, st.st_ino)
-                if key in ancestors:
-                    warn(f"skipping {_show(relname)}: symlink loop")
-                elif depth + 2 > MAX_SEGMENTS:
-                    warn(f"skipping {_show(relname)}: nested deeper than {MAX_SEGMENTS} levels")
-                else:
-                    stack.append((relname, entry.path, depth + 1, ancestors | {key}))
+                st = os.stat(entry.path)
             else:
-                warn(f"skipping {_show(relname)}: not a regular file or directory")
-    return found
+                st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished since listed, or a dangling link: nothing to serve
+        except OSError as exc:
+            warn(f"skipping {_show(relname)}: {exc.strerror or exc}")
+            continue
+        kind = st.st_mode & _IFMT
+        if kind == _IFREG:
+            if len(relname) * 4 >= MAX_PATH_BYTES and len(relname.encode()) >= MAX_PATH_BYTES:
+                warn(f"skipping {_show(relname)}: path too long to serve")
+                continue
+            found.append(
+                (
+                    relname,
+                    new_stamp(
+                        FileStamp,
+                        (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                    ),
+                )
+            )
+        elif kind == _IFDIR:
+            if name in UNLISTED_DIR_NAMES:
+                continue  # never listed, so never indexed (the original skipped them too)
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                warn(f"skipping {_show(relname)}: symlink loop")
+            elif depth + 2 > MAX_SEGMENTS:
+                warn(f"skipping {_show(relname)}: nested deeper than {MAX_SEGMENTS} levels")
+            else:
+                found.append((relname + "/", (entry.path, depth + 1, ancestors | {key})))
+        else:
+            warn(f"skipping {_show(relname)}: not a regular file or directory")
+    del entries
+    found.sort(key=_first)
+    for sort_key, value in found:
+        if sort_key[-1] == "/":
+            sub_path, sub_depth, sub_ancestors = value
+            yield from _walk_dir(base, warn, sort_key[:-1], sub_path, sub_depth, sub_ancestors)
+        else:
+            yield sort_key, value
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
 
 
 # --- the indexer ---------------------------------------------------------------------
@@ -329,11 +372,137 @@ class _Stopped(Exception):
 
 @dataclass(slots=True)
 class _Plan:
-    """What one walk asks for."""
+    """What one stretch of a walk asks for (a walk yields several, each bounded)."""
 
     removes: list[str] = field(default_factory=list)
     reuse: list[IndexEntry] = field(default_factory=list)
     hash_now: list[tuple[str, FileStamp]] = field(default_factory=list)
+
+
+#: New and changed paths held before they are settled or hashed: a directory renamed
+#: inside the share is recognised (its files' stamps are the vanished ones) when it
+#: holds up to this many files, wherever the walk meets the old and new names.
+_NEW_BUFFER = 32_768
+#: Removes, reuses and hashes per stretch of a walk (one transaction, one report).
+_STRETCH = 4096
+
+
+class _Pass:
+    """The state of one walk's merge with the index (``Indexer._plans``)."""
+
+    def __init__(self, indexer: Indexer, pending_before: set[str], failed_before: set[str]):
+        self.indexer = indexer
+        self.plan = _Plan()
+        self.fresh: list[tuple[str, FileStamp]] = []
+        self.now_ns = time.time_ns()
+        self.mono = time.monotonic()
+        self.window = indexer.index.racy_window_ns
+        self.settle_ns = int(indexer.config.settle * 1e9)
+        # Pending and failed paths from before this walk that it did not meet are
+        # forgotten at its end (those added meanwhile are this walk's own).
+        self.pending_unseen = pending_before
+        self.failed_unseen = failed_before
+
+    def vanished(self, entry: IndexEntry) -> None:
+        """An indexed path the walk did not find."""
+        self.plan.removes.append(entry.path)
+        newest = max(entry.mtime_ns, entry.ctime_ns)
+        if not (entry.hashed_ns - self.window < newest <= entry.hashed_ns + self.window):
+            tombstones = self.indexer._tombstones
+            if len(tombstones) >= _MAX_TOMBSTONES:
+                tombstones.clear()
+            tombstones[entry.stamp] = entry
+
+    def known(self, entry: IndexEntry, stamp: FileStamp) -> None:
+        """An indexed path the walk found: unchanged (trusted: nothing to do; racy:
+        re-hash once the window is over) or changed (un-advertised, then new)."""
+        path = entry.path
+        self._seen(path, stamp)
+        if stamp != entry[1:6]:
+            self.plan.removes.append(path)
+            self.fresh.append((path, stamp))
+            return
+        newest = max(entry.mtime_ns, entry.ctime_ns)
+        trusted = not (entry.hashed_ns - self.window < newest <= entry.hashed_ns + self.window)
+        if trusted and entry.chunks_root is None:
+            # Indexed before chunk digests: hashed once more, for them; it stays
+            # advertised meanwhile (its SHA-1 is still right).
+            self.plan.hash_now.append((path, stamp))
+        elif trusted:
+            return
+        elif self.now_ns >= newest + self.window:
+            self.plan.hash_now.append((path, stamp))
+        else:
+            self.indexer._pending[path] = (
+                stamp,
+                self.mono + (newest + self.window - self.now_ns) / 1e9,
+            )
+
+    def new(self, path: str, stamp: FileStamp) -> None:
+        """A path the index does not hold."""
+        self._seen(path, stamp)
+        self.fresh.append((path, stamp))
+
+    def _seen(self, path: str, stamp: FileStamp) -> None:
+        indexer = self.indexer
+        self.pending_unseen.discard(path)
+        self.failed_unseen.discard(path)
+        failed = indexer._failed.get(path)
+        if failed is not None and failed != stamp:
+            del indexer._failed[path]  # changed since it failed: try again
+
+    def full(self) -> bool:
+        plan = self.plan
+        return (
+            len(self.fresh) >= _NEW_BUFFER
+            or len(plan.removes) + len(plan.reuse) + len(plan.hash_now) >= _STRETCH
+        )
+
+    def take(self, final: bool = False) -> Iterator[_Plan]:
+        """Yield the plan so far; the held new paths too when full or at the end."""
+        if final or len(self.fresh) >= _NEW_BUFFER:
+            self._settle_new()
+        plan, self.plan = self.plan, _Plan()
+        if plan.removes or plan.reuse or plan.hash_now:
+            yield plan
+
+    def _settle_new(self) -> None:
+        """New and changed paths: a vanished stamp's digests, hashed now if settled,
+        else pending (``settle``)."""
+        indexer = self.indexer
+        plan = self.plan
+        tombstones = indexer._tombstones
+        pending = indexer._pending
+        failed = indexer._failed
+        settle = indexer.config.settle
+        for path, stamp in self.fresh:
+            if path in failed:
+                continue
+            old = tombstones.pop(stamp, None)
+            if old is not None:
+                plan.reuse.append(old._replace(path=path))
+                continue
+            age = self.now_ns - max(stamp.mtime_ns, stamp.ctime_ns)
+            seen = pending.get(path)
+            if age >= self.settle_ns or (
+                seen is not None and seen[0] == stamp and seen[1] <= self.mono
+            ):
+                pending.pop(path, None)
+                plan.hash_now.append((path, stamp))
+            elif seen is None or seen[0] != stamp:
+                wait = (self.settle_ns - age) / 1e9 if age >= 0 else settle
+                pending[path] = (stamp, self.mono + min(settle, wait))
+        self.fresh = []
+
+    def finish(self) -> None:
+        """The walk is over: forget what it did not meet."""
+        indexer = self.indexer
+        for path in self.pending_unseen:
+            indexer._pending.pop(path, None)
+        for path in self.failed_unseen:
+            indexer._failed.pop(path, None)
+        # Digests of files gone in this walk were for renames within it.
+        indexer._tombstones.clear()
 
 
 class Indexer:
@@ -366,7 +535,6 @@ class Indexer:
         self.hooks = hooks if hooks is not None else IndexerHooks()
         self._root = _Root(root)
         self._hasher = hasher if hasher is not None else default_hasher(self.config.workers)
-        self._advertised: dict[str, tuple[str, int]] = {}
         self._pending: dict[str, tuple[FileStamp, float]] = {}
         self._failed: dict[str, FileStamp] = {}
         self._tombstones: dict[FileStamp, IndexEntry] = {}
@@ -388,11 +556,6 @@ class Indexer:
             self._rescan.set()
 
     @property
-    def advertised(self) -> dict[str, tuple[str, int]]:
-        """A copy of what the sink was last told: path -> ``(sha1, size)``."""
-        return dict(self._advertised)
-
-    @property
     def pending(self) -> tuple[str, ...]:
         """Paths waiting to settle before they are hashed."""
         return tuple(self._pending)
@@ -400,12 +563,12 @@ class Indexer:
     async def run(self, sink: IndexSink) -> None:
         """Index the share and report to ``sink`` until cancelled.
 
-        The first walk's unchanged entries go in one ``set_files``; everything after
-        is ``put_file``/``remove_file``. Errors of the sink propagate.
+        The sink hears the SHA-1s of every change (``content_changed``); what it
+        advertises it reads from the index. Errors of the sink propagate.
         """
         self._rescan = anyio.Event()
         try:
-            await self._full_pass(sink, initial=True)
+            await self._full_pass(sink)
             if self._pending:
                 # Files written just before the start (a fresh dataset) settle within
                 # ``settle`` seconds: count them in "Indexed N files." too. Files still
@@ -415,7 +578,7 @@ class Indexer:
                 )
                 await self._settle_pass(sink)
             if self.hooks.on_initial_done is not None:
-                self.hooks.on_initial_done(len(self._advertised))
+                self.hooks.on_initial_done(await self._thread(self.index.trusted_count))
             self.initial_done.set()
             next_walk, soonest = self._schedule()
             while True:
@@ -434,7 +597,7 @@ class Indexer:
                     continue
                 if time.monotonic() >= walk_at:
                     self._rescan = anyio.Event()
-                    await self._full_pass(sink, initial=False)
+                    await self._full_pass(sink)
                     next_walk, soonest = self._schedule()
                 else:
                     await self._settle_pass(sink)
@@ -456,98 +619,61 @@ class Indexer:
         # thread notices ``_stop`` at its next file or progress report.
         return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
-    async def _full_pass(self, sink: IndexSink, *, initial: bool) -> None:
-        started = time.monotonic()
+    async def _full_pass(self, sink: IndexSink) -> None:
+        """Walk the share and act on the differences, a bounded stretch at a time."""
         warnings: list[str] = []
-        try:
-            found = await self._thread(
-                lambda: walk_share(self._root.real, on_warning=warnings.append)
-            )
-        except OSError as exc:
-            # The root went away or became unreadable: keep what we have, say so once.
-            self._warn(f"cannot read the share directory: {exc.strerror or exc}")
-            return
-        finally:
-            for message in warnings:
-                self._warn(message)
-        plan = await self._thread(self._plan, found)
+        plans: Generator[_Plan, None, None] = self._plans(
+            iter_share(self._root.real, on_warning=warnings.append)
+        )
+        spent = 0.0
+        # Not closed on cancellation: a worker thread abandoned mid-``next`` may still
+        # run it; it is dropped with the pass.
+        while True:
+            started = time.monotonic()
+            try:
+                plan = await self._thread(next, plans, None)
+            except OSError as exc:
+                # The root went away or became unreadable: keep what we have, say so once.
+                self._warn(f"cannot read the share directory: {exc.strerror or exc}")
+                return
+            finally:
+                spent += time.monotonic() - started
+                for message in warnings:
+                    self._warn(message)
+                warnings.clear()
+            if plan is None:
+                break
+            if plan.removes or plan.reuse:
+                await self._report(
+                    sink, await self._thread(self.index.apply, plan.reuse, plan.removes)
+                )
+            await self._hash(sink, plan.hash_now)
         self.walks += 1
-        self.last_walk_seconds = time.monotonic() - started
-        if plan.removes or plan.reuse:
-            await self._thread(self.index.apply, plan.reuse, plan.removes)
-        if initial:
-            trusted = self.index.trusted
-            entries = [e for e in self.index.entries() if trusted(e)]
-            self._advertised = {e.path: (e.sha1, e.size) for e in entries}
-            await sink.set_files([(e.sha1, e.path, e.size) for e in entries])
-        else:
-            await self._report(sink, plan.reuse, plan.removes)
-        await self._hash(sink, plan.hash_now)
+        self.last_walk_seconds = spent
 
-    def _plan(self, found: dict[str, FileStamp]) -> _Plan:
-        """Compare a walk with the index (worker thread; owns the indexer state)."""
-        plan = _Plan()
-        index = self.index
-        now_ns = time.time_ns()
-        mono = time.monotonic()
-        settle_ns = int(self.config.settle * 1e9)
-        window = index.racy_window_ns
-        tombstones = self._tombstones
-        pending = self._pending
-        # Pass 1 over the index: vanished, changed, unchanged (trusted: nothing to do;
-        # racy: re-hash once the window is over). Both passes run once per file on
-        # every walk, hence the inlined tests (``IndexEntry.racy``) and no stamp
-        # objects built per file.
-        unchanged: set[str] = set()
-        for entry in index.entries():
-            path = entry.path
-            stamp = found.get(path)
-            newest = max(entry.mtime_ns, entry.ctime_ns)
-            trusted = not (entry.hashed_ns - window < newest <= entry.hashed_ns + window)
-            if stamp is None:
-                plan.removes.append(path)
-                if trusted:
-                    if len(tombstones) >= _MAX_TOMBSTONES:
-                        tombstones.clear()
-                    tombstones[entry.stamp] = entry
-            elif stamp != entry[1:6]:
-                plan.removes.append(path)
+    def _plans(self, walk: Iterator[tuple[str, FileStamp]]) -> Generator[_Plan, None, None]:
+        """Compare a walk with the index, both in path order (a merge: neither is held
+        whole), and yield what to do a stretch at a time. Runs in worker threads, one
+        ``next`` at a time; owns the indexer state meanwhile."""
+        state = _Pass(self, set(self._pending), set(self._failed))
+        entries = self.index.entries()
+        entry = next(entries, None)
+        for path, stamp in walk:
+            while entry is not None and entry.path < path:
+                state.vanished(entry)
+                entry = next(entries, None)
+            if entry is not None and entry.path == path:
+                state.known(entry, stamp)
+                entry = next(entries, None)
             else:
-                unchanged.add(path)
-                if trusted and entry.chunks_root is None:
-                    # Indexed before chunk digests: hashed once more, for them; it
-                    # stays advertised meanwhile (its SHA-1 is still right).
-                    plan.hash_now.append((path, stamp))
-                    continue
-                if trusted:
-                    continue
-                if now_ns >= newest + window:
-                    plan.hash_now.append((path, stamp))
-                else:
-                    pending[path] = (stamp, mono + (newest + window - now_ns) / 1e9)
-        for path in [p for p in pending if p not in found]:
-            del pending[path]
-        failed = self._failed
-        for path in [p for p in failed if found.get(p) != failed[p]]:
-            del failed[path]
-        # Pass 2 over the new and changed paths only.
-        for path in [p for p in found if p not in unchanged]:
-            stamp = found[path]
-            if path in failed:
-                continue
-            old = tombstones.pop(stamp, None)
-            if old is not None:
-                plan.reuse.append(old._replace(path=path))
-                continue
-            age = now_ns - max(stamp.mtime_ns, stamp.ctime_ns)
-            seen = pending.get(path)
-            if age >= settle_ns or (seen is not None and seen[0] == stamp and seen[1] <= mono):
-                pending.pop(path, None)
-                plan.hash_now.append((path, stamp))
-            elif seen is None or seen[0] != stamp:
-                wait = (settle_ns - age) / 1e9 if age >= 0 else self.config.settle
-                pending[path] = (stamp, mono + min(self.config.settle, wait))
-        return plan
+                state.new(path, stamp)
+            if state.full():
+                yield from state.take()
+        while entry is not None:
+            state.vanished(entry)
+            entry = next(entries, None)
+        yield from state.take(final=True)
+        state.finish()
 
     async def _settle_pass(self, sink: IndexSink) -> None:
         """Re-``stat`` the pending files that are due; hash those that kept still."""
@@ -557,8 +683,7 @@ class Indexer:
             return
         ready, gone = await self._thread(self._restat, due)
         if gone:
-            await self._thread(self.index.apply, (), gone)
-            await self._report(sink, [], gone)
+            await self._report(sink, await self._thread(self.index.apply, (), gone))
         await self._hash(sink, ready)
 
     def _restat(
@@ -609,10 +734,10 @@ class Indexer:
             hooks.on_hash_start(len(items), sum(s.size for _, s in items))
         try:
             for batch in self._batches(items):
-                puts, removes, warnings = await self._thread(self._hash_batch, batch)
+                touched, warnings = await self._thread(self._hash_batch, batch)
                 for message in warnings:
                     self._warn(message)
-                await self._report(sink, puts, removes)
+                await self._report(sink, touched)
         finally:
             if hooks.on_hash_end is not None:
                 hooks.on_hash_end()
@@ -626,9 +751,7 @@ class Indexer:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 anyio.from_thread.run_sync(hook, files, nbytes)
 
-    def _hash_batch(
-        self, batch: list[tuple[str, FileStamp]]
-    ) -> tuple[list[IndexEntry], list[str], list[str]]:
+    def _hash_batch(self, batch: list[tuple[str, FileStamp]]) -> tuple[set[str], list[str]]:
         """Hash one batch and record it (worker thread)."""
         started_ns = time.time_ns()
         mono = time.monotonic()
@@ -673,40 +796,19 @@ class Indexer:
                     self._failed[path] = stamp
                     warnings.append(f"cannot read {_show(path)}: {result.error}")
         except _Stopped:
-            return [], [], []
+            return set(), []
         finally:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-        self.index.apply(puts, removes, lists)
-        return puts, removes, warnings
+        return self.index.apply(puts, removes, lists), warnings
 
     # --- reporting -------------------------------------------------------------------
 
-    async def _report(self, sink: IndexSink, puts: list[IndexEntry], removes: list[str]) -> None:
-        advertised = self._advertised
-        gone = [path for path in removes if advertised.pop(path, None) is not None]
-        trusted = self.index.trusted
-        # Re-hashed (and then reported) once its racy window ends; unchanged: nothing.
-        new = [
-            entry
-            for entry in puts
-            if trusted(entry) and advertised.get(entry.path) != (entry.sha1, entry.size)
-        ]
+    async def _report(self, sink: IndexSink, touched: set[str]) -> None:
         # One call per batch, not per file: each call is a round trip to the node.
-        for start in range(0, max(len(new), 1 if gone else 0), _REPORT_BATCH):
-            batch = new[start : start + _REPORT_BATCH]
-            refused = dict(
-                await sink.update_files(
-                    [(e.sha1, e.path, e.size) for e in batch], gone if start == 0 else ()
-                )
-            )
-            for entry in batch:
-                reason = refused.get(entry.path)
-                if reason is not None:
-                    self._warn(f"cannot advertise {_show(entry.path)}: {reason}")
-                else:
-                    advertised[entry.path] = (entry.sha1, entry.size)
+        if touched:
+            await sink.content_changed(sorted(touched))
 
     def _warn(self, message: str) -> None:
         hook = self.hooks.on_warning

@@ -10,7 +10,7 @@ handed to ``serve_standin`` (``kbapps.share.standins``).
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from kbapps.share.paths import NotFoundError, ShareDir, SharePathError
 from kbapps.share.standins import Standin, Standins
@@ -18,14 +18,16 @@ from kbtransport.http import Request, Response, error_response, json_response
 from kbtransport.ranges import file_response
 from kbtransport.routing import Match, Router
 
-__all__ = ("EtagLookup", "FileExtra", "StandinServer", "build_share_router")
+__all__ = ("EtagLookup", "FileExtras", "StandinServer", "build_share_router")
 
 #: ``(relative path, stat of the open file) -> quoted SHA-1 ETag or None``. The lookup
 #: must answer None when the file changed since it was hashed (docs/security.md: never serve
 #: changed bytes under an old SHA-1), e.g. by comparing size and mtime_ns.
 EtagLookup = Callable[[str, os.stat_result], str | None]
-#: ``(relative path, size) -> extra JSON fields`` for a readdir file entry (e.g. "prv").
-FileExtra = Callable[[str, int], dict[str, object]]
+#: ``[(relative path, size), ...] -> [extra JSON fields, ...]`` for the file entries of
+#: one readdir (e.g. "prv"), in order: one call per listing, so the lookups of a big
+#: folder can be a few queries, off the event loop.
+FileExtras = Callable[[Sequence[tuple[str, int]]], Awaitable[Sequence[dict[str, object]]]]
 #: ``(request, stand-in) -> response``: answers a download of a stand-in.
 StandinServer = Callable[[Request, Standin], Awaitable[Response]]
 
@@ -35,7 +37,7 @@ def build_share_router(
     node_id: str,
     *,
     etag_for: EtagLookup | None = None,
-    file_extra: FileExtra | None = None,
+    file_extras: FileExtras | None = None,
     standins: Standins | None = None,
     serve_standin: StandinServer | None = None,
 ) -> Router:
@@ -49,7 +51,7 @@ def build_share_router(
         share: the shared directory.
         node_id: this share's node id; other ids answer 404.
         etag_for: gives the quoted SHA-1 of a file when it is indexed and unchanged.
-        file_extra: adds fields to each readdir file entry.
+        file_extras: adds fields to the readdir file entries (one call per listing).
         standins: lists ``.prv`` stand-ins as files (``{"name", "size", "prv"}``).
         serve_standin: answers a download of a stand-in (with ``standins``).
     """
@@ -88,14 +90,16 @@ def build_share_router(
         if standins is not None:
             listing, found = standins.apply(tuple(s for s in match.rest if s), listing)
         payload = listing.to_json()
-        if file_extra is not None:
+        if file_extras is not None:
             base = "/".join(s for s in match.rest if s)
+            asked: list[tuple[str, int]] = []
             for entry in payload["files"]:
                 name = str(entry["name"])
-                rel = f"{base}/{name}" if base else name
                 size = entry["size"]
                 assert isinstance(size, int)
-                entry.update(file_extra(rel, size))
+                asked.append((f"{base}/{name}" if base else name, size))
+            for entry, extra in zip(payload["files"], await file_extras(asked), strict=True):
+                entry.update(extra)
         if found:
             payload["files"].extend(
                 {

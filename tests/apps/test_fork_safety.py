@@ -100,26 +100,20 @@ from kbapps.share.index import FileIndex
 from kbapps.share.indexer import Indexer, IndexerConfig
 
 class Sink:
-    files = {}
-    async def set_files(self, entries):
-        self.files = {path: sha1 for sha1, path, size in entries}
-    async def update_files(self, puts, removes=()):
-        for path in removes:
-            self.files.pop(path, None)
-        for sha1, path, size in puts:
-            self.files[path] = sha1
-        return []
+    async def content_changed(self, sha1s):
+        pass
 
 async def main():
     sink = Sink()
     config = IndexerConfig(min_interval=0.05, max_interval=0.2, settle=0.1, workers=2)
-    indexer = Indexer(sys.argv[1], FileIndex(None, racy_window_ns=50_000_000), config=config)
+    index = FileIndex(None, racy_window_ns=50_000_000)
+    indexer = Indexer(sys.argv[1], index, config=config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(indexer.run, sink)
         with anyio.fail_after(float(sys.argv[2])):
             await indexer.initial_done.wait()
         tg.cancel_scope.cancel()
-    print(json.dumps(sink.files))
+    print(json.dumps({e.path: e.sha1 for e in index.entries()}))
 
 anyio.run(main)
 """

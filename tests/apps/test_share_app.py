@@ -291,11 +291,8 @@ async def serving(root: Path) -> AsyncIterator[tuple[BoundAddress, Indexer]]:
     app = build_share_app(ShareDir(root), index, NODE, on_stale=indexer.request_rescan)
 
     class NullSink:
-        async def set_files(self, entries: object) -> None:
+        async def content_changed(self, sha1s: object) -> None:
             pass
-
-        async def update_files(self, puts: object, removes: object = ()) -> list[tuple[str, str]]:
-            return []
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(indexer.run, NullSink())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kbapps.share import index as index_module
 from kbapps.share.index import INDEX_FILENAME, FileIndex, FileStamp, IndexEntry, stamp_of
 from kbproto.ids import Sha1
 from kbproto.prv import serialize_prv
@@ -236,3 +237,37 @@ def test_bad_path_rows_are_rebuilt(tmp_path: Path, bad: str) -> None:
     warnings: list[str] = []
     assert len(FileIndex(db, on_warning=warnings.append)) == 0
     assert len(warnings) == 1
+
+
+def test_the_core_view_counts_representatives_and_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the share's core reads (``kbproto.sharestore.ShareFiles``): the smallest
+    trusted path per content id, content ids a page at a time, counts kept by apply."""
+    monkeypatch.setattr(index_module, "_PAGE", 3)
+    index = FileIndex(tmp_path / INDEX_FILENAME, racy_window_ns=2 * SEC)
+    a, twin = entry("b/a.dat", b"alpha"), entry("a/twin.dat", b"alpha")
+    others = [entry(f"o{i}", b"other %d" % i) for i in range(7)]
+    touched = index.apply([a, twin, *others])
+    assert touched == {a.sha1} | {e.sha1 for e in others}
+    assert (len(index), index.content_count) == (9, 8)
+    raw = bytes.fromhex(a.sha1)
+    assert index.representative(raw) == ("a/twin.dat", 5)
+    # A racy entry is not advertised: the other copy is.
+    racy = twin._replace(hashed_ns=twin.mtime_ns + SEC)
+    assert index.apply([racy]) == {a.sha1}
+    assert index.representative(raw) == ("b/a.dat", 5)
+    keys = list(index.content_keys())
+    assert keys == sorted({bytes.fromhex(e.sha1) for e in [a, *others]})
+    assert index.trusted_count() == 8
+    assert [e.path for e in index.entries()] == sorted(e.path for e in [a, twin, *others])
+    assert set(index.get_many(["b/a.dat", "o3", "missing"])) == {"b/a.dat", "o3"}
+    # Removing both copies drops the content id; the counts follow.
+    assert index.apply(removes=["b/a.dat", "a/twin.dat", "never"]) == {a.sha1}
+    assert index.representative(raw) is None
+    assert (len(index), index.content_count) == (7, 7)
+    index.close()
+    reopened = FileIndex(tmp_path / INDEX_FILENAME)
+    assert (len(reopened), reopened.content_count) == (7, 7)
+    assert reopened.chunk_list("not hex") is None
+    assert reopened.paths_for("not hex") == ()

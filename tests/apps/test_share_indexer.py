@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +16,16 @@ import anyio
 import pytest
 
 from kbapps.hashing import FileKey, HashResult, ProcessPool, digest, hash_files
+from kbapps.share import indexer as indexer_module
 from kbapps.share.index import INDEX_FILENAME, FileIndex
-from kbapps.share.indexer import Indexer, IndexerConfig, IndexerHooks, default_hasher, walk_share
+from kbapps.share.indexer import (
+    Indexer,
+    IndexerConfig,
+    IndexerHooks,
+    default_hasher,
+    iter_share,
+    walk_share,
+)
 from kbproto.chunks import ChunkSpec, chunk_digests, digest_list_root
 
 MS = 1_000_000
@@ -39,29 +47,27 @@ def sha1_of(data: bytes) -> str:
 
 @dataclass
 class Sink:
-    """Records what the indexer advertises, like a ShareCore would hold it."""
+    """Stands for the share's core: hears which content ids changed and reads, as the
+    core does (``kbproto.sharestore``), each one's representative from the index."""
 
-    files: dict[str, tuple[str, int]] = field(default_factory=dict)
-    calls: list[tuple[str, ...]] = field(default_factory=list)
+    index: FileIndex
+    calls: int = 0
+    reports: list[tuple[str, tuple[str, int] | None]] = field(default_factory=list)
 
-    async def set_files(self, entries: Iterable[tuple[str, str, int]]) -> None:
-        self.files = {path: (sha1, size) for sha1, path, size in entries}
-        self.calls.append(("set", str(len(self.files))))
+    async def content_changed(self, sha1s: Collection[str]) -> None:
+        self.calls += 1
+        for sha1 in sha1s:
+            self.reports.append((sha1, self.index.representative(bytes.fromhex(sha1))))
 
-    async def update_files(
-        self, puts: Iterable[tuple[str, str, int]], removes: Iterable[str] = ()
-    ) -> list[tuple[str, str]]:
-        self.calls.append(("update",))
-        for path in removes:
-            self.files.pop(path, None)
-            self.calls.append(("remove", path))
-        for sha1, path, size in puts:
-            self.files[path] = (sha1, size)
-            self.calls.append(("put", path, sha1))
-        return []
+    @property
+    def files(self) -> dict[str, tuple[str, int]]:
+        """What the share serves with a SHA-1: every trusted entry."""
+        index = self.index
+        return {e.path: (e.sha1, e.size) for e in index.entries() if index.trusted(e)}
 
-    def calls_for(self, path: str) -> list[tuple[str, ...]]:
-        return [c for c in self.calls if len(c) > 1 and c[1] == path]
+    def reported_at(self, path: str) -> list[str]:
+        """The SHA-1s reported with ``path`` as their representative, in order."""
+        return [sha1 for sha1, rep in self.reports if rep is not None and rep[0] == path]
 
 
 class CountingHasher:
@@ -113,7 +119,7 @@ async def running(
         hooks=IndexerHooks(on_warning=warnings.append, on_initial_done=done.append),
         hasher=hasher,
     )
-    sink = Sink()
+    sink = Sink(index)
     async with anyio.create_task_group() as tg:
         tg.start_soon(indexer.run, sink)
         with anyio.fail_after(WAIT):
@@ -193,6 +199,58 @@ def test_walk_depth_limit_and_missing_root(tmp_path: Path) -> None:
         walk_share(tmp_path / "missing")
 
 
+def test_walk_yields_the_order_of_the_index(tmp_path: Path) -> None:
+    """``iter_share`` yields in the byte order of the UTF-8 paths, which is SQLite's
+    order of the index's primary key: the indexer merges the two without holding
+    either (``a-b`` before ``a/x``, a name before its longer siblings, non-ASCII last)."""
+    root = tmp_path / "share"
+    names = ["a/x", "a-b", "a.c", "a0", "ab/y", "a/b/c", "a/b-", "b", "é/z", "Z", "a/b/d"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+    walked = [path for path, _ in iter_share(root)]
+    assert sorted(walked, key=lambda p: p.encode()) == walked
+    assert sorted(walked) == sorted(names)
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (path TEXT PRIMARY KEY) WITHOUT ROWID")
+    db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in names])
+    assert [row[0] for row in db.execute("SELECT path FROM t ORDER BY path")] == walked
+
+
+@pytest.mark.anyio
+async def test_a_rename_to_a_later_name_is_not_rehashed_either(tmp_path: Path) -> None:
+    """The walk meets the vanished paths first here (``aaa/`` < ``zzz/``)."""
+    root = tmp_path / "share"
+    (root / "aaa").mkdir(parents=True)
+    for i in range(5):
+        (root / "aaa" / f"f{i}.dat").write_bytes(b"file %d" % i)
+    hasher = CountingHasher()
+    async with running(root, hasher=hasher) as run:
+        before = len(hasher.paths)
+        (root / "aaa").rename(root / "zzz")
+        await eventually(lambda: set(run.sink.files) == {f"zzz/f{i}.dat" for i in range(5)})
+        assert len(hasher.paths) == before
+
+
+@pytest.mark.anyio
+async def test_more_new_files_than_the_buffer_are_all_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New paths are held in a bounded buffer; past it they are hashed as they come."""
+    monkeypatch.setattr(indexer_module, "_NEW_BUFFER", 7)
+    monkeypatch.setattr(indexer_module, "_STRETCH", 5)
+    root = tmp_path / "share"
+    for i in range(40):
+        (root / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 4}" / f"f{i}.dat").write_bytes(b"n %d" % i)
+    async with running(root) as run:
+        assert len(run.sink.files) == 40
+        assert run.done == [40]
+        for i in range(0, 40, 2):
+            (root / f"d{i % 4}" / f"f{i}.dat").unlink()
+        await eventually(lambda: len(run.sink.files) == 20)
+
+
 # --- first scan and restart ------------------------------------------------------------
 
 
@@ -205,7 +263,7 @@ async def test_initial_scan_advertises_every_servable_file(tmp_path: Path) -> No
     async with running(root) as run:
         expected = {rel: (sha1_of(data), len(data)) for rel, data in files.items()}
         assert run.sink.files == expected
-        assert run.sink.calls[0][0] == "set"
+        assert run.sink.calls >= 1
         assert run.done == [len(files)]
         assert len(run.index) == len(files)
         entry = run.index.get("sub/deeper/b.dat")
@@ -227,8 +285,7 @@ async def test_new_files_reach_the_node_in_batches_not_one_call_each(tmp_path: P
         (sub / f"f{i}.dat").write_bytes(b"file %d\n" % i)
     async with running(root) as run:
         assert len(run.sink.files) == 300
-        updates = run.sink.calls.count(("update",))
-        assert 1 <= updates <= 30, updates  # one per hashing batch, not 300
+        assert 1 <= run.sink.calls <= 30, run.sink.calls  # one per hashing batch, not 300
 
 
 @pytest.mark.anyio
@@ -246,7 +303,7 @@ async def test_restart_does_not_rehash_unchanged_files(tmp_path: Path) -> None:
     second = CountingHasher()
     async with running(root, hasher=second, db=db) as run:
         assert run.sink.files == advertised
-        assert run.sink.calls[0] == ("set", str(len(files)))
+        assert run.sink.calls == 0  # nothing changed: the core reads the index as it is
     assert second.paths == []
 
     # One changed while stopped: only that one is read again, and it is not
@@ -255,8 +312,9 @@ async def test_restart_does_not_rehash_unchanged_files(tmp_path: Path) -> None:
     third = CountingHasher()
     async with running(root, hasher=third, db=db) as run:
         assert run.sink.files["sub/a.dat"] == (sha1_of(b"alpha, edited\n"), 14)
-        set_call = run.sink.calls[0]
-        assert set_call == ("set", str(len(files) - 1))
+        # The old content's copy is now sub/twin.dat; the edited one is reported.
+        assert run.sink.reported_at("sub/a.dat") == [sha1_of(b"alpha, edited\n")]
+        assert (sha1_of(b"alpha\n"), ("sub/twin.dat", 6)) in run.sink.reports
     assert third.names() == ["a.dat"]
 
 
@@ -304,7 +362,7 @@ async def test_an_index_from_before_chunk_digests_is_hashed_once_more(tmp_path: 
     raw.close()
     second = CountingHasher()
     async with running(root, hasher=second, db=db) as run:
-        assert run.sink.calls[0] == ("set", str(len(files)))  # advertised at once
+        assert run.sink.files == advertised  # advertised at once
         await eventually(
             lambda: all(run.index.chunk_list(sha1_of(d)) is not None for d in files.values())
         )
@@ -334,11 +392,12 @@ async def test_add_modify_remove_while_running(tmp_path: Path) -> None:
         await eventually(lambda: "new/added.dat" in sink.files)
         assert sink.files["new/added.dat"] == (sha1_of(b"added later"), 11)
 
-        seen = len(sink.calls_for("top.bin"))
+        old_sha1 = sink.files["top.bin"][0]
+        seen = len(sink.reports)
         (root / "top.bin").write_bytes(b"rewritten")
         await eventually(lambda: sink.files.get("top.bin", ("", 0))[0] == sha1_of(b"rewritten"))
         # The old SHA-1 was withdrawn as soon as the change was seen, then the new one put.
-        assert [c[0] for c in sink.calls_for("top.bin")[seen:]] == ["remove", "put"]
+        assert sink.reports[seen:] == [(old_sha1, None), (sha1_of(b"rewritten"), ("top.bin", 9))]
 
         (root / "sub" / "twin.dat").unlink()
         await eventually(lambda: "sub/twin.dat" not in sink.files)
@@ -376,7 +435,7 @@ async def test_file_being_written_is_never_advertised_with_a_torn_digest(tmp_pat
             await anyio.sleep(0.015)
         final = sha1_of(content)
         await eventually(lambda: run.sink.files.get("growing.log", ("", 0))[0] == final)
-        puts = [c[2] for c in run.sink.calls_for("growing.log") if c[0] == "put"]
+        puts = run.sink.reported_at("growing.log")
         assert puts
         assert set(puts) <= states
         entry = run.index.get("growing.log")
@@ -402,7 +461,7 @@ async def test_change_between_walk_and_hash_is_not_recorded(tmp_path: Path) -> N
     async with running(root, hasher=hasher) as run:
         await eventually(lambda: "victim.dat" in run.sink.files)
         assert run.sink.files["victim.dat"] == (sha1_of(b"version two, longer"), 19)
-        puts = [c for c in run.sink.calls_for("victim.dat") if c[0] == "put"]
+        puts = run.sink.reported_at("victim.dat")
         assert len(puts) == 1
     assert hasher.names().count("victim.dat") >= 2
 
@@ -482,7 +541,7 @@ def test_many_files_use_worker_processes_while_the_loop_runs(
     config = IndexerConfig(min_interval=0.05, max_interval=0.2, settle=0.1, batch_files=600)
     progress: list[tuple[int, int]] = []
     ticks = 0
-    sink = Sink()
+    sink: list[Sink] = []
 
     async def ticker() -> None:
         nonlocal ticks
@@ -493,7 +552,7 @@ def test_many_files_use_worker_processes_while_the_loop_runs(
     async def index_all(indexer: Indexer) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            tg.start_soon(indexer.run, sink)
+            tg.start_soon(indexer.run, sink[0])
             with anyio.fail_after(WAIT):
                 await indexer.initial_done.wait()
             tg.cancel_scope.cancel()
@@ -504,6 +563,7 @@ def test_many_files_use_worker_processes_while_the_loop_runs(
     try:
         assert pool.start()
         index = FileIndex(None, racy_window_ns=RACY_NS)
+        sink.append(Sink(index))
         indexer = Indexer(
             root,
             index,
@@ -515,8 +575,8 @@ def test_many_files_use_worker_processes_while_the_loop_runs(
         assert pool.workers == 1  # still there for the next batches
     finally:
         pool.close()
-    assert len(sink.files) == 660
-    assert sink.files["d5/f109.txt"] == (sha1_of(b"5/109"), 5)
+    assert len(sink[0].files) == 660
+    assert sink[0].files["d5/f109.txt"] == (sha1_of(b"5/109"), 5)
     assert sum(f for f, _ in progress) == 660
     assert ticks > 1  # the event loop kept running while hashing
     pids = opened_by.read_text().split()
@@ -560,7 +620,7 @@ async def test_stopping_does_not_wait_for_a_batch_being_hashed(tmp_path: Path) -
     try:
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(indexer.run, Sink())
+                tg.start_soon(indexer.run, Sink(index))
                 while not entered.is_set():
                     await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()

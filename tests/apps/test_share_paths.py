@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -250,14 +250,17 @@ async def test_allowed_paths_over_a_socket(share: ShareDir) -> None:
 
 
 @pytest.mark.anyio
-async def test_readdir_file_extra_hook_and_wrong_node(share: ShareDir) -> None:
-    calls: list[tuple[str, int]] = []
+async def test_readdir_file_extras_hook_and_wrong_node(share: ShareDir) -> None:
+    calls: list[list[tuple[str, int]]] = []
 
-    def extra(relpath: str, size: int) -> dict[str, object]:
-        calls.append((relpath, size))
-        return {"prv": {"original_path": relpath.rsplit("/", 1)[-1], "original_size": size}}
+    async def extras(files: Sequence[tuple[str, int]]) -> list[dict[str, object]]:
+        calls.append(list(files))
+        return [
+            {"prv": {"original_path": relpath.rsplit("/", 1)[-1], "original_size": size}}
+            for relpath, size in files
+        ]
 
-    router = build_share_router(share, NODE, file_extra=extra)
+    router = build_share_router(share, NODE, file_extras=extras)
     async with anyio.create_task_group() as tg:
         bound: BoundAddress = await tg.start(
             serve_http, router.app, ListenConfig(host="127.0.0.1", port=0)
@@ -271,5 +274,6 @@ async def test_readdir_file_extra_hook_and_wrong_node(share: ShareDir) -> None:
         "size": 6,
         "prv": {"original_path": "file.txt", "original_size": 6},
     }
-    assert calls == [("sub/a b+c%.txt", 8), ("sub/file.txt", 6), ("sub/link_in", 1024)]
+    # One call for the whole listing.
+    assert calls == [[("sub/a b+c%.txt", 8), ("sub/file.txt", 6), ("sub/link_in", 1024)]]
     assert wrong.status == 404
