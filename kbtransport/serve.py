@@ -213,6 +213,8 @@ async def serve_node(
             stream_budget=stream_budget,
             join_budget=join_budget,
         )
+        if app_config is not None:
+            node.metrics.relay_cache = app_config.cache
         node.request_app = own_node_app(node, local_app)
         node.http_app = build_node_app(node, local_app, app_config)
         await tg.start(node.run)
