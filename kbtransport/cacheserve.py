@@ -28,7 +28,7 @@ from kbtransport.ranges import content_type_for, file_response
 from kbtransport.relaycache import CacheFill, RelayCache
 from kbtransport.usercontent import user_content_headers
 
-__all__ = ("JOIN_IDLE", "Tee", "cached_response", "joined_response")
+__all__ = ("JOIN_IDLE", "Tee", "cached_response", "is_plain_get", "joined_response")
 
 #: Seconds a joiner waits for the next bytes of a fill before it gives up (the proxy's
 #: own idle limit is of the same order: a stalled share is a failed download).
@@ -51,12 +51,18 @@ def cached_response(request: Request, cache: RelayCache, sha1: str, name: str) -
     return response
 
 
+def is_plain_get(request: Request) -> bool:
+    """True for a GET of the whole content: no Range, no conditional (what may join a
+    fill, and what may start one)."""
+    return request.method == "GET" and all(
+        request.header(name) is None for name in ("range", "if-none-match", "if-range")
+    )
+
+
 def joined_response(request: Request, cache: RelayCache, sha1: str, name: str) -> Response | None:
     """The whole content of ``sha1`` followed from the fill in progress, for a plain
     GET (no Range, no conditional); None if there is no fill to join."""
-    if request.method != "GET" or any(
-        request.header(h) is not None for h in ("range", "if-none-match", "if-range")
-    ):
+    if not is_plain_get(request):
         return None
     fill = cache.fill_in_progress(sha1)
     if fill is None:

@@ -45,7 +45,13 @@ from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
-from kbtransport.cacheserve import Tee, cached_response, joined_response
+from kbtransport.cacheserve import (
+    JOIN_IDLE,
+    Tee,
+    cached_response,
+    is_plain_get,
+    joined_response,
+)
 from kbtransport.contentcheck import EMPTY_SHA1, BadSources, ContentCheck, covers_whole
 from kbtransport.http import (
     App,
@@ -454,16 +460,33 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
 
         return ContentCheck(sha1, mismatch)
 
-    def from_cache(request: Request, sha1: str, name: str) -> Response | None:
-        """The answer from the relay cache (an entry, or a fill to join), or None."""
+    async def cached_or(
+        request: Request, sha1: str, fetch: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """The relay cache's answer for content ``sha1`` (an entry, or a fill in
+        progress to join), else ``fetch()``'s. Single flight: while one plain GET
+        fetches ``sha1`` upstream, others wait (``JOIN_IDLE`` at most) for its fill to
+        begin, then join it; if it does not fill, they fetch themselves."""
         if cache is None or request.method not in ("GET", "HEAD"):
-            return None
-        answer = cached_response(request, cache, sha1, name) or joined_response(
-            request, cache, sha1, name
+            return await fetch()
+        answer = cached_response(request, cache, sha1, sha1) or joined_response(
+            request, cache, sha1, sha1
         )
-        if answer is None:
-            cache.stats.misses += 1
-        return answer
+        if answer is not None:
+            return answer
+        cache.stats.misses += 1
+        if not is_plain_get(request):
+            return await fetch()
+        if not cache.claim(sha1):
+            await cache.wait_claim(sha1, JOIN_IDLE)
+            joined = joined_response(request, cache, sha1, sha1) or cached_response(
+                request, cache, sha1, sha1
+            )
+            return joined if joined is not None else await fetch()
+        try:
+            return await fetch()
+        finally:
+            cache.release(sha1)
 
     def cache_tee(
         request: Request, response: ProxyResponse, sha1: str, *, checked: bool
@@ -503,15 +526,21 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         return True
 
     async def proxy(request: Request, node_id: str) -> Response:
-        target = request.target.decode("ascii")
         segments = request.segments
         # /ID/sha1/SHA1 names its content: it is checked like /sha1/SHA1.
         sha1 = segments[2].lower() if len(segments) == 3 and segments[1] == "sha1" else ""
         named = is_sha1(sha1)
         if named and bad_sources.has(node_id, sha1):
             return error_response(502, "That node sent wrong bytes for this content")
-        if named and (hit := from_cache(request, sha1, sha1)) is not None:
-            return hit
+        if named:
+            return await cached_or(request, sha1, lambda: fetch(request, node_id, sha1))
+        return await fetch(request, node_id, "")
+
+    async def fetch(request: Request, node_id: str, sha1: str) -> Response:
+        """``proxy``'s request to ``node_id``; ``sha1`` if the target names content."""
+        target = request.target.decode("ascii")
+        segments = request.segments
+        named = bool(sha1)
         try:
             response = await node.open_request(
                 node_id, request.method, target, _forwarded(request), client=_client(request)
@@ -607,9 +636,13 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             tee = cache_tee(request, response, content, checked=True) if check is not None else None
             return True, proxied_response(response, request.method, check, tee)
 
-        if is_sha1(sha1.lower()) and (hit := from_cache(request, sha1.lower(), sha1)) is not None:
-            return hit
-        return await from_holders(request, sha1, "", "Content not found", checked)
+        if not is_sha1(sha1.lower()):
+            return await from_holders(request, sha1, "", "Content not found", checked)
+        return await cached_or(
+            request,
+            sha1.lower(),
+            lambda: from_holders(request, sha1, "", "Content not found", checked),
+        )
 
     async def chunks_by_sha1(request: Request, sha1: str) -> Response:
         async def sized(response: ProxyResponse, result: FindResult) -> tuple[bool, Response]:

@@ -146,6 +146,7 @@ class RelayCache:
         self._db = db
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._fills: dict[str, CacheFill] = {}
+        self._claims: dict[str, anyio.Event] = {}
         self._size = 0
         self._used = 0
 
@@ -261,6 +262,28 @@ class RelayCache:
             return None
         self._touch(sha1)
         return os.fdopen(fd, "rb"), entry.size
+
+    def claim(self, sha1: str) -> bool:
+        """Take the right to fetch ``sha1`` upstream (single flight): True if nobody
+        holds it and no fill of it runs. ``release`` it once the fetch began its fill
+        (``begin``) or turned out not to fill; others ``wait_claim`` meanwhile."""
+        if sha1 in self._claims or sha1 in self._fills:
+            return False
+        self._claims[sha1] = anyio.Event()
+        return True
+
+    def release(self, sha1: str) -> None:
+        """Give back the claim on ``sha1``, waking those waiting on it (idempotent)."""
+        event = self._claims.pop(sha1, None)
+        if event is not None:
+            event.set()
+
+    async def wait_claim(self, sha1: str, timeout: float) -> None:
+        """Wait until the claim on ``sha1`` is released (at most ``timeout`` seconds)."""
+        event = self._claims.get(sha1)
+        if event is not None:
+            with anyio.move_on_after(timeout):
+                await event.wait()
 
     def fill_in_progress(self, sha1: str) -> CacheFill | None:
         """The fill of ``sha1`` in progress, if any (for single-flight joiners)."""

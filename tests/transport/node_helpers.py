@@ -23,8 +23,8 @@ from kbproto import HubConfig, HubCore, Limits, SeededIdSource, ShareConfig, Sha
 from kbproto.auth import node_id_from_public_pem
 from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
-from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.httpapi import NodeAppConfig
+from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHooks
 from kbtransport.routing import Router
