@@ -16,6 +16,9 @@ wrote, so this module is deliberately forgiving on read and careful on write:
 - A hub's index budget (``index_budget``, ``open_child_quota``: entries, see
   docs/security.md §3) is written only once set, by option or by hand, so a hub that
   never set it follows the release's default.
+- A hub's relay cache bound (``cache_size``, bytes; 0 = no cache) is written once the
+  hub has run, so the file shows the bound in use; a hand edit may also give it with a
+  unit (``"20G"``), read by ``parse_size``.
 - Saving writes a temporary file inside ``.kbucket/`` and renames it over the old one,
   so a crash never leaves half a file. The file holds passcodes, so it is 0600.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -51,6 +55,7 @@ __all__ = (
     "ensure_kbucket_dir",
     "kbucket_dir",
     "load_config",
+    "parse_size",
     "save_config",
 )
 
@@ -95,9 +100,30 @@ _KNOWN_FIELDS = frozenset(
         *_TEXT_FIELDS,
         *_PARENT_FIELDS,
         *_BUDGET_FIELDS,
+        "cache_size",
     }
 )
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
+#: The largest relay cache bound accepted (an exbibyte: any real disk is smaller).
+MAX_CACHE_SIZE = 1024**6
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number, optionally with K, M, G or T (powers of 1024):
+    ``500M``, ``20G``, ``0``.
+
+    Raises:
+        ValueError: ``text`` is not a size (or is larger than ``MAX_CACHE_SIZE``).
+    """
+    match = _SIZE_RE.fullmatch(text.strip().upper())
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)")
+    size = int(float(match.group(1)) * _UNITS[match.group(2)])
+    if size > MAX_CACHE_SIZE:
+        raise ValueError(f"too large: {text!r}")
+    return size
 
 
 class SetupError(UsageError):
@@ -152,6 +178,8 @@ class NodeConfig:
     #: Hubs: index entries per proven node of a child without the passcode (None:
     #: kbproto's default).
     open_child_quota: int | None = None
+    #: Hubs: the relay cache's bound in bytes, 0 = no cache (None: the default).
+    cache_size: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -171,6 +199,8 @@ class NodeConfig:
             value = getattr(self, name)
             if value is not None and not _is_entry_count(value):
                 raise ValueError(f"{name} must be an integer from 1 to {MAX_ENTRIES}")
+        if self.cache_size is not None and not _is_cache_size(self.cache_size):
+            raise ValueError(f"cache_size must be an integer from 0 to {MAX_CACHE_SIZE}")
         if _KNOWN_FIELDS & set(self.extra) or _LEGACY_FIELDS & set(self.extra):
             raise ValueError("extra must hold only unknown fields")
         # Freeze the mapping too, so a NodeConfig cannot change after it is built.
@@ -203,6 +233,8 @@ class NodeConfig:
         for name in _BUDGET_FIELDS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.cache_size is not None:
+            out["cache_size"] = self.cache_size
         out.update(self.extra)
         return out
 
@@ -245,12 +277,34 @@ class NodeConfig:
                         f" from 1 to {MAX_ENTRIES}"
                     )
                 values[name] = data[name]
+        if data.get("cache_size") is not None:
+            values["cache_size"] = _parse_cache_size_field(data["cache_size"], where)
         extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS | _LEGACY_FIELDS}
         return cls(**values, extra=extra)
 
 
 def _is_entry_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ENTRIES
+
+
+def _is_cache_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_CACHE_SIZE
+
+
+def _parse_cache_size_field(value: Any, where: str) -> int:
+    # Written as bytes; a hand edit may use a unit ("20G").
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except ValueError:
+            value = None
+    if not _is_cache_size(value):
+        raise SetupError(
+            f"{where}: field 'cache_size' must be a size in bytes, or with K, M, G or T"
+            " (500M, 20G; 0 = no cache)"
+        )
+    size: int = value
+    return size
 
 
 def _is_port(value: object) -> bool:

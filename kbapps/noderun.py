@@ -72,6 +72,7 @@ from kbtransport.join_guard import RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHooks
 from kbtransport.origins import OriginPolicy
+from kbtransport.relaycache import CacheDirError, RelayCache
 from kbtransport.routing import Router
 from kbtransport.serve import NodeHandle, serve_node
 from kbtransport.stream_budget import StreamBudget
@@ -82,6 +83,8 @@ __all__ = (
     "run_node",
 )
 
+#: The hub's relay cache directory inside ``.kbucket/`` (docs/formats.md).
+CACHE_DIR_NAME = "cache"
 #: Exit code when no port of the policy could be bound: a network failure.
 _EXIT_BIND = output.EXIT_NETWORK
 
@@ -350,6 +353,7 @@ async def _serve(
     run: RunOptions,
     console: _Console,
     started: Callable[[NodeHandle], object],
+    cache: RelayCache | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"."""
     timeouts = heartbeat_timeouts(run.heartbeat_timeout)
@@ -377,7 +381,7 @@ async def _serve(
         )
         failed = False
         try:
-            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started)
+            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started, cache)
         except* ConnectError as group:
             if bound:
                 raise
@@ -394,9 +398,25 @@ async def _serve(
     )
 
 
-def _app_config(setup: NodeSetup) -> NodeAppConfig:
-    """The HTTP routes' policies from ``kbnode.json`` (``allowed_origins``)."""
-    return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins))
+def _app_config(setup: NodeSetup, cache: RelayCache | None = None) -> NodeAppConfig:
+    """The HTTP routes' policies from ``kbnode.json`` (``allowed_origins``), and a
+    hub's relay cache."""
+    return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins), cache=cache)
+
+
+def _open_cache(setup: NodeSetup) -> RelayCache | None:
+    """A hub's relay cache in ``.kbucket/cache`` (None when ``cache_size`` is 0).
+
+    Raises:
+        UsageError: the cache directory is unusable (a symlink...): exit 2.
+    """
+    size = setup.config.cache_size
+    if setup.kind != "hub" or not size:
+        return None
+    try:
+        return RelayCache.open(setup.kbucket_dir / CACHE_DIR_NAME, size)
+    except CacheDirError as exc:
+        raise UsageError(str(exc), output.EXIT_BAD_INPUT) from None
 
 
 async def _serve_once(
@@ -407,6 +427,7 @@ async def _serve_once(
     listen: ListenConfig,
     hooks: NodeHooks,
     started: Callable[[NodeHandle], object],
+    cache: RelayCache | None,
 ) -> None:
     core = _make_core(setup, timeouts)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -416,7 +437,7 @@ async def _serve_once(
                 router,
                 listen,
                 hooks=hooks,
-                app_config=_app_config(setup),
+                app_config=_app_config(setup, cache),
                 stream_budget=streams,
             ) as handle,
             anyio.create_task_group() as tg,
@@ -534,7 +555,12 @@ def _run_hub(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
         network.attach(handle.node.http_app)
         _announce_web(setup, handle, console)
 
-    output.run_async(_serve, setup, router, run, console, started)
+    cache = _open_cache(setup)
+    try:
+        output.run_async(_serve, setup, router, run, console, started, cache)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def run_node(
