@@ -279,3 +279,21 @@ def test_any_json_renders(nodeinfo: object, listing: object, found: object) -> N
             page = render(query, routes)
             audit(page.html)
             json.dumps(page.status)
+
+
+def test_a_hub_page_shows_its_relay_cache() -> None:
+    nodeinfo = hostile_nodeinfo("hub", "hub")
+    nodeinfo["cache"] = {
+        "entries": 3,
+        "bytes": 5 * 1024**2,
+        "bound": 1024**3,
+        "hits": 7,
+        "misses": 1,
+        "bytes_served": 2 * 1024**2,
+    }
+    html = render({}, {f"/{HUB}/api/nodeinfo": (200, nodeinfo)}).html
+    assert b"Relay cache" in html
+    assert b"3 files, 5.2 MB of 1.1 GB" in html
+    assert b"7 hits, 1 miss, 2.1 MB sent from the cache" in html
+    nodeinfo["cache"] = {"entries": "x", "bytes": -1}  # malformed: left out
+    assert b"Relay cache" not in render({}, {f"/{HUB}/api/nodeinfo": (200, nodeinfo)}).html
