@@ -52,6 +52,10 @@ SMOKE_RUNS = {
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
     ),
+    "bench_relay_cache.py": (
+        ["--rounds", "1", "--size-mib", "4"],
+        ["x direct", "ratio to the file's size"],
+    ),
     "bench_sim.py": (
         ["--hubs", "22", "--shares", "30", "--ids", "2000"],
         ["## Simulator throughput", "## Hub index memory"],
