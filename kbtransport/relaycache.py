@@ -453,17 +453,23 @@ class CacheFill:
         try:
             await anyio.to_thread.run_sync(os.fsync, fd)
             os.close(fd)
+            fd = -1
             os.rename(self._temp, cache.path_for(self.sha1))
             st = os.stat(cache.path_for(self.sha1), follow_symlinks=False)
             cache._record(self.sha1, _Entry(st.st_size, st.st_mtime_ns, st.st_ino))
-        except (OSError, sqlite3.Error):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        except BaseException as exc:
+            # A failed write or database, or the hub stopping during the fsync: no
+            # entry, no temporary left behind.
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(self._temp)
             cache._drop(self.sha1)
             self._fail()
-            return False
+            if isinstance(exc, OSError | sqlite3.Error):
+                return False
+            raise
         self.committed = True
         cache.stats.fills += 1
         cache._finished(self)

@@ -371,3 +371,35 @@ async def test_a_tee_of_bytes_not_hashing_to_the_id_commits_nothing(tmp_path: Pa
     assert sha1 not in cache
     assert fill.failed
     cache.close()
+
+
+async def test_a_commit_that_fails_or_is_cancelled_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = RelayCache.open(tmp_path / "c", 1 << 20)
+    data, sha1 = _content(2000, 8)
+    fill = cache.begin(sha1, len(data))
+    assert fill is not None
+    fill.write(data)
+
+    def no_rename(src: object, dst: object) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "rename", no_rename)
+    assert not await fill.commit(sha1)
+    monkeypatch.undo()
+    assert fill.failed
+    assert sha1 not in cache
+    assert list((tmp_path / "c" / "tmp").iterdir()) == []
+    # Cancelled while it waits for the fsync (the hub stopping): the same.
+    again = cache.begin(sha1, len(data))
+    assert again is not None
+    again.write(data)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await again.commit(sha1)
+    assert again.failed
+    assert sha1 not in cache
+    assert list((tmp_path / "c" / "tmp").iterdir()) == []
+    assert list((tmp_path / "c" / "objects").iterdir()) == []
+    cache.close()
