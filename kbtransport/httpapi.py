@@ -17,7 +17,9 @@
   source whose announced length cannot be the list's (32 bytes per 1 MiB of the size
   the find gave) is skipped. Nothing else is checked here: only the reader's ``.prv``
   holds the root a list must hash to (``docs/security.md``, "Chunk digests");
-* ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, anything else to ``local``;
+* ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, a hub's cached content
+  (``/ID/download/SHA1``, ``/ID/sha1/SHA1``) from its relay cache, anything else to
+  ``local``;
 * ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
   and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
   node, 502 a node on the way failed, 504 timed out;
@@ -342,11 +344,22 @@ class _ProxyBody:
         await self._response.aclose()
 
 
-def own_node_app(node: Node, local: App) -> App:
-    """The app for requests addressed to ``node`` itself: nodeinfo here, else ``local``."""
+def own_node_app(node: Node, local: App, cache: RelayCache | None = None) -> App:
+    """The app for requests addressed to ``node`` itself: nodeinfo here, a hub's cached
+    content (``/ID/download/SHA1`` and ``/ID/sha1/SHA1``, what its find results name,
+    docs/protocol.md §13) from ``cache``, else ``local``."""
 
     async def app(request: Request) -> Response:
         segments = request.segments
+        if (
+            cache is not None
+            and len(segments) == 3
+            and segments[1] in ("download", "sha1")
+            and is_sha1(segments[2])
+            and request.method in ("GET", "HEAD")
+            and (hit := cached_response(request, cache, segments[2], segments[2])) is not None
+        ):
+            return hit
         if (
             len(segments) in (3, 4)
             and segments[1:3] == ("api", "nodeinfo")
@@ -395,7 +408,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
     origins = config.origins
     bad_sources = BadSources(config.bad_sources_kept)
     cache = config.cache
-    own = own_node_app(node, local)
+    own = own_node_app(node, local, cache)
     own_url = node.info.listen_url
 
     metrics = node.metrics

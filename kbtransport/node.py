@@ -19,6 +19,7 @@ parent dial).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
+from kbproto.errors import LocalProtocolError
 from kbproto.events import (
     ChildJoined,
     Event,
@@ -407,6 +409,25 @@ class Node:
         put_list = list(puts)
         remove_list = list(removes)
         return await self.driver.call(lambda now: share.update_files(put_list, remove_list, now))
+
+    def note_cached(self, sha1: str, size: int | None) -> None:
+        """Hub only: its relay cache now holds content ``sha1`` of ``size`` bytes (None:
+        no longer). The core then answers finds for it as a source and reports it to
+        the parent (``HubCore.put_cached``). Never blocks; ignored on a share."""
+        core = self._core
+        if not isinstance(core, HubCore):
+            return
+        if size is None:
+            self.driver.post(lambda now: core.drop_cached(sha1, now))
+            return
+        known = size
+
+        def put(now: float) -> None:
+            # Past Limits.max_own_content an entry is still served, just not announced.
+            with contextlib.suppress(LocalProtocolError):
+                core.put_cached(sha1, known, now)
+
+        self.driver.post(put)
 
     def _share(self) -> ShareCore:
         if not isinstance(self._core, ShareCore):

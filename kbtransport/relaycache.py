@@ -43,6 +43,7 @@ import secrets
 import sqlite3
 import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -143,6 +144,9 @@ class RelayCache:
         self.root = root
         self.bound = bound
         self.stats = CacheStats()
+        #: Called with ``(sha1, size)`` when an entry is added, ``(sha1, None)`` when
+        #: it goes (the hub announces what it holds, ``Node.note_cached``).
+        self.on_change: Callable[[str, int | None], None] | None = None
         self._db = db
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._fills: dict[str, CacheFill] = {}
@@ -225,6 +229,10 @@ class RelayCache:
         """Bytes set aside for the fills in progress."""
         return sum(fill.size for fill in self._fills.values())
 
+    def sizes(self) -> list[tuple[str, int]]:
+        """Every entry as ``(sha1, size)``, least recently used first."""
+        return [(sha1, entry.size) for sha1, entry in self._entries.items()]
+
     def __contains__(self, sha1: object) -> bool:
         return sha1 in self._entries
 
@@ -301,6 +309,8 @@ class RelayCache:
         entry = self._entries.pop(sha1, None)
         if entry is not None:
             self._size -= entry.size
+            if self.on_change is not None:
+                self.on_change(sha1, None)
         with contextlib.suppress(OSError):
             os.unlink(self.path_for(sha1))
         with contextlib.suppress(sqlite3.Error):
@@ -364,6 +374,8 @@ class RelayCache:
             " VALUES (?, ?, ?, ?, ?)",
             (sha1, entry.size, entry.mtime_ns, entry.inode, self._used),
         )
+        if self.on_change is not None:
+            self.on_change(sha1, entry.size)
 
 
 class CacheFill:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.procs import UNREACHABLE, Node, Procs, command, sha1_of, wait_for, write_pattern
-from tests.e2e.test_network import get, get_json, wait_found
+from tests.e2e.test_network import get, get_json, listen, wait_found
 
 MiB = 1024 * 1024
 
@@ -71,6 +72,18 @@ def share_sent(relay: Relay) -> int:
     return sent
 
 
+def prv_find(hub: Node, sha1: str) -> list[str]:
+    """The URLs ``kb-prv-find sha1://SHA1 --hub HUB`` prints."""
+    done = subprocess.run(
+        command("kb-prv-find", f"sha1://{sha1}", "--hub", hub.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.split()
+
+
 def restart_a(relay: Relay, work: Path, *args: str) -> Node:
     assert relay.a.proc.stop() == 0
     relay.a = relay.procs.node("kbucket-hub", work / "A", *args, name="hub-A")
@@ -90,11 +103,24 @@ def test_a_file_downloaded_once_is_served_again_with_the_share_stopped(
     assert saved["cache_size"] == 64 * MiB
 
     assert relay.s.proc.stop() == 0
-    wait_for(lambda: not get_json(f"{relay.a.url}/find/{sha1}")["found"], 30, "S gone")
+
+    def only_a_holds_it() -> bool:
+        answer = get_json(f"{relay.a.url}/find/{sha1}")
+        return [r["kbshare_id"] for r in answer.get("results", [])] == [relay.a.node_id]
+
+    # S gone, A still a source: it announced what its cache holds.
+    wait_for(only_a_holds_it, 30, "S gone, A the only source")
     status, headers, body = get(f"{relay.a.url}/sha1/{sha1}")
     assert (status, body == data, headers["etag"]) == (200, True, f'"{sha1}"')
     status, _, body = get(f"{relay.a.url}/sha1/{sha1}", {"Range": "bytes=5-14"})
     assert (status, body) == (206, data[5:15])
+    # kb-prv-find at A lists A itself as a source, and that URL serves the bytes.
+    own_url = f"{listen(relay.a)}/{relay.a.node_id}/download/{sha1}"
+    assert own_url in prv_find(relay.a, sha1)
+    status, _, body = get(own_url)
+    assert (status, body == data) == (200, True)
+    # B relays inside its core (it never saw the HTTP request), so only A caches.
+    assert (cache_info(relay.b)["entries"], cache_info(relay.b)["hits"]) == (0, 0)
 
     # A second hub on A's directory is refused by the node lock (the cache too).
     second = procs.start(

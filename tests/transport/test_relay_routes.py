@@ -143,3 +143,58 @@ async def test_many_unknown_ids_leave_the_cache_as_it_was(tmp_path: Path) -> Non
         assert (cache.entries, cache.reserved, cache.stats.misses) == (0, 0, 200)
         assert list((tmp_path / "hubcache" / "tmp").iterdir()) == []
         assert list((tmp_path / "hubcache" / "objects").iterdir()) == []
+
+
+async def test_a_hub_announces_its_cache_so_the_content_is_found_and_served_upstream(
+    tmp_path: Path,
+) -> None:
+    async with tree() as t, HttpClient() as client:
+        await t.hub("P")
+        cache = RelayCache.open(tmp_path / "hubcache", 1 << 30)
+        a = await t.hub("A", parent="P", app_config=NodeAppConfig(cache=cache))
+        root = tmp_path / "s"
+        root.mkdir()
+        data = write_file(root / "f.dat", 200_000, 5)
+        sha1 = hashlib.sha1(data).hexdigest()
+        await t.share("S", root, "A", listen_url=UNREACHABLE)
+        p_url, a_url, a_id = t.handles["P"].local_url, a.local_url, a.node.node_id
+
+        async def found_at_p() -> bool:
+            _response, body = await client.request("GET", f"{p_url}/find/{sha1}")
+            return bool(json.loads(body)["found"])
+
+        await wait_until(found_at_p, what="S's file findable at P")
+        response, body = await client.request("GET", f"{a_url}/sha1/{sha1}")
+        assert (response.status, body) == (200, data)
+        await _in_cache(cache, sha1)
+        t.handles["S"].stop()
+
+        async def only_a_holds_it() -> bool:
+            _response, body = await client.request("GET", f"{p_url}/find/{sha1}")
+            answer = json.loads(body)
+            return answer["found"] and [r["kbshare_id"] for r in answer["results"]] == [a_id]
+
+        await wait_until(only_a_holds_it, what="A announced as the source at P")
+        response, body = await client.request("GET", f"{p_url}/find/{sha1}")
+        answer = json.loads(body)
+        assert answer["results"] == [{"kbshare_id": a_id, "size": len(data), "path": sha1}]
+        own_url = f"{a_url}/{a_id}/download/{sha1}"
+        assert own_url in answer["urls"]
+        # The URL the find gives, at A; through P by id; and P's /sha1/ (asks A).
+        for url in (own_url, f"{p_url}/{a_id}/download/{sha1}", f"{p_url}/sha1/{sha1}"):
+            response, body = await client.request("GET", url)
+            assert (url, response.status, body == data) == (url, 200, True)
+        response, body = await client.request(
+            "GET", f"{p_url}/{a_id}/sha1/{sha1}", headers=[("Range", "bytes=1-3")]
+        )
+        assert (response.status, body) == (206, data[1:4])
+        # Evicted (here: the file damaged, found at use): no longer announced.
+        cache.path_for(sha1).write_bytes(b"x")
+        response, _ = await client.request("GET", f"{a_url}/{a_id}/download/{sha1}")
+        assert response.status == 404
+
+        async def gone_at_p() -> bool:
+            _response, body = await client.request("GET", f"{p_url}/find/{sha1}")
+            return not json.loads(body)["found"]
+
+        await wait_until(gone_at_p, what="A's announcement withdrawn at P")
