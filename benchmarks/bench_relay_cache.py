@@ -30,7 +30,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _peers import fmt, free_port
+from _peers import cpu_seconds, fmt, free_port
 from bench_network import Procs, command, make_big, node_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,14 +141,19 @@ def main() -> int:
                     f"http://127.0.0.1:{share_url}/{share_id}/download/a.bin"
                 ),
             }
+            pids = {name: popen.pid for name, popen in procs.all}
+            servers = dict(zip(routes, ("hub", "share"), strict=True))
             walls: dict[str, list[float]] = {label: [] for label in routes}
+            cpus: dict[str, list[float]] = {label: [] for label in routes}
             for round_no in range(args.rounds + 1):
                 print(f"round {round_no}", file=sys.stderr, flush=True)
                 for label, url in routes.items():
                     if round_no == 0:  # warm-up: fills the cache, checks the bytes
                         assert curl_sha1(url) == sha1, label
                         continue
+                    before = cpu_seconds(pids[servers[label]])
                     walls[label].append(curl(url, size))
+                    cpus[label].append(cpu_seconds(pids[servers[label]]) - before)
                 if round_no == 0:  # the fill commits just after the last byte went out
                     deadline = time.monotonic() + 120
                     cache = _cache(hub, work)
@@ -160,13 +165,15 @@ def main() -> int:
             mb = size / 1e6
             direct = list(routes)[1]
             print(f"\n### (a) curl of {args.size_mib} MiB, {args.rounds} interleaved rounds\n")
-            print("| route | MB/s | wall s | throughput ratio |")
-            print("|---|---|---|---|")
+            print("| route | MB/s | wall s | server CPU s per GiB | throughput ratio |")
+            print("|---|---|---|---|---|")
+            gib = size / (1 << 30)
             for label in routes:
                 ratio = [d / w for d, w in zip(walls[direct], walls[label], strict=True)]
                 print(
                     f"| {label} | {fmt([mb / w for w in walls[label]])} "
-                    f"| {fmt(walls[label], 3)} | {fmt(ratio, 2)} x direct |"
+                    f"| {fmt(walls[label], 3)} | {fmt([c / gib for c in cpus[label]], 2)} "
+                    f"| {fmt(ratio, 2)} x direct |"
                 )
 
             # (b) ten simultaneous downloads of a new file: the share's uplink bytes.
