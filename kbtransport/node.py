@@ -414,18 +414,25 @@ class Node:
         """Hub only: its relay cache now holds content ``sha1`` of ``size`` bytes (None:
         no longer). The core then answers finds for it as a source and reports it to
         the parent (``HubCore.put_cached``). Never blocks; ignored on a share."""
+        if size is None:
+            core = self._core
+            if isinstance(core, HubCore):
+                self.driver.post(lambda now: core.drop_cached(sha1, now))
+            return
+        self.note_all_cached([(sha1, size)])
+
+    def note_all_cached(self, entries: list[tuple[str, int]]) -> None:
+        """Hub only: ``note_cached`` for each ``(sha1, size)``, in one driver step (the
+        entries a restarted hub kept). Never blocks; ignored on a share."""
         core = self._core
         if not isinstance(core, HubCore):
             return
-        if size is None:
-            self.driver.post(lambda now: core.drop_cached(sha1, now))
-            return
-        known = size
 
         def put(now: float) -> None:
-            # Past Limits.max_own_content an entry is still served, just not announced.
-            with contextlib.suppress(LocalProtocolError):
-                core.put_cached(sha1, known, now)
+            for sha1, size in entries:
+                # Past Limits.max_own_content an entry is served, just not announced.
+                with contextlib.suppress(LocalProtocolError):
+                    core.put_cached(sha1, size, now)
 
         self.driver.post(put)
 

@@ -221,8 +221,7 @@ async def serve_node(
         if cache is not None:
             # A hub announces what its relay cache holds, now and as it changes.
             cache.on_change = node.note_cached
-            for sha1, size in cache.sizes():
-                node.note_cached(sha1, size)
+            node.note_all_cached(cache.sizes())
         app.set(node.http_app)
         handle = NodeHandle(node, address, tg.cancel_scope)
         try:

@@ -132,6 +132,7 @@ def test_a_file_downloaded_once_is_served_again_with_the_share_stopped(
     # A restart keeps the cache: same bytes, the share still stopped.
     a = restart_a(relay, tmp_path)
     assert cache_info(a)["entries"] == 1
+    wait_for(only_a_holds_it, 20, "A announcing its kept entry after the restart")
     status, _, body = get(f"{a.url}/sha1/{sha1}")
     assert (status, body == data) == (200, True)
     assert cache_info(a)["hits"] == 1
