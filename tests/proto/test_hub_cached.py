@@ -117,7 +117,7 @@ def test_bad_cached_entries_are_refused_and_the_number_is_bounded() -> None:
         hub.put_cached("xyz", 1, net.now)
     for size in (-1, True, 2**63):
         with pytest.raises(LocalProtocolError, match="not a size"):
-            hub.put_cached(sha1_of(X), size, net.now)  # type: ignore[arg-type]
+            hub.put_cached(sha1_of(X), size, net.now)
     hub.put_cached(sha1_of(X), 1, net.now)
     hub.put_cached(sha1_of(Y), 1, net.now)
     hub.put_cached(sha1_of(Y), 2, net.now)  # a known id may change its size
