@@ -694,8 +694,11 @@ def find_view(
     )
     if results:
         tbody = h("tbody")
+        # A hub's cached copy has the content id as its path (docs/protocol.md §13):
+        # it is saved under a share's name for the same content when there is one.
+        named = next((p.rsplit("/", 1)[-1] for _, p, _ in results if p != sha1), sha1)
         for share_id, path, result_size in results:
-            filename = shown_name or path.rsplit("/", 1)[-1]
+            filename = shown_name or (named if path == sha1 else path.rsplit("/", 1)[-1])
             folder = path.rsplit("/", 1)[0] if "/" in path else ""
             tbody.append(
                 h(

@@ -297,3 +297,25 @@ def test_a_hub_page_shows_its_relay_cache() -> None:
     assert b"7 hits, 1 miss, 2.1 MB sent from the cache" in html
     nodeinfo["cache"] = {"entries": "x", "bytes": -1}  # malformed: left out
     assert b"Relay cache" not in render({}, {f"/{HUB}/api/nodeinfo": (200, nodeinfo)}).html
+
+
+def test_a_hubs_cached_copy_is_saved_under_the_shares_name() -> None:
+    results = [
+        {"kbshare_id": HUB, "path": SHA1, "size": 3},  # the hub's relay cache
+        {"kbshare_id": SHARE, "path": "dir/a.dat", "size": 3},
+    ]
+    find = {"success": True, "found": True, "size": 3, "urls": [], "results": results}
+    routes: dict[str, tuple[int, object]] = {f"/find/{SHA1}": (200, find)}
+    saved = [
+        a.get("download")
+        for t, a in audit(render({"find": SHA1}, routes).html).tags
+        if t == "a" and "download" in a
+    ]
+    assert saved == ["a.dat", "a.dat"]
+    find["results"] = results[:1]  # the cache alone: named by its content id
+    saved = [
+        a.get("download")
+        for t, a in audit(render({"find": SHA1}, routes).html).tags
+        if t == "a" and "download" in a
+    ]
+    assert saved == [SHA1]
