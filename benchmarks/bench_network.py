@@ -24,6 +24,9 @@ round), median [min-max] and ratios computed from the same round:
       10,000 shares x 3 files), measured with ``wrk --latency`` (1, 16, 64 connections,
       rotating through 1,000 known SHA-1s) next to a bare h11+anyio server answering a
       constant JSON. Targets: finds/s >= 0.8x bare, p50 < 1 ms at one connection.
+      With ``--pinned`` and ``--also-code``, then also every hub at once on one CPU,
+      each under its own wrk, printing the ratio of their requests (the inverse ratio
+      of their CPU per find, robust to other load on the machine).
 
 Usage: python benchmarks/bench_network.py [--rounds 3] [--size-mib 1024]
        [--wrk-seconds 5] [--wrk-repeats 3] [--dir DIR]
@@ -256,6 +259,12 @@ def main() -> int:
         help="(iv): wrk connection counts (repeatable; default 1, 16 and 64)",
     )
     parser.add_argument("--only", choices=["downloads", "finds", "sha1"], default=None)
+    parser.add_argument(
+        "--pinned",
+        action="store_true",
+        help="(iv) with --also-code: also measure the hubs side by side, all pinned to one"
+        " CPU, each under its own wrk pinned to another (robust to other load)",
+    )
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument(
         "--also-code",
@@ -759,6 +768,8 @@ def find_hub_finds(
                 rps, p50, p99 = parse_wrk(done.stdout)
                 if rep:
                     res.setdefault((label, c), []).append((rps, p50, p99, cpu / (rps * secs) * 1e6))
+    if args.pinned and len(hubs) > 1 and (os.cpu_count() or 1) >= 2:
+        pinned_finds(args, hubs, pids, lua, conns)
     entries = args.find_shares * args.files_per_share
     print(
         f"\n### (iv) finds at one hub holding {entries:,} index entries "
@@ -785,6 +796,62 @@ def find_hub_finds(
                 f"| {fmt([r[2] for r in rows], 3)} | {fmt([r[3] for r in rows])} "
                 f"| {fmt(ratio, 2) if hub else ''} | {fmt(cpu_ratio, 2) if hub else ''} |"
             )
+
+
+def _pin(pid: int, cpu: int) -> None:
+    """Pin every thread of process ``pid`` to ``cpu``."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        subprocess.run(["taskset", "-p", "-c", str(cpu), task], check=True, capture_output=True)
+
+
+def pinned_finds(
+    args: argparse.Namespace,
+    hubs: dict[str, tuple[str, str]],
+    pids: dict[str, int],
+    lua: Path,
+    conns: list[int],
+) -> None:
+    """(iv), pinned: every hub on CPU 1 at once, each under its own ``wrk`` on CPU 0.
+
+    The scheduler splits CPU 1 evenly between hubs that are all busy, so the ratio of
+    their requests is the inverse ratio of their CPU per find, whatever else runs on the
+    machine (sequential runs swing by 15 % on a loaded machine; these by a few %).
+    """
+    for name, _ in hubs.values():
+        _pin(pids[name], 1)
+    labels = list(hubs)
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for rep in range(args.wrk_repeats + 1):  # repeat 0 warms up
+        secs = 1 if rep == 0 else args.wrk_seconds
+        for c in conns:
+            runs = {
+                label: subprocess.Popen(
+                    [
+                        *("taskset", "-c", "0", "wrk", "-t1", f"-c{c}", f"-d{secs}s"),
+                        *("--latency", "--timeout", "5s", "-s", str(lua), url + "/"),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for label, (_, url) in hubs.items()
+            }
+            rps = {}
+            for label, run in runs.items():
+                out, _ = run.communicate(timeout=secs + 30)
+                if run.returncode != 0:
+                    raise RuntimeError(f"wrk failed against {label}")
+                rps[label] = parse_wrk(out)[0]
+            if rep:
+                for label in labels[1:]:
+                    ratios.setdefault((label, c), []).append(rps[labels[0]] / rps[label])
+    print(
+        f"\n### (iv) finds, pinned: the hubs side by side on one CPU, wrk -t1 -d{args.wrk_seconds}s"
+        f", {args.wrk_repeats} repeats\n"
+    )
+    print(f"| conns | hub | requests of {labels[0]} / requests of this hub |")
+    print("|---|---|---|")
+    for (label, c), values in ratios.items():
+        print(f"| {c} | {label} | {fmt(values, 3)} |")
 
 
 if __name__ == "__main__":

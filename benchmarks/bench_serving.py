@@ -10,7 +10,14 @@ CPU time (utime+stime from /proc). Then our HTTP client downloads the same file 
 server, writing it and hashing it with SHA-1 as ``kb-prv-download`` will, next to
 ``curl -o FILE``.
 
+With ``--upload-rate BYTES`` our server with that upload rate limit (a rate above what
+loopback carries measures what pacing the file out in ``sendfile`` slices costs) is one
+more server, ``ours limited``. With ``--also-code DIR`` the share file server of the
+code in DIR (e.g. a checkout of an older commit) is one more server in the same rounds,
+``ours@DIR``.
+
 Usage: python benchmarks/bench_serving.py [--rounds 5] [--size-mib 1024] [--dir /tmp/x]
+       [--upload-rate BYTES] [--also-code DIR]
 Prints median [min-max] tables in Markdown.
 """
 
@@ -34,13 +41,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVER_CODE = """
 import sys, anyio
-from kbtransport import ListenConfig, serve_http
+from kbtransport import ListenConfig, ServerConfig, serve_http
 from kbapps.share import ShareDir, build_share_router
 
 async def main() -> None:
     router = build_share_router(ShareDir(sys.argv[1]), sys.argv[2])
+    config = None
+    if len(sys.argv) > 3:  # an upload rate limit (bytes per second)
+        from kbtransport.ratelimit import UploadLimiter
+        config = ServerConfig(upload_limit=UploadLimiter(int(sys.argv[3])))
+    listen = ListenConfig(host="127.0.0.1", port=0)
     async with anyio.create_task_group() as tg:
-        bound = await tg.start(serve_http, router.app, ListenConfig(host="127.0.0.1", port=0))
+        bound = await tg.start(serve_http, router.app, listen, config)
         print(bound.port, flush=True)
 
 anyio.run(main)
@@ -100,6 +112,14 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--install-nginx", action="store_true")
+    parser.add_argument("--upload-rate", type=int, default=None)
+    parser.add_argument(
+        "--also-code",
+        type=Path,
+        action="append",
+        default=[],
+        help="also serve with the code in this directory (repeatable)",
+    )
     args = parser.parse_args()
 
     if shutil.which("nginx") is None and args.install_nginx:
@@ -141,6 +161,28 @@ def main() -> int:
         port = int(ours.stdout.readline())
         procs["ours"] = ours
         urls["ours"] = f"http://127.0.0.1:{port}/{NODE}/download/big.bin"
+        if args.upload_rate is not None:
+            limited = subprocess.Popen(
+                [sys.executable, "-c", SERVER_CODE, str(share), NODE, str(args.upload_rate)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            assert limited.stdout is not None
+            procs["ours limited"] = limited
+            port = int(limited.stdout.readline())
+            urls["ours limited"] = f"http://127.0.0.1:{port}/{NODE}/download/big.bin"
+        for code in args.also_code:
+            other = subprocess.Popen(
+                [sys.executable, "-c", SERVER_CODE, str(share), NODE],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=dict(env, PYTHONPATH=str(code.resolve())),
+            )
+            assert other.stdout is not None
+            name = f"ours@{code}"
+            procs[name] = other
+            urls[name] = f"http://127.0.0.1:{int(other.stdout.readline())}/{NODE}/download/big.bin"
         if nginx:
             ndir = work / "nginx"
             (ndir / "tmp").mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ wrote, so this module is deliberately forgiving on read and careful on write:
 - A hub's relay cache bound (``cache_size``, bytes; 0 = no cache) is written once the
   hub has run, so the file shows the bound in use; a hand edit may also give it with a
   unit (``"20G"``), read by ``parse_size``.
+- A share's upload rate limit (``max_upload_rate``: bytes per second, 0 for none;
+  ``kbucket-host --max-upload-rate``) is likewise written only once set.
 - Saving writes a temporary file inside ``.kbucket/`` and renames it over the old one,
   so a crash never leaves half a file. The file holds passcodes, so it is 0600.
 
@@ -31,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from kbapps.output import UsageError
+from kbapps.sizes import size_in_bytes
 from kbtransport.origins import canonical_origin
 
 __all__ = (
@@ -48,6 +50,7 @@ __all__ = (
     "KBUCKET_DIR_NAME",
     "MAX_CONFIG_BYTES",
     "MAX_ENTRIES",
+    "MAX_UPLOAD_RATE",
     "NODE_TYPES",
     "NodeConfig",
     "NodeType",
@@ -69,6 +72,9 @@ MAX_CONFIG_BYTES = 1024 * 1024
 #: Largest index budget or quota accepted (entries): ~300 GB of index at today's cost
 #: per entry, beyond any machine; it only keeps a typo from meaning "unbounded".
 MAX_ENTRIES = 1_000_000_000
+#: Highest upload rate limit accepted (bytes per second): 1 TiB/s, beyond any network
+#: link; like ``MAX_ENTRIES`` it only keeps a typo from passing unseen.
+MAX_UPLOAD_RATE = 1024**4
 
 NodeType = Literal["leaf", "hub"]
 #: The two kinds of node (docs/formats.md §3 ``node_type``).
@@ -101,26 +107,23 @@ _KNOWN_FIELDS = frozenset(
         *_PARENT_FIELDS,
         *_BUDGET_FIELDS,
         "cache_size",
+        "max_upload_rate",
     }
 )
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
 #: The largest relay cache bound accepted (an exbibyte: any real disk is smaller).
 MAX_CACHE_SIZE = 1024**6
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def parse_size(text: str) -> int:
-    """Bytes in ``text``: a number, optionally with K, M, G or T (powers of 1024):
-    ``500M``, ``20G``, ``0``.
+    """Bytes in ``text`` (``kbapps.sizes``: ``500M``, ``20G``, ``0``).
 
     Raises:
         ValueError: ``text`` is not a size (or is larger than ``MAX_CACHE_SIZE``).
     """
-    match = _SIZE_RE.fullmatch(text.strip().upper())
-    if match is None:
+    size = size_in_bytes(text)
+    if size is None:
         raise ValueError(f"not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)")
-    size = int(float(match.group(1)) * _UNITS[match.group(2)])
     if size > MAX_CACHE_SIZE:
         raise ValueError(f"too large: {text!r}")
     return size
@@ -180,6 +183,9 @@ class NodeConfig:
     open_child_quota: int | None = None
     #: Hubs: the relay cache's bound in bytes, 0 = no cache (None: the default).
     cache_size: int | None = None
+    #: Shares: the upload rate limit in bytes per second, 0 for none (None: not set,
+    #: no limit).
+    max_upload_rate: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -201,6 +207,8 @@ class NodeConfig:
                 raise ValueError(f"{name} must be an integer from 1 to {MAX_ENTRIES}")
         if self.cache_size is not None and not _is_cache_size(self.cache_size):
             raise ValueError(f"cache_size must be an integer from 0 to {MAX_CACHE_SIZE}")
+        if self.max_upload_rate is not None and not _is_rate(self.max_upload_rate):
+            raise ValueError(f"max_upload_rate must be an integer from 0 to {MAX_UPLOAD_RATE}")
         if _KNOWN_FIELDS & set(self.extra) or _LEGACY_FIELDS & set(self.extra):
             raise ValueError("extra must hold only unknown fields")
         # Freeze the mapping too, so a NodeConfig cannot change after it is built.
@@ -235,6 +243,8 @@ class NodeConfig:
                 out[name] = getattr(self, name)
         if self.cache_size is not None:
             out["cache_size"] = self.cache_size
+        if self.max_upload_rate is not None:
+            out["max_upload_rate"] = self.max_upload_rate
         out.update(self.extra)
         return out
 
@@ -279,6 +289,13 @@ class NodeConfig:
                 values[name] = data[name]
         if data.get("cache_size") is not None:
             values["cache_size"] = _parse_cache_size_field(data["cache_size"], where)
+        if data.get("max_upload_rate") is not None:
+            if not _is_rate(data["max_upload_rate"]):
+                raise SetupError(
+                    f"{where}: field 'max_upload_rate' must be a number of bytes per second"
+                    f" from 0 (no limit) to {MAX_UPLOAD_RATE}"
+                )
+            values["max_upload_rate"] = data["max_upload_rate"]
         extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS | _LEGACY_FIELDS}
         return cls(**values, extra=extra)
 
@@ -305,6 +322,10 @@ def _parse_cache_size_field(value: Any, where: str) -> int:
         )
     size: int = value
     return size
+
+
+def _is_rate(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UPLOAD_RATE
 
 
 def _is_port(value: object) -> bool:

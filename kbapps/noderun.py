@@ -67,11 +67,13 @@ from kbproto.nodetable import MAX_UNPROVEN_CLAIMS
 from kbproto.share import ShareCore
 from kbtransport.env import SystemIdSource
 from kbtransport.errors import ConnectError
+from kbtransport.http_server import ServerConfig
 from kbtransport.httpapi import NodeAppConfig
 from kbtransport.join_guard import RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHooks
 from kbtransport.origins import OriginPolicy
+from kbtransport.ratelimit import UploadLimiter
 from kbtransport.relaycache import CacheDirError, RelayCache
 from kbtransport.routing import Router
 from kbtransport.serve import NodeHandle, serve_node
@@ -80,6 +82,7 @@ from kbtransport.stream_budget import StreamBudget
 __all__ = (
     "RunOptions",
     "heartbeat_timeouts",
+    "rate_text",
     "run_node",
 )
 
@@ -105,6 +108,15 @@ class RunOptions:
     heartbeat_timeout: float | None = None
     max_connections_per_client: int | None = None
     max_streams_per_client: int | None = None
+
+
+def rate_text(rate: int) -> str:
+    """An upload rate for people, in the powers of 1024 ``--max-upload-rate`` takes:
+    ``2 MiB/s``, ``500 KiB/s``, ``1.5 GiB/s``, ``100 B/s``."""
+    for unit, name in ((1024**4, "TiB"), (1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB")):
+        if rate >= unit:
+            return f"{rate / unit:.4g} {name}/s"
+    return f"{rate} B/s"
 
 
 def heartbeat_timeouts(heartbeat_timeout: float | None) -> Timeouts:
@@ -158,6 +170,12 @@ def _hooks(setup: NodeSetup, console: _Console) -> NodeHooks:
 
     def listening(bound: BoundAddress) -> None:
         console.line(f"kbucket-{noun} is running {setup.url_scheme} on port {bound.port}")
+        if setup.upload_rate:
+            # Saved in kbnode.json, so a limit set once is said at every start.
+            console.line(
+                f"Upload rate limit: {rate_text(setup.upload_rate)}"
+                " (--max-upload-rate; saved in kbnode.json, 0 removes it)"
+            )
 
     def joined(info: NodeInfo) -> None:
         console.line(f"Child {_child_word(info)} joined: {info.name} ({info.node_id})")
@@ -419,6 +437,14 @@ def _open_cache(setup: NodeSetup) -> RelayCache | None:
         raise UsageError(str(exc), output.EXIT_BAD_INPUT) from None
 
 
+def _server_config(setup: NodeSetup) -> ServerConfig:
+    """The HTTP server's settings: a share's upload rate limit (``--max-upload-rate``),
+    one token bucket for all its connections and the streams its hub proxies."""
+    if setup.upload_rate == 0:
+        return ServerConfig()
+    return ServerConfig(upload_limit=UploadLimiter(setup.upload_rate))
+
+
 async def _serve_once(
     setup: NodeSetup,
     router: Router,
@@ -439,6 +465,7 @@ async def _serve_once(
                 hooks=hooks,
                 app_config=_app_config(setup, cache),
                 stream_budget=streams,
+                server_config=_server_config(setup),
             ) as handle,
             anyio.create_task_group() as tg,
         ):

@@ -57,6 +57,7 @@ from kbapps import output
 from kbapps.config import (
     CONFIG_FILE_NAME,
     MAX_ENTRIES,
+    MAX_UPLOAD_RATE,
     NodeConfig,
     NodeType,
     SetupError,
@@ -68,6 +69,7 @@ from kbapps.config import (
 )
 from kbapps.keys import NodeSigner, load_or_create_signer
 from kbapps.nodelock import NodeLock
+from kbapps.sizes import size_in_bytes
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.ids import NodeId
 from kbtransport.relaycache import DEFAULT_CACHE_SIZE
@@ -120,8 +122,9 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 class SetupOptions:
     """Command-line options; None means "not given" (the question may be asked).
 
-    ``confirm_share`` is for shares only; ``passcode``, ``tls_cert``, ``tls_key``,
-    ``index_budget``, ``open_child_quota`` and ``cache_size`` for hubs only. ``parent_hub`` is a URL
+    ``confirm_share`` and ``max_upload_rate`` (as typed: ``20M``) are for shares
+    only; ``passcode``, ``tls_cert``, ``tls_key``, ``index_budget``,
+    ``open_child_quota`` and ``cache_size`` (as typed) for hubs only. ``parent_hub`` is a URL
     or ``"."`` (none).
     """
 
@@ -143,6 +146,7 @@ class SetupOptions:
     open_child_quota: int | None = None
     #: ``--cache-size`` as given (``500M``, ``20G``, ``0``).
     cache_size: str | None = None
+    max_upload_rate: str | None = None
     auto: bool = False
 
 
@@ -276,6 +280,12 @@ class NodeSetup:
             limits=limits,
             timeouts=timeouts,
         )
+
+    @property
+    def upload_rate(self) -> int:
+        """Shares: the upload rate limit in bytes per second (0: none), from
+        ``--max-upload-rate`` or ``kbnode.json``."""
+        return self.config.max_upload_rate or 0
 
     def listen_url_for(self, port: int) -> str:
         """The URL others use to reach this node, once it is bound to ``port``.
@@ -768,8 +778,9 @@ def setup_node(
     ):
         if count is not None and not 1 <= count <= MAX_ENTRIES:
             raise SetupError(f"{option}: give a number of index entries from 1 to {MAX_ENTRIES}")
-    if kind == "hub" and options.confirm_share is not None:
-        raise ValueError("--confirm-share is a share option")
+    if kind == "hub" and (options.confirm_share, options.max_upload_rate) != (None, None):
+        raise ValueError("--confirm-share and --max-upload-rate are share options")
+    upload_rate = _checked_rate(options.max_upload_rate)
     passcode_opt = _checked_option(options.passcode, _check_passcode, "--passcode")
     parent_passcode_opt = _checked_option(
         options.parent_hub_passcode, _check_passcode, "--parent-hub-passcode"
@@ -840,6 +851,7 @@ def setup_node(
             if base.cache_size is not None
             else DEFAULT_CACHE_SIZE
         ),
+        max_upload_rate=upload_rate if upload_rate is not None else base.max_upload_rate,
         passcode=passcode_opt if passcode_opt is not None else base.passcode,
         parent_hub_passcode=(
             parent_passcode_opt if parent_passcode_opt is not None else base.parent_hub_passcode
@@ -871,6 +883,23 @@ def setup_node(
         lock=lock,
         limits=_limits(config) if kind == "hub" else Limits(),
     )
+
+
+def _checked_rate(text: str | None) -> int | None:
+    """``--max-upload-rate`` in bytes per second (None: not given).
+
+    Raises:
+        SetupError: not a rate from 0 to ``MAX_UPLOAD_RATE`` (exit 2).
+    """
+    if text is None:
+        return None
+    rate = size_in_bytes(text)
+    if rate is None or rate > MAX_UPLOAD_RATE:
+        raise SetupError(
+            f"--max-upload-rate: not a rate: {text!r} (bytes per second up to 1T, or with"
+            " K, M, G: 500K, 20M, 1G; 0 = no limit)"
+        )
+    return rate
 
 
 def _limits(config: NodeConfig) -> Limits:

@@ -355,6 +355,7 @@ class Progress:
         self._closed = False
         self._rich: Any = None
         self._task: Any = None
+        self._note = ""
 
     def __enter__(self) -> Progress:
         return self
@@ -466,10 +467,17 @@ class Progress:
         assert self._rich is not None
         self._rich.console.print(Text(text), soft_wrap=True, highlight=False)
 
+    def set_note(self, text: str) -> None:
+        """Show ``text`` after the file count (``2 sources``: a download from several
+        sources at once; empty: nothing); drawn with the next update."""
+        self._note = inert(text)
+
     def _files_text(self) -> str:
         if self.total_files is not None:
-            return f"{self.files:,}/{counted(self.total_files, 'file')}"
-        return counted(self.files, "file")
+            text = f"{self.files:,}/{counted(self.total_files, 'file')}"
+        else:
+            text = counted(self.files, "file")
+        return f"{text}, {self._note}" if self._note else text
 
     def _log_line(self, text: str) -> None:
         line(f"{self.description}: {text}", stream=self._stream)

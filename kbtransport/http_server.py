@@ -78,6 +78,7 @@ from kbtransport.http_request import (
 )
 from kbtransport.http_upgrade import serve_raw_upgrade, serve_websocket
 from kbtransport.metrics import ServerCounters
+from kbtransport.ratelimit import UploadLimiter
 from kbtransport.slots import ConnectionSlot
 
 __all__ = ("ServerConfig", "response_heads", "serve_http_connection")
@@ -116,6 +117,9 @@ class ServerConfig:
         counters: where the server counts requests and the file and streamed body
             bytes it sent (a node's ``metrics``); None counts nothing. Not a limit:
             a shared, mutable object.
+        upload_limit: the node's upload rate limit, shared by all its connections
+            and its streams served through the tree (``kbtransport.ratelimit``):
+            every response body waits for it; None (the default) sends at full speed.
     """
 
     max_head_bytes: int = 16 * 1024
@@ -129,6 +133,7 @@ class ServerConfig:
     cors: bool = True
     server_name: str = "kbucket"
     counters: ServerCounters | None = None
+    upload_limit: UploadLimiter | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_head_bytes", "max_body_bytes", "file_chunk_size"):
@@ -449,6 +454,8 @@ class _Connection:
             else:
                 out = self.heads.head(conn, response, len(body))
                 if body and request.method != "HEAD":
+                    if self.config.upload_limit is not None:
+                        await self.config.upload_limit.acquire(len(body))
                     out += conn.send(h11.Data(data=body)) or b""
             out += conn.send(_END) or b""
         except h11.LocalProtocolError as exc:
@@ -492,8 +499,11 @@ class _Connection:
 
     async def send_stream(self, chunks: AsyncIterable[bytes]) -> None:
         counters = self.counters
+        limit = self.config.upload_limit
         async for chunk in chunks:
             if chunk:
+                if limit is not None:
+                    await limit.acquire(len(chunk))
                 await self.send(self.conn.send(h11.Data(data=chunk)) or b"")
                 if counters is not None:
                     counters.stream_bytes += len(chunk)
@@ -503,6 +513,9 @@ class _Connection:
         self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _FileLength(body.length))))
         if body.length == 0:
             return
+        if self.config.upload_limit is not None:
+            await self._send_file_limited(body, self.config.upload_limit)
+            return
         if self.config.use_sendfile:
             try:
                 with map_exceptions(WRITE_ERRORS):
@@ -511,6 +524,26 @@ class _Connection:
             except EOFError as exc:
                 raise WriteError(str(exc)) from exc
         await self._read_and_send(body)
+
+    async def _send_file_limited(self, body: FileBody, limit: UploadLimiter) -> None:
+        # Under a rate limit the file goes out in pieces of ``limit.piece_size``, each
+        # after its tokens: by ``sendfile`` where it works (one call per piece), else
+        # read and sent. The unlimited path above keeps its single call.
+        offset = body.offset
+        end = body.offset + body.length
+        kernel = self.config.use_sendfile
+        while offset < end:
+            size = min(limit.piece_size, end - offset)
+            await limit.acquire(size)
+            if kernel:
+                try:
+                    with map_exceptions(WRITE_ERRORS):
+                        kernel = await sendfile(self.stream, body.file, offset, size)
+                except EOFError as exc:
+                    raise WriteError(str(exc)) from exc
+            if not kernel:
+                await self._read_and_send(FileBody(file=body.file, offset=offset, length=size))
+            offset += size
 
     async def _read_and_send(self, body: FileBody) -> None:
         # Blocking reads on the loop: 1 MiB page-cache reads cost 0.35 s CPU/GiB against

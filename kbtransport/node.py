@@ -57,6 +57,7 @@ from kbtransport.links import ChildLinks, ParentDialer
 from kbtransport.listener import BoundAddress
 from kbtransport.metrics import NodeMetrics, ServerCounters
 from kbtransport.proxy_stream import ProxyResponse, ProxyStreams
+from kbtransport.ratelimit import UploadLimiter
 from kbtransport.served_streams import ServedStreams
 from kbtransport.stream_budget import StreamBudget
 
@@ -161,6 +162,9 @@ class Node:
             (``kbtransport.stream_budget``; the defaults if None).
         join_budget: how fast one address may retry after failed joins
             (``kbtransport.join_guard``; the defaults if None).
+        upload_limit: the node's upload rate limit for the bodies it serves through
+            the tree (the one its HTTP server uses too: ``ServerConfig.upload_limit``);
+            None sends at full speed.
 
     Attributes:
         clock: the node's clock.
@@ -184,6 +188,7 @@ class Node:
         counters: ServerCounters | None = None,
         stream_budget: StreamBudget | None = None,
         join_budget: JoinBudget | None = None,
+        upload_limit: UploadLimiter | None = None,
     ) -> None:
         self._core = core
         self.hooks = hooks if hooks is not None else NodeHooks()
@@ -209,7 +214,7 @@ class Node:
         )
         self._lookups: dict[LookupId, _LookupWait] = {}
         self._streams = ProxyStreams(core, self.driver, stream_budget)
-        self._served = ServedStreams(core, self.driver, self.metrics)
+        self._served = ServedStreams(core, self.driver, self.metrics, upload_limit)
         self._children_links = ChildLinks(
             self.driver,
             self.clock,

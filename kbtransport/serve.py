@@ -174,7 +174,8 @@ async def serve_node(
         listen: host, port and TLS (``ssl_context`` serves HTTPS and WSS).
         clock: ``AnyioClock`` by default.
         hooks: console-line callbacks (``on_listening`` runs right after the bind).
-        server_config: HTTP server limits (defaults are fine).
+        server_config: HTTP server limits (defaults are fine); its ``upload_limit``
+            also paces the bodies the node serves through the tree.
         client_ssl: TLS context for dialing a ``https`` parent (system store if None).
         dialer: replaces the websocket dialer (tests).
         dial_timeout: seconds for one dial (connect, TLS, handshake).
@@ -212,6 +213,7 @@ async def serve_node(
             counters=server.counters,
             stream_budget=stream_budget,
             join_budget=join_budget,
+            upload_limit=server.upload_limit,
         )
         cache = app_config.cache if app_config is not None else None
         node.metrics.relay_cache = cache

@@ -5,7 +5,10 @@ running ``app`` (the node's own routes) on a synthetic ``Request`` and streaming
 ``Response`` back under the stream's credit, in pieces of at most ``_SEND_CHUNK`` bytes
 (files are read piece by piece, so memory stays bounded whatever the file size), each
 piece waiting for room in its link's writer queue (``NodeDriver.reserve``,
-``docs/security.md``). A failure after the head resets the stream at every hop.
+``docs/security.md``) and, on a node with an upload rate limit, for its tokens
+(``kbtransport.ratelimit``: pieces of the limiter's size, so what a hub proxies from a
+share shares the share's one limit with its direct downloads). A failure after the
+head resets the stream at every hop.
 ``on_event`` runs in the driver task and never blocks; everything asked of the core
 goes through ``driver.call``/``driver.post`` (STYLE rule 11).
 """
@@ -40,6 +43,7 @@ from kbtransport.http import (
     error_response,
 )
 from kbtransport.metrics import NodeMetrics
+from kbtransport.ratelimit import UploadLimiter
 
 __all__ = ("ServedStreams", "discard_response", "request_from_target")
 
@@ -138,16 +142,26 @@ class ServedStreams:
         core: the node's core (only ever touched in the driver task).
         driver: the node's driver.
         metrics: where served requests and bytes are counted.
+        upload_limit: the node's upload rate limit (shared with its HTTP server);
+            None sends at full speed.
 
     Attributes:
         app: serves the requests addressed to this node (its own routes; a 404
             answer until the node's routes are set).
     """
 
-    def __init__(self, core: _Core, driver: NodeDriver, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        core: _Core,
+        driver: NodeDriver,
+        metrics: NodeMetrics,
+        upload_limit: UploadLimiter | None = None,
+    ) -> None:
         self._core = core
         self._driver = driver
         self._metrics = metrics
+        self._limit = upload_limit
+        self._piece = _SEND_CHUNK if upload_limit is None else upload_limit.piece_size
         self._streams: dict[StreamId, _Target] = {}
         self._tg: TaskGroup | None = None
         self.app: App = _not_found_app
@@ -276,7 +290,9 @@ class ServedStreams:
         view = memoryview(body)
         while view:
             available = await self._wait_capacity(st)
-            take = min(available, _SEND_CHUNK, len(view))
+            take = min(available, self._piece, len(view))
+            if self._limit is not None:
+                await self._limit.acquire(take)
             await self._reserve(st, take)
             await self._send(st, bytes(view[:take]), take)
             view = view[take:]
@@ -340,7 +356,9 @@ class ServedStreams:
         body.file.seek(body.offset)
         while remaining:
             available = await self._wait_capacity(st)
-            size = min(available, _SEND_CHUNK, remaining)
+            size = min(available, self._piece, remaining)
+            if self._limit is not None:
+                await self._limit.acquire(size)
             await self._reserve(st, size)  # before reading: no piece held while waiting
             chunk = body.file.read(size)
             if not chunk:

@@ -23,7 +23,10 @@ SMOKE_RUNS = {
         ["--repeats", "1", "--big-mib", "4", "--files", "50", "--file-size", "1024"],
         ["throughput ratio"],
     ),
-    "bench_serving.py": (["--rounds", "1", "--size-mib", "4"], ["ratio to curl -o"]),
+    "bench_serving.py": (
+        ["--rounds", "1", "--size-mib", "4", "--upload-rate", "1000000000"],
+        ["ratio to curl -o", "| ours limited |"],
+    ),
     "bench_network.py": (
         [
             "--rounds",
@@ -38,8 +41,9 @@ SMOKE_RUNS = {
             "1",
             "--wrk-repeats",
             "1",
+            *("--also-code", str(ROOT), "--pinned"),
         ],
-        ["x curl -o", "x direct", "req/s ratio hub/bare"],
+        ["x curl -o", "x direct", "req/s ratio hub/bare", "finds, pinned"],
     ),
     "bench_startup.py": (
         [
@@ -47,6 +51,11 @@ SMOKE_RUNS = {
             *("--files", "50", "--file-size", "1024", "--download-kib", "16"),
         ],
         ["typer / fast path, per pair"],
+    ),
+    "bench_parallel.py": (
+        # 17 MiB: over the 16 MiB from which a file is fetched from several sources.
+        ["--rounds", "1", "--size-mib", "17", "--rate", "0"],
+        ["## Two sources vs one", "speed-up both/one, transfer", "delivered bytes, both: [2]"],
     ),
     "bench_pyapi.py": (
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],

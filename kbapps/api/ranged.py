@@ -24,7 +24,6 @@ and the reader refuses every later read (``docs/python-api.md``).
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,17 +31,15 @@ from typing import NoReturn
 
 from kbapps.api.verify import ContentVerifier, SourceContentError, VerificationError
 from kbapps.download import DownloadFailedError, SourceFailure
+from kbapps.download.digests import fetch_digest_list
+from kbapps.download.errors import SourceError
 from kbapps.download.find import short
-from kbproto.chunks import ChunkListError, DigestList
+from kbapps.download.transfer import check_piece_response
 from kbproto.prv import Prv
 from kbtransport.errors import TransportError
 from kbtransport.http_client import HttpClient, HttpResponse
 
 __all__ = ("DEFAULT_READ_OPTIONS", "ContentReadError", "RangeReader", "ReadOptions")
-
-_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-_SHA1_RE = re.compile(r"[0-9a-f]{40}")
-_DOWNLOAD_URL_RE = re.compile(r"(.*/)([0-9a-f]{12})/download/.*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,26 +203,9 @@ class RangeReader:
         """Use the first digest list a source serves that matches the ``.prv``'s root;
         with none, reads keep the head and whole-file checks (``kbapps.api.verify``)."""
         self._digests_asked = True
-        spec = self.prv.chunks
-        assert spec is not None  # (asked only then)
-        length = spec.list_length(self.prv.size)
-        for url in self._sources:
-            if (list_url := _digest_list_url(url, self.prv.sha1)) is None:
-                continue
-            try:
-                async with self._client.stream("GET", list_url) as response:
-                    if response.status != 200:
-                        continue
-                    data = bytearray()
-                    async for part in response.iter_bytes():
-                        data += part
-                        if len(data) > length:
-                            break
-                digests = DigestList.check(spec, self.prv.size, data)
-            except (TransportError, ChunkListError):
-                continue
+        digests = await fetch_digest_list(self._client, self.prv, self._sources)
+        if digests is not None:
             self.verifier.use_digests(digests)
-            return
 
     def _hash_cached_blocks(self) -> None:
         """Extend the whole-file hash over cached blocks that continue its prefix (read
@@ -264,28 +244,7 @@ class RangeReader:
         return b"".join(parts)
 
     def _check_head(self, response: HttpResponse, start: int, end: int) -> None:
-        etag = (response.header("etag") or "").strip().strip('"').lower()
-        if _SHA1_RE.fullmatch(etag) and etag != self.prv.sha1:
-            raise _SourceFailed(f"serves other content (ETag {etag})")
-        whole = start == 0 and end == self.prv.size
-        if response.status == 200 and whole:
-            return
-        if response.status != 206:
-            raise _SourceFailed(f"answered HTTP {response.status} {response.reason}".rstrip())
-        match = _CONTENT_RANGE_RE.fullmatch((response.header("content-range") or "").strip())
-        total = match.group(3) if match else ""
-        if (
-            match is None
-            or int(match.group(1)) != start
-            or int(match.group(2)) != end - 1
-            or (total != "*" and int(total) != self.prv.size)
-        ):
-            raise _SourceFailed(f"sent another range than {start}-{end - 1}/{self.prv.size}")
-
-
-def _digest_list_url(source: str, sha1: str) -> str | None:
-    """Where the node behind a download URL serves the digest list of ``sha1``."""
-    if source.endswith(f"/sha1/{sha1}"):
-        return f"{source}/chunks"
-    match = _DOWNLOAD_URL_RE.fullmatch(source)
-    return f"{match[1]}{match[2]}/sha1/{sha1}/chunks" if match else None
+        try:
+            check_piece_response(response, start, end, self.prv)
+        except SourceError as exc:
+            raise _SourceFailed(str(exc)) from None

@@ -2,9 +2,11 @@
 
 ``DownloadReport`` is the download's event sink: with ``--json`` it prints every event
 as one JSON Lines record on stdout, and in every mode it prints the human lines on
-stderr that the events call for (a resumed ``.part``) and remembers what an
+stderr that the events call for (a resumed ``.part``, a warning, a source dropped
+from a download from several sources) and remembers what an
 interruption must report: the files in place and the partial files kept for the
-next run (``docs/commands.md``, ``kb-prv-download``).
+next run (``docs/commands.md``, ``kb-prv-download``). While a file comes from several
+sources at once, its ``progress`` events tell the progress bar how many are sending.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class DownloadReport:
         self.done = 0
         #: ``kept`` events: the partial files a cancelled download left, by part path.
         self.kept: dict[str, dict[str, Any]] = {}
+        #: The progress bar, told how many sources are sending (``progress`` events).
+        self.progress: output.Progress | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.as_json:
@@ -36,8 +40,15 @@ class DownloadReport:
         kind = event.get("event")
         if kind == "done":
             self.done += 1
+        elif kind == "progress" and self.progress is not None and "active_sources" in event:
+            active = int(event["active_sources"])
+            self.progress.set_note(output.counted(active, "source") if active > 1 else "")
         elif kind == "kept":
             self.kept[str(event["part"])] = event
+        elif kind == "dropped":
+            output.line(f"Dropped source {event['url']}: {event['message']}")
+        elif kind == "warning" and not self.as_json:
+            output.warning(f"{event['path']}: {event['message']}")
         elif kind == "resume":
             output.line(
                 f"Resuming {event['path']} at {output.format_bytes(event['offset'])} of "

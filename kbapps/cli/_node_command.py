@@ -119,6 +119,14 @@ def make_app(kind: NodeType) -> typer.Typer:
         help="Proxied downloads open at once for one client address (default 64).",
     )
 
+    upload_rate_opt = typer.Option(
+        None,
+        "--max-upload-rate",
+        metavar="RATE",
+        help="Bytes per second the share sends at most, to all its downloaders together,"
+        " directly and through its hub (500K, 20M, 1G; 0 = no limit, the default;"
+        " saved in kbnode.json).",
+    )
     confirm_opt = typer.Option(
         None,
         "--confirm-share",
@@ -177,6 +185,7 @@ def make_app(kind: NodeType) -> typer.Typer:
             heartbeat_timeout: float | None = heartbeat_opt,
             max_connections_per_client: int | None = connections_opt,
             max_streams_per_client: int | None = streams_opt,
+            max_upload_rate: str | None = upload_rate_opt,
             version: bool = version_option(),
         ) -> NodeArgs:
             # Imported once the command line is valid: they pull in the transport
@@ -191,6 +200,7 @@ def make_app(kind: NodeType) -> typer.Typer:
                 owner=owner,
                 owner_email=owner_email,
                 confirm_share=confirm_share,
+                max_upload_rate=max_upload_rate,
                 listen_url=listen_url,
                 parent_hub=parent_hub,
                 parent_hub_passcode=parent_hub_passcode,

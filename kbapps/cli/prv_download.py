@@ -1,5 +1,6 @@
 """``kb-prv-download PRV OUT [--hub URL] [--json] [--force] [--cache-size SIZE]
-[--min-speed RATE] [--speed-window SECONDS]``: fetch verified content (docs/commands.md);
+[--min-speed RATE] [--speed-window SECONDS] [--max-sources N]``: fetch verified
+content (docs/commands.md);
 ``--cache-info``/``--clear-cache`` show and empty the content cache.
 
 PRV may also be a ``sha1://`` or ``kbucket://`` URI (``docs/python-api.md``): a
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kbapps import output
 from kbapps.allocator import tune_allocator
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ("HELP", "PROG", "DownloadArgs", "main", "make_app", "parse", "run")
 
 PROG = "kb-prv-download"
+#: The most ``--max-sources`` takes: a find lists at most 32 URLs (``find.MAX_SOURCES``).
+_MAX_SOURCES_LIMIT = 32
 HELP = (
     "Download the content of a .prv to OUT (or of a .prvdir into the directory OUT), "
     "verifying its SHA-1: from the local cache, else directly from the share, else "
@@ -63,6 +66,8 @@ class DownloadArgs:
         clear_cache: ``--clear-cache``.
         min_speed: ``--min-speed`` as given (None: ``$KBUCKET_MIN_SPEED`` or 1K).
         speed_window: ``--speed-window`` as given (None: ``$KBUCKET_SPEED_WINDOW`` or 30).
+        max_sources: ``--max-sources`` (None: 4): distinct nodes a large file is
+            fetched from at once.
     """
 
     prv: str | None = None
@@ -75,6 +80,7 @@ class DownloadArgs:
     clear_cache: bool = False
     min_speed: str | None = None
     speed_window: str | None = None
+    max_sources: int | None = None
 
 
 def _report_failure(label: str | None, exc: ClientError) -> None:
@@ -172,8 +178,12 @@ def run(args: DownloadArgs) -> int:
 
     cache_only = args.cache_info or args.clear_cache
     prv_path, out = args.prv, args.out
+    ignored: list[str] = []
     if cache_only and (prv_path is not None or out is not None):
         raise UsageError("--cache-info and --clear-cache take no PRV or OUT")
+    if args.max_sources is not None and not 1 <= args.max_sources <= _MAX_SOURCES_LIMIT:
+        raise UsageError(f"--max-sources must be from 1 to {_MAX_SOURCES_LIMIT}")
+    extra: dict[str, Any] = {} if args.max_sources is None else {"max_sources": args.max_sources}
     try:
         options = download.default_options(
             args.hub,
@@ -182,6 +192,7 @@ def run(args: DownloadArgs) -> int:
             speed_window=args.speed_window,
             force=args.force,
             cache_in_background=True,
+            **extra,
         )
         if cache_only:
             return _cache_commands(args, options)
@@ -192,10 +203,12 @@ def run(args: DownloadArgs) -> int:
 
             document = output.run_async(lambda: aio.get_prv(prv_path, options=options))
         else:
-            document = download.load_prv_file(prv_path)
+            document = download.load_prv_file(prv_path, ignored)
     except download.ClientError as exc:
         raise UsageError(exc.message, exc.exit_code) from None
     report = DownloadReport(as_json=args.as_json)
+    for message in ignored:  # a malformed ``chunks`` field: whole-file check only
+        report({"event": "warning", "path": prv_path, "message": message})
 
     if isinstance(document, PrvDir):
         nfiles, _ = document.count()
@@ -229,6 +242,7 @@ def run(args: DownloadArgs) -> int:
     with output.Progress(
         "Downloading", total_files=1, total_bytes=document.size, quiet=args.as_json
     ) as progress:
+        report.progress = progress
         try:
             result = output.run_async(
                 lambda: download.download_prv(
@@ -317,6 +331,13 @@ def make_app() -> typer.Typer:
             metavar="SECONDS",
             help="The window of --min-speed (default: $KBUCKET_SPEED_WINDOW, else 30).",
         ),
+        max_sources: int | None = typer.Option(
+            None,
+            "--max-sources",
+            metavar="N",
+            help="Fetch a large file (16 MiB or more) from up to N distinct nodes at once, "
+            "in pieces checked chunk by chunk; 1: one source at a time (default: 4).",
+        ),
         version: bool = version_option(),
     ) -> DownloadArgs:
         return DownloadArgs(
@@ -330,6 +351,7 @@ def make_app() -> typer.Typer:
             clear_cache=clear_cache,
             min_speed=min_speed,
             speed_window=speed_window,
+            max_sources=max_sources,
         )
 
     return app

@@ -20,6 +20,11 @@ byte has been hashed. The rules, in the order a download applies them:
   reach. Each source is asked with ``Range: bytes=<offset>-`` when bytes are already
   on disk, so a later source continues where an earlier one stopped; what makes a
   source be dropped is in ``transfer``.
+* **Several sources at once for large files.** A file of ``parallel_min_size`` or more
+  held by two nodes or more (``sources``: URLs grouped by node) is fetched in pieces
+  from up to ``max_sources`` of them at once (``parallel``, ``pieces``), each unit
+  checked against the ``.prv``'s chunk digests when it has them (``digests``) and
+  written in place; finished pieces are listed in the sidecar for a resume.
 * **Nothing wrong is ever at OUT.** Bytes go to ``OUT.part``; ``OUT`` appears only by an
   atomic rename after the SHA-1 and size matched. On failure OUT is untouched, and a
   file already at OUT is replaced only with ``--force`` (``conflicts``).

@@ -10,8 +10,11 @@ from kbproto.prv import Prv, PrvDir, PrvFormatError, PrvLimits, parse_document
 __all__ = ("load_prv_file",)
 
 
-def load_prv_file(path: str | os.PathLike[str]) -> Prv | PrvDir:
+def load_prv_file(path: str | os.PathLike[str], warnings: list[str] | None = None) -> Prv | PrvDir:
     """Read and parse a ``.prv`` or ``.prvdir`` file (told apart by its fields).
+
+    ``warnings``, if given, gets one line per field read but ignored (a malformed
+    ``chunks`` field: the file is then verified whole, ``kbproto.prv.parse_prv``).
 
     Raises:
         BadInputError: the file cannot be read or is malformed; the message names the
@@ -29,6 +32,6 @@ def load_prv_file(path: str | os.PathLike[str]) -> Prv | PrvDir:
     except OSError as exc:
         raise BadInputError(f"cannot read {name}: {exc.strerror or exc}") from None
     try:
-        return parse_document(data)
+        return parse_document(data, warnings=warnings)
     except PrvFormatError as exc:
         raise BadInputError(f"{name}: invalid .prv/.prvdir: {exc}") from None

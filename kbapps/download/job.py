@@ -11,13 +11,21 @@ import anyio.to_thread
 
 from kbapps.download import safefs
 from kbapps.download.cache import ContentCache, FillRequest
-from kbapps.download.errors import BadInputError, ClientError, NotFoundError, WrongBytes
+from kbapps.download.errors import (
+    BadInputError,
+    ClientError,
+    NotFoundError,
+    SourceFailure,
+    WrongBytes,
+)
 from kbapps.download.find import download_sources, find_content
 from kbapps.download.options import ClientOptions
+from kbapps.download.parallel import download_in_pieces
 from kbapps.download.partfile import PartFile
 from kbapps.download.places import Place
 from kbapps.download.progress import Reporter
 from kbapps.download.results import DownloadResult, EventSink
+from kbapps.download.sources import group_sources
 from kbapps.download.transfer import DeadOrigins, download_from_sources
 from kbproto.prv import Prv
 from kbtransport.http_client import HttpClient
@@ -130,7 +138,10 @@ async def fetch_job(
                 resumable = False
 
         resumed = 0
-        if resumable:
+        if resumable and part.pieces is not None:
+            # Pieces of an earlier parallel run: checked once the digest list is in.
+            resumed = part.pieces.nbytes(prv.size)
+        elif resumable:
             try:
                 resumed = await anyio.to_thread.run_sync(part.rehash)
             except WrongBytes:
@@ -172,9 +183,26 @@ async def fetch_job(
                 }
             )
         sources = download_sources(found, options.hub_url, prv.sha1)
-        url, start, transferred, failures = await download_from_sources(
-            client, sources, part, options, reporter, emit, job.label, dead
-        )
+        nodes = group_sources(sources)
+        failures: list[SourceFailure] = []
+        per_source: dict[str, int] = {}
+        pieces = None
+        if part.pieces is not None or (
+            options.max_sources > 1
+            and prv.size >= options.parallel_min_size
+            and sum(1 for node in nodes if node.node) >= 2
+        ):
+            pieces = await download_in_pieces(
+                client, sources, nodes, part, resumed, options, reporter, emit, job.label, dead
+            )
+        if pieces is not None:
+            url, start = pieces.url or sources[0], resumed
+            transferred, per_source = pieces.transferred, pieces.sources
+            failures = pieces.failures
+        else:
+            url, start, transferred, failures = await download_from_sources(
+                client, sources, part, options, reporter, emit, job.label, dead
+            )
         try:
             fills.append(await anyio.to_thread.run_sync(_install, part, job.target, job.replace))
         except OSError as exc:
@@ -189,9 +217,10 @@ async def fetch_job(
             resumed_from=start,
             transferred=transferred,
             failures=tuple(failures),
+            sources=tuple(per_source.items()),
         )
     except ClientError:
-        if part.offset == 0 and part.fd >= 0:
+        if part.offset == 0 and part.fd >= 0 and (part.pieces is None or not part.pieces.runs):
             part.discard()  # nothing worth resuming: leave no empty .part behind
         raise
     except OSError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from kbapps.download.cache import CACHE_SIZE_ENV, DEFAULT_CACHE_SIZE
 from kbapps.download.deadline import DEFAULT_MIN_SPEED, DEFAULT_SPEED_WINDOW
 from kbapps.download.errors import BadInputError
 from kbapps.hashing import HASH_CACHE_FILENAME
+from kbapps.sizes import size_in_bytes
 from kbtransport.errors import ConnectError
 from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.net import parse_url
@@ -23,8 +23,10 @@ from kbtransport.net import parse_url
 __all__ = (
     "CONTENT_CACHE_DIRNAME",
     "DEFAULT_HUB_URL",
+    "DEFAULT_MAX_SOURCES",
     "HUB_URL_ENV",
     "MIN_SPEED_ENV",
+    "PARALLEL_MIN_SIZE",
     "SPEED_WINDOW_ENV",
     "ClientOptions",
     "default_options",
@@ -44,10 +46,13 @@ CONTENT_CACHE_DIRNAME = "content"
 #: Environment variables for ``--min-speed`` and ``--speed-window``.
 MIN_SPEED_ENV = "KBUCKET_MIN_SPEED"
 SPEED_WINDOW_ENV = "KBUCKET_SPEED_WINDOW"
-#: A size: a number, then optionally K, M, G or T (powers of 1024), then optionally
-#: ``B`` or ``iB`` (``500M``, ``20G``, ``1.5GiB``, ``4096``).
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?")
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+#: ``--max-sources``: distinct nodes a large file is read from at once. Four keeps a
+#: few connections per download (a .prvdir runs ``concurrency`` files at once).
+DEFAULT_MAX_SOURCES = 4
+#: The smallest file fetched from several sources at once: 16 MiB, 16 chunks. Below it
+#: one request costs less than the extra requests, connections and the second pass
+#: that hashes the file once it is whole.
+PARALLEL_MIN_SIZE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +82,11 @@ class ClientOptions:
             returns by default).
         force: replace files at OUT that hold other content (``--force``); without
             it such a file stops the download before anything changes.
+        max_sources: distinct sources (nodes) a large file is fetched from at once
+            (``--max-sources``; 1: one source at a time, as before issue 13).
+        parallel_min_size: files this large or larger, found on at least two distinct
+            nodes, are fetched in pieces from several at once
+            (``kbapps.download.parallel``); smaller ones with one request.
     """
 
     hub_url: str = DEFAULT_HUB_URL
@@ -93,10 +103,14 @@ class ClientOptions:
     cache_size: int = DEFAULT_CACHE_SIZE
     cache_in_background: bool = False
     force: bool = False
+    max_sources: int = DEFAULT_MAX_SOURCES
+    parallel_min_size: int = PARALLEL_MIN_SIZE
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("ClientOptions.concurrency must be at least 1")
+        if self.concurrency < 1 or self.max_sources < 1:
+            raise ValueError("ClientOptions.concurrency and max_sources must be at least 1")
+        if self.parallel_min_size < 1:
+            raise ValueError("ClientOptions.parallel_min_size must be positive")
         if self.progress_bytes < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("ClientOptions sizes and timeouts must be positive")
         if self.cache_size < 0 or self.min_speed < 0:
@@ -126,12 +140,12 @@ def parse_size(text: str, where: str) -> int:
     Raises:
         BadInputError: ``text`` is not a size; the message names ``where`` it came from.
     """
-    match = _SIZE_RE.fullmatch(text.strip().upper())
-    if match is None:
+    size = size_in_bytes(text)
+    if size is None:
         raise BadInputError(
             f"{where}: not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)"
         )
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return size
 
 
 def resolve_size(
@@ -220,7 +234,7 @@ def make_http_client(options: ClientOptions) -> HttpClient:
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
             ssl_context=options.ssl_context,
-            max_idle_per_origin=max(4, options.concurrency),
+            max_idle_per_origin=max(4, options.concurrency, options.max_sources),
             user_agent="kb-prv-download",
         )
     )

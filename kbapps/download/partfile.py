@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from kbapps import output
 from kbapps.download import copying, safefs
@@ -25,13 +27,15 @@ __all__ = (
     "DISK_READ",
     "PART_SUFFIX",
     "PartFile",
+    "PieceRecord",
     "part_name",
     "resumable_bytes",
     "write_all",
 )
 
-#: Sidecar files are tiny JSON objects; anything bigger is not ours.
-_MAX_SIDECAR_BYTES = 4096
+#: Sidecar files are small JSON objects (a piece list of a few thousand runs at most);
+#: anything bigger is not ours.
+_MAX_SIDECAR_BYTES = 64 * 1024
 #: Read size when hashing a file from disk: the measured best for SHA-1 (docs/benchmarks.md).
 DISK_READ = 64 * 1024
 #: What marks a partial file: ``OUT.part``.
@@ -47,29 +51,92 @@ def part_name(dir_fd: int, name: str) -> str:
     return fitting_name(name, PART_SUFFIX, name_max(dir_fd), reserve=len(_SIDECAR_SUFFIX))
 
 
-def _sidecar_names(dir_fd: int, sidecar: str, prv: Prv) -> bool:
-    """Whether the sidecar ``sidecar`` in ``dir_fd`` names ``prv``'s content."""
+@dataclass(frozen=True, slots=True)
+class PieceRecord:
+    """The finished pieces of a part written out of order (its sidecar's record).
+
+    Attributes:
+        unit: bytes per unit (the last unit of the file is shorter).
+        runs: sorted, disjoint ``(start, end)`` runs of finished units (end exclusive).
+    """
+
+    unit: int
+    runs: tuple[tuple[int, int], ...]
+
+    def units(self) -> Iterator[int]:
+        """Every finished unit."""
+        for start, end in self.runs:
+            yield from range(start, end)
+
+    def nbytes(self, size: int) -> int:
+        """The bytes the finished units hold, for a file of ``size`` bytes."""
+        return sum(min(end * self.unit, size) - start * self.unit for start, end in self.runs)
+
+    def within(self, length: int, size: int) -> PieceRecord:
+        """The record without the units not wholly inside the first ``length`` bytes of
+        a file of ``size`` bytes (a part shorter than its record claims)."""
+        runs = []
+        for start, end in self.runs:
+            while end > start and min(end * self.unit, size) > length:
+                end -= 1
+            if end > start:
+                runs.append((start, end))
+        return PieceRecord(self.unit, tuple(runs))
+
+
+def _piece_record(obj: dict[str, Any], prv: Prv) -> PieceRecord | None:
+    """The sidecar's piece record, if it has a well-formed one."""
+    unit, runs = obj.get("unit"), obj.get("pieces")
+    if type(unit) is not int or unit < 1 or not isinstance(runs, list):
+        return None
+    units = -(-prv.size // unit)
+    out: list[tuple[int, int]] = []
+    last = 0
+    for run in runs:
+        if (
+            not isinstance(run, list)
+            or len(run) != 2
+            or not all(type(v) is int for v in run)
+            or not last <= run[0] < run[1] <= units
+        ):
+            return None
+        out.append((run[0], run[1]))
+        last = run[1]
+    return PieceRecord(unit, tuple(out))
+
+
+def _read_sidecar(dir_fd: int, sidecar: str, prv: Prv) -> dict[str, Any] | None:
+    """The sidecar ``sidecar`` in ``dir_fd`` when it names ``prv``'s content."""
     try:
         fd = safefs.open_readable(dir_fd, sidecar)
         if fd is None:
-            return False
+            return None
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(_MAX_SIDECAR_BYTES + 1)
         obj = json.loads(data)
     except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(obj, dict) and obj.get("sha1") == prv.sha1 and obj.get("size") == prv.size
+        return None
+    if isinstance(obj, dict) and obj.get("sha1") == prv.sha1 and obj.get("size") == prv.size:
+        return obj
+    return None
 
 
 def resumable_bytes(dir_fd: int, name: str, prv: Prv) -> int:
-    """How many bytes of the part ``name`` in ``dir_fd`` a run would resume from: its
-    size, when it is a plain file that its sidecar says holds ``prv``'s content and it
-    is not longer than that; else 0. Nothing is written or followed."""
+    """How many bytes of the part ``name`` in ``dir_fd`` a run would resume from: when it
+    is a plain file that its sidecar says holds ``prv``'s content and it is not longer
+    than that, its size, or the bytes of the pieces its sidecar lists as finished; else
+    0. Nothing is written or followed."""
     st = safefs.lstat_at(dir_fd, name)
     if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         return 0
-    if not 0 < st.st_size <= prv.size or not _sidecar_names(dir_fd, name + _SIDECAR_SUFFIX, prv):
+    if not 0 < st.st_size <= prv.size:
         return 0
+    obj = _read_sidecar(dir_fd, name + _SIDECAR_SUFFIX, prv)
+    if obj is None:
+        return 0
+    record = _piece_record(obj, prv)
+    if record is not None:
+        return record.within(st.st_size, prv.size).nbytes(prv.size)
     return st.st_size
 
 
@@ -112,6 +179,8 @@ class PartFile:
         self._whole = hashlib.sha1()
         self._head = hashlib.sha1()
         self._head_len = min(FCS_HEAD_BYTES, prv.size)
+        #: The finished pieces of a part written out of order (``open``/``save_pieces``).
+        self.pieces: PieceRecord | None = None
 
     @classmethod
     def temporary(cls, dir_fd: int, stem: str, label: str, prv: Prv) -> PartFile:
@@ -145,20 +214,39 @@ class PartFile:
         if st is not None and st.st_nlink > 1:
             raise safefs.UnsafeEntry(self.label, "a file with other hard links", "write")
         assert self.sidecar is not None
-        matches = _sidecar_names(self.dir_fd, self.sidecar, self.prv)
-        if not matches:
+        found = _read_sidecar(self.dir_fd, self.sidecar, self.prv)
+        if found is None:
             # The sidecar first: a .part never exists without saying what it holds.
             self._write_sidecar()
         self.fd = safefs.open_writable(self.dir_fd, self.name, self.label)
         size = os.fstat(self.fd).st_size
-        if matches and 0 < size <= self.prv.size:
+        if found is not None and 0 < size <= self.prv.size:
+            record = _piece_record(found, self.prv)
+            self.pieces = record.within(size, self.prv.size) if record is not None else None
             return True
         self.reset()
         return False
 
+    def save_pieces(self, record: PieceRecord | None) -> None:
+        """Record the finished pieces in the sidecar (None: the part is a prefix again).
+
+        The record is written to a new temporary file and renamed over the sidecar, so
+        a crash leaves the old record or the new one. A record too long for a sidecar
+        keeps its first runs (the units of the others are fetched again).
+        """
+        if record is not None:
+            while len(record.runs) > 1 and 24 * len(record.runs) > _MAX_SIDECAR_BYTES - 256:
+                record = PieceRecord(record.unit, record.runs[: len(record.runs) // 2])
+        self.pieces = record
+        self._write_sidecar()
+
     def _write_sidecar(self) -> None:
         assert self.sidecar is not None
-        data = json.dumps({"sha1": self.prv.sha1, "size": self.prv.size}).encode()
+        obj: dict[str, Any] = {"sha1": self.prv.sha1, "size": self.prv.size}
+        if self.pieces is not None:
+            obj["unit"] = self.pieces.unit
+            obj["pieces"] = [list(run) for run in self.pieces.runs]
+        data = json.dumps(obj, separators=(",", ":")).encode()
         fd, tmp = safefs.create_temp(self.dir_fd, self.sidecar)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -200,6 +288,8 @@ class PartFile:
         self.offset = 0
         self._whole = hashlib.sha1()
         self._head = hashlib.sha1()
+        if self.pieces is not None:
+            self.save_pieces(None)
 
     # -- appending -------------------------------------------------------------------
 

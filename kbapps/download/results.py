@@ -3,6 +3,7 @@
 Events (``on_event``) are plain JSON-ready dicts, one per happening, with an ``"event"``
 key: ``source`` (a URL is tried), ``progress`` (rate-limited), ``done`` (a file is in
 place), ``error`` (a source failed, or with ``"fatal": true`` a file failed),
+``dropped`` (one of several sources used at once failed and was dropped),
 ``warning`` (the hub's size disagrees with the ``.prv``), ``resume`` (a ``.part`` left
 by an earlier run is continued), ``kept`` (after Ctrl+C: a ``.part`` kept for the next
 run) and, for a ``.prvdir``, ``finished``. ``kb-prv-download --json`` prints them as
@@ -43,7 +44,9 @@ class DownloadResult:
         url: the source that delivered the last bytes (network only).
         resumed_from: bytes already on disk when the successful source started.
         transferred: bytes received from the network for this file.
-        failures: sources that failed before one worked.
+        failures: sources that failed before one worked (or were dropped).
+        sources: ``(url, bytes)`` each source delivered, for a file fetched from
+            several at once (``kbapps.download.parallel``); empty otherwise.
     """
 
     path: Path
@@ -54,6 +57,7 @@ class DownloadResult:
     resumed_from: int = 0
     transferred: int = 0
     failures: tuple[SourceFailure, ...] = ()
+    sources: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +100,8 @@ def done_event(result: DownloadResult, label: str) -> dict[str, Any]:
         event["url"] = result.url
         event["resumed_from"] = result.resumed_from
         event["transferred"] = result.transferred
+    if result.sources:
+        event["sources"] = dict(result.sources)
     return event
 
 

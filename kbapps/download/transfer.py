@@ -48,6 +48,7 @@ from kbtransport.net import parse_url
 __all__ = (
     "DeadOrigins",
     "Writer",
+    "check_piece_response",
     "check_response",
     "download_from_sources",
     "fetch",
@@ -110,6 +111,32 @@ def check_response(response: HttpResponse, offset: int, prv: Prv) -> None:
     if length is not None and length != prv.size - offset:
         announced = output.counted(length, "byte")
         raise SourceError(f"announced {announced}, expected {prv.size - offset:,}")
+
+
+def check_piece_response(response: HttpResponse, start: int, end: int, prv: Prv) -> None:
+    """Check the head of an answer to ``Range: bytes=START-(END-1)``: a 206 with exactly
+    that ``Content-Range`` (a 200 only when the range is the whole file), and no
+    ``ETag`` naming other content.
+
+    Raises:
+        SourceError: the response announces other content, status or range.
+    """
+    etag = (response.header("etag") or "").strip().strip('"').lower()
+    if _SHA1_RE.fullmatch(etag) and etag != prv.sha1:
+        raise SourceError(f"serves other content (ETag {etag})")
+    if response.status == 200 and start == 0 and end == prv.size:
+        return
+    if response.status != 206:
+        raise SourceError(f"answered HTTP {response.status} {response.reason}".rstrip())
+    match = _CONTENT_RANGE_RE.fullmatch((response.header("content-range") or "").strip())
+    total = match.group(3) if match else ""
+    if (
+        match is None
+        or int(match.group(1)) != start
+        or int(match.group(2)) != end - 1
+        or (total != "*" and int(total) != prv.size)
+    ):
+        raise SourceError(f"sent another range than {start}-{end - 1}/{prv.size}")
 
 
 class Writer:

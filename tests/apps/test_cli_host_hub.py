@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kbapps.cli import host, hub
-from kbapps.noderun import heartbeat_timeouts
+from kbapps.noderun import heartbeat_timeouts, rate_text
 from kbapps.output import UsageError
 from kbproto.config import Timeouts
 from tests.e2e.procs import free_port
@@ -34,6 +34,7 @@ def one_error(err: str) -> str:
     ("main", "only"),
     [
         (host.main, "--confirm-share"),
+        (host.main, "--max-upload-rate"),
         (hub.main, "--passcode"),
         (hub.main, "--index-budget"),
         (hub.main, "--open-child-quota"),
@@ -74,6 +75,9 @@ def test_hub_options_are_not_share_options(
     code, _, err = run(host.main, [str(tmp_path), "--index-budget", "5"], capsys)
     assert code == 2
     assert "--index-budget" in one_error(err)
+    code, _, err = run(hub.main, [str(tmp_path), "--max-upload-rate", "2M"], capsys)
+    assert code == 2
+    assert "--max-upload-rate" in one_error(err)
     assert not (tmp_path / ".kbucket").exists()
 
 
@@ -106,6 +110,12 @@ def test_missing_directory_and_bad_values_exit_2(
     code, _, err = run(host.main, [str(tmp_path), *yes, "--owner-email", "nope"], capsys)
     assert code == 2
     assert "--owner-email" in one_error(err)
+    for rate in ("fast", "-1M", "2X", "", "2T"):
+        code, _, err = run(host.main, [str(tmp_path), *yes, "--max-upload-rate", rate], capsys)
+        assert code == 2, rate
+        assert "--max-upload-rate: not a rate" in one_error(err)
+    # Nothing was written for a refused option.
+    assert not (tmp_path / ".kbucket").exists()
 
 
 def test_tls_key_without_certificate_is_refused(
@@ -168,3 +178,11 @@ def test_heartbeat_timeouts() -> None:
     for bad in (0.0, -1.0, 4000.0, float("nan")):
         with pytest.raises(UsageError):
             heartbeat_timeouts(bad)
+
+
+def test_rate_text_speaks_the_units_of_the_option() -> None:
+    assert rate_text(2 * 1024 * 1024) == "2 MiB/s"
+    assert rate_text(500 * 1024) == "500 KiB/s"
+    assert rate_text(3 * 1024**3 // 2) == "1.5 GiB/s"
+    assert rate_text(1024**4) == "1 TiB/s"
+    assert rate_text(100) == "100 B/s"

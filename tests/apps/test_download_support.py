@@ -21,6 +21,15 @@ Routes (``SHA1`` is a content id the network was given with ``add``):
 - ``GET /slow/SHA1``: sends 64 KiB, then nothing (the client's read timeout fires).
 - ``GET /missing/SHA1``: 404 with the error JSON of docs/http.md.
 - ``GET /sha1/SHA1``: the bytes, with Range (the hub's fallback route).
+- ``GET /wrongmid/SHA1``: the right bytes up to the middle of the file (``bad_from``
+  if set), wrong after; paced like ``paced``.
+- ``GET /paced/SHA1``: the bytes, with Range, sent in 64 KiB steps at most
+  ``pace`` bytes per second (a rate-limited source; 0: no limit).
+- ``GET /NODE/download/ROUTE/SHA1`` (``NODE``: 12 hex digits): ``ROUTE``'s answer, at a
+  URL naming a node, as a share's download URLs do (``node_url``), so the client
+  counts each ``NODE`` as a distinct source.
+- ``GET /NODE/sha1/SHA1/chunks``, ``GET /sha1/SHA1/chunks``: the content's chunk
+  digest list (``kbproto.chunks``); ``bad_lists`` makes some nodes serve a wrong one.
 
 Every request is logged with its Range header and the number of body bytes the server
 set out to send, so tests can prove what was (not) transferred.
@@ -43,12 +52,15 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 
+from kbproto.chunks import chunk_digests, digest_list_root
 from kbproto.prv import Prv, PrvDir, make_prv, serialize_prv, serialize_prvdir
 from kbtransport.http import FileBody, Request, Response, StreamBody, error_response, json_response
 from kbtransport.listener import ListenConfig, serve_http
 from kbtransport.ranges import file_response
 from kbtransport.routing import Match, Router
 
+#: ``bytes.translate`` table turning every byte into its complement.
+_FLIP = bytes(b ^ 0xFF for b in range(256))
 #: Bytes the slow source sends before it stalls.
 SLOW_PREFIX = 64 * 1024
 
@@ -74,13 +86,14 @@ def content(size: int, seed: int = 0) -> bytes:
     return bytes(out[:size])
 
 
-def prv_of(data: bytes, name: str = "file.dat") -> Prv:
-    """The ``.prv`` of ``data``."""
+def prv_of(data: bytes, name: str = "file.dat", *, chunks: bool = False) -> Prv:
+    """The ``.prv`` of ``data`` (with its ``chunks`` field if ``chunks``)."""
     return make_prv(
         sha1=hashlib.sha1(data).hexdigest(),
         size=len(data),
         head_sha1=hashlib.sha1(data[:1000]).hexdigest(),
         path=name,
+        chunks_root=digest_list_root(chunk_digests(data)) if chunks else None,
     )
 
 
@@ -121,6 +134,14 @@ class FakeNetwork:
     #: ``gated`` requests wait until this many are in flight at once (or 10 s).
     gate: int = 2
     max_in_flight: int = 0
+    #: Bytes per second of the ``paced`` route, per request (0: unpaced), and per node
+    #: where ``node_pace`` says otherwise (1: a source that stalls after its head).
+    pace: int = 0
+    node_pace: dict[str, int] = field(default_factory=dict)
+    #: Nodes whose digest list is wrong (one digest changed).
+    bad_lists: set[str] = field(default_factory=set)
+    #: Where ``wrongmid`` starts lying (None: the middle).
+    bad_from: int | None = None
     _in_flight: int = 0
     _gate_open: anyio.Event | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -139,6 +160,10 @@ class FakeNetwork:
         if "://" in route:
             return route
         return f"{self.base}/{route}/{sha1}"
+
+    def node_url(self, node: str, route: str, sha1: str) -> str:
+        """The URL of ``route`` for ``sha1`` as served by the node ``node``."""
+        return f"{self.base}/{node}/download/{route}/{sha1}"
 
     def requests(self, route: str | None = None) -> list[Logged]:
         """The log, optionally only one route's entries."""
@@ -173,6 +198,31 @@ class FakeNetwork:
             return self._gate_open.is_set()
         finally:
             self._in_flight -= 1
+
+    def _paced(self, request: Request, data: bytes, node: str) -> Response:
+        """``data`` (with Range) in 64 KiB steps, at most the node's pace per second."""
+        size = len(data)
+        start, end, status, headers = 0, size, 200, [("Content-Type", "application/octet-stream")]
+        asked = request.header("range") or ""
+        if asked.startswith("bytes="):
+            first, _, last = asked[6:].partition("-")
+            start, end = int(first), (int(last) + 1 if last else size)
+            status = 206
+            headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+        pace = self.node_pace.get(node, self.pace)
+
+        async def body() -> AsyncIterator[bytes]:
+            step = 64 * 1024
+            for offset in range(start, end, step):
+                if pace:
+                    await anyio.sleep(step / pace)
+                yield data[offset : min(offset + step, end)]
+
+        return Response(
+            status=status,
+            headers=tuple(headers),
+            body=StreamBody(chunks=body(), length=end - start),
+        )
 
     def router(self) -> Router:
         """The route table (see the module docstring)."""
@@ -220,6 +270,13 @@ class FakeNetwork:
                     return self._record(route, sha1, request, response)
                 data = path.read_bytes()
                 size = len(data)
+                node = match.params.get("node", "-")
+                if route_as in ("paced", "wrongmid"):
+                    if route_as == "wrongmid":
+                        bad = size // 2 if self.bad_from is None else self.bad_from
+                        data = data[:bad] + data[bad:].translate(_FLIP)
+                    response = self._paced(request, data, node)
+                    return self._record(route, sha1, request, response)
                 if route == "wrong":
                     data = content(size, seed=999)
                 elif route == "wrongtail":
@@ -263,8 +320,22 @@ class FakeNetwork:
                 return self._record(route, sha1, request, response)
 
             router.add(("GET", "HEAD"), f"/{route}/{{sha1}}", handler)
+            router.add(("GET", "HEAD"), f"/{{node}}/download/{route}/{{sha1}}", handler)
+
+        async def chunks(request: Request, match: Match) -> Response:
+            sha1 = match.params["sha1"]
+            path = self.blobs.get(sha1)
+            if path is None:
+                return error_response(404, "no such content")
+            digests = bytearray(chunk_digests(path.read_bytes()))
+            if match.params.get("node") in self.bad_lists and digests:
+                digests[0] ^= 0xFF
+            response = Response(status=200, body=bytes(digests))
+            return self._record("chunks", sha1, request, response)
 
         router.add(("GET",), "/find/{sha1}", find)
+        router.add(("GET",), "/sha1/{sha1}/chunks", chunks)
+        router.add(("GET",), "/{node}/sha1/{sha1}/chunks", chunks)
         for route in (
             "good",
             "sha1",
@@ -278,6 +349,8 @@ class FakeNetwork:
             "slow",
             "missing",
             "gated",
+            "paced",
+            "wrongmid",
         ):
             serve(route)
         return router

@@ -223,3 +223,14 @@ def test_setup_error_is_reported_by_run_command() -> None:
     assert issubclass(SetupError, UsageError)
     assert run_command(body, stream=err) == 1
     assert err.getvalue() == "Error: kbnode.json: broken\n"
+
+
+def test_max_upload_rate_round_trips_and_is_checked() -> None:
+    config = NodeConfig(node_type="leaf", max_upload_rate=2 * 1024 * 1024)
+    data = config.to_json_dict()
+    assert data["max_upload_rate"] == 2 * 1024 * 1024
+    back = NodeConfig.from_json_dict(data, default_type="leaf", where="kbnode.json")
+    assert back == config
+    assert "max_upload_rate" not in NodeConfig(node_type="leaf").to_json_dict()
+    with pytest.raises(ValueError, match="max_upload_rate must be an integer from 0"):
+        NodeConfig(node_type="leaf", max_upload_rate=-1)

@@ -794,3 +794,45 @@ def test_cache_size_is_a_hub_option(share_dir: Path) -> None:
         run(share_dir, auto=True, cache_size="1G")
     run(share_dir, auto=True, scientific_research="yes", confirm_share="yes")
     assert "cache_size" not in saved(share_dir)
+
+
+# --- the upload rate limit (kbucket-host --max-upload-rate) --------------------------------
+
+
+def test_upload_rate_is_saved_kept_and_hand_editable(share_dir: Path) -> None:
+    setup, _ = run(share_dir, auto=True, scientific_research="yes", confirm_share="yes")
+    assert "max_upload_rate" not in saved(share_dir)  # unset: no limit
+    assert setup.upload_rate == 0
+    for typed, rate in (("500K", 500 * 1024), ("20M", 20 * 1024**2), ("1G", 1024**3)):
+        setup, _ = run(share_dir, auto=True, max_upload_rate=typed)
+        assert (setup.upload_rate, saved(share_dir)["max_upload_rate"]) == (rate, rate)
+    setup, _ = run(share_dir, auto=True, max_upload_rate=" 4096 ")
+    assert setup.upload_rate == 4096
+    # Kept without the option; 0 turns it off and is saved as such.
+    assert run(share_dir, auto=True)[0].upload_rate == 4096
+    setup, _ = run(share_dir, auto=True, max_upload_rate="0")
+    assert (setup.upload_rate, saved(share_dir)["max_upload_rate"]) == (0, 0)
+    config = saved(share_dir)
+    config["max_upload_rate"] = 123_456
+    (share_dir / ".kbucket" / "kbnode.json").write_text(json.dumps(config))
+    assert run(share_dir, auto=True)[0].upload_rate == 123_456
+
+
+@pytest.mark.parametrize("value", ["fast", -1, 1.5, True, 2 * 1024**4])
+def test_a_bad_saved_upload_rate_is_one_line_naming_the_file(share_dir: Path, value: Any) -> None:
+    run(share_dir, auto=True, scientific_research="yes", confirm_share="yes")
+    path = share_dir / ".kbucket" / "kbnode.json"
+    config = json.loads(path.read_text())
+    config["max_upload_rate"] = value
+    path.write_text(json.dumps(config))
+    error = fails(share_dir, auto=True)
+    assert str(error) == (
+        f"{path}: field 'max_upload_rate' must be a number of bytes per second"
+        " from 0 (no limit) to 1099511627776"
+    )
+    assert error.exit_code == 2
+
+
+def test_upload_rate_is_a_share_option(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="share options"):
+        run(tmp_path, "hub", auto=True, max_upload_rate="1M")

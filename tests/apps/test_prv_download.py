@@ -343,3 +343,32 @@ def test_json_flag_in_any_position(net: FakeNetwork, env: dict[str, str], tmp_pa
     run = kb(env, "--json", f"--hub={net.base}", tmp_path / "f.prv", tmp_path / "o")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.splitlines()[-1])["event"] == "done"
+
+
+@pytest.mark.parametrize("chunks", [5, {"algorithm": "md5", "root": "00"}, {"root": "zz"}])
+def test_a_malformed_chunks_field_is_one_warning_and_the_file_is_checked_whole(
+    net: FakeNetwork, env: dict[str, str], tmp_path: Path, chunks: object
+) -> None:
+    data = content(300_000, 13)
+    net.add(data, ["good"])
+    write_prv(tmp_path / "f.prv", data)
+    prv = json.loads((tmp_path / "f.prv").read_text())
+    prv["chunks"] = chunks
+    (tmp_path / "f.prv").write_text(json.dumps(prv))
+    run = kb(env, tmp_path / "f.prv", tmp_path / "a.out", "--hub", net.base, "--json")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "a.out").read_bytes() == data
+    warnings = [e for e in events_of(run.stdout) if e["event"] == "warning"]
+    assert len(warnings) == 1
+    assert warnings[0]["path"] == str(tmp_path / "f.prv")
+    assert str(warnings[0]["message"]).startswith("chunks ignored (whole-file check only): ")
+    run = kb(env, tmp_path / "f.prv", tmp_path / "b.out", "--hub", net.base, "--cache-size", "0")
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "b.out").read_bytes() == data
+    lines = [line for line in run.stderr.splitlines() if line.startswith("Warning: ")]
+    assert lines == [f"Warning: {tmp_path / 'f.prv'}: {warnings[0]['message']}"]
+    # A well-formed .prv warns about nothing.
+    write_prv(tmp_path / "g.prv", data)
+    run = kb(env, tmp_path / "g.prv", tmp_path / "c.out", "--hub", net.base, "--cache-size", "0")
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr

@@ -25,6 +25,7 @@ BOTH_BACKENDS = frozenset(
         "test_http_server",
         "test_http_server_heads",
         "test_http_server_lean",
+        "test_ratelimit",
         "test_sendfile_listener",
         "test_slots",
         "test_websocket",

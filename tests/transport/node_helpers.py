@@ -23,6 +23,7 @@ from kbproto import HubConfig, HubCore, Limits, SeededIdSource, ShareConfig, Sha
 from kbproto.auth import node_id_from_public_pem
 from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
+from kbtransport.http_server import ServerConfig
 from kbtransport.httpapi import NodeAppConfig
 from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
@@ -166,6 +167,7 @@ class Tree:
         parent_passcode: str = "",
         client_ssl: ssl.SSLContext | None = None,
         uplink: bool = True,
+        server_config: ServerConfig | None = None,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -192,6 +194,7 @@ class Tree:
                 hooks=self.lines.hooks(name),
                 client_ssl=client_ssl,
                 uplink=uplink,
+                server_config=server_config,
             )
         )
         await handle.set_files([(e.sha1, e.path, e.size) for e in index.entries()])
