@@ -16,6 +16,9 @@ wrote, so this module is deliberately forgiving on read and careful on write:
 - A hub's index budget (``index_budget``, ``open_child_quota``: entries, see
   docs/security.md §3) is written only once set, by option or by hand, so a hub that
   never set it follows the release's default.
+- A hub's relay cache bound (``cache_size``, bytes; 0 = no cache) is written once the
+  hub has run, so the file shows the bound in use; a hand edit may also give it with a
+  unit (``"20G"``), read by ``parse_size``.
 - A share's upload rate limit (``max_upload_rate``: bytes per second, 0 for none;
   ``kbucket-host --max-upload-rate``) is likewise written only once set.
 - Saving writes a temporary file inside ``.kbucket/`` and renames it over the old one,
@@ -39,6 +42,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from kbapps.output import UsageError
+from kbapps.sizes import size_in_bytes
 from kbtransport.origins import canonical_origin
 
 __all__ = (
@@ -54,6 +58,7 @@ __all__ = (
     "ensure_kbucket_dir",
     "kbucket_dir",
     "load_config",
+    "parse_size",
     "save_config",
 )
 
@@ -101,10 +106,27 @@ _KNOWN_FIELDS = frozenset(
         *_TEXT_FIELDS,
         *_PARENT_FIELDS,
         *_BUDGET_FIELDS,
+        "cache_size",
         "max_upload_rate",
     }
 )
 _LEGACY_FIELDS = frozenset({"kbnode_id", "kbnode_type"})
+#: The largest relay cache bound accepted (an exbibyte: any real disk is smaller).
+MAX_CACHE_SIZE = 1024**6
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text`` (``kbapps.sizes``: ``500M``, ``20G``, ``0``).
+
+    Raises:
+        ValueError: ``text`` is not a size (or is larger than ``MAX_CACHE_SIZE``).
+    """
+    size = size_in_bytes(text)
+    if size is None:
+        raise ValueError(f"not a size: {text!r} (bytes, or with K, M, G or T: 500M, 20G, 0)")
+    if size > MAX_CACHE_SIZE:
+        raise ValueError(f"too large: {text!r}")
+    return size
 
 
 class SetupError(UsageError):
@@ -159,6 +181,8 @@ class NodeConfig:
     #: Hubs: index entries per proven node of a child without the passcode (None:
     #: kbproto's default).
     open_child_quota: int | None = None
+    #: Hubs: the relay cache's bound in bytes, 0 = no cache (None: the default).
+    cache_size: int | None = None
     #: Shares: the upload rate limit in bytes per second, 0 for none (None: not set,
     #: no limit).
     max_upload_rate: int | None = None
@@ -181,6 +205,8 @@ class NodeConfig:
             value = getattr(self, name)
             if value is not None and not _is_entry_count(value):
                 raise ValueError(f"{name} must be an integer from 1 to {MAX_ENTRIES}")
+        if self.cache_size is not None and not _is_cache_size(self.cache_size):
+            raise ValueError(f"cache_size must be an integer from 0 to {MAX_CACHE_SIZE}")
         if self.max_upload_rate is not None and not _is_rate(self.max_upload_rate):
             raise ValueError(f"max_upload_rate must be an integer from 0 to {MAX_UPLOAD_RATE}")
         if _KNOWN_FIELDS & set(self.extra) or _LEGACY_FIELDS & set(self.extra):
@@ -215,6 +241,8 @@ class NodeConfig:
         for name in _BUDGET_FIELDS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.cache_size is not None:
+            out["cache_size"] = self.cache_size
         if self.max_upload_rate is not None:
             out["max_upload_rate"] = self.max_upload_rate
         out.update(self.extra)
@@ -259,6 +287,8 @@ class NodeConfig:
                         f" from 1 to {MAX_ENTRIES}"
                     )
                 values[name] = data[name]
+        if data.get("cache_size") is not None:
+            values["cache_size"] = _parse_cache_size_field(data["cache_size"], where)
         if data.get("max_upload_rate") is not None:
             if not _is_rate(data["max_upload_rate"]):
                 raise SetupError(
@@ -272,6 +302,26 @@ class NodeConfig:
 
 def _is_entry_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ENTRIES
+
+
+def _is_cache_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_CACHE_SIZE
+
+
+def _parse_cache_size_field(value: Any, where: str) -> int:
+    # Written as bytes; a hand edit may use a unit ("20G").
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except ValueError:
+            value = None
+    if not _is_cache_size(value):
+        raise SetupError(
+            f"{where}: field 'cache_size' must be a size in bytes, or with K, M, G or T"
+            " (500M, 20G; 0 = no cache)"
+        )
+    size: int = value
+    return size
 
 
 def _is_rate(value: object) -> bool:

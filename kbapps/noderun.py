@@ -76,6 +76,7 @@ from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHooks
 from kbtransport.origins import OriginPolicy
 from kbtransport.ratelimit import UploadLimiter
+from kbtransport.relaycache import CacheDirError, RelayCache
 from kbtransport.routing import Router
 from kbtransport.serve import NodeHandle, serve_node
 from kbtransport.stream_budget import StreamBudget
@@ -87,6 +88,8 @@ __all__ = (
     "run_node",
 )
 
+#: The hub's relay cache directory inside ``.kbucket/`` (docs/formats.md).
+CACHE_DIR_NAME = "cache"
 #: Exit code when no port of the policy could be bound: a network failure.
 _EXIT_BIND = output.EXIT_NETWORK
 
@@ -371,9 +374,11 @@ async def _serve(
     console: _Console,
     started: Callable[[NodeHandle], object],
     files: ShareFiles | None = None,
+    cache: RelayCache | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; walk the port policy on "address in use"; a share's
-    core reads its files from ``files`` (its ``FileIndex``)."""
+    core reads its files from ``files`` (its ``FileIndex``); a hub serves and fills
+    its relay ``cache``."""
     timeouts = heartbeat_timeouts(run.heartbeat_timeout)
     per_client, streams = _budgets(run)
     ssl_context = setup.tls.server_context() if setup.tls is not None else None
@@ -399,7 +404,9 @@ async def _serve(
         )
         failed = False
         try:
-            await _serve_once(setup, router, timeouts, streams, listen, live_hooks, started, files)
+            await _serve_once(
+                setup, router, timeouts, streams, listen, live_hooks, started, files, cache
+            )
         except* ConnectError as group:
             if bound:
                 raise
@@ -416,9 +423,25 @@ async def _serve(
     )
 
 
-def _app_config(setup: NodeSetup) -> NodeAppConfig:
-    """The HTTP routes' policies from ``kbnode.json`` (``allowed_origins``)."""
-    return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins))
+def _app_config(setup: NodeSetup, cache: RelayCache | None = None) -> NodeAppConfig:
+    """The HTTP routes' policies from ``kbnode.json`` (``allowed_origins``), and a
+    hub's relay cache."""
+    return NodeAppConfig(origins=OriginPolicy.of(setup.config.allowed_origins), cache=cache)
+
+
+def _open_cache(setup: NodeSetup) -> RelayCache | None:
+    """A hub's relay cache in ``.kbucket/cache`` (None when ``cache_size`` is 0).
+
+    Raises:
+        UsageError: the cache directory is unusable (a symlink...): exit 2.
+    """
+    size = setup.config.cache_size
+    if setup.kind != "hub" or not size:
+        return None
+    try:
+        return RelayCache.open(setup.kbucket_dir / CACHE_DIR_NAME, size)
+    except CacheDirError as exc:
+        raise UsageError(str(exc), output.EXIT_BAD_INPUT) from None
 
 
 def _server_config(setup: NodeSetup) -> ServerConfig:
@@ -438,6 +461,7 @@ async def _serve_once(
     hooks: NodeHooks,
     started: Callable[[NodeHandle], object],
     files: ShareFiles | None,
+    cache: RelayCache | None,
 ) -> None:
     core = _make_core(setup, timeouts, files)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -447,7 +471,7 @@ async def _serve_once(
                 router,
                 listen,
                 hooks=hooks,
-                app_config=_app_config(setup),
+                app_config=_app_config(setup, cache),
                 stream_budget=streams,
                 server_config=_server_config(setup),
             ) as handle,
@@ -566,7 +590,12 @@ def _run_hub(setup: NodeSetup, run: RunOptions, console: _Console) -> None:
         network.attach(handle.node.http_app)
         _announce_web(setup, handle, console)
 
-    output.run_async(_serve, setup, router, run, console, started)
+    cache = _open_cache(setup)
+    try:
+        output.run_async(_serve, setup, router, run, console, started, None, cache)
+    finally:
+        if cache is not None:
+            cache.close()
 
 
 def run_node(

@@ -64,6 +64,7 @@ from kbapps.config import (
     ensure_kbucket_dir,
     kbucket_dir,
     load_config,
+    parse_size,
     save_config,
 )
 from kbapps.keys import NodeSigner, load_or_create_signer
@@ -71,6 +72,7 @@ from kbapps.nodelock import NodeLock
 from kbapps.sizes import size_in_bytes
 from kbproto.config import HubConfig, Limits, ShareConfig, Timeouts
 from kbproto.ids import NodeId
+from kbtransport.relaycache import DEFAULT_CACHE_SIZE
 
 __all__ = (
     "DEFAULT_HOST",
@@ -121,8 +123,8 @@ class SetupOptions:
     """Command-line options; None means "not given" (the question may be asked).
 
     ``confirm_share`` and ``max_upload_rate`` (as typed: ``20M``) are for shares
-    only; ``passcode``, ``tls_cert``, ``tls_key``,
-    ``index_budget`` and ``open_child_quota`` for hubs only. ``parent_hub`` is a URL
+    only; ``passcode``, ``tls_cert``, ``tls_key``, ``index_budget``,
+    ``open_child_quota`` and ``cache_size`` (as typed) for hubs only. ``parent_hub`` is a URL
     or ``"."`` (none).
     """
 
@@ -142,6 +144,8 @@ class SetupOptions:
     tls_key: Path | None = None
     index_budget: int | None = None
     open_child_quota: int | None = None
+    #: ``--cache-size`` as given (``500M``, ``20G``, ``0``).
+    cache_size: str | None = None
     max_upload_rate: str | None = None
     auto: bool = False
 
@@ -755,12 +759,19 @@ def setup_node(
         options.tls_key,
         options.index_budget,
         options.open_child_quota,
+        options.cache_size,
     )
     if kind == "leaf" and hub_only != (None,) * len(hub_only):
         raise ValueError(
-            "--passcode, --tls-cert, --tls-key, --index-budget and --open-child-quota"
-            " are hub options"
+            "--passcode, --tls-cert, --tls-key, --index-budget, --open-child-quota and"
+            " --cache-size are hub options"
         )
+    cache_size_opt: int | None = None
+    if options.cache_size is not None:
+        try:
+            cache_size_opt = parse_size(options.cache_size)
+        except ValueError as exc:
+            raise SetupError(f"--cache-size: {exc}") from None
     for option, count in (
         ("--index-budget", options.index_budget),
         ("--open-child-quota", options.open_child_quota),
@@ -830,6 +841,15 @@ def setup_node(
             options.open_child_quota
             if options.open_child_quota is not None
             else base.open_child_quota
+        ),
+        cache_size=(
+            None
+            if kind != "hub"
+            else cache_size_opt
+            if cache_size_opt is not None
+            else base.cache_size
+            if base.cache_size is not None
+            else DEFAULT_CACHE_SIZE
         ),
         max_upload_rate=upload_rate if upload_rate is not None else base.max_upload_rate,
         passcode=passcode_opt if passcode_opt is not None else base.passcode,

@@ -431,6 +431,8 @@ class _Node:
         direct share child holding it, without duplicates and at most ``MAX_RESULTS``
         (as ``routing`` keeps a find's results, so ``answer_now`` and ``find``
         agree), and each child hub whose subtree holds it (and ``share_id``, if given).
+        A hub holding the content itself (its relay cache, ``HubCore.put_cached``) is
+        the first result, with the content id as its path: the nearest copy first.
         """
         results: list[FindResult] = []
         hubs: list[Link] = []
@@ -450,6 +452,17 @@ class _Node:
             return results, hubs
         hub = self.hub_index
         assert hub is not None
+        own = hub.own_size(raw) if share_id is None or share_id == self.node_id else None
+        if own is not None:
+            results.append(
+                FindResult(
+                    kbshare_id=self.node_id,
+                    share_url=self.info.listen_url,
+                    path=raw.hex(),
+                    size=own,
+                    hops=(),
+                )
+            )
         seen: set[tuple[str, str]] = set()
         for link_id in hub.holders(raw):
             link = self.links.get(link_id)

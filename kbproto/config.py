@@ -59,6 +59,10 @@ class Limits:
             node routed through it). 1,000,000: a share of a million files fits on an
             open hub; a child with the passcode may use the whole budget.
         max_nodes_per_child: node ids (placements) one child hub may report.
+        max_own_content: content ids a hub holds itself (its relay cache, docs/protocol.md
+            §13) and answers for as a source; a relay cache of 1,000,000 entries is
+            already ~1 GiB of 1 KiB files, far past the default bound, and ~100 bytes
+            of memory each.
         index_window: index messages a child may have unacknowledged (paces a full
             sync so it never floods the outbox).
         index_batch_bytes: target size of one index message (well under the frame cap).
@@ -80,6 +84,7 @@ class Limits:
     index_budget: int = 4_000_000
     open_child_quota: int = 1_000_000
     max_nodes_per_child: int = 100_000
+    max_own_content: int = 1_000_000
     index_window: int = 4
     index_batch_bytes: int = 256 * 1024
     transmit_bytes: int = 1024 * 1024 + 64 * 1024

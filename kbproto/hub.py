@@ -28,8 +28,9 @@ from kbproto._common import _CoreCommon
 from kbproto._node import _Node
 from kbproto.auth import Signer, Verifier
 from kbproto.config import HubConfig
-from kbproto.ids import IdSource, LinkId
-from kbproto.messages import NodeInfo
+from kbproto.errors import LocalProtocolError
+from kbproto.ids import IdSource, LinkId, is_sha1
+from kbproto.messages import MAX_SIZE, NodeInfo
 from kbproto.state import LinkState
 from kbproto.trace import TraceSink
 
@@ -84,3 +85,44 @@ class HubCore(_CoreCommon):
         """
         assert self._node.hub_index is not None
         return self._node.hub_index.route(node_id)
+
+    # --- content the hub holds itself (docs/protocol.md §13) ----------------------------
+
+    def put_cached(self, sha1: str, size: int, now: float) -> None:
+        """The hub holds verified content ``sha1`` of ``size`` bytes itself (its relay
+        cache): it answers finds for it as a source (path: the content id) and reports
+        it to its parent like its subtree's content. Drain actions after calling.
+
+        Raises:
+            LocalProtocolError: malformed ``sha1`` or ``size``, or the hub already
+                holds ``Limits.max_own_content`` ids.
+        """
+        if not is_sha1(sha1):
+            raise LocalProtocolError(f"not a sha1: {sha1!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
+            raise LocalProtocolError(f"not a size: {size!r}")
+        index = self._node.hub_index
+        assert index is not None
+        raw = bytes.fromhex(sha1)
+        if index.own_size(raw) is None and index.own_count >= self._node.limits.max_own_content:
+            raise LocalProtocolError(
+                f"the hub holds {index.own_count} content ids itself already (max_own_content)"
+            )
+        index.put_own(raw, size)
+        self._node.flush_index()
+
+    def drop_cached(self, sha1: str, now: float) -> None:
+        """The hub no longer holds content ``sha1`` itself (no-op if it did not, or if
+        ``sha1`` is malformed). Drain actions after calling."""
+        if not is_sha1(sha1):
+            return
+        index = self._node.hub_index
+        assert index is not None
+        index.drop_own(bytes.fromhex(sha1))
+        self._node.flush_index()
+
+    def cached_count(self) -> int:
+        """Content ids the hub holds itself."""
+        index = self._node.hub_index
+        assert index is not None
+        return index.own_count

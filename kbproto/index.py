@@ -11,7 +11,9 @@ Three pure data structures, no links and no timers (the node wires them up):
     (``files_by_sha1``). Every change to a representative is reported to a callback.
 
 ``HubIndex``
-    A hub's view of its subtree. For every content id, the child links through which
+    A hub's view of its subtree, and of the content it holds itself (its relay
+    cache, docs/protocol.md §13: ``put_own``; reported upward like its subtree's, and
+    answered for by the hub as a source). For every content id, the child links through which
     it is reachable (``int`` for one link, a list for several: almost every id has one,
     and this keeps the table at one dict slot per id, docs/protocol.md and the 1,000,000-id
     memory benchmark). For each direct share child, its ``sha1 -> (path, size)`` map
@@ -286,6 +288,8 @@ class HubIndex:
     ) -> None:
         self._where: dict[bytes, int | list[int]] = {}
         self._where_peak = 0
+        #: Content the hub holds itself: raw id -> size.
+        self._own: dict[bytes, int] = {}
         self._children: dict[int, _Child] = {}
         self._on_content = on_content
         self._budget = budget
@@ -293,12 +297,35 @@ class HubIndex:
 
     @property
     def content_count(self) -> int:
-        """Distinct content ids reachable in the subtree."""
-        return len(self._where)
+        """Distinct content ids reachable in the subtree (the hub's own included)."""
+        return len(self._where) + sum(1 for raw in self._own if raw not in self._where)
 
     def content_keys(self) -> list[bytes]:
-        """Snapshot of reachable content ids (raw)."""
-        return list(self._where)
+        """Snapshot of reachable content ids (raw; the hub's own included)."""
+        return list(self._where) + [raw for raw in self._own if raw not in self._where]
+
+    # --- the hub's own content ----------------------------------------------------------
+
+    @property
+    def own_count(self) -> int:
+        """Content ids the hub holds itself."""
+        return len(self._own)
+
+    def own_size(self, raw: bytes) -> int | None:
+        """The size of content ``raw`` if the hub holds it itself, else None."""
+        return self._own.get(raw)
+
+    def put_own(self, raw: bytes, size: int) -> None:
+        """The hub holds content ``raw`` of ``size`` bytes itself (reported upward)."""
+        if self._own.get(raw) == size:
+            return
+        self._own[raw] = size
+        self._on_content(raw)
+
+    def drop_own(self, raw: bytes) -> None:
+        """The hub no longer holds content ``raw`` itself (no-op if it did not)."""
+        if self._own.pop(raw, None) is not None and raw not in self._where:
+            self._on_content(raw)
 
     def node_keys(self) -> list[bytes]:
         """Snapshot of routable node ids (ASCII bytes)."""
@@ -356,7 +383,7 @@ class HubIndex:
                 else:
                     ndrop.append(NodeId(key.decode()))
             else:
-                (cput if key in self._where else cdrop).append(key.hex())
+                (cput if key in self._where or key in self._own else cdrop).append(key.hex())
         return HubIndexUpdate(
             seq=seq,
             reset=reset,

@@ -17,7 +17,9 @@
   source whose announced length cannot be the list's (32 bytes per 1 MiB of the size
   the find gave) is skipped. Nothing else is checked here: only the reader's ``.prv``
   holds the root a list must hash to (``docs/security.md``, "Chunk digests");
-* ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, anything else to ``local``;
+* ``/ID/...`` for this node: ``GET /ID/api/nodeinfo`` here, a hub's cached content
+  (``/ID/download/SHA1``, ``/ID/sha1/SHA1``) from its relay cache, anything else to
+  ``local``;
 * ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
   and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
   node, 502 a node on the way failed, 504 timed out;
@@ -45,6 +47,13 @@ from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
+from kbtransport.cacheserve import (
+    JOIN_IDLE,
+    Tee,
+    cached_response,
+    is_plain_get,
+    joined_response,
+)
 from kbtransport.contentcheck import EMPTY_SHA1, BadSources, ContentCheck, covers_whole
 from kbtransport.http import (
     App,
@@ -57,6 +66,7 @@ from kbtransport.http import (
 from kbtransport.node import Node
 from kbtransport.origins import OriginPolicy
 from kbtransport.proxy_stream import ProxyResponse, StreamResetError
+from kbtransport.relaycache import RelayCache
 from kbtransport.served_streams import discard_response, request_from_target
 from kbtransport.usercontent import is_worker_request, user_content_headers
 
@@ -65,6 +75,7 @@ __all__ = (
     "PROXIED_RESPONSE_HEADERS",
     "NodeAppConfig",
     "build_node_app",
+    "cache_json",
     "find_body",
     "node_info_json",
     "own_node_app",
@@ -99,16 +110,35 @@ class NodeAppConfig:
             carries an ``Origin`` header is refused with 403.
         bad_sources_kept: the memory of sources caught sending wrong bytes for a
             content id (see the attribute's comment).
+        cache: a hub's relay cache (``kbtransport.relaycache``): content ids are
+            answered from it first, and whole proxied bodies fill it; None: no cache.
     """
 
     origins: OriginPolicy = field(default_factory=OriginPolicy)
     #: How many (share, content id) pairs that sent wrong bytes are remembered and not
     #: asked again (``kbtransport.contentcheck.BadSources``; ~200 bytes each).
     bad_sources_kept: int = 4096
+    cache: RelayCache | None = None
 
     def __post_init__(self) -> None:
         if self.bad_sources_kept < 1:
             raise ValueError("NodeAppConfig.bad_sources_kept must be positive")
+
+
+def cache_json(cache: RelayCache) -> dict[str, int]:
+    """The ``cache`` object of a hub's nodeinfo (docs/http.md): what its relay cache
+    holds and has done since the process started."""
+    stats = cache.stats
+    return {
+        "entries": cache.entries,
+        "bytes": cache.size,
+        "bound": cache.bound,
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "bytes_served": stats.bytes_served,
+        "fills": stats.fills,
+        "fills_dropped": stats.fills_dropped,
+    }
 
 
 def node_info_json(info: NodeInfo) -> dict[str, object]:
@@ -232,12 +262,16 @@ def _list_length(size: int) -> int:
 
 
 def proxied_response(
-    response: ProxyResponse, method: str, check: ContentCheck | None = None
+    response: ProxyResponse,
+    method: str,
+    check: ContentCheck | None = None,
+    tee: Tee | None = None,
 ) -> Response:
     """Turn a ``ProxyResponse`` into a streamed ``Response`` for our HTTP server.
 
     With ``check``, the body is checked against a content id as it streams and its end
-    is withheld unless it matches (``kbtransport.contentcheck``).
+    is withheld unless it matches (``kbtransport.contentcheck``). With ``tee``, the
+    body sent is also written into a relay cache fill, committed at its (checked) end.
 
     Only ``PROXIED_RESPONSE_HEADERS`` and the ``Content-Type`` are taken from the
     target's head; the user-content headers (``kbtransport.usercontent``) are this
@@ -254,7 +288,7 @@ def proxied_response(
     return Response(
         status=status,
         headers=headers,
-        body=StreamBody(chunks=_ProxyBody(response, empty, check), length=length),
+        body=StreamBody(chunks=_ProxyBody(response, empty, check, tee), length=length),
     )
 
 
@@ -264,10 +298,13 @@ class _ProxyBody:
     finished, even when iteration never started (a client gone before the first byte,
     or a HEAD answered from the head alone)."""
 
-    def __init__(self, response: ProxyResponse, empty: bool, check: ContentCheck | None) -> None:
+    def __init__(
+        self, response: ProxyResponse, empty: bool, check: ContentCheck | None, tee: Tee | None
+    ) -> None:
         self._response = response
         self._chunks = None if empty else response.iter_chunks()
         self._check = check
+        self._tee = None if empty else tee
 
     def __aiter__(self) -> _ProxyBody:
         return self
@@ -275,11 +312,31 @@ class _ProxyBody:
     async def __anext__(self) -> bytes:
         if self._chunks is None:
             raise StopAsyncIteration
-        if self._check is not None:
-            return await self._check.next_chunk(self._chunks)
-        return await self._chunks.__anext__()
+        tee = self._tee
+        if tee is None:
+            if self._check is not None:
+                return await self._check.next_chunk(self._chunks)
+            return await self._chunks.__anext__()
+        try:
+            if self._check is not None:
+                chunk = await self._check.next_chunk(self._chunks)
+            else:
+                chunk = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            self._tee = None
+            await tee.end()
+            raise
+        except BaseException:
+            self._tee = None
+            tee.abort()
+            raise
+        tee.feed(chunk)
+        return chunk
 
     async def aclose(self) -> None:
+        if self._tee is not None:
+            self._tee.abort()
+            self._tee = None
         if self._check is not None:
             self._check.close()
         if self._chunks is not None:
@@ -287,11 +344,22 @@ class _ProxyBody:
         await self._response.aclose()
 
 
-def own_node_app(node: Node, local: App) -> App:
-    """The app for requests addressed to ``node`` itself: nodeinfo here, else ``local``."""
+def own_node_app(node: Node, local: App, cache: RelayCache | None = None) -> App:
+    """The app for requests addressed to ``node`` itself: nodeinfo here, a hub's cached
+    content (``/ID/download/SHA1`` and ``/ID/sha1/SHA1``, what its find results name,
+    docs/protocol.md §13) from ``cache``, else ``local``."""
 
     async def app(request: Request) -> Response:
         segments = request.segments
+        if (
+            cache is not None
+            and len(segments) == 3
+            and segments[1] in ("download", "sha1")
+            and is_sha1(segments[2])
+            and request.method in ("GET", "HEAD")
+            and (hit := cached_response(request, cache, segments[2], segments[2])) is not None
+        ):
+            return hit
         if (
             len(segments) in (3, 4)
             and segments[1:3] == ("api", "nodeinfo")
@@ -327,6 +395,9 @@ async def _nodeinfo(node: Node) -> Response:
         payload["child_hubs"] = hubs
         payload["child_leaf_nodes"] = leaves
     payload["metrics"] = node.metrics.to_json(node.clock.now())
+    cache = node.metrics.relay_cache
+    if cache is not None:
+        payload["cache"] = cache_json(cache)
     return json_response(200, payload)
 
 
@@ -336,7 +407,8 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
     config = config if config is not None else NodeAppConfig()
     origins = config.origins
     bad_sources = BadSources(config.bad_sources_kept)
-    own = own_node_app(node, local)
+    cache = config.cache
+    own = own_node_app(node, local, cache)
     own_url = node.info.listen_url
 
     metrics = node.metrics
@@ -401,6 +473,57 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
 
         return ContentCheck(sha1, mismatch)
 
+    async def cached_or(
+        request: Request, sha1: str, fetch: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """The relay cache's answer for content ``sha1`` (an entry, or a fill in
+        progress to join), else ``fetch()``'s. Single flight: while one plain GET
+        fetches ``sha1`` upstream, others wait (``JOIN_IDLE`` at most) for its fill to
+        begin, then join it; if it does not fill, they fetch themselves."""
+        if cache is None or request.method not in ("GET", "HEAD"):
+            return await fetch()
+        answer = cached_response(request, cache, sha1, sha1) or joined_response(
+            request, cache, sha1, sha1
+        )
+        if answer is not None:
+            return answer
+        cache.stats.misses += 1
+        if not is_plain_get(request):
+            return await fetch()
+        if not cache.claim(sha1):
+            await cache.wait_claim(sha1, JOIN_IDLE)
+            joined = joined_response(request, cache, sha1, sha1) or cached_response(
+                request, cache, sha1, sha1
+            )
+            return joined if joined is not None else await fetch()
+        try:
+            return await fetch()
+        finally:
+            cache.release(sha1)
+
+    def cache_tee(
+        request: Request, response: ProxyResponse, sha1: str, *, checked: bool
+    ) -> Tee | None:
+        """A tee filling the cache with ``response``'s body: a whole 200 for a GET
+        asking no range (ranged requests never fill; docs/protocol.md, "Relay cache")."""
+        length = response.content_length
+        if (
+            cache is None
+            or request.method != "GET"
+            or response.status != 200
+            or length is None
+            or request.header("range") is not None
+        ):
+            return None
+        fill = cache.begin(sha1, length)
+        return None if fill is None else Tee(fill, checked=checked)
+
+    def etag_sha1(response: ProxyResponse) -> str:
+        """The content id a share named in its ``ETag`` (``"SHA1"``), else ""."""
+        etag = (response.header("etag") or "").strip()
+        inner = etag[1:-1].lower() if len(etag) == 42 and etag[0] == etag[-1] == '"' else ""
+        return inner if is_sha1(inner) else ""
+
     def lies_at_once(response: ProxyResponse, source: str, sha1: str) -> bool:
         """True (and ``source`` remembered) if the head alone shows a lie: the whole
         content in 0 bytes for an id that is not the empty content's. Such a response
@@ -416,13 +539,21 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         return True
 
     async def proxy(request: Request, node_id: str) -> Response:
-        target = request.target.decode("ascii")
         segments = request.segments
         # /ID/sha1/SHA1 names its content: it is checked like /sha1/SHA1.
         sha1 = segments[2].lower() if len(segments) == 3 and segments[1] == "sha1" else ""
         named = is_sha1(sha1)
         if named and bad_sources.has(node_id, sha1):
             return error_response(502, "That node sent wrong bytes for this content")
+        if named:
+            return await cached_or(request, sha1, lambda: fetch(request, node_id, sha1))
+        return await fetch(request, node_id, "")
+
+    async def fetch(request: Request, node_id: str, sha1: str) -> Response:
+        """``proxy``'s request to ``node_id``; ``sha1`` if the target names content."""
+        target = request.target.decode("ascii")
+        segments = request.segments
+        named = bool(sha1)
         try:
             response = await node.open_request(
                 node_id, request.method, target, _forwarded(request), client=_client(request)
@@ -432,11 +563,23 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
         if not named:
-            return proxied_response(response, request.method)
+            # A download by path whose ETag names its content may fill the cache: the
+            # tee hashes it and keeps it only if it hashes to that id.
+            named_by_etag = (
+                etag_sha1(response) if len(segments) > 2 and segments[1] == "download" else ""
+            )
+            tee = (
+                cache_tee(request, response, named_by_etag, checked=False)
+                if named_by_etag
+                else None
+            )
+            return proxied_response(response, request.method, tee=tee)
         if lies_at_once(response, node_id, sha1):
             await response.aclose()
             return error_response(502, "That node sent wrong bytes for this content")
-        return proxied_response(response, request.method, content_check(response, node_id, sha1))
+        check = content_check(response, node_id, sha1)
+        tee = cache_tee(request, response, sha1, checked=True) if check is not None else None
+        return proxied_response(response, request.method, check, tee)
 
     async def from_holders(
         request: Request,
@@ -503,9 +646,16 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                 await response.aclose()
                 return False, error_response(502, "Every source of this content sent wrong bytes")
             check = content_check(response, source, content)
-            return True, proxied_response(response, request.method, check)
+            tee = cache_tee(request, response, content, checked=True) if check is not None else None
+            return True, proxied_response(response, request.method, check, tee)
 
-        return await from_holders(request, sha1, "", "Content not found", checked)
+        if not is_sha1(sha1.lower()):
+            return await from_holders(request, sha1, "", "Content not found", checked)
+        return await cached_or(
+            request,
+            sha1.lower(),
+            lambda: from_holders(request, sha1, "", "Content not found", checked),
+        )
 
     async def chunks_by_sha1(request: Request, sha1: str) -> Response:
         async def sized(response: ProxyResponse, result: FindResult) -> tuple[bool, Response]:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kbtransport.relaycache import RelayCache
+
 __all__ = ("NodeMetrics", "ServerCounters")
 
 
@@ -59,6 +61,7 @@ class NodeMetrics:
         network_requests, finds: request counts.
         tree_file_bytes: own file bytes sent into the tree.
         tree_stream_bytes: streamed (other nodes') bytes sent into the tree.
+        relay_cache: the hub's relay cache, if it has one.
     """
 
     started: float
@@ -67,6 +70,8 @@ class NodeMetrics:
     finds: int = 0
     tree_file_bytes: int = 0
     tree_stream_bytes: int = 0
+    #: A hub's relay cache, reported as nodeinfo's ``cache`` (None: no cache).
+    relay_cache: RelayCache | None = None
 
     def to_json(self, now: float) -> dict[str, int]:
         """The ``metrics`` object of nodeinfo at time ``now`` (the node clock's)."""

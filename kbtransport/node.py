@@ -19,6 +19,7 @@ parent dial).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
+from kbproto.errors import LocalProtocolError
 from kbproto.events import (
     ChildJoined,
     Event,
@@ -424,6 +426,32 @@ class Node:
         share = self._share()
         items = list(sha1s)
         await self.driver.call(lambda now: share.content_changed(items, now))
+
+    def note_cached(self, sha1: str, size: int | None) -> None:
+        """Hub only: its relay cache now holds content ``sha1`` of ``size`` bytes (None:
+        no longer). The core then answers finds for it as a source and reports it to
+        the parent (``HubCore.put_cached``). Never blocks; ignored on a share."""
+        if size is None:
+            core = self._core
+            if isinstance(core, HubCore):
+                self.driver.post(lambda now: core.drop_cached(sha1, now))
+            return
+        self.note_all_cached([(sha1, size)])
+
+    def note_all_cached(self, entries: list[tuple[str, int]]) -> None:
+        """Hub only: ``note_cached`` for each ``(sha1, size)``, in one driver step (the
+        entries a restarted hub kept). Never blocks; ignored on a share."""
+        core = self._core
+        if not isinstance(core, HubCore):
+            return
+
+        def put(now: float) -> None:
+            for sha1, size in entries:
+                # Past Limits.max_own_content an entry is served, just not announced.
+                with contextlib.suppress(LocalProtocolError):
+                    core.put_cached(sha1, size, now)
+
+        self.driver.post(put)
 
     def _share(self) -> ShareCore:
         if not isinstance(self._core, ShareCore):

@@ -221,9 +221,15 @@ async def serve_node(
             join_budget=join_budget,
             upload_limit=server.upload_limit,
         )
-        node.request_app = own_node_app(node, local_app)
+        cache = app_config.cache if app_config is not None else None
+        node.metrics.relay_cache = cache
+        node.request_app = own_node_app(node, local_app, cache)
         node.http_app = build_node_app(node, local_app, app_config)
         await tg.start(node.run)
+        if cache is not None:
+            # A hub announces what its relay cache holds, now and as it changes.
+            cache.on_change = node.note_cached
+            node.note_all_cached(cache.sizes())
         app.set(node.http_app)
         handle = NodeHandle(node, address, tg.cancel_scope)
         try:

@@ -62,6 +62,10 @@ SMOKE_RUNS = {
         ["throughput ratio", "reads/s ratio"],
     ),
     "bench_share_scale.py": (["--files", "300"], ["ratio first index / kb-prv-create"]),
+    "bench_relay_cache.py": (
+        ["--rounds", "1", "--size-mib", "4"],
+        ["x direct", "ratio to the file's size"],
+    ),
     "bench_sim.py": (
         [
             *("--hubs", "22", "--shares", "30", "--ids", "2000"),

@@ -157,6 +157,13 @@ def make_app(kind: NodeType) -> typer.Typer:
         help="Index entries a child that joined without the passcode may hold, per node"
         " it proves (default 1000000; saved in kbnode.json).",
     )
+    cache_size_opt = typer.Option(
+        None,
+        "--cache-size",
+        metavar="SIZE",
+        help="Bound of the relay cache of proxied content in DIR/.kbucket/cache (500M, 20G;"
+        " 0 = off; default 1G; saved in kbnode.json).",
+    )
 
     if kind == "leaf":
 
@@ -226,6 +233,7 @@ def make_app(kind: NodeType) -> typer.Typer:
             tls_key: Path | None = tls_key_opt,
             index_budget: int | None = index_budget_opt,
             open_child_quota: int | None = open_quota_opt,
+            cache_size: str | None = cache_size_opt,
             port: int | None = port_opt,
             bind_host: str | None = host_opt,
             auto: bool = auto_opt,
@@ -253,6 +261,7 @@ def make_app(kind: NodeType) -> typer.Typer:
                 tls_key=tls_key,
                 index_budget=index_budget,
                 open_child_quota=open_child_quota,
+                cache_size=cache_size,
                 port=port,
                 host=bind_host,
                 auto=auto,

@@ -219,6 +219,30 @@ def _metrics_rows(metrics: Mapping[str, Any], is_hub: bool) -> list[tuple[str, C
     return rows
 
 
+def _cache_rows(cache: Mapping[str, Any]) -> list[tuple[str, Child]]:
+    """A hub's relay cache from nodeinfo's ``cache`` (docs/http.md): what it holds and
+    what it answered (nothing when the hub reports no cache)."""
+    entries, size, bound = (_count(cache.get(k)) for k in ("entries", "bytes", "bound"))
+    if entries is None or size is None or bound is None:
+        return []
+    hits, misses, served = (_count(cache.get(k)) for k in ("hits", "misses", "bytes_served"))
+    rows: list[tuple[str, Child]] = [
+        (
+            "Relay cache",
+            f"{plural(entries, 'file')}, {human_size(size)} of {human_size(bound)}",
+        )
+    ]
+    if hits is not None and misses is not None and served is not None:
+        rows.append(
+            (
+                "Cache use",
+                f"{plural(hits, 'hit')}, {misses:,} miss{'' if misses == 1 else 'es'}, "
+                f"{human_size(served)} sent from the cache",
+            )
+        )
+    return rows
+
+
 def node_view(nodeinfo: Mapping[str, Any], node_id: str) -> tuple[bool, list[ET.Element]]:
     """The header and details of a node page, and a hub's child lists.
 
@@ -282,6 +306,7 @@ def node_view(nodeinfo: Mapping[str, Any], node_id: str) -> tuple[bool, list[ET.
                 ("Listen URL", _external(listen) if listen else None),
                 ("Parent hub", parent_cell),
                 *_metrics_rows(_obj(nodeinfo.get("metrics")), is_hub),
+                *_cache_rows(_obj(nodeinfo.get("cache"))),
             ]
         ),
     )
@@ -669,8 +694,11 @@ def find_view(
     )
     if results:
         tbody = h("tbody")
+        # A hub's cached copy has the content id as its path (docs/protocol.md §13):
+        # it is saved under a share's name for the same content when there is one.
+        named = next((p.rsplit("/", 1)[-1] for _, p, _ in results if p != sha1), sha1)
         for share_id, path, result_size in results:
-            filename = shown_name or path.rsplit("/", 1)[-1]
+            filename = shown_name or (named if path == sha1 else path.rsplit("/", 1)[-1])
             folder = path.rsplit("/", 1)[0] if "/" in path else ""
             tbody.append(
                 h(

@@ -24,6 +24,7 @@ from kbapps.nodesetup import (
     wants_tls,
 )
 from kbproto.config import Limits
+from kbtransport.relaycache import DEFAULT_CACHE_SIZE
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "legacy_node" / "dot-kbucket"
 
@@ -752,6 +753,47 @@ def test_a_bad_saved_index_budget_is_one_line_naming_the_file(tmp_path: Path) ->
 def test_index_budget_options_are_hub_options(share_dir: Path) -> None:
     with pytest.raises(ValueError, match="hub options"):
         run(share_dir, auto=True, index_budget=5)
+
+
+# --- the relay cache's bound (docs/protocol.md, "Relay cache") ----------------------------
+
+
+def test_cache_size_is_saved_with_its_default_and_the_option_wins(tmp_path: Path) -> None:
+    run(tmp_path, "hub", auto=True, scientific_research="yes")
+    assert saved(tmp_path)["cache_size"] == DEFAULT_CACHE_SIZE
+    setup, _ = run(tmp_path, "hub", auto=True, cache_size="500M")
+    assert (saved(tmp_path)["cache_size"], setup.config.cache_size) == (500 << 20, 500 << 20)
+    assert run(tmp_path, "hub", auto=True)[0].config.cache_size == 500 << 20
+    run(tmp_path, "hub", auto=True, cache_size="0")
+    assert saved(tmp_path)["cache_size"] == 0
+    # A hand edit may give a unit.
+    path = tmp_path / ".kbucket" / "kbnode.json"
+    config = json.loads(path.read_text())
+    config["cache_size"] = "20G"
+    path.write_text(json.dumps(config))
+    assert run(tmp_path, "hub", auto=True)[0].config.cache_size == 20 << 30
+
+
+def test_a_bad_cache_size_is_one_line(tmp_path: Path) -> None:
+    error = fails(tmp_path, "hub", auto=True, scientific_research="yes", cache_size="lots")
+    assert (
+        str(error) == "--cache-size: not a size: 'lots' (bytes, or with K, M, G or T: 500M, 20G, 0)"
+    )
+    assert error.exit_code == 2
+    run(tmp_path, "hub", auto=True, scientific_research="yes")
+    path = tmp_path / ".kbucket" / "kbnode.json"
+    config = json.loads(path.read_text())
+    config["cache_size"] = -1
+    path.write_text(json.dumps(config))
+    error = fails(tmp_path, "hub", auto=True)
+    assert str(error).startswith(f"{path}: field 'cache_size' must be a size in bytes")
+
+
+def test_cache_size_is_a_hub_option(share_dir: Path) -> None:
+    with pytest.raises(ValueError, match="hub options"):
+        run(share_dir, auto=True, cache_size="1G")
+    run(share_dir, auto=True, scientific_research="yes", confirm_share="yes")
+    assert "cache_size" not in saved(share_dir)
 
 
 # --- the upload rate limit (kbucket-host --max-upload-rate) --------------------------------

@@ -68,9 +68,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         (s_dir / "escape.txt").symlink_to(secret)
         (work / "T").mkdir()
         (work / "T" / "t.txt").write_text("a file of share T\n")
-        a = procs.node("kbucket-hub", work / "A", name="hub-A")
+        # No relay cache: this module pins the proxy path (finds, resumes with S frozen);
+        # a hub answering from its cache is tests/e2e/test_relay_cache.py.
+        nocache = ("--cache-size", "0")
+        a = procs.node("kbucket-hub", work / "A", *nocache, name="hub-A")
         # B and T start together; S as soon as B listens.
-        b = procs.launch("kbucket-hub", work / "B", name="hub-B", parent=a, wait_joined=False)()
+        b = procs.launch(
+            "kbucket-hub", work / "B", *nocache, name="hub-B", parent=a, wait_joined=False
+        )()
         t_ready = procs.launch("kbucket-host", work / "T", name="share-T", parent=a)
         s = procs.node("kbucket-host", s_dir, "--listen-url", UNREACHABLE, name="share-S", parent=b)
         b.proc.wait_line(r"Connected to parent hub: hub-A$")

@@ -24,6 +24,7 @@ from kbproto.auth import node_id_from_public_pem
 from kbproto.ids import Sha1
 from kbproto.messages import NodeInfo
 from kbtransport.http_server import ServerConfig
+from kbtransport.httpapi import NodeAppConfig
 from kbtransport.join_guard import JoinBudget, RefusalSummary
 from kbtransport.listener import BoundAddress, ListenConfig
 from kbtransport.node import NodeHooks
@@ -123,6 +124,7 @@ class Tree:
         uplink: bool = True,
         stream_budget: StreamBudget | None = None,
         join_budget: JoinBudget | None = None,
+        app_config: NodeAppConfig | None = None,
     ) -> NodeHandle:
         signer = self._signer()
         parent_url = self.handles[parent].local_url if parent else None
@@ -149,6 +151,7 @@ class Tree:
                 uplink=uplink,
                 stream_budget=stream_budget,
                 join_budget=join_budget,
+                app_config=app_config,
             )
         )
         self.handles[name] = handle

@@ -218,6 +218,11 @@ def _run_network(procs: Procs, base: Path) -> WebNetwork:
         "Data Services Team",
         "--owner-email",
         "data@example.org",
+        # No relay cache: the session-wide network's finds must not depend on which
+        # test downloaded first (a hub lists itself for content it cached; that is
+        # tested in tests/e2e/test_relay_cache.py and tests/web/test_web_pages.py).
+        "--cache-size",
+        "0",
         name="KBucket demo hub",
     )
     subhub = procs.node(
@@ -227,6 +232,8 @@ def _run_network(procs: Procs, base: Path) -> WebNetwork:
         "Hub for the lab's recording machines.",
         "--owner",
         "Lab IT",
+        "--cache-size",
+        "0",
         name="Lab hub (electrophysiology)",
         parent=hub,
     )

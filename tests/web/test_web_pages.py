@@ -279,3 +279,43 @@ def test_any_json_renders(nodeinfo: object, listing: object, found: object) -> N
             page = render(query, routes)
             audit(page.html)
             json.dumps(page.status)
+
+
+def test_a_hub_page_shows_its_relay_cache() -> None:
+    nodeinfo = hostile_nodeinfo("hub", "hub")
+    nodeinfo["cache"] = {
+        "entries": 3,
+        "bytes": 5 * 1024**2,
+        "bound": 1024**3,
+        "hits": 7,
+        "misses": 1,
+        "bytes_served": 2 * 1024**2,
+    }
+    html = render({}, {f"/{HUB}/api/nodeinfo": (200, nodeinfo)}).html
+    assert b"Relay cache" in html
+    assert b"3 files, 5.2 MB of 1.1 GB" in html
+    assert b"7 hits, 1 miss, 2.1 MB sent from the cache" in html
+    nodeinfo["cache"] = {"entries": "x", "bytes": -1}  # malformed: left out
+    assert b"Relay cache" not in render({}, {f"/{HUB}/api/nodeinfo": (200, nodeinfo)}).html
+
+
+def test_a_hubs_cached_copy_is_saved_under_the_shares_name() -> None:
+    results = [
+        {"kbshare_id": HUB, "path": SHA1, "size": 3},  # the hub's relay cache
+        {"kbshare_id": SHARE, "path": "dir/a.dat", "size": 3},
+    ]
+    find = {"success": True, "found": True, "size": 3, "urls": [], "results": results}
+    routes: dict[str, tuple[int, object]] = {f"/find/{SHA1}": (200, find)}
+    saved = [
+        a.get("download")
+        for t, a in audit(render({"find": SHA1}, routes).html).tags
+        if t == "a" and "download" in a
+    ]
+    assert saved == ["a.dat", "a.dat"]
+    find["results"] = results[:1]  # the cache alone: named by its content id
+    saved = [
+        a.get("download")
+        for t, a in audit(render({"find": SHA1}, routes).html).tags
+        if t == "a" and "download" in a
+    ]
+    assert saved == [SHA1]

@@ -1,0 +1,224 @@
+"""Relay cache benchmark: a hub answering from its cache, and a share's uplink bytes.
+
+Not part of the test run. Everything runs on 127.0.0.1 with real processes
+(``kbucket-host``, ``kbucket-hub``, ``curl``), every wait is bounded, and every process
+started here is stopped at the end (SIGTERM, bounded wait, SIGKILL).
+
+In ONE run:
+
+(a) ``curl`` of a file from the hub's relay cache (``<hub>/sha1/SHA1``, the second
+    download of it through the hub) next to ``curl`` of the same file straight from a
+    reachable share (``<share>/ID/download/PATH``), interleaved rounds after a warm-up
+    round (which fills the cache and checks the bytes). Target: cache >= 0.9x direct.
+(b) The share's uplink bytes (``bytes_served_to_network`` of its nodeinfo) for ten
+    simultaneous ``curl``s of a second file, new to the hub, through the hub with its
+    cache on, next to the same through a hub with ``--cache-size 0``. Target: 1x the
+    file's size with the cache.
+
+Usage: python benchmarks/bench_relay_cache.py [--rounds 3] [--size-mib 1024] [--dir DIR]
+Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from _peers import cpu_seconds, fmt, free_port
+from bench_network import Procs, command, make_big, node_args
+
+ROOT = Path(__file__).resolve().parent.parent
+DOWNLOADS = 10
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        value = json.loads(response.read())
+    assert isinstance(value, dict)
+    return value
+
+
+def start_hub(procs: Procs, work: Path, env: dict[str, str], name: str, cache: str) -> str:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    (work / name).mkdir(exist_ok=True)
+    argv = node_args(name, port, url, ".")
+    procs.start(name, command("kbucket-hub", str(work / name), *argv, "--cache-size", cache), env)
+    procs.wait_line(name, r"kbucket-hub is running http on port")
+    return url
+
+
+def start_share(procs: Procs, work: Path, env: dict[str, str], name: str, hub: str) -> str:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [*node_args(name, port, url, hub), "--confirm-share", "yes"]
+    procs.start(name, command("kbucket-host", str(work / name), *argv), env)
+    procs.wait_line(name, r"^Indexed \d+ files?\.$", timeout=600)
+    procs.wait_line(name, r"^Connected to parent hub: ")
+    node_id = json.loads((work / name / ".kbucket" / "kbnode.json").read_text())["node_id"]
+    assert isinstance(node_id, str)
+    return node_id
+
+
+def wait_found(hub: str, sha1: str) -> None:
+    deadline = time.monotonic() + 120
+    while not get_json(f"{hub}/find/{sha1}")["found"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{sha1} not findable at {hub} after 120 s")
+        time.sleep(0.2)
+
+
+def curl(url: str, size: int) -> float:
+    start = time.perf_counter()
+    got = subprocess.run(
+        ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    assert int(got.stdout) == size, (url, got.stdout)
+    return time.perf_counter() - start
+
+
+def curl_sha1(url: str) -> str:
+    got = subprocess.run(
+        ["sh", "-c", f"curl -sf {url} | sha1sum"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    )
+    return got.stdout.split()[0]
+
+
+def uplink_bytes(hub: str, share_id: str) -> int:
+    metrics = get_json(f"{hub}/{share_id}/api/nodeinfo")["metrics"]
+    assert isinstance(metrics, dict)
+    sent = metrics["bytes_served_to_network"]
+    assert isinstance(sent, int)
+    return sent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args()
+    size = args.size_mib << 20
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        procs = Procs(work)
+        try:
+            for name in ("share", "share-nocache"):
+                (work / name).mkdir()
+            print("Writing and hashing the files ...", file=sys.stderr, flush=True)
+            sha1 = make_big(work / "share" / "a.bin", args.size_mib)
+            # The second file: other (random) bytes, new to the hubs.
+            second = make_big(work / "share" / "b.bin", args.size_mib)
+            (work / "share-nocache" / "b.bin").hardlink_to(work / "share" / "b.bin")
+            cache_bound = f"{4 * args.size_mib + 8}M"
+            hub = start_hub(procs, work, env, "hub", cache_bound)
+            hub0 = start_hub(procs, work, env, "hub-nocache", "0")
+            share_id = start_share(procs, work, env, "share", hub)
+            share0_id = start_share(procs, work, env, "share-nocache", hub0)
+            share_url = procs.wait_line("share", r"running http on port (\d+)").group(1)
+            for h, s in ((hub, sha1), (hub, second), (hub0, second)):
+                wait_found(h, s)
+
+            # (a) from the cache vs direct from the share.
+            routes = {
+                "hub's relay cache: <hub>/sha1/SHA1": f"{hub}/sha1/{sha1}",
+                "direct from the share: <share>/ID/download/PATH": (
+                    f"http://127.0.0.1:{share_url}/{share_id}/download/a.bin"
+                ),
+            }
+            pids = {name: popen.pid for name, popen in procs.all}
+            servers = dict(zip(routes, ("hub", "share"), strict=True))
+            walls: dict[str, list[float]] = {label: [] for label in routes}
+            cpus: dict[str, list[float]] = {label: [] for label in routes}
+            for round_no in range(args.rounds + 1):
+                print(f"round {round_no}", file=sys.stderr, flush=True)
+                for label, url in routes.items():
+                    if round_no == 0:  # warm-up: fills the cache, checks the bytes
+                        assert curl_sha1(url) == sha1, label
+                        continue
+                    before = cpu_seconds(pids[servers[label]])
+                    walls[label].append(curl(url, size))
+                    cpus[label].append(cpu_seconds(pids[servers[label]]) - before)
+                if round_no == 0:  # the fill commits just after the last byte went out
+                    deadline = time.monotonic() + 120
+                    cache = _cache(hub, work)
+                    while cache["entries"] != 1:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"the cache did not fill: {cache}")
+                        time.sleep(0.1)
+                        cache = _cache(hub, work)
+            mb = size / 1e6
+            direct = list(routes)[1]
+            print(f"\n### (a) curl of {args.size_mib} MiB, {args.rounds} interleaved rounds\n")
+            print("| route | MB/s | wall s | server CPU s per GiB | throughput ratio |")
+            print("|---|---|---|---|---|")
+            gib = size / (1 << 30)
+            for label in routes:
+                ratio = [d / w for d, w in zip(walls[direct], walls[label], strict=True)]
+                print(
+                    f"| {label} | {fmt([mb / w for w in walls[label]])} "
+                    f"| {fmt(walls[label], 3)} | {fmt([c / gib for c in cpus[label]], 2)} "
+                    f"| {fmt(ratio, 2)} x direct |"
+                )
+
+            # (b) ten simultaneous downloads of a new file: the share's uplink bytes.
+            size2 = size
+            print(f"\n### (b) share uplink for {DOWNLOADS} simultaneous downloads\n")
+            print("| hub | share uplink bytes | ratio to the file's size | wall s |")
+            print("|---|---|---|---|")
+            for label, h, s in (
+                ("relay cache on", hub, share_id),
+                ("--cache-size 0", hub0, share0_id),
+            ):
+                before = uplink_bytes(h, s)
+                url = f"{h}/sha1/{second}"
+                start = time.perf_counter()
+                curls = [
+                    subprocess.Popen(
+                        [*("curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}"), url],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                    for _ in range(DOWNLOADS)
+                ]
+                for popen in curls:
+                    out, _ = popen.communicate(timeout=900)
+                    assert popen.returncode == 0, label
+                    assert int(out) == size2, (label, out)
+                wall = time.perf_counter() - start
+                sent = uplink_bytes(h, s) - before
+                print(f"| {label} | {sent:,} | {sent / size2:.2f} x | {wall:.2f} |")
+        finally:
+            procs.close()
+    return 0
+
+
+def _hub_id(work: Path, name: str) -> str:
+    node_id = json.loads((work / name / ".kbucket" / "kbnode.json").read_text())["node_id"]
+    assert isinstance(node_id, str)
+    return node_id
+
+
+def _cache(hub: str, work: Path) -> dict[str, int]:
+    cache = get_json(f"{hub}/{_hub_id(work, 'hub')}/api/nodeinfo")["cache"]
+    assert isinstance(cache, dict)
+    return cache
+
+
+if __name__ == "__main__":
+    sys.exit(main())
