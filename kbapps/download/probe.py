@@ -66,11 +66,9 @@ async def one_source_first(
     emit: EventSink,
     label: str,
     dead: DeadOrigins,
-    ramp: SourceRamp | None = None,
 ) -> tuple[str, int, int, list[SourceFailure]] | Switched:
     """Download ``part`` from ``sources`` one at a time (``download_from_sources``)
-    until it is done or ``ramp`` (by default a ``SourceRamp`` starting now) says to
-    engage more sources.
+    until it is done or a ``SourceRamp`` fed from now on says to engage more sources.
 
     Returns:
         ``download_from_sources``'s result, or ``Switched`` when it was stopped for
@@ -80,8 +78,7 @@ async def one_source_first(
     Raises:
         DownloadFailedError: every source failed (as ``download_from_sources``).
     """
-    if ramp is None:
-        ramp = SourceRamp(part.prv.size, _reading(part))
+    ramp = SourceRamp(part.prv.size, _reading(part))
     result = None
     failed: Exception | None = None
     asked: list[str] = []
