@@ -88,6 +88,7 @@ class SourceRamp:
         self.busy = busy
         self.min_left = min_left
         self._start = start
+        self._flowing = False
         #: The last window's CPU fraction and rate (bytes per second), once one ended.
         self.fraction: float | None = None
         self.rate: float | None = None
@@ -95,8 +96,11 @@ class SourceRamp:
     def feed(self, now: Reading) -> bool:
         """Take the readings ``now``; True when more sources should be engaged now."""
         wall = now.wall - self._start.wall
-        if now.done < self._start.done:
-            self._start = now  # the part was emptied: measure afresh
+        if now.done < self._start.done or not self._flowing:
+            # Before the first byte (a request's set-up is not the source's rate), or
+            # the part was emptied: measure afresh.
+            self._flowing = now.done > self._start.done
+            self._start = now
             return False
         if wall < self.window:
             return False

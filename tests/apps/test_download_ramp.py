@@ -11,8 +11,17 @@ MB = 1_000_000
 SIZE = 1000 * MB
 
 
+def flowing(size: int, at: Reading, **kw: float) -> SourceRamp:
+    """A ramp whose first bytes arrived at ``at`` (its first window starts there)."""
+    rule = SourceRamp(size, Reading(at.wall - 5.0, at.cpu - 5.0, at.done - 1), **kw)
+    assert not rule.feed(Reading(at.wall - 4.0, at.cpu - 4.0, at.done - 1))  # no bytes
+    assert not rule.feed(at)  # the first bytes: the window starts
+    assert rule.fraction is None
+    return rule
+
+
 def ramp(**kw: float) -> SourceRamp:
-    return SourceRamp(SIZE, Reading(0.0, 0.0, 0), **kw)
+    return flowing(SIZE, Reading(0.0, 0.0, 0), **kw)
 
 
 def test_a_slow_source_with_an_idle_client_engages_more() -> None:
@@ -52,24 +61,36 @@ def test_a_stalled_source_engages_more() -> None:
 def test_little_left_finishes_on_one_source() -> None:
     # 10 MB/s with under MIN_LEFT seconds of it left: not worth a switch.
     left = int(10 * MB * MIN_LEFT * 0.9)
-    rule = SourceRamp(100 * MB, Reading(0.0, 0.0, 90 * MB - left))
+    rule = flowing(100 * MB, Reading(0.0, 0.0, 90 * MB - left))
     assert not rule.feed(Reading(1.0, 0.05, 100 * MB - left))
     assert rule.rate == pytest.approx(10 * MB)
     # The same rate with more left: engage.
-    rule = SourceRamp(100 * MB, Reading(0.0, 0.0, 50 * MB))
+    rule = flowing(100 * MB, Reading(0.0, 0.0, 50 * MB))
     assert rule.feed(Reading(1.0, 0.05, 60 * MB))
     # Complete: nothing left at all.
-    rule = SourceRamp(100 * MB, Reading(0.0, 0.0, 90 * MB))
+    rule = flowing(100 * MB, Reading(0.0, 0.0, 90 * MB))
     assert not rule.feed(Reading(1.0, 0.05, 100 * MB))
 
 
 def test_an_emptied_part_restarts_the_window() -> None:
     rule = ramp()
     assert not rule.feed(Reading(1.0, 1.0, 300 * MB))  # busy: the next window starts
-    assert not rule.feed(Reading(1.6, 1.0, 0))  # wrong bytes: the part was emptied
-    assert not rule.feed(Reading(1.6 + WINDOW / 2, 1.0, MB))  # a new window, not over
-    assert rule.feed(Reading(1.6 + WINDOW, 1.0, 2 * MB))
+    assert not rule.feed(Reading(1.5, 1.0, 0))  # wrong bytes: the part was emptied
+    assert not rule.feed(Reading(1.75, 1.0, 0))  # no bytes yet: no window
+    assert not rule.feed(Reading(2.0, 1.0, MB))  # bytes again: a new window starts
+    assert not rule.feed(Reading(2.0 + WINDOW / 2, 1.0, 2 * MB))
+    assert rule.feed(Reading(2.0 + WINDOW, 1.0, 3 * MB))
     assert rule.rate == pytest.approx(2 * MB / WINDOW)
+
+
+def test_a_request_being_set_up_is_not_judged() -> None:
+    # Seconds without a first byte (connecting, the source opening the file) say
+    # nothing about the source's rate; the first window starts with the first bytes.
+    rule = SourceRamp(SIZE, Reading(0.0, 0.0, 0))
+    assert not rule.feed(Reading(3 * WINDOW, 0.0, 0))
+    assert rule.fraction is None
+    assert not rule.feed(Reading(4 * WINDOW, 0.0, MB))
+    assert rule.feed(Reading(5 * WINDOW, 0.0, 2 * MB))
 
 
 def test_bad_parameters_are_refused() -> None:
