@@ -6,7 +6,10 @@ fake readings (``tests/apps/test_download_ramp.py``).
 
 A large file found on several nodes starts from one source, the best (the plain
 one-source path, whole-file SHA-1 only). Over each *window* of at least
-``window`` seconds, the rule compares the client's CPU time to the wall time:
+``window`` seconds, the first starting with the first bytes (a request's set-up says
+nothing of the source's rate), the rule compares the client's CPU time to the wall
+time (its CPU *demand*: the time it ran, plus the time it was ready to run but
+waited for a CPU taken by other processes, ``probe.cpu_demand``):
 
 - the client's process used ``busy`` of one core or more (``cpu / wall >= busy``):
   the client, checking and writing the bytes, sets the pace, not the source; another
@@ -20,8 +23,10 @@ one-source path, whole-file SHA-1 only). Over each *window* of at least
   source, the digest list and a re-read of the bytes already on disk).
 
 Each window that does not engage starts the next one, so a source that slows down
-later (or stalls: no bytes, no CPU) still brings the others in. Bytes going down (a
-source's wrong bytes emptied the part) restart the window.
+later (or stalls after its first bytes: no bytes, no CPU) still brings the others
+in. Bytes going down (a source's wrong bytes emptied the part) restart the wait for
+the first bytes. A source that never sends is dropped by the time-outs
+(``--min-speed``, the read time-out), and the next URL is tried.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ WINDOW = 0.25
 #: The CPU fraction (of one core) at which the client counts as the bottleneck. A
 #: source-bound transfer uses a few percent (8 MB/s: ~0.05 here); a client-bound one
 #: a whole core or more (the event loop and the writer thread). A quarter leaves room
-#: for a loaded machine, where a busy client gets only part of a core.
+#: for a loaded machine; the time a client waits for a CPU counts as busy, so a
+#: starved client is not taken for an idle one (measured: without it, an unpaced
+#: transfer starved to 25 % of a core engaged a second source).
 BUSY = 0.25
 #: Seconds of transfer left at the current rate under which switching is not worth it.
 MIN_LEFT = 1.0
@@ -50,7 +57,8 @@ class Reading:
 
     Attributes:
         wall: seconds on a monotonic clock.
-        cpu: the process's CPU seconds (every thread: the writer hashes in one).
+        cpu: the process's CPU seconds (every thread: the writer hashes in one),
+            plus the seconds it waited for a CPU where that is known.
         done: bytes on disk so far.
     """
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from kbapps.download.probe import cpu_demand
 from kbapps.download.ramp import BUSY, MIN_LEFT, WINDOW, Reading, SourceRamp
 
 MB = 1_000_000
@@ -97,3 +100,13 @@ def test_bad_parameters_are_refused() -> None:
     for kw in ({"window": 0.0}, {"busy": 0.0}, {"min_left": -1.0}):
         with pytest.raises(ValueError, match="SourceRamp"):
             ramp(**kw)
+
+
+def test_cpu_demand_counts_at_least_the_cpu_used() -> None:
+    before = cpu_demand()
+    spent = time.process_time()
+    while time.process_time() - spent < 0.05:
+        pass  # burn a little CPU
+    after = cpu_demand()
+    assert after - before >= 0.05
+    assert after >= time.process_time()
