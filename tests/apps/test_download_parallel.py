@@ -448,7 +448,8 @@ def test_slow_sources_are_engaged_after_one_source_probed(net: FakeNetwork, tmp_
     result = fetch(prv_of(data, chunks=True), out, options(net.base, one_source_first=True), events)
     assert out.read_bytes() == data
     switch = [e for e in events if e["event"] == "sources"]
-    assert len(switch) == 1 and 0 < switch[0]["offset"] < SIZE, switch
+    assert len(switch) == 1, switch
+    assert 0 < switch[0]["offset"] < SIZE, switch
     assert "adding sources" in switch[0]["message"]
     per_source = dict(result.sources)
     assert list(per_source) == [first, other]
@@ -474,6 +475,7 @@ def test_fast_sources_keep_one_source(net: FakeNetwork, tmp_path: Path) -> None:
     result = fetch(prv_of(data, chunks=True), out, options(net.base, one_source_first=True), events)
     assert out.read_bytes() == data
     assert not [e for e in events if e["event"] == "sources"]
-    assert result.url == first and result.transferred == size
+    assert result.url == first
+    assert result.transferred == size
     assert not result.sources
     assert [e.range for e in net.requests("good")] == [None]
