@@ -21,7 +21,9 @@ byte has been hashed. The rules, in the order a download applies them:
   on disk, so a later source continues where an earlier one stopped; what makes a
   source be dropped is in ``transfer``.
 * **Several sources at once for large files.** A file of ``parallel_min_size`` or more
-  held by two nodes or more (``sources``: URLs grouped by node) is fetched in pieces
+  held by two nodes or more (``sources``: URLs grouped by node) starts from the best
+  one alone (``probe``) and, when ``ramp`` finds the client mostly idle (the source,
+  not the client, sets the pace), goes on in pieces
   from up to ``max_sources`` of them at once (``parallel``, ``pieces``), each unit
   checked against the ``.prv``'s chunk digests when it has them (``digests``) and
   written in place; finished pieces are listed in the sidecar for a resume.

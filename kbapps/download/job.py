@@ -23,6 +23,7 @@ from kbapps.download.options import ClientOptions
 from kbapps.download.parallel import download_in_pieces
 from kbapps.download.partfile import PartFile
 from kbapps.download.places import Place
+from kbapps.download.probe import Switched, one_source_first
 from kbapps.download.progress import Reporter
 from kbapps.download.results import DownloadResult, EventSink
 from kbapps.download.sources import group_sources
@@ -186,19 +187,42 @@ async def fetch_job(
         nodes = group_sources(sources)
         failures: list[SourceFailure] = []
         per_source: dict[str, int] = {}
-        pieces = None
-        if part.pieces is not None or (
+        pieces = single = switched = None
+        several = part.pieces is not None
+        if not several and (
             options.max_sources > 1
             and prv.size >= options.parallel_min_size
             and sum(1 for node in nodes if node.node) >= 2
         ):
+            if options.one_source_first:
+                # One source first; the others only when likely to help (ramp.py).
+                first = await one_source_first(
+                    client, sources, part, options, reporter, emit, job.label, dead
+                )
+                if isinstance(first, Switched):
+                    switched = first
+                else:
+                    single = first
+            several = single is None
+        if several:
+            at = part.offset if part.pieces is None else resumed
             pieces = await download_in_pieces(
-                client, sources, nodes, part, resumed, options, reporter, emit, job.label, dead
+                client, sources, nodes, part, at, options, reporter, emit, job.label, dead
             )
         if pieces is not None:
             url, start = pieces.url or sources[0], resumed
-            transferred, per_source = pieces.transferred, pieces.sources
+            transferred, per_source = pieces.transferred, dict(pieces.sources)
             failures = pieces.failures
+            if switched is not None and switched.url is not None:
+                # What the one source sent before the others joined (its whole units).
+                first_bytes = max(0, pieces.kept - resumed)
+                merged = {switched.url: first_bytes}
+                for u, n in per_source.items():
+                    merged[u] = merged.get(u, 0) + n
+                per_source = merged
+                transferred += switched.offset - resumed
+        elif single is not None:
+            url, start, transferred, failures = single
         else:
             url, start, transferred, failures = await download_from_sources(
                 client, sources, part, options, reporter, emit, job.label, dead

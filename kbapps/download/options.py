@@ -87,6 +87,9 @@ class ClientOptions:
         parallel_min_size: files this large or larger, found on at least two distinct
             nodes, are fetched in pieces from several at once
             (``kbapps.download.parallel``); smaller ones with one request.
+        one_source_first: start such a file from one source and engage the others
+            only when ``kbapps.download.ramp`` says they are likely to help (the
+            default); False: from every source at once from the start.
     """
 
     hub_url: str = DEFAULT_HUB_URL
@@ -105,6 +108,7 @@ class ClientOptions:
     force: bool = False
     max_sources: int = DEFAULT_MAX_SOURCES
     parallel_min_size: int = PARALLEL_MIN_SIZE
+    one_source_first: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_sources < 1:

@@ -106,12 +106,14 @@ class ParallelOutcome:
         failures: the URLs dropped, each with why.
         sha1: the SHA-1 of the part's bytes, hashed in order as the units landed (None
             if the run did not complete).
+        kept: bytes of the part that were on disk and verified before the fetch.
     """
 
     transferred: int = 0
     sources: dict[str, int] = field(default_factory=dict)
     failures: list[SourceFailure] = field(default_factory=list)
     sha1: str | None = None
+    kept: int = 0
 
     @property
     def url(self) -> str | None:
@@ -521,6 +523,7 @@ async def download_in_pieces(
     outcome = await fetch_parallel(
         client, sources, part, digests, kept, options, reporter, emit, label, dead
     )
+    outcome.kept = kept_bytes
     digest = outcome.sha1 or await anyio.to_thread.run_sync(whole_sha1, part.fd, prv.size)
     if digest == prv.sha1:
         return outcome

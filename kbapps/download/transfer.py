@@ -344,7 +344,8 @@ async def download_from_sources(
                 )
                 if wrong:
                     reporter.undo(part.offset)
-                    await anyio.to_thread.run_sync(part.reset)
+                    with anyio.CancelScope(shield=True):  # a cancel must not race the reset
+                        await anyio.to_thread.run_sync(part.reset)
                 if not again:
                     break
     raise DownloadFailedError(

@@ -58,6 +58,9 @@ def options(hub: str, **kw: Any) -> ClientOptions:
         "connect_timeout": 5.0,
         "progress_interval": 0.0,
         "parallel_min_size": MIB,
+        # Every source from the start: these tests are about the parallel engine (the
+        # ramp from one source is tested with the default, below).
+        "one_source_first": False,
     }
     values.update(kw)
     return ClientOptions(**values)
@@ -430,3 +433,49 @@ def test_max_sources_reaches_the_options() -> None:
     parsed = prv_download.parse(["--max-sources", "3", "a.prv", "out"])
     assert isinstance(parsed, prv_download.DownloadArgs)
     assert parsed.max_sources == 3
+
+
+def test_slow_sources_are_engaged_after_one_source_probed(net: FakeNetwork, tmp_path: Path) -> None:
+    # The default: one source first; at 4 MiB/s it keeps this client mostly idle, so
+    # the ramp brings the other in after its first window.
+    data = content(SIZE, seed=21)
+    net.pace = 4 * MIB
+    sha1 = net.add(data, [])
+    first, other = net.node_url(NODE_A, "paced", sha1), net.node_url(NODE_B, "paced", sha1)
+    net.sources[sha1] = [first, other]
+    events: list[dict[str, Any]] = []
+    out = tmp_path / "out.bin"
+    result = fetch(prv_of(data, chunks=True), out, options(net.base, one_source_first=True), events)
+    assert out.read_bytes() == data
+    switch = [e for e in events if e["event"] == "sources"]
+    assert len(switch) == 1, switch
+    assert 0 < switch[0]["offset"] < SIZE, switch
+    assert "adding sources" in switch[0]["message"]
+    per_source = dict(result.sources)
+    assert list(per_source) == [first, other]
+    assert sum(per_source.values()) == SIZE
+    assert per_source[other] >= 2 * CHUNK_SIZE, per_source
+    # The first request was open-ended (the one-source path), the others pieces.
+    ranges = [e.range for e in net.requests("paced")]
+    assert ranges[0] is None
+    assert all(r is not None for r in ranges[1:])
+
+
+def test_fast_sources_keep_one_source(net: FakeNetwork, tmp_path: Path) -> None:
+    # Unpaced sources in this process: the client is busy checking and writing, so
+    # another source could only add work; the ramp keeps one (never more bytes
+    # fetched than the file, the second node never asked).
+    size = 48 * MIB + 17
+    data = content(size, seed=22)
+    sha1 = net.add(data, [])
+    first, other = net.node_url(NODE_A, "good", sha1), net.node_url(NODE_B, "good", sha1)
+    net.sources[sha1] = [first, other]
+    events: list[dict[str, Any]] = []
+    out = tmp_path / "out.bin"
+    result = fetch(prv_of(data, chunks=True), out, options(net.base, one_source_first=True), events)
+    assert out.read_bytes() == data
+    assert not [e for e in events if e["event"] == "sources"]
+    assert result.url == first
+    assert result.transferred == size
+    assert not result.sources
+    assert [e.range for e in net.requests("good")] == [None]
