@@ -40,7 +40,7 @@ first (see ``link.py``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from kbproto.actions import Action, Dial, Hangup, Transmit
@@ -198,6 +198,7 @@ class _Node:
         self.share_index: ShareIndex | None = None
         self.placements: VerifiedPlacements | None = None
         index: HubIndex | ShareIndex
+        keys: Callable[[], Sequence[bytes]]
         if self.is_hub:
             assert verifier is not None
             self.placements = VerifiedPlacements(verifier)

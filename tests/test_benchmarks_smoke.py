@@ -52,6 +52,13 @@ SMOKE_RUNS = {
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
     ),
+    "bench_hubindex.py": (
+        [
+            *("--memory-ids", "3000", "--find-ids", "3000", "--small-ids", "100"),
+            *("--finds", "200", "--baseline-rev", "HEAD", "--baseline-ids", "3000"),
+        ],
+        ["## Hub index memory per content id", "memory ratio new/base", "finds/s ratio"],
+    ),
     "bench_sim.py": (
         ["--hubs", "22", "--shares", "30", "--ids", "2000"],
         ["## Simulator throughput", "## Hub index memory"],
