@@ -155,30 +155,42 @@ def worker_memory(n: int, child_is_hub: bool) -> dict[str, float]:
     return {"n": n, "bytes_per_id": (after - before) / n, "ids_per_s": n / elapsed}
 
 
-def worker_finds(n: int, finds: int, seed: int) -> dict[str, float]:
+def worker_finds(big: int, small: int, finds: int, seed: int) -> dict[str, float]:
+    """Two hubs in one process, ``small`` and ``big`` ids; finds alternate between
+    them in blocks of 500, so a change in the machine's load hits both alike."""
     from kbproto.events import LookupResolved
     from kbproto.pump import drain
 
-    hub = _joined_hub(False)
-    _feed(hub, n, False)
-    gc.collect()
+    out: dict[str, float] = {}
+    hubs = {}
+    for name, n in (("small", small), ("big", big)):
+        hub = hubs[name] = _joined_hub(False)
+        gc.collect()
+        before = _rss_bytes()
+        fed = _feed(hub, n, False)
+        gc.collect()
+        out[f"{name}_n"] = n
+        out[f"{name}_bytes_per_id"] = (_rss_bytes() - before) / n
+        out[f"{name}_ids_per_s"] = n / fed
     rng = random.Random(seed)
-    wanted = [rng.randrange(n) for _ in range(finds)]
-    sha1s = [_sha1(i) for i in wanted]
+    latencies: dict[str, list[float]] = {"small": [], "big": []}
     got: list[LookupResolved] = []
-    latencies = []
-    for i, sha1 in zip(wanted, sha1s, strict=True):
-        t0 = time.perf_counter()
-        hub.find(sha1, 2.0)
-        drain(hub, got.append)  # type: ignore[arg-type]
-        latencies.append(time.perf_counter() - t0)
-        result = got.pop().results[0]
-        assert (result.path, result.size) == (_path(i), 1000 + i), (result, i)
-    return {
-        "n": n,
-        "finds_per_s": finds / sum(latencies),
-        "p50_us": statistics.median(latencies) * 1e6,
-    }
+    for block in range(0, finds, 500):
+        for name, n in (("small", small), ("big", big)):
+            hub = hubs[name]
+            wanted = [rng.randrange(n) for _ in range(min(500, finds - block))]
+            sha1s = [_sha1(i) for i in wanted]
+            for i, sha1 in zip(wanted, sha1s, strict=True):
+                t0 = time.perf_counter()
+                hub.find(sha1, 2.0)
+                drain(hub, got.append)  # type: ignore[arg-type]
+                latencies[name].append(time.perf_counter() - t0)
+                result = got.pop().results[0]
+                assert (result.path, result.size) == (_path(i), 1000 + i), (result, i)
+    for name, times in latencies.items():
+        out[f"{name}_finds_per_s"] = len(times) / sum(times)
+        out[f"{name}_p50_us"] = statistics.median(times) * 1e6
+    return out
 
 
 def _run_worker(args: list[str], pythonpath: Path) -> dict[str, float]:
@@ -215,6 +227,8 @@ def main() -> None:
     parser.add_argument("--finds", type=int, default=20_000)
     parser.add_argument("--baseline-rev", default=None)
     parser.add_argument("--baseline-ids", type=int, default=1_000_000)
+    parser.add_argument("--children", default="hub,share", help="memory part: child kinds")
+    parser.add_argument("--parts", default="memory,finds")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -222,17 +236,25 @@ def main() -> None:
         if kind == "memory":
             result = worker_memory(int(rest[0]), rest[1] == "hub")
         else:
-            result = worker_finds(int(rest[0]), int(rest[1]), int(rest[2]))
+            result = worker_finds(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]))
         print(json.dumps(result))
         return
 
+    parts = args.parts.split(",")
+    if "memory" in parts:
+        _memory(args)
+    if "finds" in parts:
+        _finds(args)
+
+
+def _memory(args: argparse.Namespace) -> None:
     print("## Hub index memory per content id (RSS growth of a child process)\n")
     print("| child | content ids | code | bytes per id | ids/s fed |")
     print("|---|---|---|---|---|")
     sizes = [int(x) for x in args.memory_ids.split(",") if x]
     with tempfile.TemporaryDirectory() as scratch:
         base = _extract(args.baseline_rev, Path(scratch)) if args.baseline_rev else None
-        for child in ("hub", "share"):
+        for child in args.children.split(","):
             for n in sizes:
                 new = _run_worker(["memory", str(n), child], ROOT)
                 print(
@@ -251,17 +273,22 @@ def main() -> None:
                         f" feed ratio {new['ids_per_s'] / old['ids_per_s']:.2f} |"
                     )
 
-    print("\n## Finds at a hub holding many ids vs few\n")
-    print("| content ids held | finds/s | p50 µs |")
-    print("|---|---|---|")
-    big = _run_worker(["finds", str(args.find_ids), str(args.finds), "1"], ROOT)
-    small = _run_worker(["finds", str(args.small_ids), str(args.finds), "1"], ROOT)
-    for r in (small, big):
-        print(f"| {r['n']:,.0f} | {r['finds_per_s']:,.0f} | {r['p50_us']:.1f} |")
+
+def _finds(args: argparse.Namespace) -> None:
+    print("\n## Finds at a hub holding many ids vs few (ids of a direct share)\n")
+    print("| content ids held | finds/s | p50 µs | RSS growth per id | ids/s fed |")
+    print("|---|---|---|---|---|")
+    r = _run_worker(["finds", str(args.find_ids), str(args.small_ids), str(args.finds), "1"], ROOT)
+    for name in ("small", "big"):
+        print(
+            f"| {r[name + '_n']:,.0f} | {r[name + '_finds_per_s']:,.0f} |"
+            f" {r[name + '_p50_us']:.1f} | {r[name + '_bytes_per_id']:.1f} |"
+            f" {r[name + '_ids_per_s']:,.0f} |"
+        )
     print(
         f"\nfinds/s ratio {args.find_ids:,} vs {args.small_ids:,}:"
-        f" {big['finds_per_s'] / small['finds_per_s']:.2f};"
-        f" p50 ratio (small/big, higher is better): {small['p50_us'] / big['p50_us']:.2f}"
+        f" {r['big_finds_per_s'] / r['small_finds_per_s']:.2f};"
+        f" p50 ratio (small/big, higher is better): {r['small_p50_us'] / r['big_p50_us']:.2f}"
     )
 
 
