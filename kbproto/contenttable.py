@@ -8,16 +8,18 @@ A ``dict`` costs ~130 bytes per 20-byte key (the key object, the slot, the hash)
 the ids live in flat arrays instead (docs/protocol.md §5, "How a hub holds its
 index"; issue 17):
 
-``_keys``
-    A ``bytearray`` of ``capacity`` 20-byte slots. Linear probing from
-    ``hash(key) % capacity`` (``hash`` of ``bytes`` is CPython's keyed SipHash, the
-    one its dicts rely on: a child cannot pick ids that collide).
-``_who``
-    An ``array('i')`` per slot: ``0`` empty, ``-2`` a tombstone, ``-1`` held by
-    several children (their records are in ``_multi``), else the *number* of the one
-    child holding it (almost every id has one holder).
-``_pos``
-    An ``array('I')`` per slot: where the one holder's record of the id is in its log.
+One ``bytearray`` of ``capacity`` 28-byte slots, so that a lookup touches one cache
+line of a table of hundreds of MB (at ten million ids, a find at a big hub is as fast
+as at a small one: docs/benchmarks.md):
+
+* bytes 0-19, the key. Linear probing from ``hash(key) % capacity`` (``hash`` of
+  ``bytes`` is CPython's keyed SipHash, the one its dicts rely on: a child cannot
+  pick ids that collide).
+* the 6th 32-bit word (``_who``, a ``memoryview`` cast to ``i``): ``0`` empty, ``-2``
+  a tombstone, ``-1`` held by several children (their records are in ``_multi``),
+  else the *number* of the one child holding it (almost every id has one holder).
+* the 7th (``_pos``, cast to ``I``): where that holder's record of the id is in its
+  log.
 
 Each child has a *log*: a ``bytearray`` of records, appended as it reports ids. A
 record is the slot (4 bytes, little-endian), and for a child with tails (a share:
@@ -30,7 +32,7 @@ bytes over the load factor) plus 4 bytes of log.
 The table grows (doubling) when its used slots (live and tombstones) would pass 3/4
 of its capacity, is rebuilt in place when tombstones alone would, and shrinks when
 fewer than 1/8 of its slots are live. A rebuild moves slots, so it rewrites the slot
-field of every live record through an old-to-new map (``array('I')``, freed after).
+field of every live record through an old-to-new map (an ``array``, freed after).
 
 Iteration order (``keys``) is slot order: it depends on the process's hash seed, as a
 ``set`` of ``bytes`` does; nothing a peer sees depends on it beyond the order of
@@ -51,6 +53,10 @@ __all__ = ("KEY_BYTES", "MAX_LOG", "SLOT_BYTES", "ContentTable", "read_varint", 
 KEY_BYTES = 20
 #: Bytes one table slot takes (key, holder, position).
 SLOT_BYTES = KEY_BYTES + 4 + 4
+#: A slot's 32-bit words: the holder is its 6th, the position its 7th.
+_INTS = SLOT_BYTES // 4
+_WHO = 5
+_POS = 6
 _U32 = struct.Struct("<I")
 #: One-byte varints, ready-made.
 _unpack_from = _U32.unpack_from
@@ -89,6 +95,12 @@ def read_varint(data: bytes | bytearray, offset: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, offset
         shift += 7
+
+
+def _slots(cap: int) -> tuple[bytearray, memoryview, memoryview]:
+    """``cap`` empty slots, and views of their holder and position words."""
+    table = bytearray(SLOT_BYTES * cap)
+    return table, memoryview(table).cast("i"), memoryview(table).cast("I")
 
 
 class _Log:
@@ -132,9 +144,7 @@ class ContentTable:
     def __init__(self, *, max_log: int = MAX_LOG) -> None:
         self._max_log = max_log
         self._cap = _MIN_CAPACITY
-        self._keys = bytearray(KEY_BYTES * self._cap)
-        self._who = array("i", bytes(4 * self._cap))
-        self._pos = array("I", bytes(4 * self._cap))
+        self._keys, self._who, self._pos = _slots(self._cap)
         self._live = 0
         self._used = 0
         #: slot -> [number, offset, number, offset, ...] for ids with several holders.
@@ -168,8 +178,8 @@ class ContentTable:
         who = self._who
         out = bytearray()
         for slot in range(self._cap):
-            if who[slot] > 0 or who[slot] == _MULTI:
-                start = slot * KEY_BYTES
+            if who[slot * _INTS + _WHO] > 0 or who[slot * _INTS + _WHO] == _MULTI:
+                start = slot * SLOT_BYTES
                 out += keys[start : start + KEY_BYTES]
         return bytes(out)
 
@@ -178,7 +188,7 @@ class ContentTable:
         slot = self._find(raw)
         if slot < 0:
             return []
-        who = self._who[slot]
+        who = self._who[slot * _INTS + _WHO]
         numbers = [who] if who > 0 else self._multi[slot][::2]
         by_number = self._by_number
         return [by_number[number].link for number in numbers]
@@ -216,7 +226,7 @@ class ContentTable:
         keys = self._keys
         for _offset, slot, _end in log.records():
             if slot != _DEAD and self._unhold(log.number, slot):
-                start = slot * KEY_BYTES
+                start = slot * SLOT_BYTES
                 gone.append(bytes(keys[start : start + KEY_BYTES]))
         log.data = bytearray()
         log.live = 0
@@ -242,13 +252,13 @@ class ContentTable:
         slot = hash(raw) % cap
         free = -1
         while True:
-            holder = who[slot]
+            holder = who[slot * _INTS + _WHO]
             if holder == _EMPTY:
                 break
             if holder == _TOMB:
                 if free < 0:
                     free = slot
-            elif keys.startswith(raw, slot * KEY_BYTES):
+            elif keys.startswith(raw, slot * SLOT_BYTES):
                 return self._put_held(log, slot, tail)
             slot += 1
             if slot == cap:
@@ -260,7 +270,7 @@ class ContentTable:
             slot = self._insert(raw)
         else:
             self._used += 1
-        start = slot * KEY_BYTES
+        start = slot * SLOT_BYTES
         self._keys[start : start + KEY_BYTES] = raw
         data = log.data
         offset = len(data)
@@ -271,8 +281,8 @@ class ContentTable:
             data += varint(len(tail))
             data += tail
         log.live += 1
-        self._who[slot] = log.number
-        self._pos[slot] = offset
+        self._who[slot * _INTS + _WHO] = log.number
+        self._pos[slot * _INTS + _POS] = offset
         self._live += 1
         return True
 
@@ -287,10 +297,10 @@ class ContentTable:
                 self._maybe_compact(log)
             return old
         offset = self._append(log, slot, tail)
-        who = self._who[slot]
+        who = self._who[slot * _INTS + _WHO]
         if who > 0:
-            self._multi[slot] = [who, self._pos[slot], log.number, offset]
-            self._who[slot] = _MULTI
+            self._multi[slot] = [who, self._pos[slot * _INTS + _POS], log.number, offset]
+            self._who[slot * _INTS + _WHO] = _MULTI
         else:
             self._multi[slot].extend((log.number, offset))
         return False
@@ -324,10 +334,10 @@ class ContentTable:
         keys = self._keys
         slot = hash(raw) % cap
         while True:
-            holder = who[slot]
+            holder = who[slot * _INTS + _WHO]
             if holder == _EMPTY:
                 return -1
-            if holder != _TOMB and keys.startswith(raw, slot * KEY_BYTES):
+            if holder != _TOMB and keys.startswith(raw, slot * SLOT_BYTES):
                 return slot
             slot += 1
             if slot == cap:
@@ -339,21 +349,21 @@ class ContentTable:
         cap = self._cap
         who = self._who
         slot = hash(raw) % cap
-        while who[slot] != _EMPTY and who[slot] != _TOMB:
+        while who[slot * _INTS + _WHO] != _EMPTY and who[slot * _INTS + _WHO] != _TOMB:
             slot += 1
             if slot == cap:
                 slot = 0
-        if who[slot] == _EMPTY:
+        if who[slot * _INTS + _WHO] == _EMPTY:
             self._used += 1
-        start = slot * KEY_BYTES
+        start = slot * SLOT_BYTES
         self._keys[start : start + KEY_BYTES] = raw
         return slot
 
     def _unhold(self, number: int, slot: int) -> bool:
         """Child ``number`` no longer holds ``slot``; True if nobody does now."""
         who = self._who
-        if who[slot] == number:
-            who[slot] = _TOMB
+        if who[slot * _INTS + _WHO] == number:
+            who[slot * _INTS + _WHO] = _TOMB
             self._live -= 1
             return True
         pairs = self._multi[slot]
@@ -363,8 +373,8 @@ class ContentTable:
         del pairs[index : index + 2]
         if len(pairs) == 2:
             del self._multi[slot]
-            who[slot] = pairs[0]
-            self._pos[slot] = pairs[1]
+            who[slot * _INTS + _WHO] = pairs[0]
+            self._pos[slot * _INTS + _POS] = pairs[1]
         return False
 
     def _shrink(self) -> None:
@@ -383,22 +393,20 @@ class ContentTable:
         old_who = self._who
         old_pos = self._pos
         self._cap = cap
-        self._keys = bytearray(KEY_BYTES * cap)
-        self._who = array("i", bytes(4 * cap))
-        self._pos = array("I", bytes(4 * cap))
+        self._keys, self._who, self._pos = _slots(cap)
         self._used = 0
         moved = array("I", bytes(4 * old_cap))
         who = self._who
         pos = self._pos
         for slot in range(old_cap):
-            holder = old_who[slot]
+            holder = old_who[slot * _INTS + _WHO]
             if holder in (_EMPTY, _TOMB):
                 continue
-            start = slot * KEY_BYTES
+            start = slot * SLOT_BYTES
             raw = bytes(old_keys[start : start + KEY_BYTES])
             new = self._insert(raw)
-            who[new] = holder
-            pos[new] = old_pos[slot]
+            who[new * _INTS + _WHO] = holder
+            pos[new * _INTS + _POS] = old_pos[slot * _INTS + _POS]
             moved[slot] = new
         del old_keys, old_who, old_pos
         self._multi = {moved[slot]: pairs for slot, pairs in self._multi.items()}
@@ -417,9 +425,9 @@ class ContentTable:
 
     def _offset_at(self, log: _Log, slot: int) -> int:
         """Where ``log`` records the id in ``slot``, or -1."""
-        who = self._who[slot]
+        who = self._who[slot * _INTS + _WHO]
         if who == log.number:
-            return self._pos[slot]
+            return self._pos[slot * _INTS + _POS]
         if who != _MULTI:
             return -1
         pairs = self._multi[slot]
@@ -430,8 +438,8 @@ class ContentTable:
 
     def _set_offset(self, log: _Log, slot: int, offset: int) -> None:
         """``log``'s record of the id in ``slot`` is now at ``offset``."""
-        if self._who[slot] == log.number:
-            self._pos[slot] = offset
+        if self._who[slot * _INTS + _WHO] == log.number:
+            self._pos[slot * _INTS + _POS] = offset
             return
         pairs = self._multi[slot]
         for index in range(0, len(pairs), 2):
