@@ -344,17 +344,16 @@ class ContentTable:
                 slot = 0
 
     def _insert(self, raw: bytes) -> int:
-        """A free slot for ``raw`` (known absent), its key written; its ``_who`` is the
-        caller's to set."""
+        """A free slot for ``raw`` in a table just rebuilt (no tombstones, ``raw``
+        absent), its key written; its ``_who`` is the caller's to set."""
         cap = self._cap
         who = self._who
         slot = hash(raw) % cap
-        while who[slot * _INTS + _WHO] != _EMPTY and who[slot * _INTS + _WHO] != _TOMB:
+        while who[slot * _INTS + _WHO] != _EMPTY:
             slot += 1
             if slot == cap:
                 slot = 0
-        if who[slot * _INTS + _WHO] == _EMPTY:
-            self._used += 1
+        self._used += 1
         start = slot * SLOT_BYTES
         self._keys[start : start + KEY_BYTES] = raw
         return slot
@@ -442,10 +441,10 @@ class ContentTable:
             self._pos[slot * _INTS + _POS] = offset
             return
         pairs = self._multi[slot]
-        for index in range(0, len(pairs), 2):
-            if pairs[index] == log.number:
-                pairs[index + 1] = offset
-                return
+        index = 0
+        while pairs[index] != log.number:
+            index += 2
+        pairs[index + 1] = offset
 
     def _tail_at(self, log: _Log, offset: int) -> bytes:
         if not log.tails:

@@ -279,10 +279,6 @@ class HubIndex:
         """Distinct content ids reachable in the subtree."""
         return len(self._table)
 
-    def content_keys(self) -> PackedKeys:
-        """Snapshot of reachable content ids (raw)."""
-        return PackedKeys([], self._table.keys())
-
     def node_keys(self) -> list[bytes]:
         """Snapshot of routable node ids (ASCII bytes)."""
         return self.nodes.keys()

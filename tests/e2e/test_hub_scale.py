@@ -212,6 +212,7 @@ async def test_a_hub_fed_200k_ids_finds_applies_deltas_and_forgets_a_child(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 async def test_a_hub_fed_10m_ids_finds_applies_deltas_and_forgets_a_child(
     procs: Procs, tmp_path: Path
 ) -> None:

@@ -157,6 +157,8 @@ def test_a_log_past_its_bound_is_a_limit() -> None:
         table.put(1, _key(i), b"12345")
     with pytest.raises(LimitExceeded, match="passed 100 bytes"):
         table.put(1, _key(99), b"12345")
+    with pytest.raises(LimitExceeded, match="passed 100 bytes"):
+        table.put(1, _key(0), b"other")  # a replacement appends too
 
 
 @given(st.integers(0, 2**63))
