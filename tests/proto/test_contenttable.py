@@ -136,6 +136,17 @@ def test_growth_churn_and_departure_keep_the_table_small_and_right() -> None:
     assert table.remove(2, keys[0]) is None
 
 
+def test_a_later_holder_replaces_its_tail_without_touching_the_first() -> None:
+    table = ContentTable()
+    for link in (1, 2, 3):
+        table.add_child(link, tails=True)
+        assert table.put(link, _key(0), b"v%d" % link) is (link == 1)
+    assert table.put(3, _key(0), b"new") == b"v3"
+    assert [table.tail(link, _key(0)) for link in (1, 2, 3)] == [b"v1", b"v2", b"new"]
+    assert table.remove(2, _key(0)) == (b"v2", False)
+    assert table.holders(_key(0)) == [1, 3]
+
+
 def test_ids_removed_and_added_again_reuse_tombstones_without_growing() -> None:
     table = ContentTable()
     table.add_child(7, tails=False)
