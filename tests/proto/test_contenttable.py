@@ -144,6 +144,7 @@ def test_a_later_holder_replaces_its_tail_without_touching_the_first() -> None:
     assert table.put(3, _key(0), b"new") == b"v3"
     assert [table.tail(link, _key(0)) for link in (1, 2, 3)] == [b"v1", b"v2", b"new"]
     assert table.remove(2, _key(0)) == (b"v2", False)
+    assert table.remove(2, _key(0)) is None  # held, but not by this child
     assert table.holders(_key(0)) == [1, 3]
 
 
