@@ -69,7 +69,7 @@ CONFIG_FILE_NAME = "kbnode.json"
 #: A real kbnode.json is well under 10 KiB; 1 MiB bounds what a broken or hostile file
 #: can make us read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024
-#: Largest index budget or quota accepted (entries): ~300 GB of index at today's cost
+#: Largest index budget or quota accepted (entries): ~75 GB of index at today's cost
 #: per entry, beyond any machine; it only keeps a typo from meaning "unbounded".
 MAX_ENTRIES = 1_000_000_000
 #: Highest upload rate limit accepted (bytes per second): 1 TiB/s, beyond any network

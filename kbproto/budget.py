@@ -20,8 +20,9 @@ What one entry costs is what it holds in memory, roughly: ``entry_cost`` charges
 content id one entry, plus one per 256 characters of its path (so a short path costs
 nothing more and a 4,096-character one costs 17); ``placement_cost`` charges a
 placement one entry per 128 characters of its text (a typical Ed25519 placement: 4).
-Measured, a share's entry with a short path costs a hub ~300 bytes
-(docs/benchmarks.md), a placement ~1.5 KB.
+Measured, a share's entry with a short path costs a hub ~75 bytes and a child hub's
+bare id ~55 since the compact content table (``kbproto.contenttable``; ~300 before,
+docs/benchmarks.md), a placement ~1.5 KB.
 
 A child crossing its quota, or the budget, gets a ``LimitExceeded`` on its link
 (``Error(limit)``, the link closes, everything it reported is dropped): a hub never

@@ -51,9 +51,9 @@ class Limits:
             grew); past it, new requests are refused with 503.
         max_children: children per hub (the original allowed 1000 shares).
         index_budget: index entries a hub holds for all its children together
-            (``kbproto.budget``: a content id with a short path is one entry, ~300 bytes
-            of memory today). 4,000,000 bounds the index at about 1.2 GB; a child that
-            would cross it loses its link with ``limit``.
+            (``kbproto.budget``: a content id with a short path is one entry, ~75 bytes
+            of memory). 4,000,000 bounds the content index at about 0.3 GB; a child
+            that would cross it loses its link with ``limit``.
         open_child_quota: index entries a child that joined without the hub's
             passcode may hold, per node it proves (a share: itself; a child hub: each
             node routed through it). 1,000,000: a share of a million files fits on an

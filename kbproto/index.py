@@ -13,12 +13,13 @@ Three pure data structures, no links and no timers (the node wires them up):
 ``HubIndex``
     A hub's view of its subtree, and of the content it holds itself (its relay
     cache, docs/protocol.md §13: ``put_own``; reported upward like its subtree's, and
-    answered for by the hub as a source). For every content id, the child links through which
-    it is reachable (``int`` for one link, a list for several: almost every id has one,
-    and this keeps the table at one dict slot per id, docs/protocol.md and the 1,000,000-id
-    memory benchmark). For each direct share child, its ``sha1 -> (path, size)`` map
-    (so finds for direct shares are answered locally); for each child hub, the set of
-    content ids it reported. Node ids, for routing requests and share-limited finds,
+    answered for by the hub as a source). Content ids, and which direct children hold
+    them, in a ``kbproto.contenttable.ContentTable`` (20-byte records in flat arrays, a
+    packed log per child; docs/protocol.md §5 "How a hub holds its index"): about 50
+    bytes per id at ten million, where a dict took ~130 (docs/benchmarks.md). For each
+    direct share child, the ``(path, size)`` it reported per id, packed by
+    ``kbproto.packedpaths.PackedPaths`` into its records (so finds for direct shares
+    are answered locally). Node ids, for routing requests and share-limited finds,
     are in a ``kbproto.nodetable.NodeTable``: each rests on its owner's signed
     placement, never on a child's word. What every child reports is charged to the
     hub's ``kbproto.budget.IndexBudget``. Dropping a child drops all it brought.
@@ -45,11 +46,12 @@ Content ids are kept as 20 raw bytes (not 40-char strings): half the memory per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, overload
 
 from kbproto.budget import IndexBudget
 from kbproto.codec import encoded_size
+from kbproto.contenttable import KEY_BYTES, ContentTable
 from kbproto.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from kbproto.ids import LinkId, NodeId, is_sha1
 from kbproto.messages import (
@@ -61,6 +63,7 @@ from kbproto.messages import (
     ShareIndexUpdate,
 )
 from kbproto.nodetable import NodeTable
+from kbproto.packedpaths import PackedPaths
 from kbproto.state import (
     INDEX_RECEIVE_TRANSITIONS,
     INDEX_SEND_TRANSITIONS,
@@ -73,7 +76,7 @@ from kbproto.state import (
     StateMachine,
 )
 
-__all__ = ("HubIndex", "ShareIndex", "UplinkSync")
+__all__ = ("HubIndex", "PackedKeys", "ShareIndex", "UplinkSync")
 
 
 def _raw(sha1: str) -> bytes:
@@ -195,56 +198,16 @@ class ShareIndex:
         self._on_change(raw)
 
 
-def _add(table: dict[bytes, int | list[int]], key: bytes, link: int) -> bool:
-    """Record that ``key`` is reachable via ``link``; True if ``key`` is new.
-
-    The caller knows ``key`` is not recorded via ``link`` yet (the per-child sets and
-    maps mirror this table, and a child's repeated put never reaches here).
-    """
-    current = table.get(key)
-    if current is None:
-        table[key] = link
-        return True
-    if isinstance(current, int):
-        table[key] = [current, link]
-    else:
-        current.append(link)
-    return False
-
-
-def _discard(table: dict[bytes, int | list[int]], key: bytes, link: int) -> bool:
-    """Forget ``key`` via ``link``; True if ``key`` is no longer reachable at all.
-
-    The caller knows ``key`` was recorded via ``link`` (the per-child sets and maps
-    mirror this table), so the entry is there and holds ``link``.
-    """
-    current = table[key]
-    if isinstance(current, int):
-        del table[key]
-        return True
-    current.remove(link)
-    if len(current) == 1:
-        table[key] = current[0]
-    return False
-
-
-def _links(table: dict[bytes, int | list[int]], key: bytes) -> list[int]:
-    """The links ``key`` is reachable through."""
-    current = table.get(key)
-    if current is None:
-        return []
-    return [current] if isinstance(current, int) else list(current)
-
-
 class _Child:
-    """What one direct child brought to a hub's content index."""
+    """What one direct child brought to a hub's content index (its content ids are in
+    the hub's ``ContentTable``, under its link)."""
 
-    __slots__ = ("content", "cost", "expected_seq", "files", "is_hub", "reports")
+    __slots__ = ("cost", "expected_seq", "is_hub", "paths", "reports")
 
     def __init__(self, is_hub: bool) -> None:
         self.is_hub = is_hub
-        self.files: dict[bytes, tuple[str, int]] = {}
-        self.content: set[bytes] = set()
+        #: A share's paths and sizes, packed (a child hub reports none).
+        self.paths = PackedPaths()
         #: Budget entries its content costs (``kbproto.budget.entry_cost`` each).
         self.cost = 0
         #: The ``seq`` of the next index message, while in step.
@@ -255,12 +218,35 @@ class _Child:
         )
 
 
-#: A table that shrank below this share of its peak is rebuilt: CPython dicts never
-#: shrink on delete, so a child that reported ten million ids and left kept the
-#: table's ten-million-slot arrays (hundreds of MB) alive (issue 11).
-_SHRINK_RATIO = 4
-#: Tables smaller than this are not worth rebuilding.
-_SHRINK_MIN = 65_536
+class PackedKeys(Sequence[bytes]):
+    """A snapshot of keys: a list of node ids, then content ids packed 20 bytes each
+    (one ``bytes`` object instead of millions, for a full sync of a big hub)."""
+
+    __slots__ = ("_content", "_nodes")
+
+    def __init__(self, nodes: list[bytes], content: bytes) -> None:
+        self._nodes = nodes
+        self._content = content
+
+    def __len__(self) -> int:
+        return len(self._nodes) + len(self._content) // KEY_BYTES
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        nodes = len(self._nodes)
+        if index < nodes:
+            return self._nodes[index]
+        start = (index - nodes) * KEY_BYTES
+        return self._content[start : start + KEY_BYTES]
 
 
 class HubIndex:
@@ -286,8 +272,7 @@ class HubIndex:
         budget: IndexBudget,
         max_nodes: int,
     ) -> None:
-        self._where: dict[bytes, int | list[int]] = {}
-        self._where_peak = 0
+        self._table = ContentTable()
         #: Content the hub holds itself: raw id -> size.
         self._own: dict[bytes, int] = {}
         self._children: dict[int, _Child] = {}
@@ -298,11 +283,7 @@ class HubIndex:
     @property
     def content_count(self) -> int:
         """Distinct content ids reachable in the subtree (the hub's own included)."""
-        return len(self._where) + sum(1 for raw in self._own if raw not in self._where)
-
-    def content_keys(self) -> list[bytes]:
-        """Snapshot of reachable content ids (raw; the hub's own included)."""
-        return list(self._where) + [raw for raw in self._own if raw not in self._where]
+        return len(self._table) + sum(1 for raw in self._own if raw not in self._table)
 
     # --- the hub's own content ----------------------------------------------------------
 
@@ -324,7 +305,7 @@ class HubIndex:
 
     def drop_own(self, raw: bytes) -> None:
         """The hub no longer holds content ``raw`` itself (no-op if it did not)."""
-        if self._own.pop(raw, None) is not None and raw not in self._where:
+        if self._own.pop(raw, None) is not None and raw not in self._table:
             self._on_content(raw)
 
     def node_keys(self) -> list[bytes]:
@@ -342,11 +323,12 @@ class HubIndex:
 
     def holders(self, raw: bytes) -> list[LinkId]:
         """The child links through which content ``raw`` is reachable."""
-        return [LinkId(link) for link in _links(self._where, raw)]
+        return [LinkId(link) for link in self._table.holders(raw)]
 
     def share_entry(self, link: int, raw: bytes) -> tuple[str, int] | None:
         """``(path, size)`` of ``raw`` at the direct share child on ``link``."""
-        return self._children[link].files.get(raw)
+        tail = self._table.tail(link, raw)
+        return self._children[link].paths.unpack(tail) if tail is not None else None
 
     def child_reaches(self, link: int, node_id: str) -> bool:
         """True if ``node_id`` is routed through the child on ``link``."""
@@ -354,10 +336,11 @@ class HubIndex:
 
     # --- reporting upward (``UplinkSync``'s keys, cost and build) ---------------------
 
-    def report_keys(self) -> list[bytes]:
+    def report_keys(self) -> PackedKeys:
         """Every key a full sync sends: node ids first (a parent sizes a child hub's
         quota by the nodes it proves), then content ids."""
-        return self.node_keys() + self.content_keys()
+        own = b"".join(raw for raw in self._own if raw not in self._table)
+        return PackedKeys(self.node_keys(), self._table.keys() + own)
 
     def report_cost(self, key: bytes) -> int:
         """The worst-case encoded size of ``key``'s entry in a report."""
@@ -383,7 +366,7 @@ class HubIndex:
                 else:
                     ndrop.append(NodeId(key.decode()))
             else:
-                (cput if key in self._where or key in self._own else cdrop).append(key.hex())
+                (cput if key in self._table or key in self._own else cdrop).append(key.hex())
         return HubIndexUpdate(
             seq=seq,
             reset=reset,
@@ -402,6 +385,7 @@ class HubIndex:
         the whole budget (``kbproto.budget``).
         """
         self._children[link] = _Child(is_hub)
+        self._table.add_child(link, tails=not is_hub)
         self._budget.add_child(link, trusted=trusted)
         self.nodes.add_child(link, placement)
 
@@ -409,21 +393,17 @@ class HubIndex:
         """The child on ``link`` left: drop everything it brought."""
         child = self._children.pop(link)
         self._clear(link, child)
+        self._table.drop_child(link)
         self.nodes.drop_child(link)
         self._budget.drop_child(link)
 
     def _clear(self, link: int, child: _Child) -> None:
         """Drop the content the child on ``link`` reported (not its node ids)."""
-        for raw in child.files if not child.is_hub else child.content:
-            if _discard(self._where, raw, link):
-                self._on_content(raw)
-        child.files = {}
-        child.content = set()
+        for raw in self._table.clear(link):
+            self._on_content(raw)
+        child.paths = PackedPaths()
         self._budget.release(link, child.cost)
         child.cost = 0
-        if self._where_peak >= _SHRINK_MIN and len(self._where) * _SHRINK_RATIO < self._where_peak:
-            self._where = dict(self._where)
-            self._where_peak = len(self._where)
 
     def apply(self, link: int, message: ShareIndexUpdate | HubIndexUpdate) -> int | None:
         """Apply one index message from the child on ``link``.
@@ -469,7 +449,6 @@ class HubIndex:
             self._apply_share(link, child, message)
         else:
             self._apply_hub(link, child, message)
-        self._where_peak = max(self._where_peak, len(self._where))
 
     def _ask_resync(
         self, link: int, child: _Child, message: ShareIndexUpdate | HubIndexUpdate
@@ -479,28 +458,29 @@ class HubIndex:
 
     def _apply_share(self, link: int, child: _Child, message: ShareIndexUpdate) -> None:
         """Apply a share child's puts and drops, within its index quota."""
-        files = child.files
-        where = self._where
+        table = self._table
+        paths = child.paths
         room = self._budget.room(link, 1)
         added = 0
         for sha1, path, size in message.put:
             raw = _raw(sha1)
-            old = files.get(raw)
             # ``kbproto.budget.entry_cost``, inlined: this loop sees every file of a share.
             added += 1 + len(path) // 256
-            if old is not None:
-                added -= 1 + len(old[0]) // 256
+            old = table.put(link, raw, paths.pack(path, size))
+            if old is True:
+                self._on_content(raw)
+            elif old is not False:
+                added -= 1 + len(paths.unpack(old)[0]) // 256
+                paths.release(old)
             if added > room:
                 raise self._budget.exceeded(link, 1)
-            files[raw] = (path, size)
-            if old is None and _add(where, raw, link):
-                self._on_content(raw)
         for sha1 in message.drop:
             raw = _raw(sha1)
-            old = files.pop(raw, None)
-            if old is not None:
-                added -= 1 + len(old[0]) // 256
-                if _discard(where, raw, link):
+            gone = table.remove(link, raw)
+            if gone is not None:
+                added -= 1 + len(paths.unpack(gone[0])[0]) // 256
+                paths.release(gone[0])
+                if gone[1]:
                     self._on_content(raw)
         self._settle_cost(link, child, added, 1)
 
@@ -514,24 +494,23 @@ class HubIndex:
             nodes.drop(link, node_id)
         proven = nodes.proven(link)
         room = self._budget.room(link, proven)
-        content = child.content
+        table = self._table
         added = 0
         for sha1 in message.content_put:
             raw = _raw(sha1)
-            if raw in content:
-                continue
-            added += 1
-            if added > room:
-                raise self._budget.exceeded(link, proven)
-            content.add(raw)
-            if _add(self._where, raw, link):
-                self._on_content(raw)
+            old = table.put(link, raw)
+            if old is True or old is False:
+                added += 1
+                if added > room:
+                    raise self._budget.exceeded(link, proven)
+                if old:
+                    self._on_content(raw)
         for sha1 in message.content_drop:
             raw = _raw(sha1)
-            if raw in content:
-                content.discard(raw)
+            gone = table.remove(link, raw)
+            if gone is not None:
                 added -= 1
-                if _discard(self._where, raw, link):
+                if gone[1]:
                     self._on_content(raw)
         self._settle_cost(link, child, added, proven)
 

@@ -67,6 +67,12 @@ SMOKE_RUNS = {
     "bench_relay_cache.py": (
         ["--rounds", "1", "--size-mib", "4"],
         ["x direct", "ratio to the file's size"],
+    "bench_hubindex.py": (
+        [
+            *("--memory-ids", "3000", "--find-ids", "3000", "--small-ids", "100"),
+            *("--finds", "200", "--baseline-rev", "HEAD", "--baseline-ids", "3000"),
+        ],
+        ["## Hub index memory per content id", "memory ratio new/base", "finds/s ratio"],
     ),
     "bench_sim.py": (
         [

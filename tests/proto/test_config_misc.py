@@ -414,3 +414,11 @@ def test_a_direct_join_takes_a_node_from_a_stale_claim_for_good() -> None:
     hub.receive_eof(upper.link, net.now)
     net.pump()
     assert hub.content_count() == 0
+
+
+def test_the_package_lists_its_lazily_loaded_names() -> None:
+    import kbproto
+
+    names = dir(kbproto)
+    assert {"HubCore", "ShareCore", "Limits"} <= set(names)
+    assert names == sorted(names)
