@@ -67,6 +67,7 @@ SMOKE_RUNS = {
     "bench_relay_cache.py": (
         ["--rounds", "1", "--size-mib", "4"],
         ["x direct", "ratio to the file's size"],
+    ),
     "bench_hubindex.py": (
         [
             *("--memory-ids", "3000", "--find-ids", "3000", "--small-ids", "100"),
