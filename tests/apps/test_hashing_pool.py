@@ -66,6 +66,11 @@ def _another_thread() -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        # join() returns once Python is done with the thread; the kernel may count its
+        # task a moment longer, and the pool (rightly) looks at the kernel's count too.
+        deadline = time.monotonic() + WAIT
+        while len(os.listdir("/proc/self/task")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 def _log_opens(monkeypatch: pytest.MonkeyPatch, log: Path, delay: float = 0.0) -> None:
