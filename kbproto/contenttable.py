@@ -272,15 +272,7 @@ class ContentTable:
             self._used += 1
         start = slot * SLOT_BYTES
         self._keys[start : start + KEY_BYTES] = raw
-        data = log.data
-        offset = len(data)
-        if offset > self._max_log:
-            self._too_big()
-        data += _U32.pack(slot)
-        if log.tails:
-            data += varint(len(tail))
-            data += tail
-        log.live += 1
+        offset = self._append(log, slot, tail)
         self._who[slot * _INTS + _WHO] = log.number
         self._pos[slot * _INTS + _POS] = offset
         self._live += 1

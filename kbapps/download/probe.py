@@ -53,11 +53,15 @@ def cpu_demand() -> float:
     client that wants the CPU and does not get it is still the bottleneck."""
     total = time.process_time()
     try:
-        for entry in os.scandir("/proc/self/task"):
-            with open(f"/proc/self/task/{entry.name}/schedstat", "rb") as stats:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return total  # not Linux: waits are not counted
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat", "rb") as stats:
                 total += int(stats.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        pass  # not Linux, or a thread ended while read: its wait is not counted
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended while read: the others still count
     return total
 
 

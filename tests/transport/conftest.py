@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import trustme
+from anyio.abc import ByteStream
+
+from kbtransport import _accel, http_server
 
 #: Test modules whose async tests run on asyncio and on trio (see the docstring).
 BOTH_BACKENDS = frozenset(
@@ -62,3 +66,20 @@ def client_ssl(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
+
+
+@pytest.fixture
+def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records ``(offset, length)`` of every piece of a file body that went out by
+    sendfile."""
+    calls: list[tuple[int, int]] = []
+    original = _accel.sendfile
+
+    async def spy(stream: ByteStream, file: BinaryIO, offset: int, length: int) -> bool:
+        taken = await original(stream, file, offset, length)
+        if taken:
+            calls.append((offset, length))
+        return taken
+
+    monkeypatch.setattr(http_server, "sendfile", spy)
+    return calls

@@ -7,13 +7,10 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
 
 import anyio
 import pytest
-from anyio.abc import ByteStream
 
-from kbtransport import _accel, http_server
 from kbtransport.http import Request, Response, StreamBody
 from kbtransport.http_client import HttpClient
 from kbtransport.http_server import ServerConfig
@@ -137,22 +134,6 @@ def paced_app(path: Path):  # type: ignore[no-untyped-def]
         return Response(status=200, body=data)
 
     return app
-
-
-@pytest.fixture
-def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """Records ``(offset, length)`` of every piece that went out by sendfile."""
-    calls: list[tuple[int, int]] = []
-    original = _accel.sendfile
-
-    async def spy(stream: ByteStream, file: BinaryIO, offset: int, length: int) -> bool:
-        taken = await original(stream, file, offset, length)
-        if taken:
-            calls.append((offset, length))
-        return taken
-
-    monkeypatch.setattr(http_server, "sendfile", spy)
-    return calls
 
 
 @pytest.mark.anyio

@@ -6,13 +6,10 @@ from __future__ import annotations
 import hashlib
 import ssl
 from pathlib import Path
-from typing import BinaryIO
 
 import anyio
 import pytest
-from anyio.abc import ByteStream
 
-from kbtransport import _accel, http_server
 from kbtransport.http import FileBody, Request, Response, json_response
 from kbtransport.http_client import ClientConfig, HttpClient
 from kbtransport.listener import ListenConfig
@@ -40,22 +37,6 @@ def file_app(path: Path):  # type: ignore[no-untyped-def]
         return file_response(request, path.open("rb"), path.stat().st_size, name=path.name)
 
     return app
-
-
-@pytest.fixture
-def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """Records ``(offset, length)`` of every file body that went out by sendfile."""
-    calls: list[tuple[int, int]] = []
-    original = _accel.sendfile
-
-    async def spy(stream: ByteStream, file: BinaryIO, offset: int, length: int) -> bool:
-        taken = await original(stream, file, offset, length)
-        if taken:
-            calls.append((offset, length))
-        return taken
-
-    monkeypatch.setattr(http_server, "sendfile", spy)
-    return calls
 
 
 async def test_sendfile_on_plain_tcp(
