@@ -199,6 +199,13 @@ def node_args(name: str, port: int, listen_url: str, parent: str) -> list[str]:
     ]
 
 
+def proxy_only(code: Path) -> list[str]:
+    """``kbucket-hub`` options that make a hub of ``code`` proxy every download: its relay
+    cache (issue 12) would otherwise answer every round after the first from disk, and
+    the proxied figures would measure the cache (``bench_relay_cache.py`` does that)."""
+    return ["--cache-size", "0"] if (code / "kbtransport" / "relaycache.py").exists() else []
+
+
 def make_big(path: Path, size_mib: int) -> str:
     if not path.exists() or path.stat().st_size != size_mib << 20:
         block = os.urandom(1 << 20)
@@ -313,7 +320,10 @@ def main() -> int:
         procs.start(
             "hub",
             command(
-                "kbucket-hub", str(work / "hub"), *node_args("bench-hub", hub_port, hub_url, ".")
+                "kbucket-hub",
+                str(work / "hub"),
+                *node_args("bench-hub", hub_port, hub_url, "."),
+                *proxy_only(ROOT),
             ),
             env,
         )
@@ -556,7 +566,10 @@ def proxied_sha1(args: argparse.Namespace, work: Path, env: dict[str, str], proc
         procs.start(
             hub_name,
             command(
-                "kbucket-hub", str(work / hub_name), *node_args(hub_name, hub_port, hub_url, ".")
+                "kbucket-hub",
+                str(work / hub_name),
+                *node_args(hub_name, hub_port, hub_url, "."),
+                *proxy_only(code),
             ),
             code_env,
             cwd=code,
