@@ -201,6 +201,12 @@ async def fetch_job(
                 )
                 if isinstance(first, Switched):
                     switched = first
+                    # A URL that failed before the switch is not asked again, unless
+                    # nothing else is left.
+                    failed = {f.url for f in first.failures}
+                    if any(url not in failed for url in sources):
+                        sources = tuple(url for url in sources if url not in failed)
+                        nodes = group_sources(sources)
                 else:
                     single = first
             several = single is None
@@ -213,6 +219,8 @@ async def fetch_job(
             url, start = pieces.url or sources[0], resumed
             transferred, per_source = pieces.transferred, dict(pieces.sources)
             failures = pieces.failures
+            if switched is not None:
+                failures = [*switched.failures, *failures]
             if switched is not None and switched.url is not None:
                 # What the one source sent before the others joined (its whole units).
                 first_bytes = max(0, pieces.kept - resumed)

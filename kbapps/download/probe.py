@@ -40,10 +40,12 @@ class Switched:
     Attributes:
         url: the URL it was reading from (None if none was asked yet).
         offset: the part's verified prefix then, in bytes.
+        failures: the sources that failed before the switch, each with why.
     """
 
     url: str | None
     offset: int
+    failures: tuple[SourceFailure, ...] = ()
 
 
 def cpu_demand() -> float:
@@ -102,6 +104,7 @@ async def one_source_first(
     result = None
     failed: Exception | None = None
     asked: list[str] = []
+    failures: list[SourceFailure] = []
 
     def note(event: dict[str, Any]) -> None:
         if event.get("event") == "source":
@@ -113,7 +116,7 @@ async def one_source_first(
             group.start_soon(_watch, ramp, part, transfer)
             try:
                 result = await download_from_sources(
-                    client, sources, part, options, reporter, note, label, dead
+                    client, sources, part, options, reporter, note, label, dead, failures
                 )
             except Exception as exc:  # raised below, not wrapped in the task group's group
                 failed = exc
@@ -131,7 +134,7 @@ async def one_source_first(
             "message": _why(ramp),
         }
     )
-    return Switched(asked[-1] if asked else None, part.offset)
+    return Switched(asked[-1] if asked else None, part.offset, tuple(failures))
 
 
 def _why(ramp: SourceRamp) -> str:

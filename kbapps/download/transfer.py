@@ -293,15 +293,18 @@ async def download_from_sources(
     emit: EventSink,
     label: str,
     dead: DeadOrigins,
+    failures: list[SourceFailure] | None = None,
 ) -> tuple[str, int, int, list[SourceFailure]]:
     """Try ``sources`` in order until the part verifies: ``(url, resumed_from, bytes, failures)``.
 
     Sources on an origin in ``dead`` go last; origins that give no response are added.
+    Each failed attempt is appended to ``failures`` (a new list if None) as it
+    happens, so a caller that cancels the transfer still has them.
 
     Raises:
         DownloadFailedError: every source failed (the failures are listed).
     """
-    failures: list[SourceFailure] = []
+    failures = [] if failures is None else failures
     transferred = 0
     prv = part.prv
     ordered = [u for u in sources if origin_of(u) not in dead]

@@ -479,3 +479,25 @@ def test_fast_sources_keep_one_source(net: FakeNetwork, tmp_path: Path) -> None:
     assert result.transferred == size
     assert not result.sources
     assert [e.range for e in net.requests("good")] == [None]
+
+
+def test_a_source_that_failed_before_the_switch_is_reported_and_not_asked_again(
+    net: FakeNetwork, tmp_path: Path
+) -> None:
+    # One source first: the first URL answers 404, the next paced one starts, and the
+    # ramp then brings in the third. The 404 stays among the download's failures (it
+    # was lost at the switch before) and the parallel phase does not ask it again.
+    data = content(SIZE, seed=23)
+    net.pace = 4 * MIB
+    sha1 = net.add(data, [])
+    missing = net.node_url(NODE_C, "missing", sha1)
+    first, other = net.node_url(NODE_A, "paced", sha1), net.node_url(NODE_B, "paced", sha1)
+    net.sources[sha1] = [missing, first, other]
+    events: list[dict[str, Any]] = []
+    out = tmp_path / "out.bin"
+    result = fetch(prv_of(data, chunks=True), out, options(net.base, one_source_first=True), events)
+    assert out.read_bytes() == data
+    assert len([e for e in events if e["event"] == "sources"]) == 1
+    assert [f.url for f in result.failures] == [missing]
+    assert len(net.requests("missing")) == 1
+    assert set(dict(result.sources)) == {first, other}
