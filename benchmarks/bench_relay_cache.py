@@ -14,8 +14,15 @@ In ONE run:
     simultaneous ``curl``s of a second file, new to the hub, through the hub with its
     cache on, next to the same through a hub with ``--cache-size 0``. Target: 1x the
     file's size with the cache.
+(c) A hub in the middle (top hub with ``--cache-size 0`` <- mid hub <- share): ``curl``
+    of ``<top>/sha1/SHA1`` for a file new to the mid hub each round, the mid hub with
+    its cache on (it takes the stream from its core, checks, fills its cache) next to
+    the mid hub with ``--cache-size 0`` (it relays in its core), interleaved; the mid
+    hub's CPU per GiB. Then the share's uplink bytes for one more download of a file
+    the mid hub cached: 0 with the cache.
 
 Usage: python benchmarks/bench_relay_cache.py [--rounds 3] [--size-mib 1024] [--dir DIR]
+       [--parts abc]
 Prints Markdown tables.
 """
 
@@ -44,11 +51,13 @@ def get_json(url: str) -> dict[str, object]:
     return value
 
 
-def start_hub(procs: Procs, work: Path, env: dict[str, str], name: str, cache: str) -> str:
+def start_hub(
+    procs: Procs, work: Path, env: dict[str, str], name: str, cache: str, parent: str = "."
+) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     (work / name).mkdir(exist_ok=True)
-    argv = node_args(name, port, url, ".")
+    argv = node_args(name, port, url, parent)
     procs.start(name, command("kbucket-hub", str(work / name), *argv, "--cache-size", cache), env)
     procs.wait_line(name, r"kbucket-hub is running http on port")
     return url
@@ -111,7 +120,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--parts", choices=["abc", "ab", "c"], default="abc", help="(a) and (b) share a set-up"
+    )
     args = parser.parse_args()
+    if args.parts == "c":
+        return _mid_hub(args)
     size = args.size_mib << 20
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -203,6 +217,78 @@ def main() -> int:
                 wall = time.perf_counter() - start
                 sent = uplink_bytes(h, s) - before
                 print(f"| {label} | {sent:,} | {sent / size2:.2f} x | {wall:.2f} |")
+        finally:
+            procs.close()
+    return _mid_hub(args) if "c" in args.parts else 0
+
+
+def _mid_hub(args: argparse.Namespace) -> int:
+    """Part (c): see the module docstring."""
+    size = args.size_mib << 20
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        procs = Procs(work)
+        try:
+            variants = {"mid hub cache on": "mid", "mid hub --cache-size 0": "mid0"}
+            for mid in variants.values():
+                (work / f"share-{mid}").mkdir()
+            print("Writing and hashing the files ...", file=sys.stderr, flush=True)
+            # One file per round (the warm-up's too), each new to the mid hubs; both shares
+            # hold the same files (hard links).
+            sha1s = []
+            for n in range(args.rounds + 1):
+                sha1s.append(make_big(work / "share-mid" / f"{n}.bin", args.size_mib))
+                (work / "share-mid0" / f"{n}.bin").hardlink_to(work / "share-mid" / f"{n}.bin")
+            tops: dict[str, str] = {}
+            shares: dict[str, str] = {}
+            for mid in variants.values():
+                top = start_hub(procs, work, env, f"top-{mid}", "0")
+                cache = f"{(args.rounds + 3) * args.size_mib}M" if mid == "mid" else "0"
+                hub = start_hub(procs, work, env, mid, cache, parent=top)
+                tops[mid] = top
+                shares[mid] = start_share(procs, work, env, f"share-{mid}", hub)
+            for mid in variants.values():
+                for sha1 in sha1s:
+                    wait_found(tops[mid], sha1)
+            pids = {name: popen.pid for name, popen in procs.all}
+            walls: dict[str, list[float]] = {label: [] for label in variants}
+            cpus: dict[str, list[float]] = {label: [] for label in variants}
+            for round_no in range(args.rounds + 1):
+                print(f"mid hub round {round_no}", file=sys.stderr, flush=True)
+                order = list(variants.items())
+                for label, mid in order if round_no % 2 else order[::-1]:
+                    url = f"{tops[mid]}/sha1/{sha1s[round_no]}"
+                    if round_no == 0:  # warm-up: checks the bytes
+                        assert curl_sha1(url) == sha1s[0], label
+                        continue
+                    before = cpu_seconds(pids[mid])
+                    walls[label].append(curl(url, size))
+                    cpus[label].append(cpu_seconds(pids[mid]) - before)
+            mb, gib = size / 1e6, size / (1 << 30)
+            relay = list(variants)[1]
+            print(
+                f"\n### (c) curl <top>/sha1/SHA1 through a mid hub, {args.size_mib} MiB new"
+                f" to it each round, {args.rounds} interleaved rounds\n"
+            )
+            print("| mid hub | MB/s | wall s | mid hub CPU s per GiB | throughput ratio |")
+            print("|---|---|---|---|---|")
+            for label in variants:
+                ratio = [r / w for r, w in zip(walls[relay], walls[label], strict=True)]
+                print(
+                    f"| {label} | {fmt([mb / w for w in walls[label]])} "
+                    f"| {fmt(walls[label], 3)} | {fmt([c / gib for c in cpus[label]], 2)} "
+                    f"| {fmt(ratio, 2)} x relay in the core |"
+                )
+            # A file the mid hub cached (the warm-up's): downloaded again through the top.
+            print("\n| mid hub | share uplink bytes, a second download | wall s |")
+            print("|---|---|---|")
+            for label, mid in variants.items():
+                cached = sha1s[0]
+                before = uplink_bytes(tops[mid], shares[mid])
+                wall = curl(f"{tops[mid]}/sha1/{cached}", size)
+                sent = uplink_bytes(tops[mid], shares[mid]) - before
+                print(f"| {label} | {sent:,} | {wall:.2f} |")
         finally:
             procs.close()
     return 0
