@@ -14,12 +14,12 @@ In ONE run:
     simultaneous ``curl``s of a second file, new to the hub, through the hub with its
     cache on, next to the same through a hub with ``--cache-size 0``. Target: 1x the
     file's size with the cache.
-(c) A hub in the middle (top hub with ``--cache-size 0`` <- mid hub <- share): ``curl``
-    of ``<top>/sha1/SHA1`` for a file new to the mid hub each round, the mid hub with
-    its cache on (it takes the stream from its core, checks, fills its cache) next to
-    the mid hub with ``--cache-size 0`` (it relays in its core), interleaved; the mid
-    hub's CPU per GiB. Then the share's uplink bytes for one more download of a file
-    the mid hub cached: 0 with the cache.
+(c) A hub in the middle (top hub <- mid hub <- share): ``curl`` of ``<top>/sha1/SHA1``
+    for a file new to the hubs each round, in three networks: the mid hub's cache on
+    (it takes the stream from its core, checks it, fills its cache), the top hub's cache
+    on (what a fill cost before mid hubs cached), no cache at all; interleaved, with
+    each hub's CPU per GiB. Then the share's uplink bytes for one more download of a
+    file downloaded before: 0 where a cache holds it.
 
 Usage: python benchmarks/bench_relay_cache.py [--rounds 3] [--size-mib 1024] [--dir DIR]
        [--parts abc]
@@ -226,68 +226,78 @@ def _mid_hub(args: argparse.Namespace) -> int:
     """Part (c): see the module docstring."""
     size = args.size_mib << 20
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PYTHONPATH": str(ROOT)}
+    bound = f"{(args.rounds + 2) * args.size_mib}M"
+    # label -> (network name, top hub's --cache-size, mid hub's --cache-size)
+    variants = {
+        "mid hub's cache on": ("m", "0", bound),
+        "top hub's cache on": ("t", bound, "0"),
+        "no cache": ("n", "0", "0"),
+    }
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         work = Path(tmp)
         procs = Procs(work)
         try:
-            variants = {"mid hub cache on": "mid", "mid hub --cache-size 0": "mid0"}
-            for mid in variants.values():
-                (work / f"share-{mid}").mkdir()
             print("Writing and hashing the files ...", file=sys.stderr, flush=True)
-            # One file per round (the warm-up's too), each new to the mid hubs; both shares
+            # One file per round (the warm-up's too), each new to every hub; the shares
             # hold the same files (hard links).
-            sha1s = []
-            for n in range(args.rounds + 1):
-                sha1s.append(make_big(work / "share-mid" / f"{n}.bin", args.size_mib))
-                (work / "share-mid0" / f"{n}.bin").hardlink_to(work / "share-mid" / f"{n}.bin")
+            first = work / "share-m"
+            first.mkdir()
+            sha1s = [make_big(first / f"{n}.bin", args.size_mib) for n in range(args.rounds + 1)]
             tops: dict[str, str] = {}
             shares: dict[str, str] = {}
-            for mid in variants.values():
-                top = start_hub(procs, work, env, f"top-{mid}", "0")
-                cache = f"{(args.rounds + 3) * args.size_mib}M" if mid == "mid" else "0"
-                hub = start_hub(procs, work, env, mid, cache, parent=top)
-                tops[mid] = top
-                shares[mid] = start_share(procs, work, env, f"share-{mid}", hub)
-            for mid in variants.values():
+            for net, top_cache, mid_cache in variants.values():
+                if net != "m":
+                    (work / f"share-{net}").mkdir()
+                    for n in range(args.rounds + 1):
+                        (work / f"share-{net}" / f"{n}.bin").hardlink_to(first / f"{n}.bin")
+                tops[net] = start_hub(procs, work, env, f"top-{net}", top_cache)
+                mid = start_hub(procs, work, env, f"mid-{net}", mid_cache, parent=tops[net])
+                shares[net] = start_share(procs, work, env, f"share-{net}", mid)
+            for net in tops:
                 for sha1 in sha1s:
-                    wait_found(tops[mid], sha1)
+                    wait_found(tops[net], sha1)
             pids = {name: popen.pid for name, popen in procs.all}
             walls: dict[str, list[float]] = {label: [] for label in variants}
-            cpus: dict[str, list[float]] = {label: [] for label in variants}
+            cpus: dict[tuple[str, str], list[float]] = {}
+            order = list(variants.items())
             for round_no in range(args.rounds + 1):
                 print(f"mid hub round {round_no}", file=sys.stderr, flush=True)
-                order = list(variants.items())
-                for label, mid in order if round_no % 2 else order[::-1]:
-                    url = f"{tops[mid]}/sha1/{sha1s[round_no]}"
+                for label, (net, _, _) in order[round_no % 3 :] + order[: round_no % 3]:
+                    url = f"{tops[net]}/sha1/{sha1s[round_no]}"
                     if round_no == 0:  # warm-up: checks the bytes
                         assert curl_sha1(url) == sha1s[0], label
                         continue
-                    before = cpu_seconds(pids[mid])
+                    hubs = {hub: pids[f"{hub}-{net}"] for hub in ("top", "mid")}
+                    before = {hub: cpu_seconds(pid) for hub, pid in hubs.items()}
                     walls[label].append(curl(url, size))
-                    cpus[label].append(cpu_seconds(pids[mid]) - before)
+                    for hub, pid in hubs.items():
+                        cpus.setdefault((label, hub), []).append(cpu_seconds(pid) - before[hub])
             mb, gib = size / 1e6, size / (1 << 30)
-            relay = list(variants)[1]
+            plain = list(variants)[-1]
             print(
-                f"\n### (c) curl <top>/sha1/SHA1 through a mid hub, {args.size_mib} MiB new"
-                f" to it each round, {args.rounds} interleaved rounds\n"
+                f"\n### (c) curl <top>/sha1/SHA1 through top hub <- mid hub <- share,"
+                f" {args.size_mib} MiB new to the hubs each round, {args.rounds} rounds\n"
             )
-            print("| mid hub | MB/s | wall s | mid hub CPU s per GiB | throughput ratio |")
-            print("|---|---|---|---|---|")
+            print(
+                "| caching | MB/s | wall s | CPU s per GiB: top hub | mid hub | throughput ratio |"
+            )
+            print("|---|---|---|---|---|---|")
             for label in variants:
-                ratio = [r / w for r, w in zip(walls[relay], walls[label], strict=True)]
+                ratio = [p / w for p, w in zip(walls[plain], walls[label], strict=True)]
+                top_cpu = [c / gib for c in cpus[(label, "top")]]
+                mid_cpu = [c / gib for c in cpus[(label, "mid")]]
                 print(
                     f"| {label} | {fmt([mb / w for w in walls[label]])} "
-                    f"| {fmt(walls[label], 3)} | {fmt([c / gib for c in cpus[label]], 2)} "
-                    f"| {fmt(ratio, 2)} x relay in the core |"
+                    f"| {fmt(walls[label], 3)} | {fmt(top_cpu, 2)} | {fmt(mid_cpu, 2)} "
+                    f"| {fmt(ratio, 2)} x no cache |"
                 )
-            # A file the mid hub cached (the warm-up's): downloaded again through the top.
-            print("\n| mid hub | share uplink bytes, a second download | wall s |")
+            # The warm-up's file, cached where a cache is on: downloaded again.
+            print("\n| caching | share uplink bytes, a second download | wall s |")
             print("|---|---|---|")
-            for label, mid in variants.items():
-                cached = sha1s[0]
-                before = uplink_bytes(tops[mid], shares[mid])
-                wall = curl(f"{tops[mid]}/sha1/{cached}", size)
-                sent = uplink_bytes(tops[mid], shares[mid]) - before
+            for label, (net, _, _) in variants.items():
+                before_sent = uplink_bytes(tops[net], shares[net])
+                wall = curl(f"{tops[net]}/sha1/{sha1s[0]}", size)
+                sent = uplink_bytes(tops[net], shares[net]) - before_sent
                 print(f"| {label} | {sent:,} | {wall:.2f} |")
         finally:
             procs.close()
