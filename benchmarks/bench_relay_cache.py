@@ -15,11 +15,11 @@ In ONE run:
     cache on, next to the same through a hub with ``--cache-size 0``. Target: 1x the
     file's size with the cache.
 (c) A hub in the middle (top hub <- mid hub <- share): ``curl`` of ``<top>/sha1/SHA1``
-    for a file new to the hubs each round, in three networks: the mid hub's cache on
-    (it takes the stream from its core, checks it, fills its cache), the top hub's cache
-    on (what a fill cost before mid hubs cached), no cache at all; interleaved, with
-    each hub's CPU per GiB. Then the share's uplink bytes for one more download of a
-    file downloaded before: 0 where a cache holds it.
+    for a file new to the hubs each round, in four networks: both hubs' caches on (the
+    default), the mid hub's alone (it takes the stream from its core, checks it, fills
+    its cache), the top hub's alone (what a fill cost before mid hubs cached), no cache
+    at all; interleaved, with each hub's CPU per GiB. Then the share's uplink bytes for
+    one more download of a file downloaded before: 0 where a cache holds it.
 
 Usage: python benchmarks/bench_relay_cache.py [--rounds 3] [--size-mib 1024] [--dir DIR]
        [--parts abc]
@@ -229,6 +229,7 @@ def _mid_hub(args: argparse.Namespace) -> int:
     bound = f"{(args.rounds + 2) * args.size_mib}M"
     # label -> (network name, top hub's --cache-size, mid hub's --cache-size)
     variants = {
+        "both caches on (the default)": ("b", bound, bound),
         "mid hub's cache on": ("m", "0", bound),
         "top hub's cache on": ("t", bound, "0"),
         "no cache": ("n", "0", "0"),
@@ -240,13 +241,13 @@ def _mid_hub(args: argparse.Namespace) -> int:
             print("Writing and hashing the files ...", file=sys.stderr, flush=True)
             # One file per round (the warm-up's too), each new to every hub; the shares
             # hold the same files (hard links).
-            first = work / "share-m"
+            first = work / "share-b"
             first.mkdir()
             sha1s = [make_big(first / f"{n}.bin", args.size_mib) for n in range(args.rounds + 1)]
             tops: dict[str, str] = {}
             shares: dict[str, str] = {}
             for net, top_cache, mid_cache in variants.values():
-                if net != "m":
+                if net != "b":
                     (work / f"share-{net}").mkdir()
                     for n in range(args.rounds + 1):
                         (work / f"share-{net}" / f"{n}.bin").hardlink_to(first / f"{n}.bin")
@@ -262,7 +263,8 @@ def _mid_hub(args: argparse.Namespace) -> int:
             order = list(variants.items())
             for round_no in range(args.rounds + 1):
                 print(f"mid hub round {round_no}", file=sys.stderr, flush=True)
-                for label, (net, _, _) in order[round_no % 3 :] + order[: round_no % 3]:
+                turn = round_no % len(order)
+                for label, (net, _, _) in order[turn:] + order[:turn]:
                     url = f"{tops[net]}/sha1/{sha1s[round_no]}"
                     if round_no == 0:  # warm-up: checks the bytes
                         assert curl_sha1(url) == sha1s[0], label
