@@ -52,22 +52,39 @@ def get_json(url: str) -> dict[str, object]:
 
 
 def start_hub(
-    procs: Procs, work: Path, env: dict[str, str], name: str, cache: str, parent: str = "."
+    procs: Procs,
+    work: Path,
+    env: dict[str, str],
+    name: str,
+    cache: str,
+    parent: str = ".",
+    *,
+    wait: bool = True,
 ) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     (work / name).mkdir(exist_ok=True)
     argv = node_args(name, port, url, parent)
     procs.start(name, command("kbucket-hub", str(work / name), *argv, "--cache-size", cache), env)
-    procs.wait_line(name, r"kbucket-hub is running http on port")
+    if wait:
+        procs.wait_line(name, r"kbucket-hub is running http on port")
     return url
 
 
 def start_share(procs: Procs, work: Path, env: dict[str, str], name: str, hub: str) -> str:
+    launch_share(procs, work, env, name, hub)
+    return wait_share(procs, work, name)
+
+
+def launch_share(procs: Procs, work: Path, env: dict[str, str], name: str, hub: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [*node_args(name, port, url, hub), "--confirm-share", "yes"]
     procs.start(name, command("kbucket-host", str(work / name), *argv), env)
+
+
+def wait_share(procs: Procs, work: Path, name: str) -> str:
+    """Wait until share ``name`` indexed and joined; its node id."""
     procs.wait_line(name, r"^Indexed \d+ files?\.$", timeout=600)
     procs.wait_line(name, r"^Connected to parent hub: ")
     node_id = json.loads((work / name / ".kbucket" / "kbnode.json").read_text())["node_id"]
@@ -244,16 +261,27 @@ def _mid_hub(args: argparse.Namespace) -> int:
             first = work / "share-b"
             first.mkdir()
             sha1s = [make_big(first / f"{n}.bin", args.size_mib) for n in range(args.rounds + 1)]
-            tops: dict[str, str] = {}
-            shares: dict[str, str] = {}
-            for net, top_cache, mid_cache in variants.values():
+            for net, _, _ in variants.values():
                 if net != "b":
                     (work / f"share-{net}").mkdir()
                     for n in range(args.rounds + 1):
                         (work / f"share-{net}" / f"{n}.bin").hardlink_to(first / f"{n}.bin")
-                tops[net] = start_hub(procs, work, env, f"top-{net}", top_cache)
-                mid = start_hub(procs, work, env, f"mid-{net}", mid_cache, parent=tops[net])
-                shares[net] = start_share(procs, work, env, f"share-{net}", mid)
+            # The four networks start side by side, one level of the tree at a time.
+            tops = {
+                net: start_hub(procs, work, env, f"top-{net}", top, wait=False)
+                for net, top, _ in variants.values()
+            }
+            for net in tops:
+                procs.wait_line(f"top-{net}", r"kbucket-hub is running http on port")
+            mids = {
+                net: start_hub(procs, work, env, f"mid-{net}", mid, tops[net], wait=False)
+                for net, _, mid in variants.values()
+            }
+            for net in mids:
+                procs.wait_line(f"mid-{net}", r"kbucket-hub is running http on port")
+            for net, mid_url in mids.items():
+                launch_share(procs, work, env, f"share-{net}", mid_url)
+            shares = {net: wait_share(procs, work, f"share-{net}") for net in mids}
             for net in tops:
                 for sha1 in sha1s:
                     wait_found(tops[net], sha1)
