@@ -8,7 +8,9 @@ app calls ``open_request``; the core sends ``Open`` toward X along the node's ro
 (down to the child whose subtree holds X, else up). Every hub on the way is a
 *relay*: it opens a new stream on the next link and pairs the two. At X (the
 *target*) the app gets ``RequestReceived`` and answers with a response head, body
-data and an end. Either end, or any relay, may ``Reset``; a reset travels hop by hop
+data and an end. A hub whose node ``takes_content`` (a relay cache,
+``HubCore.take_content_requests``) is the target of ``GET``/``HEAD /X/sha1/SHA1``
+instead of a relay: its app answers the content itself (docs/protocol.md §13). Either end, or any relay, may ``Reset``; a reset travels hop by hop
 to both ends, and so does the loss of any link on the way (502), a requester going
 away (499) or a timeout (504).
 
