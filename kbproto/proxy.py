@@ -10,9 +10,10 @@ app calls ``open_request``; the core sends ``Open`` toward X along the node's ro
 *target*) the app gets ``RequestReceived`` and answers with a response head, body
 data and an end. A hub whose node ``takes_content`` (a relay cache,
 ``HubCore.take_content_requests``) is the target of ``GET``/``HEAD /X/sha1/SHA1``
-instead of a relay: its app answers the content itself (docs/protocol.md §13). Either end, or any relay, may ``Reset``; a reset travels hop by hop
-to both ends, and so does the loss of any link on the way (502), a requester going
-away (499) or a timeout (504).
+instead of a relay: its app answers the content itself (docs/protocol.md §13).
+Either end, or any relay, may ``Reset``; a reset travels hop by hop to both ends, and
+so does the loss of any link on the way (502), a requester going away (499) or a
+timeout (504).
 
 A stream's life is ``kbproto.state.STREAM_TRANSITIONS``, one table per role: every
 frame, app command and verdict of the node (deadline, lost link, no route) is an
