@@ -14,8 +14,15 @@ In ONE run:
     simultaneous ``curl``s of a second file, new to the hub, through the hub with its
     cache on, next to the same through a hub with ``--cache-size 0``. Target: 1x the
     file's size with the cache.
+(c) A hub in the middle (top hub <- mid hub <- share): ``curl`` of ``<top>/sha1/SHA1``
+    for a file new to the hubs each round, in four networks: both hubs' caches on (the
+    default), the mid hub's alone (it takes the stream from its core, checks it, fills
+    its cache), the top hub's alone (what a fill cost before mid hubs cached), no cache
+    at all; interleaved, with each hub's CPU per GiB. Then the share's uplink bytes for
+    one more download of a file downloaded before: 0 where a cache holds it.
 
 Usage: python benchmarks/bench_relay_cache.py [--rounds 3] [--size-mib 1024] [--dir DIR]
+       [--parts abc]
 Prints Markdown tables.
 """
 
@@ -44,21 +51,40 @@ def get_json(url: str) -> dict[str, object]:
     return value
 
 
-def start_hub(procs: Procs, work: Path, env: dict[str, str], name: str, cache: str) -> str:
+def start_hub(
+    procs: Procs,
+    work: Path,
+    env: dict[str, str],
+    name: str,
+    cache: str,
+    parent: str = ".",
+    *,
+    wait: bool = True,
+) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     (work / name).mkdir(exist_ok=True)
-    argv = node_args(name, port, url, ".")
+    argv = node_args(name, port, url, parent)
     procs.start(name, command("kbucket-hub", str(work / name), *argv, "--cache-size", cache), env)
-    procs.wait_line(name, r"kbucket-hub is running http on port")
+    if wait:
+        procs.wait_line(name, r"kbucket-hub is running http on port")
     return url
 
 
 def start_share(procs: Procs, work: Path, env: dict[str, str], name: str, hub: str) -> str:
+    launch_share(procs, work, env, name, hub)
+    return wait_share(procs, work, name)
+
+
+def launch_share(procs: Procs, work: Path, env: dict[str, str], name: str, hub: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [*node_args(name, port, url, hub), "--confirm-share", "yes"]
     procs.start(name, command("kbucket-host", str(work / name), *argv), env)
+
+
+def wait_share(procs: Procs, work: Path, name: str) -> str:
+    """Wait until share ``name`` indexed and joined; its node id."""
     procs.wait_line(name, r"^Indexed \d+ files?\.$", timeout=600)
     procs.wait_line(name, r"^Connected to parent hub: ")
     node_id = json.loads((work / name / ".kbucket" / "kbnode.json").read_text())["node_id"]
@@ -111,7 +137,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument(
+        "--parts", choices=["abc", "ab", "c"], default="abc", help="(a) and (b) share a set-up"
+    )
     args = parser.parse_args()
+    if args.parts == "c":
+        return _mid_hub(args)
     size = args.size_mib << 20
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -203,6 +234,101 @@ def main() -> int:
                 wall = time.perf_counter() - start
                 sent = uplink_bytes(h, s) - before
                 print(f"| {label} | {sent:,} | {sent / size2:.2f} x | {wall:.2f} |")
+        finally:
+            procs.close()
+    return _mid_hub(args) if "c" in args.parts else 0
+
+
+def _mid_hub(args: argparse.Namespace) -> int:
+    """Part (c): see the module docstring."""
+    size = args.size_mib << 20
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "PYTHONPATH": str(ROOT)}
+    bound = f"{(args.rounds + 2) * args.size_mib}M"
+    # label -> (network name, top hub's --cache-size, mid hub's --cache-size)
+    variants = {
+        "both caches on (the default)": ("b", bound, bound),
+        "mid hub's cache on": ("m", "0", bound),
+        "top hub's cache on": ("t", bound, "0"),
+        "no cache": ("n", "0", "0"),
+    }
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        procs = Procs(work)
+        try:
+            print("Writing and hashing the files ...", file=sys.stderr, flush=True)
+            # One file per round (the warm-up's too), each new to every hub; the shares
+            # hold the same files (hard links).
+            first = work / "share-b"
+            first.mkdir()
+            sha1s = [make_big(first / f"{n}.bin", args.size_mib) for n in range(args.rounds + 1)]
+            for net, _, _ in variants.values():
+                if net != "b":
+                    (work / f"share-{net}").mkdir()
+                    for n in range(args.rounds + 1):
+                        (work / f"share-{net}" / f"{n}.bin").hardlink_to(first / f"{n}.bin")
+            # The four networks start side by side, one level of the tree at a time.
+            tops = {
+                net: start_hub(procs, work, env, f"top-{net}", top, wait=False)
+                for net, top, _ in variants.values()
+            }
+            for net in tops:
+                procs.wait_line(f"top-{net}", r"kbucket-hub is running http on port")
+            mids = {
+                net: start_hub(procs, work, env, f"mid-{net}", mid, tops[net], wait=False)
+                for net, _, mid in variants.values()
+            }
+            for net in mids:
+                procs.wait_line(f"mid-{net}", r"kbucket-hub is running http on port")
+            for net, mid_url in mids.items():
+                launch_share(procs, work, env, f"share-{net}", mid_url)
+            shares = {net: wait_share(procs, work, f"share-{net}") for net in mids}
+            for net in tops:
+                for sha1 in sha1s:
+                    wait_found(tops[net], sha1)
+            pids = {name: popen.pid for name, popen in procs.all}
+            walls: dict[str, list[float]] = {label: [] for label in variants}
+            cpus: dict[tuple[str, str], list[float]] = {}
+            order = list(variants.items())
+            for round_no in range(args.rounds + 1):
+                print(f"mid hub round {round_no}", file=sys.stderr, flush=True)
+                turn = round_no % len(order)
+                for label, (net, _, _) in order[turn:] + order[:turn]:
+                    url = f"{tops[net]}/sha1/{sha1s[round_no]}"
+                    if round_no == 0:  # warm-up: checks the bytes
+                        assert curl_sha1(url) == sha1s[0], label
+                        continue
+                    hubs = {hub: pids[f"{hub}-{net}"] for hub in ("top", "mid")}
+                    before = {hub: cpu_seconds(pid) for hub, pid in hubs.items()}
+                    walls[label].append(curl(url, size))
+                    for hub, pid in hubs.items():
+                        cpus.setdefault((label, hub), []).append(cpu_seconds(pid) - before[hub])
+            mb, gib = size / 1e6, size / (1 << 30)
+            plain = list(variants)[-1]
+            print(
+                f"\n### (c) curl <top>/sha1/SHA1 through top hub <- mid hub <- share,"
+                f" {args.size_mib} MiB new to the hubs each round, {args.rounds} rounds\n"
+            )
+            print(
+                "| caching | MB/s | wall s | CPU s per GiB: top hub | mid hub | throughput ratio |"
+            )
+            print("|---|---|---|---|---|---|")
+            for label in variants:
+                ratio = [p / w for p, w in zip(walls[plain], walls[label], strict=True)]
+                top_cpu = [c / gib for c in cpus[(label, "top")]]
+                mid_cpu = [c / gib for c in cpus[(label, "mid")]]
+                print(
+                    f"| {label} | {fmt([mb / w for w in walls[label]])} "
+                    f"| {fmt(walls[label], 3)} | {fmt(top_cpu, 2)} | {fmt(mid_cpu, 2)} "
+                    f"| {fmt(ratio, 2)} x no cache |"
+                )
+            # The warm-up's file, cached where a cache is on: downloaded again.
+            print("\n| caching | share uplink bytes, a second download | wall s |")
+            print("|---|---|---|")
+            for label, (net, _, _) in variants.items():
+                before_sent = uplink_bytes(tops[net], shares[net])
+                wall = curl(f"{tops[net]}/sha1/{sha1s[0]}", size)
+                sent = uplink_bytes(tops[net], shares[net]) - before_sent
+                print(f"| {label} | {sent:,} | {wall:.2f} |")
         finally:
             procs.close()
     return 0

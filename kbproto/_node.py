@@ -171,6 +171,9 @@ class _Node:
             confirm_share="" if self.is_hub else "yes",
         )
         self.node_id: NodeId = self.info.node_id
+        # A hub with a relay cache serves the requests naming content it would relay
+        # itself (``HubCore.take_content_requests``, docs/protocol.md §13).
+        self.takes_content = False
         # Placement stamps (docs/protocol.md §3.2): wall-clock milliseconds derived from
         # ``now`` and the offset ``start`` was given, kept above the last one used.
         self._wall_offset_ms = 0.0

@@ -88,6 +88,13 @@ class HubCore(_CoreCommon):
 
     # --- content the hub holds itself (docs/protocol.md §13) ----------------------------
 
+    def take_content_requests(self, enabled: bool) -> None:
+        """With ``enabled``, a request naming content (``GET`` or ``HEAD
+        /ID/sha1/SHA1``) that this hub would relay to node ID reaches the app as a
+        ``RequestReceived`` instead, so a hub with a relay cache answers it from its
+        cache or fetches it itself (filling its cache); off by default."""
+        self._node.takes_content = enabled
+
     def put_cached(self, sha1: str, size: int, now: float) -> None:
         """The hub holds verified content ``sha1`` of ``size`` bytes itself (its relay
         cache): it answers finds for it as a source (path: the content id) and reports

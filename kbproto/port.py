@@ -68,6 +68,12 @@ class NodePort(Protocol):
 class StreamPort(NodePort, Protocol):
     """What ``proxy.Streams`` uses of its node."""
 
+    @property
+    def takes_content(self) -> bool:
+        """True if requests naming content (``GET``/``HEAD /ID/sha1/SHA1``) that would
+        be relayed are served here instead (a hub with a relay cache, §13)."""
+        ...
+
     def send_bulk(self, link: Link, frame: bytes) -> None:
         """Queue encoded data or ``End`` frames on ``link``, behind its control frames."""
         ...

@@ -8,9 +8,12 @@ app calls ``open_request``; the core sends ``Open`` toward X along the node's ro
 (down to the child whose subtree holds X, else up). Every hub on the way is a
 *relay*: it opens a new stream on the next link and pairs the two. At X (the
 *target*) the app gets ``RequestReceived`` and answers with a response head, body
-data and an end. Either end, or any relay, may ``Reset``; a reset travels hop by hop
-to both ends, and so does the loss of any link on the way (502), a requester going
-away (499) or a timeout (504).
+data and an end. A hub whose node ``takes_content`` (a relay cache,
+``HubCore.take_content_requests``) is the target of ``GET``/``HEAD /X/sha1/SHA1``
+instead of a relay: its app answers the content itself (docs/protocol.md §13).
+Either end, or any relay, may ``Reset``; a reset travels hop by hop to both ends, and
+so does the loss of any link on the way (502), a requester going away (499) or a
+timeout (504).
 
 A stream's life is ``kbproto.state.STREAM_TRANSITIONS``, one table per role: every
 frame, app command and verdict of the node (deadline, lost link, no route) is an
@@ -57,7 +60,7 @@ from kbproto.events import (
     StreamReset,
     StreamWritable,
 )
-from kbproto.ids import LinkId, StreamId, is_node_id
+from kbproto.ids import LinkId, StreamId, is_node_id, is_sha1
 from kbproto.link import Link
 from kbproto.messages import MAX_CREDIT, MAX_ID, Credit, Data, End, Open, Reset, Response
 from kbproto.port import StreamPort
@@ -91,6 +94,15 @@ _FROM_REQUESTER: dict[type, StreamInput] = {
 }
 #: The machine's name in errors, per role.
 _MACHINE = {role: f"{role.value} stream" for role in StreamRole}
+
+
+def _names_content(message: Open) -> bool:
+    """True for ``GET`` or ``HEAD /TARGET/sha1/SHA1``: a request whose answer is the
+    content ``SHA1`` whoever serves it (the target's path, not a query or a suffix)."""
+    if message.method not in ("GET", "HEAD"):
+        return False
+    parts = message.path.split("/")
+    return len(parts) == 4 and parts[1:3] == [message.target, "sha1"] and is_sha1(parts[3])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -354,6 +366,10 @@ class Streams:
             )
             port.send(link, Reset(stream=message.stream, status=status, reason=reason))
             return
+        if dest != "self" and port.takes_content and _names_content(message):
+            # A hub with a relay cache answers content itself (from its cache, or by
+            # fetching it and filling the cache on the way): docs/protocol.md §13.
+            dest = "self"
         role = StreamRole.TARGET if dest == "self" else StreamRole.RELAY
         stream = self._new(role, now)
         stream.in_link = link

@@ -4,7 +4,9 @@ The HTTP routes (``kbtransport.httpapi``) use three things from here:
 
 * ``cached_response``: a cache entry answered like a share answers its own file
   (``kbtransport.ranges.file_response``: Range, HEAD, If-None-Match, ``ETag`` = the
-  quoted SHA-1; the server sends it with ``sendfile``).
+  quoted SHA-1; the server sends it with ``sendfile``); ``entry_response`` does the
+  same for an entry opened beforehand (a download by path, answered once the share
+  confirmed the path still holds that content).
 * ``joined_response``: a whole GET for content a fill is writing right now (single
   flight). The joiner reads the fill's temporary up to what has arrived, then follows
   it; it never sends the last byte before the fill committed (so a joiner never gets a
@@ -12,12 +14,17 @@ The HTTP routes (``kbtransport.httpapi``) use three things from here:
   bytes, and is cut (an incomplete body, like a failed proxy) if the fill is dropped.
   The writer never waits for joiners.
 * ``Tee``: what the proxied body writes into a fill as it streams.
+* ``KnownPaths``: which content id a share last named (its ``ETag``) for a download
+  by path, so the next download of that path can be asked conditionally
+  (``If-None-Match``) and answered from the cache (docs/protocol.md §13).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
+from typing import BinaryIO
 
 import anyio
 
@@ -28,7 +35,15 @@ from kbtransport.ranges import content_type_for, file_response
 from kbtransport.relaycache import CacheFill, RelayCache
 from kbtransport.usercontent import user_content_headers
 
-__all__ = ("JOIN_IDLE", "Tee", "cached_response", "is_plain_get", "joined_response")
+__all__ = (
+    "JOIN_IDLE",
+    "KnownPaths",
+    "Tee",
+    "cached_response",
+    "entry_response",
+    "is_plain_get",
+    "joined_response",
+)
 
 #: Seconds a joiner waits for the next bytes of a fill before it gives up (the proxy's
 #: own idle limit is of the same order: a stalled share is a failed download).
@@ -43,6 +58,14 @@ def cached_response(request: Request, cache: RelayCache, sha1: str, name: str) -
     opened = cache.open_entry(sha1)
     if opened is None:
         return None
+    return entry_response(request, cache, sha1, opened, name)
+
+
+def entry_response(
+    request: Request, cache: RelayCache, sha1: str, opened: tuple[BinaryIO, int], name: str
+) -> Response:
+    """The answer to ``request`` (GET or HEAD) from ``opened``, the entry of ``sha1``
+    as ``RelayCache.open_entry`` gave it (the response owns the file)."""
     file, size = opened
     response = file_response(request, file, size, name=name, etag=f'"{sha1}"')
     cache.stats.hits += 1
@@ -157,3 +180,37 @@ class Tee:
     def abort(self) -> None:
         """The body did not end well: drop the fill (idempotent)."""
         self._fill.abort()
+
+
+class KnownPaths:
+    """The content id each recent download by path was last named by its share
+    (``(share id, request target) -> sha1``), the least recently used forgotten past
+    ``kept`` entries. A hint only: the share confirms it on every use (a 304 to
+    ``If-None-Match``), so a stale entry costs one ordinary proxied answer."""
+
+    def __init__(self, kept: int) -> None:
+        if kept < 1:
+            raise ValueError("KnownPaths needs room for one entry at least")
+        self._kept = kept
+        self._ids: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, share: str, target: str) -> str | None:
+        """The content id last named for ``target`` at ``share``, or None."""
+        sha1 = self._ids.get((share, target))
+        if sha1 is not None:
+            self._ids.move_to_end((share, target))
+        return sha1
+
+    def learn(self, share: str, target: str, sha1: str) -> None:
+        """``share`` named ``sha1`` for ``target`` ("" to forget what it named)."""
+        key = (share, target)
+        if not sha1:
+            self._ids.pop(key, None)
+            return
+        self._ids[key] = sha1
+        self._ids.move_to_end(key)
+        if len(self._ids) > self._kept:
+            self._ids.popitem(last=False)

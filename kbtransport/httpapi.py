@@ -22,7 +22,10 @@
   ``local``;
 * ``/ID/...`` for any other node id: proxied through the tree with ``open_request``
   and streamed back (status, headers, body; Range and HEAD pass through); 404 unknown
-  node, 502 a node on the way failed, 504 timed out;
+  node, 502 a node on the way failed, 504 timed out. A hub with a relay cache answers
+  ``/ID/sha1/SHA1`` from it, and ``/ID/download/PATH`` too once the share confirmed
+  (a 304 to ``If-None-Match``) that PATH still holds the content it last named for
+  it (docs/protocol.md §13);
 * everything else (``/``, ``/web/...``): ``local``.
 
 Every proxied answer keeps only ``PROXIED_RESPONSE_HEADERS`` of the target's and gets
@@ -31,7 +34,9 @@ page whose origin is not allowed (``NodeAppConfig.origins``) and a request for a
 worker's script are refused with 403. CORS headers and OPTIONS preflights are added by
 the HTTP server (``ServerConfig.cors``).
 ``own_node_app(node, local)`` is the part serving this node's own id; a ``Node`` uses it
-for requests that reach it through the tree.
+for requests that reach it through the tree. ``served_request_app`` adds, for a hub
+with a relay cache, the content requests its core takes instead of relaying them
+(``HubCore.take_content_requests``).
 """
 
 from __future__ import annotations
@@ -49,8 +54,10 @@ from kbproto.ids import is_node_id, is_sha1
 from kbproto.messages import FindResult, NodeInfo
 from kbtransport.cacheserve import (
     JOIN_IDLE,
+    KnownPaths,
     Tee,
     cached_response,
+    entry_response,
     is_plain_get,
     joined_response,
 )
@@ -80,6 +87,7 @@ __all__ = (
     "node_info_json",
     "own_node_app",
     "proxied_response",
+    "served_request_app",
 )
 
 _log = logging.getLogger("kbtransport.httpapi")
@@ -176,6 +184,9 @@ _CROSS_SITE_UPGRADE = error_response(
 _NO_WORKER_SCRIPTS = error_response(403, "A node serves no worker scripts")
 #: Most find answers kept between two driver steps (see ``build_node_app``).
 _ANSWERS_KEPT = 4096
+#: Downloads by path whose content id a hub remembers (``KnownPaths``: ~300 bytes
+#: each): the paths recently downloaded through it, far more than are hot at once.
+_PATHS_KEPT = 16384
 
 
 def _download_tail(result: FindResult) -> str:
@@ -373,6 +384,28 @@ def own_node_app(node: Node, local: App, cache: RelayCache | None = None) -> App
     return app
 
 
+def served_request_app(node: Node, own: App, whole: App) -> App:
+    """The app for requests that reach a hub through the tree: ``own`` (its own
+    routes) for those addressed to it, ``whole`` (``build_node_app``'s) for
+    ``/ID/sha1/SHA1`` of another node, which the core hands over instead of relaying
+    them once ``HubCore.take_content_requests`` is on: ``whole`` answers them from the
+    relay cache, or fetches them (one upstream transfer for many requesters) and fills
+    the cache on the way (docs/protocol.md §13)."""
+
+    async def app(request: Request) -> Response:
+        segments = request.segments
+        if (
+            len(segments) == 3
+            and segments[0] != node.node_id
+            and segments[1] == "sha1"
+            and is_node_id(segments[0])
+        ):
+            return await whole(request)
+        return await own(request)
+
+    return app
+
+
 async def _nodeinfo(node: Node) -> Response:
     snap = await node.snapshot()
     payload: dict[str, object] = {"success": True, "info": node_info_json(snap.info)}
@@ -408,6 +441,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
     origins = config.origins
     bad_sources = BadSources(config.bad_sources_kept)
     cache = config.cache
+    known_paths = KnownPaths(_PATHS_KEPT)
     own = own_node_app(node, local, cache)
     own_url = node.info.listen_url
 
@@ -547,7 +581,60 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             return error_response(502, "That node sent wrong bytes for this content")
         if named:
             return await cached_or(request, sha1, lambda: fetch(request, node_id, sha1))
+        if (
+            cache is not None
+            and len(segments) > 2
+            and segments[1] == "download"
+            and request.method in ("GET", "HEAD")
+            and request.header("if-none-match") is None
+        ):
+            return await by_path(request, node_id)
         return await fetch(request, node_id, "")
+
+    async def by_path(request: Request, node_id: str) -> Response:
+        """A download by path, from the cache when the share confirms the path still
+        holds the content it last named for it (docs/protocol.md §13): the request
+        goes on with ``If-None-Match: "SHA1"``; a 304 naming that id is answered from
+        the entry (opened before asking, so it cannot go meanwhile), anything else is
+        the share's own answer, passed on as usual."""
+        assert cache is not None
+        target = request.target.decode("ascii")
+        known = known_paths.get(node_id, target)
+        opened = cache.open_entry(known) if known is not None else None
+        if known is None or opened is None:
+            return await fetch(request, node_id, "")
+        headers = (*_forwarded(request), ("If-None-Match", f'"{known}"'))
+        try:
+            response = await node.open_request(
+                node_id, request.method, target, headers, client=_client(request)
+            )
+        except StreamResetError as exc:
+            # The share is not reachable (stopped, 404 unknown node): the path has no
+            # answer without it, whatever the cache holds.
+            opened[0].close()
+            return _reset_response(exc)
+        except LocalProtocolError as exc:
+            opened[0].close()
+            return error_response(400, f"Cannot route this request: {exc}")
+        except BaseException:
+            opened[0].close()
+            raise
+        if response.status == 304 and etag_sha1(response) == known:
+            await response.aclose()
+            return entry_response(request, cache, known, opened, request.segments[-1])
+        opened[0].close()
+        return by_path_response(request, node_id, response)
+
+    def by_path_response(request: Request, node_id: str, response: ProxyResponse) -> Response:
+        """The share's answer to a download by path, passed on. Its ``ETag`` names the
+        file's content (the share names only content it hashed and that is unchanged
+        since): remembered for the next download of the path, and a whole body fills
+        the cache (the tee hashes it; it is kept only if it hashes to that id)."""
+        named_by_etag = etag_sha1(response)
+        if cache is not None and response.status < 400:
+            known_paths.learn(node_id, request.target.decode("ascii"), named_by_etag)
+        tee = cache_tee(request, response, named_by_etag, checked=False) if named_by_etag else None
+        return proxied_response(response, request.method, tee=tee)
 
     async def fetch(request: Request, node_id: str, sha1: str) -> Response:
         """``proxy``'s request to ``node_id``; ``sha1`` if the target names content."""
@@ -563,17 +650,9 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
         if not named:
-            # A download by path whose ETag names its content may fill the cache: the
-            # tee hashes it and keeps it only if it hashes to that id.
-            named_by_etag = (
-                etag_sha1(response) if len(segments) > 2 and segments[1] == "download" else ""
-            )
-            tee = (
-                cache_tee(request, response, named_by_etag, checked=False)
-                if named_by_etag
-                else None
-            )
-            return proxied_response(response, request.method, tee=tee)
+            if len(segments) > 2 and segments[1] == "download":
+                return by_path_response(request, node_id, response)
+            return proxied_response(response, request.method)
         if lies_at_once(response, node_id, sha1):
             await response.aclose()
             return error_response(502, "That node sent wrong bytes for this content")

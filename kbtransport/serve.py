@@ -42,7 +42,12 @@ from kbtransport.driver import LinkTransport
 from kbtransport.env import Clock
 from kbtransport.http import App, Request, Response, error_response
 from kbtransport.http_server import ServerConfig
-from kbtransport.httpapi import NodeAppConfig, build_node_app, own_node_app
+from kbtransport.httpapi import (
+    NodeAppConfig,
+    build_node_app,
+    own_node_app,
+    served_request_app,
+)
 from kbtransport.join_guard import JoinBudget
 from kbtransport.listener import BoundAddress, ListenConfig, serve_http
 from kbtransport.metrics import ServerCounters
@@ -223,8 +228,14 @@ async def serve_node(
         )
         cache = app_config.cache if app_config is not None else None
         node.metrics.relay_cache = cache
-        node.request_app = own_node_app(node, local_app, cache)
+        own = own_node_app(node, local_app, cache)
+        node.request_app = own
         node.http_app = build_node_app(node, local_app, app_config)
+        if cache is not None and isinstance(the_core, HubCore):
+            # A hub with a cache also caches what it relays by content id: its core
+            # hands those requests to the app (docs/protocol.md §13).
+            node.request_app = served_request_app(node, own, node.http_app)
+            the_core.take_content_requests(True)
         await tg.start(node.run)
         if cache is not None:
             # A hub announces what its relay cache holds, now and as it changes.

@@ -66,7 +66,7 @@ SMOKE_RUNS = {
     "bench_share_scale.py": (["--files", "300"], ["ratio first index / kb-prv-create"]),
     "bench_relay_cache.py": (
         ["--rounds", "1", "--size-mib", "4"],
-        ["x direct", "ratio to the file's size"],
+        ["x direct", "ratio to the file's size", "x no cache"],
     ),
     "bench_hubindex.py": (
         [

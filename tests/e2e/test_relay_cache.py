@@ -5,7 +5,8 @@ Topology (per test)::
     hub A (--cache-size)  <-  hub B  <-  share S   (S advertises http://127.0.0.1:9)
 
 Every download of S's files goes through the hubs' proxy; A keeps what it proxied whole
-and verified in ``A/.kbucket/cache`` and answers it again with S stopped.
+and verified in ``A/.kbucket/cache`` and answers it again with S stopped; B (a cache of
+its default size) keeps what it relayed by content id for A.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import threading
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,32 @@ def prv_find(hub: Node, sha1: str) -> list[str]:
     return done.stdout.split()
 
 
+def head(url: str) -> tuple[int, dict[str, str]]:
+    """HEAD ``url``: status and headers (lower-case names)."""
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=20) as r:
+        return r.status, {k.lower(): v for k, v in r.headers.items()}
+
+
+def prv_download(relay: Relay, work: Path, name: str) -> bytes:
+    """``kb-prv-download`` of S's ``name`` through A (its own content cache, so every
+    run asks the network); the bytes it wrote."""
+    prv = work / f"{name}.prv"
+    status, _, body = get(f"{relay.a.url}/{relay.s.node_id}/prv/{name}")
+    assert status == 200, body
+    prv.write_bytes(body)
+    out = work / f"{name}.{len(list(work.glob(name + '.*')))}"
+    env = dict(relay.procs.env, KBUCKET_CACHE_DIR=str(out) + ".cache")
+    done = subprocess.run(
+        command("kb-prv-download", str(prv), str(out), "--hub", relay.a.url),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return out.read_bytes()
+
+
 def restart_a(relay: Relay, work: Path, *args: str) -> Node:
     assert relay.a.proc.stop() == 0
     relay.a = relay.procs.node("kbucket-hub", work / "A", *args, name="hub-A")
@@ -102,25 +130,35 @@ def test_a_file_downloaded_once_is_served_again_with_the_share_stopped(
     saved = json.loads((tmp_path / "A" / ".kbucket" / "kbnode.json").read_text())
     assert saved["cache_size"] == 64 * MiB
 
+    # B relayed /S/sha1/SHA1 for A: its core handed it to its app, which cached it too.
+    assert wait_entries(relay.b, 1)["bytes"] == len(data)
+    # kb-prv-find at A lists A itself first, then B (both with their own URL).
+    own_url = f"{listen(relay.a)}/{relay.a.node_id}/download/{sha1}"
+    b_url = f"{listen(relay.b)}/{relay.b.node_id}/download/{sha1}"
+    found = prv_find(relay.a, sha1)
+    assert found.index(own_url) < found.index(b_url)
+
     assert relay.s.proc.stop() == 0
+    holders = [relay.a.node_id, relay.b.node_id]
 
-    def only_a_holds_it() -> bool:
+    def sources() -> list[str]:
         answer = get_json(f"{relay.a.url}/find/{sha1}")
-        return [r["kbshare_id"] for r in answer.get("results", [])] == [relay.a.node_id]
+        return [r["kbshare_id"] for r in answer.get("results", [])]
 
-    # S gone, A still a source: it announced what its cache holds.
-    wait_for(only_a_holds_it, 30, "S gone, A the only source")
+    def only_hubs_hold_it() -> bool:
+        return sources() == holders
+
+    # S gone, A and B still sources: they announced what their caches hold.
+    wait_for(only_hubs_hold_it, 30, "S gone, A and B the only sources")
     status, headers, body = get(f"{relay.a.url}/sha1/{sha1}")
     assert (status, body == data, headers["etag"]) == (200, True, f'"{sha1}"')
     status, _, body = get(f"{relay.a.url}/sha1/{sha1}", {"Range": "bytes=5-14"})
     assert (status, body) == (206, data[5:15])
-    # kb-prv-find at A lists A itself as a source, and that URL serves the bytes.
-    own_url = f"{listen(relay.a)}/{relay.a.node_id}/download/{sha1}"
-    assert own_url in prv_find(relay.a, sha1)
-    status, _, body = get(own_url)
-    assert (status, body == data) == (200, True)
-    # B relays inside its core (it never saw the HTTP request), so only A caches.
-    assert (cache_info(relay.b)["entries"], cache_info(relay.b)["hits"]) == (0, 0)
+    # Both hubs' own URLs serve the bytes from their caches.
+    for url in (own_url, b_url):
+        status, _, body = get(url)
+        assert (status, body == data) == (200, True)
+    assert cache_info(relay.b)["hits"] == 1
 
     # A second hub on A's directory is refused by the node lock (the cache too).
     second = procs.start(
@@ -132,7 +170,8 @@ def test_a_file_downloaded_once_is_served_again_with_the_share_stopped(
     # A restart keeps the cache: same bytes, the share still stopped.
     a = restart_a(relay, tmp_path)
     assert cache_info(a)["entries"] == 1
-    wait_for(only_a_holds_it, 20, "A announcing its kept entry after the restart")
+    # (B joins the new A after its own back-off: A alone is enough here.)
+    wait_for(lambda: sources()[:1] == [a.node_id], 20, "A announcing its entry after the restart")
     status, _, body = get(f"{a.url}/sha1/{sha1}")
     assert (status, body == data) == (200, True)
     assert cache_info(a)["hits"] == 1
@@ -147,6 +186,57 @@ def test_a_file_downloaded_once_is_served_again_with_the_share_stopped(
     assert status == 404
     assert cache_info(a)["entries"] == 0
     assert not entry.exists()
+
+
+def test_a_download_by_path_is_answered_from_the_cache_once_the_share_confirms_it(
+    procs: Procs, tmp_path: Path
+) -> None:
+    relay = start(procs, tmp_path, "64M", {"p.bin": 2 * MiB + 5})
+    data = relay.files["p.bin"]
+    sha1 = sha1_of(data)
+    # kb-prv-download through A, twice: the second run costs S's link nothing.
+    assert prv_download(relay, tmp_path, "p.bin") == data
+    wait_for(
+        lambda: cache_info(relay.a)["entries"] + cache_info(relay.b)["entries"] > 0, 20, "a fill"
+    )
+    sent = share_sent(relay)
+    assert prv_download(relay, tmp_path, "p.bin") == data
+    assert share_sent(relay) == sent
+
+    # /S/download/PATH at A: the first answer is S's (A learns the path's id from its
+    # ETag, and fills its cache if it had not), the next ones come from A's cache
+    # after S's 304 (If-None-Match), with Range, HEAD and the ETag as S gives them.
+    path_url = f"{relay.a.url}/{relay.s.node_id}/download/p.bin"
+    status, _, body = get(path_url)
+    assert (status, body == data) == (200, True)
+    wait_entries(relay.a, 1)
+    sent, hits = share_sent(relay), cache_info(relay.a)["hits"]
+    status, headers, body = get(path_url)
+    assert (status, body == data, headers["etag"]) == (200, True, f'"{sha1}"')
+    status, headers, body = get(path_url, {"Range": "bytes=7-1048582"})
+    assert (status, body == data[7:1048583]) == (206, True)
+    assert headers["content-range"] == f"bytes 7-1048582/{len(data)}"
+    status, headers = head(path_url)
+    assert (status, headers["content-length"], headers["etag"]) == (
+        200,
+        str(len(data)),
+        f'"{sha1}"',
+    )
+    assert share_sent(relay) == sent
+    assert cache_info(relay.a)["hits"] == hits + 3
+
+    # The share's index stays the truth for paths: a changed file is S's to answer.
+    changed = write_pattern(tmp_path / "S" / "p.bin", len(data), 99)
+    status, _, body = get(path_url)
+    assert (status, body == changed) == (200, True)
+    assert share_sent(relay) == sent + len(changed)
+
+    # S stopped: the path has no answer (nobody can say what it holds now), the
+    # content still has one.
+    assert relay.s.proc.stop() == 0
+    wait_for(lambda: get(path_url)[0] == 404, 30, "the path gone with S")
+    status, _, body = get(f"{relay.a.url}/sha1/{sha1}")
+    assert (status, body == data) == (200, True)
 
 
 @pytest.mark.parametrize(

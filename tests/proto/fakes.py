@@ -58,6 +58,8 @@ class FakePort:
     )
     #: Where requests for a node id go (``route``); anything else has no route.
     routes: dict[str, Link | Literal["self"]] = field(default_factory=dict)
+    #: Serve requests naming content instead of relaying them (``takes_content``).
+    takes_content: bool = False
     #: The parent link while "joined".
     parent: Link | None = None
     #: Node ids "below" the fake node.

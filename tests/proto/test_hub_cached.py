@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from kbproto import LocalProtocolError
-from kbproto.events import LookupFailed, LookupResolved
+from kbproto.events import LookupFailed, LookupResolved, RequestReceived
 from kbproto.hub import HubCore
 from tests.helpers import SMALL, Net, sha1_of
 
@@ -124,3 +124,21 @@ def test_bad_cached_entries_are_refused_and_the_number_is_bounded() -> None:
     with pytest.raises(LocalProtocolError, match="max_own_content"):
         hub.put_cached("0" * 40, 1, net.now)
     assert hub.cached_count() == 2
+
+
+def test_a_hub_taking_content_requests_answers_them_itself() -> None:
+    net = _tree()
+    x = sha1_of(X)
+    a, b = _hub(net, "A"), _hub(net, "B")
+    s_id = net.cores["S"].node_id
+    b.take_content_requests(True)
+    a.open_request(s_id, "GET", f"/{s_id}/sha1/{x}", now=net.now)
+    net.pump()
+    assert [e.path for e in net.of("B", RequestReceived)] == [f"/{s_id}/sha1/{x}"]
+    assert net.of("S", RequestReceived) == []
+    # Off again: relayed to the share as before.
+    b.take_content_requests(False)
+    a.open_request(s_id, "GET", f"/{s_id}/sha1/{x}", now=net.now)
+    net.pump()
+    assert len(net.of("B", RequestReceived)) == 1
+    assert [e.path for e in net.of("S", RequestReceived)] == [f"/{s_id}/sha1/{x}"]

@@ -335,3 +335,52 @@ def test_app_commands_on_closed_streams_are_no_ops_and_bad_ones_raise() -> None:
     streams.end_stream(sid, 0.0)
     assert (port.sent_on(up), port.bulk, streams.response_link(sid)) == ([], [], None)
     assert streams.state(sid) is StreamState.CLOSED
+
+
+def test_a_hub_taking_content_requests_serves_them_instead_of_relaying() -> None:
+    port = _port()
+    port.takes_content = True
+    up = make_link(1, dialed=True)
+    down = make_link(2)
+    port.routes[TARGET] = up
+    streams = Streams(port)
+    content = f"/{TARGET}/sha1/{'ab' * 20}"
+    opened = [
+        Open(stream=1, target=TARGET, method="GET", path=content, headers=(), credit=8),
+        Open(stream=3, target=TARGET, method="HEAD", path=content, headers=(), credit=8),
+    ]
+    for message in opened:
+        streams.on_message(down, message, 0.0)
+    assert [(e.method, e.path) for e in port.of(RequestReceived)] == [
+        ("GET", content),
+        ("HEAD", content),
+    ]
+    assert port.sent_on(up) == []
+    # Anything else is relayed: other methods, paths, a suffix, another node's path.
+    relayed = [
+        Open(stream=5, target=TARGET, method="POST", path=content, headers=(), credit=8),
+        Open(stream=7, target=TARGET, method="GET", path=f"{content}/chunks", headers=(), credit=8),
+        Open(
+            stream=9, target=TARGET, method="GET", path=f"/{TARGET}/sha1/xyz", headers=(), credit=8
+        ),
+        Open(
+            stream=11,
+            target=TARGET,
+            method="GET",
+            path=f"/{NODE_ID}/sha1/{'ab' * 20}",
+            headers=(),
+            credit=8,
+        ),
+        Open(
+            stream=13,
+            target=TARGET,
+            method="GET",
+            path=f"/{TARGET}/download/{'ab' * 20}",
+            headers=(),
+            credit=8,
+        ),
+    ]
+    for message in relayed:
+        streams.on_message(down, message, 0.0)
+    assert len(port.sent_on(up)) == len(relayed)
+    assert len(port.of(RequestReceived)) == 2

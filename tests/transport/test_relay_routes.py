@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from kbtransport.cacheserve import KnownPaths
 from kbtransport.http_client import HttpClient
 from kbtransport.httpapi import NodeAppConfig
 from kbtransport.relaycache import RelayCache
@@ -198,3 +199,37 @@ async def test_a_hub_announces_its_cache_so_the_content_is_found_and_served_upst
             return not json.loads(body)["found"]
 
         await wait_until(gone_at_p, what="A's announcement withdrawn at P")
+
+
+async def test_a_download_by_path_is_answered_from_the_cache_after_the_share_s_304(
+    tmp_path: Path,
+) -> None:
+    async with tree() as t, HttpClient() as client:
+        cache, contents = await _hub_and_share(t, tmp_path, {"d.dat": 50_000})
+        data = contents["d.dat"]
+        sha1 = hashlib.sha1(data).hexdigest()
+        url = f"{t.handles['A'].local_url}/{t.handles['S'].node.node_id}/download/d.dat"
+        share = t.handles["S"].node.metrics
+        response, body = await client.request("GET", url)
+        assert (response.status, body) == (200, data)
+        await _in_cache(cache, sha1)
+        sent = share.tree_file_bytes
+        response, body = await client.request("GET", url, headers=[("Range", "bytes=3-9")])
+        assert (response.status, body, response.header("etag")) == (206, data[3:10], f'"{sha1}"')
+        assert (share.tree_file_bytes, cache.stats.hits) == (sent, 1)
+        # The client's own conditional is the share's to answer, not the cache's.
+        response, body = await client.request("GET", url, headers=[("If-None-Match", f'"{sha1}"')])
+        assert (response.status, body, cache.stats.hits) == (304, b"", 1)
+
+
+def test_known_paths_forget_the_least_recently_used_and_what_is_cleared() -> None:
+    paths = KnownPaths(2)
+    paths.learn("s", "/s/download/a", "1" * 40)
+    paths.learn("s", "/s/download/b", "2" * 40)
+    assert paths.get("s", "/s/download/a") == "1" * 40  # now the most recently used
+    paths.learn("s", "/s/download/c", "3" * 40)
+    assert (paths.get("s", "/s/download/b"), len(paths)) == (None, 2)
+    paths.learn("s", "/s/download/a", "")
+    assert (paths.get("s", "/s/download/a"), paths.get("t", "/s/download/c")) == (None, None)
+    with pytest.raises(ValueError, match="one entry"):
+        KnownPaths(0)
