@@ -323,7 +323,9 @@ def parse(args: list[str]) -> CreateArgs | int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code."""
+    """Console-script entry point: with ``argv`` None (the command line is
+    ``sys.argv``), the process ends here once the work is done
+    (``output.exit_process``); otherwise it returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         run(parsed)
         return output.EXIT_OK
 
-    return output.run_command(body)
+    code = output.run_command(body)
+    return output.exit_process(code) if argv is None else code
 
 
 if __name__ == "__main__":
