@@ -200,6 +200,23 @@ class FileHasher:
         digest.update(view[FCS_HEAD_BYTES:n])
         return digest.hexdigest(), head, chunks
 
+    def digest_small(self, n: int) -> tuple[str, str, str]:
+        """``digest_read`` with the root of the digest list instead of the list:
+        ``(sha1, head_sha1, chunks_root)`` of a whole file that one read put in the
+        first ``n`` bytes of ``buffer`` (``n`` at most ``CHUNK_BYTES``). One call per
+        small file of a tree (~0.2 us fewer than the two it replaces, of ~12 per
+        file), so it keeps to local names."""
+        view = self.view
+        sha256 = self._sha256
+        root = sha256(sha256(view[:n]).digest() if n else b"").hexdigest()
+        if n <= FCS_HEAD_BYTES:
+            whole = self._sha1(view[:n]).hexdigest()
+            return whole, whole, root
+        digest = self._sha1(view[:FCS_HEAD_BYTES])
+        head = digest.hexdigest()
+        digest.update(view[FCS_HEAD_BYTES:n])
+        return digest.hexdigest(), head, root
+
     def _digest_stream(
         self, fd: int, n: int, on_bytes: Callable[[int], None] | None
     ) -> tuple[str, str, int, bytes]:

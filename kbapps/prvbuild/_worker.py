@@ -192,7 +192,7 @@ class TreeWorker:
         hasher = self.hasher
         full = len(hasher.buffer)
         buffers = (hasher.buffer,)
-        digest_read, hash_fd = hasher.digest_read, hasher.hash_fd
+        digest_small, hash_fd = hasher.digest_small, hasher.hash_fd
         root_of = hasher.chunks_root
         quiet = time.time_ns() - _QUIET_NS
         os_open, flags = os.open, digest_module.OPEN_FLAGS
@@ -234,10 +234,8 @@ class TreeWorker:
                 size = st.st_size
                 mtime = st.st_mtime_ns
                 if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
-                    whole, head, chunks = digest_read(n)
-                    append(
-                        (job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime, root_of(chunks))
-                    )
+                    whole, head, root = digest_small(n)
+                    append((job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime, root))
                     continue
                 if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
                     # Left to the parent: threads, and progress while it streams.
