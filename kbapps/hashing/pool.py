@@ -75,10 +75,12 @@ __all__ = (
 #: Below this many files, worker processes are not worth it: 500 files of 4 KiB take
 #: ~10 ms in one process.
 PARALLEL_MIN_FILES = 500
-#: Units handed to a worker ahead of what it has reported: one to work on and one
-#: waiting, so it never waits for the caller, and little is left on one side at the
-#: end (what was handed out cannot be taken back).
-_AHEAD = 2
+#: Units handed to a worker ahead of what it has reported: one to work on and two
+#: waiting, so it never waits for the caller, even while the caller does a unit of
+#: its own and then writes out a directory (``kb-prv-create``: up to ~3 ms between
+#: two visits); at the end they are handed out one at a time (``PoolRun.pump``), so
+#: little is left on one side (what was handed out cannot be taken back).
+_AHEAD = 3
 _FRAME = struct.Struct("!I")
 #: Capacity asked for each result pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is the default
 #: ``/proc/sys/fs/pipe-max-size``). A unit of 128 files of a tree reports ~70 KB,

@@ -104,7 +104,10 @@ class TreeWorker:
         self.cache = cache
         self.table = table
         self.lookups = lookups
-        self.hasher = FileHasher()
+        # Made at the first file to hash, not here: this process makes its worker
+        # before the pool forks, and loading OpenSSL (~2 ms) then runs after the fork,
+        # beside the worker process, instead of before it.
+        self.hasher: FileHasher | None = None
 
     def process(self, segments: Sequence[Segment]) -> list[Report]:
         """Return the reports of one chunk."""
@@ -190,6 +193,8 @@ class TreeWorker:
         # The loop of _segment (see there), with the directory open as dir_fd if >= 0.
         dir_index, first, depth, relbase, folder, names, _ = segment
         hasher = self.hasher
+        if hasher is None:
+            hasher = self.hasher = FileHasher()
         full = len(hasher.buffer)
         buffers = (hasher.buffer,)
         digest_small, hash_fd = hasher.digest_small, hasher.hash_fd
