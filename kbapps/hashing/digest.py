@@ -371,6 +371,10 @@ def chunks_root(digest_list: bytes) -> str:
     return _constructors()[1](digest_list).hexdigest()
 
 
+#: ``_constructors()`` once found (``chunks_root`` runs once per file of a share).
+_FOUND: list[tuple[_Constructor, _Constructor]] = []
+
+
 def _constructors() -> tuple[_Constructor, _Constructor]:
     """OpenSSL's SHA-1 and SHA-256, imported on first use (see the module notes).
 
@@ -379,15 +383,19 @@ def _constructors() -> tuple[_Constructor, _Constructor]:
     ``kb-prv-create`` start-up). ``hashlib`` is the fallback where OpenSSL is missing
     or refuses SHA-1 (FIPS mode), as ``hashlib`` itself falls back.
     """
+    if _FOUND:
+        return _FOUND[0]
     try:
         from _hashlib import openssl_sha1, openssl_sha256
 
         openssl_sha1(b"")
+        found: tuple[_Constructor, _Constructor] = (openssl_sha1, openssl_sha256)
     except (ImportError, ValueError):  # pragma: no cover - no OpenSSL, or FIPS mode
         from hashlib import sha1, sha256
 
-        return sha1, sha256
-    return openssl_sha1, openssl_sha256
+        found = (sha1, sha256)
+    _FOUND.append(found)
+    return found
 
 
 def _hash_chunks(
