@@ -22,8 +22,13 @@ Every file is in the page cache (one warm-up run of each command first).
 interpreter (say, a venv holding the code before a change) in every group, interleaved
 with the rest, so a before/after comparison comes from one run on one machine state.
 
+``--pause SECONDS`` sleeps before each timed command. On a machine others load, a run
+under ``chrt -f 1`` (real-time priority: the commands get both cores, as on a quiet
+machine) needs it: the kernel keeps 5 % of every second from real-time tasks, and a
+command that ran into that pause would be timed with it.
+
 Usage: ``python3 benchmarks/bench_hashing.py [--repeats 5] [--dir SCRATCH] [--keep]
-[--baseline PYTHON]``
+[--baseline PYTHON] [--pause 0.2]``
 """
 
 from __future__ import annotations
@@ -67,12 +72,14 @@ class Command:
     env: dict[str, str] | None = None
     shell: bool = False
     before: list[str] = field(default_factory=list)  # dirs to empty before each run
+    pause: float = 0.0  # seconds to sleep before each run (--pause)
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
 
     def run(self, record: bool) -> None:
         for path in self.before:
             shutil.rmtree(path, ignore_errors=True)
+        time.sleep(self.pause)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(
@@ -115,8 +122,15 @@ def _make_tree(root: Path, files: int, size: int, per_dir: int = 500) -> None:
 
 
 def _group(
-    title: str, commands: list[Command], repeats: int, unit_bytes: int | None, subjects: int = 1
+    title: str,
+    commands: list[Command],
+    repeats: int,
+    unit_bytes: int | None,
+    subjects: int = 1,
+    pause: float = 0.0,
 ) -> list[str]:
+    for command in commands:
+        command.pause = pause
     for command in commands:  # warm-up: page cache, and fills the hash cache if used
         command.run(record=False)
     for _ in range(repeats):
@@ -165,6 +179,13 @@ def main() -> int:
     parser.add_argument("--file-size", type=int, default=4096)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--only", choices=["big", "tree", "cached"], action="append")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sleep before each timed command (for runs under chrt -f)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -231,7 +252,8 @@ def main() -> int:
         nkb = 2 if base_kb is not None else 1
         out: list[str] = [
             f"Machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
-            f"{args.repeats} interleaved repeats after one warm-up; page cache warm.",
+            f"{args.repeats} interleaved repeats after one warm-up; page cache warm"
+            + (f"; {args.pause} s pause before each command." if args.pause else "."),
             "",
         ]
         if "big" in groups:
@@ -246,6 +268,7 @@ def main() -> int:
                 args.repeats,
                 size,
                 nkb,
+                args.pause,
             )
         if "tree" in groups:
             total = sum(f.stat().st_size for f in tree.rglob("*.dat"))
@@ -274,6 +297,7 @@ def main() -> int:
                 args.repeats,
                 total,
                 nkb,
+                args.pause,
             )
         if "cached" in groups:
             out += _group(
@@ -291,6 +315,7 @@ def main() -> int:
                 args.repeats,
                 None,
                 nkb,
+                args.pause,
             )
         print("\n".join(out))
     finally:

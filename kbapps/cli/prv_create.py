@@ -74,6 +74,10 @@ def _open_cache(lazy: bool = False) -> HashCache | None:
         return None
 
 
+#: ``os.POSIX_FADV_DONTNEED`` where the system has it (see ``_AtomicFile``).
+_FADV_DONTNEED: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
 class _AtomicFile:
     """OUT, written beside its final name and renamed into place by ``commit``, so
     an interrupted run never leaves a truncated .prv/.prvdir under that name.
@@ -89,6 +93,7 @@ class _AtomicFile:
         tmp_name = fitting_name(name, f".tmp{os.getpid()}", name_max(folder or "."))
         self.tmp = os.path.join(folder, tmp_name)
         self.handle: BinaryIO | None = None
+        self.synced = 0  # bytes whose writeback was started
         try:
             # Created at once, so that a walk of a tree holding it can leave it out.
             self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/discard
@@ -105,8 +110,24 @@ class _AtomicFile:
         assert self.handle is not None
         try:
             self.handle.writelines(pieces)
+            self.handle.flush()
         except OSError as exc:
             self._failed(exc)
+        self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        # Start writing what was just written to disk now, while the hashing goes on.
+        # On ext4, a rename over an existing OUT first flushes the file's unwritten
+        # blocks (auto_da_alloc); left to ``commit``, that took ~9 ms at the end of
+        # every run that replaced an OUT of 7 MB (docs/benchmarks.md). DONTNEED
+        # starts the writeback of the pages and drops none that are still dirty.
+        if _FADV_DONTNEED is None:  # pragma: no cover - not Linux
+            return
+        assert self.handle is not None
+        end = self.handle.tell()
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self.handle.fileno(), self.synced, end - self.synced, _FADV_DONTNEED)
+        self.synced = end
 
     def commit(self) -> None:
         assert self.handle is not None
@@ -323,7 +344,9 @@ def parse(args: list[str]) -> CreateArgs | int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit code."""
+    """Console-script entry point: with ``argv`` None (the command line is
+    ``sys.argv``), the process ends here once the work is done
+    (``output.exit_process``); otherwise it returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
@@ -333,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         run(parsed)
         return output.EXIT_OK
 
-    return output.run_command(body)
+    code = output.run_command(body)
+    return output.exit_process(code) if argv is None else code
 
 
 if __name__ == "__main__":

@@ -75,11 +75,18 @@ __all__ = (
 #: Below this many files, worker processes are not worth it: 500 files of 4 KiB take
 #: ~10 ms in one process.
 PARALLEL_MIN_FILES = 500
-#: Units handed to a worker ahead of what it has reported: one to work on and one
-#: waiting, so it never waits for the caller, and little is left on one side at the
-#: end (what was handed out cannot be taken back).
-_AHEAD = 2
+#: Units handed to a worker ahead of what it has reported: one to work on and two
+#: waiting, so it never waits for the caller, even while the caller does a unit of
+#: its own and then writes out a directory (``kb-prv-create``: up to ~3 ms between
+#: two visits); at the end they are handed out one at a time (``PoolRun.pump``), so
+#: little is left on one side (what was handed out cannot be taken back).
+_AHEAD = 3
 _FRAME = struct.Struct("!I")
+#: Capacity asked for each result pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is the default
+#: ``/proc/sys/fs/pipe-max-size``). A unit of 128 files of a tree reports ~70 KB,
+#: more than the default 64 KiB pipe: with it, a worker blocked on every report
+#: until this process next read its pipe, idle for up to a unit's time each time.
+_RESULT_PIPE_BYTES = 1 << 20
 #: Bytes read from a result pipe at a time (a 20,000-file tree sends ~7 MB of text).
 _READ_BYTES = 1 << 20
 _JOB, _UNIT, _END = 0, 1, 2
@@ -145,6 +152,17 @@ def _fork(body: Callable[[], None], close_in_child: Sequence[int]) -> int | None
         # _exit: never run the parent's atexit handlers or flush its stdio twice.
         os._exit(code)
     return pid
+
+
+def _enlarge(fd: int) -> None:
+    """Ask for a ``_RESULT_PIPE_BYTES`` pipe; keep the default where that is refused
+    (a per-user pipe quota) or not offered (not Linux)."""
+    import fcntl  # here: only a pool that forks needs it
+
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setpipe, _RESULT_PIPE_BYTES)
 
 
 def _frame(value: Any) -> bytes:
@@ -384,6 +402,7 @@ class ProcessPool:
         while not self._closed and len(self._feeds) < self.processes - 1:
             work_r, work_w = os.pipe()
             result_r, result_w = os.pipe()
+            _enlarge(result_r)
             # The child closes the caller's end of every worker's pipes, its own
             # included: a write end of its work pipe left open in it (or in a later
             # worker) would keep it from ever seeing the end of its work.

@@ -47,9 +47,11 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _QUIET_NS = RACY_WINDOW_NS
 
 #: A segment, the files of one directory in one chunk: (dir index, first job index,
-#: the directory's depth, its relative path, paths, names, keys). Self-contained
-#: plain data, so it goes to a worker started before it existed (marshal).
-Segment = tuple[int, int, int, str, list[str], list[str], list["Key | None"]]
+#: the directory's depth, its relative path, the path to open it by, names, keys).
+#: Self-contained plain data, so it goes to a worker started before it existed
+#: (marshal); the files are opened by name in the directory, so their paths are not
+#: sent (that was a fifth of the bytes sent per file, and of the unit's decoding).
+Segment = tuple[int, int, int, str, str, list[str], list["Key | None"]]
 #: What a worker reports, as plain tuples (marshal):
 #: ("t", dir, first, entries text, key text, digests, newest mtime_ns, files, bytes,
 #: files from the hash cache); ("r", dir, first, records, files, bytes, files from the
@@ -102,7 +104,10 @@ class TreeWorker:
         self.cache = cache
         self.table = table
         self.lookups = lookups
-        self.hasher = FileHasher()
+        # Made at the first file to hash, not here: this process makes its worker
+        # before the pool forks, and loading OpenSSL (~2 ms) then runs after the fork,
+        # beside the worker process, instead of before it.
+        self.hasher: FileHasher | None = None
 
     def process(self, segments: Sequence[Segment]) -> list[Report]:
         """Return the reports of one chunk."""
@@ -116,14 +121,14 @@ class TreeWorker:
         return []
 
     def _lookup(
-        self, paths: Sequence[str], given: Sequence[Key | None], out: list[Report]
+        self, folder: str, names: Sequence[str], given: Sequence[Key | None], out: list[Report]
     ) -> tuple[list[Key | None], dict[Key, Stored]]:
         # Keys (a stat per file the parent did not stat) and their known digests.
         keys: list[Key | None] = []
-        for path, key in zip(paths, given, strict=True):
+        for name, key in zip(names, given, strict=True):
             if key is None:
                 try:
-                    st = os.stat(path)
+                    st = os.stat(os.path.join(folder, name))
                 except OSError:
                     keys.append(None)  # the open reports it
                     continue
@@ -157,21 +162,19 @@ class TreeWorker:
         # so a write during our read would show a recent mtime in that fstat. Any
         # other file (recent, big, short read, not regular) is read again the careful
         # way (``FileHasher.hash_fd``).
-        _, _, _, _, paths, names, given = segment
+        _, _, _, _, folder, names, given = segment
         keys: Sequence[Key | None] = ()
         found: dict[Key, Stored] = {}
         if self.lookups:
-            keys, found = self._lookup(paths, given, out)
+            keys, found = self._lookup(folder, names, given, out)
         open_ = digest_module.open_for_hashing  # looked up here: tests replace it
         # Names relative to the open directory: the kernel resolves one component per
         # open instead of the whole path, and a shorter string is converted (~0.3 us
         # of ~20 per file). Only with the usual open (tests replace it to watch it).
         dir_fd = -1
-        if open_ is _OPEN_FOR_HASHING and paths:
+        if open_ is _OPEN_FOR_HASHING and names:
             with contextlib.suppress(OSError):  # then by path: the open names the error
-                dir_fd = os.open(
-                    paths[0][: -len(names[0]) - 1] or "/", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
-                )
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         try:
             self._files(segment, out, keys, found, dir_fd, open_)
         finally:
@@ -188,11 +191,13 @@ class TreeWorker:
         open_: Callable[[str], int],
     ) -> None:
         # The loop of _segment (see there), with the directory open as dir_fd if >= 0.
-        dir_index, first, depth, relbase, paths, names, _ = segment
+        dir_index, first, depth, relbase, folder, names, _ = segment
         hasher = self.hasher
+        if hasher is None:
+            hasher = self.hasher = FileHasher()
         full = len(hasher.buffer)
         buffers = (hasher.buffer,)
-        digest_read, hash_fd = hasher.digest_read, hasher.hash_fd
+        digest_small, hash_fd = hasher.digest_small, hasher.hash_fd
         root_of = hasher.chunks_root
         quiet = time.time_ns() - _QUIET_NS
         os_open, flags = os.open, digest_module.OPEN_FLAGS
@@ -206,7 +211,7 @@ class TreeWorker:
         big = False
         hits = 0
         job = first - 1
-        for path, name in zip(paths, names, strict=True):
+        for name in names:
             job += 1
             if found:
                 key = keys[job - first]
@@ -217,7 +222,10 @@ class TreeWorker:
                         hits += 1
                     continue
             try:
-                fd = os_open(name, flags, dir_fd=dir_fd) if dir_fd >= 0 else open_(path)
+                if dir_fd >= 0:
+                    fd = os_open(name, flags, dir_fd=dir_fd)
+                else:
+                    fd = open_(os.path.join(folder, name))
             except OSError as exc:
                 out.append(("e", dir_index, name, error_text(exc)))
                 return
@@ -234,10 +242,8 @@ class TreeWorker:
                 size = st.st_size
                 mtime = st.st_mtime_ns
                 if n == size and n < full and mtime <= quiet and is_reg(st.st_mode):
-                    whole, head, chunks = digest_read(n)
-                    append(
-                        (job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime, root_of(chunks))
-                    )
+                    whole, head, root = digest_small(n)
+                    append((job, name, whole, head, n, st.st_dev, st.st_ino, n, mtime, root))
                     continue
                 if size >= BIG_FILE_BYTES and is_reg(st.st_mode):
                     # Left to the parent: threads, and progress while it streams.
@@ -255,11 +261,11 @@ class TreeWorker:
             append((job, name, whole, head, total, dev, ino, ksize, mtime, root_of(chunks)))
         nbytes = sum([r[4] for r in records])
         if big:
-            out.append(("r", dir_index, first, records, len(paths), nbytes, hits))
+            out.append(("r", dir_index, first, records, len(names), nbytes, hits))
             return
         text, keys_text, digests, newest = segment_texts(records, depth, relbase)
         out.append(
-            ("t", dir_index, first, text, keys_text, digests, newest, len(paths), nbytes, hits)
+            ("t", dir_index, first, text, keys_text, digests, newest, len(names), nbytes, hits)
         )
 
 
@@ -294,13 +300,16 @@ def cut_chunks(
             stop = first + 1
             while stop < high and dirs[stop] == index:
                 stop += 1
+            # Its directory's path: any of its files' paths without the name (the
+            # walk joined them with os.sep; "/name" for a file in "/").
+            folder = paths[first][: -len(names[first]) - 1] or os.sep
             segments.append(
                 (
                     index,
                     first,
                     depth[index],
                     relpaths[index],
-                    paths[first:stop],
+                    folder,
                     names[first:stop],
                     keys[first:stop],
                 )

@@ -86,6 +86,16 @@ def test_the_chunk_digests_come_from_the_same_pass(
     assert (result.sha1, result.head_sha1) == _expected(data)
 
 
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 4096, 65535])
+def test_digest_small_gives_the_sha1s_and_the_chunk_root_of_one_read(size: int) -> None:
+    data = os.urandom(size)
+    hasher = digest.FileHasher()
+    hasher.buffer[:size] = data
+    whole, head, root = hasher.digest_small(size)
+    assert (whole, head) == _expected(data)
+    assert root == digest_list_root(chunk_digests(data))
+
+
 def test_the_copies_of_kbproto_constants_agree() -> None:
     assert digest.CHUNK_BYTES == CHUNK_SIZE
     assert digest.chunks_root(b"x" * 64) == digest_list_root(b"x" * 64)

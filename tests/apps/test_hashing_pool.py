@@ -279,3 +279,39 @@ def test_a_forked_task_that_dies_or_cannot_start(forks: list[int]) -> None:
     with _another_thread():
         assert ForkedTask.start(lambda: 1) is None
     assert len(forks) == 1
+
+
+class _BigReports:
+    """A job's worker whose every unit reports ~200 KB: (pid, when done, filler)."""
+
+    def process(self, unit: int) -> list[tuple[int, float, bytes]]:
+        return [(os.getpid(), time.monotonic(), bytes(200_000))]
+
+    def finish(self) -> list[tuple[int, float, bytes]]:
+        return []
+
+
+def _big_reports(context: object) -> _BigReports:
+    return _BigReports()
+
+
+def test_a_worker_reports_units_bigger_than_a_pipe_without_waiting_for_the_caller(
+    forks: list[int],
+) -> None:
+    # A tree's unit of 128 files reports ~70 KB, more than a default pipe holds: the
+    # worker must go on with its next unit while the caller is busy, not wait for it.
+    pool = ProcessPool(2)
+    got: list[tuple[int, float, bytes]] = []
+    run = pool.run(_BigReports(), _big_reports, None, got.extend, fork_at=1)
+    try:
+        run.add([0, 1], 2)
+        run.pump()  # forks the worker and hands it both units
+        handed = time.monotonic()
+        time.sleep(1.0)  # busy: no pump, nothing read
+        run.finish()
+    finally:
+        run.close()
+        pool.close()
+    done = [when for pid, when, _ in got if pid != os.getpid()]
+    assert len(done) == 2, "both units went to the worker"
+    assert max(done) < handed + 0.8  # both reports written while the caller slept

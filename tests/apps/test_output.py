@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +55,48 @@ def test_run_command_maps_outcomes_to_one_line_and_an_exit_code() -> None:
     assert _run(missing) == (2, "Error: x.dat: No such file or directory\n")
     assert _run(interrupted) == (130, "Interrupted.\n")
     assert _run(bug) == (70, "Error: internal error: ValueError: oops\n")
+
+
+_EXIT_SCRIPT = """
+import atexit, sys, threading
+from kbapps.output import exit_process
+atexit.register(lambda: print("atexit ran"))
+sys.stdout.write("buffered, no newline")
+if sys.argv[1] == "thread":
+    gate = threading.Event()
+    threading.Thread(target=gate.wait, args=(5,)).start()
+    code = exit_process(3)
+    print(f" returned {code}")
+    gate.set()
+    sys.exit(code)
+exit_process(3)
+print("not reached")
+"""
+
+
+def _exit_script(mode: str) -> subprocess.CompletedProcess[str]:
+    root = str(Path(__file__).resolve().parents[2])
+    return subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, mode],
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_exit_process_flushes_runs_atexit_and_ends_with_the_code() -> None:
+    done = _exit_script("plain")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered, no newlineatexit ran\n"
+
+
+def test_exit_process_leaves_the_usual_exit_to_a_process_with_threads() -> None:
+    done = _exit_script("thread")
+    assert done.returncode == 3, done.stderr
+    # It returned: the interpreter's exit then waited for the thread and ran atexit.
+    assert done.stdout == "buffered, no newline returned 3\natexit ran\n"
 
 
 def test_progress_log_mode_prints_milestones_only_after_the_delay() -> None:

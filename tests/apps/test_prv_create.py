@@ -439,3 +439,23 @@ def test_typer_parses_what_the_fast_path_parses(argv: list[str]) -> None:
     fast = prv_create.parse(argv)
     assert isinstance(fast, prv_create.CreateArgs)
     assert parse_with_typer(prv_create.make_app(), argv, prv_create.PROG) == fast
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux's")
+def test_out_starts_its_writeback_range_by_range_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # So that the rename over an existing OUT has little left to flush (ext4): each
+    # write asks for the writeback of what it added, never again for what came before.
+    asked: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, at, n, advice: asked.append((at, n, advice))
+    )
+    out = tmp_path / "t.prvdir"
+    out.write_bytes(b"old")
+    target = prv_create._AtomicFile(str(out))
+    target.write([b"x" * 1000, memoryview(b"y" * 500)])
+    target.write([b"z" * 20])
+    target.commit()
+    assert out.read_bytes() == b"x" * 1000 + b"y" * 500 + b"z" * 20
+    assert asked == [(0, 1500, os.POSIX_FADV_DONTNEED), (1500, 20, os.POSIX_FADV_DONTNEED)]
