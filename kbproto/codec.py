@@ -91,6 +91,13 @@ _FIELDS: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls))
     for cls in (*_CONTROL.values(), NodeInfo, Placement, FindResult)
 }
+#: Keys holding one nested object, and the class it decodes to.
+_OBJECT_KEYS: dict[str, type[Any]] = {"info": NodeInfo, "placement": Placement}
+#: Keys holding an array of nested objects, and the class of each.
+_OBJECT_ARRAY_KEYS: dict[str, type[Any]] = {"results": FindResult, "nodes_put": Placement}
+_NESTED_KEYS = frozenset(_OBJECT_KEYS) | frozenset(_OBJECT_ARRAY_KEYS)
+#: JSON values ``_convert`` returns unchanged (under keys not in ``_NESTED_KEYS``).
+_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 #: One encoder for every control frame: ``json.dumps`` with any option builds a new
@@ -116,7 +123,10 @@ def _plain(value: object) -> object:
     copying a 4096-entry index batch entry by entry is most of the encoder's speed.
     """
     if isinstance(value, NodeInfo | Placement | FindResult):
-        return {name: _plain(getattr(value, name)) for name in _FIELDS[type(value)]}
+        plain = {name: getattr(value, name) for name in _FIELDS[type(value)]}
+        if "info" in plain:  # a Placement: its NodeInfo is the one nested value
+            plain["info"] = _plain(plain["info"])
+        return plain
     if isinstance(value, tuple) and value and isinstance(value[0], FindResult | Placement):
         return [_plain(item) for item in value]
     return value
@@ -131,7 +141,9 @@ def encode(message: Message) -> bytes:
         return _FIELDLESS_FRAMES[type(message)]
     body: dict[str, object] = {"type": message.TYPE}
     for name in names:
-        body[name] = _plain(getattr(message, name))
+        value = getattr(message, name)
+        # Only the nested keys hold dataclasses; every other value is JSON-ready.
+        body[name] = _plain(value) if name in _NESTED_KEYS else value
     return encode_frame(KIND_CONTROL, _ENCODER.encode(body).encode("utf-8"))
 
 
@@ -237,15 +249,6 @@ def _build(cls: type[Any], fields: dict[str, Any]) -> Any:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise RemoteProtocolError(f"invalid {cls.__name__}: {exc}") from None
-
-
-#: Keys holding one nested object, and the class it decodes to.
-_OBJECT_KEYS: dict[str, type[Any]] = {"info": NodeInfo, "placement": Placement}
-#: Keys holding an array of nested objects, and the class of each.
-_OBJECT_ARRAY_KEYS: dict[str, type[Any]] = {"results": FindResult, "nodes_put": Placement}
-_NESTED_KEYS = frozenset(_OBJECT_KEYS) | frozenset(_OBJECT_ARRAY_KEYS)
-#: JSON values ``_convert`` returns unchanged (under keys not in ``_NESTED_KEYS``).
-_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _convert(key: str, value: Any) -> Any:
