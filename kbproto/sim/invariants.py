@@ -40,9 +40,13 @@ __all__ = (
 )
 
 
+#: A tuple, not ``HubCore | ShareCore``: that builds a new union on every step.
+_CORES = (HubCore, ShareCore)
+
+
 def _check_node(node: SimNode, limits: Limits) -> int:
     core = node.core
-    if not node.alive or not isinstance(core, HubCore | ShareCore):
+    if not node.alive or not isinstance(core, _CORES):
         return 0
     streams = core.open_streams()
     lookups = core.pending_lookups()
@@ -124,7 +128,7 @@ def check_no_leaks(network: SimNetwork) -> None:
     """At quiescence: no open stream, pending find or half-served response anywhere."""
     for node in network.nodes.values():
         core = node.core
-        if not node.alive or not isinstance(core, HubCore | ShareCore):
+        if not node.alive or not isinstance(core, _CORES):
             continue
         assert core.open_streams() == 0, f"{node.name} still has {core.open_streams()} streams"
         assert core.pending_lookups() == 0, (
