@@ -118,6 +118,12 @@ class Link:
 
         Always returns at least one entry (one or more whole frames) when not empty.
         """
+        control = self._control
+        if len(control) == 1 and not self._bulk:
+            # The common case (a ping, an ack, one index batch): no join, no copy.
+            frame = control.popleft()
+            self._pending -= len(frame)
+            return frame
         parts: list[bytes] = []
         size = 0
         for lane in (self._control, self._bulk):

@@ -56,6 +56,8 @@ PLACEMENT_TAG = "kbucket-placement-v1"
 VERIFIED_CACHE_SIZE = 16_384
 
 _SCHEMES = frozenset(s.value for s in SignatureScheme)
+#: ``json.dumps`` with options builds a new encoder per call; one is enough.
+_TRANSCRIPT_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 
 
 def placement_transcript(
@@ -79,7 +81,7 @@ def placement_transcript(
         info.scientific_research,
         info.confirm_share,
     ]
-    return json.dumps(items, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _TRANSCRIPT_ENCODER.encode(items).encode("ascii")
 
 
 def sign_placement(

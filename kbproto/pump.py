@@ -12,7 +12,7 @@ function pure and shared means the simulator runs exactly the driver's drain ord
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kbproto.actions import Action
 from kbproto.core import NodeCore
@@ -21,9 +21,12 @@ from kbproto.events import Event
 __all__ = ("Drained", "drain")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Drained:
-    """What one drain produced: actions to perform in order, and the next deadline."""
+class Drained(NamedTuple):
+    """What one drain produced: actions to perform in order, and the next deadline.
+
+    A named tuple (immutable, like a frozen dataclass) because one is built after
+    every call into a core, and a tuple costs about half a frozen dataclass to build.
+    """
 
     actions: tuple[Action, ...]
     timer: float | None
@@ -41,14 +44,15 @@ def drain(core: NodeCore, on_event: Callable[[Event], None] | None = None) -> Dr
         The actions in the order the driver must perform them, and ``get_timer()``.
     """
     actions: list[Action] = []
+    next_event, next_action = core.next_event, core.next_action
     while True:
-        event = core.next_event()
+        event = next_event()
         if event is not None:
             if on_event is not None:
                 on_event(event)
             continue
-        action = core.next_action()
+        action = next_action()
         if action is None:
             break
         actions.append(action)
-    return Drained(actions=tuple(actions), timer=core.get_timer())
+    return Drained(tuple(actions), core.get_timer())

@@ -167,7 +167,10 @@ class StateMachine(Generic[StateT, InputT, EffectT]):
             ProtocolError: ``error``, if the pair is not in the table (the state
                 does not change).
         """
-        step = transition(self._table, self._machine, self.state, event, error)
+        # The table lookup inline (one per frame received); ``transition`` raises.
+        step = self._table.get((self.state, event)) or transition(
+            self._table, self._machine, self.state, event, error
+        )
         self.state = step.next
         return step.effect
 
@@ -297,11 +300,16 @@ class LinkStateMachine(StateMachine[LinkState, LinkInput, LinkEffect]):
         Raises:
             RemoteProtocolError: the pair is not in the table (the machine is CLOSED).
         """
+        # The table lookup inline: this runs once per frame received.
+        step = self._table.get((self.state, event))
+        if step is not None:
+            self.state = step.next
+            return step.effect
         try:
-            return super().process(event, error)
-        except ProtocolError:
+            # The pair is missing: this raises, naming the state and the input.
+            return transition(self._table, self._machine, self.state, event, error).effect
+        finally:
             self.state = LinkState.CLOSED
-            raise
 
     def close(self) -> None:
         """Move to CLOSED for a reason of our own (hangup, local error, refusal)."""

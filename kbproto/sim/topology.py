@@ -233,6 +233,9 @@ class SimWorld:
     credit_delay: float = 0.0
     #: The per-step invariant check, once ``install_invariants`` ran.
     step_check: StepCheck | None = None
+    _join_watch: tuple[Topology, tuple[tuple[SimNode, SimApp | None], ...]] | None = field(
+        default=None, repr=False
+    )
     _counts_cache: tuple[tuple[tuple[str, FileStore | None], ...], dict[str, int]] | None = field(
         default=None, repr=False
     )
@@ -337,10 +340,16 @@ class SimWorld:
 
     def all_joined(self) -> bool:
         """Every node with a parent is up and joined."""
-        return all(
-            self.nodes[s.name].alive and (s.parent is None or self.apps[s.name].joined)
-            for s in self.topology.nodes
-        )
+        watch = self._join_watch
+        if watch is None or watch[0] is not self.topology:
+            # Each node with the app that must have joined (None for a root), looked
+            # up once per topology: runs poll this between steps.
+            pairs = tuple(
+                (self.nodes[s.name], None if s.parent is None else self.apps[s.name])
+                for s in self.topology.nodes
+            )
+            watch = self._join_watch = (self.topology, pairs)
+        return all(node.alive and (app is None or app.joined) for node, app in watch[1])
 
     def holders(self, sha1: str, within: str | None = None) -> list[str]:
         """Sorted node ids of live, joined shares (under ``within``, if given) holding it."""

@@ -10,6 +10,7 @@ the other ``tests/sim`` modules.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 
 import pytest
@@ -367,6 +368,36 @@ def test_chunking_concatenates_to_the_input(
     assert b"".join(out) == data
     assert all(out) or data == b""
     assert len(out) <= pieces + 2
+
+
+def _reference_chunk(plan: FaultPlan, data: bytes, rng: random.Random) -> tuple[bytes, ...]:
+    """``FaultPlan.chunk`` as first written, with ``rng.sample`` for every cut count."""
+    n = len(data)
+    if n <= 1 or plan.max_pieces == 1 or rng.random() < plan.whole_chance:
+        return (data,)
+    k = rng.randint(1, min(plan.max_pieces, n))
+    cuts = set(rng.sample(range(1, n), k - 1))
+    if rng.random() < plan.single_byte_chance:
+        at = rng.randrange(0, n)
+        if at:
+            cuts.add(at)
+        if at + 1 < n:
+            cuts.add(at + 1)
+    points = [0, *sorted(cuts), n]
+    return tuple(data[points[i] : points[i + 1]] for i in range(len(points) - 1))
+
+
+@settings(derandomize=True, max_examples=300)
+@given(size=st.integers(0, 600), seed=st.integers(0, 2**32), pieces=st.integers(1, 6))
+def test_chunking_draws_what_sample_draws(size: int, seed: int, pieces: int) -> None:
+    # The one-cut shortcut must cut where ``sample`` would and leave the generator in
+    # the same state: every recorded trace digest depends on it.
+    plan = FaultPlan(max_pieces=pieces)
+    data = bytes(range(256)) * 3
+    ours, theirs = random.Random(seed), random.Random(seed)
+    for _ in range(4):
+        assert plan.chunk(data[:size], ours) == _reference_chunk(plan, data[:size], theirs)
+    assert ours.getstate() == theirs.getstate()
 
 
 def test_fault_plan_validation() -> None:
