@@ -834,6 +834,7 @@ def pinned_finds(
         _pin(pids[name], 1)
     labels = list(hubs)
     ratios: dict[tuple[str, int], list[float]] = {}
+    idle = 0  # repeats in which a hub answered nothing (CPU 1 taken by other load)
     for rep in range(args.wrk_repeats + 1):  # repeat 0 warms up
         secs = 1 if rep == 0 else args.wrk_seconds
         for c in conns:
@@ -854,7 +855,9 @@ def pinned_finds(
                 if run.returncode != 0:
                     raise RuntimeError(f"wrk failed against {label}")
                 rps[label] = parse_wrk(out)[0]
-            if rep:
+            if rep and 0 in rps.values():
+                idle += 1
+            elif rep:
                 for label in labels[1:]:
                     ratios.setdefault((label, c), []).append(rps[labels[0]] / rps[label])
     print(
@@ -865,6 +868,8 @@ def pinned_finds(
     print("|---|---|---|")
     for (label, c), values in ratios.items():
         print(f"| {c} | {label} | {fmt(values, 3)} |")
+    if idle:
+        print(f"\n{idle} pinned run(s) left out: a hub answered no find in it (CPU 1 too busy).")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ SMOKE_RUNS = {
             "1",
             "--wrk-repeats",
             "1",
+            # One connection count, not three: each is a wrk run per target and repeat.
+            *("--find-conns", "1"),
             *("--also-code", str(ROOT), "--pinned"),
         ],
         ["x curl -o", "x direct", "req/s ratio hub/bare", "finds, pinned"],

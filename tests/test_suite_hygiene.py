@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import LONGEST_FIRST
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _TESTS = """
@@ -88,3 +90,10 @@ def test_no_merge_conflict_markers_are_committed() -> None:
                 marked.append(str(path.relative_to(ROOT)))
                 break
     assert marked == []
+
+
+def test_every_module_the_workers_get_first_exists() -> None:
+    # tests/conftest.py hands these to the xdist workers first; a module renamed or
+    # removed would silently leave a long one to start last again.
+    missing = [name for name in LONGEST_FIRST if not (ROOT / name).is_file()]
+    assert missing == []
