@@ -27,6 +27,11 @@ from the network), flushed (stdout is made line-buffered by the commands), so a 
 process reading a pipe sees every line as it happens.
 Warnings (unreadable files, ...) go to stderr.
 
+Why one module of some 640 lines: its one job is the order of a node's life above, and
+most of it is the wiring of that order (options into budgets, the console's lines
+into hooks, the share's or the hub's parts into one app); the parts it wires each
+live in a module of their own (``nodesetup``, ``share``, ``web``, ``kbtransport``).
+
 The console lines (exact prefixes, docs/commands.md)::
 
     kbucket-share is running http on port <N>      (kbucket-hub ... http|https ...)

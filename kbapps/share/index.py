@@ -48,6 +48,12 @@ path holding it) when it reports it to its hub or answers a find.
 Threads: one writer at a time (the indexer's worker thread calls ``apply``) and any
 number of readers on any thread, each on a reader connection of its own while it
 reads (an in-memory index shares its one connection under a lock).
+
+Why one module of some 670 lines: its one job is the index's SQLite database, and its
+parts are bound by the schema: the row format, opening and checking a database, the
+reader pool, the queries and the writer's transaction all read the same columns, and
+the fall-back to memory reopens every one of them. The walk and the hashing that feed
+it live in ``kbapps.share.indexer``.
 """
 
 from __future__ import annotations
