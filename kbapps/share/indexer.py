@@ -63,11 +63,12 @@ import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 
 from kbapps.hashing import FileKey, HashResult, ProcessPool, chunks_root, hash_files
 from kbapps.share.index import FileIndex, FileStamp, IndexEntry, stamp_of
@@ -106,8 +107,12 @@ _MAX_WARNINGS = 10_000
 #: (its files keep their stamps) is not re-hashed; cleared when full and after each
 #: walk (memory bound).
 _MAX_TOMBSTONES = 50_000
-#: Changed files reported to the node per call (one driver step each).
-_REPORT_BATCH = 4096
+#: Batches hashed ahead of the one being written to the index: the hashing goes on
+#: while a batch is written (and its changes reported), holding at most this many more.
+_WRITES_AHEAD = 1
+#: Seconds between progress reports from the hashing thread (each is a round trip to
+#: the event loop that the hashing waits for).
+_PROGRESS_EVERY = 0.1
 
 
 class IndexSink(Protocol):
@@ -366,6 +371,16 @@ def _first(item: tuple[str, Any]) -> str:
 # --- the indexer ---------------------------------------------------------------------
 
 
+class _Batch(NamedTuple):
+    """Hashing results to record in one transaction: ``FileIndex.apply``'s arguments,
+    and the warnings they gave."""
+
+    puts: list[IndexEntry]
+    removes: list[str]
+    lists: dict[str, bytes]
+    warnings: list[str]
+
+
 class _Stopped(Exception):
     """The indexer is stopping: abandon the batch being hashed."""
 
@@ -539,6 +554,8 @@ class Indexer:
         self._failed: dict[str, FileStamp] = {}
         self._tombstones: dict[FileStamp, IndexEntry] = {}
         self._warned: set[str] = set()
+        #: Progress not yet reported: files, bytes, and when it was last reported.
+        self._moved: tuple[int, int, float] = (0, 0, 0.0)
         self._stop = threading.Event()
         self._rescan: anyio.Event | None = None
         #: Set once the first scan has been reported (``on_initial_done``).
@@ -713,95 +730,125 @@ class Indexer:
 
     # --- hashing ---------------------------------------------------------------------
 
-    def _batches(self, items: list[tuple[str, FileStamp]]) -> Iterator[list[tuple[str, FileStamp]]]:
-        cfg = self.config
-        batch: list[tuple[str, FileStamp]] = []
-        size = 0
-        for item in items:
-            if batch and (len(batch) >= cfg.batch_files or size + item[1].size > cfg.batch_bytes):
-                yield batch
-                batch, size = [], 0
-            batch.append(item)
-            size += item[1].size
-        if batch:
-            yield batch
-
     async def _hash(self, sink: IndexSink, items: list[tuple[str, FileStamp]]) -> None:
+        """Hash ``items`` as one job of the hasher, recording its results a batch at a
+        time while it goes on: a worker thread hashes and hands each batch over, and
+        this task records it (another worker thread) and reports it meanwhile."""
         if not items:
             return
         hooks = self.hooks
         if hooks.on_hash_start is not None:
             hooks.on_hash_start(len(items), sum(s.size for _, s in items))
+        # Bounded: the hashing thread waits while this many batches wait to be written.
+        send, receive = anyio.create_memory_object_stream[_Batch](_WRITES_AHEAD)
         try:
-            for batch in self._batches(items):
-                touched, warnings = await self._thread(self._hash_batch, batch)
-                for message in warnings:
-                    self._warn(message)
-                await self._report(sink, touched)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._hash_into, items, send)
+                async with receive:
+                    async for puts, removes, lists, warnings in receive:
+                        for message in warnings:
+                            self._warn(message)
+                        touched = await self._thread(self.index.apply, puts, removes, lists)
+                        await self._report(sink, touched)
         finally:
             if hooks.on_hash_end is not None:
                 hooks.on_hash_end()
 
+    async def _hash_into(
+        self, items: list[tuple[str, FileStamp]], send: MemoryObjectSendStream[_Batch]
+    ) -> None:
+        async with send:
+            await self._thread(self._hash_items, items, send)
+
     def _progress(self, files: int, nbytes: int) -> None:
-        # Runs in the worker thread, from inside the hasher.
+        # Runs in the hashing thread, from inside the hasher: one call into the event
+        # loop per _PROGRESS_EVERY seconds, not per unit of 64 files (a round trip
+        # each, which the hashing thread waits for).
         if self._stop.is_set():
             raise _Stopped
         hook = self.hooks.on_hash_progress
-        if hook is not None:
+        if hook is None:
+            return
+        self._moved = (self._moved[0] + files, self._moved[1] + nbytes, self._moved[2])
+        now = time.monotonic()
+        if now - self._moved[2] >= _PROGRESS_EVERY:
+            self._flush_progress(now)
+
+    def _flush_progress(self, now: float) -> None:
+        files, nbytes, _ = self._moved
+        self._moved = (0, 0, now)
+        hook = self.hooks.on_hash_progress
+        if hook is not None and (files or nbytes):
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 anyio.from_thread.run_sync(hook, files, nbytes)
 
-    def _hash_batch(self, batch: list[tuple[str, FileStamp]]) -> tuple[set[str], list[str]]:
-        """Hash one batch and record it (worker thread)."""
+    def _hash_items(
+        self, items: list[tuple[str, FileStamp]], send: MemoryObjectSendStream[_Batch]
+    ) -> None:
+        """Hash ``items`` and hand their records over in batches (worker thread)."""
+        cfg = self.config
         started_ns = time.time_ns()
         mono = time.monotonic()
-        by_full = {self._root.join(path): (path, stamp) for path, stamp in batch}
-        items = [(full, FileKey(*stamp[:4])) for full, (_, stamp) in by_full.items()]
-        puts: list[IndexEntry] = []
-        removes: list[str] = []
-        warnings: list[str] = []
-        lists: dict[str, bytes] = {}
-        results = self._hasher(items, self._progress)
+        self._moved = (0, 0, mono)
+        by_full = {self._root.join(path): (path, stamp) for path, stamp in items}
+        keys = [(full, FileKey(*stamp[:4])) for full, (_, stamp) in by_full.items()]
+        batch = _Batch([], [], {}, [])
+        size = 0
+        results = self._hasher(keys, self._progress)
         try:
             for result in results:
                 if self._stop.is_set():
                     raise _Stopped
-                path, stamp = by_full[result.path]
-                digest = result.digest
-                if (
-                    digest is not None
-                    and digest.chunks is not None
-                    and result.key == FileKey(*stamp[:4])
+                size += self._record(result, by_full[result.path], started_ns, mono, batch)
+                if len(batch.puts) + len(batch.removes) >= cfg.batch_files or (
+                    size >= cfg.batch_bytes
                 ):
-                    root = chunks_root(digest.chunks)
-                    puts.append(
-                        IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns, root)
-                    )
-                    lists[digest.sha1] = digest.chunks
-                    self._failed.pop(path, None)
-                    continue
-                if self.index.get(path) is not None:
-                    removes.append(path)
-                try:
-                    now_stamp: FileStamp | None = stamp_of(os.stat(result.path))
-                except OSError:
-                    now_stamp = None  # gone: the next walk forgets it
-                if now_stamp is None:
-                    continue
-                if now_stamp != stamp or digest is not None:
-                    # It is being written: hash it once it has been still a while.
-                    self._pending[path] = (now_stamp, mono + self.config.settle)
-                else:
-                    # Unchanged and unreadable: say so once, retry when it changes.
-                    self._failed[path] = stamp
-                    warnings.append(f"cannot read {_show(path)}: {result.error}")
+                    self._flush_progress(time.monotonic())
+                    anyio.from_thread.run(send.send, batch)
+                    batch, size = _Batch([], [], {}, []), 0
+            self._flush_progress(time.monotonic())
+            if batch.puts or batch.removes or batch.warnings:
+                anyio.from_thread.run(send.send, batch)
         except _Stopped:
-            return set(), []
+            return
         finally:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-        return self.index.apply(puts, removes, lists), warnings
+
+    def _record(
+        self,
+        result: HashResult,
+        item: tuple[str, FileStamp],
+        started_ns: int,
+        mono: float,
+        batch: _Batch,
+    ) -> int:
+        """Add one result to ``batch``; return the bytes it recorded."""
+        path, stamp = item
+        digest = result.digest
+        if digest is not None and digest.chunks is not None and result.key == FileKey(*stamp[:4]):
+            root = chunks_root(digest.chunks)
+            batch.puts.append(
+                IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns, root)
+            )
+            batch.lists[digest.sha1] = digest.chunks
+            self._failed.pop(path, None)
+            return stamp.size
+        if self.index.get(path) is not None:
+            batch.removes.append(path)
+        try:
+            now_stamp = stamp_of(os.stat(result.path))
+        except OSError:
+            return 0  # gone: the next walk forgets it
+        if now_stamp != stamp or digest is not None:
+            # It is being written: hash it once it has been still a while.
+            self._pending[path] = (now_stamp, mono + self.config.settle)
+        else:
+            # Unchanged and unreadable: say so once, retry when it changes.
+            self._failed[path] = stamp
+            batch.warnings.append(f"cannot read {_show(path)}: {result.error}")
+        return 0
 
     # --- reporting -------------------------------------------------------------------
 
