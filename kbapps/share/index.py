@@ -299,6 +299,8 @@ class FileIndex:
         self._idle: list[sqlite3.Connection] = []
         self._files = 0
         self._contents = 0
+        #: Whether the writer's page cache was made ``_WRITER_CACHE_KIB`` (``_write``).
+        self._big_cache = False
         self._db: sqlite3.Connection | None = None
         #: The in-memory database when there is no file (shared, under ``_db_lock``).
         self._mem: sqlite3.Connection | None = None
@@ -356,12 +358,6 @@ class FileIndex:
             # corrupt the file.
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            # The writer's page cache: content ids arrive in random order, so every
-            # batch touches pages all over the SHA-1 index and the digest lists; with
-            # SQLite's default 2 MiB, a first index of 200,000 files spent ~30 % more
-            # CPU in its inserts (docs/benchmarks.md, "A lean share"). A bound, filled
-            # only as pages are read: readers keep the default.
-            db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version != _SCHEMA_VERSION:
                 db.execute("BEGIN IMMEDIATE")
@@ -672,6 +668,15 @@ class FileIndex:
         removes: list[str],
         lists: dict[str, bytes],
     ) -> set[str]:
+        if not self._big_cache:
+            # Content ids arrive in random order, so every batch touches pages all
+            # over the SHA-1 index and the digest lists: with SQLite's default 2 MiB
+            # of page cache, a first index of 200,000 files spent ~30 % more CPU in
+            # its inserts (docs/benchmarks.md, "A lean share"). Set at the first
+            # write, not at opening, whose scans would fill it for nothing (a
+            # restart that writes nothing keeps the default, and its RSS).
+            db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
+            self._big_cache = True
         db.execute("BEGIN IMMEDIATE")
         try:
             # Old rows at the paths written or removed, and the content they held.

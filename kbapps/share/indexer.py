@@ -835,7 +835,8 @@ class Indexer:
         """Add one result to ``batch``; return the bytes it recorded."""
         path, stamp = item
         digest = result.digest
-        if digest is not None and digest.chunks is not None and result.key == FileKey(*stamp[:4]):
+        # (A FileKey equals the plain tuple of its fields: no object per file.)
+        if digest is not None and digest.chunks is not None and result.key == stamp[:4]:
             root = chunks_root(digest.chunks)
             batch.puts.append(
                 IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns, root)
