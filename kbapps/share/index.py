@@ -26,7 +26,8 @@ memory: a share of a million files would need ~1 KB of Python objects per file f
 that (docs/benchmarks.md, "A lean share"). Lookups are point queries (a few
 microseconds, from SQLite's page cache) on a small pool of reader connections, so a
 route never waits for the writer's transaction (WAL readers see the last commit);
-``entries`` streams the rows in path order, a page at a time. Opening an index reads
+``entries`` streams the rows in path order, a page at a time (``stamps`` the same
+without the digests, for a walk to compare). Opening an index reads
 no rows (a check of their shape runs in SQL), so a restart of a million-file share
 is ready in about a second. In memory are only the counts of files and of distinct
 content. Each entry also keeps the root of its chunk

@@ -19,8 +19,9 @@ reads what it advertises from the index (only trusted entries: ``kbproto.sharest
   that cannot be downloaded.
   It yields in path order, one directory listing per level in memory at a time.
 * **Diff.** Each walk is merged with the index, read in the same order a page at a
-  time (``FileIndex.entries``), so neither the walk nor the index is ever held whole
-  (a million-file share: docs/benchmarks.md, "A lean share"): a path whose stamp is
+  time and without the digests (``FileIndex.stamps``), so neither the walk nor the
+  index is ever held whole (a million-file share: docs/benchmarks.md, "A lean
+  share"): a path whose stamp is
   unchanged and trusted costs nothing (so a restart reads no unchanged file); a
   vanished or changed one is un-advertised at once; a file whose stamp re-appears
   under another path (a directory renamed inside the share) reuses its digests: new
@@ -33,13 +34,17 @@ reads what it advertises from the index (only trusted entries: ``kbproto.sharest
   read; the result is recorded only if its ``fstat`` matches the walk's stamp). With
   ``settle`` at least the index's racy window, entries are trusted as soon as hashed;
   an entry still inside it (a restart just after a write) is re-hashed when it ends.
-* **Off the loop, in bounded batches.** Walks and hashing run in worker threads, at
-  most ``batch_files`` files or ``batch_bytes`` bytes per batch; each batch is one
-  SQLite transaction and its deltas go to the sink before the next starts, so a big
-  first scan makes files findable as it goes and the node keeps serving. Many small
-  files are hashed on the worker processes of a ``kbapps.hashing.ProcessPool``, which
-  ``kbapps.noderun`` starts before ``anyio.run`` starts any thread: a process never
-  forks while it runs threads (without such a pool, a worker thread hashes alone).
+* **Off the loop, in bounded batches, overlapped.** Walks and hashing run in worker
+  threads. The files a stretch of a walk found are hashed as one job of the hasher;
+  its results are recorded at most ``batch_files`` files or ``batch_bytes`` bytes at
+  a time, each batch one SQLite transaction whose deltas go to the sink, while the
+  job goes on (a hand-over of ``_WRITES_AHEAD`` batches: the hashing thread waits
+  when the writes fall behind, so memory stays bounded). So a big first scan makes
+  files findable as it goes, the hashing processes do not wait for the index, and the
+  node keeps serving. Many small files are hashed on the worker processes of a
+  ``kbapps.hashing.ProcessPool``, which ``kbapps.noderun`` starts before
+  ``anyio.run`` starts any thread: a process never forks while it runs threads
+  (without such a pool, a worker thread hashes alone).
 * **Interval.** The next full walk starts ``max(min_interval, walk_time * (1/f - 1))``
   seconds after the last one ended (``f`` = ``cpu_fraction``, capped at
   ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (docs/benchmarks.md,
@@ -49,7 +54,7 @@ reads what it advertises from the index (only trusted entries: ``kbproto.sharest
 Hooks run in the event loop's thread (worker threads hand them over), so a
 ``kbapps.output.Progress`` can be driven from them directly.
 
-Why one module of some 720 lines: the walk, the plan of a pass and the loop that
+Why one module of some 880 lines: the walk, the plan of a pass and the loop that
 schedules passes share the stop signal and the stamps compared between passes; the
 strategy above is most of its length.
 """
@@ -758,6 +763,12 @@ class Indexer:
                             self._warn(message)
                         touched = await self._thread(self.index.apply, puts, removes, lists)
                         await self._report(sink, touched)
+        except BaseExceptionGroup as group:
+            # The task group wraps what failed (the hasher, the index, the sink):
+            # the caller sees it as it did when all ran in one task.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             if hooks.on_hash_end is not None:
                 hooks.on_hash_end()

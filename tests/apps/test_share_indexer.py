@@ -627,6 +627,29 @@ async def test_batches_are_recorded_while_the_rest_is_hashed(tmp_path: Path) -> 
     assert seen_while_hashing[0] >= 2
 
 
+@pytest.mark.anyio
+async def test_a_failing_hasher_surfaces_as_itself(tmp_path: Path) -> None:
+    # The hashing runs beside the writes (a task group): what it raises reaches the
+    # caller of run() as it is, not wrapped in an exception group.
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "a.dat").write_bytes(b"a")
+    old = time.time() - 3600
+    os.utime(root / "a.dat", (old, old))
+
+    def broken(
+        items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
+    ) -> Iterator[HashResult]:
+        if items:
+            raise RuntimeError("hasher broke")
+        yield from ()  # (a generator, as the real one)
+
+    index = FileIndex(None, racy_window_ns=RACY_NS)
+    indexer = Indexer(root, index, config=FAST, hasher=broken)
+    with anyio.fail_after(WAIT), pytest.raises(RuntimeError, match="hasher broke"):
+        await indexer.run(Sink(index))
+
+
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_interval"):
         IndexerConfig(min_interval=0)
