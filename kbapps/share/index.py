@@ -89,8 +89,6 @@ _WRITE_CHUNK = 10_000
 _IN_CHUNK = 500
 #: Rows per page when streaming the index in path order, or its content ids.
 _PAGE = 2048
-#: The writer connection's page cache, KiB (see ``_connect``).
-_WRITER_CACHE_KIB = 32 * 1024
 #: Idle reader connections kept for the next lookup.
 _MAX_IDLE_READERS = 8
 
@@ -300,8 +298,6 @@ class FileIndex:
         self._idle: list[sqlite3.Connection] = []
         self._files = 0
         self._contents = 0
-        #: Whether the writer's page cache was made ``_WRITER_CACHE_KIB`` (``_write``).
-        self._big_cache = False
         self._db: sqlite3.Connection | None = None
         #: The in-memory database when there is no file (shared, under ``_db_lock``).
         self._mem: sqlite3.Connection | None = None
@@ -669,15 +665,6 @@ class FileIndex:
         removes: list[str],
         lists: dict[str, bytes],
     ) -> set[str]:
-        if not self._big_cache:
-            # Content ids arrive in random order, so every batch touches pages all
-            # over the SHA-1 index and the digest lists: with SQLite's default 2 MiB
-            # of page cache, a first index of 200,000 files spent ~30 % more CPU in
-            # its inserts (docs/benchmarks.md, "A lean share"). Set at the first
-            # write, not at opening, whose scans would fill it for nothing (a
-            # restart that writes nothing keeps the default, and its RSS).
-            db.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
-            self._big_cache = True
         db.execute("BEGIN IMMEDIATE")
         try:
             # Old rows at the paths written or removed, and the content they held.
