@@ -112,8 +112,9 @@ _MAX_WARNINGS = 10_000
 #: (its files keep their stamps) is not re-hashed; cleared when full and after each
 #: walk (memory bound).
 _MAX_TOMBSTONES = 50_000
-#: Batches hashed ahead of the one being written to the index: the hashing goes on
-#: while a batch is written (and its changes reported), holding at most this many more.
+#: Batches that may wait to be written besides the one being written: the hashing
+#: goes on while a batch is written (and its changes reported), and the hashing thread
+#: blocks with the next full batch while this many wait (memory bound: three batches).
 _WRITES_AHEAD = 1
 #: Seconds between progress reports from the hashing thread (each is a round trip to
 #: the event loop that the hashing waits for).
@@ -752,7 +753,6 @@ class Indexer:
         hooks = self.hooks
         if hooks.on_hash_start is not None:
             hooks.on_hash_start(len(items), sum(s.size for _, s in items))
-        # Bounded: the hashing thread waits while this many batches wait to be written.
         send, receive = anyio.create_memory_object_stream[_Batch](_WRITES_AHEAD)
         try:
             async with anyio.create_task_group() as tg:
