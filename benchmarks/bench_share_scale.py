@@ -19,15 +19,24 @@ previous code), so the RSS and times of both are measured side by side.
 It prints markdown tables: median [min-max] of each, and the ratios first index /
 ``kb-prv-create`` and new / previous.
 
+Before the rounds, each command runs once untimed on a 10-file tree (``--no-warm-up``
+skips it): the bytecode of the standard library and the dependencies is written on
+first import to the run's fresh ``PYTHONPYCACHEPREFIX``, which would otherwise be
+charged to whichever timed run came first. CPU seconds (user + system, worker
+processes included) are reported beside the times: on a shared machine they move far
+less than the times.
+
 Usage: ``python3 benchmarks/bench_share_scale.py [--files 200000] [--tree DIR]
-[--repeats 1] [--compare PATH]``
+[--repeats 1] [--compare PATH] [--no-warm-up]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -68,6 +77,23 @@ def make_tree(tree: Path, files: int) -> None:
     marker.touch()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and of its live child processes (the
+    share's hashing workers), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    for one in pids:
+        with contextlib.suppress(OSError):
+            # Fields after the command's closing parenthesis: utime, stime are 14, 15.
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """``VmRSS`` and ``VmHWM`` of ``pid`` in bytes."""
     out: dict[str, int] = {}
@@ -83,6 +109,7 @@ class ShareRun:
     """One start of ``kbucket-host`` until it indexed."""
 
     seconds: float
+    cpu: float
     rss: int
     hwm: int
     indexed: int
@@ -116,6 +143,7 @@ def run_share(tree: Path, env: dict[str, str], logs: Path, label: str) -> ShareR
             found = re.search(r"^Indexed (\d+) files?\.$", text, re.MULTILINE)
             if found:
                 seconds = time.perf_counter() - started
+                cpu = cpu_seconds(share.pid)
                 break
             if share.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the share did not index; see {err_path}")
@@ -126,6 +154,7 @@ def run_share(tree: Path, env: dict[str, str], logs: Path, label: str) -> ShareR
         hashed = re.search(r"^Hashed (\d+) files?;", text, re.MULTILINE)
         return ShareRun(
             seconds,
+            cpu,
             status["VmRSS"],
             status["VmHWM"],
             int(found.group(1)),
@@ -140,12 +169,14 @@ def run_share(tree: Path, env: dict[str, str], logs: Path, label: str) -> ShareR
             share.wait(10)
 
 
-def prv_create(tree: Path, env: dict[str, str], scratch: Path) -> float:
-    """Seconds of ``kb-prv-create TREE OUT`` with an empty hash cache."""
+def prv_create(tree: Path, env: dict[str, str], scratch: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds (its workers included) of ``kb-prv-create TREE OUT``
+    with an empty hash cache."""
     cache, out = scratch / "prv-cache", scratch / "tree.prvdir"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
         command("kbapps.cli.prv_create", str(tree), str(out)),
         env={**env, "KBUCKET_CACHE_DIR": str(cache)},
@@ -155,8 +186,10 @@ def prv_create(tree: Path, env: dict[str, str], scratch: Path) -> float:
         timeout=TIMEOUT,
     )
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     shutil.rmtree(out, ignore_errors=True)
-    return seconds
+    return seconds, cpu
 
 
 @dataclass
@@ -186,6 +219,11 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=None, help="the tree (kept for reuse)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--compare", type=Path, default=None, help="previous code's root")
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="skip the untimed first run of each command (the smoke test's tiny trees)",
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="kbbench-share-"))
@@ -209,13 +247,27 @@ def main() -> int:
                     capture_output=True,
                     timeout=TIMEOUT,
                 )
+                # PYTHONPYCACHEPREFIX is new: the standard library and the
+                # dependencies compile on their first import. One untimed run of
+                # each command on a tiny tree does that here, not in the first
+                # timed run (which was the new code's, by several seconds).
+                if args.no_warm_up:
+                    continue
+                warm = scratch / "warm-up"
+                make_tree(warm, 10)
+                prv_create(warm, run_env, scratch)
+                run_share(warm, run_env, scratch, "warm-up")
+                shutil.rmtree(warm / ".kbucket", ignore_errors=True)
         load = os.getloadavg()[0]
         prv, first, restart = Series(), Series(), Series()
+        prv_cpu, first_cpu, restart_cpu, old_cpu = Series(), Series(), Series(), Series()
         rss, hwm, rss_restart = Series(), Series(), Series()
         old_first, old_rss = Series(), Series()
         counts: set[tuple[int, int]] = set()
         for round_ in range(args.repeats):
-            prv.values.append(prv_create(tree, new_env, scratch))
+            seconds, cpu = prv_create(tree, new_env, scratch)
+            prv.values.append(seconds)
+            prv_cpu.values.append(cpu)
             runs = [("new", new_env)] + ([("old", old_env)] if old_env else [])
             for label, run_env in runs:
                 shutil.rmtree(tree / ".kbucket", ignore_errors=True)
@@ -223,14 +275,17 @@ def main() -> int:
                 one = run_share(tree, run_env, scratch, f"{label}-first-{round_}")
                 if label == "new":
                     first.values.append(one.seconds)
+                    first_cpu.values.append(one.cpu)
                     rss.values.append(one.rss)
                     hwm.values.append(one.hwm)
                     again = run_share(tree, run_env, scratch, f"new-restart-{round_}")
                     restart.values.append(again.seconds)
+                    restart_cpu.values.append(again.cpu)
                     rss_restart.values.append(again.rss)
                     counts.add((again.indexed, again.hashed))
                 else:
                     old_first.values.append(one.seconds)
+                    old_cpu.values.append(one.cpu)
                     old_rss.values.append(one.rss)
             shutil.rmtree(tree / ".kbucket", ignore_errors=True)
         n = args.files
@@ -244,16 +299,24 @@ def main() -> int:
             f"| `kb-prv-create TREE OUT`, empty hash cache (s) | {prv.show()} |",
             f"| share's first index until `Indexed {n} files.` (s) | {first.show()} |",
             f"| ratio first index / kb-prv-create | {first.median() / prv.median():.2f} |",
+            f"| CPU s: kb-prv-create (its workers too) | {prv_cpu.show()} |",
+            f"| CPU s: share until `Indexed` (its workers too) | {first_cpu.show()} |",
+            f"| CPU ratio first index / kb-prv-create |"
+            f" {first_cpu.median() / prv_cpu.median():.2f} |",
             f"| share RSS after the first index (MB) | {_mb(rss).show(mb)} |",
             f"| share RSS per file (B) | {Series([v / n for v in rss.values]).show('{:.0f}')} |",
             f"| share peak RSS, VmHWM (MB) | {_mb(hwm).show(mb)} |",
             f"| restart until `Indexed {n} files.` (s) | {restart.show()} |",
+            f"| CPU s: restart until `Indexed` | {restart_cpu.show()} |",
             f"| RSS after the restart (MB) | {_mb(rss_restart).show(mb)} |",
             f"| restart: (files indexed, files hashed) | {sorted(counts)} |",
         ]
         if old_env:
             lines += [
                 f"| previous code: first index (s) | {old_first.show()} |",
+                f"| previous code: CPU s until `Indexed` | {old_cpu.show()} |",
+                f"| CPU ratio first index new / previous | "
+                f"{first_cpu.median() / old_cpu.median():.2f} |",
                 f"| previous code: RSS per file (B) | "
                 f"{Series([v / n for v in old_rss.values]).show('{:.0f}')} |",
                 f"| ratio RSS new / previous | {rss.median() / old_rss.median():.3f} |",

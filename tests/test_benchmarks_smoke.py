@@ -65,7 +65,10 @@ SMOKE_RUNS = {
         ["--rounds", "1", "--size-mib", "4", "--reads", "5"],
         ["throughput ratio", "reads/s ratio"],
     ),
-    "bench_share_scale.py": (["--files", "300"], ["ratio first index / kb-prv-create"]),
+    "bench_share_scale.py": (
+        ["--files", "300", "--no-warm-up"],
+        ["ratio first index / kb-prv-create", "CPU ratio first index / kb-prv-create"],
+    ),
     "bench_relay_cache.py": (
         ["--rounds", "1", "--size-mib", "4"],
         ["x direct", "ratio to the file's size", "x no cache"],

@@ -19,8 +19,9 @@ reads what it advertises from the index (only trusted entries: ``kbproto.sharest
   that cannot be downloaded.
   It yields in path order, one directory listing per level in memory at a time.
 * **Diff.** Each walk is merged with the index, read in the same order a page at a
-  time (``FileIndex.entries``), so neither the walk nor the index is ever held whole
-  (a million-file share: docs/benchmarks.md, "A lean share"): a path whose stamp is
+  time and without the digests (``FileIndex.stamps``), so neither the walk nor the
+  index is ever held whole (a million-file share: docs/benchmarks.md, "A lean
+  share"): a path whose stamp is
   unchanged and trusted costs nothing (so a restart reads no unchanged file); a
   vanished or changed one is un-advertised at once; a file whose stamp re-appears
   under another path (a directory renamed inside the share) reuses its digests: new
@@ -33,13 +34,17 @@ reads what it advertises from the index (only trusted entries: ``kbproto.sharest
   read; the result is recorded only if its ``fstat`` matches the walk's stamp). With
   ``settle`` at least the index's racy window, entries are trusted as soon as hashed;
   an entry still inside it (a restart just after a write) is re-hashed when it ends.
-* **Off the loop, in bounded batches.** Walks and hashing run in worker threads, at
-  most ``batch_files`` files or ``batch_bytes`` bytes per batch; each batch is one
-  SQLite transaction and its deltas go to the sink before the next starts, so a big
-  first scan makes files findable as it goes and the node keeps serving. Many small
-  files are hashed on the worker processes of a ``kbapps.hashing.ProcessPool``, which
-  ``kbapps.noderun`` starts before ``anyio.run`` starts any thread: a process never
-  forks while it runs threads (without such a pool, a worker thread hashes alone).
+* **Off the loop, in bounded batches, overlapped.** Walks and hashing run in worker
+  threads. The files a stretch of a walk found are hashed as one job of the hasher;
+  its results are recorded at most ``batch_files`` files or ``batch_bytes`` bytes at
+  a time, each batch one SQLite transaction whose deltas go to the sink, while the
+  job goes on (a hand-over of ``_WRITES_AHEAD`` batches: the hashing thread waits
+  when the writes fall behind, so memory stays bounded). So a big first scan makes
+  files findable as it goes, the hashing processes do not wait for the index, and the
+  node keeps serving. Many small files are hashed on the worker processes of a
+  ``kbapps.hashing.ProcessPool``, which ``kbapps.noderun`` starts before
+  ``anyio.run`` starts any thread: a process never forks while it runs threads
+  (without such a pool, a worker thread hashes alone).
 * **Interval.** The next full walk starts ``max(min_interval, walk_time * (1/f - 1))``
   seconds after the last one ended (``f`` = ``cpu_fraction``, capped at
   ``max_interval``): a warm walk of 100,000 files takes ~0.5 s (docs/benchmarks.md,
@@ -49,7 +54,7 @@ reads what it advertises from the index (only trusted entries: ``kbproto.sharest
 Hooks run in the event loop's thread (worker threads hand them over), so a
 ``kbapps.output.Progress`` can be driven from them directly.
 
-Why one module of some 720 lines: the walk, the plan of a pass and the loop that
+Why one module of some 880 lines: the walk, the plan of a pass and the loop that
 schedules passes share the stop signal and the stamps compared between passes; the
 strategy above is most of its length.
 """
@@ -63,14 +68,15 @@ import threading
 import time
 from collections.abc import Callable, Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 
 from kbapps.hashing import FileKey, HashResult, ProcessPool, chunks_root, hash_files
-from kbapps.share.index import FileIndex, FileStamp, IndexEntry, stamp_of
+from kbapps.share.index import FileIndex, FileStamp, IndexEntry, IndexStamp, stamp_of
 from kbapps.share.paths import (
     MAX_PATH_BYTES,
     MAX_SEGMENTS,
@@ -106,8 +112,13 @@ _MAX_WARNINGS = 10_000
 #: (its files keep their stamps) is not re-hashed; cleared when full and after each
 #: walk (memory bound).
 _MAX_TOMBSTONES = 50_000
-#: Changed files reported to the node per call (one driver step each).
-_REPORT_BATCH = 4096
+#: Batches that may wait to be written besides the one being written: the hashing
+#: goes on while a batch is written (and its changes reported), and the hashing thread
+#: blocks with the next full batch while this many wait (memory bound: three batches).
+_WRITES_AHEAD = 1
+#: Seconds between progress reports from the hashing thread (each is a round trip to
+#: the event loop that the hashing waits for).
+_PROGRESS_EVERY = 0.1
 
 
 class IndexSink(Protocol):
@@ -132,8 +143,10 @@ class IndexerConfig:
         settle: seconds a new or changed file must be quiet before it is hashed; at
             least the index's racy window (2 s by default), so entries are trusted
             as soon as they are hashed.
-        batch_files: most files hashed per batch (one transaction, one delta burst).
-        batch_bytes: most bytes hashed per batch (a single bigger file is one batch).
+        batch_files: most files recorded per batch (one transaction, one delta burst;
+            commits cost ~4.7 µs of CPU per file in batches of 4,096 and ~1.8 µs
+            in batches of 16,384: docs/benchmarks.md, "A lean share").
+        batch_bytes: most bytes recorded per batch (a single bigger file is one batch).
         workers: for ``default_hasher`` when no hasher is given: threads for big
             files (``kbapps.hashing.default_workers()`` if None).
     """
@@ -142,7 +155,7 @@ class IndexerConfig:
     max_interval: float = 60.0
     cpu_fraction: float = 0.2
     settle: float = 2.0
-    batch_files: int = 4096
+    batch_files: int = 16384
     batch_bytes: int = 1 << 30
     workers: int | None = None
 
@@ -366,6 +379,16 @@ def _first(item: tuple[str, Any]) -> str:
 # --- the indexer ---------------------------------------------------------------------
 
 
+class _Batch(NamedTuple):
+    """Hashing results to record in one transaction: ``FileIndex.apply``'s arguments,
+    and the warnings they gave."""
+
+    puts: list[IndexEntry]
+    removes: list[str]
+    lists: dict[str, bytes]
+    warnings: list[str]
+
+
 class _Stopped(Exception):
     """The indexer is stopping: abandon the batch being hashed."""
 
@@ -403,28 +426,34 @@ class _Pass:
         self.pending_unseen = pending_before
         self.failed_unseen = failed_before
 
-    def vanished(self, entry: IndexEntry) -> None:
+    def vanished(self, row: IndexStamp) -> None:
         """An indexed path the walk did not find."""
-        self.plan.removes.append(entry.path)
-        newest = max(entry.mtime_ns, entry.ctime_ns)
-        if not (entry.hashed_ns - self.window < newest <= entry.hashed_ns + self.window):
+        path = row[0]
+        self.plan.removes.append(path)
+        newest = max(row[4], row[5])
+        if not (row[6] - self.window < newest <= row[6] + self.window):
+            # Its digests, for a rename met later in the walk (a point query: rows
+            # are read without them, and few paths vanish in one walk).
+            entry = self.indexer.index.get(path)
+            if entry is None:
+                return
             tombstones = self.indexer._tombstones
             if len(tombstones) >= _MAX_TOMBSTONES:
                 tombstones.clear()
             tombstones[entry.stamp] = entry
 
-    def known(self, entry: IndexEntry, stamp: FileStamp) -> None:
+    def known(self, row: IndexStamp, stamp: FileStamp) -> None:
         """An indexed path the walk found: unchanged (trusted: nothing to do; racy:
         re-hash once the window is over) or changed (un-advertised, then new)."""
-        path = entry.path
+        path = row[0]
         self._seen(path, stamp)
-        if stamp != entry[1:6]:
+        if stamp != row[1:6]:
             self.plan.removes.append(path)
             self.fresh.append((path, stamp))
             return
-        newest = max(entry.mtime_ns, entry.ctime_ns)
-        trusted = not (entry.hashed_ns - self.window < newest <= entry.hashed_ns + self.window)
-        if trusted and entry.chunks_root is None:
+        newest = max(row[4], row[5])
+        trusted = not (row[6] - self.window < newest <= row[6] + self.window)
+        if trusted and not row[7]:
             # Indexed before chunk digests: hashed once more, for them; it stays
             # advertised meanwhile (its SHA-1 is still right).
             self.plan.hash_now.append((path, stamp))
@@ -539,6 +568,8 @@ class Indexer:
         self._failed: dict[str, FileStamp] = {}
         self._tombstones: dict[FileStamp, IndexEntry] = {}
         self._warned: set[str] = set()
+        #: Progress not yet reported: files, bytes, and when it was last reported.
+        self._moved: tuple[int, int, float] = (0, 0, 0.0)
         self._stop = threading.Event()
         self._rescan: anyio.Event | None = None
         #: Set once the first scan has been reported (``on_initial_done``).
@@ -656,13 +687,13 @@ class Indexer:
         whole), and yield what to do a stretch at a time. Runs in worker threads, one
         ``next`` at a time; owns the indexer state meanwhile."""
         state = _Pass(self, set(self._pending), set(self._failed))
-        entries = self.index.entries()
+        entries = self.index.stamps()
         entry = next(entries, None)
         for path, stamp in walk:
-            while entry is not None and entry.path < path:
+            while entry is not None and entry[0] < path:
                 state.vanished(entry)
                 entry = next(entries, None)
-            if entry is not None and entry.path == path:
+            if entry is not None and entry[0] == path:
                 state.known(entry, stamp)
                 entry = next(entries, None)
             else:
@@ -713,95 +744,131 @@ class Indexer:
 
     # --- hashing ---------------------------------------------------------------------
 
-    def _batches(self, items: list[tuple[str, FileStamp]]) -> Iterator[list[tuple[str, FileStamp]]]:
-        cfg = self.config
-        batch: list[tuple[str, FileStamp]] = []
-        size = 0
-        for item in items:
-            if batch and (len(batch) >= cfg.batch_files or size + item[1].size > cfg.batch_bytes):
-                yield batch
-                batch, size = [], 0
-            batch.append(item)
-            size += item[1].size
-        if batch:
-            yield batch
-
     async def _hash(self, sink: IndexSink, items: list[tuple[str, FileStamp]]) -> None:
+        """Hash ``items`` as one job of the hasher, recording its results a batch at a
+        time while it goes on: a worker thread hashes and hands each batch over, and
+        this task records it (another worker thread) and reports it meanwhile."""
         if not items:
             return
         hooks = self.hooks
         if hooks.on_hash_start is not None:
             hooks.on_hash_start(len(items), sum(s.size for _, s in items))
+        send, receive = anyio.create_memory_object_stream[_Batch](_WRITES_AHEAD)
         try:
-            for batch in self._batches(items):
-                touched, warnings = await self._thread(self._hash_batch, batch)
-                for message in warnings:
-                    self._warn(message)
-                await self._report(sink, touched)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._hash_into, items, send)
+                async with receive:
+                    async for puts, removes, lists, warnings in receive:
+                        for message in warnings:
+                            self._warn(message)
+                        touched = await self._thread(self.index.apply, puts, removes, lists)
+                        await self._report(sink, touched)
+        except BaseExceptionGroup as group:
+            # The task group wraps what failed (the hasher, the index, the sink):
+            # the caller sees it as it did when all ran in one task.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             if hooks.on_hash_end is not None:
                 hooks.on_hash_end()
 
+    async def _hash_into(
+        self, items: list[tuple[str, FileStamp]], send: MemoryObjectSendStream[_Batch]
+    ) -> None:
+        async with send:
+            await self._thread(self._hash_items, items, send)
+
     def _progress(self, files: int, nbytes: int) -> None:
-        # Runs in the worker thread, from inside the hasher.
+        # Runs in the hashing thread, from inside the hasher: one call into the event
+        # loop per _PROGRESS_EVERY seconds, not per unit of 64 files (a round trip
+        # each, which the hashing thread waits for).
         if self._stop.is_set():
             raise _Stopped
         hook = self.hooks.on_hash_progress
-        if hook is not None:
+        if hook is None:
+            return
+        self._moved = (self._moved[0] + files, self._moved[1] + nbytes, self._moved[2])
+        now = time.monotonic()
+        if now - self._moved[2] >= _PROGRESS_EVERY:
+            self._flush_progress(now)
+
+    def _flush_progress(self, now: float) -> None:
+        files, nbytes, _ = self._moved
+        self._moved = (0, 0, now)
+        hook = self.hooks.on_hash_progress
+        if hook is not None and (files or nbytes):
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 anyio.from_thread.run_sync(hook, files, nbytes)
 
-    def _hash_batch(self, batch: list[tuple[str, FileStamp]]) -> tuple[set[str], list[str]]:
-        """Hash one batch and record it (worker thread)."""
+    def _hash_items(
+        self, items: list[tuple[str, FileStamp]], send: MemoryObjectSendStream[_Batch]
+    ) -> None:
+        """Hash ``items`` and hand their records over in batches (worker thread)."""
+        cfg = self.config
         started_ns = time.time_ns()
         mono = time.monotonic()
-        by_full = {self._root.join(path): (path, stamp) for path, stamp in batch}
-        items = [(full, FileKey(*stamp[:4])) for full, (_, stamp) in by_full.items()]
-        puts: list[IndexEntry] = []
-        removes: list[str] = []
-        warnings: list[str] = []
-        lists: dict[str, bytes] = {}
-        results = self._hasher(items, self._progress)
+        self._moved = (0, 0, mono)
+        by_full = {self._root.join(path): (path, stamp) for path, stamp in items}
+        keys = [(full, FileKey(*stamp[:4])) for full, (_, stamp) in by_full.items()]
+        batch = _Batch([], [], {}, [])
+        size = 0
+        results = self._hasher(keys, self._progress)
         try:
             for result in results:
                 if self._stop.is_set():
                     raise _Stopped
-                path, stamp = by_full[result.path]
-                digest = result.digest
-                if (
-                    digest is not None
-                    and digest.chunks is not None
-                    and result.key == FileKey(*stamp[:4])
+                size += self._record(result, by_full[result.path], started_ns, mono, batch)
+                if len(batch.puts) + len(batch.removes) >= cfg.batch_files or (
+                    size >= cfg.batch_bytes
                 ):
-                    root = chunks_root(digest.chunks)
-                    puts.append(
-                        IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns, root)
-                    )
-                    lists[digest.sha1] = digest.chunks
-                    self._failed.pop(path, None)
-                    continue
-                if self.index.get(path) is not None:
-                    removes.append(path)
-                try:
-                    now_stamp: FileStamp | None = stamp_of(os.stat(result.path))
-                except OSError:
-                    now_stamp = None  # gone: the next walk forgets it
-                if now_stamp is None:
-                    continue
-                if now_stamp != stamp or digest is not None:
-                    # It is being written: hash it once it has been still a while.
-                    self._pending[path] = (now_stamp, mono + self.config.settle)
-                else:
-                    # Unchanged and unreadable: say so once, retry when it changes.
-                    self._failed[path] = stamp
-                    warnings.append(f"cannot read {_show(path)}: {result.error}")
+                    self._flush_progress(time.monotonic())
+                    anyio.from_thread.run(send.send, batch)
+                    batch, size = _Batch([], [], {}, []), 0
+            self._flush_progress(time.monotonic())
+            if batch.puts or batch.removes or batch.warnings:
+                anyio.from_thread.run(send.send, batch)
         except _Stopped:
-            return set(), []
+            return
         finally:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-        return self.index.apply(puts, removes, lists), warnings
+
+    def _record(
+        self,
+        result: HashResult,
+        item: tuple[str, FileStamp],
+        started_ns: int,
+        mono: float,
+        batch: _Batch,
+    ) -> int:
+        """Add one result to ``batch``; return the bytes it recorded."""
+        path, stamp = item
+        digest = result.digest
+        # (A FileKey equals the plain tuple of its fields: no object per file.)
+        if digest is not None and digest.chunks is not None and result.key == stamp[:4]:
+            root = chunks_root(digest.chunks)
+            batch.puts.append(
+                IndexEntry(path, *stamp, digest.sha1, digest.head_sha1, started_ns, root)
+            )
+            batch.lists[digest.sha1] = digest.chunks
+            self._failed.pop(path, None)
+            return stamp.size
+        if self.index.get(path) is not None:
+            batch.removes.append(path)
+        try:
+            now_stamp = stamp_of(os.stat(result.path))
+        except OSError:
+            return 0  # gone: the next walk forgets it
+        if now_stamp != stamp or digest is not None:
+            # It is being written: hash it once it has been still a while.
+            self._pending[path] = (now_stamp, mono + self.config.settle)
+        else:
+            # Unchanged and unreadable: say so once, retry when it changes.
+            self._failed[path] = stamp
+            batch.warnings.append(f"cannot read {_show(path)}: {result.error}")
+        return 0
 
     # --- reporting -------------------------------------------------------------------
 

@@ -584,6 +584,72 @@ def test_many_files_use_worker_processes_while_the_loop_runs(
     assert str(forks[0]) in pids  # the worker process hashed some of them
 
 
+@pytest.mark.anyio
+async def test_batches_are_recorded_while_the_rest_is_hashed(tmp_path: Path) -> None:
+    # A first scan is one hashing job whose results are written (and reported) a
+    # batch at a time while it goes on: files are findable before the job ends.
+    root = tmp_path / "share"
+    root.mkdir()
+    for i in range(6):
+        (root / f"f{i}.dat").write_bytes(b"%d" % i)
+    old = time.time() - 3600
+    for path in root.iterdir():
+        os.utime(path, (old, old))
+    calls: list[int] = []
+    seen_while_hashing: list[int] = []
+    db = tmp_path / INDEX_FILENAME
+
+    def recorded() -> int:
+        reader = sqlite3.connect(db)
+        try:
+            return int(reader.execute("SELECT count(*) FROM files").fetchone()[0])
+        finally:
+            reader.close()
+
+    def watching(
+        items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
+    ) -> Iterator[HashResult]:
+        calls.append(len(items))
+        for done, result in enumerate(hash_files(items, workers=1), 1):
+            yield result
+            if done == 4:
+                # The first batch (2 files) is recorded while this job goes on.
+                deadline = time.monotonic() + WAIT
+                while not recorded() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen_while_hashing.append(recorded())
+
+    config = IndexerConfig(min_interval=0.05, max_interval=0.2, settle=0.1, batch_files=2)
+    async with running(root, hasher=watching, config=config, db=db) as run:
+        assert len(run.sink.files) == 6
+    assert calls == [6]
+    assert len(seen_while_hashing) == 1
+    assert seen_while_hashing[0] >= 2
+
+
+@pytest.mark.anyio
+async def test_a_failing_hasher_surfaces_as_itself(tmp_path: Path) -> None:
+    # The hashing runs beside the writes (a task group): what it raises reaches the
+    # caller of run() as it is, not wrapped in an exception group.
+    root = tmp_path / "share"
+    root.mkdir()
+    (root / "a.dat").write_bytes(b"a")
+    old = time.time() - 3600
+    os.utime(root / "a.dat", (old, old))
+
+    def broken(
+        items: Sequence[tuple[str, FileKey | None]], on_progress: Callable[[int, int], None]
+    ) -> Iterator[HashResult]:
+        if items:
+            raise RuntimeError("hasher broke")
+        yield from ()  # (a generator, as the real one)
+
+    index = FileIndex(None, racy_window_ns=RACY_NS)
+    indexer = Indexer(root, index, config=FAST, hasher=broken)
+    with anyio.fail_after(WAIT), pytest.raises(RuntimeError, match="hasher broke"):
+        await indexer.run(Sink(index))
+
+
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_interval"):
         IndexerConfig(min_interval=0)
