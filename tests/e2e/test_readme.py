@@ -75,6 +75,9 @@ def test_the_readme_walk_through_runs_as_written(procs: Procs, tmp_path: Path) -
     share = start("share", share_cmd)
     share.wait_line(r"Connected to parent hub: kbucket-hub$")
     hub.wait_line(r"Child share joined: dataset_01 \([0-9a-f]{12}\)$")
+    # The README waits for this line too: the files were copied a moment ago, and a
+    # share announces a file only once it hashed it (after the racy window).
+    share.wait_line(r"Indexed 5 files\.$")
 
     scratch = home / "kbucket-walkthrough"
     out = shell(first_download)
