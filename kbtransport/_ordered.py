@@ -89,11 +89,6 @@ class OrderedWork:
             self._idle.clear()
         _work_pool().submit(self._drain)
 
-    @property
-    def idle(self) -> bool:
-        """True while no chunk waits or is being worked on."""
-        return self._idle.is_set()
-
     async def finish(self) -> None:
         """Wait until every chunk put was worked on."""
         if not self._idle.is_set():

@@ -133,7 +133,7 @@ async def test_a_restart_keeps_entries_and_their_order(tmp_path: Path) -> None:
     opened[0].close()
     stray = cache.begin(_content(100, 3)[1], 100)  # a fill the "crash" leaves behind
     assert stray is not None
-    stray.write(b"x" * 10)
+    await stray.write(b"x" * 10)
     cache._db.close()
     again = RelayCache.open(root, 10_000)
     assert (again.entries, again.size) == (2, 8000)
@@ -436,7 +436,7 @@ async def test_a_commit_that_fails_or_is_cancelled_leaves_nothing(
     # Cancelled while it waits for the fsync (the hub stopping): the same.
     again = cache.begin(sha1, len(data))
     assert again is not None
-    again.write(data)
+    await again.write(data)
     with anyio.CancelScope() as scope:
         scope.cancel()
         await again.commit(sha1)
