@@ -30,9 +30,17 @@ proxied, so the next request for that content is answered from the hub's disk
 * **Never through a symlink.** A cache directory (or its ``objects``/``tmp``) that is
   a symlink is refused (``CacheDirError``); files are opened ``O_NOFOLLOW``.
 
-Everything here runs on the event loop (a hub's one thread for its routes); only the
-``fsync`` of a commit goes to a worker thread. Writes of up to 1 MiB go to the page
-cache, like the server's reads of served files (``kbtransport.http_server``).
+Everything here runs on the event loop (a hub's one thread for its routes) but the
+writes of large bodies and the ``fsync`` of a commit. Once a fill gets a chunk of
+``_THREAD_MIN_BYTES`` or more, its chunks are written in order by the pool threads
+of ``kbtransport._ordered`` (shared with the content check's hashing; several queued
+chunks go in one ``writev``), at most ``_MAX_QUEUED`` of them waiting: a write into
+the page cache costs ~0.2 CPU s per GiB where the kernel reuses its pages, up to
+~2.5 where it takes memory never used before (measured in the benchmark's virtual
+machine; ``docs/benchmarks.md``, "Relay cache in hubs"), and on the loop it held up
+every other transfer of the hub. ``commit`` waits for those writes first; ``abort``
+waits for the one in progress (a lock: the descriptor's number must not be reused
+under it) and drops the rest.
 """
 
 from __future__ import annotations
