@@ -48,6 +48,9 @@ __all__ = (
 #: Seconds a joiner waits for the next bytes of a fill before it gives up (the proxy's
 #: own idle limit is of the same order: a stalled share is a failed download).
 JOIN_IDLE = 60.0
+#: Seconds between a joiner's looks at a fill whose pool thread is writing what it was
+#: given (the writer's next chunk or its end wake the joiner sooner).
+_WRITING_POLL = 0.01
 #: Bytes a joiner reads from the temporary at a time (the proxy's chunk size).
 _READ_SIZE = 1024 * 1024
 
@@ -137,6 +140,12 @@ class _Follower:
                 raise StopAsyncIteration
             if fill.failed:
                 break
+            if fill.writing:
+                # Bytes on their way into the file: a pool thread writes them and
+                # cannot wake this task, so look again soon (only while they are).
+                with anyio.move_on_after(_WRITING_POLL):
+                    await fill.wait(self._signal)
+                continue
             with anyio.move_on_after(JOIN_IDLE):
                 await fill.wait(self._signal)
                 continue
@@ -166,11 +175,11 @@ class Tee:
         self._fill = fill
         self._hash = None if checked else hashlib.sha1()
 
-    def feed(self, chunk: bytes) -> None:
-        """The next chunk of the body."""
+    async def feed(self, chunk: bytes) -> None:
+        """The next chunk of the body (waits only while the fill's writes lag behind)."""
         if self._hash is not None:
             self._hash.update(chunk)
-        self._fill.write(chunk)
+        await self._fill.write(chunk)
 
     async def end(self) -> None:
         """The body ended (and passed the content check, if ``checked``): commit."""

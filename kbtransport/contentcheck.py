@@ -12,8 +12,8 @@ remembered in ``BadSources`` and not asked for that id again.
 
 Hashing costs ~0.65 CPU seconds per GiB (OpenSSL SHA-1), on the path of every proxied
 byte. ``hashlib`` releases the GIL on large buffers, so once a body has a chunk of
-``_THREAD_MIN_BYTES`` or more, its chunks are hashed in order by a small pool of
-threads (``_HASH_THREADS``, shared by all bodies) while the event loop forwards them; at
+``_THREAD_MIN_BYTES`` or more, its chunks are hashed in order by the threads of
+``kbtransport._ordered`` (shared by all bodies) while the event loop forwards them; at
 most ``_MAX_QUEUED`` chunks of a body wait (bounded memory; the loop waits beyond that),
 and the loop waits for the hashing once, at the body's end. Small bodies are hashed on
 the loop: a thread hop costs more. A range that is
@@ -24,15 +24,11 @@ not the whole content cannot be checked alone; those are left to the caller
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 
-import anyio
-
+from kbtransport._ordered import OrderedWork
 from kbtransport.errors import ReadError
 
 __all__ = ("EMPTY_SHA1", "BadSources", "ContentCheck", "ContentMismatch", "covers_whole")
@@ -44,19 +40,7 @@ EMPTY_SHA1 = hashlib.sha1(b"").hexdigest()
 _THREAD_MIN_BYTES = 64 * 1024
 #: Chunks (each at most 1 MiB from the proxy) of one body waiting to be hashed.
 _MAX_QUEUED = 4
-#: Threads hashing for every body at once: a core each at most, however many bodies.
-_HASH_THREADS = min(4, os.cpu_count() or 1)
 _CONTENT_RANGE_RE = re.compile(r"bytes 0-(\d+)/(\d+)")
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_HASH_THREADS, thread_name_prefix="kbucket-sha1")
-    return _pool
 
 
 class ContentMismatch(ReadError):
@@ -85,7 +69,7 @@ class ContentCheck:
         self._expected = sha1
         self._on_mismatch = on_mismatch
         self._hash = hashlib.sha1()
-        self._queue: _HashQueue | None = None
+        self._queue: OrderedWork | None = None
         self._held: bytes | None = None
         self._finished = False
 
@@ -126,58 +110,18 @@ class ContentCheck:
             if len(chunk) < _THREAD_MIN_BYTES:
                 self._hash.update(chunk)
                 return
-            self._queue = _HashQueue(self._hash)
+            self._queue = OrderedWork(self._update, _MAX_QUEUED)
         await self._queue.put(chunk)
+
+    def _update(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._hash.update(chunk)
 
     def close(self) -> None:
         """The body is done with, checked or not: forget the held chunk (what is queued
         for hashing is hashed and dropped, at most ``_MAX_QUEUED`` chunks); idempotent."""
         self._finished = True
         self._held = None
-
-
-class _HashQueue:
-    """``digest`` updated with the chunks put to it, in order, by the shared hashing
-    threads (at most one of them works on one body at a time)."""
-
-    def __init__(self, digest: hashlib._Hash) -> None:
-        self._digest = digest
-        self._chunks: deque[bytes] = deque()
-        self._lock = threading.Lock()
-        self._draining = False
-        self._idle = threading.Event()
-        self._idle.set()
-        self._room = threading.Semaphore(_MAX_QUEUED)
-
-    def _drain(self) -> None:
-        """Hash what is queued, in order, until nothing is (runs in a pool thread)."""
-        while True:
-            with self._lock:
-                if not self._chunks:
-                    self._draining = False
-                    self._idle.set()
-                    return
-                chunk = self._chunks.popleft()
-            self._digest.update(chunk)
-            self._room.release()
-
-    async def put(self, chunk: bytes) -> None:
-        """Queue ``chunk``; waits only while ``_MAX_QUEUED`` chunks are already queued."""
-        if not self._room.acquire(blocking=False):
-            # The queue drains (a pool thread holds this body's work), so this returns.
-            await anyio.to_thread.run_sync(self._room.acquire)
-        with self._lock:
-            self._chunks.append(chunk)
-            if self._draining:
-                return
-            self._draining = True
-            self._idle.clear()
-        _hash_pool().submit(self._drain)
-
-    async def finish(self) -> None:
-        """Wait until every chunk put is hashed."""
-        if not self._idle.is_set():
-            await anyio.to_thread.run_sync(self._idle.wait)
 
 
 class BadSources:

@@ -341,7 +341,7 @@ class _ProxyBody:
             self._tee = None
             tee.abort()
             raise
-        tee.feed(chunk)
+        await tee.feed(chunk)
         return chunk
 
     async def aclose(self) -> None:

@@ -30,9 +30,17 @@ proxied, so the next request for that content is answered from the hub's disk
 * **Never through a symlink.** A cache directory (or its ``objects``/``tmp``) that is
   a symlink is refused (``CacheDirError``); files are opened ``O_NOFOLLOW``.
 
-Everything here runs on the event loop (a hub's one thread for its routes); only the
-``fsync`` of a commit goes to a worker thread. Writes of up to 1 MiB go to the page
-cache, like the server's reads of served files (``kbtransport.http_server``).
+Everything here runs on the event loop (a hub's one thread for its routes) but the
+writes of large bodies and the ``fsync`` of a commit. Once a fill gets a chunk of
+``_THREAD_MIN_BYTES`` or more, its chunks are written in order by the pool threads
+of ``kbtransport._ordered`` (shared with the content check's hashing; several queued
+chunks go in one ``writev``), at most ``_MAX_QUEUED`` of them waiting: a write into
+the page cache costs ~0.2 CPU s per GiB where the kernel reuses its pages, up to
+~2.5 where it takes memory never used before (measured in the benchmark's virtual
+machine; ``docs/benchmarks.md``, "Relay cache in hubs"), and on the loop it held up
+every other transfer of the hub. ``commit`` waits for those writes first; ``abort``
+waits for the one in progress (a lock: the descriptor's number must not be reused
+under it) and drops the rest.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +59,7 @@ from typing import BinaryIO
 
 import anyio
 
+from kbtransport._ordered import OrderedWork
 from kbtransport._signal import Signal
 
 __all__ = (
@@ -75,6 +85,11 @@ _SCHEMA = (
     " inode INTEGER NOT NULL, used INTEGER NOT NULL)"
 )
 _HEX = frozenset("0123456789abcdef")
+#: A fill writes on the event loop until a chunk this large arrives (then in a pool
+#: thread): a thread hop costs more than writing a small body to the page cache.
+_THREAD_MIN_BYTES = 64 * 1024
+#: Chunks (each at most 1 MiB from the proxy) of one fill waiting to be written.
+_MAX_QUEUED = 4
 
 
 class CacheDirError(Exception):
@@ -404,11 +419,27 @@ class CacheFill:
         self._temp = temp
         self._fd: int | None = fd
         self._waiters: list[Signal] = []
+        #: Bytes given to ``write`` (``written`` counts those in the file).
+        self._put = 0
+        self._queue: OrderedWork | None = None
+        self._lock = threading.Lock()
 
     @property
     def done(self) -> bool:
         """True once committed or failed."""
         return self.committed or self.failed
+
+    @property
+    def writing(self) -> bool:
+        """True while bytes given to ``write`` are not all in the file yet (a pool
+        thread writes them), and the fill goes on."""
+        queue = self._queue
+        return (
+            self._fd is not None
+            and self._put > self.written
+            and queue is not None
+            and queue.error is None
+        )
 
     def _wake(self) -> None:
         for signal in self._waiters:
@@ -432,24 +463,49 @@ class CacheFill:
         except OSError:
             return None
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
         """Append ``data``; a failed write (disk full) or more bytes than ``size``
-        drops the fill (it never raises)."""
-        fd = self._fd
-        if fd is None:
+        drops the fill (it never raises). Small bodies are written at once; from the
+        first chunk of ``_THREAD_MIN_BYTES`` on, a pool thread writes while the loop
+        goes on (``written`` counts what is in the file), and this waits only while
+        ``_MAX_QUEUED`` chunks wait to be written."""
+        if self._fd is None:
             return
-        if self.written + len(data) > self.size:
+        if self._queue is not None and self._queue.error is not None:
             self.abort()
             return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError:
+        if self._put + len(data) > self.size:
             self.abort()
             return
-        self.written += len(data)
+        self._put += len(data)
+        if self._queue is None and len(data) < _THREAD_MIN_BYTES:
+            try:
+                self._write([data])
+            except OSError:
+                self.abort()
+                return
+        else:
+            if self._queue is None:
+                self._queue = OrderedWork(self._write, _MAX_QUEUED)
+            await self._queue.put(data)
         self._wake()
+
+    def _write(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` at the end of the temporary (on the loop, or in the one pool
+        thread writing for this fill); the lock keeps ``abort`` from closing the
+        descriptor under a write (its number could be reused by another file)."""
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                return
+            views = [memoryview(chunk) for chunk in chunks if chunk]
+            while views:
+                done = os.writev(fd, views)
+                self.written += done
+                while views and done >= len(views[0]):
+                    done -= len(views.pop(0))
+                if views:
+                    views[0] = views[0][done:]
 
     async def commit(self, digest: str) -> bool:
         """Make the fill an entry if ``digest`` (the SHA-1 of the bytes written) is its
@@ -457,12 +513,20 @@ class CacheFill:
         fd = self._fd
         if fd is None:
             return False
-        if digest != self.sha1 or self.written != self.size:
-            self.abort()
-            return False
-        self._fd = None
         cache = self._cache
         try:
+            if self._queue is not None:
+                await self._queue.finish()
+            if self._fd is None:  # aborted meanwhile (the hub stopping)
+                return False
+            if (
+                digest != self.sha1
+                or self.written != self.size
+                or (self._queue is not None and self._queue.error is not None)
+            ):
+                self.abort()
+                return False
+            self._fd = None
             await anyio.to_thread.run_sync(os.fsync, fd)
             os.close(fd)
             fd = -1
@@ -470,8 +534,11 @@ class CacheFill:
             st = os.stat(cache.path_for(self.sha1), follow_symlinks=False)
             cache._record(self.sha1, _Entry(st.st_size, st.st_mtime_ns, st.st_ino))
         except BaseException as exc:
-            # A failed write or database, or the hub stopping during the fsync: no
-            # entry, no temporary left behind.
+            # A failed write or database, or the hub stopping during the wait for the
+            # writes or the fsync: no entry, no temporary left behind.
+            if self._fd is not None:
+                self.abort()
+                raise
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -489,11 +556,12 @@ class CacheFill:
         return True
 
     def abort(self) -> None:
-        """Drop the fill (idempotent; nothing after ``commit`` succeeded)."""
-        fd = self._fd
+        """Drop the fill (idempotent; nothing after ``commit`` succeeded). A write in
+        progress in a pool thread ends first (the lock); what is queued is dropped."""
+        with self._lock:
+            fd, self._fd = self._fd, None
         if fd is None:
             return
-        self._fd = None
         with contextlib.suppress(OSError):
             os.close(fd)
         with contextlib.suppress(OSError):

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from kbtransport._ordered import WORK_THREADS
 from kbtransport.contentcheck import (
-    _HASH_THREADS,
     EMPTY_SHA1,
     BadSources,
     ContentCheck,
@@ -114,8 +114,8 @@ async def test_many_bodies_share_a_few_hashing_threads() -> None:
         for index, pieces in enumerate(bodies):
             tg.start_soon(one, pieces, index % 4 == 0)
     assert results == [True] * 18
-    hashing = [t for t in threading.enumerate() if t.name.startswith("kbucket-sha1")]
-    assert 1 <= len(hashing) <= _HASH_THREADS
+    hashing = [t for t in threading.enumerate() if t.name.startswith("kbucket-work")]
+    assert 1 <= len(hashing) <= WORK_THREADS
 
 
 @pytest.mark.parametrize(

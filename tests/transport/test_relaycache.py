@@ -28,7 +28,7 @@ def _content(size: int, seed: int) -> tuple[bytes, str]:
 async def _put(cache: RelayCache, data: bytes, sha1: str) -> bool:
     fill = cache.begin(sha1, len(data))
     assert fill is not None
-    fill.write(data)
+    await fill.write(data)
     return await fill.commit(hashlib.sha1(data).hexdigest())
 
 
@@ -37,11 +37,11 @@ async def test_an_entry_is_visible_only_after_commit_and_reads_back(tmp_path: Pa
     data, sha1 = _content(5000, 1)
     fill = cache.begin(sha1, len(data))
     assert fill is not None
-    fill.write(data[:100])
+    await fill.write(data[:100])
     assert cache.open_entry(sha1) is None
     assert cache.fill_in_progress(sha1) is fill
     assert cache.begin(sha1, len(data)) is None  # one fill per content
-    fill.write(data[100:])
+    await fill.write(data[100:])
     assert await fill.commit(sha1)
     opened = cache.open_entry(sha1)
     assert opened is not None
@@ -63,16 +63,16 @@ async def test_unverified_or_incomplete_bytes_never_become_an_entry(
     fill = cache.begin(sha1, len(data))
     assert fill is not None
     if case == "wrong-digest":
-        fill.write(data)
+        await fill.write(data)
         assert not await fill.commit("0" * 40)
     elif case == "short":
-        fill.write(data[:-1])
+        await fill.write(data[:-1])
         assert not await fill.commit(sha1)
     elif case == "long":
-        fill.write(data + b"x")
+        await fill.write(data + b"x")
         assert not await fill.commit(sha1)
     else:
-        fill.write(data)
+        await fill.write(data)
         fill.abort()
         assert not await fill.commit(sha1)
     assert fill.failed
@@ -133,7 +133,7 @@ async def test_a_restart_keeps_entries_and_their_order(tmp_path: Path) -> None:
     opened[0].close()
     stray = cache.begin(_content(100, 3)[1], 100)  # a fill the "crash" leaves behind
     assert stray is not None
-    stray.write(b"x" * 10)
+    await stray.write(b"x" * 10)
     cache._db.close()
     again = RelayCache.open(root, 10_000)
     assert (again.entries, again.size) == (2, 8000)
@@ -212,13 +212,13 @@ async def test_a_full_disk_drops_the_fill_and_nothing_else(
     data, sha1 = _content(4000, 2)
     fill = cache.begin(sha1, len(data))
     assert fill is not None
-    fill.write(data[:1000])
+    await fill.write(data[:1000])
 
     def full(fd: int, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", full)
-    fill.write(data[1000:])  # never raises
+    monkeypatch.setattr(os, "writev", full)
+    await fill.write(data[1000:])  # never raises
     monkeypatch.undo()
     assert fill.failed
     assert not await fill.commit(sha1)
@@ -284,6 +284,41 @@ async def _body(response_body: object) -> bytes:
     return out
 
 
+@pytest.mark.parametrize("case", ["full-disk", "aborted"])
+async def test_a_fill_written_by_a_pool_thread_that_fails_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    cache = RelayCache.open(tmp_path / "c", 1 << 30)
+    data, sha1 = _content(1 << 20, 9)
+    fill = cache.begin(sha1, len(data))
+    assert fill is not None
+    chunks = [data[i : i + (128 << 10)] for i in range(0, len(data), 128 << 10)]
+    await fill.write(chunks[0])  # large: written by a pool thread
+    if case == "full-disk":
+
+        def full(fd: int, buffers: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "writev", full)
+        for chunk in chunks[1:]:
+            await fill.write(chunk)  # never raises
+        assert not await fill.commit(sha1)
+        monkeypatch.undo()
+    else:
+        for chunk in chunks[1:]:
+            await fill.write(chunk)
+        fill.abort()  # the hub stopping: writes in flight end, the rest is dropped
+        assert not await fill.commit(sha1)
+    assert fill.failed
+    assert not fill.writing
+    assert sha1 not in cache
+    assert cache.fill_in_progress(sha1) is None
+    assert list((tmp_path / "c" / "tmp").iterdir()) == []
+    # The next fill of the same content works.
+    assert await _put(cache, data, sha1)
+    cache.close()
+
+
 async def test_a_joiner_follows_the_fill_and_gets_its_end_only_after_commit(
     tmp_path: Path,
 ) -> None:
@@ -291,7 +326,7 @@ async def test_a_joiner_follows_the_fill_and_gets_its_end_only_after_commit(
     data, sha1 = _content(3 << 20, 4)
     fill = cache.begin(sha1, len(data))
     assert fill is not None
-    fill.write(data[: 1 << 20])
+    await fill.write(data[: 1 << 20])
     request = request_from_target("GET", f"/sha1/{sha1}")
     assert joined_response(request_from_target("HEAD", f"/sha1/{sha1}"), cache, sha1, sha1) is None
     ranged = request_from_target("GET", f"/sha1/{sha1}", [("Range", "bytes=0-1")])
@@ -308,12 +343,19 @@ async def test_a_joiner_follows_the_fill_and_gets_its_end_only_after_commit(
         async for chunk in body.chunks:
             received.extend(chunk)
 
+    async def until_received(size: int) -> None:
+        # A pool thread writes the fill: the joiner sees its bytes soon, not at once.
+        with anyio.fail_after(10):
+            while len(received) < size:
+                await anyio.sleep(0.01)
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(read)
-        await anyio.sleep(0.05)
+        await until_received(1 << 20)
         assert bytes(received) == data[: 1 << 20]
         tee = Tee(fill, checked=True)  # the content check hashed the body
-        tee.feed(data[1 << 20 :])
+        await tee.feed(data[1 << 20 :])
+        await until_received(len(data) - 1)
         await anyio.sleep(0.05)
         # Every byte arrived, but the fill is not committed: the last one is held.
         assert bytes(received) == data[:-1]
@@ -329,7 +371,7 @@ async def test_a_joiner_is_cut_when_the_fill_fails_or_stalls(
     data, sha1 = _content(1000, 5)
     fill = cache.begin(sha1, len(data))
     assert fill is not None
-    fill.write(data[:500])
+    await fill.write(data[:500])
     joined = joined_response(request_from_target("GET", f"/sha1/{sha1}"), cache, sha1, sha1)
     assert joined is not None
     got: list[bytes] = []
@@ -366,7 +408,7 @@ async def test_a_tee_of_bytes_not_hashing_to_the_id_commits_nothing(tmp_path: Pa
     fill = cache.begin(sha1, len(data))
     assert fill is not None
     tee = Tee(fill, checked=False)
-    tee.feed(b"x" * len(data))
+    await tee.feed(b"x" * len(data))
     await tee.end()
     assert sha1 not in cache
     assert fill.failed
@@ -380,7 +422,7 @@ async def test_a_commit_that_fails_or_is_cancelled_leaves_nothing(
     data, sha1 = _content(2000, 8)
     fill = cache.begin(sha1, len(data))
     assert fill is not None
-    fill.write(data)
+    await fill.write(data)
 
     def no_rename(src: object, dst: object) -> None:
         raise OSError(errno.EIO, "I/O error")
@@ -394,7 +436,7 @@ async def test_a_commit_that_fails_or_is_cancelled_leaves_nothing(
     # Cancelled while it waits for the fsync (the hub stopping): the same.
     again = cache.begin(sha1, len(data))
     assert again is not None
-    again.write(data)
+    await again.write(data)
     with anyio.CancelScope() as scope:
         scope.cancel()
         await again.commit(sha1)
