@@ -41,17 +41,16 @@ with a relay cache, the content requests its core takes instead of relaying them
 
 from __future__ import annotations
 
-import json.encoder
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from kbproto.chunks import DIGEST_BYTES, chunk_count
 from kbproto.errors import LocalProtocolError
 from kbproto.events import LookupResolved
 from kbproto.ids import is_node_id, is_sha1
-from kbproto.messages import FindResult, NodeInfo
+from kbproto.messages import FindResult
+from kbtransport.apijson import cache_json, find_body, node_info_json
 from kbtransport.cacheserve import (
     JOIN_IDLE,
     KnownPaths,
@@ -66,46 +65,25 @@ from kbtransport.http import (
     App,
     Request,
     Response,
-    StreamBody,
     error_response,
     json_response,
 )
 from kbtransport.node import Node
 from kbtransport.origins import OriginPolicy
+from kbtransport.proxied import forwarded_headers, proxied_response, reset_response
 from kbtransport.proxy_stream import ProxyResponse, StreamResetError
 from kbtransport.relaycache import RelayCache
 from kbtransport.served_streams import discard_response, request_from_target
-from kbtransport.usercontent import is_worker_request, user_content_headers
+from kbtransport.usercontent import is_worker_request
 
 __all__ = (
-    "FORWARDED_HEADERS",
-    "PROXIED_RESPONSE_HEADERS",
     "NodeAppConfig",
     "build_node_app",
-    "cache_json",
-    "find_body",
-    "node_info_json",
     "own_node_app",
-    "proxied_response",
     "served_request_app",
 )
 
 _log = logging.getLogger("kbtransport.httpapi")
-
-#: Request headers passed on to the node that serves a proxied request: what download
-#: semantics need (Range, conditionals, content negotiation). Anything else stays here.
-FORWARDED_HEADERS = frozenset({"range", "if-range", "if-none-match", "if-modified-since", "accept"})
-#: Statuses a reset may carry that are also fit for our HTTP answer.
-_RESET_STATUSES = frozenset({404, 429, 502, 503, 504})
-#: ``Retry-After`` of a 429 for a client whose share of proxied streams is used up: its
-#: streams are downloads, which end in seconds or minutes.
-_STREAMS_RETRY_AFTER = (("Retry-After", "5"),)
-#: Response headers copied from a proxied response: what download semantics need, and
-#: nothing else (an allowlist: a share must not set cookies, a service worker's scope,
-#: its own Content-Security-Policy, a redirect or a refresh on this node's origin).
-#: ``Content-Type`` is copied through ``user_content_headers``, which adds this node's
-#: own security headers; framing headers are this node's own.
-PROXIED_RESPONSE_HEADERS = frozenset({"content-range", "accept-ranges", "etag", "last-modified"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,38 +111,6 @@ class NodeAppConfig:
             raise ValueError("NodeAppConfig.bad_sources_kept must be positive")
 
 
-def cache_json(cache: RelayCache) -> dict[str, int]:
-    """The ``cache`` object of a hub's nodeinfo (docs/http.md): what its relay cache
-    holds and has done since the process started."""
-    stats = cache.stats
-    return {
-        "entries": cache.entries,
-        "bytes": cache.size,
-        "bound": cache.bound,
-        "hits": stats.hits,
-        "misses": stats.misses,
-        "bytes_served": stats.bytes_served,
-        "fills": stats.fills,
-        "fills_dropped": stats.fills_dropped,
-    }
-
-
-def node_info_json(info: NodeInfo) -> dict[str, object]:
-    """The ``info`` object of nodeinfo (public fields only; never a private key)."""
-    return {
-        "node_id": info.node_id,
-        "node_type": info.node_type,
-        "name": info.name,
-        "description": info.description,
-        "owner": info.owner,
-        "owner_email": info.owner_email,
-        "listen_url": info.listen_url,
-        "public_key": info.public_key,
-    }
-
-
-#: The string escaping of ``json.dumps(..., ensure_ascii=False)`` (C-accelerated).
-_json_string = json.encoder.encode_basestring
 _JSON_HEADERS = (("Content-Type", "application/json; charset=utf-8"),)
 #: The answer to a find nothing matched (immutable, so one serves every such find).
 _NOT_FOUND = json_response(200, {"success": True, "found": False})
@@ -189,170 +135,15 @@ _ANSWERS_KEPT = 4096
 _PATHS_KEPT = 16384
 
 
-def _download_tail(result: FindResult) -> str:
-    return f"/{result.kbshare_id}/download/{quote(result.path, safe='/')}"
-
-
-def _find_urls(results: tuple[FindResult, ...], own_url: str) -> list[str]:
-    """``urls`` of the find answer (see ``find_body``)."""
-    # chains[i][d]: result i's URL at distance d from its share ("" if that node has no
-    # listen URL); URLs are listed by distance, so every direct source comes first.
-    tails = [_download_tail(result) for result in results]
-    chains: list[list[str]] = []
-    for result, tail in zip(results, tails, strict=True):
-        bases = [result.share_url, *(url for _, url in result.hops)]
-        chains.append([base.rstrip("/") + tail if base else "" for base in bases])
-    urls: list[str] = []
-    depth = max((len(chain) for chain in chains), default=0)
-    for level in range(depth):
-        for chain in chains:
-            if level < len(chain) and chain[level] and chain[level] not in urls:
-                urls.append(chain[level])
-    if own_url:
-        own = own_url.rstrip("/")
-        for tail in tails:
-            url = own + tail
-            if url not in urls:
-                urls.append(url)
-    return urls
-
-
-def find_body(results: tuple[FindResult, ...], own_url: str) -> bytes:
-    """The find answer for ``results`` (at least one) asked at the node whose URL is
-    ``own_url``, as JSON bytes (``docs/http.md``)::
-
-        {"success":true,"found":true,"size":N,"urls":[...],
-         "results":[{"kbshare_id":...,"size":N,"path":...}, ...]}
-
-    ``urls`` is best first: every result's share URL, then the hubs in between by
-    distance from the share, then this node's own URL; duplicates and empty base URLs
-    (a node that has none) are left out.
-
-    Written out directly, the route's one JSON writer: building the dicts and lists
-    only to hand them to ``json.dumps`` cost ~20 µs more per find, some 7 % of a
-    hub's CPU per find (``docs/benchmarks.md``). Strings go through the escaping
-    function ``json.dumps(..., ensure_ascii=False)`` uses, integers are their ``repr``.
-    """
-    urls = ",".join(map(_json_string, _find_urls(results, own_url)))
-    items = ",".join(
-        f'{{"kbshare_id":{_json_string(r.kbshare_id)},"size":{r.size:d},'
-        f'"path":{_json_string(r.path)}}}'
-        for r in results
-    )
-    text = (
-        f'{{"success":true,"found":true,"size":{results[0].size:d},'
-        f'"urls":[{urls}],"results":[{items}]}}'
-    )
-    return text.encode("utf-8")
-
-
 def _client(request: Request) -> str | None:
     """The client's address: proxied streams count against its share."""
     return request.client[0] if request.client is not None else None
-
-
-def _reset_response(exc: StreamResetError) -> Response:
-    """The HTTP error for a request reset before its head."""
-    status = exc.status if exc.status in _RESET_STATUSES else 502
-    headers = _STREAMS_RETRY_AFTER if status == 429 else ()
-    return error_response(status, exc.reason, headers)
-
-
-def _forwarded(request: Request) -> tuple[tuple[str, str], ...]:
-    return tuple(
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in request.headers
-        if name.decode("latin-1") in FORWARDED_HEADERS
-    )
 
 
 def _list_length(size: int) -> int:
     """The length of a digest list of content of ``size`` bytes, as shares compute it
     (``kbproto.chunks.CHUNK_SIZE`` chunks)."""
     return DIGEST_BYTES * chunk_count(size)
-
-
-def proxied_response(
-    response: ProxyResponse,
-    method: str,
-    check: ContentCheck | None = None,
-    tee: Tee | None = None,
-) -> Response:
-    """Turn a ``ProxyResponse`` into a streamed ``Response`` for our HTTP server.
-
-    With ``check``, the body is checked against a content id as it streams and its end
-    is withheld unless it matches (``kbtransport.contentcheck``). With ``tee``, the
-    body sent is also written into a relay cache fill, committed at its (checked) end.
-
-    Only ``PROXIED_RESPONSE_HEADERS`` and the ``Content-Type`` are taken from the
-    target's head; the user-content headers (``kbtransport.usercontent``) are this
-    node's. The body is streamed as it arrives; if the stream is reset mid-body the iterator
-    raises ``StreamResetError`` (a ``ReadError``), so the server cuts the connection
-    and the client sees an incomplete body. When the client goes away, the server
-    closes the iterator, which resets the stream at every hop.
-    """
-    passed = tuple((n, v) for n, v in response.headers if n.lower() in PROXIED_RESPONSE_HEADERS)
-    headers = (*passed, *user_content_headers(response.header("content-type")))
-    status = response.status
-    empty = method == "HEAD" or status in (204, 304) or status < 200
-    length = None if status in (204, 304) else response.content_length
-    return Response(
-        status=status,
-        headers=headers,
-        body=StreamBody(chunks=_ProxyBody(response, empty, check, tee), length=length),
-    )
-
-
-class _ProxyBody:
-    """A proxied body for the HTTP server: iterates the stream, and ``aclose`` (which
-    the server calls however the response ended) resets the stream if it is not
-    finished, even when iteration never started (a client gone before the first byte,
-    or a HEAD answered from the head alone)."""
-
-    def __init__(
-        self, response: ProxyResponse, empty: bool, check: ContentCheck | None, tee: Tee | None
-    ) -> None:
-        self._response = response
-        self._chunks = None if empty else response.iter_chunks()
-        self._check = check
-        self._tee = None if empty else tee
-
-    def __aiter__(self) -> _ProxyBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._chunks is None:
-            raise StopAsyncIteration
-        tee = self._tee
-        if tee is None:
-            if self._check is not None:
-                return await self._check.next_chunk(self._chunks)
-            return await self._chunks.__anext__()
-        try:
-            if self._check is not None:
-                chunk = await self._check.next_chunk(self._chunks)
-            else:
-                chunk = await self._chunks.__anext__()
-        except StopAsyncIteration:
-            self._tee = None
-            await tee.end()
-            raise
-        except BaseException:
-            self._tee = None
-            tee.abort()
-            raise
-        await tee.feed(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        if self._tee is not None:
-            self._tee.abort()
-            self._tee = None
-        if self._check is not None:
-            self._check.close()
-        if self._chunks is not None:
-            await self._chunks.aclose()
-        await self._response.aclose()
 
 
 def own_node_app(node: Node, local: App, cache: RelayCache | None = None) -> App:
@@ -603,7 +394,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         opened = cache.open_entry(known) if known is not None else None
         if known is None or opened is None:
             return await fetch(request, node_id, "")
-        headers = (*_forwarded(request), ("If-None-Match", f'"{known}"'))
+        headers = (*forwarded_headers(request), ("If-None-Match", f'"{known}"'))
         try:
             response = await node.open_request(
                 node_id, request.method, target, headers, client=_client(request)
@@ -612,7 +403,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
             # The share is not reachable (stopped, 404 unknown node): the path has no
             # answer without it, whatever the cache holds.
             opened[0].close()
-            return _reset_response(exc)
+            return reset_response(exc)
         except LocalProtocolError as exc:
             opened[0].close()
             return error_response(400, f"Cannot route this request: {exc}")
@@ -643,10 +434,10 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         named = bool(sha1)
         try:
             response = await node.open_request(
-                node_id, request.method, target, _forwarded(request), client=_client(request)
+                node_id, request.method, target, forwarded_headers(request), client=_client(request)
             )
         except StreamResetError as exc:
-            return _reset_response(exc)
+            return reset_response(exc)
         except LocalProtocolError as exc:
             return error_response(400, f"Cannot route this request: {exc}")
         if not named:
@@ -685,7 +476,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
         found = await node.find(sha1)
         if not isinstance(found, LookupResolved) or not found.results:
             return error_response(404, "Content not found")
-        headers = _forwarded(request)
+        headers = forwarded_headers(request)
         last = error_response(404, missing)
         for result in sorted(found.results, key=lambda r: r.kbshare_id != node.node_id):
             source = result.kbshare_id
@@ -705,7 +496,7 @@ def build_node_app(node: Node, local: App, config: NodeAppConfig | None = None) 
                     source, request.method, target, headers, client=_client(request)
                 )
             except StreamResetError as exc:
-                last = _reset_response(exc)
+                last = reset_response(exc)
                 continue
             if response.status == 404 or response.status >= 500:
                 await response.aclose()

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from kbproto.events import LookupFailed, LookupResolved
 from kbproto.ids import NodeId
 from kbproto.messages import FindResult
+from kbtransport.apijson import find_body
 from kbtransport.driver import DriverStopped
 from kbtransport.http_client import HttpClient
-from kbtransport.httpapi import find_body
 from kbtransport.node import IMMEDIATE_LOOKUP
 from tests.transport.node_helpers import sha1_file, tree, wait_until, write_file
 

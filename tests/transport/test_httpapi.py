@@ -10,8 +10,8 @@ import pytest
 from kbproto.events import LookupResolved
 from kbproto.ids import LookupId, NodeId
 from kbproto.messages import FindResult
+from kbtransport.apijson import find_body
 from kbtransport.http_client import HttpClient
-from kbtransport.httpapi import find_body
 from kbtransport.served_streams import request_from_target
 from kbtransport.uplink import UplinkRegistry, uplink_url
 from tests.transport.node_helpers import sha1_file, tree, write_file
