@@ -205,7 +205,7 @@ def test_config_is_frozen_and_validated() -> None:
         NodeConfig(node_type="hub", extra={"name": "x"})
     with pytest.raises(TypeError, match="name"):
         NodeConfig(node_type="hub", name=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="index_budget must be an integer from 1"):
+    with pytest.raises(ValueError, match="index_budget must be an integer from 1 to 1099511627776"):
         NodeConfig(node_type="hub", index_budget=0)
     with pytest.raises(ValueError, match="open_child_quota"):
         NodeConfig(node_type="hub", open_child_quota=True)
