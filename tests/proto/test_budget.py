@@ -132,7 +132,7 @@ def test_a_child_with_the_passcode_may_use_the_whole_budget() -> None:
     )
     (closed,) = net.of("H", LinkClosed)
     budget = _TINY.index_budget
-    assert closed.reason.startswith(f"index budget exhausted: this hub holds at most {budget:,} bytes")
+    assert closed.reason.startswith(f"index budget exhausted: this hub holds at most {budget:,}")
     assert hub.content_count() == 8
 
 
