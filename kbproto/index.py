@@ -323,14 +323,15 @@ class HubIndex:
         link = self.nodes.route(node_id)
         return LinkId(link) if link is not None else None
 
-    def holders(self, raw: bytes) -> list[LinkId]:
-        """The child links through which content ``raw`` is reachable."""
-        return [LinkId(link) for link in self._table.holders(raw)]
-
-    def share_entry(self, link: int, raw: bytes) -> tuple[str, int] | None:
-        """``(path, size)`` of ``raw`` at the direct share child on ``link``."""
-        tail = self._table.tail(link, raw)
-        return self._children[link].paths.unpack(tail) if tail is not None else None
+    def holders(self, raw: bytes) -> list[tuple[LinkId, tuple[str, int] | None]]:
+        """The child links through which content ``raw`` is reachable, each with the
+        ``(path, size)`` a direct share child reported (None for a child hub)."""
+        children = self._children
+        out: list[tuple[LinkId, tuple[str, int] | None]] = []
+        for link, tail in self._table.found(raw):
+            child = children[link]
+            out.append((LinkId(link), None if child.is_hub else child.paths.unpack(tail)))
+        return out
 
     def child_reaches(self, link: int, node_id: str) -> bool:
         """True if ``node_id`` is routed through the child on ``link``."""
@@ -470,7 +471,8 @@ class HubIndex:
             raw = _raw(sha1)
             tail = paths.pack(path, size)
             # ``kbproto.budget.entry_cost``, inlined: this loop sees every file of a share.
-            added += _ID_BYTES + len(tail) + (1 if len(tail) < 0x80 else 2)
+            length = len(tail)
+            added += _ID_BYTES + length + (1 if length < 0x80 else 2)
             old = table.put(link, raw, tail)
             if old is True:
                 self._on_content(raw)

@@ -24,6 +24,8 @@ from kbproto.contenttable import read_varint, varint
 
 __all__ = ("PackedPaths",)
 
+#: One-byte varints, ready-made.
+_BYTE = [bytes((value,)) for value in range(0x80)]
 #: Lone surrogates can come in through JSON escapes; keep them round-trip exact.
 _ERRORS = "surrogatepass"
 
@@ -64,7 +66,9 @@ class PackedPaths:
             self._numbers[directory] = number
             self.held_bytes += _dir_cost(directory)
         self._refs[number] += 1
-        return varint(size) + varint(number) + path[cut:].encode("utf-8", _ERRORS)
+        # Most shares have fewer than 128 directories: their number is one byte.
+        code = _BYTE[number] if number < 0x80 else varint(number)
+        return varint(size) + code + path[cut:].encode("utf-8", _ERRORS)
 
     def unpack(self, tail: bytes) -> tuple[str, int]:
         """The ``(path, size)`` of a tail from ``pack``."""
