@@ -5,8 +5,9 @@ joined child's index through its wire protocol (``receive_data`` of encoded
 ``share_index`` / ``hub_index`` batches of 2,000 entries, as a real parent gets them):
 
 * **memory**: the process's resident set (``/proc/self/statm``, after a GC) before
-  and after feeding N ids, divided by N, and the ids fed per CPU second of the hub; for a child hub (sha1 only) and a direct
-  share (sha1, path ``data/run<i // 1000>/file<i>.dat``, size). With
+  and after feeding N ids, divided by N, and the ids fed per CPU second of the hub;
+  for a child hub (sha1 only) and a direct share (sha1, path
+  ``data/run<i // 1000>/file<i>.dat``, size). With
   ``--baseline-rev REV`` the same is measured for the code of git revision ``REV``
   (extracted with ``git archive`` to a temporary directory) and the ratio printed.
 * **finds**: a hub holding N ids of a direct share answers ``HubCore.find`` for
