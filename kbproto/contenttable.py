@@ -72,7 +72,7 @@ _MIN_CAPACITY = 64
 #: A log's offsets are 32-bit (``_pos``): no child may hold more (its budget is far less).
 MAX_LOG = 0xFFFFFFFF - 8192
 #: Slots rehashed, or records of a hub child's log remapped, at once (``_rebuild``).
-_REMAP_BLOCK = 65536
+_REMAP_BLOCK = 4096
 #: Logs with fewer dead bytes than this are never compacted.
 _MIN_GARBAGE = 4096
 
@@ -438,24 +438,26 @@ class ContentTable:
     def _rebuild(self, cap: int) -> None:
         """Rehash every live id into ``cap`` slots; drop the tombstones; rewrite the
         slot field of every live record."""
-        # One Python-level step per live id: the holder and position words come out
-        # as lists in C, the keys are sliced out of a bytes copy of a block of the
-        # old slots (one allocation a key), and the probe is inlined.
+        # One Python-level step per live id: a block of holder words comes out as a
+        # list in C, the keys are sliced out of a bytes copy of the block's slots (one
+        # allocation a key), and the probe is inlined. Blocks keep the temporaries
+        # small: lists of millions of ints would stay in the allocator's arenas.
         old_cap = self._cap
         old_keys = self._keys
-        holders = self._who[_WHO::_INTS].tolist()
-        positions = self._pos[_POS::_INTS].tolist()
+        old_who = self._who
+        old_pos = self._pos
         self._cap = cap
         self._keys, self._who, self._pos = keys, who, pos = _slots(cap)
         moved = array("I", bytes(4 * old_cap))
         used = 0
         for first in range(0, old_cap, _REMAP_BLOCK):
-            block = bytes(old_keys[first * SLOT_BYTES : (first + _REMAP_BLOCK) * SLOT_BYTES])
-            for slot in range(first, min(old_cap, first + _REMAP_BLOCK)):
-                holder = holders[slot]
+            last = min(old_cap, first + _REMAP_BLOCK)
+            block = bytes(old_keys[first * SLOT_BYTES : last * SLOT_BYTES])
+            holders = old_who[first * _INTS + _WHO : last * _INTS : _INTS].tolist()
+            for index, holder in enumerate(holders):
                 if holder <= 0 and holder != _MULTI:
                     continue  # empty or a tombstone
-                start = (slot - first) * SLOT_BYTES
+                start = index * SLOT_BYTES
                 raw = block[start : start + KEY_BYTES]
                 new = hash(raw) % cap
                 while who[new * _INTS + _WHO] != _EMPTY:
@@ -465,10 +467,11 @@ class ContentTable:
                 begin = new * SLOT_BYTES
                 keys[begin : begin + KEY_BYTES] = raw
                 who[new * _INTS + _WHO] = holder
-                pos[new * _INTS + _POS] = positions[slot]
+                slot = first + index
+                pos[new * _INTS + _POS] = old_pos[slot * _INTS + _POS]
                 moved[slot] = new
                 used += 1
-        del old_keys, block
+        del old_keys, old_who, old_pos, block
         self._used = used
         self._multi = {moved[slot]: pairs for slot, pairs in self._multi.items()}
         for log in self._logs.values():
