@@ -322,18 +322,15 @@ def parse_index_size(value: object) -> int | None:
     ``kbproto.budget.LEGACY_ENTRY_BYTES`` (80) bytes each: an old setting keeps
     bounding the index near where it did.
     """
+    size: int | None = None
     if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
+        pass
+    elif isinstance(value, int):
         size = value * LEGACY_ENTRY_BYTES
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         size = int(value.strip()) * LEGACY_ENTRY_BYTES
-    elif isinstance(value, str):
-        size = size_in_bytes(value) if value.strip() else None
-        if size is None:
-            return None
-    else:
-        return None
+    elif isinstance(value, str) and value.strip():
+        size = size_in_bytes(value)
     return size if _is_index_bytes(size) else None
 
 
