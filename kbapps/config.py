@@ -13,9 +13,12 @@ wrote, so this module is deliberately forgiving on read and careful on write:
   (``src/hemlock/hemlocknodeconfig.js`` did the same migration).
 - ``listen_port`` was a string when typed into the original's prompt (``"63240"``);
   we accept both and write an integer.
-- A hub's index budget (``index_budget``, ``open_child_quota``: entries, see
+- A hub's index budget (``index_budget``, ``open_child_quota``: bytes of index, see
   docs/security.md §3) is written only once set, by option or by hand, so a hub that
-  never set it follows the release's default.
+  never set it follows the release's default. It is written as a size with a unit
+  (``"512M"``); a bare whole number, as files from before the budgets were in bytes
+  hold (``4000000``), is an entry count, read as kbproto's ``LEGACY_ENTRY_BYTES``
+  (80) bytes each (``parse_index_size``).
 - A hub's relay cache bound (``cache_size``, bytes; 0 = no cache) is written once the
   hub has run, so the file shows the bound in use; a hand edit may also give it with a
   unit (``"20G"``), read by ``parse_size``.
@@ -43,13 +46,15 @@ from typing import Any, Literal
 
 from kbapps.output import UsageError
 from kbapps.sizes import size_in_bytes
+from kbproto.budget import LEGACY_ENTRY_BYTES
 from kbtransport.origins import canonical_origin
 
 __all__ = (
     "CONFIG_FILE_NAME",
+    "INDEX_SIZE_HELP",
     "KBUCKET_DIR_NAME",
     "MAX_CONFIG_BYTES",
-    "MAX_ENTRIES",
+    "MAX_INDEX_BYTES",
     "MAX_UPLOAD_RATE",
     "NODE_TYPES",
     "NodeConfig",
@@ -58,8 +63,10 @@ __all__ = (
     "ensure_kbucket_dir",
     "kbucket_dir",
     "load_config",
+    "parse_index_size",
     "parse_size",
     "save_config",
+    "size_text",
 )
 
 #: The node's private directory inside the shared directory (never served, docs/security.md).
@@ -69,11 +76,11 @@ CONFIG_FILE_NAME = "kbnode.json"
 #: A real kbnode.json is well under 10 KiB; 1 MiB bounds what a broken or hostile file
 #: can make us read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024
-#: Largest index budget or quota accepted (entries): ~75 GB of index at today's cost
-#: per entry, beyond any machine; it only keeps a typo from meaning "unbounded".
-MAX_ENTRIES = 1_000_000_000
+#: Largest index budget or quota accepted (bytes): 1 TiB, beyond any machine's memory;
+#: it only keeps a typo from meaning "unbounded".
+MAX_INDEX_BYTES = 1024**4
 #: Highest upload rate limit accepted (bytes per second): 1 TiB/s, beyond any network
-#: link; like ``MAX_ENTRIES`` it only keeps a typo from passing unseen.
+#: link; like ``MAX_INDEX_BYTES`` it only keeps a typo from passing unseen.
 MAX_UPLOAD_RATE = 1024**4
 
 NodeType = Literal["leaf", "hub"]
@@ -94,7 +101,7 @@ _TEXT_FIELDS = (
     "listen_url",
 )
 _PARENT_FIELDS = ("parent_hub_url", "parent_hub_passcode")
-#: A hub's index budget and open children's quota (entries; kbproto ``Limits``).
+#: A hub's index budget and open children's quota (bytes; kbproto ``Limits``).
 _BUDGET_FIELDS = ("index_budget", "open_child_quota")
 _KNOWN_FIELDS = frozenset(
     {
@@ -176,9 +183,9 @@ class NodeConfig:
     #: (``kbtransport.origins``; docs/security.md "Cross-site joins"), in
     #: ``canonical_origin`` form. Set by hand; written back only when not empty.
     allowed_origins: tuple[str, ...] = ()
-    #: Hubs: index entries held for all children (None: kbproto's default).
+    #: Hubs: bytes of index held for all children (None: kbproto's default).
     index_budget: int | None = None
-    #: Hubs: index entries per proven node of a child without the passcode (None:
+    #: Hubs: bytes of index per proven node of a child without the passcode (None:
     #: kbproto's default).
     open_child_quota: int | None = None
     #: Hubs: the relay cache's bound in bytes, 0 = no cache (None: the default).
@@ -203,8 +210,8 @@ class NodeConfig:
             raise ValueError("allowed_origins must be a tuple of canonical origins")
         for name in _BUDGET_FIELDS:
             value = getattr(self, name)
-            if value is not None and not _is_entry_count(value):
-                raise ValueError(f"{name} must be an integer from 1 to {MAX_ENTRIES}")
+            if value is not None and not _is_index_bytes(value):
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_INDEX_BYTES}")
         if self.cache_size is not None and not _is_cache_size(self.cache_size):
             raise ValueError(f"cache_size must be an integer from 0 to {MAX_CACHE_SIZE}")
         if self.max_upload_rate is not None and not _is_rate(self.max_upload_rate):
@@ -240,7 +247,7 @@ class NodeConfig:
             out["allowed_origins"] = list(self.allowed_origins)
         for name in _BUDGET_FIELDS:
             if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
+                out[name] = size_text(getattr(self, name))
         if self.cache_size is not None:
             out["cache_size"] = self.cache_size
         if self.max_upload_rate is not None:
@@ -281,12 +288,10 @@ class NodeConfig:
             values["allowed_origins"] = _parse_origins_field(data["allowed_origins"], where)
         for name in _BUDGET_FIELDS:
             if data.get(name) is not None:
-                if not _is_entry_count(data[name]):
-                    raise SetupError(
-                        f"{where}: field {name!r} must be a number of index entries"
-                        f" from 1 to {MAX_ENTRIES}"
-                    )
-                values[name] = data[name]
+                size = parse_index_size(data[name])
+                if size is None:
+                    raise SetupError(f"{where}: field {name!r} must be {INDEX_SIZE_HELP}")
+                values[name] = size
         if data.get("cache_size") is not None:
             values["cache_size"] = _parse_cache_size_field(data["cache_size"], where)
         if data.get("max_upload_rate") is not None:
@@ -300,8 +305,50 @@ class NodeConfig:
         return cls(**values, extra=extra)
 
 
-def _is_entry_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ENTRIES
+#: What ``parse_index_size`` accepts, for error messages.
+INDEX_SIZE_HELP = (
+    "a size of index in bytes with a unit (512M, 2G) up to 1T, or an old count of"
+    f" index entries ({LEGACY_ENTRY_BYTES} bytes each)"
+)
+
+
+def parse_index_size(value: object) -> int | None:
+    """Bytes of index that a budget or quota ``value`` names, or None if it names none
+    (or none from 1 byte to ``MAX_INDEX_BYTES``).
+
+    A size with a unit (``"512M"``, ``"2GiB"``, ``"4096B"``) is bytes. A bare whole
+    number, a JSON integer or digits alone, is an *entry count* as budgets were given
+    before they were in bytes (``--index-budget 4000000``), read as
+    ``kbproto.budget.LEGACY_ENTRY_BYTES`` (80) bytes each: an old setting keeps
+    bounding the index near where it did.
+    """
+    size: int | None = None
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        size = value * LEGACY_ENTRY_BYTES
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        size = int(value.strip()) * LEGACY_ENTRY_BYTES
+    elif isinstance(value, str) and value.strip():
+        size = size_in_bytes(value)
+    return size if _is_index_bytes(size) else None
+
+
+def size_text(size: int) -> str:
+    """``size`` bytes as ``parse_index_size`` reads it back: with the largest unit that
+    divides it (``"512M"``), else ``"<n>B"``."""
+    for unit in ("T", "G", "M", "K"):
+        scale = _UNIT_BYTES[unit]
+        if size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
+
+
+_UNIT_BYTES = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _is_index_bytes(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_INDEX_BYTES
 
 
 def _is_cache_size(value: object) -> bool:

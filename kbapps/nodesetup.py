@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 from kbapps import output
 from kbapps.config import (
     CONFIG_FILE_NAME,
-    MAX_ENTRIES,
+    INDEX_SIZE_HELP,
     MAX_UPLOAD_RATE,
     NodeConfig,
     NodeType,
@@ -64,6 +64,7 @@ from kbapps.config import (
     ensure_kbucket_dir,
     kbucket_dir,
     load_config,
+    parse_index_size,
     parse_size,
     save_config,
 )
@@ -124,7 +125,8 @@ class SetupOptions:
 
     ``confirm_share`` and ``max_upload_rate`` (as typed: ``20M``) are for shares
     only; ``passcode``, ``tls_cert``, ``tls_key``, ``index_budget``,
-    ``open_child_quota`` and ``cache_size`` (as typed) for hubs only. ``parent_hub`` is a URL
+    ``open_child_quota`` (as typed: ``2G``, or an old entry count, ``parse_index_size``)
+    and ``cache_size`` (as typed) for hubs only. ``parent_hub`` is a URL
     or ``"."`` (none).
     """
 
@@ -142,8 +144,8 @@ class SetupOptions:
     passcode: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    index_budget: int | None = None
-    open_child_quota: int | None = None
+    index_budget: str | None = None
+    open_child_quota: str | None = None
     #: ``--cache-size`` as given (``500M``, ``20G``, ``0``).
     cache_size: str | None = None
     max_upload_rate: str | None = None
@@ -772,12 +774,14 @@ def setup_node(
             cache_size_opt = parse_size(options.cache_size)
         except ValueError as exc:
             raise SetupError(f"--cache-size: {exc}") from None
-    for option, count in (
+    index_sizes: dict[str, int | None] = {}
+    for option, typed in (
         ("--index-budget", options.index_budget),
         ("--open-child-quota", options.open_child_quota),
     ):
-        if count is not None and not 1 <= count <= MAX_ENTRIES:
-            raise SetupError(f"{option}: give a number of index entries from 1 to {MAX_ENTRIES}")
+        index_sizes[option] = None if typed is None else parse_index_size(typed)
+        if typed is not None and index_sizes[option] is None:
+            raise SetupError(f"{option}: give {INDEX_SIZE_HELP}")
     if kind == "hub" and (options.confirm_share, options.max_upload_rate) != (None, None):
         raise ValueError("--confirm-share and --max-upload-rate are share options")
     upload_rate = _checked_rate(options.max_upload_rate)
@@ -835,11 +839,13 @@ def setup_node(
         node_id=signer.node_id,  # the key is the identity; a hand-edited id is corrected
         listen_port=port_value,
         index_budget=(
-            options.index_budget if options.index_budget is not None else base.index_budget
+            index_sizes["--index-budget"]
+            if index_sizes["--index-budget"] is not None
+            else base.index_budget
         ),
         open_child_quota=(
-            options.open_child_quota
-            if options.open_child_quota is not None
+            index_sizes["--open-child-quota"]
+            if index_sizes["--open-child-quota"] is not None
             else base.open_child_quota
         ),
         cache_size=(

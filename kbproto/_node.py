@@ -467,14 +467,13 @@ class _Node:
                 )
             )
         seen: set[tuple[str, str]] = set()
-        for link_id in hub.holders(raw):
+        for link_id, entry in hub.holders(raw):
             link = self.links.get(link_id)
             if link is None or link is came_from or link.peer is None:
                 continue
             peer = link.peer
             if peer.node_type == "leaf":
                 if share_id is None or share_id == peer.node_id:
-                    entry = hub.share_entry(link_id, raw)
                     assert entry is not None
                     key = (peer.node_id, entry[0])
                     if key not in seen and len(results) < MAX_RESULTS:

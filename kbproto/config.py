@@ -50,14 +50,17 @@ class Limits:
             node's stream buffers at 2 GiB (as 8192 x 256 KiB did before the window
             grew); past it, new requests are refused with 503.
         max_children: children per hub (the original allowed 1000 shares).
-        index_budget: index entries a hub holds for all its children together
-            (``kbproto.budget``: a content id with a short path is one entry, ~75 bytes
-            of memory). 4,000,000 bounds the content index at about 0.3 GB; a child
-            that would cross it loses its link with ``limit``.
-        open_child_quota: index entries a child that joined without the hub's
+        index_budget: bytes of index a hub holds for all its children together
+            (``kbproto.budget``: what each entry takes in the compact content table; a
+            child hub's content id costs 52 bytes, a share's with a short path ~75, a
+            placement ~2 KB). 1 GiB holds some 14 to 20 million content ids, a hub
+            near the top of a big tree; a child that would cross it loses its link
+            with ``limit``.
+        open_child_quota: bytes of index a child that joined without the hub's
             passcode may hold, per node it proves (a share: itself; a child hub: each
-            node routed through it). 1,000,000: a share of a million files fits on an
-            open hub; a child with the passcode may use the whole budget.
+            node routed through it). 128 MiB: a share of a million files (names up
+            to ~60 bytes) fits on an open hub; a child with the passcode may use the
+            whole budget.
         max_nodes_per_child: node ids (placements) one child hub may report.
         max_own_content: content ids a hub holds itself (its relay cache, docs/protocol.md
             §13) and answers for as a source; a relay cache of 1,000,000 entries is
@@ -81,8 +84,8 @@ class Limits:
     max_pending_lookups: int = 8192
     max_open_streams: int = 512
     max_children: int = 1000
-    index_budget: int = 4_000_000
-    open_child_quota: int = 1_000_000
+    index_budget: int = 1024**3
+    open_child_quota: int = 128 * 1024**2
     max_nodes_per_child: int = 100_000
     max_own_content: int = 1_000_000
     index_window: int = 4

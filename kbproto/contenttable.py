@@ -57,9 +57,12 @@ SLOT_BYTES = KEY_BYTES + 4 + 4
 _INTS = SLOT_BYTES // 4
 _WHO = 5
 _POS = 6
-_U32 = struct.Struct("<I")
+#: A record's slot field: native byte order (``_remap`` rewrites a log's records as an
+#: array of native words); logs never leave the process.
+_U32 = struct.Struct("=I")
 #: One-byte varints, ready-made.
 _unpack_from = _U32.unpack_from
+_pack = _U32.pack
 _BYTE = [bytes((value,)) for value in range(0x80)]
 _EMPTY = 0
 _MULTI = -1
@@ -68,6 +71,8 @@ _DEAD = 0xFFFFFFFF
 _MIN_CAPACITY = 64
 #: A log's offsets are 32-bit (``_pos``): no child may hold more (its budget is far less).
 MAX_LOG = 0xFFFFFFFF - 8192
+#: Slots rehashed, or records of a hub child's log remapped, at once (``_rebuild``).
+_REMAP_BLOCK = 4096
 #: Logs with fewer dead bytes than this are never compacted.
 _MIN_GARBAGE = 4096
 
@@ -86,8 +91,16 @@ def varint(value: int) -> bytes:
 
 def read_varint(data: bytes | bytearray, offset: int) -> tuple[int, int]:
     """The varint at ``offset`` in ``data`` and the offset after it."""
-    value = 0
-    shift = 0
+    # One and two bytes unrolled: a find decodes a few varints (a size, a directory).
+    value = data[offset]
+    if value < 0x80:
+        return value, offset + 1
+    byte = data[offset + 1]
+    if byte < 0x80:
+        return (value & 0x7F) | (byte << 7), offset + 2
+    value = (value & 0x7F) | ((byte & 0x7F) << 7)
+    offset += 2
+    shift = 14
     while True:
         byte = data[offset]
         offset += 1
@@ -131,6 +144,35 @@ class _Log:
                 after += length
             yield offset, slot, after
             offset = after
+
+
+def _remap(log: _Log, moved: array[int]) -> None:
+    """Rewrite the slot field of every live record of ``log`` through ``moved``
+    (old slot -> new); a rewrite keeps every record's length."""
+    data = log.data
+    if not log.tails:
+        # Records are bare 4-byte slots: rewrite them a block at a time, in C but
+        # for one comparison and one index per record.
+        words = memoryview(data).cast("I")
+        for first in range(0, len(words), _REMAP_BLOCK):
+            block = words[first : first + _REMAP_BLOCK]
+            block[:] = array("I", [s if s == _DEAD else moved[s] for s in block])
+        words.release()
+        return
+    pack_into = _U32.pack_into
+    offset = 0
+    end = len(data)
+    while offset < end:
+        (slot,) = _unpack_from(data, offset)
+        length = data[offset + 4]
+        if length < 0x80:
+            after = offset + 5 + length
+        else:
+            length, after = read_varint(data, offset + 4)
+            after += length
+        if slot != _DEAD:
+            pack_into(data, offset, moved[slot])
+        offset = after
 
 
 class ContentTable:
@@ -192,6 +234,23 @@ class ContentTable:
         numbers = [who] if who > 0 else self._multi[slot][::2]
         by_number = self._by_number
         return [by_number[number].link for number in numbers]
+
+    def found(self, raw: bytes) -> list[tuple[int, bytes]]:
+        """``(link, tail)`` of each child holding ``raw``, in the order they got it:
+        what a find needs, from one probe (and one read of each holder's log)."""
+        slot = self._find(raw)
+        if slot < 0:
+            return []
+        who = self._who[slot * _INTS + _WHO]
+        if who > 0:
+            log = self._by_number[who]
+            return [(log.link, self._tail_at(log, self._pos[slot * _INTS + _POS]))]
+        pairs = self._multi[slot]
+        by_number = self._by_number
+        return [
+            (by_number[pairs[i]].link, self._tail_at(by_number[pairs[i]], pairs[i + 1]))
+            for i in range(0, len(pairs), 2)
+        ]
 
     def tail(self, link: int, raw: bytes) -> bytes | None:
         """The tail the child on ``link`` recorded with ``raw``, or None."""
@@ -379,33 +438,44 @@ class ContentTable:
     def _rebuild(self, cap: int) -> None:
         """Rehash every live id into ``cap`` slots; drop the tombstones; rewrite the
         slot field of every live record."""
+        # One Python-level step per live id: a block of holder words comes out as a
+        # list in C, the keys are sliced out of a bytes copy of the block's slots (one
+        # allocation a key), and the probe is inlined. Blocks keep the temporaries
+        # small: lists of millions of ints would stay in the allocator's arenas.
         old_cap = self._cap
         old_keys = self._keys
         old_who = self._who
         old_pos = self._pos
         self._cap = cap
-        self._keys, self._who, self._pos = _slots(cap)
-        self._used = 0
+        self._keys, self._who, self._pos = keys, who, pos = _slots(cap)
         moved = array("I", bytes(4 * old_cap))
-        who = self._who
-        pos = self._pos
-        for slot in range(old_cap):
-            holder = old_who[slot * _INTS + _WHO]
-            if holder in (_EMPTY, _TOMB):
-                continue
-            start = slot * SLOT_BYTES
-            raw = bytes(old_keys[start : start + KEY_BYTES])
-            new = self._insert(raw)
-            who[new * _INTS + _WHO] = holder
-            pos[new * _INTS + _POS] = old_pos[slot * _INTS + _POS]
-            moved[slot] = new
-        del old_keys, old_who, old_pos
+        used = 0
+        for first in range(0, old_cap, _REMAP_BLOCK):
+            last = min(old_cap, first + _REMAP_BLOCK)
+            block = bytes(old_keys[first * SLOT_BYTES : last * SLOT_BYTES])
+            holders = old_who[first * _INTS + _WHO : last * _INTS : _INTS].tolist()
+            for index, holder in enumerate(holders):
+                if holder <= 0 and holder != _MULTI:
+                    continue  # empty or a tombstone
+                start = index * SLOT_BYTES
+                raw = block[start : start + KEY_BYTES]
+                new = hash(raw) % cap
+                while who[new * _INTS + _WHO] != _EMPTY:
+                    new += 1
+                    if new == cap:
+                        new = 0
+                begin = new * SLOT_BYTES
+                keys[begin : begin + KEY_BYTES] = raw
+                who[new * _INTS + _WHO] = holder
+                slot = first + index
+                pos[new * _INTS + _POS] = old_pos[slot * _INTS + _POS]
+                moved[slot] = new
+                used += 1
+        del old_keys, old_who, old_pos, block
+        self._used = used
         self._multi = {moved[slot]: pairs for slot, pairs in self._multi.items()}
         for log in self._logs.values():
-            data = log.data
-            for offset, slot, _end in log.records():  # rewrites keep every length
-                if slot != _DEAD:
-                    data[offset : offset + 4] = _U32.pack(moved[slot])
+            _remap(log, moved)
 
     # --- internals: the logs ----------------------------------------------------------
 
@@ -441,8 +511,12 @@ class ContentTable:
     def _tail_at(self, log: _Log, offset: int) -> bytes:
         if not log.tails:
             return b""
-        length, start = read_varint(log.data, offset + 4)
-        return bytes(log.data[start : start + length])
+        data = log.data
+        length = data[offset + 4]
+        if length < 0x80:  # most tails: a one-byte length
+            return bytes(data[offset + 5 : offset + 5 + length])
+        length, start = read_varint(data, offset + 4)
+        return bytes(data[start : start + length])
 
     def _append(self, log: _Log, slot: int, tail: bytes) -> int:
         """Append a record; its offset."""
@@ -450,9 +524,10 @@ class ContentTable:
         offset = len(data)
         if offset > self._max_log:
             self._too_big()
-        data += _U32.pack(slot)
+        data += _pack(slot)
         if log.tails:
-            data += varint(len(tail))
+            length = len(tail)
+            data += _BYTE[length] if length < 0x80 else varint(length)
             data += tail
         log.live += 1
         return offset

@@ -49,7 +49,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
-from kbproto.budget import IndexBudget
+from kbproto.budget import ID_BYTES as _ID_BYTES
+from kbproto.budget import IndexBudget, entry_cost
 from kbproto.codec import encoded_size
 from kbproto.contenttable import KEY_BYTES, ContentTable
 from kbproto.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -208,7 +209,8 @@ class _Child:
         self.is_hub = is_hub
         #: A share's paths and sizes, packed (a child hub reports none).
         self.paths = PackedPaths()
-        #: Budget entries its content costs (``kbproto.budget.entry_cost`` each).
+        #: Bytes of budget its content costs (``kbproto.budget.entry_cost`` each, and
+        #: its paths' directories).
         self.cost = 0
         #: The ``seq`` of the next index message, while in step.
         self.expected_seq = 0
@@ -258,7 +260,7 @@ class HubIndex:
         on_refused: called with ``(link, placement, reason)`` for a node id a child
             reported without a valid placement (dropped).
         check: why a placement proves nothing, or None (``VerifiedPlacements.check``).
-        budget: the node-wide budget and per-child quotas, in entries.
+        budget: the node-wide budget and per-child quotas, in bytes of index.
         max_nodes: node ids one child hub may report.
     """
 
@@ -321,14 +323,15 @@ class HubIndex:
         link = self.nodes.route(node_id)
         return LinkId(link) if link is not None else None
 
-    def holders(self, raw: bytes) -> list[LinkId]:
-        """The child links through which content ``raw`` is reachable."""
-        return [LinkId(link) for link in self._table.holders(raw)]
-
-    def share_entry(self, link: int, raw: bytes) -> tuple[str, int] | None:
-        """``(path, size)`` of ``raw`` at the direct share child on ``link``."""
-        tail = self._table.tail(link, raw)
-        return self._children[link].paths.unpack(tail) if tail is not None else None
+    def holders(self, raw: bytes) -> list[tuple[LinkId, tuple[str, int] | None]]:
+        """The child links through which content ``raw`` is reachable, each with the
+        ``(path, size)`` a direct share child reported (None for a child hub)."""
+        children = self._children
+        out: list[tuple[LinkId, tuple[str, int] | None]] = []
+        for link, tail in self._table.found(raw):
+            child = children[link]
+            out.append((LinkId(link), None if child.is_hub else child.paths.unpack(tail)))
+        return out
 
     def child_reaches(self, link: int, node_id: str) -> bool:
         """True if ``node_id`` is routed through the child on ``link``."""
@@ -457,32 +460,36 @@ class HubIndex:
         return child.expected_seq
 
     def _apply_share(self, link: int, child: _Child, message: ShareIndexUpdate) -> None:
-        """Apply a share child's puts and drops, within its index quota."""
+        """Apply a share child's puts and drops, within its index quota (bytes: each
+        entry's ``kbproto.budget.entry_cost``, and the directories its paths intern)."""
         table = self._table
         paths = child.paths
         room = self._budget.room(link, 1)
+        dirs = paths.held_bytes
         added = 0
         for sha1, path, size in message.put:
             raw = _raw(sha1)
+            tail = paths.pack(path, size)
             # ``kbproto.budget.entry_cost``, inlined: this loop sees every file of a share.
-            added += 1 + len(path) // 256
-            old = table.put(link, raw, paths.pack(path, size))
+            length = len(tail)
+            added += _ID_BYTES + length + (1 if length < 0x80 else 2)
+            old = table.put(link, raw, tail)
             if old is True:
                 self._on_content(raw)
             elif old is not False:
-                added -= 1 + len(paths.unpack(old)[0]) // 256
+                added -= entry_cost(old)
                 paths.release(old)
-            if added > room:
+            if added + paths.held_bytes - dirs > room:
                 raise self._budget.exceeded(link, 1)
         for sha1 in message.drop:
             raw = _raw(sha1)
             gone = table.remove(link, raw)
             if gone is not None:
-                added -= 1 + len(paths.unpack(gone[0])[0]) // 256
+                added -= entry_cost(gone[0])
                 paths.release(gone[0])
                 if gone[1]:
                     self._on_content(raw)
-        self._settle_cost(link, child, added, 1)
+        self._settle_cost(link, child, added + paths.held_bytes - dirs, 1)
 
     def _apply_hub(self, link: int, child: _Child, message: HubIndexUpdate) -> None:
         """Apply a child hub's node and content changes (nodes first: its quota grows
@@ -500,7 +507,7 @@ class HubIndex:
             raw = _raw(sha1)
             old = table.put(link, raw)
             if old is True or old is False:
-                added += 1
+                added += _ID_BYTES
                 if added > room:
                     raise self._budget.exceeded(link, proven)
                 if old:
@@ -509,7 +516,7 @@ class HubIndex:
             raw = _raw(sha1)
             gone = table.remove(link, raw)
             if gone is not None:
-                added -= 1
+                added -= _ID_BYTES
                 if gone[1]:
                     self._on_content(raw)
         self._settle_cost(link, child, added, proven)

@@ -27,7 +27,7 @@ signed ``Placement`` (``kbproto.placement``; docs/protocol.md §5, docs/security
 
 Every id whose routing or placement changed is reported to ``on_node`` (the hub's own
 upward sync then sends the new placement, or a drop); every claim costs index budget
-entries (``kbproto.budget``), released when it is forgotten.
+bytes (``kbproto.budget.placement_cost``), released when it is forgotten.
 
 Cascades walk explicit stacks, not recursion: a hostile child could chain 100,000
 placements one below the other.

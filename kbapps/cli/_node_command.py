@@ -146,16 +146,18 @@ def make_app(kind: NodeType) -> typer.Typer:
     index_budget_opt = typer.Option(
         None,
         "--index-budget",
-        metavar="ENTRIES",
-        help="Index entries (content ids, paths, node ids) held for all children together"
-        " (default 4000000; saved in kbnode.json).",
+        metavar="SIZE",
+        help="Bytes of index (content ids, paths, node ids) held for all children together"
+        " (512M, 2G; default 1G; a bare number is an old entry count, 80 bytes each;"
+        " saved in kbnode.json).",
     )
     open_quota_opt = typer.Option(
         None,
         "--open-child-quota",
-        metavar="ENTRIES",
-        help="Index entries a child that joined without the passcode may hold, per node"
-        " it proves (default 1000000; saved in kbnode.json).",
+        metavar="SIZE",
+        help="Bytes of index a child that joined without the passcode may hold, per node"
+        " it proves (default 128M; a bare number is an old entry count; saved in"
+        " kbnode.json).",
     )
     cache_size_opt = typer.Option(
         None,
@@ -231,8 +233,8 @@ def make_app(kind: NodeType) -> typer.Typer:
             passcode: str | None = passcode_opt,
             tls_cert: Path | None = tls_cert_opt,
             tls_key: Path | None = tls_key_opt,
-            index_budget: int | None = index_budget_opt,
-            open_child_quota: int | None = open_quota_opt,
+            index_budget: str | None = index_budget_opt,
+            open_child_quota: str | None = open_quota_opt,
             cache_size: str | None = cache_size_opt,
             port: int | None = port_opt,
             bind_host: str | None = host_opt,

@@ -78,11 +78,12 @@ class ScaleSpec:
         return {f"d/{j}.bin": b"%d/%d" % (index, j) for j in range(count)}
 
     def limits(self) -> Limits:
-        """Default limits with index budgets that fit ``ids`` everywhere."""
+        """Default limits with index budgets that fit ``ids`` everywhere (twice their
+        cost: an entry here is well under 128 bytes, ``kbproto.budget``)."""
         default = Limits()
         return Limits(
-            index_budget=max(default.index_budget, 2 * self.ids),
-            open_child_quota=max(default.open_child_quota, 2 * self.ids),
+            index_budget=max(default.index_budget, 256 * self.ids),
+            open_child_quota=max(default.open_child_quota, 256 * self.ids),
         )
 
 

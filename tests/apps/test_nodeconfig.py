@@ -14,7 +14,9 @@ from kbapps.config import (
     SetupError,
     ensure_kbucket_dir,
     load_config,
+    parse_index_size,
     save_config,
+    size_text,
 )
 
 
@@ -205,7 +207,7 @@ def test_config_is_frozen_and_validated() -> None:
         NodeConfig(node_type="hub", extra={"name": "x"})
     with pytest.raises(TypeError, match="name"):
         NodeConfig(node_type="hub", name=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="index_budget must be an integer from 1"):
+    with pytest.raises(ValueError, match="index_budget must be an integer from 1 to 1099511627776"):
         NodeConfig(node_type="hub", index_budget=0)
     with pytest.raises(ValueError, match="open_child_quota"):
         NodeConfig(node_type="hub", open_child_quota=True)
@@ -234,3 +236,31 @@ def test_max_upload_rate_round_trips_and_is_checked() -> None:
     assert "max_upload_rate" not in NodeConfig(node_type="leaf").to_json_dict()
     with pytest.raises(ValueError, match="max_upload_rate must be an integer from 0"):
         NodeConfig(node_type="leaf", max_upload_rate=-1)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("512M", 512 * 1024**2),
+        (" 2GiB ", 2 * 1024**3),
+        ("4096B", 4096),
+        ("1T", 1024**4),
+        # Budgets in entries, from before they were in bytes: 80 bytes an entry.
+        (4_000_000, 320_000_000),
+        ("5", 400),
+        # Not a budget: zero, over 1 TiB, not a size, JSON's true and 1.5.
+        ("0", None),
+        ("2T", None),
+        ("lots", None),
+        ("", None),
+        ("\u00b2", None),
+        (True, None),
+        (1.5, None),
+    ],
+)
+def test_index_sizes_are_bytes_with_a_unit_or_old_entry_counts(
+    value: object, size: int | None
+) -> None:
+    assert parse_index_size(value) == size
+    if size is not None:
+        assert parse_index_size(size_text(size)) == size  # what a save writes reads back

@@ -23,6 +23,7 @@ from kbapps.nodesetup import (
     setup_node,
     wants_tls,
 )
+from kbproto.budget import LEGACY_ENTRY_BYTES
 from kbproto.config import Limits
 from kbtransport.relaycache import DEFAULT_CACHE_SIZE
 
@@ -707,27 +708,41 @@ def test_index_budget_options_are_saved_and_reach_the_core(tmp_path: Path) -> No
     setup, _ = run(hub_dir, "hub", auto=True, scientific_research="yes")
     assert "index_budget" not in saved(hub_dir)  # unset: the release's default applies
     assert setup.core_config(3240).limits.index_budget == Limits().index_budget
-    setup, _ = run(hub_dir, "hub", auto=True, index_budget=2_000_000, open_child_quota=50_000)
-    assert (saved(hub_dir)["index_budget"], saved(hub_dir)["open_child_quota"]) == (
-        2_000_000,
-        50_000,
-    )
+    setup, _ = run(hub_dir, "hub", auto=True, index_budget="2G", open_child_quota="50MiB")
+    assert (saved(hub_dir)["index_budget"], saved(hub_dir)["open_child_quota"]) == ("2G", "50M")
     limits = setup.core_config(3240).limits
-    assert (limits.index_budget, limits.open_child_quota) == (2_000_000, 50_000)
+    assert (limits.index_budget, limits.open_child_quota) == (2 * 1024**3, 50 * 1024**2)
     # Saved answers stay; a hand edit takes effect at the next start.
     again, _ = run(hub_dir, "hub", auto=True)
-    assert again.limits.open_child_quota == 50_000
+    assert again.limits.open_child_quota == 50 * 1024**2
     config = json.loads((hub_dir / ".kbucket" / "kbnode.json").read_text())
-    config["open_child_quota"] = 70_000
+    config["open_child_quota"] = "1000B"
     (hub_dir / ".kbucket" / "kbnode.json").write_text(json.dumps(config))
-    assert run(hub_dir, "hub", auto=True)[0].limits.open_child_quota == 70_000
+    assert run(hub_dir, "hub", auto=True)[0].limits.open_child_quota == 1000
+
+
+def test_an_old_entry_count_is_read_as_80_bytes_an_entry(tmp_path: Path) -> None:
+    """Budgets were counts of entries before they were bytes: a kbnode.json or a
+    command line from then keeps working, at ``LEGACY_ENTRY_BYTES`` an entry."""
+    assert LEGACY_ENTRY_BYTES == 80
+    run(tmp_path, "hub", auto=True, scientific_research="yes")
+    path = tmp_path / ".kbucket" / "kbnode.json"
+    config = json.loads(path.read_text())
+    config["index_budget"] = 4_000_000
+    path.write_text(json.dumps(config))
+    setup, _ = run(tmp_path, "hub", auto=True)
+    assert setup.core_config(3240).limits.index_budget == 320_000_000
+    assert saved(tmp_path)["index_budget"] == "312500K"  # rewritten as a size, same bytes
+    setup, _ = run(tmp_path, "hub", auto=True, open_child_quota="1000")
+    assert setup.core_config(3240).limits.open_child_quota == 80_000
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"index_budget": 0}, "--index-budget: give a number of index entries from 1 to"),
-        ({"open_child_quota": 10**10}, "--open-child-quota: give a number of index entries"),
+        ({"index_budget": "0"}, "--index-budget: give a size of index in bytes with a unit"),
+        ({"open_child_quota": "2T"}, "--open-child-quota: give a size of index in bytes"),
+        ({"open_child_quota": "lots"}, "--open-child-quota: give a size of index in bytes"),
     ],
 )
 def test_bad_index_budget_options_exit_2(
@@ -746,13 +761,14 @@ def test_a_bad_saved_index_budget_is_one_line_naming_the_file(tmp_path: Path) ->
     path.write_text(json.dumps(config))
     error = fails(tmp_path, "hub", auto=True)
     assert str(error) == (
-        f"{path}: field 'index_budget' must be a number of index entries from 1 to 1000000000"
+        f"{path}: field 'index_budget' must be a size of index in bytes with a unit"
+        " (512M, 2G) up to 1T, or an old count of index entries (80 bytes each)"
     )
 
 
 def test_index_budget_options_are_hub_options(share_dir: Path) -> None:
     with pytest.raises(ValueError, match="hub options"):
-        run(share_dir, auto=True, index_budget=5)
+        run(share_dir, auto=True, index_budget="5M")
 
 
 # --- the relay cache's bound (docs/protocol.md, "Relay cache") ----------------------------

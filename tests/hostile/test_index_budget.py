@@ -41,13 +41,14 @@ from tests.hostile.helpers import find_json
 
 pytestmark = pytest.mark.anyio
 
-QUOTA = 100_000
-BUDGET = 300_000
+#: Bytes of index (~125,000 of the flood's made-up entries, ~67 bytes each).
+QUOTA = "8M"
+BUDGET = "24M"
 FLOOD = 1_000_000
 BATCH = 4096
-#: The hub may grow by its quota's worth of index (~300 bytes an entry), the frames it
-#: has read but not yet refused (its driver's inbox is bounded at 64 MiB) and
-#: allocator slack; a hub that took the whole flood grows by ~300 MB.
+#: The hub may grow by its quota's worth of index, the frames it has read but not yet
+#: refused (its driver's inbox is bounded at 64 MiB) and allocator slack; a hub that
+#: took the whole flood grows by ~100 MB, and by ~300 MB before the compact table.
 MAX_GROWTH_MB = 150
 
 
@@ -180,9 +181,9 @@ async def test_a_flooding_child_is_cut_at_its_quota_and_the_hub_stays_small(
             "kbucket-hub",
             tmp_path / "hub",
             "--index-budget",
-            str(BUDGET),
+            BUDGET,
             "--open-child-quota",
-            str(QUOTA),
+            QUOTA,
             name="hub",
         )
     )
@@ -216,7 +217,7 @@ async def test_a_flooding_child_is_cut_at_its_quota_and_the_hub_stays_small(
     if error is not None:
         assert error.code == "limit"
         assert error.reason.startswith(
-            f"index quota exceeded: this hub holds at most {QUOTA:,} index entries"
+            f"index quota exceeded: this hub holds at most {8 * 1024**2:,} bytes of index"
         )
     assert peak - before < MAX_GROWTH_MB, (before, peak)
     assert failures == []
@@ -230,6 +231,7 @@ async def test_a_flooding_child_is_cut_at_its_quota_and_the_hub_stays_small(
 
 
 async def test_a_share_over_its_quota_is_told_why(procs: Procs, tmp_path: Path) -> None:
+    # An old-style entry count: 5 entries of 80 bytes, 400 bytes; the 8 files take 588.
     hub = await anyio.to_thread.run_sync(
         lambda: procs.node("kbucket-hub", tmp_path / "hub", "--open-child-quota", "5", name="hub")
     )
@@ -241,8 +243,8 @@ async def test_a_share_over_its_quota_is_told_why(procs: Procs, tmp_path: Path) 
         lambda: procs.node("kbucket-host", share_dir, name="big", parent=hub)
     )
     reason = (
-        "index quota exceeded: this hub holds at most 5 index entries for this child (a child"
-        " that joined without the hub's passcode; kbucket-hub --open-child-quota)"
+        "index quota exceeded: this hub holds at most 400 bytes of index for this child (a"
+        " child that joined without the hub's passcode; kbucket-hub --open-child-quota)"
     )
     await anyio.to_thread.run_sync(
         share.proc.wait_line, f"Lost the parent hub: peer closed the link: {re.escape(reason)}"
@@ -263,7 +265,7 @@ async def test_a_child_that_leaves_gives_its_memory_back(procs: Procs, tmp_path:
         lambda: procs.node(
             "kbucket-hub",
             tmp_path / "hub",
-            *("--open-child-quota", "2000000"),
+            *("--open-child-quota", "160M"),
             # The flood sends no pings: the last option given wins.
             *("--heartbeat-timeout", "600"),
             name="hub",

@@ -30,6 +30,8 @@ class _Model:
         assert sorted(_split(table.keys())) == sorted(self.order)
         for key in universe:
             assert table.holders(key) == self.order.get(key, [])
+            found = [(link, self.held[link][key]) for link in self.order.get(key, [])]
+            assert table.found(key) == found
             assert (key in table) == (key in self.order)
             for link, held in self.held.items():
                 assert table.tail(link, key) == held.get(key)
@@ -146,6 +148,25 @@ def test_a_later_holder_replaces_its_tail_without_touching_the_first() -> None:
     assert table.remove(2, _key(0)) == (b"v2", False)
     assert table.remove(2, _key(0)) is None  # held, but not by this child
     assert table.holders(_key(0)) == [1, 3]
+
+
+def test_a_rebuild_keeps_long_tails_and_skips_dead_records() -> None:
+    # Tails of 128 bytes and more have a two-byte length; a replaced tail leaves a dead
+    # record in the log. Growing the table rewrites the slot of every live record.
+    table = ContentTable()
+    table.add_child(1, tails=True)
+    long = {i: bytes([i]) * (128 + i) for i in range(8)}
+    for i, tail in long.items():
+        table.put(1, _key(i), tail)
+    assert table.put(1, _key(0), b"short") == long[0]  # the old record is dead now
+    capacity = table.capacity
+    for i in range(8, 200):
+        table.put(1, _key(i), b"t%d" % i)
+    assert table.capacity > capacity
+    assert table.found(_key(0)) == [(1, b"short")]
+    assert [table.tail(1, _key(i)) for i in range(1, 8)] == [long[i] for i in range(1, 8)]
+    assert table.found(_key(199)) == [(1, b"t199")]
+    assert table.found(_key(200)) == []
 
 
 def test_ids_removed_and_added_again_reuse_tombstones_without_growing() -> None:

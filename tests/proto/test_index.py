@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kbproto import Limits, LinkId, SeededIdSource, ShareConfig, ShareCore, Transmit
 from kbproto.auth import node_id_from_public_pem
+from kbproto.budget import DIR_BYTES, ID_BYTES, entry_cost, placement_cost
 from kbproto.codec import decode, encode
 from kbproto.events import IndexSynced, LinkClosed, LookupResolved, PlacementRefused
 from kbproto.framing import FrameBuffer
@@ -167,7 +168,9 @@ def test_gap_forces_a_resync() -> None:
 
 def test_wrong_index_kind_and_limits_close_the_link() -> None:
     net = Net()
-    net.add_hub("H", limits=Limits(open_child_quota=2, max_nodes_per_child=1))
+    # Room for two one-letter files in one directory (tails of 3 bytes), not three.
+    quota = DIR_BYTES + 2 * entry_cost(bytes(3))
+    net.add_hub("H", limits=Limits(open_child_quota=quota, max_nodes_per_child=1))
     share_peer = net.connect_raw("H", seed=1)
     share_peer.join()
     share_peer.send(hub_update(0, reset=True))
@@ -179,16 +182,18 @@ def test_wrong_index_kind_and_limits_close_the_link() -> None:
     )
     (error,) = big.of(Error)
     assert error.code == "limit"
-    assert error.reason.startswith("index quota exceeded: this hub holds at most 2 index entries")
+    assert error.reason.startswith(f"index quota exceeded: this hub holds at most {quota:,} bytes")
     assert _hub(net, "H") == 0
 
 
 def test_child_hub_reports_and_limits() -> None:
     net = Net()
-    net.add_hub("H", limits=Limits(open_child_quota=8, max_nodes_per_child=1))
+    below = Ed25519Signer(50)
+    # Per proven node: a placement like ``below``'s (bytes) and one content id.
+    quota = placement_cost(make_placement(below, "0123456789ab")) + ID_BYTES
+    net.add_hub("H", limits=Limits(open_child_quota=quota, max_nodes_per_child=1))
     hub_peer = net.connect_raw("H", seed=3)
     hub_peer.join_as_hub()
-    below = Ed25519Signer(50)
     below_id = node_id_from_public_pem(below.public_pem)
     hub_peer.send(
         hub_update(0, reset=True, content=(A, A), nodes=(make_placement(below, hub_peer.node_id),))
@@ -199,8 +204,12 @@ def test_child_hub_reports_and_limits() -> None:
     hub_peer.send(hub_update(1, content_drop=(A, B), nodes_drop=(below_id, "bbbbbbbbbbbb")))
     assert _hub(net, "H") == 0
     assert not hub_core.knows_node(below_id)  # type: ignore[union-attr]
-    # Proving only itself again, the child hub may hold 8 entries.
-    hub_peer.send(hub_update(2, content=tuple(sha1_of(bytes([i])) for i in range(9))))
+    # Proving only itself again, the child hub may hold ``quota`` bytes: that many ids.
+    fits = quota // ID_BYTES
+    hub_peer.send(hub_update(2, content=tuple(sha1_of(b"%d" % i) for i in range(fits))))
+    assert not hub_peer.of(Error)
+    assert _hub(net, "H") == fits
+    hub_peer.send(hub_update(3, content=(sha1_of(b"one more"),)))
     assert hub_peer.of(Error)[0].code == "limit"
     other = net.connect_raw("H", seed=4)
     other.join_as_hub()

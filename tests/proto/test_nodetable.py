@@ -39,7 +39,9 @@ def _placed(seed: int, parent: str, stamp: int = 1) -> Placement:
 
 @dataclass
 class _Table:
-    budget: IndexBudget = field(default_factory=lambda: IndexBudget(total=10_000, open_quota=1_000))
+    budget: IndexBudget = field(
+        default_factory=lambda: IndexBudget(total=10_000_000, open_quota=1_000_000)
+    )
     changed: list[str] = field(default_factory=list)
     refused: list[tuple[int, str, str]] = field(default_factory=list)
     max_claims: int = 100
@@ -284,7 +286,8 @@ def test_placements_are_bounded_per_child_and_charged_to_the_budget() -> None:
 
 
 def test_placements_cross_the_quota_of_a_child_without_passcode() -> None:
-    budget = IndexBudget(total=10_000, open_quota=6)
+    cost = placement_cost(_placed(1, _id(0)))  # in bytes; every placement here costs it
+    budget = IndexBudget(total=10_000_000, open_quota=3 * cost // 2)
     table = NodeTable(
         lambda k: None,
         lambda *a: None,
@@ -294,12 +297,13 @@ def test_placements_cross_the_quota_of_a_child_without_passcode() -> None:
     )
     budget.add_child(L1, trusted=False)
     table.add_child(L1, _placed(0, HUB))
-    table.put(L1, _placed(1, _id(0)))  # 4 entries of 6; proving 2 nodes now: quota 12
-    table.put(L1, _placed(2, _id(1)))  # 8 of 18
-    table.put(L1, _placed(3, _id(5)))  # unchained: proves nothing, 12 of 18 ok
-    table.put(L1, _placed(4, _id(5)))  # 16 of 18
+    # In placements (``cost`` bytes each): the quota is 1.5 per proven node.
+    table.put(L1, _placed(1, _id(0)))  # 1 of 1.5; proving 2 nodes now: quota 3
+    table.put(L1, _placed(2, _id(1)))  # 2 of 4.5
+    table.put(L1, _placed(3, _id(5)))  # unchained: proves nothing, 3 of 4.5 ok
+    table.put(L1, _placed(4, _id(5)))  # 4 of 4.5
     with pytest.raises(LimitExceeded) as info:
-        table.put(L1, _placed(5, _id(5)))  # 20 > 18
+        table.put(L1, _placed(5, _id(5)))  # 5 > 4.5
     assert info.value.limit == "open_child_quota"
     assert "for each of the 3 nodes it proves" in str(info.value)
 
