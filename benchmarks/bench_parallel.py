@@ -107,8 +107,13 @@ def download(
     delivered bytes; checks it wrote ``size`` bytes."""
     out.unlink(missing_ok=True)
     argv = command("kb-prv-download", "--json", str(prv), str(out), "--hub", hub_url)
-    argv += ["--cache-size", "0"]
-    env = dict(env, PYTHONPATH=str(code))
+    # No answer from the content cache: ``--cache-size 0`` where the code has it; an
+    # older client (``--also-code``) gets an empty cache directory of its own instead.
+    cli = (code / "kbapps" / "cli" / "prv_download.py").read_text()
+    fresh_cache = tempfile.TemporaryDirectory(prefix="kbbench-cache-")
+    if "--cache-size" in cli:
+        argv += ["--cache-size", "0"]
+    env = dict(env, PYTHONPATH=str(code), KBUCKET_CACHE_DIR=fresh_cache.name)
     started = time.monotonic()
     first = ended = None
     sources = 0
@@ -130,6 +135,7 @@ def download(
         errors.seek(0)
         stderr = errors.read()
     elapsed = time.monotonic() - started
+    fresh_cache.cleanup()
     if code_ != 0 or out.stat().st_size != size or first is None or ended is None:
         raise RuntimeError(f"kb-prv-download via {hub_url} failed: {stderr[-2000:]}")
     out.unlink()

@@ -357,6 +357,18 @@ def make_app() -> typer.Typer:
     return app
 
 
+#: What ``parse`` reads without typer (a download with any of these starts ~50 ms
+#: sooner: docs/benchmarks.md, "Start-up without typer").
+_PLAIN_FLAGS = {"--json": "json", "--force": "force"}
+_PLAIN_VALUED = {
+    "--hub": "hub",
+    "--cache-size": "cache_size",
+    "--min-speed": "min_speed",
+    "--speed-window": "speed_window",
+    "--max-sources": "max_sources",
+}
+
+
 def parse(args: list[str]) -> DownloadArgs | int:
     """The ``DownloadArgs`` of a command line, or the exit code of one typer answered
     itself (``--help``, ``--version``).
@@ -364,11 +376,22 @@ def parse(args: list[str]) -> DownloadArgs | int:
     Raises:
         UsageError: a usage error (one line).
     """
-    plain = parse_plain(args, positionals=(2, 2), flags={"--json": "json"}, valued={"--hub": "hub"})
-    if plain is not None:
+    plain = parse_plain(args, positionals=(2, 2), flags=_PLAIN_FLAGS, valued=_PLAIN_VALUED)
+    sources = plain.values.get("max_sources", "1") if plain is not None else ""
+    if plain is not None and sources.isdigit():  # else typer says what is wrong with it
         prv_path, out = plain.positionals
-        hub = plain.values.get("hub")
-        return DownloadArgs(prv=prv_path, out=out, hub=hub, as_json="json" in plain.flags)
+        values = plain.values
+        return DownloadArgs(
+            prv=prv_path,
+            out=out,
+            hub=values.get("hub"),
+            as_json="json" in plain.flags,
+            force="force" in plain.flags,
+            cache_size=values.get("cache_size"),
+            min_speed=values.get("min_speed"),
+            speed_window=values.get("speed_window"),
+            max_sources=int(values["max_sources"]) if "max_sources" in values else None,
+        )
     from kbapps.cli._typer_app import parse_with_typer
 
     parsed = parse_with_typer(make_app(), args, PROG)

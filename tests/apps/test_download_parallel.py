@@ -501,3 +501,27 @@ def test_a_source_that_failed_before_the_switch_is_reported_and_not_asked_again(
     assert [f.url for f in result.failures] == [missing]
     assert len(net.requests("missing")) == 1
     assert set(dict(result.sources)) == {first, other}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["a.prv", "out"],
+        ["a.prv", "out", "--hub", "http://127.0.0.1:1", "--json"],
+        ["--force", "a.prv", "out", "--cache-size=0", "--max-sources", "2"],
+        ["a.prv", "out", "--min-speed", "10K", "--speed-window", "5"],
+    ],
+)
+def test_typer_parses_what_the_download_fast_path_parses(argv: list[str]) -> None:
+    # The fast path (no typer import: ~50 ms of every download's start) and the typer
+    # application must read a command line alike.
+    from kbapps.cli._typer_app import parse_with_typer
+
+    fast = prv_download.parse(argv)
+    assert isinstance(fast, prv_download.DownloadArgs)
+    assert parse_with_typer(prv_download.make_app(), argv, prv_download.PROG) == fast
+
+
+def test_a_bad_max_sources_goes_to_typer_for_its_message() -> None:
+    with pytest.raises(output.UsageError):
+        prv_download.parse(["a.prv", "out", "--max-sources", "two"])
