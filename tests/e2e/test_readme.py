@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.e2e.procs import Proc, Procs, free_port
@@ -70,7 +71,19 @@ def test_the_readme_walk_through_runs_as_written(procs: Procs, tmp_path: Path) -
 
     hub_block = hub_cmd.replace("mkdir -p ~/kbucket-hub && ", "")
     (home / "kbucket-hub").mkdir()
-    hub = start("hub", hub_block)
+    # The README's hub listens on a fixed port (here a free one in its place): another
+    # process of the parallel suite may take it between ``free_port`` and the bind,
+    # and the hub then exits 3 ("Address already in use"). Try another, a few times.
+    for _ in range(5):
+        hub = start("hub", hub_block)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and hub.popen.poll() is None:
+            if hub.has_line(rf"kbucket-hub is running http on port {port}$"):
+                break
+            time.sleep(0.05)
+        if hub.popen.poll() != 3 or "Address already in use" not in hub.stderr():
+            break
+        port = free_port()
     hub.wait_line(rf"kbucket-hub is running http on port {port}$")
     share = start("share", share_cmd)
     share.wait_line(r"Connected to parent hub: kbucket-hub$")
