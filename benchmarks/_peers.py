@@ -1,7 +1,7 @@
 """What the network benchmarks share: the nginx peer's config, ports, CPU and medians.
 
-Imported by ``bench_network.py`` and ``bench_serving.py`` (run as scripts, so this
-folder is on ``sys.path``).
+Imported by the network benchmarks (run as scripts, so this folder is on
+``sys.path``).
 """
 
 from __future__ import annotations
@@ -9,10 +9,19 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import sys
 import time
 from pathlib import Path
 
-__all__ = ("NGINX_CONF", "cpu_seconds", "fmt", "free_port", "wait_port")
+__all__ = (
+    "NGINX_CONF",
+    "cpu_seconds",
+    "fmt",
+    "free_port",
+    "print_machine",
+    "process_env",
+    "wait_port",
+)
 
 #: nginx serving ``root`` on 127.0.0.1:``port`` with sendfile, one worker, no logs;
 #: ``dir`` holds its pid, error log and temp files.
@@ -74,3 +83,28 @@ def fmt(values: list[float], digits: int = 0) -> str:
     """``median [min-max]`` of ``values``."""
     med = statistics.median(values)
     return f"{med:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def process_env(work: Path, code: Path) -> dict[str, str]:
+    """The environment of every process a benchmark starts: the code in ``code``, a
+    bytecode cache and a user cache of its own under ``work``, no ``KBUCKET_URL``.
+
+    The environment may set ``PYTHONDONTWRITEBYTECODE=1``: every Python process gets a
+    bytecode cache, so a command's start-up is what a user sees."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "KBUCKET_URL")
+    }
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    env["PYTHONPATH"] = str(code)
+    env["KBUCKET_CACHE_DIR"] = str(work / "user-cache")
+    return env
+
+
+def print_machine() -> None:
+    """The line every benchmark starts with: CPUs, Python and the load average."""
+    load = os.getloadavg()
+    print(
+        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
+        f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        flush=True,
+    )

@@ -49,7 +49,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _peers import NGINX_CONF, cpu_seconds, fmt, free_port, wait_port
+from _peers import (
+    NGINX_CONF,
+    cpu_seconds,
+    fmt,
+    free_port,
+    print_machine,
+    process_env,
+    wait_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE = "http://127.0.0.1:9"
@@ -294,21 +302,8 @@ def main() -> int:
     work.chmod(0o755)  # nginx workers run unprivileged and must read the share
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    # The environment may set PYTHONDONTWRITEBYTECODE=1: give every Python process a
-    # bytecode cache so kb-prv-download's start-up is what a user sees.
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "KBUCKET_URL")
-    }
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    env["PYTHONPATH"] = str(ROOT)
-    env["KBUCKET_CACHE_DIR"] = str(work / "user-cache")
-
-    load_before = os.getloadavg()
-    print(
-        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
-        f"load average at start {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
-        flush=True,
-    )
+    env = process_env(work, ROOT)
+    print_machine()
     procs = Procs(logs)
     try:
         downloads = args.only in (None, "downloads")

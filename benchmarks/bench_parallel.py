@@ -47,7 +47,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _peers import fmt, free_port
+from _peers import fmt, free_port, print_machine, process_env
 from bench_network import Procs, command, make_big, node_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,19 +156,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "KBUCKET_URL")
-    }
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    env["PYTHONPATH"] = str(ROOT)
-    env["KBUCKET_CACHE_DIR"] = str(work / "user-cache")
-
-    load = os.getloadavg()
-    print(
-        f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; "
-        f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
-        flush=True,
-    )
+    env = process_env(work, ROOT)
+    print_machine()
     procs = Procs(logs)
     try:
         a_dir, b_dir = work / "share-A", work / "share-B"
