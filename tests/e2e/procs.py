@@ -27,6 +27,7 @@ __all__ = (
     "Node",
     "Proc",
     "Procs",
+    "rss_mb",
     "sha1_of",
     "wait_for",
     "write_pattern",
@@ -305,6 +306,14 @@ def write_pattern(path: Path, size: int, seed: int) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return data
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
 
 
 def sha1_of(data: bytes) -> str:

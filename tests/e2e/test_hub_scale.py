@@ -23,7 +23,7 @@ from kbproto.codec import decode, encode
 from kbproto.framing import FrameBuffer
 from kbproto.messages import Challenge, IndexAck, Message, Register, ShareIndexUpdate, Welcome
 from kbtransport.websocket import WebSocketLink, connect_websocket
-from tests.e2e.procs import Node, Procs, wait_for
+from tests.e2e.procs import Node, Procs, rss_mb, wait_for
 from tests.helpers import Ed25519Signer, make_placement
 from tests.hostile.helpers import find_json
 
@@ -45,13 +45,6 @@ def _sha1(i: int) -> str:
 
 def _path(i: int) -> str:
     return f"run{i // 1000}/img_{i:08}.tif"
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 class _FakeShare:
@@ -141,7 +134,7 @@ async def _scale(procs: Procs, tmp_path: Path, n: int, max_bytes_per_id: float) 
         )
     )
     pid = hub.proc.popen.pid
-    before = _rss_mb(pid)
+    before = rss_mb(pid)
     rng = random.Random(n)
     ws = await connect_websocket(hub.url, timeout=10)
     try:
@@ -150,7 +143,7 @@ async def _scale(procs: Procs, tmp_path: Path, n: int, max_bytes_per_id: float) 
         for start in range(0, n, BATCH):
             await share.send(tuple(_entry(i) for i in range(start, min(n, start + BATCH))), ())
         await share.settle()
-        grown = (_rss_mb(pid) - before) * 1024 * 1024 / n
+        grown = (rss_mb(pid) - before) * 1024 * 1024 / n
         sample = rng.sample(range(n), SAMPLE)
 
         def check_full() -> None:
@@ -207,7 +200,7 @@ async def _scale(procs: Procs, tmp_path: Path, n: int, max_bytes_per_id: float) 
             _missing(hub, _sha1(i))
 
     await anyio.to_thread.run_sync(check_gone)
-    left = (_rss_mb(pid) - before) * 1024 * 1024 / n
+    left = (rss_mb(pid) - before) * 1024 * 1024 / n
     assert left < grown / 2 + 20, (left, grown)
     assert hub.proc.popen.poll() is None
 

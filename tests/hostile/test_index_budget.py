@@ -35,7 +35,7 @@ from kbproto.messages import (
     Welcome,
 )
 from kbtransport.websocket import WebSocketLink, connect_websocket
-from tests.e2e.procs import Node, Procs, wait_for
+from tests.e2e.procs import Node, Procs, rss_mb, wait_for
 from tests.helpers import Ed25519Signer, make_placement
 from tests.hostile.helpers import find_json
 
@@ -57,26 +57,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 class _Sampler:
     """The largest RSS of a process, sampled every 50 ms in a thread until stopped."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.peak = _rss_mb(pid)
+        self.peak = rss_mb(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _rss_mb(self.pid))
+            self.peak = max(self.peak, rss_mb(self.pid))
 
     def stop(self) -> float:
         self._stop.set()
@@ -201,7 +194,7 @@ async def test_a_flooding_child_is_cut_at_its_quota_and_the_hub_stays_small(
         lambda: wait_for(lambda: find_json(hub, sha1)["found"] is True, 20, "the share's index")
     )
     pid = hub.proc.popen.pid
-    before = _rss_mb(pid)
+    before = rss_mb(pid)
     sampler = _Sampler(pid)
     stop = threading.Event()
     failures: list[str] = []
@@ -272,14 +265,14 @@ async def test_a_child_that_leaves_gives_its_memory_back(procs: Procs, tmp_path:
         )
     )
     pid = hub.proc.popen.pid
-    before = _rss_mb(pid)
+    before = rss_mb(pid)
     sent, error = await _flood(hub, 1_200_000, window=8)
     assert (sent, error) == (1_200_000, None)
-    full = _rss_mb(pid)
+    full = rss_mb(pid)
     flood_id = node_id_from_public_pem(Ed25519Signer(8080).public_pem)
     await anyio.to_thread.run_sync(hub.proc.wait_line, rf"Child share left: flood \({flood_id}\)")
     await anyio.sleep(1.0)
-    after = _rss_mb(pid)
+    after = rss_mb(pid)
     assert full - before > 80, (before, full)  # it really held them (~80 bytes an id)
     # What stays: glibc keeps up to 32 MiB of freed heap for reuse (kbapps.allocator's
     # trim threshold) and a few MB of pymalloc arenas.
